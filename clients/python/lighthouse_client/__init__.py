@@ -1,0 +1,63 @@
+"""Python SDK for the Lighthouse long-document inference server.
+
+    from lighthouse_client import Client
+    client = Client(base_url="http://127.0.0.1:8000")        # api_key from $LIGHTHOUSE_API_KEY
+    answer = client.documents.ask(open("report.txt").read(), "Who signed the contract?")
+    print(answer.text)
+
+Depends on httpx and pydantic only.
+"""
+
+from ._async_client import AsyncClient
+from ._base_client import NOT_GIVEN, NotGiven
+from ._client import Client
+from ._exceptions import (
+    APIConnectionError,
+    APIError,
+    APIResponseValidationError,
+    APIStatusError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    ConflictError,
+    InternalServerError,
+    LighthouseError,
+    NotFoundError,
+    PermissionDeniedError,
+    RateLimitError,
+    RequestTooLargeError,
+    ServiceUnavailableError,
+    UnprocessableEntityError,
+)
+from ._streaming import AsyncStream, Stream
+from ._version import __version__
+from .documents import AsyncDocumentStream, DocumentStream, document_messages
+
+__all__ = [
+    "__version__",
+    "Client",
+    "AsyncClient",
+    "Stream",
+    "AsyncStream",
+    "DocumentStream",
+    "AsyncDocumentStream",
+    "document_messages",
+    "NOT_GIVEN",
+    "NotGiven",
+    "LighthouseError",
+    "APIError",
+    "APIStatusError",
+    "APIConnectionError",
+    "APITimeoutError",
+    "APIResponseValidationError",
+    "BadRequestError",
+    "AuthenticationError",
+    "PermissionDeniedError",
+    "NotFoundError",
+    "ConflictError",
+    "RequestTooLargeError",
+    "UnprocessableEntityError",
+    "RateLimitError",
+    "InternalServerError",
+    "ServiceUnavailableError",
+]

@@ -1,0 +1,231 @@
+"""The main use case in one call: ask a question of a long document.
+
+The document goes first and the question last, so that (a) asking many questions of one document reuses the
+server's cached prefill of the document (prefix caching), and (b) the question falls in the densely
+prefilled tail of the prompt.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, AsyncIterator, Iterator, Mapping, Optional, Union
+
+from ._base_client import NOT_GIVEN, NotGiven, TimeoutTypes
+from ._streaming import AsyncStream, Stream
+from .types import ChatCompletion, ChatCompletionChunk, DocumentAnswer, DocumentDone, DocumentEvent, \
+    DocumentProgress, DocumentText  # fmt: skip
+
+if TYPE_CHECKING:
+    from ._async_client import AsyncClient
+    from ._client import Client
+
+Timeout = Union[TimeoutTypes, NotGiven]
+DEFAULT_SYSTEM = "Answer the question using only the document. Be concise."
+
+
+def document_messages(document: str, question: str, system: Optional[str] = DEFAULT_SYSTEM) -> list[dict[str, str]]:
+    """Chat messages for a question about a document: [system], user = document, blank line, question."""
+    messages = [{"role": "system", "content": system}] if system else []
+    messages.append({"role": "user", "content": f"{document}\n\nQuestion: {question}"})
+    return messages
+
+
+def _request_kwargs(document: str, question: str, system: Optional[str], stream: bool, progress: bool,
+                    extra_body: Optional[Mapping[str, Any]], **params: Any) -> dict[str, Any]:  # fmt: skip
+    extra = dict(extra_body or {})
+    if progress:
+        extra.setdefault("return_progress", True)  # llama.cpp's name for streamed prefill progress
+    return dict(messages=document_messages(document, question, system), stream=stream,
+                include_usage=True if stream else None, extra_body=extra or None, **params)  # fmt: skip
+
+
+def _answer(completion: ChatCompletion) -> DocumentAnswer:
+    choice = completion.choices[0] if completion.choices else None
+    return DocumentAnswer(
+        text=completion.text, finish_reason=choice.finish_reason if choice else None,
+        usage=completion.usage, model=completion.model,
+    )  # fmt: skip
+
+
+class _EventBuilder:
+    """Turns chat chunks into DocumentProgress / DocumentText events and a final DocumentDone."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.finish_reason: Optional[str] = None
+        self.usage = None
+
+    def events(self, chunk: ChatCompletionChunk) -> list[DocumentEvent]:
+        out: list[DocumentEvent] = []
+        progress = _progress_of(chunk)
+        if progress is not None:
+            out.append(progress)
+        if chunk.usage is not None:
+            self.usage = chunk.usage
+        for choice in chunk.choices[:1]:
+            if choice.delta.content:
+                self.parts.append(choice.delta.content)
+                out.append(DocumentText(text=choice.delta.content))
+            if choice.finish_reason:
+                self.finish_reason = choice.finish_reason
+        return out
+
+    def done(self) -> DocumentDone:
+        return DocumentDone(text="".join(self.parts), finish_reason=self.finish_reason, usage=self.usage)
+
+
+def _progress_of(chunk: ChatCompletionChunk) -> Optional[DocumentProgress]:
+    """llama.cpp-style `prompt_progress` on a chunk, or a chunk that is itself a progress object."""
+    p = chunk.prompt_progress
+    if p is not None:
+        return DocumentProgress(processed=p.processed, total=p.total, cache=p.cache, time_ms=p.time_ms)
+    extra = chunk.model_extra or {}
+    if "processed" in extra and "total" in extra:
+        return DocumentProgress(processed=extra["processed"], total=extra["total"], cache=extra.get("cache", 0),
+                                time_ms=extra.get("time_ms"))  # fmt: skip
+    return None
+
+
+class DocumentStream:
+    """Iterate DocumentProgress / DocumentText events, ending with one DocumentDone. A context manager."""
+
+    def __init__(self, stream: Stream[ChatCompletionChunk]) -> None:
+        self._stream = stream
+        self._builder = _EventBuilder()
+        self._iterator = self._events()
+
+    def _events(self) -> Iterator[DocumentEvent]:
+        for chunk in self._stream:
+            yield from self._builder.events(chunk)
+        yield self._builder.done()
+
+    @property
+    def text(self) -> str:
+        """The answer so far."""
+        return "".join(self._builder.parts)
+
+    def until_done(self) -> DocumentDone:
+        """Consume the rest of the stream; the final event."""
+        last = None
+        for last in self:
+            pass
+        assert isinstance(last, DocumentDone)
+        return last
+
+    def __iter__(self) -> Iterator[DocumentEvent]:
+        return self
+
+    def __next__(self) -> DocumentEvent:
+        return next(self._iterator)
+
+    def __enter__(self) -> "DocumentStream":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+class AsyncDocumentStream:
+    """`async for` over DocumentProgress / DocumentText events, ending with one DocumentDone."""
+
+    def __init__(self, stream: AsyncStream[ChatCompletionChunk]) -> None:
+        self._stream = stream
+        self._builder = _EventBuilder()
+        self._iterator = self._events()
+
+    async def _events(self) -> AsyncIterator[DocumentEvent]:
+        async for chunk in self._stream:
+            for event in self._builder.events(chunk):
+                yield event
+        yield self._builder.done()
+
+    @property
+    def text(self) -> str:
+        return "".join(self._builder.parts)
+
+    async def until_done(self) -> DocumentDone:
+        last = None
+        async for last in self:
+            pass
+        assert isinstance(last, DocumentDone)
+        return last
+
+    def __aiter__(self) -> AsyncIterator[DocumentEvent]:
+        return self
+
+    async def __anext__(self) -> DocumentEvent:
+        return await self._iterator.__anext__()
+
+    async def __aenter__(self) -> "AsyncDocumentStream":
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._stream.close()
+
+
+class Documents:
+    def __init__(self, client: "Client") -> None:
+        self._client = client
+
+    def ask(
+        self,
+        document: str,
+        question: str,
+        *,
+        system: Optional[str] = DEFAULT_SYSTEM,
+        model: Optional[str] = None,
+        max_tokens: Optional[int] = 256,
+        temperature: Optional[float] = 0.0,
+        stream: bool = False,
+        progress: bool = False,
+        prefill: Optional[str] = None,
+        decode: Optional[str] = None,
+        dense_tail_tokens: Optional[int] = None,
+        extra_body: Optional[Mapping[str, Any]] = None,
+        timeout: Timeout = NOT_GIVEN,
+    ) -> Union[DocumentAnswer, DocumentStream]:
+        """Ask `question` of `document` through chat completions.
+
+        Returns a `DocumentAnswer`; with `stream=True` a `DocumentStream` of DocumentText events (and
+        DocumentProgress events while the prompt prefills, with `progress=True` on a server that reports
+        progress), ending with DocumentDone. Prefill/decode options as in `chat.completions.create`.
+        """
+        kwargs = _request_kwargs(document, question, system, stream, progress, extra_body, model=model,
+                                 max_tokens=max_tokens, temperature=temperature, prefill=prefill, decode=decode,
+                                 dense_tail_tokens=dense_tail_tokens, timeout=timeout)  # fmt: skip
+        result = self._client.chat.completions.create(**kwargs)
+        return DocumentStream(result) if stream else _answer(result)
+
+
+class AsyncDocuments:
+    def __init__(self, client: "AsyncClient") -> None:
+        self._client = client
+
+    async def ask(
+        self,
+        document: str,
+        question: str,
+        *,
+        system: Optional[str] = DEFAULT_SYSTEM,
+        model: Optional[str] = None,
+        max_tokens: Optional[int] = 256,
+        temperature: Optional[float] = 0.0,
+        stream: bool = False,
+        progress: bool = False,
+        prefill: Optional[str] = None,
+        decode: Optional[str] = None,
+        dense_tail_tokens: Optional[int] = None,
+        extra_body: Optional[Mapping[str, Any]] = None,
+        timeout: Timeout = NOT_GIVEN,
+    ) -> Union[DocumentAnswer, AsyncDocumentStream]:
+        """As `Documents.ask`, awaitable; with `stream=True` an `AsyncDocumentStream`."""
+        kwargs = _request_kwargs(document, question, system, stream, progress, extra_body, model=model,
+                                 max_tokens=max_tokens, temperature=temperature, prefill=prefill, decode=decode,
+                                 dense_tail_tokens=dense_tail_tokens, timeout=timeout)  # fmt: skip
+        result = await self._client.chat.completions.create(**kwargs)
+        return AsyncDocumentStream(result) if stream else _answer(result)

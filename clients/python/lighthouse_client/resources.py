@@ -1,0 +1,139 @@
+"""completions, chat.completions and models: one implementation for both clients.
+
+Each method returns what the client's `_request` returns: the result itself on `Client`, an awaitable of
+it on `AsyncClient`. Streams are `Stream` / `AsyncStream` respectively.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional, Union
+
+from ._base_client import NOT_GIVEN, NotGiven, TimeoutTypes
+from ._params import build_body, stream_options
+from .types import ChatCompletion, ChatCompletionChunk, Completion, ModelList
+
+if TYPE_CHECKING:
+    from ._client import AsyncClient, Client
+
+    AnyClient = Union[Client, AsyncClient]
+
+Timeout = Union[TimeoutTypes, NotGiven]
+Stop = Union[str, list[str], None]
+
+
+class _Resource:
+    def __init__(self, client: "AnyClient") -> None:
+        self._client = client
+
+
+class Completions(_Resource):
+    def create(
+        self,
+        *,
+        prompt: Union[str, list[int], list[str]],
+        model: Optional[str] = None,
+        max_tokens: Optional[int] = None,
+        temperature: Optional[float] = None,
+        top_p: Optional[float] = None,
+        top_k: Optional[int] = None,
+        min_p: Optional[float] = None,
+        n: Optional[int] = None,
+        stop: Stop = None,
+        seed: Optional[int] = None,
+        logprobs: Optional[int] = None,
+        echo: Optional[bool] = None,
+        presence_penalty: Optional[float] = None,
+        frequency_penalty: Optional[float] = None,
+        repetition_penalty: Optional[float] = None,
+        stream: bool = False,
+        include_usage: Optional[bool] = None,
+        user: Optional[str] = None,
+        prefill: Optional[str] = None,
+        decode: Optional[str] = None,
+        dense_tail_tokens: Optional[int] = None,
+        extra_body: Optional[Mapping[str, Any]] = None,
+        extra_headers: Optional[Mapping[str, str]] = None,
+        timeout: Timeout = NOT_GIVEN,
+    ) -> Any:
+        """POST /v1/completions. Returns `Completion`, or with `stream=True` a stream of `Completion` chunks.
+
+        `prefill` ("sparse"|"dense"), `decode` ("dense"|"sparse") and `dense_tail_tokens` are this server's
+        per-request extensions; `include_usage=True` asks for a last streamed chunk carrying `usage`.
+        With no `model`, the client's `model`, else the server's first model, is used.
+        """
+        body = build_body(
+            dict(
+                model=model, prompt=prompt, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+                top_k=top_k, min_p=min_p, n=n, stop=stop, seed=seed, logprobs=logprobs, echo=echo,
+                presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
+                repetition_penalty=repetition_penalty, stream=True if stream else None,
+                stream_options=stream_options(stream, include_usage), user=user, prefill=prefill,
+                decode=decode, dense_tail_tokens=dense_tail_tokens,
+            ),
+            extra_body,
+        )  # fmt: skip
+        return self._client._request(
+            "POST", "/v1/completions", body=body, cast=Completion, stream=stream,
+            headers=extra_headers, timeout=timeout, fill_model=True,
+        )  # fmt: skip
+
+
+class ChatCompletions(_Resource):
+    def create(
+        self,
+        *,
+        messages: Iterable[Mapping[str, Any]],
+        model: Optional[str] = None,
+        max_tokens: Optional[int] = None,
+        temperature: Optional[float] = None,
+        top_p: Optional[float] = None,
+        top_k: Optional[int] = None,
+        min_p: Optional[float] = None,
+        n: Optional[int] = None,
+        stop: Stop = None,
+        seed: Optional[int] = None,
+        logprobs: Optional[bool] = None,
+        top_logprobs: Optional[int] = None,
+        presence_penalty: Optional[float] = None,
+        frequency_penalty: Optional[float] = None,
+        repetition_penalty: Optional[float] = None,
+        stream: bool = False,
+        include_usage: Optional[bool] = None,
+        user: Optional[str] = None,
+        prefill: Optional[str] = None,
+        decode: Optional[str] = None,
+        dense_tail_tokens: Optional[int] = None,
+        extra_body: Optional[Mapping[str, Any]] = None,
+        extra_headers: Optional[Mapping[str, str]] = None,
+        timeout: Timeout = NOT_GIVEN,
+    ) -> Any:
+        """POST /v1/chat/completions. Returns `ChatCompletion`, or with `stream=True` a stream of
+        `ChatCompletionChunk`. Other parameters as in `completions.create`."""
+        body = build_body(
+            dict(
+                model=model, messages=[dict(m) for m in messages], max_tokens=max_tokens,
+                temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, n=n, stop=stop, seed=seed,
+                logprobs=logprobs, top_logprobs=top_logprobs, presence_penalty=presence_penalty,
+                frequency_penalty=frequency_penalty, repetition_penalty=repetition_penalty,
+                stream=True if stream else None, stream_options=stream_options(stream, include_usage),
+                user=user, prefill=prefill, decode=decode, dense_tail_tokens=dense_tail_tokens,
+            ),
+            extra_body,
+        )  # fmt: skip
+        cast = ChatCompletionChunk if stream else ChatCompletion
+        return self._client._request(
+            "POST", "/v1/chat/completions", body=body, cast=cast, stream=stream,
+            headers=extra_headers, timeout=timeout, fill_model=True,
+        )  # fmt: skip
+
+
+class Chat(_Resource):
+    def __init__(self, client: "AnyClient") -> None:
+        super().__init__(client)
+        self.completions = ChatCompletions(client)
+
+
+class Models(_Resource):
+    def list(self, *, timeout: Timeout = NOT_GIVEN) -> Any:
+        """GET /v1/models -> `ModelList` (iterable; each `Model` has `id` and `max_model_len`)."""
+        return self._client._request("GET", "/v1/models", cast=ModelList, timeout=timeout)

@@ -1,0 +1,214 @@
+"""Typed results. Unknown fields the server adds are kept (extra="allow"), so a newer server never breaks an
+older client."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "BaseType",
+    "CompletionUsage",
+    "CompletionLogprobs",
+    "CompletionChoice",
+    "Completion",
+    "ChatCompletionMessage",
+    "ChatChoice",
+    "ChatCompletion",
+    "ChoiceDelta",
+    "ChunkChoice",
+    "ChatCompletionChunk",
+    "PromptProgress",
+    "Model",
+    "ModelList",
+    "TokenizeResult",
+    "DetokenizeResult",
+    "HealthStatus",
+    "DocumentAnswer",
+    "DocumentProgress",
+    "DocumentText",
+    "DocumentDone",
+    "DocumentEvent",
+]
+
+
+class BaseType(BaseModel):
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+
+
+class CompletionUsage(BaseType):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class PromptProgress(BaseType):
+    """Prefill progress for a long prompt (llama.cpp's `prompt_progress` shape)."""
+
+    total: int = 0
+    processed: int = 0
+    cache: int = 0
+    time_ms: Optional[float] = None
+
+    @property
+    def fraction(self) -> float:
+        return self.processed / self.total if self.total else 0.0
+
+
+class CompletionLogprobs(BaseType):
+    tokens: Optional[list[str]] = None
+    token_logprobs: Optional[list[Optional[float]]] = None
+    top_logprobs: Optional[list[Optional[dict[str, float]]]] = None
+    text_offset: Optional[list[int]] = None
+
+
+class CompletionChoice(BaseType):
+    index: int = 0
+    text: str = ""
+    finish_reason: Optional[str] = None
+    logprobs: Optional[CompletionLogprobs] = None
+
+
+class Completion(BaseType):
+    """A /v1/completions result; also each chunk of a streamed completion (`object == "text_completion"`)."""
+
+    id: str = ""
+    object: str = "text_completion"
+    created: int = 0
+    model: str = ""
+    choices: list[CompletionChoice] = Field(default_factory=list)
+    usage: Optional[CompletionUsage] = None
+    prompt_progress: Optional[PromptProgress] = None
+
+    @property
+    def text(self) -> str:
+        """The first choice's text (the common n=1 case)."""
+        return self.choices[0].text if self.choices else ""
+
+
+class ChatCompletionMessage(BaseType):
+    role: str = "assistant"
+    content: Optional[str] = None
+
+
+class ChatChoice(BaseType):
+    index: int = 0
+    message: ChatCompletionMessage = Field(default_factory=ChatCompletionMessage)
+    finish_reason: Optional[str] = None
+    logprobs: Optional[dict[str, Any]] = None
+
+
+class ChatCompletion(BaseType):
+    id: str = ""
+    object: str = "chat.completion"
+    created: int = 0
+    model: str = ""
+    choices: list[ChatChoice] = Field(default_factory=list)
+    usage: Optional[CompletionUsage] = None
+
+    @property
+    def text(self) -> str:
+        """The first choice's message content (the common n=1 case)."""
+        return (self.choices[0].message.content or "") if self.choices else ""
+
+
+class ChoiceDelta(BaseType):
+    role: Optional[str] = None
+    content: Optional[str] = None
+
+
+class ChunkChoice(BaseType):
+    index: int = 0
+    delta: ChoiceDelta = Field(default_factory=ChoiceDelta)
+    finish_reason: Optional[str] = None
+    logprobs: Optional[dict[str, Any]] = None
+
+
+class ChatCompletionChunk(BaseType):
+    id: str = ""
+    object: str = "chat.completion.chunk"
+    created: int = 0
+    model: str = ""
+    choices: list[ChunkChoice] = Field(default_factory=list)
+    usage: Optional[CompletionUsage] = None
+    prompt_progress: Optional[PromptProgress] = None
+
+
+class Model(BaseType):
+    id: str
+    object: str = "model"
+    created: int = 0
+    owned_by: str = ""
+    max_model_len: Optional[int] = None
+
+
+class ModelList(BaseType):
+    object: str = "list"
+    data: list[Model] = Field(default_factory=list)
+
+    def __iter__(self):  # type: ignore[override]  # iterate models, not pydantic fields
+        return iter(self.data)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+
+class TokenizeResult(BaseType):
+    tokens: list[int] = Field(default_factory=list)
+    count: Optional[int] = None
+    max_model_len: Optional[int] = None
+
+
+class DetokenizeResult(BaseType):
+    prompt: str = ""
+
+
+class HealthStatus(BaseType):
+    """What /health (or /ready) answered. `ok` is True for a 2xx status."""
+
+    ok: bool
+    status_code: int
+    status: Optional[str] = None
+
+
+class DocumentAnswer(BaseType):
+    """The answer to a question about a document (non-streaming `documents.ask`)."""
+
+    text: str
+    finish_reason: Optional[str] = None
+    usage: Optional[CompletionUsage] = None
+    model: str = ""
+
+
+class DocumentProgress(BaseType):
+    """The server has prefilled `processed` of `total` prompt tokens (`cache` of them reused from its cache)."""
+
+    type: Literal["progress"] = "progress"
+    processed: int
+    total: int
+    cache: int = 0
+    time_ms: Optional[float] = None
+
+    @property
+    def fraction(self) -> float:
+        return self.processed / self.total if self.total else 0.0
+
+
+class DocumentText(BaseType):
+    """A piece of the answer."""
+
+    type: Literal["text"] = "text"
+    text: str
+
+
+class DocumentDone(BaseType):
+    """The answer is complete."""
+
+    type: Literal["done"] = "done"
+    text: str
+    finish_reason: Optional[str] = None
+    usage: Optional[CompletionUsage] = None
+
+
+DocumentEvent = Union[DocumentProgress, DocumentText, DocumentDone]
