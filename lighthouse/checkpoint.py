@@ -1,0 +1,232 @@
+"""Checkpoints as HF Llama directories, in both directions.
+
+A directory holds config.json (model_type "llama" + a `lighthouse` block), model.safetensors (HF names; or
+sharded model-*.safetensors + model.safetensors.index.json when reading), tokenizer.json +
+tokenizer_config.json (with a chat template) and generation_config.json.
+
+Only safetensors are read: pickle files (.bin/.pt/.pth/.ckpt) are refused, since loading them runs code.
+Every tensor is checked against the model before anything is copied; a missing, extra, mis-shaped or
+truncated tensor is reported by name. Writes go to a temporary file that is renamed into place, so a crash
+never leaves a half-written file under the real name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from lighthouse.model.config import ModelConfig
+from lighthouse.model.llama import LlamaForCausalLM
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+WEIGHTS_NAME = "model.safetensors"
+INDEX_NAME = "model.safetensors.index.json"
+# tensors some HF checkpoints carry that are recomputed, never learned
+_IGNORED_KEYS = ("rotary_emb.inv_freq",)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory or file that cannot be loaded; the message says what is wrong and where."""
+
+
+def default_checkpoint_dir() -> Path:
+    """The bundled default checkpoint (what `lighthouse serve` uses with no --checkpoint)."""
+    return Path(__file__).resolve().parent / "assets" / "default-checkpoint"
+
+
+# ---------------------------------------------------------------- saving
+
+
+def save_checkpoint(model: LlamaForCausalLM, tokenizer, out_dir: str | os.PathLike, *, dtype: torch.dtype | None = None) -> Path:
+    """Write `model` (+ `tokenizer`, a PreTrainedTokenizerFast, or None for the byte tokenizer) to out_dir.
+
+    dtype: store weights in this dtype (default: as they are). Weights are written before config.json.
+    """
+    from lighthouse.tokenizer import write_byte_tokenizer
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {}
+    for name, t in model.state_dict().items():
+        if model.config.tie_word_embeddings and name == "lm_head.weight":
+            continue  # HF omits the tied head; it is the embedding
+        t = t.detach().to("cpu")
+        state[name] = (t.to(dtype) if dtype is not None else t).contiguous()
+    stored_dtype = str(next(iter(state.values())).dtype).removeprefix("torch.")
+    _atomic(out / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
+    if tokenizer is None:
+        write_byte_tokenizer(out, model_max_length=model.config.max_position_embeddings)
+    else:
+        _save_tokenizer(tokenizer, out)
+    gen = {"bos_token_id": model.config.bos_token_id, "eos_token_id": _stop_ids(model.config, tokenizer),
+           "pad_token_id": model.config.pad_token_id, "do_sample": False}
+    _atomic_json(out / "generation_config.json", gen)
+    cfg = model.config.to_hf_dict()
+    cfg["torch_dtype"] = stored_dtype
+    _atomic_json(out / "config.json", cfg)
+    return out
+
+
+def _stop_ids(config: ModelConfig, tokenizer) -> list[int] | int | None:
+    ids = config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id]
+    ids = [i for i in ids if i is not None]
+    eot = tokenizer.convert_tokens_to_ids("<|eot_id|>") if tokenizer is not None else 261
+    if isinstance(eot, int) and eot >= 0 and eot != getattr(tokenizer, "unk_token_id", None) and eot not in ids:
+        if eot < config.vocab_size:
+            ids.append(eot)
+    return ids if len(ids) != 1 else ids[0]
+
+
+def _save_tokenizer(tokenizer, out: Path) -> None:
+    tmp = out / f".tokenizer-tmp-{os.getpid()}"
+    tokenizer.save_pretrained(str(tmp))
+    for f in tmp.iterdir():
+        os.replace(f, out / f.name)
+    tmp.rmdir()
+
+
+def _atomic(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _atomic_json(path: Path, obj) -> None:
+    _atomic(path, lambda p: p.write_text(json.dumps(obj, indent=2) + "\n"))
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_config(ckpt_dir: str | os.PathLike) -> ModelConfig:
+    path = Path(ckpt_dir) / "config.json"
+    if not path.exists():
+        raise CheckpointError(f"{ckpt_dir} has no config.json; is it a checkpoint directory?")
+    return ModelConfig.from_hf_dict(json.loads(path.read_text()))
+
+
+def load_checkpoint(
+    ckpt_dir: str | os.PathLike, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+    load_tokenizer: bool = True,
+):
+    """-> (LlamaForCausalLM in eval mode on device/dtype, PreTrainedTokenizerFast or None)."""
+    from lighthouse.tokenizer import load_tokenizer as _load_tok
+
+    ckpt = Path(ckpt_dir)
+    _refuse_pickle(ckpt)
+    config = load_config(ckpt)
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config)
+    model = model.to_empty(device=device)
+    model.inv_freq = _fresh_inv_freq(config).to(device)
+    load_weights(model, ckpt, dtype=dtype)
+    model.to(dtype=dtype).eval()
+    tok = _load_tok(ckpt) if load_tokenizer and (ckpt / "tokenizer.json").exists() else None
+    return model, tok
+
+
+def _fresh_inv_freq(config: ModelConfig) -> torch.Tensor:
+    from lighthouse.model.rope import rope_inv_freq
+
+    return rope_inv_freq(config)
+
+
+def _refuse_pickle(ckpt: Path) -> None:
+    if ckpt.is_file():
+        if ckpt.suffix in PICKLE_SUFFIXES:
+            raise CheckpointError(f"refusing to load {ckpt}: pickle checkpoints can run arbitrary code; convert it to safetensors")
+        raise CheckpointError(f"{ckpt} is a file; pass the checkpoint directory (config.json + model.safetensors)")
+    if not ckpt.is_dir():
+        raise CheckpointError(f"checkpoint directory {ckpt} does not exist")
+    has_st = (ckpt / WEIGHTS_NAME).exists() or (ckpt / INDEX_NAME).exists()
+    pickles = sorted(p.name for p in ckpt.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if not has_st:
+        if pickles:
+            raise CheckpointError(
+                f"{ckpt} only has pickle weights ({', '.join(pickles)}); they are refused because loading them can run "
+                "arbitrary code. Re-save as safetensors (model.save_pretrained(dir, safe_serialization=True))."
+            )
+        raise CheckpointError(f"{ckpt} has no {WEIGHTS_NAME} (or {INDEX_NAME})")
+
+
+def _weight_files(ckpt: Path) -> dict[str, Path]:
+    """tensor name -> the safetensors file holding it."""
+    if (ckpt / WEIGHTS_NAME).exists():
+        return {name: ckpt / WEIGHTS_NAME for name in _check_header(ckpt / WEIGHTS_NAME)}
+    index = json.loads((ckpt / INDEX_NAME).read_text())
+    files = {}
+    for f in sorted(set(index["weight_map"].values())):
+        for name in _check_header(ckpt / f):
+            files[name] = ckpt / f
+    return files
+
+
+def _check_header(path: Path) -> list[str]:
+    """Tensor names in a safetensors file, after checking every tensor's bytes lie inside the file."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) < 8:
+            raise CheckpointError(f"{path} is truncated ({size} bytes): not even a safetensors header")
+        (n,) = struct.unpack("<Q", raw)
+        if n > size - 8:
+            raise CheckpointError(f"{path} is truncated: its header needs {n} bytes, the file has {size}")
+        try:
+            header = json.loads(f.read(n))
+        except ValueError as e:
+            raise CheckpointError(f"{path} has a corrupt safetensors header: {e}") from None
+    data = size - 8 - n
+    names = []
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        end = info["data_offsets"][1]
+        if end > data:
+            raise CheckpointError(
+                f"{path} is truncated: tensor '{name}' needs bytes up to {end} of the data section, which has {data}"
+            )
+        names.append(name)
+    return names
+
+
+def load_weights(model: LlamaForCausalLM, ckpt: Path, *, dtype: torch.dtype) -> None:
+    files = _weight_files(Path(ckpt))
+    expected = dict(model.state_dict())
+    tied = model.config.tie_word_embeddings
+    if tied:
+        expected.pop("lm_head.weight", None)
+    stored = {k: v for k, v in files.items() if not k.endswith(_IGNORED_KEYS)}
+    if tied and "lm_head.weight" in stored:
+        stored.pop("lm_head.weight")  # some exporters write the tied head anyway
+    missing = sorted(set(expected) - set(stored))
+    if missing:
+        raise CheckpointError(f"{ckpt} is missing tensor '{missing[0]}'" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    extra = sorted(set(stored) - set(expected))
+    if extra:
+        raise CheckpointError(f"{ckpt} has tensor '{extra[0]}' that this model does not have (config mismatch?)")
+    by_file: dict[Path, list[str]] = {}
+    for name, f in stored.items():
+        by_file.setdefault(f, []).append(name)
+    for f, names in by_file.items():
+        with safe_open(str(f), framework="pt") as sf:
+            for name in names:
+                shape = tuple(sf.get_slice(name).get_shape())
+                want = tuple(expected[name].shape)
+                if shape != want:
+                    raise CheckpointError(f"tensor '{name}' in {f.name} has shape {shape}; the config implies {want}")
+                with torch.no_grad():
+                    expected[name].copy_(sf.get_tensor(name).to(dtype))
+    if tied:
+        model.lm_head.weight = model.model.embed_tokens.weight

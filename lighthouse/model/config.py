@@ -1,0 +1,187 @@
+"""Model configuration: HF Llama fields plus the checkpoint's `lighthouse` block.
+
+`ModelConfig.to_hf_dict()` is what goes into config.json; `ModelConfig.from_hf_dict()` reads any HF Llama
+config.json (transformers 4.x `rope_theta`/`rope_scaling` or 5.x `rope_parameters`). A config without a
+`lighthouse` block (an ordinary HF Llama checkpoint) gets Lighthouse disabled: every layer runs dense.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+
+
+@dataclass
+class LighthouseConfig:
+    """Which layers run Lighthouse attention, and with which op parameters.
+
+    enabled: False -> every layer dense (plain HF Llama checkpoints).
+    full_attn_layers: layer indices that always run dense (the paper keeps the first and last two dense).
+    min_seq_len: sequences shorter than this run dense (the op's own minimum applies on top).
+    """
+
+    enabled: bool = True
+    levels: int = 3
+    pooling_factor: int = 4
+    topk: int = 128
+    scorer: str = "norm"
+    full_attn_layers: list[int] = field(default_factory=list)
+    min_seq_len: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> "LighthouseConfig":
+        if d is None:
+            return cls(enabled=False)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown keys in the config.json 'lighthouse' block: {sorted(unknown)}; known: {sorted(known)}")
+        out = cls(**d)
+        out.full_attn_layers = [int(i) for i in out.full_attn_layers]
+        return out
+
+
+@dataclass
+class ModelConfig:
+    """A Llama-3-style decoder (HF `LlamaConfig` field names and meanings)."""
+
+    vocab_size: int = 320
+    hidden_size: int = 256
+    intermediate_size: int = 768
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    head_dim: int | None = None  # None -> hidden_size // num_attention_heads
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    rope_scaling: dict[str, Any] | None = None  # HF form, e.g. {"rope_type": "llama3", "factor": 8.0, ...}
+    max_position_embeddings: int = 16384
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    initializer_range: float = 0.02
+    bos_token_id: int | None = 256
+    eos_token_id: int | list[int] | None = 257
+    pad_token_id: int | None = 258
+    lighthouse: LighthouseConfig = field(default_factory=LighthouseConfig)
+
+    def __post_init__(self) -> None:
+        if self.head_dim is None:
+            self.head_dim = self.hidden_size // self.num_attention_heads
+        if isinstance(self.lighthouse, dict):
+            self.lighthouse = LighthouseConfig.from_dict(self.lighthouse)
+        self.validate()
+
+    def validate(self) -> None:
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(
+                f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
+                f"num_key_value_heads ({self.num_key_value_heads})"
+            )
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim must be even for RoPE (got {self.head_dim})")
+        rope_type = self.rope_type
+        if rope_type not in SUPPORTED_ROPE_TYPES:
+            raise ValueError(f"rope_scaling type {rope_type!r} is not supported; supported: {SUPPORTED_ROPE_TYPES}")
+        bad = [i for i in self.lighthouse.full_attn_layers if not 0 <= i < self.num_hidden_layers]
+        if bad:
+            raise ValueError(f"lighthouse.full_attn_layers {bad} are outside 0..{self.num_hidden_layers - 1}")
+
+    @property
+    def rope_type(self) -> str:
+        if not self.rope_scaling:
+            return "default"
+        return self.rope_scaling.get("rope_type", self.rope_scaling.get("type", "default"))
+
+    @property
+    def num_parameters(self) -> int:
+        h, i, d = self.hidden_size, self.intermediate_size, self.head_dim
+        attn = h * d * (2 * self.num_attention_heads + 2 * self.num_key_value_heads)
+        per_layer = attn + 3 * h * i + 2 * h
+        emb = self.vocab_size * h * (1 if self.tie_word_embeddings else 2)
+        return self.num_hidden_layers * per_layer + emb + h
+
+    # ---- HF config.json ----
+    def to_hf_dict(self) -> dict[str, Any]:
+        rope_parameters = {"rope_type": self.rope_type, "rope_theta": float(self.rope_theta)}
+        if self.rope_scaling:
+            rope_parameters.update({k: v for k, v in self.rope_scaling.items() if k not in ("type", "rope_type")})
+        return {
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "head_dim": self.head_dim,
+            "hidden_act": "silu",
+            "rms_norm_eps": self.rms_norm_eps,
+            # transformers 4.x reads these two; 5.x reads rope_parameters (both are written, consistent).
+            "rope_theta": float(self.rope_theta),
+            "rope_scaling": dict(self.rope_scaling) if self.rope_scaling else None,
+            "rope_parameters": rope_parameters,
+            "max_position_embeddings": self.max_position_embeddings,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "attention_bias": self.attention_bias,
+            "attention_dropout": 0.0,
+            "mlp_bias": self.mlp_bias,
+            "initializer_range": self.initializer_range,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": self.eos_token_id,
+            "pad_token_id": self.pad_token_id,
+            "torch_dtype": "float32",
+            "use_cache": True,
+            "lighthouse": self.lighthouse.to_dict(),
+        }
+
+    @classmethod
+    def from_hf_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        model_type = d.get("model_type", "llama")
+        if model_type != "llama":
+            raise ValueError(f"config.json has model_type {model_type!r}; only 'llama' checkpoints are supported")
+        act = d.get("hidden_act", "silu")
+        if act != "silu":
+            raise ValueError(f"config.json has hidden_act {act!r}; only 'silu' (SwiGLU) is supported")
+        if d.get("pretraining_tp", 1) not in (1, None):
+            raise ValueError("pretraining_tp != 1 is not supported")
+        rope_theta, rope_scaling = _read_rope(d)
+        kwargs: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            if f.name in ("lighthouse", "rope_theta", "rope_scaling"):
+                continue
+            if f.name in d and d[f.name] is not None:
+                kwargs[f.name] = d[f.name]
+            elif f.name in ("bos_token_id", "eos_token_id", "pad_token_id") and f.name in d:
+                kwargs[f.name] = None
+        kwargs.setdefault("num_key_value_heads", d.get("num_attention_heads", cls.num_attention_heads))
+        return cls(
+            **kwargs,
+            rope_theta=rope_theta,
+            rope_scaling=rope_scaling,
+            lighthouse=LighthouseConfig.from_dict(d.get("lighthouse")),
+        )
+
+
+def _read_rope(d: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
+    """(rope_theta, rope_scaling) from either the 4.x or the 5.x spelling."""
+    params = d.get("rope_parameters")
+    if isinstance(params, dict) and params:
+        theta = float(params.get("rope_theta", d.get("rope_theta", 10000.0)))
+        rope_type = params.get("rope_type", params.get("type", "default"))
+        extra = {k: v for k, v in params.items() if k not in ("rope_theta", "rope_type", "type")}
+        return theta, ({"rope_type": rope_type, **extra} if rope_type != "default" else None)
+    theta = float(d.get("rope_theta", 10000.0))
+    scaling = d.get("rope_scaling")
+    if scaling:
+        rope_type = scaling.get("rope_type", scaling.get("type", "default"))
+        extra = {k: v for k, v in scaling.items() if k not in ("rope_type", "type")}
+        return theta, ({"rope_type": rope_type, **extra} if rope_type != "default" else None)
+    return theta, None

@@ -1,0 +1,202 @@
+"""A Llama-3-style decoder whose attention layers run Lighthouse or dense attention, per its config.
+
+Parameter names match transformers' `LlamaForCausalLM` exactly, so checkpoints move both ways unchanged.
+Per layer: x -> RMSNorm -> q/k/v proj -> RoPE -> attention -> o_proj (+x) -> RMSNorm -> SwiGLU MLP (+x).
+
+Which attention a layer runs (when no `attention` callback is passed):
+  Lighthouse  if not `dense`, Lighthouse is enabled in the config, the layer is not in `full_attn_layers`,
+              and N >= max(min_seq_len, the op's own minimum);
+  dense causal otherwise.
+The `attention(layer_idx, q, k, v)` callback overrides this: it is the seam the inference engine uses to
+write its KV cache and pick sparse/dense per layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from lighthouse.model.config import ModelConfig
+from lighthouse.model.rope import apply_rope, rope_cos_sin, rope_inv_freq
+from lighthouse.ops import causal_attention, lighthouse_attention, lighthouse_min_seq_len
+
+AttentionFn = Callable[[int, Tensor, Tensor, Tensor], Tensor]
+IGNORE_INDEX = -100
+
+
+@dataclass
+class CausalLMOutput:
+    logits: Tensor | None  # (B, N_kept, vocab)
+    loss: Tensor | None = None  # scalar mean token loss (when labels are given)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.variance_epsilon = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        # normalise in fp32, scale in the input dtype (HF's order of operations)
+        dtype = x.dtype
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+        return self.weight * h.to(dtype)
+
+
+class LlamaMLP(nn.Module):
+    def __init__(self, c: ModelConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=c.mlp_bias)
+        self.up_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=c.mlp_bias)
+        self.down_proj = nn.Linear(c.intermediate_size, c.hidden_size, bias=c.mlp_bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, c: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_heads, self.n_kv, self.head_dim = c.num_attention_heads, c.num_key_value_heads, c.head_dim
+        self.q_proj = nn.Linear(c.hidden_size, self.n_heads * self.head_dim, bias=c.attention_bias)
+        self.k_proj = nn.Linear(c.hidden_size, self.n_kv * self.head_dim, bias=c.attention_bias)
+        self.v_proj = nn.Linear(c.hidden_size, self.n_kv * self.head_dim, bias=c.attention_bias)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, c.hidden_size, bias=c.attention_bias)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, attn_fn: AttentionFn) -> Tensor:
+        B, N, _ = x.shape
+        q = self.q_proj(x).view(B, N, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, N, D)
+        k = self.k_proj(x).view(B, N, self.n_kv, self.head_dim).transpose(1, 2)  # (B, H_kv, N, D)
+        v = self.v_proj(x).view(B, N, self.n_kv, self.head_dim).transpose(1, 2)  # (B, H_kv, N, D)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        out = attn_fn(self.layer_idx, q, k, v)  # (B, H, N, D)
+        return self.o_proj(out.transpose(1, 2).reshape(B, N, self.n_heads * self.head_dim))
+
+
+class LlamaDecoderLayer(nn.Module):
+    def __init__(self, c: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.self_attn = LlamaAttention(c, layer_idx)
+        self.mlp = LlamaMLP(c)
+        self.input_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, attn_fn: AttentionFn) -> Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, attn_fn)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, c: ModelConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(c.vocab_size, c.hidden_size)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(c, i) for i in range(c.num_hidden_layers))
+        self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps)
+
+
+class LlamaForCausalLM(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.model = LlamaModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        self.register_buffer("inv_freq", rope_inv_freq(config), persistent=False)
+        self.gradient_checkpointing = False
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """HF's init: normal(0, initializer_range) for linears/embeddings, zero biases, unit norms."""
+        std = self.config.initializer_range
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=std)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Embedding):
+                nn.init.normal_(m.weight, std=std)
+            elif isinstance(m, RMSNorm):
+                nn.init.ones_(m.weight)
+
+    # ---- the per-layer attention rule ----
+    def layer_uses_lighthouse(self, layer_idx: int, seq_len: int) -> bool:
+        lh = self.config.lighthouse
+        if not lh.enabled or layer_idx in lh.full_attn_layers:
+            return False
+        return seq_len >= max(lh.min_seq_len, lighthouse_min_seq_len(lh.levels, lh.pooling_factor, lh.topk))
+
+    def default_attention(self, dense: bool = False) -> AttentionFn:
+        lh = self.config.lighthouse
+
+        def attn(layer_idx: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+            if not dense and self.layer_uses_lighthouse(layer_idx, q.shape[2]):
+                return lighthouse_attention(
+                    q, k, v, levels=lh.levels, pooling_factor=lh.pooling_factor, topk=lh.topk, scorer=lh.scorer
+                )
+            return causal_attention(q, k, v)
+
+        return attn
+
+    # ---- forward ----
+    def forward(
+        self,
+        input_ids: Tensor,
+        *,
+        positions: Tensor | None = None,
+        attention: AttentionFn | None = None,
+        dense: bool = False,
+        logits_to_keep: int | None = None,
+        labels: Tensor | None = None,
+    ) -> CausalLMOutput:
+        """input_ids (B, N) int64; positions (N,) or (B, N) absolute positions (default 0..N-1);
+        labels (B, N) unshifted (HF convention: position t predicts labels[t+1]; -100 is ignored).
+        logits_to_keep=k returns only the last k positions' logits; with labels and no
+        logits_to_keep, the loss is computed in chunks and logits are not returned (never N x vocab)."""
+        B, N = input_ids.shape
+        if positions is None:
+            positions = torch.arange(N, device=input_ids.device)
+        if positions.dim() == 1:
+            positions = positions[None].expand(B, N)
+        attn_fn = attention if attention is not None else self.default_attention(dense)
+        h = self.model.embed_tokens(input_ids)  # (B, N, hidden)
+        cos, sin = rope_cos_sin(self.inv_freq, positions, h.dtype)
+        for layer in self.model.layers:
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                h = checkpoint(layer, h, cos, sin, attn_fn, use_reentrant=False)
+            else:
+                h = layer(h, cos, sin, attn_fn)
+        h = self.model.norm(h)
+        loss = _chunked_loss(self.lm_head, h, labels) if labels is not None else None
+        if labels is not None and logits_to_keep is None:
+            return CausalLMOutput(logits=None, loss=loss)
+        if logits_to_keep:
+            h = h[:, -logits_to_keep:]
+        return CausalLMOutput(logits=self.lm_head(h), loss=loss)
+
+    @torch.no_grad()
+    def token_losses(self, input_ids: Tensor, labels: Tensor, *, dense: bool = False) -> Tensor:
+        """(B, N-1) per-token losses (0 where ignored); for evaluation."""
+        out = self.forward(input_ids, dense=dense, logits_to_keep=input_ids.shape[1])
+        logits = out.logits[:, :-1].float()
+        return F.cross_entropy(logits.transpose(1, 2), labels[:, 1:], ignore_index=IGNORE_INDEX, reduction="none")
+
+
+def _chunked_loss(lm_head: nn.Linear, h: Tensor, labels: Tensor, chunk: int = 4096) -> Tensor:
+    """Mean next-token loss without materialising all (B, N, vocab) logits at once."""
+    h, target = h[:, :-1], labels[:, 1:]
+    total = h.new_zeros((), dtype=torch.float32)
+    count = (target != IGNORE_INDEX).sum()
+    for s in range(0, h.shape[1], chunk):
+        logits = lm_head(h[:, s : s + chunk]).float()
+        total = total + F.cross_entropy(
+            logits.transpose(1, 2), target[:, s : s + chunk], ignore_index=IGNORE_INDEX, reduction="sum"
+        )
+    return total / count.clamp(min=1)
