@@ -1,0 +1,29 @@
+"""Attention ops: Lighthouse (pure-PyTorch reference and, on GPU, the Triton fast path) and dense inner attention."""
+
+from lighthouse.ops.attention import attention_with_cache, causal_attention, repeat_kv
+from lighthouse.ops.lighthouse_ref import (
+    build_pyramid,
+    level_offsets,
+    lighthouse_select,
+    selected_length,
+)
+from lighthouse.ops.lighthouse_ref import lighthouse_attention as lighthouse_attention_ref
+from lighthouse.ops.validation import min_seq_len as lighthouse_min_seq_len
+from lighthouse.ops.validation import padded_len
+
+# The public op. A dispatching version (Triton on GPU) replaces this binding once it exists.
+lighthouse_attention = lighthouse_attention_ref
+
+__all__ = [
+    "attention_with_cache",
+    "build_pyramid",
+    "causal_attention",
+    "level_offsets",
+    "lighthouse_attention",
+    "lighthouse_attention_ref",
+    "lighthouse_min_seq_len",
+    "lighthouse_select",
+    "padded_len",
+    "repeat_kv",
+    "selected_length",
+]
