@@ -1,0 +1,188 @@
+"""Async wrapper: the engine's step loop runs in one background thread; each request gets an asyncio queue.
+
+Nothing here touches tensors on the event loop: `submit` validates (cheap) and hands the request to the
+engine thread, which steps the engine and posts every output to the owning request's queue with
+`loop.call_soon_threadsafe`. A long prefill therefore never blocks /health. Closing a stream before it
+finished aborts the request, which frees its cache at the next layer or step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import AsyncIterator, Callable
+
+from lighthouse.engine.engine import LLMEngine
+from lighthouse.engine.errors import EngineStopped, QueueFull
+from lighthouse.engine.sampling import SamplingParams
+from lighthouse.engine.sequence import RequestOutput
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Route:
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue
+    remaining: int  # choices not finished yet
+
+
+class RequestStream:
+    """Async iterator over a request's outputs (all choices interleaved); `close()` aborts if unfinished."""
+
+    def __init__(self, engine: "AsyncEngine", request_id: str, n: int, q: asyncio.Queue):
+        self._engine, self.request_id, self._n, self._queue = engine, request_id, n, q
+        self._finished = 0
+
+    @property
+    def done(self) -> bool:
+        return self._finished >= self._n
+
+    def __aiter__(self) -> AsyncIterator[RequestOutput]:
+        return self._iter()
+
+    async def _iter(self) -> AsyncIterator[RequestOutput]:
+        while not self.done:
+            out: RequestOutput = await self._queue.get()
+            if out.finished:
+                self._finished += 1
+            yield out
+
+    def close(self) -> None:
+        if not self.done:
+            self._engine.abort(self.request_id)
+            self._finished = self._n
+
+
+class AsyncEngine:
+    def __init__(self, engine: LLMEngine, *, max_waiting: int = 256):
+        self.engine = engine
+        self.max_waiting = max_waiting
+        self._inbox: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._routes: dict[str, _Route] = {}
+        self._routes_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pending = 0  # submitted, not yet queued by the engine thread
+        self.accepting = False
+        engine.progress_callback = self._on_progress
+
+    # ---- what the server reads --------------------------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        return self.engine.tokenizer
+
+    @property
+    def max_model_len(self) -> int:
+        return self.engine.max_model_len
+
+    def stats(self) -> dict:
+        s = self.engine.stats()
+        s["waiting"] += self._pending
+        return s
+
+    def is_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # ---- lifecycle --------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="lighthouse-engine", daemon=True)
+        self._thread.start()
+        self.accepting = True
+
+    async def shutdown(self, timeout_s: float = 30.0) -> None:
+        """Stop admitting, let in-flight requests finish for up to `timeout_s`, abort the rest, stop the thread."""
+        self.accepting = False
+        deadline = time.monotonic() + timeout_s
+        while self._routes and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for rid in list(self._routes):
+            self.abort(rid)
+        while self._routes and time.monotonic() < deadline + 5:
+            await asyncio.sleep(0.02)
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 10)
+
+    # ---- requests ---------------------------------------------------------------------------------------------
+    def submit(self, request_id: str, prompt_ids: list[int], params: SamplingParams, **options) -> RequestStream:
+        """Validate and queue (raises InvalidRequest, QueueFull, EngineStopped); iterate the returned stream."""
+        if not self.accepting or not self.is_alive():
+            raise EngineStopped("the server is shutting down or the engine is not running")
+        if self.stats()["waiting"] >= self.max_waiting:
+            raise QueueFull(f"too many requests waiting ({self.max_waiting}); retry later")
+        req = self.engine.make_request(request_id, prompt_ids, params, **options)
+        loop = asyncio.get_running_loop()
+        q: asyncio.Queue = asyncio.Queue()
+        with self._routes_lock:
+            self._routes[request_id] = _Route(loop, q, len(req.seqs))
+            self._pending += 1
+
+        def enqueue() -> None:
+            self._pending -= 1
+            try:
+                self.engine.enqueue(req)
+            except Exception as exc:  # duplicate id: fail just this stream
+                self._post(RequestOutput(request_id, 0, [], "", None, True, "error", len(prompt_ids), 0, error=str(exc)),
+                           force_close=True)
+
+        self._inbox.put(enqueue)
+        self._wake.set()
+        return RequestStream(self, request_id, len(req.seqs), q)
+
+    def abort(self, request_id: str) -> None:
+        self._inbox.put(lambda: self.engine.abort_request(request_id))
+        self.engine.abort_request(request_id)  # also flags a prefill in progress right now
+        self._wake.set()
+
+    # ---- engine thread ----------------------------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            while True:
+                try:
+                    self._inbox.get_nowait()()
+                except queue.Empty:
+                    break
+            if not self.engine.has_unfinished():
+                self._wake.wait(0.05)
+                self._wake.clear()
+                continue
+            try:
+                outputs = self.engine.step()
+            except Exception:  # a bug in one step must not kill the server: fail what is running, go on
+                log.exception("engine step failed; failing the requests in flight")
+                outputs = self._fail_all("internal error in the engine step")
+            for out in outputs:
+                self._post(out)
+
+    def _fail_all(self, message: str) -> list[RequestOutput]:
+        outs = []
+        for rid in list(self._routes):
+            self.engine.abort_request(rid)
+        outs += self.engine._apply_aborts()
+        for o in outs:
+            o.finish_reason, o.error = "error", message
+        return outs
+
+    def _post(self, out: RequestOutput, *, force_close: bool = False) -> None:
+        with self._routes_lock:
+            route = self._routes.get(out.request_id)
+            if route is None:
+                return
+            if out.finished:
+                route.remaining -= 1
+                if route.remaining <= 0 or force_close:
+                    del self._routes[out.request_id]
+        try:
+            route.loop.call_soon_threadsafe(route.queue.put_nowait, out)
+        except RuntimeError:  # the loop is closed (shutdown); nobody is listening
+            pass
+
+    def _on_progress(self, request_id: str, processed: int, total: int) -> None:
+        self._post(RequestOutput(request_id, 0, [], "", None, False, None, total, 0, progress=(processed, total)))

@@ -1,0 +1,91 @@
+"""Offline generation for scripts: `LLM(checkpoint).generate(prompts, SamplingParams(...))`."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+import torch
+
+from lighthouse.engine.config import EngineConfig
+from lighthouse.engine.engine import LLMEngine
+from lighthouse.engine.sampling import SamplingParams
+from lighthouse.engine.sequence import PrefillInfo, TokenLogprob
+
+
+@dataclass
+class Choice:
+    index: int
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: str | None = None
+
+
+@dataclass
+class Generation:
+    prompt_token_ids: list[int]
+    choices: list[Choice]
+    prefill: PrefillInfo | None = None
+
+    @property
+    def text(self) -> str:
+        return self.choices[0].text
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_engine(checkpoint: str | None = None, config: EngineConfig | None = None, *, device: str | None = None,
+                dtype: str | None = None) -> LLMEngine:
+    """Load a checkpoint directory (None: the bundled default) into an engine on `device`."""
+    from lighthouse.checkpoint import default_checkpoint_dir, load_checkpoint
+
+    dev = torch.device(device) if device else default_device()
+    if dtype is None:
+        torch_dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    else:
+        torch_dtype = getattr(torch, dtype)
+    model, tokenizer = load_checkpoint(checkpoint or default_checkpoint_dir(), device=dev, dtype=torch_dtype)
+    return LLMEngine(model, tokenizer, config)
+
+
+class LLM:
+    def __init__(self, checkpoint: str | None = None, config: EngineConfig | None = None, *, engine: LLMEngine | None = None,
+                 device: str | None = None, dtype: str | None = None):
+        self.engine = engine or load_engine(checkpoint, config, device=device, dtype=dtype)
+        self._ids = itertools.count()
+
+    @property
+    def tokenizer(self):
+        return self.engine.tokenizer
+
+    def generate(self, prompts: str | list[str] | list[list[int]], params: SamplingParams | None = None, *,
+                 prefill: str | None = None, decode: str | None = None, dense_tail_tokens: int | None = None) -> list[Generation]:
+        """Generate for each prompt (text, or token ids); all prompts are batched through the engine together."""
+        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]  # type: ignore[list-item]
+        params = params or SamplingParams()
+        results: dict[str, Generation] = {}
+        order = []
+        for prompt in prompts:
+            ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+            rid = f"offline-{next(self._ids)}"
+            p = SamplingParams(**vars(params))
+            self.engine.add_request(rid, ids, p, prefill=prefill, decode=decode, dense_tail_tokens=dense_tail_tokens)
+            results[rid] = Generation(ids, [Choice(i) for i in range(p.n)])
+            order.append(rid)
+        while self.engine.has_unfinished():
+            for out in self.engine.step():
+                gen = results[out.request_id]
+                c = gen.choices[out.index]
+                c.text += out.text
+                c.token_ids += out.token_ids
+                c.logprobs += out.logprobs or []
+                gen.prefill = gen.prefill or out.prefill
+                if out.finished:
+                    c.finish_reason = out.finish_reason
+                    if out.error:
+                        raise RuntimeError(out.error)
+        return [results[r] for r in order]

@@ -1,0 +1,159 @@
+"""Sampling parameters (validated) and the batched sampler: logits (B, V) -> next token per row.
+
+Order of operations per row, as vLLM applies them: repetition penalty (prompt + output tokens), presence and
+frequency penalties (output tokens), temperature, top-k, top-p, min-p, then sample with the row's own
+generator (so a seeded request gives the same tokens whatever it is batched with). Temperature 0 is greedy.
+Logprobs are the model's own distribution (log-softmax of the raw logits), as vLLM reports by default.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from lighthouse.engine.errors import InvalidRequest
+
+MAX_TOP_LOGPROBS = 20
+
+
+@dataclass
+class SamplingParams:
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1  # -1 or 0: off
+    min_p: float = 0.0
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    stop_token_ids: list[int] = field(default_factory=list)
+    ignore_eos: bool = False
+    logprobs: int | None = None  # None: none; k >= 0: the chosen token's logprob plus the top k
+    n: int = 1
+
+    def validate(self, vocab_size: int | None = None) -> "SamplingParams":
+        """Raise InvalidRequest naming the first bad field; returns self."""
+        floats = {
+            "temperature": (self.temperature, 0.0, 100.0),
+            "top_p": (self.top_p, 0.0, 1.0),
+            "min_p": (self.min_p, 0.0, 1.0),
+            "presence_penalty": (self.presence_penalty, -2.0, 2.0),
+            "frequency_penalty": (self.frequency_penalty, -2.0, 2.0),
+            "repetition_penalty": (self.repetition_penalty, 0.0, 100.0),
+        }
+        for name, (value, lo, hi) in floats.items():
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or not lo <= value <= hi:
+                raise InvalidRequest(f"{name} must be a finite number in [{lo}, {hi}], got {value!r}", param=name)
+        if self.top_p == 0.0:
+            raise InvalidRequest("top_p must be in (0, 1]", param="top_p")
+        if self.repetition_penalty == 0.0:
+            raise InvalidRequest("repetition_penalty must be > 0", param="repetition_penalty")
+        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
+            raise InvalidRequest(f"max_tokens must be an integer >= 1, got {self.max_tokens!r}", param="max_tokens")
+        if not isinstance(self.top_k, int) or self.top_k < -1:
+            raise InvalidRequest(f"top_k must be -1 (off) or >= 0, got {self.top_k!r}", param="top_k")
+        if not isinstance(self.n, int) or not 1 <= self.n <= 16:
+            raise InvalidRequest(f"n must be an integer in [1, 16], got {self.n!r}", param="n")
+        if self.logprobs is not None and not (isinstance(self.logprobs, int) and 0 <= self.logprobs <= MAX_TOP_LOGPROBS):
+            raise InvalidRequest(f"logprobs/top_logprobs must be in [0, {MAX_TOP_LOGPROBS}]", param="logprobs")
+        if self.seed is not None and not isinstance(self.seed, int):
+            raise InvalidRequest("seed must be an integer", param="seed")
+        if any(not isinstance(s, str) or not s for s in self.stop) or len(self.stop) > 16:
+            raise InvalidRequest("stop must be up to 16 non-empty strings", param="stop")
+        for t in self.stop_token_ids:
+            if not isinstance(t, int) or t < 0 or (vocab_size is not None and t >= vocab_size):
+                raise InvalidRequest(f"stop_token_ids contains an invalid id {t!r}", param="stop_token_ids")
+        return self
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+def make_generator(seed: int | None, device: torch.device) -> torch.Generator:
+    g = torch.Generator(device=device)
+    if seed is None:
+        g.seed()
+    else:
+        g.manual_seed(int(seed) & 0xFFFF_FFFF_FFFF_FFFF)
+    return g
+
+
+@dataclass
+class SampleRow:
+    """What the sampler needs about one sequence."""
+
+    params: SamplingParams
+    generator: torch.Generator | None
+    output_counts: Tensor | None  # (V,) float counts of generated tokens, only if a penalty needs them
+    prompt_mask: Tensor | None  # (V,) bool, tokens seen in the prompt, only for repetition_penalty
+
+
+@dataclass
+class SampleResult:
+    token_ids: list[int]
+    logprobs: list[float] | None  # chosen token's logprob per row (None when no row asked)
+    top_logprobs: list[list[tuple[int, float]]] | None
+
+
+def _penalize(logits: Tensor, row: SampleRow) -> Tensor:
+    p = row.params
+    if p.repetition_penalty != 1.0:
+        seen = row.output_counts > 0 if row.output_counts is not None else torch.zeros_like(logits, dtype=torch.bool)
+        if row.prompt_mask is not None:
+            seen = seen | row.prompt_mask
+        penalized = torch.where(logits > 0, logits / p.repetition_penalty, logits * p.repetition_penalty)
+        logits = torch.where(seen, penalized, logits)
+    if row.output_counts is not None and (p.presence_penalty or p.frequency_penalty):
+        logits = logits - p.frequency_penalty * row.output_counts - p.presence_penalty * (row.output_counts > 0).to(logits.dtype)
+    return logits
+
+
+def _filter(logits: Tensor, p: SamplingParams) -> Tensor:
+    """Temperature-scaled logits with everything outside top-k / top-p / min-p set to -inf. logits: (V,)."""
+    logits = logits / p.temperature
+    if p.top_k > 0 and p.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, p.top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if p.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        probs = sorted_logits.softmax(-1)
+        cum = probs.cumsum(-1)
+        drop = (cum - probs) > p.top_p  # keep the smallest prefix whose mass reaches top_p
+        logits = logits.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
+    if p.min_p > 0.0:
+        probs = logits.softmax(-1)
+        logits = logits.masked_fill(probs < p.min_p * probs.max(), float("-inf"))
+    return logits
+
+
+def sample(logits: Tensor, rows: list[SampleRow]) -> SampleResult:
+    """logits: (B, V) for the B rows' next positions. Returns one token id per row."""
+    logits = logits.float()
+    want_lp = any(r.params.logprobs is not None for r in rows)
+    logp = torch.log_softmax(logits, dim=-1) if want_lp else None
+    tokens: list[int] = []
+    for b, row in enumerate(rows):
+        x = _penalize(logits[b], row)
+        if row.params.greedy:
+            tokens.append(int(torch.argmax(x)))
+            continue
+        probs = _filter(x, row.params).softmax(-1)
+        tokens.append(int(torch.multinomial(probs, 1, generator=row.generator)))
+    chosen_lp = top_lp = None
+    if logp is not None:
+        chosen_lp, top_lp = [], []
+        for b, row in enumerate(rows):
+            chosen_lp.append(float(logp[b, tokens[b]]))
+            k = row.params.logprobs or 0
+            if k > 0:
+                vals, ids = torch.topk(logp[b], k)
+                top_lp.append([(int(i), float(v)) for i, v in zip(ids.tolist(), vals.tolist())])
+            else:
+                top_lp.append([])
+    return SampleResult(tokens, chosen_lp, top_lp)

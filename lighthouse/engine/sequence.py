@@ -1,0 +1,92 @@
+"""Request state: a request (one prompt, n choices) and its sequences, and what a step reports about them."""
+
+from __future__ import annotations
+
+import enum
+import threading
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from lighthouse.engine.detokenizer import IncrementalText
+from lighthouse.engine.kv_cache import SequenceKV
+from lighthouse.engine.prefill import PrefillPlan
+from lighthouse.engine.sampling import SamplingParams
+
+
+class Status(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass
+class TokenLogprob:
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]]  # (token_id, logprob), best first
+
+
+@dataclass
+class PrefillInfo:
+    path: str  # "sparse" | "dense"
+    sparse_tokens: int
+    dense_tokens: int
+    decode: str  # decode path actually used: "sparse" | "dense"
+    seconds: float
+
+
+@dataclass
+class RequestOutput:
+    """What one step produced for one choice: new tokens and text since the last output."""
+
+    request_id: str
+    index: int
+    token_ids: list[int]
+    text: str
+    logprobs: list[TokenLogprob] | None
+    finished: bool
+    finish_reason: str | None  # "stop" | "length" | "abort" | "error"
+    prompt_tokens: int
+    completion_tokens: int
+    prefill: PrefillInfo | None = None  # on the first output of each choice
+    error: str | None = None
+    progress: tuple[int, int] | None = None  # (prompt tokens processed, total) while prefilling; no tokens then
+
+
+@dataclass
+class Sequence:
+    index: int
+    params: SamplingParams
+    text: IncrementalText
+    generator: torch.Generator | None
+    kv: SequenceKV | None = None
+    output_ids: list[int] = field(default_factory=list)
+    output_counts: torch.Tensor | None = None  # (V,) for presence/frequency/repetition penalties
+    status: Status = Status.WAITING
+    finish_reason: str | None = None
+    prefill_reported: bool = False
+    request: "Request | None" = None
+
+
+@dataclass
+class Request:
+    request_id: str
+    prompt_ids: list[int]
+    params: SamplingParams
+    prefill: str
+    decode: str
+    dense_tail_tokens: int
+    seqs: list[Sequence]
+    plan: PrefillPlan
+    reserve_bytes: int  # per sequence
+    capacity: int  # cache positions per sequence
+    arrival: float = field(default_factory=time.monotonic)
+    prompt_mask: torch.Tensor | None = None
+    aborted: threading.Event = field(default_factory=threading.Event)
+    prefill_info: PrefillInfo | None = None
+
+    @property
+    def finished(self) -> bool:
+        return all(s.status is Status.FINISHED for s in self.seqs)
