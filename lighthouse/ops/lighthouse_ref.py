@@ -212,13 +212,14 @@ def selected_length(n: int, levels: int, pooling_factor: int, topk: int) -> int:
 def scatter_to_base(out_sel: Tensor, sel: Selection, n: int, levels: int, pooling_factor: int) -> Tensor:
     """Fan each entry's output out to the base positions it feeds, summing across levels (float32).
 
-    out_sel: (B, H, S, D) attention outputs in `sel.indices` order. Returns (B, H, n, D) float32.
+    out_sel: (B, H, S, D) attention outputs in `sel.indices` order. Returns (B, H, n, D) in float32 (float64 for float64 input).
     Deterministic: within one level no two entries write the same position.
     """
     B, H, S, D = out_sel.shape
     bh, top, p = B * H, levels - 1, pooling_factor
     inv = torch.empty_like(sel.order).scatter_(2, sel.order, torch.arange(S, device=out_sel.device).expand(B, H, S))
-    grouped = out_sel.gather(2, inv[..., None].expand(B, H, S, D)).float()
+    acc_dtype = torch.promote_types(out_sel.dtype, torch.float32)  # sum in fp32 (fp64 stays fp64)
+    grouped = out_sel.gather(2, inv[..., None].expand(B, H, S, D)).to(acc_dtype)
 
     # coarsest level: every window present, so position t >= c-1 takes window (t+1)//c - 1
     c = p**top
