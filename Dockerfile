@@ -76,7 +76,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     HF_HOME=/home/lighthouse/.cache/huggingface \
     TRITON_CACHE_DIR=/home/lighthouse/.cache/triton \
     LIGHTHOUSE_HOST=0.0.0.0 \
-    LIGHTHOUSE_PORT=8000
+    LIGHTHOUSE_PORT=8000 \
+    LIGHTHOUSE_DRAIN_TIMEOUT_S=30
 
 VOLUME ["/checkpoints"]
 EXPOSE 8000
@@ -88,8 +89,9 @@ WORKDIR /home/lighthouse
 HEALTHCHECK --interval=30s --timeout=5s --start-period=300s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('LIGHTHOUSE_PORT', '8000'), timeout=4)"]
 
-# tini (PID 1) forwards SIGTERM to the server, which stops admitting requests, drains in-flight ones, and
-# exits 0. Give it time: `docker stop -t 60` / `docker run --stop-timeout 60`.
+# tini (PID 1) forwards SIGTERM to the server, which stops admitting requests, lets in-flight ones finish for
+# up to LIGHTHOUSE_DRAIN_TIMEOUT_S, and exits 0. Docker kills after 10 s unless told otherwise: run with
+# `--stop-timeout 40` (or `docker stop -t 40`).
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["tini", "--", "lighthouse", "serve"]
 CMD []

@@ -104,11 +104,25 @@ def test_checkpoints_are_a_volume_and_settings_come_from_environment():
     assert any(k.startswith("LIGHTHOUSE_") for k in env_of(FINAL))
 
 
+def test_every_lighthouse_variable_set_in_the_image_is_a_server_setting():
+    try:
+        from server.settings import Settings
+    except ImportError as exc:
+        pytest.skip(f"server package not importable: {exc}")
+    prefix = Settings.model_config.get("env_prefix", "")
+    for key, value in env_of(FINAL).items():
+        if key.startswith("LIGHTHOUSE_"):
+            field = key[len(prefix):].lower()
+            assert field in Settings.model_fields, f"{key} is not a server setting"
+            Settings(**{field: value})  # and its value validates
+
+
 def test_entrypoint_is_exec_form_lighthouse_serve_behind_an_init_that_forwards_sigterm():
     entry = json.loads(final("ENTRYPOINT")[-1])
     assert entry[-2:] == ["lighthouse", "serve"], entry
     assert entry[0] == "tini", "PID 1 must forward SIGTERM so the server drains"
     assert final("STOPSIGNAL") == ["SIGTERM"]
+    assert "LIGHTHOUSE_DRAIN_TIMEOUT_S" in env_of(FINAL), "the drain time is explicit (README: --stop-timeout)"
 
 
 def test_healthcheck_probes_health_in_exec_form():
