@@ -1,0 +1,7 @@
+"""`python -m lighthouse.train ...` (what torchrun launches): the same flags as `lighthouse train`."""
+
+import sys
+
+from lighthouse.train.cli import main
+
+sys.exit(main())

@@ -1,0 +1,100 @@
+"""`lighthouse train`: argv -> TrainConfig -> Trainer. Every flag overrides the chosen preset.
+
+    lighthouse train --preset tiny --max-steps 30 --out runs/tiny
+    torchrun --nproc-per-node 8 -m lighthouse.train --preset h200 --out runs/h200
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from lighthouse.train.config import TRAIN_PRESETS, train_preset
+
+# flag -> TrainConfig field (value type comes from argparse)
+_OVERRIDES = {
+    "out": "out_dir", "max_steps": "max_steps", "seq_len": "seq_len", "batch_size": "batch_size",
+    "micro_batch_size": "micro_batch_size", "lr": "lr", "warmup_steps": "warmup_steps", "decay": "decay",
+    "weight_decay": "weight_decay", "grad_clip": "grad_clip", "dense_tail_steps": "dense_tail_steps",
+    "dense_tail_fraction": "dense_tail_fraction", "time_budget_s": "time_budget_s", "seed": "seed",
+    "device": "device", "dtype": "dtype", "eval_every": "eval_every", "eval_samples": "eval_samples",
+    "log_every": "log_every", "save_every": "save_every", "keep_last": "keep_last", "model": "model_preset",
+    "synthetic_fraction": "synthetic_fraction", "save_dtype": "save_dtype", "stop_at_step": "stop_at_step",
+}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="tiny", choices=sorted(TRAIN_PRESETS), help="training preset (default: tiny)")
+    p.add_argument("--out", help="output directory: the final checkpoint, metrics.jsonl, loss.png, checkpoints/")
+    p.add_argument("--max-steps", type=int, help="optimizer steps in total (Lighthouse stage + dense tail)")
+    p.add_argument("--model", help="model preset (tiny | default | h200); default: the training preset's")
+    p.add_argument("--data", nargs="+", metavar="PATH", help="text files, folders, *.jsonl, or 'stdlib' (Python's own source)")
+    p.add_argument("--synthetic-fraction", type=float, help="share of sequences from the synthetic task generator")
+    p.add_argument("--seq-len", type=int, help="tokens per training sequence")
+    p.add_argument("--batch-size", type=int, help="sequences per optimizer step, over all ranks")
+    p.add_argument("--micro-batch-size", type=int, help="sequences per forward pass (gradient accumulation makes up the rest)")
+    p.add_argument("--lr", type=float, help="peak learning rate (AdamW)")
+    p.add_argument("--warmup-steps", type=int)
+    p.add_argument("--decay", choices=["cosine", "linear", "constant"], help="LR decay after warmup")
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--grad-clip", type=float, help="max global gradient norm (0: off)")
+    tail = p.add_mutually_exclusive_group()
+    tail.add_argument("--dense-tail-steps", type=int, help="final steps trained with every layer dense")
+    tail.add_argument("--dense-tail-fraction", type=float, help="... or as a fraction of --max-steps")
+    p.add_argument("--time-budget-s", type=float, help="trim --max-steps so the run fits this many seconds")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--dtype", choices=["auto", "fp32", "bf16"], help="auto: bf16 autocast on GPU, fp32 on CPU")
+    p.add_argument("--save-dtype", choices=["fp32", "bf16"], help="dtype of the final model.safetensors")
+    p.add_argument("--activation-checkpointing", action="store_true", default=None)
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    p.add_argument("--eval-every", type=int)
+    p.add_argument("--eval-samples", type=int)
+    p.add_argument("--log-every", type=int)
+    p.add_argument("--save-every", type=int, help="save a resumable checkpoint every N steps (0: only at the end)")
+    p.add_argument("--keep-last", type=int, help="resumable checkpoints to keep")
+    p.add_argument("--no-resume", action="store_true", help="start over even if OUT has checkpoints")
+    p.add_argument("--stop-at-step", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def config_from_args(args: argparse.Namespace):
+    cfg = train_preset(args.preset)
+    cfg.out_dir = f"runs/{args.preset}"
+    for flag, field in _OVERRIDES.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            setattr(cfg, field, value)
+    if args.dense_tail_fraction is not None:
+        cfg.dense_tail_steps = None
+    if args.data is not None:
+        cfg.data = [] if args.data == ["none"] else list(args.data)
+    if args.activation_checkpointing:
+        cfg.activation_checkpointing = True
+    if args.compile:
+        cfg.compile = True
+    if args.no_resume:
+        cfg.resume = False
+    if args.no_progress:
+        cfg.progress = False
+    return cfg
+
+
+def run(args: argparse.Namespace) -> int:
+    from lighthouse.train.trainer import Trainer
+
+    cfg = config_from_args(args)
+    summary = Trainer(cfg).train()
+    if summary.get("stopped_early"):
+        print(f"stopped at step {summary['step']} (--stop-at-step); resume with the same command")
+        return 0
+    ev = summary["eval"]
+    acc = "n/a" if ev["answer_acc"] is None else f"{ev['answer_acc']:.2f}"
+    print(f"done: {summary['step']} steps in {summary['time_s']:.0f}s, final train loss {summary['last']['loss']:.4f}, "
+          f"eval loss {ev['eval_loss']:.4f}, answer accuracy {acc}; checkpoint in {cfg.out_dir}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m lighthouse.train", description="Train a Lighthouse checkpoint.")
+    add_arguments(p)
+    return run(p.parse_args(argv))

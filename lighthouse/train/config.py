@@ -1,0 +1,109 @@
+"""Training configuration and named presets.
+
+tiny     CPU, about a minute: the 2-layer model on 1K-token synthetic sequences (tests use it).
+default  the recipe of the bundled checkpoint (bench/train_default.sh): the `default` model at 16K context on
+         one H200, ~5 minutes (a time budget trims the step count to fit), Lighthouse stage then a dense tail.
+h200     a longer single-H200 run of the larger `h200` model at 32K context.
+
+The schedule follows the paper: stage 1 trains with Lighthouse layers, stage 2 (the dense tail) continues the
+same optimizer state and LR schedule with every layer dense.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class TrainConfig:
+    model_preset: str = "tiny"
+    out_dir: str = "runs/tiny"
+    seed: int = 0
+    # data
+    seq_len: int = 1024
+    data: list[str] = field(default_factory=list)  # files, folders, *.jsonl, or "stdlib"
+    synthetic_fraction: float = 1.0  # share of sequences made by the synthetic generator (1.0 when no data)
+    tasks: tuple[str, ...] = ("passkey", "kv", "multihop")
+    full_doc_fraction: float = 0.5  # synthetic sequences that are one document filling the whole sequence
+    # batch: `batch_size` sequences per optimizer step in total, over all ranks and accumulation micro-steps
+    batch_size: int = 8
+    micro_batch_size: int = 4
+    # optimizer / schedule
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 10
+    decay: str = "cosine"  # cosine | linear | constant (the paper: constant after warmup)
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+    max_steps: int = 60
+    dense_tail_steps: int | None = None  # the dense adaptation tail, in steps ...
+    dense_tail_fraction: float = 0.25  # ... or as a fraction of max_steps (used when dense_tail_steps is None)
+    time_budget_s: float | None = None  # trim max_steps so the run fits (measured after a few steps)
+    # execution
+    device: str = "auto"  # auto | cpu | cuda
+    dtype: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16
+    activation_checkpointing: bool = False
+    compile: bool = False
+    # evaluation, logging, checkpoints
+    eval_every: int = 20
+    eval_samples: int = 8
+    log_every: int = 1
+    save_every: int = 0  # 0: only the final checkpoint
+    keep_last: int = 2
+    resume: bool = True  # continue from the latest checkpoint in out_dir/checkpoints when there is one
+    stop_at_step: int | None = None  # stop early without changing the schedule (to test resume)
+    save_dtype: str = "fp32"
+    progress: bool = True
+
+    def tail_steps(self, max_steps: int | None = None) -> int:
+        n = self.max_steps if max_steps is None else max_steps
+        if self.dense_tail_steps is not None:
+            return max(0, min(n, self.dense_tail_steps))
+        return int(round(n * self.dense_tail_fraction))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self, world_size: int = 1) -> None:
+        if self.batch_size % (self.micro_batch_size * world_size):
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size ({self.micro_batch_size}) "
+                f"x world size ({world_size})"
+            )
+        if self.decay not in ("cosine", "linear", "constant"):
+            raise ValueError(f"decay must be cosine, linear or constant (got {self.decay!r})")
+        if not 0.0 <= self.dense_tail_fraction <= 1.0:
+            raise ValueError(f"dense_tail_fraction must be in [0, 1] (got {self.dense_tail_fraction})")
+        if self.seq_len < 512:
+            raise ValueError(f"seq_len must be at least 512 (got {self.seq_len})")
+
+
+TRAIN_PRESETS: dict[str, TrainConfig] = {
+    "tiny": TrainConfig(
+        model_preset="tiny", seq_len=1024, batch_size=8, micro_batch_size=4, lr=3e-3, warmup_steps=10,
+        max_steps=120, dense_tail_fraction=0.25, eval_every=40, eval_samples=8,
+    ),
+    "default": TrainConfig(
+        model_preset="default", seq_len=16384, batch_size=16, micro_batch_size=4, lr=2e-3, min_lr_ratio=0.1,
+        warmup_steps=60, max_steps=1200, dense_tail_fraction=0.25, time_budget_s=320.0, eval_every=100,
+        eval_samples=16, log_every=5, save_every=200, keep_last=2, synthetic_fraction=0.9, data=["stdlib"],
+        full_doc_fraction=0.5, seed=1234,
+    ),
+    "h200": TrainConfig(
+        model_preset="h200", seq_len=32768, batch_size=32, micro_batch_size=4, lr=1.5e-3, min_lr_ratio=0.1,
+        warmup_steps=200, max_steps=6000, dense_tail_fraction=0.3, eval_every=250, eval_samples=16, log_every=10,
+        save_every=500, keep_last=3, synthetic_fraction=0.8, data=["stdlib"], activation_checkpointing=True,
+        seed=1234,
+    ),
+}
+
+
+def train_preset(name: str) -> TrainConfig:
+    if name not in TRAIN_PRESETS:
+        raise ValueError(f"unknown training preset {name!r}; choose one of {sorted(TRAIN_PRESETS)}")
+    return copy.deepcopy(TRAIN_PRESETS[name])

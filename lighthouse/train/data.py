@@ -1,0 +1,183 @@
+"""Training sequences: text from files/folders/JSONL (or Python's own stdlib), synthetic tasks, packing.
+
+Every sequence is a pure function of (seed, split, index): sample i of the training stream is always the
+same, whatever the number of ranks or where a run was resumed. A step of global batch G takes samples
+[step*G, (step+1)*G) and rank r of W takes its contiguous 1/W of them; this is what makes resume exact and
+1-process vs torchrun runs comparable.
+
+A sequence is exactly `seq_len` tokens of the byte tokenizer: documents are wrapped as BOS + bytes + EOS and
+packed back to back (the last one cropped); a too-short remainder is padding with label -100.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lighthouse.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from lighthouse.train.synthetic import FILLERS, MIN_DOC_CHARS, TASKS, synthetic_doc
+
+IGNORE_INDEX = -100
+TEXT_SUFFIXES = {".txt", ".md", ".rst", ".py", ".tex", ".html", ".htm", ".csv", ".json", ".xml", ".c", ".h", ".toml", ".cfg", ".ini", ".yaml", ".yml"}
+_SPLIT_SALT = {"train": 0, "eval": 7_919_113}
+EVAL_EVERY_NTH_DOC = 50  # text documents held out for the eval split
+
+
+@dataclass
+class Sample:
+    input_ids: torch.Tensor  # (seq_len,) int64
+    labels: torch.Tensor  # (seq_len,) int64, IGNORE_INDEX on padding
+    answer_mask: torch.Tensor  # (seq_len,) bool: answer tokens of synthetic questions
+
+
+class TextCorpus:
+    """Documents from files, folders (recursive, text suffixes), *.jsonl ({"text": ...} per line) or "stdlib"."""
+
+    def __init__(self, specs: list[str]):
+        self.docs: list[tuple[str, str]] = []  # ("file", path) or ("text", content)
+        for spec in specs:
+            self._add(spec)
+        if specs and not self.docs:
+            raise ValueError(f"no text documents found in {specs}")
+
+    def _add(self, spec: str) -> None:
+        if spec == "stdlib":
+            root = Path(sysconfig.get_paths()["stdlib"])
+            files = sorted(p for p in root.rglob("*.py") if "site-packages" not in p.parts and "test" not in p.parts)
+            self.docs += [("file", str(p)) for p in files]
+            return
+        p = Path(spec)
+        if not p.exists():
+            raise FileNotFoundError(f"training data {spec!r} does not exist (a file, folder, *.jsonl or 'stdlib')")
+        if p.is_dir():
+            self.docs += [("file", str(f)) for f in sorted(p.rglob("*")) if f.is_file() and f.suffix.lower() in TEXT_SUFFIXES]
+        elif p.suffix == ".jsonl":
+            self.docs += [("text", t) for t in _read_jsonl(p)]
+        else:
+            self.docs.append(("file", str(p)))
+
+    def split(self, split: str) -> list[int]:
+        n = len(self.docs)
+        if n < 2:
+            return list(range(n))
+        held = [i for i in range(n) if i % EVAL_EVERY_NTH_DOC == EVAL_EVERY_NTH_DOC - 1] or [n - 1]
+        return held if split == "eval" else [i for i in range(n) if i not in set(held)]
+
+    def read(self, i: int) -> bytes:
+        kind, val = self.docs[i]
+        if kind == "text":
+            return val.encode("utf-8")
+        return Path(val).read_bytes()
+
+
+def _read_jsonl(path: Path) -> list[str]:
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as e:
+                raise ValueError(f"{path}:{lineno} is not valid JSON: {e}") from None
+            if isinstance(row, str):
+                out.append(row)
+                continue
+            text = row.get("text", row.get("content"))
+            if not isinstance(text, str):
+                text = next((v for v in row.values() if isinstance(v, str)), None)
+            if text is None:
+                raise ValueError(f"{path}:{lineno} has no string field (expected {{\"text\": ...}})")
+            out.append(text)
+    return out
+
+
+class SequenceStream:
+    """Indexable stream of packed sequences for one split."""
+
+    def __init__(self, seq_len: int, *, seed: int, split: str = "train", corpus: TextCorpus | None = None,
+                 synthetic_fraction: float = 1.0, tasks=TASKS, fillers=FILLERS, full_doc_fraction: float = 0.5):
+        self.seq_len, self.seed, self.split = seq_len, seed, split
+        self.corpus = corpus if corpus is not None and corpus.docs else None
+        self.doc_ids = self.corpus.split(split) if self.corpus else []
+        self.synthetic_fraction = synthetic_fraction if self.corpus else 1.0
+        self.tasks, self.fillers, self.full_doc_fraction = tuple(tasks), tuple(fillers), full_doc_fraction
+
+    def rng(self, index: int) -> random.Random:
+        return random.Random((self.seed * 1_000_003 + _SPLIT_SALT[self.split]) * 1_000_000_007 + index)
+
+    def __getitem__(self, index: int) -> Sample:
+        rng = self.rng(index)
+        if rng.random() < self.synthetic_fraction:
+            ids, answers = self._synthetic(rng)
+        else:
+            ids, answers = self._text(rng), []
+        return _to_sample(ids, answers, self.seq_len)
+
+    def batch(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        samples = [self[i] for i in indices]
+        return {
+            "input_ids": torch.stack([s.input_ids for s in samples]),
+            "labels": torch.stack([s.labels for s in samples]),
+            "answer_mask": torch.stack([s.answer_mask for s in samples]),
+        }
+
+    def _synthetic(self, rng: random.Random) -> tuple[list[int], list[tuple[int, int]]]:
+        ids: list[int] = []
+        answers: list[tuple[int, int]] = []
+        while self.seq_len - len(ids) - 2 >= MIN_DOC_CHARS:
+            room = self.seq_len - len(ids) - 2
+            if not ids and rng.random() < self.full_doc_fraction:
+                n = room
+            else:  # log-uniform lengths: short and long retrieval distances both appear
+                n = int(math.exp(rng.uniform(math.log(MIN_DOC_CHARS), math.log(room))))
+                if room - n < MIN_DOC_CHARS + 2:  # no room for another document: take it all
+                    n = room
+            doc = synthetic_doc(rng, n, self.tasks, self.fillers)
+            start = len(ids) + 1
+            ids += [BOS_ID, *doc.text.encode("ascii"), EOS_ID]
+            answers += [(start + a, start + b) for a, b in doc.answers]
+        return ids, answers
+
+    def _text(self, rng: random.Random) -> list[int]:
+        ids: list[int] = []
+        while len(ids) < self.seq_len:
+            data = self.corpus.read(rng.choice(self.doc_ids))
+            room = self.seq_len - len(ids)
+            if len(data) + 2 > room:  # a long document: take a random window
+                start = rng.randrange(0, max(1, len(data) - room + 2))
+                data = data[start : start + room]
+            ids += [BOS_ID, *data, EOS_ID]
+        return ids[: self.seq_len]
+
+
+def _to_sample(ids: list[int], answers: list[tuple[int, int]], seq_len: int) -> Sample:
+    n = len(ids)
+    input_ids = torch.full((seq_len,), PAD_ID, dtype=torch.long)
+    input_ids[:n] = torch.tensor(ids[:seq_len], dtype=torch.long)
+    labels = input_ids.clone()
+    labels[n:] = IGNORE_INDEX
+    mask = torch.zeros(seq_len, dtype=torch.bool)
+    for a, b in answers:
+        mask[a:b] = True
+    return Sample(input_ids, labels, mask)
+
+
+def build_streams(cfg) -> tuple[SequenceStream, SequenceStream]:
+    """(train, eval) streams from a TrainConfig."""
+    corpus = TextCorpus(list(cfg.data)) if cfg.data else None
+    kw = dict(corpus=corpus, synthetic_fraction=cfg.synthetic_fraction, tasks=cfg.tasks,
+              full_doc_fraction=cfg.full_doc_fraction)
+    return (SequenceStream(cfg.seq_len, seed=cfg.seed, split="train", **kw),
+            SequenceStream(cfg.seq_len, seed=cfg.seed, split="eval", **kw))
+
+
+def default_num_workers() -> int:
+    return min(4, os.cpu_count() or 1)

@@ -1,0 +1,90 @@
+"""Training checkpoints: out_dir/checkpoints/step_NNNNNN/ = a normal model checkpoint + optimizer + state.
+
+The model part is an ordinary HF-compatible checkpoint (it loads anywhere); the AdamW moments go to
+optimizer.safetensors under the parameters' names and the schedule position to trainer_state.json. A step
+directory is written under a temporary name and renamed when complete, so `latest_checkpoint` never sees a
+partial one. No pickle anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from lighthouse.checkpoint import load_weights, save_checkpoint
+
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+def checkpoints_dir(out_dir: str | os.PathLike) -> Path:
+    return Path(out_dir) / "checkpoints"
+
+
+def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
+    root = checkpoints_dir(out_dir)
+    if not root.is_dir():
+        return None
+    steps = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and (p / "trainer_state.json").exists()]
+    return max(steps)[1] if steps else None
+
+
+def save_training_state(model, optimizer, state: dict, out_dir: str | os.PathLike, keep_last: int) -> Path:
+    root = checkpoints_dir(out_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step_{state['step']:06d}"
+    tmp = root / f".tmp-step_{state['step']:06d}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    save_checkpoint(model, None, tmp)
+    save_file(_optimizer_tensors(model, optimizer), str(tmp / "optimizer.safetensors"))
+    (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2) + "\n")
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _prune(root, keep_last)
+    return final
+
+
+def load_training_state(model, optimizer, ckpt: Path) -> dict:
+    """Load weights and AdamW moments into `model`/`optimizer` in place; returns trainer_state.json."""
+    load_weights(model, ckpt, dtype=next(model.parameters()).dtype)
+    tensors = load_file(str(ckpt / "optimizer.safetensors"))
+    names = _param_names(model)
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            name = names[id(p)]
+            if f"{name}.exp_avg" not in tensors:
+                continue  # no step taken for it yet
+            optimizer.state[p] = {
+                "step": tensors[f"{name}.step"].clone(),
+                "exp_avg": tensors[f"{name}.exp_avg"].to(p.device, p.dtype),
+                "exp_avg_sq": tensors[f"{name}.exp_avg_sq"].to(p.device, p.dtype),
+            }
+    return json.loads((ckpt / "trainer_state.json").read_text())
+
+
+def _param_names(model) -> dict[int, str]:
+    return {id(p): n for n, p in model.named_parameters()}
+
+
+def _optimizer_tensors(model, optimizer) -> dict[str, torch.Tensor]:
+    names = _param_names(model)
+    out = {}
+    for p, st in optimizer.state.items():
+        name = names[id(p)]
+        out[f"{name}.step"] = torch.as_tensor(st["step"], dtype=torch.float32).reshape(()).cpu()
+        out[f"{name}.exp_avg"] = st["exp_avg"].detach().cpu().contiguous()
+        out[f"{name}.exp_avg_sq"] = st["exp_avg_sq"].detach().cpu().contiguous()
+    return out
+
+
+def _prune(root: Path, keep_last: int) -> None:
+    steps = sorted((int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)))
+    for _, p in steps[: max(0, len(steps) - max(1, keep_last))]:
+        shutil.rmtree(p, ignore_errors=True)

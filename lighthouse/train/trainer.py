@@ -1,0 +1,320 @@
+"""The offline trainer: a Lighthouse stage, then a dense tail on the same optimizer state (the paper's recipe).
+
+One process, or several under torchrun (DDP; NCCL on GPU, gloo on CPU). A step takes `batch_size` sequences
+in total: each rank takes its share of the step's samples and accumulates over micro-batches; the loss is
+the mean over every target token of the global batch, so 1 and W processes compute the same gradient.
+
+    trainer = Trainer(train_preset("tiny"))
+    summary = trainer.train()   # writes out_dir/{config.json, model.safetensors, ..., metrics.jsonl, loss.png}
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from lighthouse.checkpoint import save_checkpoint
+from lighthouse.model.llama import IGNORE_INDEX, LlamaForCausalLM
+from lighthouse.model.presets import model_preset
+from lighthouse.train.config import TrainConfig
+from lighthouse.train.data import build_streams
+from lighthouse.train.metrics import MetricsLog, plot_loss
+from lighthouse.train.state import latest_checkpoint, load_training_state, save_training_state
+
+CALIBRATE_AFTER = 6  # steps timed before a time budget sets max_steps (the first two are warm-up)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, model_config=None):
+        self.cfg = cfg
+        self.rank, self.world = _init_distributed(cfg)
+        cfg.validate(self.world)
+        self.device = _pick_device(cfg, self.rank)
+        self.is_main = self.rank == 0
+        self.out = Path(cfg.out_dir)
+        mc = model_config or model_preset(cfg.model_preset)
+        mc.max_position_embeddings = max(mc.max_position_embeddings, cfg.seq_len)
+        torch.manual_seed(cfg.seed)
+        self.model = LlamaForCausalLM(mc).to(self.device)
+        self.model.gradient_checkpointing = cfg.activation_checkpointing
+        self.optimizer = _adamw(self.model, cfg)
+        self.train_data, self.eval_data = build_streams(cfg)
+        self.autocast = lambda: _autocast(cfg, self.device)  # a fresh context per use
+        self.metrics = MetricsLog(self.out / "metrics.jsonl", enabled=self.is_main)
+        self.step, self.tokens_seen = 0, 0
+        self.max_steps, self.switch_step = cfg.max_steps, cfg.max_steps - cfg.tail_steps()
+        self.schedule_fixed = cfg.time_budget_s is None
+        self._maybe_resume()
+        if cfg.compile:
+            self.model.compile()
+        self.ddp = DDP(self.model) if self.world > 1 else None
+
+    # ------------------------------------------------------------------ setup
+    def _maybe_resume(self) -> None:
+        ckpt = latest_checkpoint(self.out) if self.cfg.resume else None
+        if ckpt is None:
+            if self.is_main:
+                self.out.mkdir(parents=True, exist_ok=True)
+                self.metrics.path.unlink(missing_ok=True)
+                (self.out / "train_config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2) + "\n")
+            return
+        state = load_training_state(self.model, self.optimizer, ckpt)
+        self.step, self.tokens_seen = state["step"], state["tokens_seen"]
+        self.max_steps, self.switch_step = state["max_steps"], state["switch_step"]
+        self.schedule_fixed = state.get("schedule_fixed", True)
+        self.metrics.truncate_after(self.step)
+        self._log(f"resumed from {ckpt} at step {self.step}")
+
+    def phase(self, step: int) -> str:
+        return "lighthouse" if step < self.switch_step else "dense"
+
+    def lr_at(self, step: int) -> float:
+        cfg = self.cfg
+        if step < cfg.warmup_steps:
+            return cfg.lr * (step + 1) / cfg.warmup_steps
+        if cfg.decay == "constant":
+            return cfg.lr
+        t = min(1.0, (step - cfg.warmup_steps) / max(1, self.max_steps - cfg.warmup_steps))
+        shape = 0.5 * (1 + math.cos(math.pi * t)) if cfg.decay == "cosine" else 1 - t
+        return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * shape)
+
+    # ------------------------------------------------------------------ loop
+    def train(self) -> dict:
+        cfg = self.cfg
+        bar = _progress(cfg.progress and self.is_main, self.step, self.max_steps)
+        t_start, last = time.perf_counter(), None
+        step_times: list[float] = []
+        stop = cfg.stop_at_step if cfg.stop_at_step is not None else self.max_steps
+        while self.step < min(self.max_steps, stop):
+            step, phase = self.step, self.phase(self.step)
+            if step == self.switch_step and step > 0:
+                self.metrics.write({"type": "phase", "step": step, "phase": "dense"})
+                self._log(f"step {step}: Lighthouse stage done, dense tail starts")
+            t0 = time.perf_counter()
+            loss, grad_norm, tokens = self._train_step(step, phase)
+            dt = time.perf_counter() - t0
+            step_times.append(dt)
+            self.step += 1
+            self.tokens_seen += tokens
+            record = {"type": "train", "step": self.step, "phase": phase, "loss": loss, "lr": self.lr_at(step),
+                      "grad_norm": grad_norm, "tokens": self.tokens_seen, "tokens_per_s": tokens / dt,
+                      "time_s": time.perf_counter() - t_start}
+            if self.step % cfg.log_every == 0 or self.step == self.max_steps:
+                self.metrics.write(record)
+            last = record
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{record['lr']:.2e}", phase=phase, tok_s=f"{tokens / dt:,.0f}")
+            if not self.schedule_fixed and self.step == CALIBRATE_AFTER:
+                self._fit_time_budget(step_times[2:], time.perf_counter() - t_start)
+                bar.total = self.max_steps
+            if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < self.max_steps:
+                self.evaluate()
+            if cfg.save_every and self.step % cfg.save_every == 0 and self.step < self.max_steps:
+                self.save_state()
+        bar.close()
+        if self.step < self.max_steps:  # stopped early on purpose (stop_at_step)
+            return {"step": self.step, "stopped_early": True, "last": last}
+        summary = {"step": self.step, "last": last, "eval": self.evaluate(), "time_s": time.perf_counter() - t_start}
+        self.finish()
+        return summary
+
+    def _train_step(self, step: int, phase: str) -> tuple[float, float, int]:
+        cfg, model = self.cfg, self.ddp or self.model
+        lr = self.lr_at(step)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        G = cfg.batch_size
+        per_rank = G // self.world
+        first = step * G + self.rank * per_rank
+        micro = [list(range(s, s + cfg.micro_batch_size)) for s in range(first, first + per_rank, cfg.micro_batch_size)]
+        batches = [self.train_data.batch(ix) for ix in micro]
+        counts = [int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches]
+        total = self._all_reduce(torch.tensor(float(sum(counts)))).item()
+        loss_sum = torch.zeros((), device=self.device)
+        self.model.train()
+        for i, (b, n) in enumerate(zip(batches, counts)):
+            sync = i == len(batches) - 1
+            ctx = model.no_sync() if (self.ddp is not None and not sync) else contextlib.nullcontext()
+            with ctx, self.autocast():
+                out = model(b["input_ids"].to(self.device), labels=b["labels"].to(self.device), dense=phase == "dense")
+                # DDP averages gradients over ranks; scale so the result is the global per-token mean
+                loss = out.loss * (n * self.world / total)
+            loss.backward()
+            loss_sum += out.loss.detach().float() * n
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip) if cfg.grad_clip else _grad_norm(self.model)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        mean_loss = self._all_reduce(loss_sum).item() / total
+        return mean_loss, float(grad_norm), int(total)
+
+    # ------------------------------------------------------------------ time budget
+    def _fit_time_budget(self, lh_step_times: list[float], elapsed: float) -> None:
+        """Pick max_steps so the whole run fits cfg.time_budget_s (decided once, then fixed and saved)."""
+        cfg = self.cfg
+        t_lh = sorted(lh_step_times)[len(lh_step_times) // 2]
+        t_dense = self._time_dense_step()
+        frac = cfg.tail_steps() / max(1, cfg.max_steps)
+        per_step = (1 - frac) * t_lh + frac * t_dense
+        n_evals = (cfg.max_steps // cfg.eval_every + 1) if cfg.eval_every else 1
+        reserve = 0.1 * cfg.time_budget_s + 2 * n_evals * t_dense  # evals, saves, final write
+        fit = self.step + int(max(0.0, cfg.time_budget_s - elapsed - reserve) / per_step)
+        fit = self._all_reduce(torch.tensor(float(fit)), op=dist.ReduceOp.MIN).item() if self.world > 1 else fit
+        self.max_steps = max(self.step + 1, min(cfg.max_steps, int(fit)))
+        tail = cfg.dense_tail_steps if cfg.dense_tail_steps is not None else int(round(self.max_steps * cfg.dense_tail_fraction))
+        self.switch_step = max(self.step, self.max_steps - tail)
+        self.schedule_fixed = True
+        self.metrics.write({"type": "schedule", "max_steps": self.max_steps, "switch_step": self.switch_step,
+                            "lighthouse_step_s": t_lh, "dense_step_s": t_dense, "time_budget_s": cfg.time_budget_s})
+        self._log(f"time budget {cfg.time_budget_s:.0f}s: lighthouse step {t_lh:.3f}s, dense step ~{t_dense:.3f}s "
+                  f"-> max_steps {self.max_steps}, dense tail from step {self.switch_step}")
+
+    def _time_dense_step(self) -> float:
+        """Time one dense forward+backward of a step's worth of micro-batches (gradients discarded)."""
+        cfg = self.cfg
+        b = self.train_data.batch(list(range(cfg.micro_batch_size)))
+        n_micro = cfg.batch_size // (self.world * cfg.micro_batch_size)
+        self.model.train()
+        _sync(self.device)
+        t0 = time.perf_counter()
+        with self.autocast():
+            out = self.model(b["input_ids"].to(self.device), labels=b["labels"].to(self.device), dense=True)
+        out.loss.backward()
+        _sync(self.device)
+        self.optimizer.zero_grad(set_to_none=True)
+        return (time.perf_counter() - t0) * n_micro * 1.05  # + optimizer step
+
+    # ------------------------------------------------------------------ eval / save
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Held-out loss in the current phase's attention mode, and answer accuracy on synthetic questions."""
+        cfg, phase = self.cfg, self.phase(min(self.step, self.max_steps - 1))
+        self.model.eval()
+        loss_sum, n_tok, correct, n_ans = 0.0, 0, 0, 0
+        for s in range(0, cfg.eval_samples, cfg.micro_batch_size):
+            b = self.eval_data.batch(list(range(s, min(s + cfg.micro_batch_size, cfg.eval_samples))))
+            ids, labels = b["input_ids"].to(self.device), b["labels"].to(self.device)
+            with self.autocast():
+                logits = self.model(ids, dense=phase == "dense", logits_to_keep=ids.shape[1]).logits
+            logits = logits[:, :-1].float()
+            target = labels[:, 1:]
+            loss_sum += torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, ignore_index=IGNORE_INDEX, reduction="sum").item()
+            n_tok += int((target != IGNORE_INDEX).sum())
+            c, n = _answer_accuracy(logits.argmax(-1), target, b["answer_mask"][:, 1:].to(self.device))
+            correct, n_ans = correct + c, n_ans + n
+        self.model.train()
+        rec = {"type": "eval", "step": self.step, "phase": phase, "eval_loss": loss_sum / max(1, n_tok),
+               "answer_acc": correct / n_ans if n_ans else None, "answers": n_ans}
+        self.metrics.write(rec)
+        return rec
+
+    def save_state(self) -> None:
+        if self.is_main:
+            state = {"step": self.step, "tokens_seen": self.tokens_seen, "max_steps": self.max_steps,
+                     "switch_step": self.switch_step, "schedule_fixed": self.schedule_fixed, "phase": self.phase(self.step)}
+            save_training_state(self.model, self.optimizer, state, self.out, self.cfg.keep_last)
+        self._barrier()
+
+    def finish(self) -> None:
+        """The final checkpoint (out_dir itself is a checkpoint directory), the state to resume, the PNG."""
+        self.save_state()
+        if self.is_main:
+            dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[self.cfg.save_dtype]
+            save_checkpoint(self.model, None, self.out, dtype=dtype)
+            plot_loss(self.metrics.path, self.out / "loss.png", title=f"lighthouse train --preset {self.cfg.model_preset}")
+        self._barrier()
+        if self.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+    # ------------------------------------------------------------------ distributed helpers
+    def _all_reduce(self, t: torch.Tensor, op=None) -> torch.Tensor:
+        if self.world == 1:
+            return t
+        t = t.to(self.device)
+        dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
+        return t
+
+    def _barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def _log(self, msg: str) -> None:
+        if self.is_main:
+            from tqdm import tqdm
+
+            tqdm.write(f"[lighthouse train] {msg}")
+
+
+def _answer_accuracy(pred, target, mask) -> tuple[int, int]:
+    """Answers (contiguous runs of mask) whose every token is predicted right."""
+    correct = n = 0
+    for p_row, t_row, m_row in zip(pred, target, mask):
+        idx = m_row.nonzero().flatten().tolist()
+        if not idx:
+            continue
+        runs, start = [], idx[0]
+        for a, b in zip(idx, idx[1:] + [None]):
+            if b != a + 1:
+                runs.append((start, a + 1))
+                start = b
+        for a, b in runs:
+            n += 1
+            correct += bool((p_row[a:b] == t_row[a:b]).all())
+    return correct, n
+
+
+def _adamw(model: LlamaForCausalLM, cfg: TrainConfig) -> torch.optim.AdamW:
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+
+
+def _grad_norm(model) -> torch.Tensor:
+    return torch.norm(torch.stack([p.grad.norm() for p in model.parameters() if p.grad is not None]))
+
+
+def _init_distributed(cfg: TrainConfig) -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    if not dist.is_initialized():
+        backend = "nccl" if (cfg.device != "cpu" and torch.cuda.is_available()) else "gloo"
+        dist.init_process_group(backend=backend)
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _pick_device(cfg: TrainConfig, rank: int) -> torch.device:
+    want = cfg.device
+    if want == "auto":
+        want = "cuda" if torch.cuda.is_available() else "cpu"
+    if want == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", rank))
+        torch.cuda.set_device(local)
+        return torch.device("cuda", local)
+    return torch.device(want)
+
+
+def _autocast(cfg: TrainConfig, device: torch.device):
+    use_bf16 = cfg.dtype == "bf16" or (cfg.dtype == "auto" and device.type == "cuda")
+    if not use_bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _progress(enabled: bool, initial: int, total: int):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, desc="train", unit="step", dynamic_ncols=True)
