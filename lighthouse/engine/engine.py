@@ -46,7 +46,7 @@ def _eos_ids(model, tokenizer) -> set[int]:
 
 
 class LLMEngine:
-    def __init__(self, model, tokenizer, config: EngineConfig | None = None):
+    def __init__(self, model, tokenizer, config: EngineConfig | None = None, *, stop_token_ids: list[int] = ()):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.config = config or EngineConfig()
@@ -59,7 +59,7 @@ class LLMEngine:
             limits.append(self.config.max_model_len)
         self.max_model_len = min(limits)
         self.vocab_size = int(model.config.vocab_size)
-        self.eos_ids = _eos_ids(model, tokenizer)
+        self.eos_ids = _eos_ids(model, tokenizer) | set(stop_token_ids)  # + generation_config.json's
         self.scheduler = Scheduler(self.kv, self.config.max_num_seqs)
         self.progress_callback: ProgressFn | None = None
         self._requests: dict[str, Request] = {}

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -47,8 +49,18 @@ def load_engine(checkpoint: str | None = None, config: EngineConfig | None = Non
         torch_dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     else:
         torch_dtype = getattr(torch, dtype)
-    model, tokenizer = load_checkpoint(checkpoint or default_checkpoint_dir(), device=dev, dtype=torch_dtype)
-    return LLMEngine(model, tokenizer, config)
+    path = Path(checkpoint or default_checkpoint_dir())
+    model, tokenizer = load_checkpoint(path, device=dev, dtype=torch_dtype)
+    return LLMEngine(model, tokenizer, config, stop_token_ids=_generation_stop_ids(path))
+
+
+def _generation_stop_ids(path: Path) -> list[int]:
+    """eos_token_id from generation_config.json (an int or a list; chat models list their end-of-turn id)."""
+    f = path / "generation_config.json"
+    if not f.exists():
+        return []
+    eos = json.loads(f.read_text()).get("eos_token_id")
+    return [eos] if isinstance(eos, int) else [int(i) for i in eos or []]
 
 
 class LLM:

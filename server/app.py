@@ -1,0 +1,77 @@
+"""`create_app(settings)`: the FastAPI app. Its lifespan builds the engine once (not at import time) and, on
+shutdown, stops admitting, lets in-flight requests finish for `drain_timeout_s`, then aborts the rest."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from server.errors import install_error_handlers
+from server.metrics import Metrics
+from server.middleware import BodyLimitMiddleware
+from server.routes import chat, completions, health, metrics, models, tokenize
+from server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def build_engine(settings: Settings):
+    """Load the checkpoint and start the engine thread (blocking; the lifespan runs it in a worker thread)."""
+    from lighthouse.engine.async_engine import AsyncEngine
+    from lighthouse.engine.config import EngineConfig
+    from lighthouse.engine.llm import load_engine
+
+    config = EngineConfig(prefill=settings.prefill, decode=settings.decode, dense_tail_tokens=settings.dense_tail_tokens,
+                          max_model_len=settings.max_model_len, max_num_seqs=settings.max_num_seqs,
+                          kv_cache_bytes=int(settings.kv_cache_gb * 2**30) if settings.kv_cache_gb else None)
+    engine = AsyncEngine(load_engine(settings.checkpoint, config, device=settings.device, dtype=settings.dtype),
+                         max_waiting=settings.max_waiting)
+    engine.start()
+    return engine
+
+
+def _model_name(settings: Settings) -> str:
+    if settings.served_model_name:
+        return settings.served_model_name
+    if settings.checkpoint:
+        return Path(settings.checkpoint).resolve().name
+    return "lighthouse-default"
+
+
+def create_app(settings: Settings | None = None, *, engine=None) -> FastAPI:
+    """`engine`: an already started engine (tests pass one, or a fake); None loads settings.checkpoint."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if app.state.engine is None:
+            t0 = time.monotonic()
+            app.state.engine = await asyncio.to_thread(build_engine, settings)
+            log.info("serving %s (max_model_len=%d), loaded in %.1fs", app.state.model_name,
+                     app.state.engine.max_model_len, time.monotonic() - t0)
+        try:
+            yield
+        finally:
+            log.info("shutting down: draining in-flight requests (up to %.0fs)", settings.drain_timeout_s)
+            await app.state.engine.shutdown(settings.drain_timeout_s)
+
+    app = FastAPI(title="Lighthouse serve", version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.metrics = Metrics()
+    app.state.engine = engine
+    app.state.model_name = _model_name(settings)
+    app.state.started = int(time.time())
+    install_error_handlers(app)
+    for module in (health, metrics, models, completions, chat, tokenize):
+        app.include_router(module.router)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
+                           allow_headers=["*"], allow_credentials="*" not in settings.cors_origins)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    return app

@@ -1,0 +1,66 @@
+"""`lighthouse serve`: flags override LIGHTHOUSE_* environment variables, which override the defaults."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+# flag -> Settings field; every flag defaults to None so that only given flags override the environment
+_FLAGS = [
+    ("--checkpoint", str, "checkpoint directory (default: the bundled checkpoint)"),
+    ("--served-model-name", str, "model id reported by /v1/models"),
+    ("--host", str, "bind address (default 127.0.0.1)"),
+    ("--port", int, "port (default 8000)"),
+    ("--api-key", str, "require this API key (Authorization: Bearer KEY)"),
+    ("--prefill", str, "default prefill path: sparse | dense"),
+    ("--decode", str, "default decode path: dense | sparse"),
+    ("--dense-tail-tokens", int, "prompt tokens prefilled densely at the end (default 64, provisional)"),
+    ("--max-model-len", int, "cap on prompt + completion tokens"),
+    ("--max-num-seqs", int, "sequences decoded together (default 64)"),
+    ("--max-waiting", int, "queued requests beyond which new ones get 429/503 (default 256)"),
+    ("--queue-full-status", int, "429 or 503"),
+    ("--kv-cache-gb", float, "KV cache budget in GiB"),
+    ("--device", str, "cpu | cuda | cuda:N"),
+    ("--dtype", str, "float32 | bfloat16"),
+    ("--max-body-mb", float, "request body limit in MiB (default 64)"),
+    ("--cors-origins", str, "comma-separated allowed CORS origins"),
+    ("--drain-timeout-s", float, "SIGTERM: seconds in-flight requests may take to finish (default 30)"),
+    ("--log-level", str, "debug | info | warning"),
+]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    for flag, typ, help_text in _FLAGS:
+        p.add_argument(flag, type=typ, default=None, help=f"{help_text} [env LIGHTHOUSE_{flag[2:].upper().replace('-', '_')}]")
+
+
+def settings_from_args(args: argparse.Namespace):
+    from server.settings import Settings
+
+    overrides = {}
+    for flag, _typ, _help in _FLAGS:
+        name = flag[2:].replace("-", "_")
+        value = getattr(args, name, None)
+        if value is not None:
+            overrides[name] = [o.strip() for o in value.split(",") if o.strip()] if name == "cors_origins" else value
+    return Settings(**overrides)
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+    from pydantic import ValidationError
+
+    from server.app import create_app
+
+    try:
+        settings = settings_from_args(args)
+    except ValidationError as exc:
+        print(f"lighthouse serve: invalid settings:\n{exc}")
+        return 2
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(settings)
+    # uvicorn handles SIGTERM/SIGINT: stop accepting, wait up to the drain timeout for in-flight responses,
+    # then run the lifespan shutdown (which aborts whatever is left) and return normally -> exit 0.
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
+                timeout_graceful_shutdown=settings.drain_timeout_s, access_log=False)
+    return 0

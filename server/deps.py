@@ -1,0 +1,45 @@
+"""FastAPI dependencies: the engine, settings and metrics from app.state, and API-key auth."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+
+from server.errors import APIError
+from server.metrics import Metrics
+from server.settings import Settings
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_metrics(request: Request) -> Metrics:
+    return request.app.state.metrics
+
+
+def get_engine(request: Request) -> Any:
+    """The AsyncEngine (or anything with its interface: tests override this dependency with a fake)."""
+    engine = getattr(request.app.state, "engine", None)
+    if engine is None:
+        raise APIError(503, "the engine is not loaded yet", code="engine_unavailable", headers={"Retry-After": "1"})
+    return engine
+
+
+def require_api_key(request: Request, settings: Annotated[Settings, Depends(get_settings)]) -> None:
+    """With an API key configured: 'Authorization: Bearer KEY' (or 'X-API-Key: KEY'), compared in constant time."""
+    if settings.api_key is None:
+        return
+    expected = settings.api_key.get_secret_value().encode()
+    auth = request.headers.get("authorization", "")
+    given = auth[7:].strip() if auth[:7].lower() == "bearer " else request.headers.get("x-api-key", "")
+    if not hmac.compare_digest(given.encode(), expected):
+        raise APIError(401, "invalid or missing API key: send 'Authorization: Bearer <key>'", code="invalid_api_key",
+                       headers={"WWW-Authenticate": "Bearer"})
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+EngineDep = Annotated[Any, Depends(get_engine)]

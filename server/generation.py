@@ -1,0 +1,142 @@
+"""Drive one HTTP request through the engine: submit, then stream SSE chunks or collect a whole response.
+
+Records the metrics (TTFT, inter-token latency, e2e, token counters, prefill tokens by path) and aborts the
+engine request when the client goes away: a closed SSE stream cancels the generator (its `finally` closes the
+engine stream), and a non-streaming request polls for the disconnect while it waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import AsyncIterator
+
+from fastapi import Request
+
+from lighthouse.engine.errors import EngineError
+from lighthouse.engine.sampling import SamplingParams
+from lighthouse.engine.sequence import RequestOutput
+from server.errors import APIError, error_body, from_engine_error
+from server.metrics import Metrics
+from server.openai_format import ChoiceState, Formatter, sse
+from server.settings import Settings
+
+log = logging.getLogger("server.requests")
+
+DONE = "data: [DONE]\n\n"
+
+
+class ClientGone(Exception):
+    pass
+
+
+class Generation:
+    def __init__(self, engine, settings: Settings, metrics: Metrics, fmt: Formatter, prompt_ids: list[int],
+                 params: SamplingParams, options: dict, *, prompt_param: str = "prompt", return_progress: bool = False):
+        self.engine, self.settings, self.metrics, self.fmt = engine, settings, metrics, fmt
+        self.prompt_ids, self.params, self.options = prompt_ids, params, options
+        self.prompt_param, self.return_progress = prompt_param, return_progress
+        self.arrival = time.monotonic()
+        self.first_token: float | None = None
+        self.last_token: dict[int, float] = {}
+        self.completion_tokens = 0
+        self.stream = None
+
+    def submit(self) -> None:
+        """Queue in the engine; raises APIError (400/429/503) when the engine refuses."""
+        try:
+            self.stream = self.engine.submit(self.fmt.id, self.prompt_ids, self.params, **self.options)
+        except EngineError as exc:
+            raise from_engine_error(exc, queue_full_status=self.settings.queue_full_status,
+                                    retry_after_s=self.settings.retry_after_s, prompt_param=self.prompt_param) from None
+        self.metrics.prompt_tokens.inc(len(self.prompt_ids))
+
+    def _observe(self, out: RequestOutput) -> None:
+        now = time.monotonic()
+        if out.prefill is not None and out.index == 0:
+            self.metrics.prefill_tokens.labels(path="sparse").inc(out.prefill.sparse_tokens)
+            self.metrics.prefill_tokens.labels(path="dense").inc(out.prefill.dense_tokens)
+        if out.token_ids:
+            if self.first_token is None:
+                self.first_token = now
+                self.metrics.ttft.observe(now - self.arrival)
+            elif out.index in self.last_token:
+                self.metrics.itl.observe(now - self.last_token[out.index])
+            self.last_token[out.index] = now
+            self.completion_tokens += len(out.token_ids)
+            self.metrics.generation_tokens.inc(len(out.token_ids))
+
+    def _done(self, outcome: str) -> None:
+        e2e = time.monotonic() - self.arrival
+        self.metrics.e2e.observe(e2e)
+        ttft = None if self.first_token is None else self.first_token - self.arrival
+        log.info("request %s %s: prompt_tokens=%d completion_tokens=%d ttft=%s e2e=%.3fs", self.fmt.id, outcome,
+                 len(self.prompt_ids), self.completion_tokens, "-" if ttft is None else f"{ttft:.3f}s", e2e)
+
+    async def sse(self) -> AsyncIterator[str]:
+        outcome = "disconnected"
+        try:
+            if self.fmt.chat:
+                for i in range(self.params.n):
+                    yield sse(self.fmt.role_chunk(i))
+            async for out in self.stream:
+                self._observe(out)
+                if out.progress is not None:
+                    if self.return_progress:
+                        yield sse(self.fmt.progress_chunk(*out.progress))
+                    continue
+                if out.error:
+                    yield sse(error_body(503, out.error, code="request_failed"))
+                    outcome = "failed"
+                    break
+                if out.text or out.finished or (out.logprobs and self.fmt.want_logprobs):
+                    yield sse(self.fmt.chunk(out.index, out.text, out.logprobs, out.finish_reason if out.finished else None))
+            else:
+                outcome = "finished"
+                if self.fmt.include_usage:
+                    yield sse(self.fmt.usage_chunk(len(self.prompt_ids), self.completion_tokens))
+            yield DONE
+        finally:
+            self.stream.close()
+            self._done(outcome)
+
+    async def collect(self, http_request: Request) -> dict:
+        choices = [ChoiceState() for _ in range(self.params.n)]
+        it = self.stream.__aiter__()
+        outcome = "disconnected"
+        try:
+            while True:
+                out = await self._next(it, http_request)
+                if out is None:
+                    break
+                self._observe(out)
+                if out.error:
+                    outcome = "failed"
+                    raise APIError(503, out.error, code="request_failed")
+                c = choices[out.index]
+                c.text += out.text
+                c.token_ids += out.token_ids
+                c.logprobs += out.logprobs or []
+                if out.finished:
+                    c.finish_reason = out.finish_reason
+            outcome = "finished"
+            return self.fmt.response(choices, len(self.prompt_ids))
+        finally:
+            self.stream.close()
+            self._done(outcome)
+
+    @staticmethod
+    async def _next(it, http_request: Request) -> RequestOutput | None:
+        task = asyncio.ensure_future(it.__anext__())
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=0.5)
+            if done:
+                break
+            if await http_request.is_disconnected():
+                task.cancel()
+                raise ClientGone
+        try:
+            return task.result()
+        except StopAsyncIteration:
+            return None

@@ -1,0 +1,34 @@
+"""Prometheus metrics (names as DESIGN.md lists them), one registry per app so tests can build many apps."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320, 640)
+_ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.ttft = Histogram("lighthouse_time_to_first_token_seconds", "Time to first token", buckets=_LATENCY_BUCKETS,
+                              registry=r)
+        self.itl = Histogram("lighthouse_inter_token_latency_seconds", "Time between generated tokens",
+                             buckets=_ITL_BUCKETS, registry=r)
+        self.e2e = Histogram("lighthouse_e2e_request_latency_seconds", "Request latency, arrival to last token",
+                             buckets=_LATENCY_BUCKETS, registry=r)
+        self.prompt_tokens = Counter("lighthouse_prompt_tokens", "Prompt tokens processed", registry=r)
+        self.generation_tokens = Counter("lighthouse_generation_tokens", "Tokens generated", registry=r)
+        self.prefill_tokens = Counter("lighthouse_prefill_tokens", "Prompt tokens prefilled, by path", ["path"],
+                                      registry=r)
+        self.running = Gauge("lighthouse_num_requests_running", "Sequences being generated", registry=r)
+        self.waiting = Gauge("lighthouse_num_requests_waiting", "Requests queued", registry=r)
+        self.kv_usage = Gauge("lighthouse_kv_cache_usage_ratio", "Fraction of the KV cache budget reserved", registry=r)
+        for path in ("sparse", "dense"):
+            self.prefill_tokens.labels(path=path)
+
+    def render(self, stats: dict) -> bytes:
+        self.running.set(stats.get("running", 0))
+        self.waiting.set(stats.get("waiting", 0))
+        self.kv_usage.set(stats.get("kv_cache_usage", 0.0))
+        return generate_latest(self.registry)

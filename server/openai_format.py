@@ -1,0 +1,107 @@
+"""OpenAI response shapes for completions and chat completions: whole responses and SSE chunks."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+
+from lighthouse.engine.sequence import TokenLogprob
+
+
+def sse(obj: dict | str) -> str:
+    return f"data: {obj if isinstance(obj, str) else json.dumps(obj, separators=(',', ':'))}\n\n"
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+@dataclass
+class ChoiceState:
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: str | None = None
+
+
+class Formatter:
+    """Builds one request's responses; `chat` picks the chat.completion shapes."""
+
+    def __init__(self, *, chat: bool, model: str, tokenizer, request_id: str, include_usage: bool, logprobs: bool):
+        self.chat, self.model, self.tok, self.id = chat, model, tokenizer, request_id
+        self.include_usage, self.want_logprobs = include_usage, logprobs
+        self.created = int(time.time())
+        self.object = "chat.completion" if chat else "text_completion"
+        self.chunk_object = "chat.completion.chunk" if chat else "text_completion"
+        self._text_offset: dict[int, int] = {}
+
+    def _token_str(self, token_id: int) -> str:
+        return self.tok.decode([token_id])
+
+    def _logprobs(self, index: int, entries: list[TokenLogprob]) -> dict | None:
+        if not self.want_logprobs:
+            return None
+        if self.chat:
+            def item(tid: int, lp: float) -> dict:
+                s = self._token_str(tid)
+                return {"token": s, "logprob": lp, "bytes": list(s.encode("utf-8"))}
+
+            return {"content": [{**item(e.token_id, e.logprob), "top_logprobs": [item(t, lp) for t, lp in e.top]}
+                                for e in entries], "refusal": None}
+        tokens = [self._token_str(e.token_id) for e in entries]
+        offsets = []
+        for t in tokens:
+            offsets.append(self._text_offset.get(index, 0))
+            self._text_offset[index] = offsets[-1] + len(t)
+        return {"tokens": tokens, "token_logprobs": [e.logprob for e in entries],
+                "top_logprobs": [{self._token_str(t): lp for t, lp in e.top} for e in entries], "text_offset": offsets}
+
+    def _envelope(self, obj: str, choices: list) -> dict:
+        out = {"id": self.id, "object": obj, "created": self.created, "model": self.model, "choices": choices}
+        return out
+
+    # ---- streaming ----
+    def role_chunk(self, index: int) -> dict:
+        return self._chunk_of({"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                               "finish_reason": None})
+
+    def chunk(self, index: int, text: str, entries: list[TokenLogprob] | None, finish_reason: str | None) -> dict:
+        lp = self._logprobs(index, entries or []) if entries or finish_reason is None else None
+        if self.chat:
+            delta = {"content": text} if text or finish_reason is None else {}
+            choice = {"index": index, "delta": delta, "logprobs": lp, "finish_reason": finish_reason}
+        else:
+            choice = {"index": index, "text": text, "logprobs": lp, "finish_reason": finish_reason}
+        return self._chunk_of(choice)
+
+    def _chunk_of(self, choice: dict) -> dict:
+        out = self._envelope(self.chunk_object, [choice])
+        if self.include_usage:
+            out["usage"] = None
+        return out
+
+    def usage_chunk(self, prompt_tokens: int, completion_tokens: int) -> dict:
+        out = self._envelope(self.chunk_object, [])
+        out["usage"] = usage(prompt_tokens, completion_tokens)
+        return out
+
+    def progress_chunk(self, processed: int, total: int) -> dict:
+        out = self._envelope(self.chunk_object, [])
+        out["prompt_progress"] = {"processed": processed, "total": total}
+        return out
+
+    # ---- whole response ----
+    def response(self, choices: list[ChoiceState], prompt_tokens: int) -> dict:
+        out = []
+        for i, c in enumerate(choices):
+            lp = self._logprobs(i, c.logprobs)
+            if self.chat:
+                out.append({"index": i, "message": {"role": "assistant", "content": c.text}, "logprobs": lp,
+                            "finish_reason": c.finish_reason})
+            else:
+                out.append({"index": i, "text": c.text, "logprobs": lp, "finish_reason": c.finish_reason})
+        body = self._envelope(self.object, out)
+        body["usage"] = usage(prompt_tokens, sum(len(c.token_ids) for c in choices))
+        return body

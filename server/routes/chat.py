@@ -1,0 +1,42 @@
+"""POST /v1/chat/completions (the prompt comes from the tokenizer's chat template)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import StreamingResponse
+
+from server.deps import EngineDep, MetricsDep, SettingsDep, require_api_key
+from server.errors import APIError
+from server.generation import ClientGone, Generation
+from server.openai_format import Formatter
+from server.prompts import chat_prompt_ids, check_model, check_unsupported, new_id
+from server.routes.completions import SSE_HEADERS
+from server.schemas import ChatCompletionRequest
+
+router = APIRouter(dependencies=[Depends(require_api_key)])
+
+
+@router.post("/v1/chat/completions")
+async def create_chat_completion(body: ChatCompletionRequest, request: Request, engine: EngineDep,
+                                 settings: SettingsDep, metrics: MetricsDep):
+    check_model(body.model, request.app.state.model_name)
+    check_unsupported(body)
+    prompt_ids = await chat_prompt_ids(engine.tokenizer, body.messages, body.add_generation_prompt)
+    max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+    if max_tokens is None:  # as much as fits, capped so one request does not reserve the whole cache
+        max_tokens = max(1, min(settings.default_max_tokens, engine.max_model_len - len(prompt_ids)))
+    top = body.top_logprobs if body.top_logprobs is not None else 0
+    params = body.sampling(max_tokens, top if body.logprobs else None)
+    fmt = Formatter(chat=True, model=request.app.state.model_name, tokenizer=engine.tokenizer,
+                    request_id=new_id("chatcmpl"),
+                    include_usage=bool(body.stream_options and body.stream_options.include_usage),
+                    logprobs=body.logprobs)
+    gen = Generation(engine, settings, metrics, fmt, prompt_ids, params, body.engine_options(),
+                     prompt_param="messages", return_progress=body.return_progress)
+    gen.submit()
+    if body.stream:
+        return StreamingResponse(gen.sse(), media_type="text/event-stream", headers=SSE_HEADERS)
+    try:
+        return await gen.collect(request)
+    except ClientGone:
+        raise APIError(400, "client disconnected") from None

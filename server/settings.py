@@ -1,0 +1,41 @@
+"""Server settings: one pydantic-settings object. Every field is also an environment variable
+LIGHTHOUSE_<FIELD> (e.g. LIGHTHOUSE_API_KEY, LIGHTHOUSE_PREFILL); `lighthouse serve` flags override them."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from lighthouse.engine.config import DEFAULT_DENSE_TAIL_TOKENS
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LIGHTHOUSE_", extra="ignore")
+
+    checkpoint: str | None = Field(None, description="checkpoint directory (default: the bundled one)")
+    served_model_name: str | None = Field(None, description="model id in /v1/models (default: the checkpoint's name)")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: SecretStr | None = Field(None, description="require 'Authorization: Bearer KEY' on /v1/* and /tokenize")
+    prefill: Literal["sparse", "dense"] = "sparse"
+    decode: Literal["dense", "sparse"] = "dense"
+    dense_tail_tokens: int = Field(DEFAULT_DENSE_TAIL_TOKENS, ge=0)
+    max_model_len: int | None = Field(None, ge=2, description="cap on prompt + completion tokens")
+    max_num_seqs: int = Field(64, ge=1, description="sequences decoded together")
+    max_waiting: int = Field(256, ge=0, description="queued requests beyond which new ones are refused")
+    queue_full_status: Literal[429, 503] = 429
+    retry_after_s: int = Field(1, ge=0)
+    kv_cache_gb: float | None = Field(None, gt=0, description="KV cache budget (default: 75% of free GPU memory / 2 GiB on CPU)")
+    device: str | None = None
+    dtype: str | None = None
+    default_max_tokens: int = Field(1024, ge=1, description="chat max_tokens when the request gives none")
+    max_body_mb: float = Field(64.0, gt=0, description="request body limit (a 512K-token prompt is 1-4 MB of JSON)")
+    cors_origins: list[str] = Field(default_factory=list, description="allowed CORS origins ('*' for any)")
+    drain_timeout_s: float = Field(30.0, ge=0, description="on SIGTERM, how long in-flight requests may finish")
+    log_level: str = "info"
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * (1 << 20))
