@@ -1,0 +1,94 @@
+"""Shared fixtures for the engine and server tests (no tests here): tiny checkpoints and a loopback server.
+
+The tiny model is the `tiny` preset with random weights whose LM-head rows for ids >= 128 are zeroed, so greedy
+and sampled outputs are ASCII text (stop strings and logprobs then have something to work on). No EOS is ever
+likely, so generations run to max_tokens unless a stop condition hits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+ASCII = 128
+
+
+def make_checkpoint(out: Path, *, preset: str = "tiny", seed: int = 0, **overrides) -> Path:
+    from lighthouse.checkpoint import save_checkpoint
+    from lighthouse.model import LlamaForCausalLM, model_preset
+
+    cfg = model_preset(preset)
+    for k, v in overrides.items():
+        setattr(cfg, k, v)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(cfg)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(20.0)  # peaked distributions: less degenerate text
+        model.lm_head.weight[ASCII:] = 0.0
+    save_checkpoint(model, None, out)
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LoopbackServer:
+    """A real uvicorn server on 127.0.0.1 in a background thread, built by create_app(settings)."""
+
+    def __init__(self, settings, *, engine=None):
+        import uvicorn
+
+        from server.app import create_app
+
+        self.app = create_app(settings, engine=engine)
+        self.port = settings.port
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
+                                timeout_graceful_shutdown=2)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> "LoopbackServer":
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("server did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+    @property
+    def engine(self):
+        return self.app.state.engine
+
+
+def settings_for(ckpt: Path, **kw):
+    from server.settings import Settings
+
+    base = dict(checkpoint=str(ckpt), port=free_port(), device="cpu", dtype="float32", kv_cache_gb=0.25)
+    base.update(kw)
+    return Settings(**base)
+
+
+def wait_until(cond, timeout: float = 10.0, interval: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(interval)
+    return cond()
+
+
+__all__ = ["make_checkpoint", "free_port", "LoopbackServer", "settings_for", "wait_until", "asyncio"]
