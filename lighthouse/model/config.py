@@ -111,7 +111,7 @@ class ModelConfig:
     def to_hf_dict(self) -> dict[str, Any]:
         rope_parameters = {"rope_type": self.rope_type, "rope_theta": float(self.rope_theta)}
         if self.rope_scaling:
-            rope_parameters.update({k: v for k, v in self.rope_scaling.items() if k not in ("type", "rope_type")})
+            rope_parameters.update({k: v for k, v in self.rope_scaling.items() if k not in ("type", "rope_type", "rope_theta")})
         return {
             "architectures": ["LlamaForCausalLM"],
             "model_type": "llama",
@@ -126,7 +126,7 @@ class ModelConfig:
             "rms_norm_eps": self.rms_norm_eps,
             # transformers 4.x reads these two; 5.x reads rope_parameters (both are written, consistent).
             "rope_theta": float(self.rope_theta),
-            "rope_scaling": dict(self.rope_scaling) if self.rope_scaling else None,
+            "rope_scaling": {k: v for k, v in self.rope_scaling.items() if k != "rope_theta"} if self.rope_scaling else None,
             "rope_parameters": rope_parameters,
             "max_position_embeddings": self.max_position_embeddings,
             "tie_word_embeddings": self.tie_word_embeddings,
@@ -182,6 +182,6 @@ def _read_rope(d: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
     scaling = d.get("rope_scaling")
     if scaling:
         rope_type = scaling.get("rope_type", scaling.get("type", "default"))
-        extra = {k: v for k, v in scaling.items() if k not in ("rope_type", "type")}
+        extra = {k: v for k, v in scaling.items() if k not in ("rope_type", "type", "rope_theta")}
         return theta, ({"rope_type": rope_type, **extra} if rope_type != "default" else None)
     return theta, None

@@ -1,0 +1,149 @@
+"""`lighthouse train`: the tiny preset end to end, the stage switch, exact resume, and torchrun (gloo) parity."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import lighthouse.model.llama as llama_mod
+from lighthouse.checkpoint import load_checkpoint
+from lighthouse.model.generate import greedy_generate
+from lighthouse.train.config import train_preset
+from lighthouse.train.metrics import read_metrics
+from lighthouse.train.trainer import CALIBRATE_AFTER, Trainer
+
+
+def small_cfg(out, **kw):
+    """The tiny preset shrunk to a few seconds: 512-token sequences (Lighthouse active), 8 steps, 3 dense."""
+    cfg = train_preset("tiny")
+    cfg.out_dir, cfg.seq_len, cfg.batch_size, cfg.micro_batch_size = str(out), 512, 4, 2
+    cfg.max_steps, cfg.warmup_steps, cfg.dense_tail_steps = 8, 2, 3
+    cfg.eval_every, cfg.eval_samples, cfg.progress, cfg.device = 0, 2, False, "cpu"
+    for k, v in kw.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def _losses(out):
+    return {r["step"]: r["loss"] for r in read_metrics(out / "metrics.jsonl") if r["type"] == "train"}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny30")
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "lighthouse.cli", "train", "--preset", "tiny", "--max-steps", "30", "--out", str(out), "--no-progress"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, time.perf_counter() - t0
+
+
+def test_tiny_preset_30_steps_runs_under_two_minutes_and_loss_falls(tiny_run):
+    out, seconds = tiny_run
+    assert seconds < 120, f"took {seconds:.0f}s"
+    losses = _losses(out)
+    assert sorted(losses) == list(range(1, 31))
+    first, last = losses[1], sum(losses[s] for s in range(26, 31)) / 5
+    assert last < first - 1.0, f"loss {first:.3f} -> {last:.3f}"
+    assert (out / "loss.png").stat().st_size > 10_000
+    assert (out / "model.safetensors").exists() and (out / "checkpoints").is_dir()
+
+
+def test_stage_switch_is_logged_and_phases_follow_it(tiny_run):
+    out, _ = tiny_run
+    records = read_metrics(out / "metrics.jsonl")
+    switch = [r for r in records if r["type"] == "phase"]
+    assert len(switch) == 1 and switch[0]["phase"] == "dense"
+    s = switch[0]["step"]
+    phases = {r["step"]: r["phase"] for r in records if r["type"] == "train"}
+    assert all(p == ("lighthouse" if step <= s else "dense") for step, p in phases.items())
+    assert all({"loss", "lr", "tokens_per_s"} <= set(r) for r in records if r["type"] == "train")
+    assert [r for r in records if r["type"] == "eval"]
+
+
+def test_trained_tiny_checkpoint_matches_transformers_logits_and_greedy_tokens(tiny_run):
+    out, _ = tiny_run
+    ours, tok = load_checkpoint(out)
+    hf = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert AutoTokenizer.from_pretrained(out)("x")["input_ids"] == tok("x")["input_ids"]
+    torch.manual_seed(0)
+    ids = torch.randint(0, 262, (2, 200))
+    with torch.no_grad():
+        err = (ours(ids, dense=True, logits_to_keep=200).logits - hf(ids).logits).abs().max().item()
+    assert err < 1e-4
+    prompt = torch.tensor([tok("The pass key is 12345. Remember it. ")["input_ids"]])
+    theirs = hf.generate(prompt, max_new_tokens=32, min_new_tokens=32, do_sample=False, eos_token_id=None, pad_token_id=0)
+    assert torch.equal(greedy_generate(ours, prompt, 32), theirs[:, prompt.shape[1]:])
+
+
+def test_dense_tail_runs_no_lighthouse_layer(tmp_path, monkeypatch):
+    trainer = Trainer(small_cfg(tmp_path, max_steps=5, dense_tail_steps=2))
+    calls = []
+    real_op = llama_mod.lighthouse_attention
+    monkeypatch.setattr(llama_mod, "lighthouse_attention", lambda *a, **k: calls.append(trainer.step) or real_op(*a, **k))
+    trainer.train()
+    # 2 layers x (forward + checkpoint-free backward reuses forward) per micro-batch, only in steps 0..2
+    assert calls and set(calls) == {0, 1, 2}
+    assert [r["phase"] for r in read_metrics(tmp_path / "metrics.jsonl") if r["type"] == "train"] == ["lighthouse"] * 3 + ["dense"] * 2
+
+
+def test_resuming_from_a_mid_run_checkpoint_continues_the_same_loss_trajectory(tmp_path):
+    full = tmp_path / "full"
+    Trainer(small_cfg(full)).train()
+    cut = tmp_path / "cut"
+    summary = Trainer(small_cfg(cut, save_every=3, stop_at_step=5)).train()
+    assert summary["stopped_early"] and summary["step"] == 5
+    resumed = Trainer(small_cfg(cut, save_every=3))
+    assert resumed.step == 3  # the latest checkpoint, not where it stopped
+    resumed.train()
+    a, b = _losses(full), _losses(cut)
+    assert sorted(b) == list(range(1, 9))
+    for step in range(1, 9):
+        assert abs(a[step] - b[step]) < 1e-5, (step, a[step], b[step])
+    kept = sorted(p.name for p in (cut / "checkpoints").iterdir())
+    assert kept == ["step_000006", "step_000008"]  # keep_last=2
+
+
+def test_torchrun_two_processes_gloo_match_one_process_at_the_same_global_batch(tmp_path):
+    args = ["--preset", "tiny", "--max-steps", "4", "--seq-len", "512", "--batch-size", "4", "--micro-batch-size", "2",
+            "--warmup-steps", "1", "--dense-tail-steps", "1", "--eval-every", "0", "--eval-samples", "2",
+            "--device", "cpu", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, "-m", "lighthouse.train", *args, "--out", str(tmp_path / "one")],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "lighthouse.train", *args, "--out", str(tmp_path / "two")],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4]
+    for s in a:
+        assert abs(a[s] - b[s]) < 1e-4 * max(1.0, a[s]), (s, a[s], b[s])
+    w1, _ = load_checkpoint(tmp_path / "one", load_tokenizer=False)
+    w2, _ = load_checkpoint(tmp_path / "two", load_tokenizer=False)
+    for (n, p1), (_, p2) in zip(w1.named_parameters(), w2.named_parameters()):
+        torch.testing.assert_close(p1, p2, rtol=1e-3, atol=1e-4, msg=n)
+
+
+def test_time_budget_trims_max_steps_once_and_records_it(tmp_path):
+    trainer = Trainer(small_cfg(tmp_path, max_steps=500, dense_tail_steps=None, dense_tail_fraction=0.25, time_budget_s=4.0))
+    trainer.train()
+    sched = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r["type"] == "schedule"]
+    assert len(sched) == 1 and 6 <= sched[0]["max_steps"] < 500
+    assert trainer.step == sched[0]["max_steps"]
+    n = sched[0]["max_steps"]
+    assert sched[0]["switch_step"] == max(CALIBRATE_AFTER, n - round(0.25 * n))
+    state = json.loads((tmp_path / "checkpoints" / f"step_{trainer.step:06d}" / "trainer_state.json").read_text())
+    assert state["max_steps"] == trainer.step
