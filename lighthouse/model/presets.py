@@ -18,7 +18,7 @@ BYTE_VOCAB_SIZE = 320
 MODEL_PRESETS: dict[str, ModelConfig] = {
     "tiny": ModelConfig(
         vocab_size=BYTE_VOCAB_SIZE, hidden_size=64, intermediate_size=192, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096, rope_theta=10000.0,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16384, rope_theta=10000.0,
         lighthouse=LighthouseConfig(levels=2, pooling_factor=4, topk=128, full_attn_layers=[], min_seq_len=512),
     ),
     "default": ModelConfig(

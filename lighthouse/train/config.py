@@ -2,7 +2,7 @@
 
 tiny     CPU, about a minute: the 2-layer model on 1K-token synthetic sequences (tests use it).
 default  the recipe of the bundled checkpoint (bench/train_default.sh): the `default` model at 16K context on
-         one H200, ~5 minutes (a time budget trims the step count to fit), Lighthouse stage then a dense tail.
+         one H200, ~5 minutes (a 300 s time budget trims the step count to fit), Lighthouse stage then a dense tail.
 h200     a longer single-H200 run of the larger `h200` model at 32K context.
 
 The schedule follows the paper: stage 1 trains with Lighthouse layers, stage 2 (the dense tail) continues the
@@ -89,9 +89,9 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
         max_steps=120, dense_tail_fraction=0.25, eval_every=40, eval_samples=8,
     ),
     "default": TrainConfig(
-        model_preset="default", seq_len=16384, batch_size=16, micro_batch_size=4, lr=2e-3, min_lr_ratio=0.1,
-        warmup_steps=60, max_steps=1200, dense_tail_fraction=0.25, time_budget_s=320.0, eval_every=100,
-        eval_samples=16, log_every=5, save_every=200, keep_last=2, synthetic_fraction=0.9, data=["stdlib"],
+        model_preset="default", seq_len=16384, batch_size=8, micro_batch_size=8, lr=2e-3, min_lr_ratio=0.1,
+        warmup_steps=100, max_steps=4000, dense_tail_fraction=0.25, time_budget_s=300.0, eval_every=200,
+        eval_samples=16, log_every=5, save_every=500, keep_last=2, synthetic_fraction=0.9, data=["stdlib"],
         full_doc_fraction=0.5, seed=1234,
     ),
     "h200": TrainConfig(
