@@ -10,9 +10,8 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import pytest
-
 import lighthouse_client as lc
+import pytest
 
 COMPLETION = {"id": "c", "object": "text_completion", "model": "stub",
               "choices": [{"index": 0, "text": "ok", "finish_reason": "stop"}]}  # fmt: skip

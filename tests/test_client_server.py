@@ -19,9 +19,8 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
-
 import lighthouse_client as lc
+import pytest
 
 try:  # skip (not fail) only when the server itself is not importable
     importlib.import_module("server.app")
@@ -50,10 +49,10 @@ def bundled_checkpoint_or_tiny(tmp_dir: Path) -> str | None:
 
     if (default_checkpoint_dir() / "config.json").exists():
         return None
+    import torch
+
     from lighthouse.checkpoint import save_checkpoint
     from lighthouse.model import LlamaForCausalLM, model_preset
-
-    import torch
 
     torch.manual_seed(0)
     save_checkpoint(LlamaForCausalLM(model_preset("tiny")), None, tmp_dir / "tiny")
@@ -76,8 +75,8 @@ class ServeProcess:
         argv = [str(script), "serve"] if script.exists() else [sys.executable, "-m", "lighthouse.cli", "serve"]
         argv += list(flags)
         self.log_path = log_path
-        self.proc = subprocess.Popen(argv, env=env, cwd=str(ROOT), stdout=open(log_path, "wb"),
-                                     stderr=subprocess.STDOUT)  # fmt: skip
+        self.log_file = open(log_path, "wb")  # noqa: SIM115  (closed in stop())
+        self.proc = subprocess.Popen(argv, env=env, cwd=str(ROOT), stdout=self.log_file, stderr=subprocess.STDOUT)
 
     def wait_healthy(self, timeout: float = 90.0) -> None:
         deadline = time.monotonic() + timeout
@@ -111,6 +110,7 @@ class ServeProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        self.log_file.close()
 
 
 @pytest.fixture(scope="module")
@@ -311,9 +311,8 @@ def test_503_from_the_server_is_an_internal_server_error(servers):
     b = servers[1]
     b.wait_idle()
     client = lc.Client(base_url=b.url, api_key=API_KEY, max_retries=0)
-    with full_queue(b):
-        with pytest.raises(lc.InternalServerError) as info:
-            client.chat.completions.create(messages=MESSAGES, max_tokens=1)
+    with full_queue(b), pytest.raises(lc.InternalServerError) as info:
+        client.chat.completions.create(messages=MESSAGES, max_tokens=1)
     assert isinstance(info.value, lc.ServiceUnavailableError) and info.value.status_code == 503
     assert info.value.message
 

@@ -8,9 +8,8 @@ import json
 import time
 
 import httpx
-import pytest
-
 import lighthouse_client as lc
+import pytest
 from lighthouse_client import _base_client
 from lighthouse_client._sse import iter_events
 
@@ -250,7 +249,7 @@ def test_backoff_is_exponential_with_jitter_and_capped():
 
 
 def test_retry_after_forms():
-    resp = lambda **h: httpx.Response(503, headers=h)  # noqa: E731
+    resp = lambda **h: httpx.Response(503, headers=h)
     assert _base_client.retry_delay(0, resp(**{"retry-after-ms": "250"})) == 0.25
     date = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 3))
     assert 1.0 < _base_client.retry_delay(0, resp(**{"retry-after": date})) <= 3.0
@@ -369,7 +368,7 @@ def test_document_ask_puts_document_first_and_question_last():
 
 
 def test_document_stream_reports_progress_then_text_then_done():
-    progress = lambda p: chat_chunk(prompt_progress={"total": 100, "processed": p, "cache": 0}) | {"choices": []}  # noqa: E731
+    progress = lambda p: chat_chunk(prompt_progress={"total": 100, "processed": p, "cache": 0}) | {"choices": []}
     usage = {"prompt_tokens": 100, "completion_tokens": 2, "total_tokens": 102}
     body = sse(progress(50), progress(100), chat_chunk("Al"), chat_chunk("ice", "stop"), chat_chunk(usage=usage))
     rec = Recorder(httpx.Response(200, content=body))
@@ -385,7 +384,7 @@ def test_document_stream_reports_progress_then_text_then_done():
 
 
 def test_async_client_has_the_same_public_methods_as_client():
-    public = lambda obj: {n for n in dir(obj) if not n.startswith("_")}  # noqa: E731
+    public = lambda obj: {n for n in dir(obj) if not n.startswith("_")}
     assert public(lc.Client) == public(lc.AsyncClient)
     c, a = lc.Client(), lc.AsyncClient()
     for attr in ("completions", "chat", "models", "documents"):

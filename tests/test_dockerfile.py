@@ -191,7 +191,7 @@ def test_copied_sources_exist_and_the_dockerignore_keeps_them_but_drops_the_bulk
     for kw, args in INSTR:
         if kw == "COPY" and "--from" not in args:
             sources += args.split()[:-1]
-    assert {"pyproject.toml", "lighthouse", "server"} <= set(s.rstrip("/") for s in sources)
+    assert {"pyproject.toml", "lighthouse", "server"} <= {s.rstrip("/") for s in sources}
     for src in sources:
         assert (ROOT / src).exists(), f"COPY {src}: not in the repository"
         assert not ignored(src, patterns), f"COPY {src} is excluded by .dockerignore"

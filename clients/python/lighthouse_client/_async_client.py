@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Mapping, Optional, Sequence, Type, Union
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import httpx
 
@@ -23,7 +24,7 @@ from .documents import AsyncDocuments
 from .resources import Chat, Completions, Models
 from .types import DetokenizeResult, HealthStatus, TokenizeResult
 
-Timeout = Union[TimeoutTypes, NotGiven]
+Timeout = TimeoutTypes | NotGiven
 
 __all__ = ["AsyncClient"]
 
@@ -34,13 +35,13 @@ class AsyncClient:
     def __init__(
         self,
         *,
-        base_url: Optional[str] = None,
-        api_key: Optional[str] = None,
+        base_url: str | None = None,
+        api_key: str | None = None,
         timeout: Timeout = NOT_GIVEN,
         max_retries: int = DEFAULT_MAX_RETRIES,
-        default_headers: Optional[Mapping[str, str]] = None,
-        model: Optional[str] = None,
-        http_client: Optional[httpx.AsyncClient] = None,
+        default_headers: Mapping[str, str] | None = None,
+        model: str | None = None,
+        http_client: httpx.AsyncClient | None = None,
     ) -> None:
         self._config = ClientConfig(
             base_url=base_url, api_key=api_key, timeout=timeout, max_retries=max_retries,
@@ -48,7 +49,7 @@ class AsyncClient:
         )  # fmt: skip
         self._owns_http = http_client is None
         self._http = http_client or httpx.AsyncClient()
-        self._server_model: Optional[str] = None
+        self._server_model: str | None = None
         self.completions = Completions(self)
         self.chat = Chat(self)
         self.models = Models(self)
@@ -63,12 +64,12 @@ class AsyncClient:
     def with_options(
         self,
         *,
-        api_key: Optional[str] = None,
+        api_key: str | None = None,
         timeout: Timeout = NOT_GIVEN,
-        max_retries: Optional[int] = None,
-        model: Optional[str] = None,
-        default_headers: Optional[Mapping[str, str]] = None,
-    ) -> "AsyncClient":
+        max_retries: int | None = None,
+        model: str | None = None,
+        default_headers: Mapping[str, str] | None = None,
+    ) -> AsyncClient:
         """A copy with some settings changed, sharing this client's connection pool."""
         c = self._config
         return type(self)(
@@ -83,18 +84,18 @@ class AsyncClient:
 
     async def tokenize(
         self,
-        prompt: Optional[str] = None,
+        prompt: str | None = None,
         *,
-        messages: Optional[Sequence[Mapping[str, Any]]] = None,
-        model: Optional[str] = None,
-        add_special_tokens: Optional[bool] = None,
+        messages: Sequence[Mapping[str, Any]] | None = None,
+        model: str | None = None,
+        add_special_tokens: bool | None = None,
         timeout: Timeout = NOT_GIVEN,
     ) -> TokenizeResult:
         """POST /tokenize: token ids of a prompt (or of chat messages through the chat template)."""
         return await self._request("POST", "/tokenize", body=tokenize_body(prompt, messages, model, add_special_tokens),
                                    cast=TokenizeResult, timeout=timeout)  # fmt: skip
 
-    async def detokenize(self, tokens: Sequence[int], *, model: Optional[str] = None,
+    async def detokenize(self, tokens: Sequence[int], *, model: str | None = None,
                          timeout: Timeout = NOT_GIVEN) -> DetokenizeResult:  # fmt: skip
         """POST /detokenize: the text of token ids (in `.prompt`)."""
         body = {"tokens": list(tokens), **({"model": model} if model else {})}
@@ -116,7 +117,7 @@ class AsyncClient:
         if self._owns_http:
             await self._http.aclose()
 
-    async def __aenter__(self) -> "AsyncClient":
+    async def __aenter__(self) -> AsyncClient:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -127,10 +128,10 @@ class AsyncClient:
         method: str,
         path: str,
         *,
-        body: Optional[dict[str, Any]] = None,
-        cast: Optional[Type[Any]] = None,
+        body: dict[str, Any] | None = None,
+        cast: type[Any] | None = None,
         stream: bool = False,
-        headers: Optional[Mapping[str, str]] = None,
+        headers: Mapping[str, str] | None = None,
         timeout: Timeout = NOT_GIVEN,
         fill_model: bool = False,
     ) -> Any:
@@ -148,12 +149,12 @@ class AsyncClient:
         self,
         method: str,
         path: str,
-        body: Optional[dict[str, Any]],
+        body: dict[str, Any] | None,
         timeout: Timeout,
-        headers: Optional[Mapping[str, str]],
+        headers: Mapping[str, str] | None,
         *,
         stream: bool,
-        max_retries: Optional[int] = None,
+        max_retries: int | None = None,
         retry_status: bool = True,
     ) -> httpx.Response:
         """Send with retries; returns the final response (possibly an error status, for the caller to raise)."""

@@ -6,7 +6,8 @@ import email.utils
 import os
 import random
 import time
-from typing import Any, Mapping, Optional, Type, TypeVar, Union
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 import httpx
 import pydantic
@@ -37,14 +38,13 @@ class NotGiven:
 
 
 NOT_GIVEN = NotGiven()
-TimeoutTypes = Union[float, httpx.Timeout, None]
+TimeoutTypes = float | httpx.Timeout | None
 
 
 def normalize_base_url(base_url: str) -> str:
     """The server root: accepts "http://h:8000", "http://h:8000/" and OpenAI-style "http://h:8000/v1"."""
     url = base_url.rstrip("/")
-    if url.endswith("/v1"):
-        url = url[: -len("/v1")]
+    url = url.removesuffix("/v1")
     return url
 
 
@@ -52,7 +52,7 @@ def to_timeout(timeout: TimeoutTypes) -> httpx.Timeout:
     return timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
 
 
-def retry_after_seconds(headers: Mapping[str, str]) -> Optional[float]:
+def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
     """Retry-After (seconds or an HTTP date) or retry-after-ms, in seconds; None when absent or unparsable."""
     ms = headers.get("retry-after-ms")
     if ms is not None:
@@ -82,7 +82,7 @@ def should_retry(response: httpx.Response) -> bool:
     return response.status_code in RETRY_STATUSES or response.status_code >= 500
 
 
-def retry_delay(retries_done: int, response: Optional[httpx.Response]) -> float:
+def retry_delay(retries_done: int, response: httpx.Response | None) -> float:
     """Seconds to wait before retry number `retries_done + 1`: the server's Retry-After when it gave a sane
     one, else exponential backoff (0.5, 1, 2, ... capped at 8 s) with up to 25% jitter."""
     if response is not None:
@@ -101,7 +101,7 @@ def read_body(response: httpx.Response) -> Any:
         return response.text
 
 
-def parse_response(response: httpx.Response, cast: Optional[Type[T]]) -> Any:
+def parse_response(response: httpx.Response, cast: type[T] | None) -> Any:
     """Raise the typed error for a >= 400 status; else the body validated as `cast` (raw JSON when None)."""
     body = read_body(response)
     if response.status_code >= 400:
@@ -122,12 +122,12 @@ class ClientConfig:
     def __init__(
         self,
         *,
-        base_url: Optional[str],
-        api_key: Optional[str],
-        timeout: Union[TimeoutTypes, NotGiven],
+        base_url: str | None,
+        api_key: str | None,
+        timeout: TimeoutTypes | NotGiven,
         max_retries: int,
-        default_headers: Optional[Mapping[str, str]],
-        model: Optional[str],
+        default_headers: Mapping[str, str] | None,
+        model: str | None,
     ) -> None:
         if max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
@@ -138,7 +138,7 @@ class ClientConfig:
         self.default_headers = dict(default_headers or {})
         self.model = model
 
-    def headers(self, extra: Optional[Mapping[str, str]] = None) -> dict[str, str]:
+    def headers(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         headers = {"User-Agent": f"lighthouse-client/{__version__}", "Accept": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
@@ -146,5 +146,5 @@ class ClientConfig:
         headers.update(extra or {})
         return headers
 
-    def request_timeout(self, timeout: Union[TimeoutTypes, NotGiven]) -> httpx.Timeout:
+    def request_timeout(self, timeout: TimeoutTypes | NotGiven) -> httpx.Timeout:
         return self.timeout if isinstance(timeout, NotGiven) else to_timeout(timeout)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Mapping, Optional, Sequence, Type, Union
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import httpx
 
@@ -23,7 +24,7 @@ from .documents import Documents
 from .resources import Chat, Completions, Models
 from .types import DetokenizeResult, HealthStatus, TokenizeResult
 
-Timeout = Union[TimeoutTypes, NotGiven]
+Timeout = TimeoutTypes | NotGiven
 
 __all__ = ["Client"]
 
@@ -46,13 +47,13 @@ class Client:
     def __init__(
         self,
         *,
-        base_url: Optional[str] = None,
-        api_key: Optional[str] = None,
+        base_url: str | None = None,
+        api_key: str | None = None,
         timeout: Timeout = NOT_GIVEN,
         max_retries: int = DEFAULT_MAX_RETRIES,
-        default_headers: Optional[Mapping[str, str]] = None,
-        model: Optional[str] = None,
-        http_client: Optional[httpx.Client] = None,
+        default_headers: Mapping[str, str] | None = None,
+        model: str | None = None,
+        http_client: httpx.Client | None = None,
     ) -> None:
         self._config = ClientConfig(
             base_url=base_url, api_key=api_key, timeout=timeout, max_retries=max_retries,
@@ -60,7 +61,7 @@ class Client:
         )  # fmt: skip
         self._owns_http = http_client is None
         self._http = http_client or httpx.Client()
-        self._server_model: Optional[str] = None
+        self._server_model: str | None = None
         self.completions = Completions(self)
         self.chat = Chat(self)
         self.models = Models(self)
@@ -75,12 +76,12 @@ class Client:
     def with_options(
         self,
         *,
-        api_key: Optional[str] = None,
+        api_key: str | None = None,
         timeout: Timeout = NOT_GIVEN,
-        max_retries: Optional[int] = None,
-        model: Optional[str] = None,
-        default_headers: Optional[Mapping[str, str]] = None,
-    ) -> "Client":
+        max_retries: int | None = None,
+        model: str | None = None,
+        default_headers: Mapping[str, str] | None = None,
+    ) -> Client:
         """A copy with some settings changed, sharing this client's connection pool."""
         c = self._config
         return type(self)(
@@ -97,18 +98,18 @@ class Client:
 
     def tokenize(
         self,
-        prompt: Optional[str] = None,
+        prompt: str | None = None,
         *,
-        messages: Optional[Sequence[Mapping[str, Any]]] = None,
-        model: Optional[str] = None,
-        add_special_tokens: Optional[bool] = None,
+        messages: Sequence[Mapping[str, Any]] | None = None,
+        model: str | None = None,
+        add_special_tokens: bool | None = None,
         timeout: Timeout = NOT_GIVEN,
     ) -> TokenizeResult:
         """POST /tokenize: token ids of a prompt (or of chat messages through the chat template)."""
         return self._request("POST", "/tokenize", body=tokenize_body(prompt, messages, model, add_special_tokens),
                              cast=TokenizeResult, timeout=timeout)  # fmt: skip
 
-    def detokenize(self, tokens: Sequence[int], *, model: Optional[str] = None,
+    def detokenize(self, tokens: Sequence[int], *, model: str | None = None,
                    timeout: Timeout = NOT_GIVEN) -> DetokenizeResult:  # fmt: skip
         """POST /detokenize: the text of token ids (in `.prompt`)."""
         body = {"tokens": list(tokens), **({"model": model} if model else {})}
@@ -132,7 +133,7 @@ class Client:
         if self._owns_http:
             self._http.close()
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -145,10 +146,10 @@ class Client:
         method: str,
         path: str,
         *,
-        body: Optional[dict[str, Any]] = None,
-        cast: Optional[Type[Any]] = None,
+        body: dict[str, Any] | None = None,
+        cast: type[Any] | None = None,
         stream: bool = False,
-        headers: Optional[Mapping[str, str]] = None,
+        headers: Mapping[str, str] | None = None,
         timeout: Timeout = NOT_GIVEN,
         fill_model: bool = False,
     ) -> Any:
@@ -166,12 +167,12 @@ class Client:
         self,
         method: str,
         path: str,
-        body: Optional[dict[str, Any]],
+        body: dict[str, Any] | None,
         timeout: Timeout,
-        headers: Optional[Mapping[str, str]],
+        headers: Mapping[str, str] | None,
         *,
         stream: bool,
-        max_retries: Optional[int] = None,
+        max_retries: int | None = None,
         retry_status: bool = True,
     ) -> httpx.Response:
         """Send with retries; returns the final response (possibly an error status, for the caller to raise)."""

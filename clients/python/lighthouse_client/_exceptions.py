@@ -11,22 +11,22 @@ from typing import Any
 import httpx
 
 __all__ = [
-    "LighthouseError",
-    "APIError",
-    "APIStatusError",
     "APIConnectionError",
-    "APITimeoutError",
+    "APIError",
     "APIResponseValidationError",
-    "BadRequestError",
+    "APIStatusError",
+    "APITimeoutError",
     "AuthenticationError",
-    "PermissionDeniedError",
-    "NotFoundError",
+    "BadRequestError",
     "ConflictError",
-    "RequestTooLargeError",
-    "UnprocessableEntityError",
-    "RateLimitError",
     "InternalServerError",
+    "LighthouseError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "RequestTooLargeError",
     "ServiceUnavailableError",
+    "UnprocessableEntityError",
 ]
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import httpx
 
@@ -17,10 +18,10 @@ def connection_error(exc: httpx.TransportError, request: httpx.Request) -> APICo
 
 
 def tokenize_body(
-    prompt: Optional[str],
-    messages: Optional[Sequence[Mapping[str, Any]]],
-    model: Optional[str],
-    add_special_tokens: Optional[bool],
+    prompt: str | None,
+    messages: Sequence[Mapping[str, Any]] | None,
+    model: str | None,
+    add_special_tokens: bool | None,
 ) -> dict[str, Any]:
     if (prompt is None) == (messages is None):
         raise ValueError("tokenize() takes exactly one of `prompt` or `messages`")

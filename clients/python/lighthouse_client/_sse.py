@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Iterator, Optional
+from typing import Any
 
 
 @dataclass
 class ServerSentEvent:
     data: str
-    event: Optional[str] = None
-    id: Optional[str] = None
-    retry: Optional[int] = None
+    event: str | None = None
+    id: str | None = None
+    retry: int | None = None
 
     @property
     def is_done(self) -> bool:
@@ -27,18 +28,17 @@ class SSEDecoder:
 
     def __init__(self) -> None:
         self._data: list[str] = []
-        self._event: Optional[str] = None
-        self._id: Optional[str] = None
-        self._retry: Optional[int] = None
+        self._event: str | None = None
+        self._id: str | None = None
+        self._retry: int | None = None
 
-    def decode(self, line: str) -> Optional[ServerSentEvent]:
+    def decode(self, line: str) -> ServerSentEvent | None:
         if not line:
             return self._flush()
         if line.startswith(":"):  # comment / keep-alive
             return None
         field, _, value = line.partition(":")
-        if value.startswith(" "):
-            value = value[1:]
+        value = value.removeprefix(" ")
         if field == "data":
             self._data.append(value)
         elif field == "event":
@@ -49,11 +49,11 @@ class SSEDecoder:
             self._retry = int(value)
         return None
 
-    def flush(self) -> Optional[ServerSentEvent]:
+    def flush(self) -> ServerSentEvent | None:
         """The event pending when the stream ends without a final blank line."""
         return self._flush()
 
-    def _flush(self) -> Optional[ServerSentEvent]:
+    def _flush(self) -> ServerSentEvent | None:
         if not self._data and self._event is None:
             return None
         sse = ServerSentEvent("\n".join(self._data), self._event, self._id, self._retry)

@@ -7,7 +7,8 @@ APIConnectionError (or APITimeoutError) from the iterator.
 from __future__ import annotations
 
 import json
-from typing import Any, AsyncIterator, Callable, Generic, Iterator, Optional, TypeVar
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, Generic, TypeVar
 
 import httpx
 
@@ -18,7 +19,7 @@ T = TypeVar("T")
 Parser = Callable[[Any], T]
 
 
-def _decode(sse: ServerSentEvent, parse: Parser[T], response: httpx.Response) -> Optional[T]:
+def _decode(sse: ServerSentEvent, parse: Parser[T], response: httpx.Response) -> T | None:
     """One event -> one item; None for events to skip. Raises APIError for an error event."""
     if not sse.data.strip():
         return None
@@ -64,7 +65,7 @@ class Stream(Generic[T]):
     def __next__(self) -> T:
         return next(self._iterator)
 
-    def __enter__(self) -> "Stream[T]":
+    def __enter__(self) -> Stream[T]:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -102,7 +103,7 @@ class AsyncStream(Generic[T]):
     async def __anext__(self) -> T:
         return await self._iterator.__anext__()
 
-    async def __aenter__(self) -> "AsyncStream[T]":
+    async def __aenter__(self) -> AsyncStream[T]:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

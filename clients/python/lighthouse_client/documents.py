@@ -7,30 +7,38 @@ prefilled tail of the prompt.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, AsyncIterator, Iterator, Mapping, Optional, Union
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 from ._base_client import NOT_GIVEN, NotGiven, TimeoutTypes
 from ._streaming import AsyncStream, Stream
-from .types import ChatCompletion, ChatCompletionChunk, DocumentAnswer, DocumentDone, DocumentEvent, \
-    DocumentProgress, DocumentText  # fmt: skip
+from .types import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    DocumentAnswer,
+    DocumentDone,
+    DocumentEvent,
+    DocumentProgress,  # fmt: skip
+    DocumentText,
+)
 
 if TYPE_CHECKING:
     from ._async_client import AsyncClient
     from ._client import Client
 
-Timeout = Union[TimeoutTypes, NotGiven]
+Timeout = TimeoutTypes | NotGiven
 DEFAULT_SYSTEM = "Answer the question using only the document. Be concise."
 
 
-def document_messages(document: str, question: str, system: Optional[str] = DEFAULT_SYSTEM) -> list[dict[str, str]]:
+def document_messages(document: str, question: str, system: str | None = DEFAULT_SYSTEM) -> list[dict[str, str]]:
     """Chat messages for a question about a document: [system], user = document, blank line, question."""
     messages = [{"role": "system", "content": system}] if system else []
     messages.append({"role": "user", "content": f"{document}\n\nQuestion: {question}"})
     return messages
 
 
-def _request_kwargs(document: str, question: str, system: Optional[str], stream: bool, progress: bool,
-                    extra_body: Optional[Mapping[str, Any]], **params: Any) -> dict[str, Any]:  # fmt: skip
+def _request_kwargs(document: str, question: str, system: str | None, stream: bool, progress: bool,
+                    extra_body: Mapping[str, Any] | None, **params: Any) -> dict[str, Any]:  # fmt: skip
     extra = dict(extra_body or {})
     if progress:
         extra.setdefault("return_progress", True)  # llama.cpp's name for streamed prefill progress
@@ -51,7 +59,7 @@ class _EventBuilder:
 
     def __init__(self) -> None:
         self.parts: list[str] = []
-        self.finish_reason: Optional[str] = None
+        self.finish_reason: str | None = None
         self.usage = None
 
     def events(self, chunk: ChatCompletionChunk) -> list[DocumentEvent]:
@@ -73,7 +81,7 @@ class _EventBuilder:
         return DocumentDone(text="".join(self.parts), finish_reason=self.finish_reason, usage=self.usage)
 
 
-def _progress_of(chunk: ChatCompletionChunk) -> Optional[DocumentProgress]:
+def _progress_of(chunk: ChatCompletionChunk) -> DocumentProgress | None:
     """llama.cpp-style `prompt_progress` on a chunk, or a chunk that is itself a progress object."""
     p = chunk.prompt_progress
     if p is not None:
@@ -117,7 +125,7 @@ class DocumentStream:
     def __next__(self) -> DocumentEvent:
         return next(self._iterator)
 
-    def __enter__(self) -> "DocumentStream":
+    def __enter__(self) -> DocumentStream:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -158,7 +166,7 @@ class AsyncDocumentStream:
     async def __anext__(self) -> DocumentEvent:
         return await self._iterator.__anext__()
 
-    async def __aenter__(self) -> "AsyncDocumentStream":
+    async def __aenter__(self) -> AsyncDocumentStream:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -169,7 +177,7 @@ class AsyncDocumentStream:
 
 
 class Documents:
-    def __init__(self, client: "Client") -> None:
+    def __init__(self, client: Client) -> None:
         self._client = client
 
     def ask(
@@ -177,18 +185,18 @@ class Documents:
         document: str,
         question: str,
         *,
-        system: Optional[str] = DEFAULT_SYSTEM,
-        model: Optional[str] = None,
-        max_tokens: Optional[int] = 256,
-        temperature: Optional[float] = 0.0,
+        system: str | None = DEFAULT_SYSTEM,
+        model: str | None = None,
+        max_tokens: int | None = 256,
+        temperature: float | None = 0.0,
         stream: bool = False,
         progress: bool = False,
-        prefill: Optional[str] = None,
-        decode: Optional[str] = None,
-        dense_tail_tokens: Optional[int] = None,
-        extra_body: Optional[Mapping[str, Any]] = None,
+        prefill: str | None = None,
+        decode: str | None = None,
+        dense_tail_tokens: int | None = None,
+        extra_body: Mapping[str, Any] | None = None,
         timeout: Timeout = NOT_GIVEN,
-    ) -> Union[DocumentAnswer, DocumentStream]:
+    ) -> DocumentAnswer | DocumentStream:
         """Ask `question` of `document` through chat completions.
 
         Returns a `DocumentAnswer`; with `stream=True` a `DocumentStream` of DocumentText events (and
@@ -203,7 +211,7 @@ class Documents:
 
 
 class AsyncDocuments:
-    def __init__(self, client: "AsyncClient") -> None:
+    def __init__(self, client: AsyncClient) -> None:
         self._client = client
 
     async def ask(
@@ -211,18 +219,18 @@ class AsyncDocuments:
         document: str,
         question: str,
         *,
-        system: Optional[str] = DEFAULT_SYSTEM,
-        model: Optional[str] = None,
-        max_tokens: Optional[int] = 256,
-        temperature: Optional[float] = 0.0,
+        system: str | None = DEFAULT_SYSTEM,
+        model: str | None = None,
+        max_tokens: int | None = 256,
+        temperature: float | None = 0.0,
         stream: bool = False,
         progress: bool = False,
-        prefill: Optional[str] = None,
-        decode: Optional[str] = None,
-        dense_tail_tokens: Optional[int] = None,
-        extra_body: Optional[Mapping[str, Any]] = None,
+        prefill: str | None = None,
+        decode: str | None = None,
+        dense_tail_tokens: int | None = None,
+        extra_body: Mapping[str, Any] | None = None,
         timeout: Timeout = NOT_GIVEN,
-    ) -> Union[DocumentAnswer, AsyncDocumentStream]:
+    ) -> DocumentAnswer | AsyncDocumentStream:
         """As `Documents.ask`, awaitable; with `stream=True` an `AsyncDocumentStream`."""
         kwargs = _request_kwargs(document, question, system, stream, progress, extra_body, model=model,
                                  max_tokens=max_tokens, temperature=temperature, prefill=prefill, decode=decode,

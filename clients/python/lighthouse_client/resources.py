@@ -6,7 +6,8 @@ it on `AsyncClient`. Streams are `Stream` / `AsyncStream` respectively.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional, Union
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from ._base_client import NOT_GIVEN, NotGiven, TimeoutTypes
 from ._params import build_body, stream_options
@@ -15,14 +16,14 @@ from .types import ChatCompletion, ChatCompletionChunk, Completion, ModelList
 if TYPE_CHECKING:
     from ._client import AsyncClient, Client
 
-    AnyClient = Union[Client, AsyncClient]
+    AnyClient = Client | AsyncClient
 
-Timeout = Union[TimeoutTypes, NotGiven]
-Stop = Union[str, list[str], None]
+Timeout = TimeoutTypes | NotGiven
+Stop = str | list[str] | None
 
 
 class _Resource:
-    def __init__(self, client: "AnyClient") -> None:
+    def __init__(self, client: AnyClient) -> None:
         self._client = client
 
 
@@ -30,29 +31,29 @@ class Completions(_Resource):
     def create(
         self,
         *,
-        prompt: Union[str, list[int], list[str]],
-        model: Optional[str] = None,
-        max_tokens: Optional[int] = None,
-        temperature: Optional[float] = None,
-        top_p: Optional[float] = None,
-        top_k: Optional[int] = None,
-        min_p: Optional[float] = None,
-        n: Optional[int] = None,
+        prompt: str | list[int] | list[str],
+        model: str | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        min_p: float | None = None,
+        n: int | None = None,
         stop: Stop = None,
-        seed: Optional[int] = None,
-        logprobs: Optional[int] = None,
-        echo: Optional[bool] = None,
-        presence_penalty: Optional[float] = None,
-        frequency_penalty: Optional[float] = None,
-        repetition_penalty: Optional[float] = None,
+        seed: int | None = None,
+        logprobs: int | None = None,
+        echo: bool | None = None,
+        presence_penalty: float | None = None,
+        frequency_penalty: float | None = None,
+        repetition_penalty: float | None = None,
         stream: bool = False,
-        include_usage: Optional[bool] = None,
-        user: Optional[str] = None,
-        prefill: Optional[str] = None,
-        decode: Optional[str] = None,
-        dense_tail_tokens: Optional[int] = None,
-        extra_body: Optional[Mapping[str, Any]] = None,
-        extra_headers: Optional[Mapping[str, str]] = None,
+        include_usage: bool | None = None,
+        user: str | None = None,
+        prefill: str | None = None,
+        decode: str | None = None,
+        dense_tail_tokens: int | None = None,
+        extra_body: Mapping[str, Any] | None = None,
+        extra_headers: Mapping[str, str] | None = None,
         timeout: Timeout = NOT_GIVEN,
     ) -> Any:
         """POST /v1/completions. Returns `Completion`, or with `stream=True` a stream of `Completion` chunks.
@@ -83,28 +84,28 @@ class ChatCompletions(_Resource):
         self,
         *,
         messages: Iterable[Mapping[str, Any]],
-        model: Optional[str] = None,
-        max_tokens: Optional[int] = None,
-        temperature: Optional[float] = None,
-        top_p: Optional[float] = None,
-        top_k: Optional[int] = None,
-        min_p: Optional[float] = None,
-        n: Optional[int] = None,
+        model: str | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        min_p: float | None = None,
+        n: int | None = None,
         stop: Stop = None,
-        seed: Optional[int] = None,
-        logprobs: Optional[bool] = None,
-        top_logprobs: Optional[int] = None,
-        presence_penalty: Optional[float] = None,
-        frequency_penalty: Optional[float] = None,
-        repetition_penalty: Optional[float] = None,
+        seed: int | None = None,
+        logprobs: bool | None = None,
+        top_logprobs: int | None = None,
+        presence_penalty: float | None = None,
+        frequency_penalty: float | None = None,
+        repetition_penalty: float | None = None,
         stream: bool = False,
-        include_usage: Optional[bool] = None,
-        user: Optional[str] = None,
-        prefill: Optional[str] = None,
-        decode: Optional[str] = None,
-        dense_tail_tokens: Optional[int] = None,
-        extra_body: Optional[Mapping[str, Any]] = None,
-        extra_headers: Optional[Mapping[str, str]] = None,
+        include_usage: bool | None = None,
+        user: str | None = None,
+        prefill: str | None = None,
+        decode: str | None = None,
+        dense_tail_tokens: int | None = None,
+        extra_body: Mapping[str, Any] | None = None,
+        extra_headers: Mapping[str, str] | None = None,
         timeout: Timeout = NOT_GIVEN,
     ) -> Any:
         """POST /v1/chat/completions. Returns `ChatCompletion`, or with `stream=True` a stream of
@@ -128,7 +129,7 @@ class ChatCompletions(_Resource):
 
 
 class Chat(_Resource):
-    def __init__(self, client: "AnyClient") -> None:
+    def __init__(self, client: AnyClient) -> None:
         super().__init__(client)
         self.completions = ChatCompletions(client)
 

@@ -3,33 +3,33 @@ older client."""
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "BaseType",
-    "CompletionUsage",
-    "CompletionLogprobs",
-    "CompletionChoice",
-    "Completion",
-    "ChatCompletionMessage",
     "ChatChoice",
     "ChatCompletion",
+    "ChatCompletionChunk",
+    "ChatCompletionMessage",
     "ChoiceDelta",
     "ChunkChoice",
-    "ChatCompletionChunk",
-    "PromptProgress",
-    "Model",
-    "ModelList",
-    "TokenizeResult",
+    "Completion",
+    "CompletionChoice",
+    "CompletionLogprobs",
+    "CompletionUsage",
     "DetokenizeResult",
-    "HealthStatus",
     "DocumentAnswer",
-    "DocumentProgress",
-    "DocumentText",
     "DocumentDone",
     "DocumentEvent",
+    "DocumentProgress",
+    "DocumentText",
+    "HealthStatus",
+    "Model",
+    "ModelList",
+    "PromptProgress",
+    "TokenizeResult",
 ]
 
 
@@ -49,7 +49,7 @@ class PromptProgress(BaseType):
     total: int = 0
     processed: int = 0
     cache: int = 0
-    time_ms: Optional[float] = None
+    time_ms: float | None = None
 
     @property
     def fraction(self) -> float:
@@ -57,17 +57,17 @@ class PromptProgress(BaseType):
 
 
 class CompletionLogprobs(BaseType):
-    tokens: Optional[list[str]] = None
-    token_logprobs: Optional[list[Optional[float]]] = None
-    top_logprobs: Optional[list[Optional[dict[str, float]]]] = None
-    text_offset: Optional[list[int]] = None
+    tokens: list[str] | None = None
+    token_logprobs: list[float | None] | None = None
+    top_logprobs: list[dict[str, float] | None] | None = None
+    text_offset: list[int] | None = None
 
 
 class CompletionChoice(BaseType):
     index: int = 0
     text: str = ""
-    finish_reason: Optional[str] = None
-    logprobs: Optional[CompletionLogprobs] = None
+    finish_reason: str | None = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class Completion(BaseType):
@@ -78,8 +78,8 @@ class Completion(BaseType):
     created: int = 0
     model: str = ""
     choices: list[CompletionChoice] = Field(default_factory=list)
-    usage: Optional[CompletionUsage] = None
-    prompt_progress: Optional[PromptProgress] = None
+    usage: CompletionUsage | None = None
+    prompt_progress: PromptProgress | None = None
 
     @property
     def text(self) -> str:
@@ -89,14 +89,14 @@ class Completion(BaseType):
 
 class ChatCompletionMessage(BaseType):
     role: str = "assistant"
-    content: Optional[str] = None
+    content: str | None = None
 
 
 class ChatChoice(BaseType):
     index: int = 0
     message: ChatCompletionMessage = Field(default_factory=ChatCompletionMessage)
-    finish_reason: Optional[str] = None
-    logprobs: Optional[dict[str, Any]] = None
+    finish_reason: str | None = None
+    logprobs: dict[str, Any] | None = None
 
 
 class ChatCompletion(BaseType):
@@ -105,7 +105,7 @@ class ChatCompletion(BaseType):
     created: int = 0
     model: str = ""
     choices: list[ChatChoice] = Field(default_factory=list)
-    usage: Optional[CompletionUsage] = None
+    usage: CompletionUsage | None = None
 
     @property
     def text(self) -> str:
@@ -114,15 +114,15 @@ class ChatCompletion(BaseType):
 
 
 class ChoiceDelta(BaseType):
-    role: Optional[str] = None
-    content: Optional[str] = None
+    role: str | None = None
+    content: str | None = None
 
 
 class ChunkChoice(BaseType):
     index: int = 0
     delta: ChoiceDelta = Field(default_factory=ChoiceDelta)
-    finish_reason: Optional[str] = None
-    logprobs: Optional[dict[str, Any]] = None
+    finish_reason: str | None = None
+    logprobs: dict[str, Any] | None = None
 
 
 class ChatCompletionChunk(BaseType):
@@ -131,8 +131,8 @@ class ChatCompletionChunk(BaseType):
     created: int = 0
     model: str = ""
     choices: list[ChunkChoice] = Field(default_factory=list)
-    usage: Optional[CompletionUsage] = None
-    prompt_progress: Optional[PromptProgress] = None
+    usage: CompletionUsage | None = None
+    prompt_progress: PromptProgress | None = None
 
 
 class Model(BaseType):
@@ -140,7 +140,7 @@ class Model(BaseType):
     object: str = "model"
     created: int = 0
     owned_by: str = ""
-    max_model_len: Optional[int] = None
+    max_model_len: int | None = None
 
 
 class ModelList(BaseType):
@@ -156,8 +156,8 @@ class ModelList(BaseType):
 
 class TokenizeResult(BaseType):
     tokens: list[int] = Field(default_factory=list)
-    count: Optional[int] = None
-    max_model_len: Optional[int] = None
+    count: int | None = None
+    max_model_len: int | None = None
 
 
 class DetokenizeResult(BaseType):
@@ -169,15 +169,15 @@ class HealthStatus(BaseType):
 
     ok: bool
     status_code: int
-    status: Optional[str] = None
+    status: str | None = None
 
 
 class DocumentAnswer(BaseType):
     """The answer to a question about a document (non-streaming `documents.ask`)."""
 
     text: str
-    finish_reason: Optional[str] = None
-    usage: Optional[CompletionUsage] = None
+    finish_reason: str | None = None
+    usage: CompletionUsage | None = None
     model: str = ""
 
 
@@ -188,7 +188,7 @@ class DocumentProgress(BaseType):
     processed: int
     total: int
     cache: int = 0
-    time_ms: Optional[float] = None
+    time_ms: float | None = None
 
     @property
     def fraction(self) -> float:
@@ -207,8 +207,8 @@ class DocumentDone(BaseType):
 
     type: Literal["done"] = "done"
     text: str
-    finish_reason: Optional[str] = None
-    usage: Optional[CompletionUsage] = None
+    finish_reason: str | None = None
+    usage: CompletionUsage | None = None
 
 
-DocumentEvent = Union[DocumentProgress, DocumentText, DocumentDone]
+DocumentEvent = DocumentProgress | DocumentText | DocumentDone
