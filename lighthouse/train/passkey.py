@@ -26,7 +26,7 @@ def passkey_prompts(context: int, depths, trials: int, seed: int, filler: str = 
     for d in depths:
         for t in range(trials):
             rng = random.Random(f"{seed}-{context}-{d}-{t}")
-            doc = passkey_doc(rng, context + 4, filler=filler, depth=d)  # +5 digits +".\n" -BOS = context
+            doc = passkey_doc(rng, context + 6, filler=filler, depth=d)  # BOS + prompt = context; then 5 digits + ".\n"
             a, b = doc.answers[0]
             ids = [BOS_ID, *doc.text[:a].encode("ascii")]
             out.append((d, torch.tensor(ids), doc.text[a:b]))
