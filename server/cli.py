@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 
 # flag -> Settings field; every flag defaults to None so that only given flags override the environment
 _FLAGS = [
@@ -46,6 +47,10 @@ def settings_from_args(args: argparse.Namespace):
     return Settings(**overrides)
 
 
+def _exit_zero(_sig, _frame) -> None:
+    raise SystemExit(0)
+
+
 def run(args: argparse.Namespace) -> int:
     import uvicorn
     from pydantic import ValidationError
@@ -60,7 +65,9 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings)
     # uvicorn handles SIGTERM/SIGINT: stop accepting, wait up to the drain timeout for in-flight responses,
-    # then run the lifespan shutdown (which aborts whatever is left) and return normally -> exit 0.
+    # then run the lifespan shutdown (which aborts whatever is left). Afterwards it re-raises the signal to the
+    # handler that was installed before it; ours turns that into a clean exit 0 (a drained shutdown is success).
+    signal.signal(signal.SIGTERM, _exit_zero)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
                 timeout_graceful_shutdown=settings.drain_timeout_s, access_log=False)
     return 0
