@@ -81,8 +81,11 @@ def test_fresh_venv_with_only_the_client_installed_has_no_torch(tmp_path):
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
     python = env_dir / "bin" / "python"
-    install = subprocess.run([str(python), "-m", "pip", "install", "-q", str(CLIENT)], capture_output=True,
-                             text=True, timeout=150)  # fmt: skip
+    try:
+        install = subprocess.run([str(python), "-m", "pip", "install", "-q", "--timeout", "20", "--retries", "1",
+                                  str(CLIENT)], capture_output=True, text=True, timeout=150)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        pytest.skip("pip install did not finish in 150 s (package index unreachable or very slow)")
     if install.returncode != 0 and any(h in install.stderr for h in NETWORK_HINTS):
         pytest.skip(f"no package index reachable to install httpx/pydantic: {install.stderr[-300:]}")
     assert install.returncode == 0, install.stderr
