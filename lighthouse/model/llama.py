@@ -75,7 +75,8 @@ class LlamaAttention(nn.Module):
         q = self.q_proj(x).view(B, N, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, N, D)
         k = self.k_proj(x).view(B, N, self.n_kv, self.head_dim).transpose(1, 2)  # (B, H_kv, N, D)
         v = self.v_proj(x).view(B, N, self.n_kv, self.head_dim).transpose(1, 2)  # (B, H_kv, N, D)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        # cos/sin are float32: under autocast the rotation would promote q/k, so cast back to v's dtype (as HF does)
+        q, k = apply_rope(q, cos, sin).to(v.dtype), apply_rope(k, cos, sin).to(v.dtype)
         out = attn_fn(self.layer_idx, q, k, v)  # (B, H, N, D)
         return self.o_proj(out.transpose(1, 2).reshape(B, N, self.n_heads * self.head_dim))
 
