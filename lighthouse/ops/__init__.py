@@ -12,7 +12,7 @@ from lighthouse.ops.validation import min_seq_len as lighthouse_min_seq_len
 from lighthouse.ops.validation import padded_len
 
 # The public op. A dispatching version (Triton on GPU) replaces this binding once it exists.
-lighthouse_attention = lighthouse_attention_ref
+from lighthouse.ops.dispatch import lighthouse_attention  # noqa: E402  (Triton on CUDA, the reference elsewhere)
 
 __all__ = [
     "attention_with_cache",

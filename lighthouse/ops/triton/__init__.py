@@ -5,7 +5,14 @@ its fused pooling backward), scatter.py (fan-out and its backward); ops.py regis
 ops with autograd; lighthouse_triton.py assembles the op. Importing this package needs triton.
 """
 
-from lighthouse.ops.triton.lighthouse_triton import (
+from lighthouse.ops.triton.geometry import INTERPRETING
+
+if INTERPRETING:
+    from lighthouse.ops.triton import interpreter_shim
+
+    interpreter_shim.install()
+
+from lighthouse.ops.triton.lighthouse_triton import (  # noqa: E402
     lighthouse_attention_triton,
     lighthouse_attention_triton_inference,
     lighthouse_select_triton,

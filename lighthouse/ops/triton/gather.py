@@ -17,10 +17,10 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from lighthouse.ops.triton.geometry import Plan
+from lighthouse.ops.triton.geometry import Plan, block
 
-BLOCK_S = 32
-BLOCK_T = 32
+BLOCK_S = block(32)  # slots per gather program
+BLOCK_T = block(64)  # positions per backward program
 
 
 @triton.jit
@@ -155,8 +155,10 @@ def gather_backward(dqs: Tensor, dks: Tensor, dvs: Tensor, inv: Tensor, h_kv: in
     dv = torch.empty(B, h_kv, N, D, device=dqs.device, dtype=dvs.dtype)
     inv = inv.contiguous()
     nblk = triton.cdiv(N, BLOCK_T)
-    common = dict(D=D, BLOCK=BLOCK_T, P=plan.p, LEVELS=plan.levels, num_warps=4)
+    common = dict(D=D, BLOCK=BLOCK_T, P=plan.p, LEVELS=plan.levels)
     dqs, dks, dvs = dqs.contiguous(), dks.contiguous(), dvs.contiguous()
-    _gather_bwd_kernel[(B * H * nblk,)](dqs, dqs, inv, dq, dq, H, H, N, plan.n_run, S, plan.pyr_len, TWO=False, **common)
-    _gather_bwd_kernel[(B * h_kv * nblk,)](dks, dvs, inv, dk, dv, H, h_kv, N, plan.n_run, S, plan.pyr_len, TWO=True, **common)
+    _gather_bwd_kernel[(B * H * nblk,)](
+        dqs, dqs, inv, dq, dq, H, H, N, plan.n_run, S, plan.pyr_len, TWO=False, num_warps=4, **common)
+    _gather_bwd_kernel[(B * h_kv * nblk,)](
+        dks, dvs, inv, dk, dv, H, h_kv, N, plan.n_run, S, plan.pyr_len, TWO=True, num_warps=8, **common)
     return dq, dk, dv

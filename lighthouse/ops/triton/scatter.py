@@ -17,10 +17,10 @@ import triton.language as tl
 from torch import Tensor
 
 from lighthouse.ops.triton.gather import _decode
-from lighthouse.ops.triton.geometry import Plan
+from lighthouse.ops.triton.geometry import Plan, block
 
-BLOCK_T = 32
-BLOCK_S = 32
+BLOCK_T = block(64)  # output positions per forward program
+BLOCK_S = block(32)  # slots per backward program
 
 
 @triton.jit

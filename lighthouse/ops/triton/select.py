@@ -23,7 +23,7 @@ from torch import Tensor
 
 from lighthouse.ops.triton.geometry import Plan
 
-SENTINEL = -1e6  # score of an empty lane (as lighthouse_ref.SENTINEL)
+SENTINEL = tl.constexpr(-1e6)  # score of an empty lane (as lighthouse_ref.SENTINEL)
 
 
 @triton.jit
@@ -89,6 +89,16 @@ def _cand_index(j, par, tile, SPAN, lvl: tl.constexpr, TOP: tl.constexpr, P: tl.
 
 
 @triton.jit
+def _merge_k(tk, spill, sk_lvl, par, tile, SPAN, lvl: tl.constexpr, TOP: tl.constexpr, P: tl.constexpr):
+    """The s_k list's step: [running s_k top-64 | the s_q sort's 64 rejects], re-scored by s_k."""
+    rj = _ident(spill)
+    ridx = _cand_index(rj, par, tile, SPAN, lvl, TOP, P)
+    sk = tl.load(sk_lvl + ridx, mask=ridx >= 0, other=SENTINEL)
+    tk, _unused = _halves(_sort128(_cat64(tk, _pack(sk, rj))))
+    return tk
+
+
+@triton.jit
 def _cascade_level(sq_row, sk_row, seg, par, tile, SPAN, N_RUN, emit,
                    lvl: tl.constexpr, TOP: tl.constexpr, P: tl.constexpr):
     """Stream one level's candidates; emit them; store the refined 128 as the next level's parents."""
@@ -105,6 +115,7 @@ def _cascade_level(sq_row, sk_row, seg, par, tile, SPAN, N_RUN, emit,
         M = 128 * P
     tq = _pack(tl.full([64], SENTINEL, tl.float32), tl.full([64], -1, tl.int32))
     tk = tq
+    out = tq  # the s_q sort's spill, fed to the s_k sort one batch later (two independent chains per step)
     for start in range(0, M, 64):
         j = start + lane
         idx = _cand_index(j, par, tile, SPAN, lvl, TOP, P)
@@ -112,11 +123,9 @@ def _cascade_level(sq_row, sk_row, seg, par, tile, SPAN, N_RUN, emit,
         rkey = idx.to(tl.int64) * ((P**lvl) << TOP)
         tl.store(seg + emit + j, (rkey << 32) + poff + idx)
         s = tl.load(sq_row + soff + idx, mask=idx >= 0, other=SENTINEL)
+        tk = _merge_k(tk, out, sk_row + soff, par, tile, SPAN, lvl, TOP, P)  # previous batch's spill
         tq, out = _halves(_sort128(_cat64(tq, _pack(s, j))))
-        rj = _ident(out)
-        ridx = _cand_index(rj, par, tile, SPAN, lvl, TOP, P)
-        sk = tl.load(sk_row + soff + ridx, mask=ridx >= 0, other=SENTINEL)
-        tk, _unused = _halves(_sort128(_cat64(tk, _pack(sk, rj))))
+    tk = _merge_k(tk, out, sk_row + soff, par, tile, SPAN, lvl, TOP, P)
     rj = _cat64(_ident(tq), _ident(tk))  # s_q list then s_k list, network order: the next level's parents
     ridx = _cand_index(rj, par, tile, SPAN, lvl, TOP, P)
     tl.debug_barrier()  # this level's rejected writes land first
