@@ -50,7 +50,8 @@ def metric(server, name: str) -> float:
 def test_models_list_reports_max_model_len(client, server):
     models = client.models.list().data
     assert [m.id for m in models] == ["tiny"]
-    assert models[0].model_extra["max_model_len"] == server.engine.max_model_len == 4096
+    cfg = server.engine.engine.model.config
+    assert models[0].model_extra["max_model_len"] == server.engine.max_model_len == cfg.max_position_embeddings
 
 
 def test_completion_non_streaming(client):

@@ -18,7 +18,7 @@ def test_sigterm_finishes_in_flight_streams_then_exits_zero(tmp_path):
     ckpt = make_checkpoint(tmp_path / "ckpt")
     port = free_port()
     env = {**os.environ, "LIGHTHOUSE_API_KEY": "k", "LIGHTHOUSE_DEVICE": "cpu", "LIGHTHOUSE_KV_CACHE_GB": "0.25",
-           "LIGHTHOUSE_DRAIN_TIMEOUT_S": "20"}
+           "LIGHTHOUSE_DRAIN_TIMEOUT_S": "120"}
     proc = subprocess.Popen([sys.executable, "-m", "lighthouse.cli", "serve", "--checkpoint", str(ckpt), "--port",
                              str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
@@ -34,7 +34,7 @@ def test_sigterm_finishes_in_flight_streams_then_exits_zero(tmp_path):
             time.sleep(0.2)
         # the key came from the environment
         assert httpx.get(url + "/v1/models").status_code == 401
-        body = {"prompt": "drain me", "max_tokens": 300, "temperature": 0, "stream": True, "ignore_eos": True}
+        body = {"prompt": "drain me", "max_tokens": 100, "temperature": 0, "stream": True, "ignore_eos": True}
         finish = None
         with httpx.stream("POST", url + "/v1/completions", json=body, headers={"Authorization": "Bearer k"},
                           timeout=60) as r:

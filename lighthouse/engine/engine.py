@@ -100,6 +100,8 @@ class LLMEngine:
                 f"{n_prompt + params.max_tokens} tokens ({n_prompt} in the prompt, {params.max_tokens} for max_tokens). "
                 f"Please reduce max_tokens to at most {self.max_model_len - n_prompt} or shorten the prompt.",
                 param="max_tokens", code="context_length_exceeded")
+        if params.n > self.config.max_num_seqs:
+            raise InvalidRequest(f"n={params.n} exceeds the server's max_num_seqs ({self.config.max_num_seqs})", param="n")
         plan = plan_prefill(self.model, n_prompt, prefill=prefill, decode=decode, dense_tail_tokens=tail)
         capacity = n_prompt + params.max_tokens
         sparse_entries = plan.selected + capacity - plan.split if plan.sparse_decode else 0
