@@ -62,7 +62,8 @@ ENV DEBIAN_FRONTEND=noninteractive
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-dev gcc libc6-dev tini \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --create-home --uid 10001 --shell /usr/sbin/nologin lighthouse \
+    && groupadd --gid 10001 lighthouse \
+    && useradd --create-home --uid 10001 --gid 10001 --shell /usr/sbin/nologin lighthouse \
     && mkdir -p /checkpoints /home/lighthouse/.cache \
     && chown -R lighthouse:lighthouse /checkpoints /home/lighthouse
 
