@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -38,18 +39,24 @@ def _losses(out):
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny30")
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), _children_cpu_s()
     proc = subprocess.run(
         [sys.executable, "-m", "lighthouse.cli", "train", "--preset", "tiny", "--max-steps", "30", "--out", str(out), "--no-progress"],
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return out, time.perf_counter() - t0
+    return out, time.perf_counter() - t0, _children_cpu_s() - cpu0
+
+
+def _children_cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def test_tiny_preset_30_steps_runs_under_two_minutes_and_loss_falls(tiny_run):
-    out, seconds = tiny_run
-    assert seconds < 120, f"took {seconds:.0f}s"
+    out, wall, cpu = tiny_run
+    # CPU seconds, not wall time: the shared CI machine may be busy; on an idle 2-core box wall < cpu
+    assert cpu < 120, f"took {cpu:.0f} CPU seconds ({wall:.0f}s wall)"
     losses = _losses(out)
     assert sorted(losses) == list(range(1, 31))
     first, last = losses[1], sum(losses[s] for s in range(26, 31)) / 5
@@ -59,7 +66,7 @@ def test_tiny_preset_30_steps_runs_under_two_minutes_and_loss_falls(tiny_run):
 
 
 def test_stage_switch_is_logged_and_phases_follow_it(tiny_run):
-    out, _ = tiny_run
+    out = tiny_run[0]
     records = read_metrics(out / "metrics.jsonl")
     switch = [r for r in records if r["type"] == "phase"]
     assert len(switch) == 1 and switch[0]["phase"] == "dense"
@@ -71,7 +78,7 @@ def test_stage_switch_is_logged_and_phases_follow_it(tiny_run):
 
 
 def test_trained_tiny_checkpoint_matches_transformers_logits_and_greedy_tokens(tiny_run):
-    out, _ = tiny_run
+    out = tiny_run[0]
     ours, tok = load_checkpoint(out)
     hf = AutoModelForCausalLM.from_pretrained(out).eval()
     assert AutoTokenizer.from_pretrained(out)("x")["input_ids"] == tok("x")["input_ids"]
@@ -138,7 +145,9 @@ def test_torchrun_two_processes_gloo_match_one_process_at_the_same_global_batch(
 
 
 def test_time_budget_trims_max_steps_once_and_records_it(tmp_path):
-    trainer = Trainer(small_cfg(tmp_path, max_steps=500, dense_tail_steps=None, dense_tail_fraction=0.25, time_budget_s=4.0))
+    cfg = small_cfg(tmp_path, max_steps=500, dense_tail_steps=None, dense_tail_fraction=0.25, time_budget_s=3.0,
+                    batch_size=1, micro_batch_size=1)
+    trainer = Trainer(cfg)
     trainer.train()
     sched = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r["type"] == "schedule"]
     assert len(sched) == 1 and 6 <= sched[0]["max_steps"] < 500
