@@ -1,0 +1,1 @@
+"""Benchmarks: `lighthouse bench attention` (the attention op against dense and official baselines)."""
