@@ -116,3 +116,20 @@ def test_bundled_default_checkpoint_loads_and_is_small():
     assert model.config.max_position_embeddings >= 16384
     assert model.config.lighthouse.enabled
     assert tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+
+
+def test_sharded_transformers_checkpoint_loads(tmp_path):
+    from transformers import LlamaConfig
+    from transformers import LlamaForCausalLM as HFLlama
+
+    torch.manual_seed(0)
+    hf = HFLlama(LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=1)).eval()
+    hf.save_pretrained(tmp_path, max_shard_size="100KB")
+    assert (tmp_path / "model.safetensors.index.json").exists()
+    ours, tok = load_checkpoint(tmp_path)
+    assert tok is None  # no tokenizer.json in that directory
+    ids = torch.randint(0, 128, (1, 32))
+    with torch.no_grad():
+        err = (ours(ids, logits_to_keep=32).logits - hf(ids).logits).abs().max().item()
+    assert err < 1e-4

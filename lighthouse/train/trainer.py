@@ -14,6 +14,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from lighthouse.model.presets import model_preset
 from lighthouse.train.config import TrainConfig
 from lighthouse.train.data import build_streams
 from lighthouse.train.metrics import MetricsLog, plot_loss
-from lighthouse.train.state import latest_checkpoint, load_training_state, save_training_state
+from lighthouse.train.state import checkpoints_dir, latest_checkpoint, load_training_state, save_training_state
 
 CALIBRATE_AFTER = 6  # steps timed before a time budget sets max_steps (the first two are warm-up)
 
@@ -64,6 +65,10 @@ class Trainer:
             if self.is_main:
                 self.out.mkdir(parents=True, exist_ok=True)
                 self.metrics.path.unlink(missing_ok=True)
+                stale = checkpoints_dir(self.out)
+                if stale.exists():  # starting over: old step dirs would outrank (and prune) the new ones
+                    shutil.rmtree(stale)
+                    self._log(f"starting over: removed the previous run's {stale}")
                 (self.out / "train_config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2) + "\n")
             return
         state = load_training_state(self.model, self.optimizer, ckpt)
