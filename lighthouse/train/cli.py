@@ -28,6 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-steps", type=int, help="optimizer steps in total (Lighthouse stage + dense tail)")
     p.add_argument("--model", help="model preset (tiny | default | h200); default: the training preset's")
     p.add_argument("--data", nargs="+", metavar="PATH", help="text files, folders, *.jsonl, or 'stdlib' (Python's own source)")
+    p.add_argument("--tasks", nargs="+", choices=["passkey", "kv", "multihop"],
+                   help="synthetic tasks, drawn uniformly (repeat one to weight it)")
     p.add_argument("--synthetic-fraction", type=float, help="share of sequences from the synthetic task generator")
     p.add_argument("--seq-len", type=int, help="tokens per training sequence")
     p.add_argument("--batch-size", type=int, help="sequences per optimizer step, over all ranks")
@@ -40,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     tail = p.add_mutually_exclusive_group()
     tail.add_argument("--dense-tail-steps", type=int, help="final steps trained with every layer dense")
     tail.add_argument("--dense-tail-fraction", type=float, help="... or as a fraction of --max-steps")
-    p.add_argument("--time-budget-s", type=float, help="trim --max-steps so the run fits this many seconds")
+    p.add_argument("--time-budget-s", type=float, help="trim --max-steps so the run fits this many seconds (0: no budget)")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--dtype", choices=["auto", "fp32", "bf16"], help="auto: bf16 autocast on GPU, fp32 on CPU")
@@ -68,6 +70,8 @@ def config_from_args(args: argparse.Namespace):
         cfg.dense_tail_steps = None
     if args.data is not None:
         cfg.data = [] if args.data == ["none"] else list(args.data)
+    if args.tasks:
+        cfg.tasks = tuple(args.tasks)
     if args.activation_checkpointing:
         cfg.activation_checkpointing = True
     if args.compile:

@@ -26,7 +26,7 @@ class TrainConfig:
     seq_len: int = 1024
     data: list[str] = field(default_factory=list)  # files, folders, *.jsonl, or "stdlib"
     synthetic_fraction: float = 1.0  # share of sequences made by the synthetic generator (1.0 when no data)
-    tasks: tuple[str, ...] = ("passkey", "kv", "multihop")
+    tasks: tuple[str, ...] = ("passkey", "kv", "multihop")  # drawn uniformly; repeat a task to weight it
     full_doc_fraction: float = 0.5  # synthetic sequences that are one document filling the whole sequence
     # batch: `batch_size` sequences per optimizer step in total, over all ranks and accumulation micro-steps
     batch_size: int = 8
@@ -92,7 +92,7 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
         model_preset="default", seq_len=16384, batch_size=8, micro_batch_size=8, lr=2e-3, min_lr_ratio=0.1,
         warmup_steps=100, max_steps=4000, dense_tail_fraction=0.25, time_budget_s=300.0, eval_every=200,
         eval_samples=16, log_every=5, save_every=500, keep_last=2, synthetic_fraction=0.9, data=["stdlib"],
-        full_doc_fraction=0.5, seed=1234,
+        full_doc_fraction=0.5, seed=1234, tasks=("passkey", "passkey", "kv", "multihop"),
     ),
     "h200": TrainConfig(
         model_preset="h200", seq_len=32768, batch_size=32, micro_batch_size=4, lr=1.5e-3, min_lr_ratio=0.1,

@@ -52,7 +52,7 @@ class Trainer:
         self.metrics = MetricsLog(self.out / "metrics.jsonl", enabled=self.is_main)
         self.step, self.tokens_seen = 0, 0
         self.max_steps, self.switch_step = cfg.max_steps, cfg.max_steps - cfg.tail_steps()
-        self.schedule_fixed = cfg.time_budget_s is None
+        self.schedule_fixed = not cfg.time_budget_s  # None or 0: no budget
         self._maybe_resume()
         if cfg.compile:
             self.model.compile()
