@@ -35,6 +35,7 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="bench/results/passkey_default.json")
+    p.add_argument("--note", default="", help="free text stored in the JSON (e.g. which checkpoint this is)")
     args = p.parse_args(argv)
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}.get(args.dtype)
@@ -48,6 +49,7 @@ def main(argv=None) -> int:
     )
     result = {
         "checkpoint": str(args.checkpoint),
+        "note": args.note,
         "lighthouse": model.config.lighthouse.to_dict(),
         "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu",
         "dtype": str(dtype).removeprefix("torch."),
