@@ -218,6 +218,8 @@ class Trainer:
         rec = {"type": "eval", "step": self.step, "phase": phase, "eval_loss": loss_sum / max(1, n_tok),
                "answer_acc": correct / n_ans if n_ans else None, "answers": n_ans}
         self.metrics.write(rec)
+        acc = "n/a" if rec["answer_acc"] is None else f"{rec['answer_acc']:.2f}"
+        self._log(f"step {self.step} ({phase}): eval loss {rec['eval_loss']:.4f}, answer accuracy {acc} ({n_ans} answers)")
         return rec
 
     def save_state(self) -> None:
