@@ -43,7 +43,7 @@ def settings_from_args(args: argparse.Namespace):
         name = flag[2:].replace("-", "_")
         value = getattr(args, name, None)
         if value is not None:
-            overrides[name] = [o.strip() for o in value.split(",") if o.strip()] if name == "cors_origins" else value
+            overrides[name] = value  # Settings parses strings as it does environment values (e.g. cors_origins)
     return Settings(**overrides)
 
 

@@ -1,18 +1,51 @@
 """Server settings: one pydantic-settings object. Every field is also an environment variable
-LIGHTHOUSE_<FIELD> (e.g. LIGHTHOUSE_API_KEY, LIGHTHOUSE_PREFILL); `lighthouse serve` flags override them."""
+LIGHTHOUSE_<FIELD> (e.g. LIGHTHOUSE_API_KEY, LIGHTHOUSE_PREFILL); `lighthouse serve` flags override them.
+
+Environment values are strings: numbers are parsed by pydantic's lax mode, but a Literal of ints compares the
+string "503" with 503 and refuses it, so those fields convert first (`_int_literal`). List values take a
+comma-separated string (or a JSON list). An empty variable counts as unset.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BeforeValidator, Field, SecretStr
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from lighthouse.engine.config import DEFAULT_DENSE_TAIL_TOKENS
 
 
+def _int_literal(value: Any) -> Any:
+    """'503' (from the environment) -> 503, so Literal[429, 503] accepts it; anything else passes through."""
+    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+        return int(value)
+    return value
+
+
+def _comma_list(value: Any) -> Any:
+    """'https://a, https://b' or '["https://a"]' -> a list of non-empty, stripped strings."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            import json
+
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
+def _lower(value: Any) -> Any:
+    return value.strip().lower() if isinstance(value, str) else value
+
+
+IntLiteralStatus = Annotated[Literal[429, 503], BeforeValidator(_int_literal)]
+CommaList = Annotated[list[str], NoDecode, BeforeValidator(_comma_list)]
+LogLevel = Annotated[Literal["critical", "error", "warning", "info", "debug"], BeforeValidator(_lower)]
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="LIGHTHOUSE_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="LIGHTHOUSE_", extra="ignore", env_ignore_empty=True)
 
     checkpoint: str | None = Field(None, description="checkpoint directory (default: the bundled one)")
     served_model_name: str | None = Field(None, description="model id in /v1/models (default: the checkpoint's name)")
@@ -25,16 +58,16 @@ class Settings(BaseSettings):
     max_model_len: int | None = Field(None, ge=2, description="cap on prompt + completion tokens")
     max_num_seqs: int = Field(64, ge=1, description="sequences decoded together")
     max_waiting: int = Field(256, ge=0, description="queued requests beyond which new ones are refused")
-    queue_full_status: Literal[429, 503] = 429
+    queue_full_status: IntLiteralStatus = 429
     retry_after_s: int = Field(1, ge=0)
     kv_cache_gb: float | None = Field(None, gt=0, description="KV cache budget (default: 75% of free GPU memory / 2 GiB on CPU)")
     device: str | None = None
     dtype: str | None = None
     default_max_tokens: int = Field(1024, ge=1, description="chat max_tokens when the request gives none")
     max_body_mb: float = Field(64.0, gt=0, description="request body limit (a 512K-token prompt is 1-4 MB of JSON)")
-    cors_origins: list[str] = Field(default_factory=list, description="allowed CORS origins ('*' for any)")
+    cors_origins: CommaList = Field(default_factory=list, description="allowed CORS origins ('*' for any)")
     drain_timeout_s: float = Field(30.0, ge=0, description="on SIGTERM, how long in-flight requests may finish")
-    log_level: str = "info"
+    log_level: LogLevel = "info"
 
     @property
     def max_body_bytes(self) -> int:

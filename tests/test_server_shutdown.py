@@ -18,7 +18,8 @@ def test_sigterm_finishes_in_flight_streams_then_exits_zero(tmp_path):
     ckpt = make_checkpoint(tmp_path / "ckpt")
     port = free_port()
     env = {**os.environ, "LIGHTHOUSE_API_KEY": "k", "LIGHTHOUSE_DEVICE": "cpu", "LIGHTHOUSE_KV_CACHE_GB": "0.25",
-           "LIGHTHOUSE_DRAIN_TIMEOUT_S": "120"}
+           "LIGHTHOUSE_DRAIN_TIMEOUT_S": "120", "LIGHTHOUSE_QUEUE_FULL_STATUS": "503",
+           "LIGHTHOUSE_CORS_ORIGINS": "https://a.example,https://b.example"}
     proc = subprocess.Popen([sys.executable, "-m", "lighthouse.cli", "serve", "--checkpoint", str(ckpt), "--port",
                              str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"

@@ -1,0 +1,79 @@
+"""Every server setting can be given as a LIGHTHOUSE_* environment variable (the strings a shell or Docker
+passes), and `lighthouse serve` flags parse the same way."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from server.cli import add_arguments, settings_from_args
+from server.settings import Settings
+
+# field -> (environment string, parsed value). Every field must appear: a new setting needs an entry here.
+ENV_SAMPLES = {
+    "checkpoint": ("/models/doc-qa", "/models/doc-qa"),
+    "served_model_name": ("doc-qa", "doc-qa"),
+    "host": ("0.0.0.0", "0.0.0.0"),
+    "port": ("9000", 9000),
+    "api_key": ("sk-env", "sk-env"),
+    "prefill": ("dense", "dense"),
+    "decode": ("sparse", "sparse"),
+    "dense_tail_tokens": ("32", 32),
+    "max_model_len": ("4096", 4096),
+    "max_num_seqs": ("8", 8),
+    "max_waiting": ("0", 0),
+    "queue_full_status": ("503", 503),
+    "retry_after_s": ("5", 5),
+    "kv_cache_gb": ("1.5", 1.5),
+    "device": ("cpu", "cpu"),
+    "dtype": ("bfloat16", "bfloat16"),
+    "default_max_tokens": ("100", 100),
+    "max_body_mb": ("8", 8.0),
+    "cors_origins": ("https://a.example, https://b.example", ["https://a.example", "https://b.example"]),
+    "drain_timeout_s": ("2.5", 2.5),
+    "log_level": ("DEBUG", "debug"),
+}
+
+
+def _value(settings: Settings, field: str):
+    v = getattr(settings, field)
+    return v.get_secret_value() if field == "api_key" else v
+
+
+def test_every_setting_has_an_environment_sample():
+    assert set(ENV_SAMPLES) == set(Settings.model_fields)
+
+
+@pytest.mark.parametrize("field", sorted(ENV_SAMPLES))
+def test_each_setting_parses_from_its_environment_variable(monkeypatch, field):
+    env, expected = ENV_SAMPLES[field]
+    monkeypatch.setenv(f"LIGHTHOUSE_{field.upper()}", env)
+    assert _value(Settings(), field) == expected
+
+
+def test_queue_full_status_from_the_environment_reaches_serve(monkeypatch):
+    for status in ("429", "503"):
+        monkeypatch.setenv("LIGHTHOUSE_QUEUE_FULL_STATUS", status)
+        p = argparse.ArgumentParser()
+        add_arguments(p)
+        assert settings_from_args(p.parse_args([])).queue_full_status == int(status)
+    monkeypatch.setenv("LIGHTHOUSE_QUEUE_FULL_STATUS", "500")
+    with pytest.raises(ValueError, match="429 or 503"):
+        Settings()
+
+
+def test_flags_override_the_environment_and_parse_like_it(monkeypatch):
+    monkeypatch.setenv("LIGHTHOUSE_QUEUE_FULL_STATUS", "503")
+    monkeypatch.setenv("LIGHTHOUSE_PORT", "9000")
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    s = settings_from_args(p.parse_args(["--queue-full-status", "429", "--cors-origins", "https://a.example,*"]))
+    assert (s.queue_full_status, s.port, s.cors_origins) == (429, 9000, ["https://a.example", "*"])
+
+
+def test_json_list_and_empty_values(monkeypatch):
+    monkeypatch.setenv("LIGHTHOUSE_CORS_ORIGINS", '["https://a.example"]')
+    monkeypatch.setenv("LIGHTHOUSE_MAX_MODEL_LEN", "")  # set but empty (docker -e X=): the default
+    s = Settings()
+    assert s.cors_origins == ["https://a.example"] and s.max_model_len is None
