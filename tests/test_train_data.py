@@ -101,3 +101,17 @@ def test_stdlib_source_is_available_as_training_text_with_a_held_out_split():
     train, held = set(corpus.split("train")), set(corpus.split("eval"))
     assert len(corpus.docs) > 100 and held and not (train & held)
     assert b"def " in b"".join(corpus.read(i) for i in sorted(held)[:5])
+
+
+def test_passkey_accuracy_reports_dense_and_sparse_records_with_the_sparse_layers_used():
+    import torch
+
+    from lighthouse.model import LlamaForCausalLM, model_preset
+    from lighthouse.train.passkey import passkey_accuracy
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(model_preset("tiny")).eval()
+    recs = passkey_accuracy(model, [640], depths=[0.5], trials=2, dense_tail_tokens=64, batch_size=2)
+    assert [(r["context"], r["prefill"], r["n"]) for r in recs] == [(640, "dense", 2), (640, "sparse", 2)]
+    assert recs[0]["lighthouse_layers"] == [] and recs[1]["lighthouse_layers"] == [0, 1]
+    assert all(0.0 <= r["accuracy"] <= 1.0 and len(r["samples"]) == 2 for r in recs)
