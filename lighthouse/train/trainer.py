@@ -30,7 +30,7 @@ from lighthouse.train.data import build_streams
 from lighthouse.train.metrics import MetricsLog, plot_loss
 from lighthouse.train.state import checkpoints_dir, latest_checkpoint, load_training_state, save_training_state
 
-CALIBRATE_AFTER = 6  # steps timed before a time budget sets max_steps (the first two are warm-up)
+CALIBRATE_AFTER = 6  # steps timed (in this process) before a time budget sets max_steps; the first two are warm-up
 
 
 class Trainer:
@@ -117,7 +117,7 @@ class Trainer:
             last = record
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}", lr=f"{record['lr']:.2e}", phase=phase, tok_s=f"{tokens / dt:,.0f}")
-            if not self.schedule_fixed and self.step == CALIBRATE_AFTER:
+            if not self.schedule_fixed and len(step_times) == CALIBRATE_AFTER:  # timed in this process
                 self._fit_time_budget(step_times[2:], time.perf_counter() - t_start)
                 bar.total = self.max_steps
             if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < self.max_steps:
