@@ -2,7 +2,8 @@
 
 Records the metrics (TTFT, inter-token latency, e2e, token counters, prefill tokens by path) and aborts the
 engine request when the client goes away: a closed SSE stream cancels the generator (its `finally` closes the
-engine stream), and a non-streaming request polls for the disconnect while it waits.
+engine stream), and a non-streaming request races every wait for output against a task that listens for the
+ASGI `http.disconnect` message (so a disconnect is seen at once, also while tokens keep arriving).
 """
 
 from __future__ import annotations
@@ -104,10 +105,11 @@ class Generation:
     async def collect(self, http_request: Request) -> dict:
         choices = [ChoiceState() for _ in range(self.params.n)]
         it = self.stream.__aiter__()
+        gone = asyncio.ensure_future(_wait_for_disconnect(http_request))
         outcome = "disconnected"
         try:
             while True:
-                out = await self._next(it, http_request)
+                out = await _next_or_gone(it, gone)
                 if out is None:
                     break
                 self._observe(out)
@@ -123,20 +125,31 @@ class Generation:
             outcome = "finished"
             return self.fmt.response(choices, len(self.prompt_ids))
         finally:
-            self.stream.close()
+            gone.cancel()
+            self.stream.close()  # aborts the engine request (frees its cache) unless it finished
             self._done(outcome)
 
-    @staticmethod
-    async def _next(it, http_request: Request) -> RequestOutput | None:
-        task = asyncio.ensure_future(it.__anext__())
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=0.5)
-            if done:
-                break
-            if await http_request.is_disconnected():
-                task.cancel()
-                raise ClientGone
-        try:
-            return task.result()
-        except StopAsyncIteration:
-            return None
+
+async def _wait_for_disconnect(http_request: Request) -> None:
+    """Returns when the client goes away. The body was read already, so the server's next message is
+    `http.disconnect` (uvicorn sends it as soon as the connection closes; the test client after the response)."""
+    try:
+        while (await http_request.receive())["type"] != "http.disconnect":
+            pass
+    except Exception:  # the server cannot read from the connection any more: as good as gone
+        return
+
+
+async def _next_or_gone(it, gone: asyncio.Future) -> RequestOutput | None:
+    """The stream's next output (None at its end); raises ClientGone as soon as `gone` completes first."""
+    if gone.done():
+        raise ClientGone
+    task = asyncio.ensure_future(it.__anext__())
+    await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    if not task.done():
+        task.cancel()
+        raise ClientGone
+    try:
+        return task.result()
+    except StopAsyncIteration:
+        return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -192,6 +193,33 @@ def test_disconnect_mid_stream_frees_the_request(server):
     assert wait_until(lambda: metric(server, "lighthouse_num_requests_running") == 0, timeout=10)
     assert metric(server, "lighthouse_kv_cache_usage_ratio") == base_kv
     assert engine.engine.kv.used_bytes == 0
+
+
+def test_non_streaming_client_that_disconnects_mid_generation_frees_the_request(server):
+    """While tokens keep arriving (no idle gap to poll in), a gone client still aborts within a second or two."""
+    engine = server.engine
+    assert wait_until(lambda: engine.stats()["running"] == 0)
+    base_kv = metric(server, "lighthouse_kv_cache_usage_ratio")
+    generated_before = metric(server, "lighthouse_generation_tokens_total")
+    max_tokens = engine.max_model_len - 64
+    body = json.dumps({"model": "tiny", "prompt": "Keep going", "max_tokens": max_tokens, "temperature": 0,
+                       "ignore_eos": True}).encode()
+    head = (f"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    try:
+        sock.sendall(head + body)
+        generating = lambda: metric(server, "lighthouse_generation_tokens_total") > generated_before + 20  # noqa: E731
+        assert wait_until(generating, timeout=20)
+        assert metric(server, "lighthouse_num_requests_running") == 1
+        assert metric(server, "lighthouse_kv_cache_usage_ratio") > base_kv
+    finally:
+        sock.close()  # mid-generation, before any response byte
+    freed = lambda: (metric(server, "lighthouse_num_requests_running") == 0  # noqa: E731
+                     and metric(server, "lighthouse_kv_cache_usage_ratio") == base_kv)
+    assert wait_until(freed, timeout=2.0), engine.stats()
+    assert engine.engine.kv.used_bytes == 0
+    assert metric(server, "lighthouse_generation_tokens_total") - generated_before < max_tokens  # aborted, not run out
 
 
 def test_greedy_server_equals_generate_cli_and_transformers(client, ckpt):
