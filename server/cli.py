@@ -52,6 +52,8 @@ def _exit_zero(_sig, _frame) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # First, before the slow imports: a SIGTERM while starting up (docker stop right after start) also exits 0.
+    signal.signal(signal.SIGTERM, _exit_zero)
     import uvicorn
     from pydantic import ValidationError
 
@@ -65,9 +67,9 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings)
     # uvicorn handles SIGTERM/SIGINT: stop accepting, wait up to the drain timeout for in-flight responses,
-    # then run the lifespan shutdown (which aborts whatever is left). Afterwards it re-raises the signal to the
-    # handler that was installed before it; ours turns that into a clean exit 0 (a drained shutdown is success).
-    signal.signal(signal.SIGTERM, _exit_zero)
+    # then run the lifespan shutdown (which aborts whatever is left). Afterwards (uvicorn >= 0.29) it re-raises
+    # the signal to the handler installed before it: ours, above, turns that into exit 0 (a drained shutdown is
+    # success, not -15/143).
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
                 timeout_graceful_shutdown=settings.drain_timeout_s, access_log=False)
     return 0

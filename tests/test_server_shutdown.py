@@ -46,7 +46,10 @@ def test_sigterm_finishes_in_flight_streams_then_exits_zero(tmp_path):
                 if line.startswith("data: {"):
                     finish = json.loads(line[6:])["choices"][0]["finish_reason"] or finish
         assert finish == "length"  # the in-flight request ran to completion
+        # exactly 0: uvicorn re-raises SIGTERM after its graceful shutdown, which alone would exit -15 (143)
         assert proc.wait(timeout=30) == 0
+        log = proc.stdout.read()
+        assert "Traceback" not in log and "Finished server process" in log, log[-2000:]
     finally:
         if proc.poll() is None:
             proc.kill()
