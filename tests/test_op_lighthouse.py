@@ -287,3 +287,16 @@ def test_reference_is_the_public_op_on_cpu():
     a = lighthouse_attention(q, k, v, levels=3, pooling_factor=2, topk=128)
     b = lighthouse_attention_ref(q, k, v, levels=3, pooling_factor=2, topk=128)
     assert torch.equal(a, b)
+
+
+def test_decode_attention_matches_sdpa_with_gqa_and_mask():
+    from lighthouse.ops.attention import decode_attention
+
+    q, k, v = qkv(2, 8, 1, 16, seed=31)[0], rand(2, 2, 300, 16, seed=32), rand(2, 2, 300, 16, seed=33)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k.repeat_interleave(4, 1), v.repeat_interleave(4, 1))
+    assert torch.allclose(decode_attention(q, k, v), ref, atol=1e-5)
+    mask = torch.rand(1, 8, 1, 300, generator=torch.Generator().manual_seed(0)) < 0.7
+    ref_m = torch.nn.functional.scaled_dot_product_attention(
+        q, k.repeat_interleave(4, 1), v.repeat_interleave(4, 1), attn_mask=mask
+    )
+    assert torch.allclose(decode_attention(q, k, v, attn_mask=mask), ref_m, atol=1e-5)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lighthouse.engine.kv_cache import SequenceKV
-from lighthouse.ops.attention import attention_with_cache, repeat_kv
+from lighthouse.ops.attention import attention_with_cache, decode_attention, repeat_kv
 
 
 def _sparse_attention(q: Tensor, kv: SequenceKV, i: int, n: int) -> Tensor:
@@ -21,6 +21,8 @@ def _sparse_attention(q: Tensor, kv: SequenceKV, i: int, n: int) -> Tensor:
     mask = kv.sparse_mask.get(i)
     if mask is None:
         return attention_with_cache(q, k, v)
+    if q.is_cuda:
+        return decode_attention(q, k, v, attn_mask=mask[..., :n])
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[..., :n])
 
 

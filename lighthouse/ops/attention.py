@@ -83,6 +83,26 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     return _sdpa(q, k, v, is_causal=True)
 
 
+def decode_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+    """A few queries against a long cache, all keys visible: two matmuls and a float32 softmax.
+
+    q: (B, H, Nq, D); k, v: (B, H_kv, Nk, D), possibly strided views into a larger cache buffer;
+    attn_mask: None or bool broadcastable to (B, H, Nq, Nk), True = attend. Returns (B, H, Nq, D).
+    Why not SDPA: its fused kernels parallelize over queries and heads, so one decode query over 512K keys
+    keeps a handful of SMs busy; a batched GEMV reads the cache at memory bandwidth. GQA without repeating K/V.
+    """
+    B, H, Nq, D = q.shape
+    H_kv = k.shape[1]
+    r = H // H_kv
+    qg = q.reshape(B, H_kv, r * Nq, D)  # query head h = g*r + j uses KV head g
+    scores = torch.matmul(qg, k.transpose(-1, -2)).float() * (D**-0.5)  # (B, H_kv, r*Nq, Nk)
+    if attn_mask is not None:
+        mask = attn_mask.expand(B, H, Nq, k.shape[2]).reshape(B, H_kv, r * Nq, k.shape[2])
+        scores = scores.masked_fill(~mask, float("-inf"))
+    probs = scores.softmax(-1).to(v.dtype)
+    return torch.matmul(probs, v).reshape(B, H, Nq, D)
+
+
 def attention_with_cache(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """Causal attention of the last Nq positions against all Nk cached positions.
 
@@ -98,6 +118,9 @@ def attention_with_cache(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         out = _flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True)
         return out.transpose(1, 2)
     if Nq == 1:
+        if q.is_cuda:
+            _log_backend_once("decode: matmul attention")
+            return decode_attention(q, k, v)
         return _sdpa(q, k, v, is_causal=False)
     q_pos = torch.arange(Nk - Nq, Nk, device=q.device)[:, None]
     k_pos = torch.arange(Nk, device=q.device)[None, :]
