@@ -18,7 +18,7 @@ _OVERRIDES = {
     "dense_tail_fraction": "dense_tail_fraction", "time_budget_s": "time_budget_s", "seed": "seed",
     "device": "device", "dtype": "dtype", "eval_every": "eval_every", "eval_samples": "eval_samples",
     "log_every": "log_every", "save_every": "save_every", "keep_last": "keep_last", "model": "model_preset",
-    "synthetic_fraction": "synthetic_fraction", "save_dtype": "save_dtype", "stop_at_step": "stop_at_step",
+    "synthetic_fraction": "synthetic_fraction", "answer_loss_weight": "answer_loss_weight", "save_dtype": "save_dtype", "stop_at_step": "stop_at_step",
 }
 
 
@@ -31,6 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tasks", nargs="+", choices=["passkey", "kv", "multihop"],
                    help="synthetic tasks, drawn uniformly (repeat one to weight it)")
     p.add_argument("--synthetic-fraction", type=float, help="share of sequences from the synthetic task generator")
+    p.add_argument("--answer-loss-weight", type=float, help="loss weight of synthetic answer tokens (others: 1)")
     p.add_argument("--seq-len", type=int, help="tokens per training sequence")
     p.add_argument("--batch-size", type=int, help="sequences per optimizer step, over all ranks")
     p.add_argument("--micro-batch-size", type=int, help="sequences per forward pass (gradient accumulation makes up the rest)")

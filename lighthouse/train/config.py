@@ -28,6 +28,7 @@ class TrainConfig:
     synthetic_fraction: float = 1.0  # share of sequences made by the synthetic generator (1.0 when no data)
     tasks: tuple[str, ...] = ("passkey", "kv", "multihop")  # drawn uniformly; repeat a task to weight it
     full_doc_fraction: float = 0.5  # synthetic sequences that are one document filling the whole sequence
+    answer_loss_weight: float = 1.0  # loss weight of synthetic answer tokens (the rest weigh 1)
     # batch: `batch_size` sequences per optimizer step in total, over all ranks and accumulation micro-steps
     batch_size: int = 8
     micro_batch_size: int = 4

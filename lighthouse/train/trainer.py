@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from lighthouse.checkpoint import save_checkpoint
@@ -141,19 +142,24 @@ class Trainer:
         first = step * G + self.rank * per_rank
         micro = [list(range(s, s + cfg.micro_batch_size)) for s in range(first, first + per_rank, cfg.micro_batch_size)]
         batches = [self.train_data.batch(ix) for ix in micro]
+        weights = [_token_weights(b, cfg.answer_loss_weight) for b in batches]  # (B, N-1), 0 on padding
         counts = [int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches]
         total = self._all_reduce(torch.tensor(float(sum(counts)))).item()
+        w_total = self._all_reduce(torch.tensor(float(sum(w.sum() for w in weights)))).item()
         loss_sum = torch.zeros((), device=self.device)
         self.model.train()
-        for i, (b, n) in enumerate(zip(batches, counts)):
+        for i, (b, w) in enumerate(zip(batches, weights)):
             sync = i == len(batches) - 1
             ctx = model.no_sync() if (self.ddp is not None and not sync) else contextlib.nullcontext()
+            ids, labels = b["input_ids"].to(self.device), b["labels"].to(self.device)
             with ctx, self.autocast():
-                out = model(b["input_ids"].to(self.device), labels=b["labels"].to(self.device), dense=phase == "dense")
-                # DDP averages gradients over ranks; scale so the result is the global per-token mean
-                loss = out.loss * (n * self.world / total)
+                logits = model(ids, dense=phase == "dense", logits_to_keep=ids.shape[1]).logits
+                ce = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), labels[:, 1:],
+                                     ignore_index=IGNORE_INDEX, reduction="none")  # (B, N-1)
+                # the global weighted mean; DDP averages gradients over ranks, hence * world
+                loss = (ce * w.to(self.device)).sum() * (self.world / w_total)
             loss.backward()
-            loss_sum += out.loss.detach().float() * n
+            loss_sum += ce.detach().sum()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip) if cfg.grad_clip else _grad_norm(self.model)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -202,7 +208,7 @@ class Trainer:
         """Held-out loss in the current phase's attention mode, and answer accuracy on synthetic questions."""
         cfg, phase = self.cfg, self.phase(min(self.step, self.max_steps - 1))
         self.model.eval()
-        loss_sum, n_tok, correct, n_ans = 0.0, 0, 0, 0
+        loss_sum, n_tok, correct, n_ans, tok_hits, tok_n = 0.0, 0, 0, 0, 0, 0
         for s in range(0, cfg.eval_samples, cfg.micro_batch_size):
             b = self.eval_data.batch(list(range(s, min(s + cfg.micro_batch_size, cfg.eval_samples))))
             ids, labels = b["input_ids"].to(self.device), b["labels"].to(self.device)
@@ -214,12 +220,18 @@ class Trainer:
             n_tok += int((target != IGNORE_INDEX).sum())
             c, n = _answer_accuracy(logits.argmax(-1), target, b["answer_mask"][:, 1:].to(self.device))
             correct, n_ans = correct + c, n_ans + n
+            amask = b["answer_mask"][:, 1:].to(self.device)
+            tok_hits += int(((logits.argmax(-1) == target) & amask).sum())
+            tok_n += int(amask.sum())
         self.model.train()
         rec = {"type": "eval", "step": self.step, "phase": phase, "eval_loss": loss_sum / max(1, n_tok),
-               "answer_acc": correct / n_ans if n_ans else None, "answers": n_ans}
+               "answer_acc": correct / n_ans if n_ans else None, "answer_token_acc": tok_hits / tok_n if tok_n else None,
+               "answers": n_ans}
         self.metrics.write(rec)
         acc = "n/a" if rec["answer_acc"] is None else f"{rec['answer_acc']:.2f}"
-        self._log(f"step {self.step} ({phase}): eval loss {rec['eval_loss']:.4f}, answer accuracy {acc} ({n_ans} answers)")
+        tacc = "n/a" if rec["answer_token_acc"] is None else f"{rec['answer_token_acc']:.2f}"
+        self._log(f"step {self.step} ({phase}): eval loss {rec['eval_loss']:.4f}, answer accuracy {acc} "
+                  f"({n_ans} answers; per digit {tacc})")
         return rec
 
     def save_state(self) -> None:
@@ -257,6 +269,12 @@ class Trainer:
             from tqdm import tqdm
 
             tqdm.write(f"[lighthouse train] {msg}")
+
+
+def _token_weights(batch: dict, answer_weight: float) -> torch.Tensor:
+    """Per-target-token loss weights (B, N-1): 1, or `answer_weight` on synthetic answers; 0 on padding."""
+    valid = (batch["labels"][:, 1:] != IGNORE_INDEX).float()
+    return valid * (1 + (answer_weight - 1) * batch["answer_mask"][:, 1:].float())
 
 
 def _answer_accuracy(pred, target, mask) -> tuple[int, int]:
