@@ -29,7 +29,8 @@ def build_engine(settings: Settings):
 
     config = EngineConfig(prefill=settings.prefill, decode=settings.decode, dense_tail_tokens=settings.dense_tail_tokens,
                           max_model_len=settings.max_model_len, max_num_seqs=settings.max_num_seqs,
-                          kv_cache_bytes=int(settings.kv_cache_gb * 2**30) if settings.kv_cache_gb else None)
+                          kv_cache_bytes=int(settings.kv_cache_gb * 2**30) if settings.kv_cache_gb else None,
+                          enable_prefix_caching=settings.enable_prefix_caching)
     engine = AsyncEngine(load_engine(settings.checkpoint, config, device=settings.device, dtype=settings.dtype),
                          max_waiting=settings.max_waiting)
     engine.start()

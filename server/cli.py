@@ -6,6 +6,14 @@ import argparse
 import logging
 import signal
 
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return value in ("true", "1", "yes", "on")
+
+
 # flag -> Settings field; every flag defaults to None so that only given flags override the environment
 _FLAGS = [
     ("--checkpoint", str, "checkpoint directory (default: the bundled checkpoint)"),
@@ -21,6 +29,7 @@ _FLAGS = [
     ("--max-waiting", int, "queued requests beyond which new ones get 429/503 (default 256)"),
     ("--queue-full-status", int, "429 or 503"),
     ("--kv-cache-gb", float, "KV cache budget in GiB"),
+    ("--enable-prefix-caching", _bool, "true | false: reuse a repeated prompt prefix's KV cache (default true)"),
     ("--device", str, "cpu | cuda | cuda:N"),
     ("--dtype", str, "float32 | bfloat16"),
     ("--max-body-mb", float, "request body limit in MiB (default 64)"),

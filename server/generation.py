@@ -42,6 +42,7 @@ class Generation:
         self.first_token: float | None = None
         self.last_token: dict[int, float] = {}
         self.completion_tokens = 0
+        self.cached_tokens = 0
         self.stream = None
 
     def submit(self) -> None:
@@ -58,6 +59,8 @@ class Generation:
         if out.prefill is not None and out.index == 0:
             self.metrics.prefill_tokens.labels(path="sparse").inc(out.prefill.sparse_tokens)
             self.metrics.prefill_tokens.labels(path="dense").inc(out.prefill.dense_tokens)
+            self.cached_tokens = out.prefill.cached_tokens
+            self.metrics.prefix_cache_hit_tokens.inc(out.prefill.cached_tokens)
         if out.token_ids:
             if self.first_token is None:
                 self.first_token = now
@@ -96,7 +99,7 @@ class Generation:
             else:
                 outcome = "finished"
                 if self.fmt.include_usage:
-                    yield sse(self.fmt.usage_chunk(len(self.prompt_ids), self.completion_tokens))
+                    yield sse(self.fmt.usage_chunk(len(self.prompt_ids), self.completion_tokens, self.cached_tokens))
             yield DONE
         finally:
             self.stream.close()
@@ -123,7 +126,7 @@ class Generation:
                 if out.finished:
                     c.finish_reason = out.finish_reason
             outcome = "finished"
-            return self.fmt.response(choices, len(self.prompt_ids))
+            return self.fmt.response(choices, len(self.prompt_ids), self.cached_tokens)
         finally:
             gone.cancel()
             self.stream.close()  # aborts the engine request (frees its cache) unless it finished

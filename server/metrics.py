@@ -24,6 +24,11 @@ class Metrics:
         self.running = Gauge("lighthouse_num_requests_running", "Sequences being generated", registry=r)
         self.waiting = Gauge("lighthouse_num_requests_waiting", "Requests queued", registry=r)
         self.kv_usage = Gauge("lighthouse_kv_cache_usage_ratio", "Fraction of the KV cache budget reserved", registry=r)
+        self.prefix_cache_hit_tokens = Counter("lighthouse_prefix_cache_hit_tokens",
+                                               "Prompt tokens reused from the prefix cache (not prefilled again)",
+                                               registry=r)
+        self.prefix_cache_usage = Gauge("lighthouse_prefix_cache_usage_ratio",
+                                        "Fraction of the KV cache budget held by the prefix cache (evictable)", registry=r)
         for path in ("sparse", "dense"):
             self.prefill_tokens.labels(path=path)
 
@@ -31,4 +36,5 @@ class Metrics:
         self.running.set(stats.get("running", 0))
         self.waiting.set(stats.get("waiting", 0))
         self.kv_usage.set(stats.get("kv_cache_usage", 0.0))
+        self.prefix_cache_usage.set(stats.get("prefix_cache_usage", 0.0))
         return generate_latest(self.registry)

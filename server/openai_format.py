@@ -13,9 +13,12 @@ def sse(obj: dict | str) -> str:
     return f"data: {obj if isinstance(obj, str) else json.dumps(obj, separators=(',', ':'))}\n\n"
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict:
+    out = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+           "total_tokens": prompt_tokens + completion_tokens}
+    if cached_tokens:  # OpenAI's field for prompt tokens served from the prefix cache
+        out["prompt_tokens_details"] = {"cached_tokens": cached_tokens}
+    return out
 
 
 @dataclass
@@ -82,9 +85,9 @@ class Formatter:
             out["usage"] = None
         return out
 
-    def usage_chunk(self, prompt_tokens: int, completion_tokens: int) -> dict:
+    def usage_chunk(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict:
         out = self._envelope(self.chunk_object, [])
-        out["usage"] = usage(prompt_tokens, completion_tokens)
+        out["usage"] = usage(prompt_tokens, completion_tokens, cached_tokens)
         return out
 
     def progress_chunk(self, processed: int, total: int) -> dict:
@@ -93,7 +96,7 @@ class Formatter:
         return out
 
     # ---- whole response ----
-    def response(self, choices: list[ChoiceState], prompt_tokens: int) -> dict:
+    def response(self, choices: list[ChoiceState], prompt_tokens: int, cached_tokens: int = 0) -> dict:
         out = []
         for i, c in enumerate(choices):
             lp = self._logprobs(i, c.logprobs)
@@ -103,5 +106,5 @@ class Formatter:
             else:
                 out.append({"index": i, "text": c.text, "logprobs": lp, "finish_reason": c.finish_reason})
         body = self._envelope(self.object, out)
-        body["usage"] = usage(prompt_tokens, sum(len(c.token_ids) for c in choices))
+        body["usage"] = usage(prompt_tokens, sum(len(c.token_ids) for c in choices), cached_tokens)
         return body

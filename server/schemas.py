@@ -42,6 +42,7 @@ class _Common(BaseModel):
     decode: Literal["dense", "sparse"] | None = None
     dense_tail_tokens: int | None = Field(None, ge=0)
     return_progress: bool = False  # stream prefill progress chunks (llama.cpp's name)
+    cache_prompt: bool = True  # reuse the prefix cache and leave this prompt in it (llama.cpp's name)
 
     def stops(self) -> list[str]:
         if self.stop is None:
@@ -60,7 +61,8 @@ class _Common(BaseModel):
         )
 
     def engine_options(self) -> dict[str, Any]:
-        return {"prefill": self.prefill, "decode": self.decode, "dense_tail_tokens": self.dense_tail_tokens}
+        return {"prefill": self.prefill, "decode": self.decode, "dense_tail_tokens": self.dense_tail_tokens,
+                "cache_prompt": self.cache_prompt}
 
 
 class CompletionRequest(_Common):

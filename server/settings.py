@@ -60,6 +60,7 @@ class Settings(BaseSettings):
     max_waiting: int = Field(256, ge=0, description="queued requests beyond which new ones are refused")
     queue_full_status: IntLiteralStatus = 429
     retry_after_s: int = Field(1, ge=0)
+    enable_prefix_caching: bool = Field(True, description="reuse finished prompts' K/V for later prompts with the same prefix")
     kv_cache_gb: float | None = Field(None, gt=0, description="KV cache budget (default: 75% of free GPU memory / 2 GiB on CPU)")
     device: str | None = None
     dtype: str | None = None

@@ -209,17 +209,40 @@ def test_non_streaming_client_that_disconnects_mid_generation_frees_the_request(
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
     try:
         sock.sendall(head + body)
-        generating = lambda: metric(server, "lighthouse_generation_tokens_total") > generated_before + 20  # noqa: E731
-        assert wait_until(generating, timeout=20)
+        assert wait_until(lambda: metric(server, "lighthouse_generation_tokens_total") > generated_before + 20,
+                          timeout=20)
         assert metric(server, "lighthouse_num_requests_running") == 1
         assert metric(server, "lighthouse_kv_cache_usage_ratio") > base_kv
     finally:
         sock.close()  # mid-generation, before any response byte
-    freed = lambda: (metric(server, "lighthouse_num_requests_running") == 0  # noqa: E731
-                     and metric(server, "lighthouse_kv_cache_usage_ratio") == base_kv)
+    def freed() -> bool:
+        return (metric(server, "lighthouse_num_requests_running") == 0
+                and metric(server, "lighthouse_kv_cache_usage_ratio") == base_kv)
+
     assert wait_until(freed, timeout=2.0), engine.stats()
     assert engine.engine.kv.used_bytes == 0
     assert metric(server, "lighthouse_generation_tokens_total") - generated_before < max_tokens  # aborted, not run out
+
+
+def test_a_repeated_document_is_prefilled_once(client, server):
+    document = "".join(chr(33 + (i * 104729) % 90) for i in range(700))  # +BOS: 701 tokens, over min_tokens
+    def hits() -> float:
+        return metric(server, "lighthouse_prefix_cache_hit_tokens_total")
+
+    before = hits()
+    first = greedy(client, prompt=document + "\nQ: who keeps the light?", max_tokens=8, extra_body={"prefill": "dense"})
+    assert first.usage.prompt_tokens_details is None
+    second = greedy(client, prompt=document + "\nWhat is the lamp?", max_tokens=8, logprobs=0,
+                    extra_body={"prefill": "dense"})
+    assert second.usage.prompt_tokens_details.cached_tokens == 702  # BOS, the document and the newline
+    assert hits() == before + 702
+    assert metric(server, "lighthouse_prefix_cache_usage_ratio") > 0
+    uncached = greedy(client, prompt=document + "\nWhat is the lamp?", max_tokens=8, logprobs=0,
+                      extra_body={"prefill": "dense", "cache_prompt": False})
+    assert uncached.usage.prompt_tokens_details is None and hits() == before + 702
+    assert second.choices[0].text == uncached.choices[0].text
+    assert second.choices[0].logprobs.token_logprobs == pytest.approx(uncached.choices[0].logprobs.token_logprobs,
+                                                                      abs=1e-4)
 
 
 def test_greedy_server_equals_generate_cli_and_transformers(client, ckpt):
@@ -271,4 +294,4 @@ def test_health_answers_during_a_long_prefill_and_disconnect_aborts_it(slow_serv
     assert max(latencies) < 0.5, latencies
     assert len(latencies) >= 5
     assert wait_until(lambda: s.engine.engine.kv.used_bytes == 0, timeout=5)
-    assert s.engine.stats() == {"running": 0, "waiting": 0, "kv_cache_usage": 0.0}
+    assert s.engine.stats() == {"running": 0, "waiting": 0, "kv_cache_usage": 0.0, "prefix_cache_usage": 0.0}

@@ -33,6 +33,7 @@ ENV_SAMPLES = {
     "cors_origins": ("https://a.example, https://b.example", ["https://a.example", "https://b.example"]),
     "drain_timeout_s": ("2.5", 2.5),
     "log_level": ("DEBUG", "debug"),
+    "enable_prefix_caching": ("false", False),
 }
 
 
@@ -68,8 +69,10 @@ def test_flags_override_the_environment_and_parse_like_it(monkeypatch):
     monkeypatch.setenv("LIGHTHOUSE_PORT", "9000")
     p = argparse.ArgumentParser()
     add_arguments(p)
-    s = settings_from_args(p.parse_args(["--queue-full-status", "429", "--cors-origins", "https://a.example,*"]))
+    s = settings_from_args(p.parse_args(["--queue-full-status", "429", "--cors-origins", "https://a.example,*",
+                                         "--enable-prefix-caching", "false"]))
     assert (s.queue_full_status, s.port, s.cors_origins) == (429, 9000, ["https://a.example", "*"])
+    assert s.enable_prefix_caching is False
 
 
 def test_json_list_and_empty_values(monkeypatch):

@@ -21,7 +21,8 @@ class EngineConfig:
     max_num_seqs: int = 64  # sequences decoded together in one batched step
     kv_cache_bytes: int | None = None  # None: a fraction of free device memory (CUDA) or 2 GiB (CPU)
     kv_cache_fraction: float = 0.75  # of free CUDA memory after the model is loaded, when kv_cache_bytes is None
-    enable_prefix_caching: bool = True  # keep the last long prompt's cache for reuse by a later request
+    enable_prefix_caching: bool = True  # keep finished prompts' K/V for later prompts that start the same way
+    prefix_cache_min_tokens: int = 256  # shorter prompts get no prefix-cache entry
 
     def __post_init__(self) -> None:
         if self.prefill not in PREFILL_MODES:

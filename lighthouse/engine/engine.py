@@ -19,6 +19,7 @@ from lighthouse.engine.detokenizer import IncrementalText
 from lighthouse.engine.errors import InvalidRequest, RequestFailed
 from lighthouse.engine.kv_cache import CacheShape, KVCacheManager, default_budget_bytes
 from lighthouse.engine.prefill import PrefillAborted, plan_prefill, run_prefill
+from lighthouse.engine.prefix_cache import CacheHit, PrefixCache, cache_split
 from lighthouse.engine.sampling import SampleRow, SamplingParams, make_generator, sample
 from lighthouse.engine.scheduler import Scheduler
 from lighthouse.engine.sequence import PrefillInfo, Request, RequestOutput, Sequence, Status, TokenLogprob
@@ -60,7 +61,9 @@ class LLMEngine:
         self.max_model_len = min(limits)
         self.vocab_size = int(model.config.vocab_size)
         self.eos_ids = _eos_ids(model, tokenizer) | set(stop_token_ids)  # + generation_config.json's
-        self.scheduler = Scheduler(self.kv, self.config.max_num_seqs)
+        self.prefix_cache = (PrefixCache(self.kv, self.config.prefix_cache_min_tokens)
+                             if self.config.enable_prefix_caching else None)
+        self.scheduler = Scheduler(self.kv, self.config.max_num_seqs, make_room=self._make_room)
         self.progress_callback: ProgressFn | None = None
         self._requests: dict[str, Request] = {}
         self._lock = threading.Lock()
@@ -70,7 +73,8 @@ class LLMEngine:
 
     # ---- admission -------------------------------------------------------------------------------------------
     def make_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams, *, prefill: str | None = None,
-                     decode: str | None = None, dense_tail_tokens: int | None = None) -> Request:
+                     decode: str | None = None, dense_tail_tokens: int | None = None,
+                     cache_prompt: bool | None = None) -> Request:
         """Validate and build a request (thread-safe; raises InvalidRequest). `enqueue` it on the engine thread."""
         prefill = prefill or self.config.prefill
         decode = decode or self.config.decode
@@ -111,7 +115,8 @@ class LLMEngine:
                 f"The request needs {params.n * per_seq / 2**20:.1f} MiB of KV cache (n={params.n} x {capacity} positions), "
                 f"more than the server's {self.kv.budget_bytes / 2**20:.1f} MiB. Reduce n or max_tokens.",
                 param="n" if params.n > 1 else "max_tokens", code="kv_cache_exceeded")
-        req = Request(request_id, list(prompt_ids), params, prefill, decode, tail, [], plan, per_seq, capacity)
+        req = Request(request_id, list(prompt_ids), params, prefill, decode, tail, [], plan, per_seq, capacity,
+                      cache_prompt=cache_prompt is not False)
         for i in range(params.n):
             seed = None if params.seed is None else params.seed + i
             gen = None if params.greedy else make_generator(seed, self.device)
@@ -153,7 +158,24 @@ class LLMEngine:
 
     def stats(self) -> dict:
         return {"running": len(self.scheduler.running), "waiting": len(self.scheduler.waiting),
-                "kv_cache_usage": self.kv.usage_ratio}
+                "kv_cache_usage": self.kv.usage_ratio, "prefix_cache_usage": self.kv.cached_ratio}
+
+    # ---- prefix cache (prefix_cache.py says what is reused and why that is exact) ------------------------------
+    def _cache_hit(self, req: Request) -> CacheHit | None:
+        if self.prefix_cache is None or not req.cache_prompt or req.plan.sparse_decode:
+            return None  # sparse decode selects from the head's queries, which are not cached
+        return self.prefix_cache.match(_prompt_tensor(req), cache_split(req.plan))
+
+    def _cacheable(self, req: Request, s: Sequence, reason: str) -> bool:
+        return (self.prefix_cache is not None and req.cache_prompt and not req.prompt_cached and reason != "error"
+                and s.kv is not None and s.kv.length >= len(req.prompt_ids) and req.prefill_info is not None)
+
+    def _make_room(self, req: Request, nbytes: int) -> bool:
+        """Whether `nbytes` fit now, evicting prefix-cache entries (the one this request would reuse last)."""
+        if self.kv.fits_now(nbytes) or self.prefix_cache is None:
+            return self.kv.fits_now(nbytes)
+        hit = self._cache_hit(req)
+        return self.prefix_cache.make_room(nbytes, keep=hit.entry if hit else None) or self.prefix_cache.make_room(nbytes)
 
     # ---- internals --------------------------------------------------------------------------------------------
     def _apply_aborts(self) -> list[RequestOutput]:
@@ -168,19 +190,25 @@ class LLMEngine:
 
     def _prefill(self, req: Request) -> list[RequestOutput]:
         t0 = time.monotonic()
-        seqs, n_prompt = req.seqs, len(req.prompt_ids)
-        calls, per_pass = [0], (2 if req.plan.sparse else 1) * self.model.config.num_hidden_layers
+        seqs, n_prompt, plan = req.seqs, len(req.prompt_ids), req.plan
+        hit = self._cache_hit(req)
+        cached = hit.tokens if hit is not None else 0
+        passes = 2 if plan.sparse and not cached else 1
+        calls, per_pass = [0], passes * self.model.config.num_hidden_layers
 
         def on_layer(_i: int) -> None:
             calls[0] += 1
             if self.progress_callback is not None:
-                self.progress_callback(req.request_id, min(n_prompt, n_prompt * calls[0] // per_pass), n_prompt)
+                done = cached + (n_prompt - cached) * calls[0] // per_pass
+                self.progress_callback(req.request_id, min(n_prompt, done), n_prompt)
 
         try:
             for s in seqs:
                 s.kv = self.kv.allocate(req.capacity, req.reserve_bytes)
-            logits = run_prefill(self.model, seqs[0].kv, req.prompt_ids, req.plan, should_abort=req.aborted.is_set,
-                                 on_layer=on_layer)
+            if hit is not None:
+                hit.copy_into(seqs[0].kv)
+            logits = run_prefill(self.model, seqs[0].kv, req.prompt_ids, plan, cached=cached,
+                                 should_abort=req.aborted.is_set, on_layer=on_layer)
             for s in seqs[1:]:
                 s.kv.copy_from(seqs[0].kv, n_prompt)
         except PrefillAborted:
@@ -192,11 +220,12 @@ class LLMEngine:
             msg = f"out of device memory during prefill of {n_prompt} tokens; try a shorter prompt"
             log.error("request %s: %s (%s)", req.request_id, msg, exc.__class__.__name__)
             return [self._finish(s, "error", error=msg) for s in seqs]
-        plan = req.plan
-        req.prefill_info = PrefillInfo(plan.path, plan.sparse_tokens, plan.dense_tokens,
-                                       "sparse" if plan.sparse_decode else "dense", time.monotonic() - t0)
-        log.info("request %s: prefill %d tokens (%s: %d sparse + %d dense) in %.3fs", req.request_id, n_prompt,
-                 plan.path, plan.sparse_tokens, plan.dense_tokens, req.prefill_info.seconds)
+        sparse_tokens = plan.sparse_tokens if not cached else 0
+        req.prefill_info = PrefillInfo(plan.path, sparse_tokens, n_prompt - cached - sparse_tokens,
+                                       "sparse" if plan.sparse_decode else "dense", time.monotonic() - t0, cached)
+        log.info("request %s: prefill %d tokens (%s: %d sparse + %d dense + %d from the prefix cache) in %.3fs",
+                 req.request_id, n_prompt, plan.path, sparse_tokens, req.prefill_info.dense_tokens, cached,
+                 req.prefill_info.seconds)
         if req.params.repetition_penalty != 1.0:
             req.prompt_mask = torch.zeros(self.vocab_size, dtype=torch.bool, device=self.device)
             req.prompt_mask[torch.tensor(req.prompt_ids, device=self.device)] = True
@@ -257,11 +286,25 @@ class LLMEngine:
                 error: str | None = None) -> RequestOutput:
         s.status, s.finish_reason = Status.FINISHED, reason
         self.scheduler.retire(s)
-        self.kv.free(s.kv)
-        s.kv = None
         req = s.request
+        keep = self._cacheable(req, s, reason)
+        k, v = (list(s.kv.k), list(s.kv.v)) if keep else (None, None)
+        self.kv.free(s.kv)  # the reservation first: the cache entry is smaller and takes its place
+        s.kv = None
+        if keep:
+            req.prompt_cached = True
+            try:
+                self.prefix_cache.insert(_prompt_tensor(req), cache_split(req.plan), k, v)
+            except torch.OutOfMemoryError:  # the copy did not fit on the device: just do not cache it
+                torch.cuda.empty_cache()
         if req.finished:
             with self._lock:
                 self._requests.pop(req.request_id, None)
                 self._to_abort.discard(req.request_id)
         return self._output(s, list(token_ids), text, logprobs, finished=True, error=error)
+
+
+def _prompt_tensor(req: Request) -> torch.Tensor:
+    if req.prompt_tensor is None:
+        req.prompt_tensor = torch.tensor(req.prompt_ids, dtype=torch.long)
+    return req.prompt_tensor

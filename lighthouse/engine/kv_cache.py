@@ -3,7 +3,8 @@
 Every sequence reserves, when it is admitted, the bytes for its whole life (prompt + max_tokens positions in
 every layer, plus the sparse-decode context when it asks for one). So a running request never runs out of
 cache, and a request that could never fit is refused up front (`max_model_len` is derived from the budget).
-Requests that fit the budget but not the free space wait in the queue.
+Requests that fit the budget but not the free space wait in the queue. The prefix cache (prefix_cache.py)
+holds finished prompts' K/V in the same budget (`cached_bytes`); it gives that space back on demand.
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ class KVCacheManager:
             raise ValueError(f"KV cache budget must be positive, got {budget_bytes} bytes")
         self.shape = shape
         self.budget_bytes = int(budget_bytes)
-        self.used_bytes = 0
+        self.used_bytes = 0  # reserved by running sequences
+        self.cached_bytes = 0  # held by the prefix cache (evictable)
 
     @property
     def max_tokens(self) -> int:
@@ -84,7 +86,12 @@ class KVCacheManager:
 
     @property
     def usage_ratio(self) -> float:
+        """Reserved by requests (the prefix cache is evictable, so it is not counted here)."""
         return self.used_bytes / self.budget_bytes
+
+    @property
+    def cached_ratio(self) -> float:
+        return self.cached_bytes / self.budget_bytes
 
     def bytes_for(self, capacity: int, sparse_entries: int = 0, lighthouse_layers: int = 0) -> int:
         return capacity * self.shape.bytes_per_token + self.shape.sparse_context_bytes(sparse_entries, lighthouse_layers)
@@ -93,7 +100,7 @@ class KVCacheManager:
         return nbytes <= self.budget_bytes
 
     def fits_now(self, nbytes: int) -> bool:
-        return self.used_bytes + nbytes <= self.budget_bytes
+        return self.used_bytes + self.cached_bytes + nbytes <= self.budget_bytes
 
     def allocate(self, capacity: int, nbytes: int) -> SequenceKV:
         """Reserve `nbytes` and allocate buffers for `capacity` positions. Caller checked fits_now()."""

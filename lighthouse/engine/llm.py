@@ -74,7 +74,8 @@ class LLM:
         return self.engine.tokenizer
 
     def generate(self, prompts: str | list[str] | list[list[int]], params: SamplingParams | None = None, *,
-                 prefill: str | None = None, decode: str | None = None, dense_tail_tokens: int | None = None) -> list[Generation]:
+                 prefill: str | None = None, decode: str | None = None, dense_tail_tokens: int | None = None,
+                 cache_prompt: bool | None = None) -> list[Generation]:
         """Generate for each prompt (text, or token ids); all prompts are batched through the engine together."""
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
             prompts = [prompts]  # type: ignore[list-item]
@@ -85,7 +86,8 @@ class LLM:
             ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
             rid = f"offline-{next(self._ids)}"
             p = SamplingParams(**vars(params))
-            self.engine.add_request(rid, ids, p, prefill=prefill, decode=decode, dense_tail_tokens=dense_tail_tokens)
+            self.engine.add_request(rid, ids, p, prefill=prefill, decode=decode, dense_tail_tokens=dense_tail_tokens,
+                                    cache_prompt=cache_prompt)
             results[rid] = Generation(ids, [Choice(i) for i in range(p.n)])
             order.append(rid)
         while self.engine.has_unfinished():

@@ -8,6 +8,8 @@ Plan for a prompt of N tokens (see `plan_prefill`):
 - dense: positions [0, N) in one pass of dense causal attention in every layer.
 Only the last position's logits are computed. With sparse decode, each Lighthouse layer also keeps the
 prompt's selected sub-sequence (sparse_context.py) for [0, split).
+A prefix-cache hit (prefix_cache.py says what is reusable) puts positions [0, cached) in the cache first; then
+only [cached, N) run, densely against the cache (for a sparse plan, cached >= split: the whole head was reused).
 """
 
 from __future__ import annotations
@@ -86,14 +88,21 @@ def run_prefill(
     prompt_ids: list[int],
     plan: PrefillPlan,
     *,
+    cached: int = 0,
     should_abort: Callable[[], bool] = lambda: False,
     on_layer: Callable[[int], None] | None = None,
 ) -> Tensor:
-    """Fill `kv` with the prompt's K/V; returns the last position's logits (V,) in float32."""
+    """Fill `kv` with the prompt's K/V; returns the last position's logits (V,) in float32.
+
+    `cached`: positions [0, cached) are in `kv` already (a prefix-cache hit); for a sparse plan 0 or >= split."""
     lh = lighthouse_config(model)
     device = kv.k[0].device
     ids = torch.tensor(prompt_ids, dtype=torch.long, device=device)[None]  # (1, N)
-    N, split = len(prompt_ids), plan.split
+    N = len(prompt_ids)
+    if not 0 <= cached < N or (cached and plan.sparse and cached < plan.split) or (cached and plan.sparse_decode):
+        raise ValueError(f"cannot resume a prefill of {N} tokens (split {plan.split}) at position {cached}")
+    split = plan.split
+    start = max(split, cached) if plan.sparse else cached  # where the pass against the cache starts (0: none)
     lh_layers = set(plan.lighthouse_layers)
 
     def head_attention(i: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:  # q (1, H, n, D), k/v (1, H_kv, n, D)
@@ -115,20 +124,21 @@ def run_prefill(
             on_layer(i)
         return out
 
-    def tail_attention(i: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:  # q (1, H, N - split, D)
+    def tail_attention(i: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:  # q (1, H, N - start, D)
         if should_abort():
             raise PrefillAborted
-        kv.k[i][:, :, split:N].copy_(k)
-        kv.v[i][:, :, split:N].copy_(v)
+        kv.k[i][:, :, start:N].copy_(k)
+        kv.v[i][:, :, start:N].copy_(v)
         out = attention_with_cache(q, kv.k[i][:, :, :N], kv.v[i][:, :, :N])
         if on_layer is not None:
             on_layer(i)
         return out
 
     with torch.no_grad():
-        if plan.sparse:
+        if plan.sparse and not cached:
             model(ids[:, :split], positions=_positions(0, split, device), attention=head_attention, logits_to_keep=1)
-            out = model(ids[:, split:], positions=_positions(split, N, device), attention=tail_attention, logits_to_keep=1)
+        if start:
+            out = model(ids[:, start:], positions=_positions(start, N, device), attention=tail_attention, logits_to_keep=1)
         else:
             out = model(ids, positions=_positions(0, N, device), attention=head_attention, logits_to_keep=1)
     kv.length = N

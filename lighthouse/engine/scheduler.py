@@ -8,14 +8,18 @@ the requests already generating. The head of the queue is never skipped (no star
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 
 from lighthouse.engine.kv_cache import KVCacheManager
 from lighthouse.engine.sequence import Request, Sequence, Status
 
 
 class Scheduler:
-    def __init__(self, kv: KVCacheManager, max_num_seqs: int):
+    def __init__(self, kv: KVCacheManager, max_num_seqs: int,
+                 make_room: Callable[[Request, int], bool] | None = None):
         self.kv = kv
+        # make_room(request, nbytes): whether nbytes fit now, after freeing what may be freed (the prefix cache)
+        self.make_room = make_room or (lambda _req, nbytes: kv.fits_now(nbytes))
         self.max_num_seqs = max_num_seqs
         self.waiting: deque[Request] = deque()
         self.running: list[Sequence] = []
@@ -34,7 +38,7 @@ class Scheduler:
             return None
         req = self.waiting[0]
         n = len(req.seqs)
-        if len(self.running) + n > self.max_num_seqs or not self.kv.fits_now(n * req.reserve_bytes):
+        if len(self.running) + n > self.max_num_seqs or not self.make_room(req, n * req.reserve_bytes):
             self._last_was_prefill = False
             return None
         self.waiting.popleft()

@@ -35,6 +35,7 @@ class PrefillInfo:
     dense_tokens: int
     decode: str  # decode path actually used: "sparse" | "dense"
     seconds: float
+    cached_tokens: int = 0  # prompt positions reused from the prefix cache (not prefilled again)
 
 
 @dataclass
@@ -86,6 +87,9 @@ class Request:
     prompt_mask: torch.Tensor | None = None
     aborted: threading.Event = field(default_factory=threading.Event)
     prefill_info: PrefillInfo | None = None
+    cache_prompt: bool = True  # reuse the prefix cache and leave this prompt in it
+    prompt_cached: bool = False  # this prompt's K/V went to the prefix cache already (once per request)
+    prompt_tensor: torch.Tensor | None = None  # (N,) int64 on the CPU, for prefix-cache matching (made once)
 
     @property
     def finished(self) -> bool:
