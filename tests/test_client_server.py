@@ -118,9 +118,9 @@ def servers(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("serve")
     checkpoint = bundled_checkpoint_or_tiny(tmp)
     common = dict(max_num_seqs="1", max_waiting="1", retry_after_s="1", max_body_mb="1", drain_timeout_s="20")
-    # (LIGHTHOUSE_QUEUE_FULL_STATUS=503 from the environment fails the server's validation today; the flag works)
+    # one server takes the setting as a flag, the other from the environment (as in Docker)
     a = ServeProcess(checkpoint, tmp / "a.log", ("--queue-full-status", "429"), **common)
-    b = ServeProcess(checkpoint, tmp / "b.log", ("--queue-full-status", "503"), **common)
+    b = ServeProcess(checkpoint, tmp / "b.log", queue_full_status="503", **common)
     try:
         a.wait_healthy()
         b.wait_healthy()
@@ -322,8 +322,8 @@ def test_a_request_slower_than_its_timeout_raises_api_timeout_error(client, serv
     with pytest.raises(lc.APITimeoutError):
         client.with_options(max_retries=0).completions.create(prompt="x", max_tokens=60, timeout=0.2,
                                                                extra_body=LONG)  # fmt: skip
-    assert time.monotonic() - t0 < 3
-    # (a non-streaming request is not aborted when its client leaves while tokens keep coming: it finishes)
+    assert time.monotonic() - t0 < 10  # the 0.2 s timeout fires long before the 60 tokens finish (loose: CI load)
+    # the server aborts the abandoned non-streaming request and frees it
     server.wait_idle(timeout=60)
 
 
