@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 
 # subcommand -> module that defines add_arguments(parser) and run(args) -> int
@@ -41,6 +42,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     chosen = argv[0] if argv and argv[0] in _SUBCOMMANDS else None
+    if chosen == "serve":  # a SIGTERM before the server installs its drain handler is still a clean stop
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     parser = build_parser(only=chosen) if chosen else build_parser(only="")
     args = parser.parse_args(argv)
     if getattr(args, "_missing", None):
