@@ -30,6 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", nargs="+", metavar="PATH", help="text files, folders, *.jsonl, or 'stdlib' (Python's own source)")
     p.add_argument("--tasks", nargs="+", choices=["passkey", "kv", "multihop"],
                    help="synthetic tasks, drawn uniformly (repeat one to weight it)")
+    p.add_argument("--fillers", nargs="+", choices=["repeat", "sentences", "alnum"], help="synthetic haystack kinds")
     p.add_argument("--synthetic-fraction", type=float, help="share of sequences from the synthetic task generator")
     p.add_argument("--answer-loss-weight", type=float, help="loss weight of synthetic answer tokens (others: 1)")
     p.add_argument("--seq-len", type=int, help="tokens per training sequence")
@@ -73,6 +74,8 @@ def config_from_args(args: argparse.Namespace):
         cfg.data = [] if args.data == ["none"] else list(args.data)
     if args.tasks:
         cfg.tasks = tuple(args.tasks)
+    if args.fillers:
+        cfg.fillers = tuple(args.fillers)
     if args.activation_checkpointing:
         cfg.activation_checkpointing = True
     if args.compile:

@@ -2,7 +2,7 @@
 
 tiny     CPU, about a minute: the 2-layer model on 1K-token synthetic sequences (tests use it).
 default  the recipe of the bundled checkpoint (bench/train_default.sh): the `default` model at 16K context on
-         one H200, ~5 minutes (a 300 s time budget trims the step count to fit), Lighthouse stage then a dense tail.
+         one H200, ~6 minutes (a 330 s time budget trims the step count to fit), Lighthouse stage then a dense tail.
 h200     a longer single-H200 run of the larger `h200` model at 32K context.
 
 The schedule follows the paper: stage 1 trains with Lighthouse layers, stage 2 (the dense tail) continues the
@@ -27,6 +27,7 @@ class TrainConfig:
     data: list[str] = field(default_factory=list)  # files, folders, *.jsonl, or "stdlib"
     synthetic_fraction: float = 1.0  # share of sequences made by the synthetic generator (1.0 when no data)
     tasks: tuple[str, ...] = ("passkey", "kv", "multihop")  # drawn uniformly; repeat a task to weight it
+    fillers: tuple[str, ...] = ("repeat", "sentences", "alnum", "copy")  # haystack kinds (see train.synthetic)
     full_doc_fraction: float = 0.5  # synthetic sequences that are one document filling the whole sequence
     answer_loss_weight: float = 1.0  # loss weight of synthetic answer tokens (the rest weigh 1)
     # batch: `batch_size` sequences per optimizer step in total, over all ranks and accumulation micro-steps
@@ -91,15 +92,16 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
     ),
     "default": TrainConfig(
         model_preset="default", seq_len=16384, batch_size=8, micro_batch_size=8, lr=2e-3, min_lr_ratio=0.1,
-        warmup_steps=100, max_steps=4000, dense_tail_fraction=0.25, time_budget_s=300.0, eval_every=200,
-        eval_samples=16, log_every=5, save_every=500, keep_last=2, synthetic_fraction=0.9, data=["stdlib"],
+        warmup_steps=100, max_steps=4000, dense_tail_fraction=0.25, time_budget_s=330.0, eval_every=200,
+        eval_samples=16, log_every=5, save_every=500, keep_last=2, synthetic_fraction=0.95, data=["stdlib"],
         full_doc_fraction=0.5, seed=1234, tasks=("passkey", "passkey", "kv", "multihop"),
+        fillers=("copy", "copy", "repeat", "sentences"), answer_loss_weight=10.0,
     ),
     "h200": TrainConfig(
         model_preset="h200", seq_len=32768, batch_size=32, micro_batch_size=4, lr=1.5e-3, min_lr_ratio=0.1,
         warmup_steps=200, max_steps=6000, dense_tail_fraction=0.3, eval_every=250, eval_samples=16, log_every=10,
         save_every=500, keep_last=3, synthetic_fraction=0.8, data=["stdlib"], activation_checkpointing=True,
-        seed=1234,
+        seed=1234, fillers=("copy", "copy", "repeat", "sentences", "alnum"), answer_loss_weight=10.0,
     ),
 }
 

@@ -173,7 +173,7 @@ def _to_sample(ids: list[int], answers: list[tuple[int, int]], seq_len: int) -> 
 def build_streams(cfg) -> tuple[SequenceStream, SequenceStream]:
     """(train, eval) streams from a TrainConfig."""
     corpus = TextCorpus(list(cfg.data)) if cfg.data else None
-    kw = dict(corpus=corpus, synthetic_fraction=cfg.synthetic_fraction, tasks=cfg.tasks,
+    kw = dict(corpus=corpus, synthetic_fraction=cfg.synthetic_fraction, tasks=cfg.tasks, fillers=cfg.fillers,
               full_doc_fraction=cfg.full_doc_fraction)
     return (SequenceStream(cfg.seq_len, seed=cfg.seed, split="train", **kw),
             SequenceStream(cfg.seq_len, seed=cfg.seed, split="eval", **kw))

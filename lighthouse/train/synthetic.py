@@ -16,7 +16,7 @@ import string
 from dataclasses import dataclass, field
 
 TASKS = ("passkey", "kv", "multihop")
-FILLERS = ("repeat", "sentences", "alnum")
+FILLERS = ("repeat", "sentences", "alnum", "copy")
 
 _REPEAT = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
 _NOUNS = "river tower garden engine window market forest bridge lamp harbor valley signal letter mirror road".split()
@@ -47,10 +47,18 @@ def _filler_sentence(rng: random.Random, kind: str) -> str:
 
 
 def make_filler(rng: random.Random, kind: str, n_chars: int) -> tuple[str, list[int]]:
-    """Exactly n_chars of filler, and the offsets where sentences start (where needles may go)."""
+    """Exactly n_chars of filler, and the offsets where sentences start (where needles may go).
+
+    "copy" is random alphanumeric sentences of which about half repeat an earlier one (from anywhere
+    before): the repeats are predictable only by finding the earlier copy, which trains the content-based
+    lookup (induction) that retrieval needs, on many tokens per document rather than a few answer digits.
+    """
     parts, bounds, total = [], [0], 0
     while total < n_chars:
-        s = _filler_sentence(rng, kind)
+        if kind == "copy":
+            s = rng.choice(parts) if parts and rng.random() < 0.5 else _filler_sentence(rng, "alnum")
+        else:
+            s = _filler_sentence(rng, kind)
         parts.append(s)
         total += len(s)
         bounds.append(total)
