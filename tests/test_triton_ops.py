@@ -104,17 +104,36 @@ def test_fused_norm_orders_match_their_statement_bit_for_bit(dtype, D):
         assert rel(got, x.double().norm(dim=-1)) < (1e-2 if dtype == torch.bfloat16 else 1e-6)
 
 
-@pytest.mark.parametrize("levels,p,n,n_run", [(3, 4, 2048 + 64, 4096), (8, 2, 1000, 1024)])  # (8, 2): windows > rows per program
-def test_pool_gives_the_coarsest_level_and_max_pooled_scores(levels, p, n, n_run):
+@pytest.mark.parametrize(
+    "levels,p,n,n_run,D",
+    [(3, 4, 2048 + 64, 4096, 16), (8, 2, 1000, 1024, 16), (4, 3, 700, 729, 32), (3, 4, 1024, 1024, 128)],
+)  # (8, 2) and (4, 3): windows longer than one unrolled chunk (the kernel's runtime loop); D=128: the shape of record
+def test_pool_gives_the_coarsest_level_and_max_pooled_scores(levels, p, n, n_run, D):
     plan = Plan(n, n_run, levels, p, 128)  # pooling needs only the lengths, not the selection's minimum
-    x = rand(1, 2, n, 16, dtype=torch.bfloat16, seed=3)
+    x = rand(2, 2, n, D, dtype=torch.bfloat16, seed=3)
     coarse, scores, base = tpool.pool(x, plan, 1, store_base=True)
     xp = pad_seq(x, plan.n_run)
     want_coarse = ref.build_pyramid(xp.float(), levels, p)[-1]
-    assert rel(coarse.float(), want_coarse) < 1e-2 and coarse.dtype == x.dtype
+    assert coarse.dtype == x.dtype
+    assert torch.equal(coarse, tpool.pool_reference_order(x, plan))  # the stated order, bit for bit
+    assert torch.equal(coarse, want_coarse.to(x.dtype))  # and the reference's mean, rounded to bf16
     norms = base[..., :n].to(x.dtype)
     want = torch.cat(_ref_scores(norms, plan)[1:], dim=2)
     assert torch.equal(scores, want)
+    assert torch.equal(tpool.pool(x, plan, None)[0], coarse)  # the same coarse level without scores
+
+
+def test_pool_sums_each_window_in_row_order():
+    """Values spread over 2^-24 .. 2^24 make fp32 window sums inexact, so the summation order shows in the bf16
+    means; the kernel must match its torch statement (row order) bit for bit, with a reversed order as control."""
+    plan = Plan(4096, 4096, 3, 4, 128)
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(1, 2, 4096, 32, generator=g) * torch.exp2(torch.randint(-24, 25, (1, 2, 4096, 32), generator=g).float())
+    x = x.to(torch.bfloat16).to(DEV)
+    coarse, _, _ = tpool.pool(x, plan, None)
+    assert torch.equal(coarse, tpool.pool_reference_order(x, plan))
+    rev = tpool.pool_reference_order(x.flip(2), Plan(4096, 4096, 3, 4, 128)).flip(2)  # each window summed backwards
+    assert not torch.equal(coarse, rev), "inputs too tame: the order does not show"
 
 
 # ---------------------------------------------------------------------------------------- whole op
