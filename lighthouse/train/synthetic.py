@@ -11,6 +11,7 @@ retrieval metric checks; with the byte tokenizer, characters are tokens because 
 
 from __future__ import annotations
 
+import math
 import random
 import string
 from dataclasses import dataclass, field
@@ -49,14 +50,18 @@ def _filler_sentence(rng: random.Random, kind: str) -> str:
 def make_filler(rng: random.Random, kind: str, n_chars: int) -> tuple[str, list[int]]:
     """Exactly n_chars of filler, and the offsets where sentences start (where needles may go).
 
-    "copy" is random alphanumeric sentences of which about half repeat an earlier one (from anywhere
-    before): the repeats are predictable only by finding the earlier copy, which trains the content-based
+    "copy" is random alphanumeric sentences of which about half repeat an earlier one (log-uniformly far
+    back): the repeats are predictable only by finding the earlier copy, which trains the content-based
     lookup (induction) that retrieval needs, on many tokens per document rather than a few answer digits.
     """
     parts, bounds, total = [], [0], 0
     while total < n_chars:
-        if kind == "copy":
-            s = rng.choice(parts) if parts and rng.random() < 0.5 else _filler_sentence(rng, "alnum")
+        if kind == "copy" and parts and rng.random() < 0.5:
+            # how far back: log-uniform over the sentences so far (many near copies to learn from, some far)
+            back = min(len(parts), int(math.exp(rng.uniform(0.0, math.log(len(parts) + 1)))))  # 1..len(parts)
+            s = parts[len(parts) - back]
+        elif kind == "copy":
+            s = _filler_sentence(rng, "alnum")
         else:
             s = _filler_sentence(rng, kind)
         parts.append(s)
