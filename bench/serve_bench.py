@@ -86,11 +86,17 @@ class Server:
         self.thread.join(60)
 
 
-def stream_completion(client: httpx.Client, url: str, n_prompt: int, max_tokens: int, **extra) -> dict:
-    """One streamed completion with logprobs=0 (a chunk per token). Returns client-side timings."""
+def stream_completion(client: httpx.Client, url: str, n_prompt: int, max_tokens: int, *, question: int = 0,
+                      **extra) -> dict:
+    """One streamed completion with logprobs=0 (a chunk per token). Returns client-side timings.
+
+    Cold by default (`cache_prompt: false`): a TTFT must not be a prefix-cache hit of an earlier run.
+    `question` changes the last TAIL tokens (another question about the same document)."""
     ids = [32 + (i * 7919) % 90 for i in range(n_prompt)]  # ASCII byte ids
+    for j in range(max(0, n_prompt - TAIL), n_prompt):
+        ids[j] = 32 + (j * 7919 + question * 31) % 90
     body = {"prompt": ids, "max_tokens": max_tokens, "temperature": 0, "stream": True, "logprobs": 0,
-            "ignore_eos": True, **extra}
+            "ignore_eos": True, "cache_prompt": False, **extra}
     payload = json.dumps(body)
     t0 = time.perf_counter()
     token_times, error = [], None
@@ -215,6 +221,22 @@ def main() -> int:
             results["decode"].append({"context_tokens": n, "decode": dec, "prefill": "sparse", **r})
             print(f"decode {dec:>6} @ {n}: {r.get('decode_tok_per_s', r.get('error'))} tok/s", flush=True)
             save()
+        # document reuse: one document, two questions; the second prefills only its question (prefix cache).
+        # 128K: a hit is copied into the request's own buffers, so two copies must fit the KV budget.
+        results["reuse"] = []
+        for size in [s for s in sizes if SIZES[s] <= 131072][-1:]:
+            n = SIZES[size] + TAIL
+            for mode in ("sparse", "dense"):
+                if over_budget(f"reuse {size} {mode}"):
+                    continue
+                first = stream_completion(client, srv.url, n, 1, prefill=mode, question=1, cache_prompt=True)
+                second = stream_completion(client, srv.url, n, 1, prefill=mode, question=2, cache_prompt=True,
+                                           dense_tail_tokens=TAIL)
+                row = {"size": size, "prompt_tokens": n, "prefill": mode, "first": first, "second": second}
+                results["reuse"].append(row)
+                print(f"reuse {size} {mode}: first {first.get('ttft_s', first.get('error'))} "
+                      f"second {second.get('ttft_s', second.get('error'))}", flush=True)
+                save()
     save()
     print(f"wrote {path} in {time.monotonic() - t_start:.0f}s")
     if tmp:
