@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -133,3 +134,11 @@ def test_sharded_transformers_checkpoint_loads(tmp_path):
     with torch.no_grad():
         err = (ours(ids, logits_to_keep=32).logits - hf(ids).logits).abs().max().item()
     assert err < 1e-4
+
+
+def test_saved_files_are_readable_by_other_users(saved):
+    _, d = saved
+    mask = os.umask(0)
+    os.umask(mask)
+    for p in d.iterdir():
+        assert p.stat().st_mode & 0o444 & ~mask == 0o444 & ~mask, p.name

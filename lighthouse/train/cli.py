@@ -97,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     ev = summary["eval"]
     acc = "n/a" if ev["answer_acc"] is None else f"{ev['answer_acc']:.2f}"
-    print(f"done: {summary['step']} steps in {summary['time_s']:.0f}s, final train loss {summary['last']['loss']:.4f}, "
+    last = "n/a (resumed a finished run)" if summary["last"] is None else f"{summary['last']['loss']:.4f}"
+    print(f"done: {summary['step']} steps in {summary['time_s']:.0f}s, final train loss {last}, "
           f"eval loss {ev['eval_loss']:.4f}, answer accuracy {acc}; checkpoint in {cfg.out_dir}")
     return 0
 
