@@ -25,6 +25,7 @@ import traceback
 import torch
 import torch.nn.functional as F
 
+from lighthouse.bench.attention import time_ms
 from lighthouse.ops import lighthouse_attention_ref
 from lighthouse.ops.lighthouse_ref import _select_padded, attend_selected
 
@@ -146,22 +147,6 @@ def crash_config(cfg):
         except Exception as exc:  # the launch-grid limit
             res["official"] = f"crashed: {type(exc).__name__}: {str(exc)[:160]}"
     return res
-
-
-def time_ms(fn, reps=10, warmup=3):
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn()
-        e.record()
-        torch.cuda.synchronize()
-        times.append(s.elapsed_time(e))
-    times.sort()
-    return times[len(times) // 2]
 
 
 def timings(N=524288, L=3, p=4, k=2048, H=8, D=128, reps=5):

@@ -21,6 +21,7 @@ import traceback
 
 import torch
 
+from lighthouse.bench.attention import time_ms
 from lighthouse.ops import lighthouse_ref as ref
 from lighthouse.ops.attention import repeat_kv
 from lighthouse.ops.validation import pad_seq
@@ -62,22 +63,6 @@ def sdpa_dense(q, k, v, backend):
 
     with sdpa_kernel([getattr(SDPBackend, backend)]):
         return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
-
-
-def time_ms(fn, reps=10, warmup=2) -> float:
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(reps):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn()
-        e.record()
-        torch.cuda.synchronize()
-        ts.append(s.elapsed_time(e))
-    ts.sort()
-    return ts[len(ts) // 2]
 
 
 # ------------------------------------------------------------------------------------------ correctness

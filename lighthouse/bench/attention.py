@@ -38,7 +38,8 @@ class BenchConfig:
     gqa: bool = True
 
 
-def time_ms(fn, reps: int, warmup: int = 2) -> float:
+def time_ms(fn, reps: int = 10, warmup: int = 2) -> float:
+    """Median of `reps` CUDA-event timings of fn() after `warmup` calls, in ms."""
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
