@@ -115,3 +115,45 @@ def test_passkey_accuracy_reports_dense_and_sparse_records_with_the_sparse_layer
     assert [(r["context"], r["prefill"], r["n"]) for r in recs] == [(640, "dense", 2), (640, "sparse", 2)]
     assert recs[0]["lighthouse_layers"] == [] and recs[1]["lighthouse_layers"] == [0, 1]
     assert all(0.0 <= r["accuracy"] <= 1.0 and len(r["samples"]) == 2 for r in recs)
+
+
+def test_curriculum_documents_grow_with_the_step_and_sequences_stay_exactly_seq_len():
+    from lighthouse.train.config import train_preset
+    from lighthouse.train.data import build_streams
+
+    seq_len, ramp = 4096, 400  # documents reach seq_len at sample 400
+    stream = SequenceStream(seq_len, seed=0, curriculum_start_len=256, curriculum_samples=ramp)
+    caps = [stream.max_doc_len(i) for i in (0, 100, 200, 300, 399, 400, 1000)]
+    assert caps[0] == 256 and caps == sorted(caps) and caps[-2:] == [seq_len, seq_len]
+
+    def doc_lengths(s):
+        ids = s.input_ids.tolist()
+        starts = [i for i, t in enumerate(ids) if t == BOS_ID]
+        return [b - a for a, b in zip(starts, starts[1:] + [len(ids)])]
+
+    means = []
+    for lo_i in (0, 150, 300):
+        lens = []
+        for i in range(lo_i, lo_i + 6):
+            s = stream[i]
+            ids = s.input_ids.tolist()
+            assert len(ids) == seq_len and ids[0] == BOS_ID and ids.count(EOS_ID) == ids.count(BOS_ID)
+            assert (s.labels == IGNORE_INDEX).sum() == 0  # packed to exactly seq_len: no padding
+            assert int(s.answer_mask.sum()) > 0
+            assert all(0x30 <= t <= 0x39 for t, m in zip(ids, s.answer_mask.tolist()) if m)
+            docs = doc_lengths(s)  # BOS + text + EOS; text is at least 256 bytes
+            assert all(n <= max(258, stream.max_doc_len(i)) for n in docs[:-1])  # only the last may exceed the cap
+            assert docs[-1] < max(258, stream.max_doc_len(i)) + 2 * 258
+            lens += docs
+        if lo_i == 0:  # many short documents per sequence
+            assert len(lens) >= 6 * 10
+        means.append(sum(lens) / len(lens))
+    assert means[0] < means[1] < means[2]
+    # past the ramp a sample is exactly what it is without a curriculum
+    assert stream[ramp + 3].input_ids.equal(SequenceStream(seq_len, seed=0)[ramp + 3].input_ids)
+    # off by default; the trainer's streams get it from the config
+    cfg = train_preset("tiny")
+    assert build_streams(cfg)[0].curriculum_samples == 0
+    cfg.curriculum, cfg.max_steps, cfg.curriculum_fraction = True, 100, 0.5
+    train, ev = build_streams(cfg)
+    assert train.curriculum_samples == 50 * cfg.batch_size and ev.curriculum_samples == 0

@@ -19,6 +19,7 @@ _OVERRIDES = {
     "device": "device", "dtype": "dtype", "eval_every": "eval_every", "eval_samples": "eval_samples",
     "log_every": "log_every", "save_every": "save_every", "keep_last": "keep_last", "model": "model_preset",
     "synthetic_fraction": "synthetic_fraction", "answer_loss_weight": "answer_loss_weight", "save_dtype": "save_dtype", "stop_at_step": "stop_at_step",
+    "curriculum_start_len": "curriculum_start_len", "curriculum_fraction": "curriculum_fraction",
 }
 
 
@@ -30,9 +31,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", nargs="+", metavar="PATH", help="text files, folders, *.jsonl, or 'stdlib' (Python's own source)")
     p.add_argument("--tasks", nargs="+", choices=["passkey", "kv", "multihop"],
                    help="synthetic tasks, drawn uniformly (repeat one to weight it)")
-    p.add_argument("--fillers", nargs="+", choices=["repeat", "sentences", "alnum"], help="synthetic haystack kinds")
+    p.add_argument("--fillers", nargs="+", choices=["repeat", "sentences", "alnum", "copy"], help="synthetic haystack kinds")
     p.add_argument("--synthetic-fraction", type=float, help="share of sequences from the synthetic task generator")
     p.add_argument("--answer-loss-weight", type=float, help="loss weight of synthetic answer tokens (others: 1)")
+    cur = p.add_mutually_exclusive_group()
+    cur.add_argument("--curriculum", action="store_true", default=None,
+                     help="start with many short synthetic documents per sequence, growing to --seq-len")
+    cur.add_argument("--no-curriculum", action="store_true", default=None, help="turn off the preset's curriculum")
+    p.add_argument("--curriculum-start-len", type=int, help="longest synthetic document at step 0 (bytes)")
+    p.add_argument("--curriculum-fraction", type=float, help="share of --max-steps over which documents grow to --seq-len")
     p.add_argument("--seq-len", type=int, help="tokens per training sequence")
     p.add_argument("--batch-size", type=int, help="sequences per optimizer step, over all ranks")
     p.add_argument("--micro-batch-size", type=int, help="sequences per forward pass (gradient accumulation makes up the rest)")
@@ -76,6 +83,10 @@ def config_from_args(args: argparse.Namespace):
         cfg.tasks = tuple(args.tasks)
     if args.fillers:
         cfg.fillers = tuple(args.fillers)
+    if args.curriculum:
+        cfg.curriculum = True
+    if args.no_curriculum:
+        cfg.curriculum = False
     if args.activation_checkpointing:
         cfg.activation_checkpointing = True
     if args.compile:

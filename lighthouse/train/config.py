@@ -30,6 +30,11 @@ class TrainConfig:
     fillers: tuple[str, ...] = ("repeat", "sentences", "alnum", "copy")  # haystack kinds (see train.synthetic)
     full_doc_fraction: float = 0.5  # synthetic sequences that are one document filling the whole sequence
     answer_loss_weight: float = 1.0  # loss weight of synthetic answer tokens (the rest weigh 1)
+    # curriculum: early steps pack many short synthetic documents (at most curriculum_start_len bytes) into each
+    # sequence; the longest allowed document grows geometrically to seq_len over curriculum_fraction of max_steps
+    curriculum: bool = False
+    curriculum_start_len: int = 512
+    curriculum_fraction: float = 0.5
     # batch: `batch_size` sequences per optimizer step in total, over all ranks and accumulation micro-steps
     batch_size: int = 8
     micro_batch_size: int = 4
@@ -81,6 +86,8 @@ class TrainConfig:
             raise ValueError(f"decay must be cosine, linear or constant (got {self.decay!r})")
         if not 0.0 <= self.dense_tail_fraction <= 1.0:
             raise ValueError(f"dense_tail_fraction must be in [0, 1] (got {self.dense_tail_fraction})")
+        if not 0.0 <= self.curriculum_fraction <= 1.0:
+            raise ValueError(f"curriculum_fraction must be in [0, 1] (got {self.curriculum_fraction})")
         if self.seq_len < 512:
             raise ValueError(f"seq_len must be at least 512 (got {self.seq_len})")
 

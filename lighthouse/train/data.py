@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from lighthouse.tokenizer import BOS_ID, EOS_ID, PAD_ID
-from lighthouse.train.synthetic import FILLERS, MIN_DOC_CHARS, TASKS, synthetic_doc
+from lighthouse.train.synthetic import FILLERS, MIN_CURRICULUM_DOC_CHARS, MIN_DOC_CHARS, TASKS, synthetic_doc
 
 IGNORE_INDEX = -100
 TEXT_SUFFIXES = {".txt", ".md", ".rst", ".py", ".tex", ".html", ".htm", ".csv", ".json", ".xml", ".c", ".h", ".toml", ".cfg", ".ini", ".yaml", ".yml"}
@@ -103,12 +103,25 @@ class SequenceStream:
     """Indexable stream of packed sequences for one split."""
 
     def __init__(self, seq_len: int, *, seed: int, split: str = "train", corpus: TextCorpus | None = None,
-                 synthetic_fraction: float = 1.0, tasks=TASKS, fillers=FILLERS, full_doc_fraction: float = 0.5):
+                 synthetic_fraction: float = 1.0, tasks=TASKS, fillers=FILLERS, full_doc_fraction: float = 0.5,
+                 curriculum_start_len: int = 0, curriculum_samples: int = 0):
         self.seq_len, self.seed, self.split = seq_len, seed, split
         self.corpus = corpus if corpus is not None and corpus.docs else None
         self.doc_ids = self.corpus.split(split) if self.corpus else []
         self.synthetic_fraction = synthetic_fraction if self.corpus else 1.0
         self.tasks, self.fillers, self.full_doc_fraction = tuple(tasks), tuple(fillers), full_doc_fraction
+        # curriculum (off when curriculum_samples is 0): sample i's synthetic documents are at most
+        # max_doc_len(i) long, growing geometrically from curriculum_start_len to seq_len over the first
+        # curriculum_samples samples; from there on sequences are made exactly as without a curriculum.
+        self.curriculum_start_len = max(MIN_CURRICULUM_DOC_CHARS, min(curriculum_start_len, seq_len))
+        self.curriculum_samples = curriculum_samples
+
+    def max_doc_len(self, index: int) -> int:
+        """The longest synthetic document (in bytes, BOS/EOS included) that sample `index` may hold."""
+        if not self.curriculum_samples or index >= self.curriculum_samples:
+            return self.seq_len
+        t = index / self.curriculum_samples
+        return min(self.seq_len, int(self.curriculum_start_len * (self.seq_len / self.curriculum_start_len) ** t))
 
     def rng(self, index: int) -> random.Random:
         return random.Random((self.seed * 1_000_003 + _SPLIT_SALT[self.split]) * 1_000_000_007 + index)
@@ -116,7 +129,8 @@ class SequenceStream:
     def __getitem__(self, index: int) -> Sample:
         rng = self.rng(index)
         if rng.random() < self.synthetic_fraction:
-            ids, answers = self._synthetic(rng)
+            cap = self.max_doc_len(index)
+            ids, answers = self._synthetic(rng) if cap >= self.seq_len else self._curriculum(rng, cap)
         else:
             ids, answers = self._text(rng), []
         return _to_sample(ids, answers, self.seq_len)
@@ -141,6 +155,24 @@ class SequenceStream:
                 if room - n < MIN_DOC_CHARS + 2:  # no room for another document: take it all
                     n = room
             doc = synthetic_doc(rng, n, self.tasks, self.fillers)
+            start = len(ids) + 1
+            ids += [BOS_ID, *doc.text.encode("ascii"), EOS_ID]
+            answers += [(start + a, start + b) for a, b in doc.answers]
+        return ids, answers
+
+    def _curriculum(self, rng: random.Random, cap: int) -> tuple[list[int], list[tuple[int, int]]]:
+        """Many short documents (log-uniform lengths up to `cap`), packed to exactly seq_len tokens, no padding."""
+        lo, c = MIN_CURRICULUM_DOC_CHARS, max(MIN_CURRICULUM_DOC_CHARS, cap - 2)  # in text bytes (BOS/EOS apart)
+        ids: list[int] = []
+        answers: list[tuple[int, int]] = []
+        while len(ids) < self.seq_len:
+            room = self.seq_len - len(ids) - 2  # never below lo: the rule below leaves 0 or >= lo + 2
+            if room <= c or room < 2 * lo + 2:  # the last document takes what is left
+                n = room
+            else:
+                hi = min(c, room - lo - 2)
+                n = max(lo, min(hi, int(math.exp(rng.uniform(math.log(lo), math.log(hi))))))
+            doc = synthetic_doc(rng, n, self.tasks, self.fillers, min_chars=lo)
             start = len(ids) + 1
             ids += [BOS_ID, *doc.text.encode("ascii"), EOS_ID]
             answers += [(start + a, start + b) for a, b in doc.answers]
@@ -175,8 +207,18 @@ def build_streams(cfg) -> tuple[SequenceStream, SequenceStream]:
     corpus = TextCorpus(list(cfg.data)) if cfg.data else None
     kw = dict(corpus=corpus, synthetic_fraction=cfg.synthetic_fraction, tasks=cfg.tasks, fillers=cfg.fillers,
               full_doc_fraction=cfg.full_doc_fraction)
-    return (SequenceStream(cfg.seq_len, seed=cfg.seed, split="train", **kw),
-            SequenceStream(cfg.seq_len, seed=cfg.seed, split="eval", **kw))
+    # the curriculum shapes only the training stream (the trainer re-sets its length once max_steps is known);
+    # evaluation always sees full-length documents
+    train = SequenceStream(cfg.seq_len, seed=cfg.seed, split="train", curriculum_start_len=cfg.curriculum_start_len,
+                           curriculum_samples=curriculum_samples(cfg, cfg.max_steps), **kw)
+    return train, SequenceStream(cfg.seq_len, seed=cfg.seed, split="eval", **kw)
+
+
+def curriculum_samples(cfg, max_steps: int) -> int:
+    """Training samples over which the curriculum grows documents to seq_len (0: no curriculum)."""
+    if not getattr(cfg, "curriculum", False):
+        return 0
+    return int(round(cfg.curriculum_fraction * max_steps)) * cfg.batch_size
 
 
 def default_num_workers() -> int:

@@ -140,15 +140,17 @@ def multihop_doc(rng: random.Random, n_chars: int, filler: str = "sentences") ->
 
 _MAKERS = {"passkey": passkey_doc, "kv": kv_doc, "multihop": multihop_doc}
 MIN_DOC_CHARS = 400
+# the shortest document the curriculum may ask for: every task still fits (multihop needs ~160 characters)
+MIN_CURRICULUM_DOC_CHARS = 256
 
 
 def synthetic_doc(rng: random.Random, n_chars: int, tasks: tuple[str, ...] = TASKS,
-                  fillers: tuple[str, ...] = FILLERS) -> SyntheticDoc:
-    """A random task with a random filler, exactly n_chars long (n_chars >= MIN_DOC_CHARS)."""
+                  fillers: tuple[str, ...] = FILLERS, min_chars: int = MIN_DOC_CHARS) -> SyntheticDoc:
+    """A random task with a random filler, exactly n_chars long (n_chars >= min_chars)."""
     for t in tasks:
         if t not in _MAKERS:
             raise ValueError(f"unknown synthetic task {t!r}; choose from {TASKS}")
-    if n_chars < MIN_DOC_CHARS:
-        raise ValueError(f"synthetic documents need at least {MIN_DOC_CHARS} characters (asked for {n_chars})")
+    if n_chars < min_chars:
+        raise ValueError(f"synthetic documents need at least {min_chars} characters (asked for {n_chars})")
     task = rng.choice(tasks)
     return _MAKERS[task](rng, n_chars, filler=rng.choice(fillers))

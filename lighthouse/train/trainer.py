@@ -27,7 +27,7 @@ from lighthouse.checkpoint import save_checkpoint
 from lighthouse.model.llama import IGNORE_INDEX, LlamaForCausalLM
 from lighthouse.model.presets import model_preset
 from lighthouse.train.config import TrainConfig
-from lighthouse.train.data import build_streams
+from lighthouse.train.data import build_streams, curriculum_samples
 from lighthouse.train.metrics import MetricsLog, plot_loss
 from lighthouse.train.state import checkpoints_dir, latest_checkpoint, load_training_state, save_training_state
 
@@ -55,6 +55,7 @@ class Trainer:
         self.max_steps, self.switch_step = cfg.max_steps, cfg.max_steps - cfg.tail_steps()
         self.schedule_fixed = not cfg.time_budget_s  # None or 0: no budget
         self._maybe_resume()
+        self.train_data.curriculum_samples = curriculum_samples(cfg, self.max_steps)  # resumed max_steps too
         if cfg.compile:
             self.model.compile()
         self.ddp = DDP(self.model) if self.world > 1 else None
@@ -182,6 +183,7 @@ class Trainer:
         tail = cfg.dense_tail_steps if cfg.dense_tail_steps is not None else int(round(self.max_steps * cfg.dense_tail_fraction))
         self.switch_step = max(self.step, self.max_steps - tail)
         self.schedule_fixed = True
+        self.train_data.curriculum_samples = curriculum_samples(cfg, self.max_steps)
         self.metrics.write({"type": "schedule", "max_steps": self.max_steps, "switch_step": self.switch_step,
                             "lighthouse_step_s": t_lh, "dense_step_s": t_dense, "time_budget_s": cfg.time_budget_s})
         self._log(f"time budget {cfg.time_budget_s:.0f}s: lighthouse step {t_lh:.3f}s, dense step ~{t_dense:.3f}s "
