@@ -26,24 +26,25 @@ def sig(names, types):
 
 
 def kernels(D=128, P=4, L=3):
+    R = pool.windows_per_program(D, P ** (L - 1)) * P ** (L - 1)  # the launcher's rows per program
     lanes, acc, steps = pool.order_params(D, 1)
     yield "pool(scores, V=1)", pool._pool_kernel, dict(
         x_ptr="*bf16", coarse_ptr="*bf16", score_ptr="*fp32", base_ptr="*fp32",
         HX="i32", N_VALID="i32", N_RUN="i32", S1="i32", s_b="i64", s_h="i64", s_n="i64",
-    ), dict(D=D, R=pool.ROWS, P=P, CH=P ** (L - 1), SC_LEVELS=L - 1, SCORES=True, STORE_BASE=False, PARTIAL=False,
-            V=1, LANES=lanes, A=acc, T=steps), {"enable_fp_fusion": False}
-    for V in (4, 8):
+    ), dict(D=D, R=R, P=P, CH=P ** (L - 1), SC_LEVELS=L - 1, SCORES=True, STORE_BASE=False, PARTIAL=False,
+            V=1, LANES=lanes, A=acc, T=steps, DOWN=True), {"enable_fp_fusion": False}
+    for V, down in ((4, True), (4, False), (8, True)):
         lanes, acc, steps = pool.order_params(D, V)
-        yield f"pool(scores, V={V})", pool._pool_kernel, dict(
+        yield f"pool(scores, V={V}, {'down' if down else 'up'})", pool._pool_kernel, dict(
             x_ptr="*bf16", coarse_ptr="*bf16", score_ptr="*fp32", base_ptr="*fp32",
             HX="i32", N_VALID="i32", N_RUN="i32", S1="i32", s_b="i64", s_h="i64", s_n="i64",
-        ), dict(D=D, R=pool.ROWS, P=P, CH=P ** (L - 1), SC_LEVELS=L - 1, SCORES=True, STORE_BASE=True, PARTIAL=False,
-                V=V, LANES=lanes, A=acc, T=steps), {"enable_fp_fusion": False}
+        ), dict(D=D, R=R, P=P, CH=P ** (L - 1), SC_LEVELS=L - 1, SCORES=True, STORE_BASE=True, PARTIAL=False,
+                V=V, LANES=lanes, A=acc, T=steps, DOWN=down), {"enable_fp_fusion": False}
     yield "pool(no scores)", pool._pool_kernel, dict(
         x_ptr="*bf16", coarse_ptr="*bf16", score_ptr="*fp32", base_ptr="*fp32",
         HX="i32", N_VALID="i32", N_RUN="i32", S1="i32", s_b="i64", s_h="i64", s_n="i64",
-    ), dict(D=D, R=pool.ROWS, P=P, CH=P ** (L - 1), SC_LEVELS=L - 1, SCORES=False, STORE_BASE=False, PARTIAL=False,
-            V=1, LANES=32, A=4, T=1), {"enable_fp_fusion": False}
+    ), dict(D=D, R=R, P=P, CH=P ** (L - 1), SC_LEVELS=L - 1, SCORES=False, STORE_BASE=False, PARTIAL=False,
+            V=1, LANES=32, A=4, T=1, DOWN=True), {"enable_fp_fusion": False}
     yield "cascade", select._cascade_kernel, dict(
         sq_ptr="*fp32", sk_ptr="*fp32", key_ptr="*i64", par_ptr="*i32",
         H="i32", KQ_REP="i32", N_RUN="i32", S1="i32", SPAN="i32", SEG="i32", TILES="i32",
@@ -82,8 +83,9 @@ def main() -> int:
             md = ck.metadata
             ptx = ck.asm["ptx"]
             spills = "local" in ptx and ".local" in ptx
+            sass_like = {k: ptx.count(k) for k in ("shfl.sync", "bar.sync", "ld.shared", "st.shared", "fma.rn", "add.f32")}
             print(f"{name:22s} ok  warps={md.num_warps} shared={md.shared:6d} local_mem_in_ptx={spills} "
-                  f"({time.time() - t0:.1f}s)", flush=True)
+                  f"ptx={sass_like} ({time.time() - t0:.1f}s)", flush=True)
         except Exception as exc:  # report every kernel, not just the first failure
             failed += 1
             print(f"{name:22s} FAILED: {type(exc).__name__}: {str(exc)[:2000]}", flush=True)

@@ -14,7 +14,7 @@ scores, and the specification's scores are torch's `x.norm(dim=-1)` in the activ
 squares are exact in fp32, so the only freedom is the order of the fp32 additions. `_sumsq_rows` reproduces the
 orders torch's CUDA reduction uses for a contiguous row (one warp per row: either lane l holds elements
 l, l+32, ... in 4 accumulators, or lane l holds a vector of V consecutive elements; accumulators are combined in
-sequence, then lanes pairwise by warp shuffles). Which one a given torch build uses is found once per
+sequence, then lanes by a warp-shuffle tree with offsets decreasing, or increasing in older builds). Which one a given torch build uses is found once per
 (device, dtype, D) by `norm_order`, which compares each candidate with torch bit for bit on a large random probe;
 if none matches, scores fall back to torch's own norm (one extra read of Q and K).
 """
@@ -37,7 +37,11 @@ log = logging.getLogger(__name__)
 ROWS = 64  # the largest pooling factor supported (kept under its old name: callers quote it)
 PAD_SCORE = -1.0  # as lighthouse_ref.PAD_SCORE
 PAD_SCORE_K: tl.constexpr = tl.constexpr(PAD_SCORE)  # the same, for kernels
-CANDIDATE_ORDERS = (1, 4, 8, 2, 16)  # vector widths; 1 = the non-vectorized reduction
+# Reduction orders: |order| is the vector width V (1 = the non-vectorized reduction); order > 0 combines lanes with
+# shuffle offsets 16, 8, ..., 1 (torch's CUDA reduction once its warp tree was turned around to match Triton's),
+# order < 0 with offsets 1, 2, ..., 16 (older builds, ROCm). Tried in this order: the first matches torch 2.13's
+# Reduce.cuh for contiguous 16-bit rows of 128 (vectorized by 4 when the row has >= 128 elements).
+CANDIDATE_ORDERS = (4, 1, 8, 2, 16, -1, -4, -8, -2, -16)
 CALIBRATION: dict = {}  # (device, dtype, D) -> what norm_order found (for reports)
 
 
@@ -52,14 +56,49 @@ def _pair_sum(c, R: tl.constexpr, W: tl.constexpr):
 
 
 @triton.jit
+def _half_sum(c, R: tl.constexpr, W: tl.constexpr):
+    """[R, W] -> [R, W/2]: lane m + lane m + W/2 (one shuffle-down step at offset W/2; a 2-term sum is one add)."""
+    return tl.sum(tl.reshape(c, [R, 2, W // 2]), axis=1)
+
+
+@triton.jit
+def _lane_tree(c, R: tl.constexpr, LANES: tl.constexpr, DOWN: tl.constexpr):
+    """[R, LANES] -> [R, LANES/2] ... -> [R, 1]: the warp's shuffle tree, offsets LANES/2 .. 1 (DOWN) or 1 .. LANES/2."""
+    if DOWN:
+        if LANES >= 32:
+            c = _half_sum(c, R, 32)
+        if LANES >= 16:
+            c = _half_sum(c, R, 16)
+        if LANES >= 8:
+            c = _half_sum(c, R, 8)
+        if LANES >= 4:
+            c = _half_sum(c, R, 4)
+        if LANES >= 2:
+            c = _half_sum(c, R, 2)
+    else:
+        if LANES >= 32:
+            c = _pair_sum(c, R, 32)
+        if LANES >= 16:
+            c = _pair_sum(c, R, 16)
+        if LANES >= 8:
+            c = _pair_sum(c, R, 8)
+        if LANES >= 4:
+            c = _pair_sum(c, R, 4)
+        if LANES >= 2:
+            c = _pair_sum(c, R, 2)
+    return c
+
+
+@triton.jit
 def _sumsq_rows(x, R: tl.constexpr, D: tl.constexpr, V: tl.constexpr, LANES: tl.constexpr,
-                A: tl.constexpr, T: tl.constexpr):
+                A: tl.constexpr, T: tl.constexpr, DOWN: tl.constexpr):
     """Sum of squares of each row of x [R, D] (fp32) in the order of torch's CUDA reduction. Returns [R].
 
     V == 1: element l + LANES*(i + A*t) goes to lane l, accumulator i, step t.
     V > 1:  element (t*LANES + l)*V + i goes to lane l, accumulator i, step t.
     Each accumulator starts with its step-0 square and takes later steps by fma; accumulators are added in
-    order 0..A-1 (V-1); then lanes are added pairwise (offsets 1, 2, 4, ...).
+    order 0..A-1 (V-1); then lanes are added by the warp's shuffle tree: offsets LANES/2, ..., 2, 1 when DOWN
+    (lane l + lane l+16 first), else 1, 2, ..., LANES/2 (lane 2m + lane 2m+1 first).
     """
     if V == 1:
         y = tl.reshape(x, [R, T, A, LANES])
@@ -91,16 +130,7 @@ def _sumsq_rows(x, R: tl.constexpr, D: tl.constexpr, V: tl.constexpr, LANES: tl.
         c = tl.sum(tl.where(i_idx == 0, acc, 0.0), axis=2)
         for i in tl.static_range(1, V):
             c = c + tl.sum(tl.where(i_idx == i, acc, 0.0), axis=2)
-    if LANES >= 32:
-        c = _pair_sum(c, R, 32)
-    if LANES >= 16:
-        c = _pair_sum(c, R, 16)
-    if LANES >= 8:
-        c = _pair_sum(c, R, 8)
-    if LANES >= 4:
-        c = _pair_sum(c, R, 4)
-    if LANES >= 2:
-        c = _pair_sum(c, R, 2)
+    c = _lane_tree(c, R, LANES, DOWN)
     return tl.reshape(c, [R])
 
 
@@ -108,7 +138,7 @@ def _sumsq_rows(x, R: tl.constexpr, D: tl.constexpr, V: tl.constexpr, LANES: tl.
 def _pool_steps(src, s_n, row0, w_ok, cols, acc, m, srow, base_row, N_VALID, N_RUN, jo,
                 D: tl.constexpr, W: tl.constexpr, P: tl.constexpr, CH: tl.constexpr, U: tl.constexpr,
                 SC_LEVELS: tl.constexpr, LP: tl.constexpr, SCORES: tl.constexpr, STORE_BASE: tl.constexpr,
-                V: tl.constexpr, LANES: tl.constexpr, A: tl.constexpr, T: tl.constexpr):
+                V: tl.constexpr, LANES: tl.constexpr, A: tl.constexpr, T: tl.constexpr, DOWN: tl.constexpr):
     """Rows jo*U .. jo*U + U-1 of each of the W windows: acc += row (fp32, in row order); scores as they close."""
     lv = tl.arange(0, LP)[:, None]
     for ji in tl.static_range(U):
@@ -118,7 +148,7 @@ def _pool_steps(src, s_n, row0, w_ok, cols, acc, m, srow, base_row, N_VALID, N_R
         x = xr.to(tl.float32)
         acc = acc + x
         if SCORES:
-            ss = _sumsq_rows(x, W, D, V, LANES, A, T)
+            ss = _sumsq_rows(x, W, D, V, LANES, A, T, DOWN)
             nrm = tl.sqrt_rn(ss).to(xr.dtype).to(tl.float32)  # the norm in the activation dtype, as the spec
             if STORE_BASE:
                 tl.store(base_row + r, nrm, mask=ok)
@@ -148,7 +178,7 @@ def _pool_kernel(
     HX, N_VALID, N_RUN, S1, s_b, s_h, s_n,
     D: tl.constexpr, R: tl.constexpr, P: tl.constexpr, CH: tl.constexpr, SC_LEVELS: tl.constexpr,
     SCORES: tl.constexpr, STORE_BASE: tl.constexpr, PARTIAL: tl.constexpr,
-    V: tl.constexpr, LANES: tl.constexpr, A: tl.constexpr, T: tl.constexpr,
+    V: tl.constexpr, LANES: tl.constexpr, A: tl.constexpr, T: tl.constexpr, DOWN: tl.constexpr = True,
 ):
     """One program: W = R // CH whole coarsest-level windows (CH = c_top rows each) of one (b, h) row.
 
@@ -182,11 +212,11 @@ def _pool_kernel(
     m = tl.full([LP, W], float("-inf"), dtype=tl.float32)
     if NO == 1:
         acc, m = _pool_steps(src, s_n, row0, w_ok, cols, acc, m, srow, base_row, N_VALID, N_RUN, 0,
-                             D, W, P, CH, U, SC_LEVELS, LP, SCORES, STORE_BASE, V, LANES, A, T)
+                             D, W, P, CH, U, SC_LEVELS, LP, SCORES, STORE_BASE, V, LANES, A, T, DOWN)
     else:
         for jo in tl.range(0, NO):
             acc, m = _pool_steps(src, s_n, row0, w_ok, cols, acc, m, srow, base_row, N_VALID, N_RUN, jo,
-                                 D, W, P, CH, U, SC_LEVELS, LP, SCORES, STORE_BASE, V, LANES, A, T)
+                                 D, W, P, CH, U, SC_LEVELS, LP, SCORES, STORE_BASE, V, LANES, A, T, DOWN)
     dst = coarse_ptr + bh.to(tl.int64) * CL * D + w[:, None].to(tl.int64) * D + cols[None, :]
     tl.store(dst, (acc * (1.0 / CH)).to(coarse_ptr.dtype.element_ty), mask=w_ok[:, None])
 
@@ -235,14 +265,14 @@ def pool(x: Tensor, plan: Plan, order: int | None, store_base: bool = False):
     coarse = torch.empty(B, HX, plan.coarse_len, D, device=dev, dtype=x.dtype)
     scores = torch.empty(B, HX, plan.score_len, device=dev, dtype=torch.float32) if order is not None else None
     base = torch.empty(B, HX, plan.n_run, device=dev, dtype=torch.float32) if store_base else None
-    V = order if order is not None else 1
+    V = abs(order) if order is not None else 1
     lanes, acc, steps = order_params(D, V)
     grid = (B * HX * triton.cdiv(plan.coarse_len, W),)
     _pool_kernel[grid](
         x, coarse, scores if scores is not None else coarse, base if base is not None else coarse,
         HX, N, plan.n_run, plan.score_len, x.stride(0), x.stride(1), x.stride(2),
         D=D, R=W * ch, P=plan.p, CH=ch, SC_LEVELS=plan.top, SCORES=order is not None, STORE_BASE=store_base,
-        PARTIAL=False, V=V, LANES=lanes, A=acc, T=steps,
+        PARTIAL=False, V=V, LANES=lanes, A=acc, T=steps, DOWN=order is None or order > 0,
         num_warps=_num_warps(D), enable_fp_fusion=False,
     )
     return coarse, scores, base
@@ -329,7 +359,7 @@ def norm_order(device: str, dtype: torch.dtype, D: int) -> int | None:
     want = x.norm(dim=-1)
     found, report, on_near, examples = None, {}, {}, {}
     for V in CANDIDATE_ORDERS:  # most likely first; stop at the first exact match (each costs a compile)
-        if D // V < 1:
+        if D // abs(V) < 1:
             continue
         got = base_norms(x, V)
         bad = got != want
