@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from lighthouse.train.config import TRAIN_PRESETS, train_preset
+from lighthouse.train.synthetic import ALL_FILLERS
 
 # flag -> TrainConfig field (value type comes from argparse)
 _OVERRIDES = {
@@ -31,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", nargs="+", metavar="PATH", help="text files, folders, *.jsonl, or 'stdlib' (Python's own source)")
     p.add_argument("--tasks", nargs="+", choices=["passkey", "kv", "multihop"],
                    help="synthetic tasks, drawn uniformly (repeat one to weight it)")
-    p.add_argument("--fillers", nargs="+", choices=["repeat", "sentences", "alnum", "copy"], help="synthetic haystack kinds")
+    p.add_argument("--fillers", nargs="+", choices=list(ALL_FILLERS), help="synthetic haystack kinds")
     p.add_argument("--synthetic-fraction", type=float, help="share of sequences from the synthetic task generator")
     p.add_argument("--answer-loss-weight", type=float, help="loss weight of synthetic answer tokens (others: 1)")
     cur = p.add_mutually_exclusive_group()

@@ -17,7 +17,8 @@ import string
 from dataclasses import dataclass, field
 
 TASKS = ("passkey", "kv", "multihop")
-FILLERS = ("repeat", "sentences", "alnum", "copy")
+FILLERS = ("repeat", "sentences", "alnum", "copy")  # the default mix; "echo" is available too
+ALL_FILLERS = ("repeat", "sentences", "alnum", "copy", "echo")
 
 _REPEAT = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
 _NOUNS = "river tower garden engine window market forest bridge lamp harbor valley signal letter mirror road".split()
@@ -53,7 +54,11 @@ def make_filler(rng: random.Random, kind: str, n_chars: int) -> tuple[str, list[
     "copy" is random alphanumeric sentences of which about half repeat an earlier one (log-uniformly far
     back): the repeats are predictable only by finding the earlier copy, which trains the content-based
     lookup (induction) that retrieval needs, on many tokens per document rather than a few answer digits.
+    "echo" is the same lesson made easy: every random alphanumeric block (8-64 characters) comes back verbatim
+    after 0-2 other blocks, so half of the characters can be copied from at most a few hundred bytes back.
     """
+    if kind == "echo":
+        return _echo_filler(rng, n_chars)
     parts, bounds, total = [], [0], 0
     while total < n_chars:
         if kind == "copy" and parts and rng.random() < 0.5:
@@ -64,6 +69,26 @@ def make_filler(rng: random.Random, kind: str, n_chars: int) -> tuple[str, list[
             s = _filler_sentence(rng, "alnum")
         else:
             s = _filler_sentence(rng, kind)
+        parts.append(s)
+        total += len(s)
+        bounds.append(total)
+    text = "".join(parts)[:n_chars]
+    return text, [b for b in bounds if b <= n_chars]
+
+
+def _echo_filler(rng: random.Random, n_chars: int) -> tuple[str, list[int]]:
+    alphabet = string.ascii_lowercase + string.digits
+    parts, bounds, total, pending = [], [0], 0, []  # pending: [block, blocks still to pass before it returns]
+    while total < n_chars:
+        due = next((p for p in pending if p[1] <= 0), None)
+        if due is not None:
+            pending.remove(due)
+            s = due[0]
+        else:
+            s = "".join(rng.choices(alphabet, k=rng.randint(8, 64))) + ". "
+            pending.append([s, rng.randint(0, 2) + 1])
+        for p in pending:
+            p[1] -= 1
         parts.append(s)
         total += len(s)
         bounds.append(total)
