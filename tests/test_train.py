@@ -106,10 +106,10 @@ def test_dense_tail_runs_no_lighthouse_layer(tmp_path, monkeypatch):
 def test_resuming_from_a_mid_run_checkpoint_continues_the_same_loss_trajectory(tmp_path):
     full = tmp_path / "full"
     Trainer(small_cfg(full)).train()
-    cut = tmp_path / "cut"
-    summary = Trainer(small_cfg(cut, save_every=3, stop_at_step=5)).train()
+    cut = tmp_path / "cut"  # and its batches built ahead by worker processes (the full run builds them in-process)
+    summary = Trainer(small_cfg(cut, save_every=3, stop_at_step=5, data_workers=2)).train()
     assert summary["stopped_early"] and summary["step"] == 5
-    resumed = Trainer(small_cfg(cut, save_every=3))
+    resumed = Trainer(small_cfg(cut, save_every=3, data_workers=2))
     assert resumed.step == 3  # the latest checkpoint, not where it stopped
     resumed.train()
     a, b = _losses(full), _losses(cut)

@@ -7,6 +7,7 @@ import random
 import re
 
 import pytest
+import torch
 
 from lighthouse.tokenizer import BOS_ID, EOS_ID
 from lighthouse.train.data import IGNORE_INDEX, SequenceStream, TextCorpus
@@ -157,3 +158,17 @@ def test_curriculum_documents_grow_with_the_step_and_sequences_stay_exactly_seq_
     cfg.curriculum, cfg.max_steps, cfg.curriculum_fraction = True, 100, 0.5
     train, ev = build_streams(cfg)
     assert train.curriculum_samples == 50 * cfg.batch_size and ev.curriculum_samples == 0
+
+
+def test_step_loader_yields_each_ranks_share_of_each_step_in_order_with_or_without_workers():
+    from lighthouse.train.data import SequenceStream, step_loader
+
+    st = SequenceStream(512, seed=3)
+    for workers in (0, 2):
+        got = list(step_loader(st, 5, 3, batch_size=4, micro_batch_size=1, rank=1, world=2, workers=workers))
+        assert len(got) == 3
+        for s, micro in enumerate(got):  # step 5 + s, rank 1 of 2: samples (5+s)*4 + 2 and + 3, one per micro-batch
+            assert len(micro) == 2
+            for j, b in enumerate(micro):
+                want = st.batch([(5 + s) * 4 + 2 + j])
+                assert all(torch.equal(b[k], want[k]) for k in want)

@@ -223,3 +223,34 @@ def curriculum_samples(cfg, max_steps: int) -> int:
 
 def default_num_workers() -> int:
     return min(4, os.cpu_count() or 1)
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """Item s: one rank's micro-batches for optimizer step `first_step + s` (what the trainer feeds that step).
+
+    A Dataset so that torch's DataLoader can build steps ahead in worker processes while the GPU trains; every
+    sample is a pure function of its index, so the order and content are the same with any number of workers.
+    """
+
+    def __init__(self, stream: SequenceStream, first_step: int, n_steps: int, batch_size: int,
+                 micro_batch_size: int, rank: int = 0, world: int = 1):
+        self.stream, self.first_step, self.n_steps = stream, first_step, n_steps
+        self.batch_size, self.micro, self.rank, self.world = batch_size, micro_batch_size, rank, world
+
+    def __len__(self) -> int:
+        return self.n_steps
+
+    def __getitem__(self, s: int) -> list[dict[str, torch.Tensor]]:
+        per_rank = self.batch_size // self.world
+        first = (self.first_step + s) * self.batch_size + self.rank * per_rank
+        return [self.stream.batch(list(range(m, m + self.micro))) for m in range(first, first + per_rank, self.micro)]
+
+
+def step_loader(stream: SequenceStream, first_step: int, n_steps: int, batch_size: int, micro_batch_size: int,
+                rank: int, world: int, workers: int):
+    """Iterator over the micro-batches of steps first_step, first_step + 1, ...: built ahead by `workers`
+    processes (0: in this process, on demand)."""
+    ds = StepBatches(stream, first_step, n_steps, batch_size, micro_batch_size, rank, world)
+    if workers <= 0:
+        return (ds[i] for i in range(len(ds)))
+    return iter(torch.utils.data.DataLoader(ds, batch_size=None, shuffle=False, num_workers=workers, prefetch_factor=4))

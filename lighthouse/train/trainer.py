@@ -27,7 +27,7 @@ from lighthouse.checkpoint import save_checkpoint
 from lighthouse.model.llama import IGNORE_INDEX, LlamaForCausalLM
 from lighthouse.model.presets import model_preset
 from lighthouse.train.config import TrainConfig
-from lighthouse.train.data import build_streams, curriculum_samples
+from lighthouse.train.data import build_streams, curriculum_samples, default_num_workers, step_loader
 from lighthouse.train.metrics import MetricsLog, plot_loss
 from lighthouse.train.state import checkpoints_dir, latest_checkpoint, load_training_state, save_training_state
 
@@ -56,6 +56,7 @@ class Trainer:
         self.schedule_fixed = not cfg.time_budget_s  # None or 0: no budget
         self._maybe_resume()
         self.train_data.curriculum_samples = curriculum_samples(cfg, self.max_steps)  # resumed max_steps too
+        self._batches, self._batches_step = None, -1  # step loader and the step it yields next
         if cfg.compile:
             self.model.compile()
         self.ddp = DDP(self.model) if self.world > 1 else None
@@ -138,11 +139,7 @@ class Trainer:
         lr = self.lr_at(step)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
-        G = cfg.batch_size
-        per_rank = G // self.world
-        first = step * G + self.rank * per_rank
-        micro = [list(range(s, s + cfg.micro_batch_size)) for s in range(first, first + per_rank, cfg.micro_batch_size)]
-        batches = [self.train_data.batch(ix) for ix in micro]
+        batches = self._step_batches(step)
         weights = [_token_weights(b, cfg.answer_loss_weight) for b in batches]  # (B, N-1), 0 on padding
         counts = [int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches]
         total = self._all_reduce(torch.tensor(float(sum(counts)))).item()
@@ -167,6 +164,18 @@ class Trainer:
         mean_loss = self._all_reduce(loss_sum).item() / total
         return mean_loss, float(grad_norm), int(total)
 
+    def _step_batches(self, step: int) -> list[dict]:
+        """This rank's micro-batches for `step`, from a loader that builds the following steps ahead."""
+        if self._batches is None or self._batches_step != step:
+            cfg = self.cfg
+            workers = cfg.data_workers if cfg.data_workers is not None else (
+                0 if self.device.type == "cpu" else min(4, max(0, default_num_workers() - 1)))
+            self._batches = step_loader(self.train_data, step, self.max_steps - step, cfg.batch_size,
+                                        cfg.micro_batch_size, self.rank, self.world, workers)
+            self._batches_step = step
+        self._batches_step += 1
+        return next(self._batches)
+
     # ------------------------------------------------------------------ time budget
     def _fit_time_budget(self, lh_step_times: list[float], elapsed: float) -> None:
         """Pick max_steps so the whole run fits cfg.time_budget_s (decided once, then fixed and saved)."""
@@ -184,6 +193,7 @@ class Trainer:
         self.switch_step = max(self.step, self.max_steps - tail)
         self.schedule_fixed = True
         self.train_data.curriculum_samples = curriculum_samples(cfg, self.max_steps)
+        self._batches = None  # the loader's workers hold the old schedule: start a new one at the next step
         self.metrics.write({"type": "schedule", "max_steps": self.max_steps, "switch_step": self.switch_step,
                             "lighthouse_step_s": t_lh, "dense_step_s": t_dense, "time_budget_s": cfg.time_budget_s})
         self._log(f"time budget {cfg.time_budget_s:.0f}s: lighthouse step {t_lh:.3f}s, dense step ~{t_dense:.3f}s "
