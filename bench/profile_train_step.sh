@@ -12,3 +12,24 @@ print(m, "lighthouse step median %.3f s, dense step median %.3f s" % (lh[len(lh)
 PY
 done
 tail -3 /tmp/p_auto.log
+python3 - <<'PY'
+import time, torch
+from torch.profiler import ProfilerActivity, profile
+from lighthouse.train.config import train_preset
+from lighthouse.train.trainer import Trainer
+cfg = train_preset("default")
+cfg.out_dir, cfg.max_steps, cfg.dense_tail_steps, cfg.time_budget_s = "/tmp/pp", 12, 2, 0
+cfg.eval_every, cfg.progress, cfg.resume = 0, False, False
+t = Trainer(cfg)
+for s in range(4):
+    t._train_step(s, "lighthouse")
+torch.cuda.synchronize()
+t0 = time.perf_counter()
+with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    for s in range(4, 7):
+        t._train_step(s, "lighthouse")
+    torch.cuda.synchronize()
+print("3 lighthouse steps under the profiler: %.3f s" % (time.perf_counter() - t0))
+print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=60))
+print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=14, max_name_column_width=60))
+PY
