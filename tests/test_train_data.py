@@ -172,3 +172,15 @@ def test_step_loader_yields_each_ranks_share_of_each_step_in_order_with_or_witho
             for j, b in enumerate(micro):
                 want = st.batch([(5 + s) * 4 + 2 + j])
                 assert all(torch.equal(b[k], want[k]) for k in want)
+
+
+def test_echo_filler_lines_repeat_their_block_exactly():
+    from lighthouse.train.synthetic import make_filler
+
+    text, bounds = make_filler(random.Random(4), "echo", 3000)
+    assert len(text) == 3000 and bounds[0] == 0 and all(text[b - 1] == "\n" for b in bounds[1:])
+    lines = text.split("\n")[:-1]  # the last line is cut at n_chars
+    assert len(lines) > 20
+    for line in lines:
+        a, b = line.split("|")
+        assert a == b and 8 <= len(a) <= 32 and re.fullmatch(r"[a-z0-9]+", a)

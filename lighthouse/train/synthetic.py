@@ -54,8 +54,8 @@ def make_filler(rng: random.Random, kind: str, n_chars: int) -> tuple[str, list[
     "copy" is random alphanumeric sentences of which about half repeat an earlier one (log-uniformly far
     back): the repeats are predictable only by finding the earlier copy, which trains the content-based
     lookup (induction) that retrieval needs, on many tokens per document rather than a few answer digits.
-    "echo" is the same lesson made easy: every random alphanumeric block (8-64 characters) comes back verbatim
-    after 0-2 other blocks, so half of the characters can be copied from at most a few hundred bytes back.
+    "echo" is the same lesson made easy: lines `block|block` of random alphanumeric blocks, so nearly half of
+    the characters can be copied from a few dozen bytes back.
     """
     if kind == "echo":
         return _echo_filler(rng, n_chars)
@@ -77,20 +77,14 @@ def make_filler(rng: random.Random, kind: str, n_chars: int) -> tuple[str, list[
 
 
 def _echo_filler(rng: random.Random, n_chars: int) -> tuple[str, list[int]]:
+    """Lines `block|block` of random alphanumeric blocks (8-32 characters): the second copy is predictable only
+    by copying the first (on the CPU the tiny model learns it after ~1,700 steps of 16 x 256 tokens)."""
     alphabet = string.ascii_lowercase + string.digits
-    parts, bounds, total, pending = [], [0], 0, []  # pending: [block, blocks still to pass before it returns]
+    parts, bounds, total = [], [0], 0
     while total < n_chars:
-        due = next((p for p in pending if p[1] <= 0), None)
-        if due is not None:
-            pending.remove(due)
-            s = due[0]
-        else:
-            s = "".join(rng.choices(alphabet, k=rng.randint(8, 64))) + ". "
-            pending.append([s, rng.randint(0, 2) + 1])
-        for p in pending:
-            p[1] -= 1
-        parts.append(s)
-        total += len(s)
+        s = "".join(rng.choices(alphabet, k=rng.randint(8, 32)))
+        parts.append(f"{s}|{s}\n")
+        total += len(parts[-1])
         bounds.append(total)
     text = "".join(parts)[:n_chars]
     return text, [b for b in bounds if b <= n_chars]
