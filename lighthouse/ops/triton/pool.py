@@ -64,28 +64,12 @@ def _half_sum(c, R: tl.constexpr, W: tl.constexpr):
 @triton.jit
 def _lane_tree(c, R: tl.constexpr, LANES: tl.constexpr, DOWN: tl.constexpr):
     """[R, LANES] -> [R, LANES/2] ... -> [R, 1]: the warp's shuffle tree, offsets LANES/2 .. 1 (DOWN) or 1 .. LANES/2."""
-    if DOWN:
-        if LANES >= 32:
-            c = _half_sum(c, R, 32)
-        if LANES >= 16:
-            c = _half_sum(c, R, 16)
-        if LANES >= 8:
-            c = _half_sum(c, R, 8)
-        if LANES >= 4:
-            c = _half_sum(c, R, 4)
-        if LANES >= 2:
-            c = _half_sum(c, R, 2)
-    else:
-        if LANES >= 32:
-            c = _pair_sum(c, R, 32)
-        if LANES >= 16:
-            c = _pair_sum(c, R, 16)
-        if LANES >= 8:
-            c = _pair_sum(c, R, 8)
-        if LANES >= 4:
-            c = _pair_sum(c, R, 4)
-        if LANES >= 2:
-            c = _pair_sum(c, R, 2)
+    for i in tl.static_range(5):  # widths 32, 16, 8, 4, 2 (those present)
+        if LANES >= (32 >> i):
+            if DOWN:
+                c = _half_sum(c, R, 32 >> i)
+            else:
+                c = _pair_sum(c, R, 32 >> i)
     return c
 
 
