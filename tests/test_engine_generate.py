@@ -10,12 +10,12 @@ import torch
 from lighthouse.engine.config import EngineConfig
 from lighthouse.engine.engine import LLMEngine
 from lighthouse.engine.errors import InvalidRequest
-from lighthouse.engine.llm import LLM, load_engine
+from lighthouse.engine.llm import load_engine
 from lighthouse.engine.prefill import plan_prefill
 from lighthouse.engine.sampling import SamplingParams
 from lighthouse.engine.sparse_context import selected_entries
 from lighthouse.model.generate import greedy_generate
-from test_server_support import make_checkpoint
+from test_server_support import make_checkpoint, tiny_llm
 
 LONG = 700  # >= the tiny preset's min_seq_len (512) + the dense tail
 
@@ -27,7 +27,7 @@ def ckpt(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def llm(ckpt):
-    return LLM(str(ckpt), EngineConfig(kv_cache_bytes=64 << 20), device="cpu", dtype="float32")
+    return tiny_llm(ckpt)
 
 
 def prompt(n: int, seed: int = 0) -> list[int]:

@@ -8,11 +8,9 @@ from contextlib import contextmanager
 import pytest
 import torch
 
-from lighthouse.engine.config import EngineConfig
-from lighthouse.engine.llm import LLM
 from lighthouse.engine.prefill import plan_prefill, run_prefill
 from lighthouse.engine.sampling import SamplingParams
-from test_server_support import make_checkpoint
+from test_server_support import make_checkpoint, tiny_llm
 
 DOC, Q = 600, 40  # the document is >= the tiny preset's min_seq_len (512): sparse-eligible on its own
 
@@ -24,7 +22,7 @@ def ckpt(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def llm(ckpt):
-    return LLM(str(ckpt), EngineConfig(kv_cache_bytes=64 << 20), device="cpu", dtype="float32")
+    return tiny_llm(ckpt)
 
 
 @pytest.fixture(autouse=True)
@@ -134,7 +132,7 @@ def test_short_prompts_get_no_entry(llm):
 
 
 def test_the_cache_stays_in_the_kv_budget_and_evicts_least_recently_used(ckpt):
-    llm = LLM(str(ckpt), EngineConfig(kv_cache_bytes=1 << 20), device="cpu", dtype="float32")
+    llm = tiny_llm(ckpt, kv_cache_bytes=1 << 20)
     eng = llm.engine
     per_token = eng.kv.shape.bytes_per_token
     a, b, c = (tokens(700, s) for s in (10, 11, 12))  # each entry ~ a third of the budget
@@ -152,8 +150,7 @@ def test_the_cache_stays_in_the_kv_budget_and_evicts_least_recently_used(ckpt):
 
 
 def test_disabled_by_config(ckpt):
-    llm = LLM(str(ckpt), EngineConfig(kv_cache_bytes=64 << 20, enable_prefix_caching=False), device="cpu",
-              dtype="float32")
+    llm = tiny_llm(ckpt, enable_prefix_caching=False)
     run(llm, DOCUMENT + Q1, prefill="dense")
     assert llm.engine.prefix_cache is None
     assert run(llm, DOCUMENT + Q1, prefill="dense").prefill.cached_tokens == 0

@@ -34,6 +34,14 @@ def make_checkpoint(out: Path, *, preset: str = "tiny", seed: int = 0, **overrid
     return out
 
 
+def tiny_llm(ckpt: Path, kv_cache_bytes: int = 64 << 20, **engine_config):
+    """An fp32 CPU `LLM` over `ckpt` (engine tests): a 64 MiB KV budget unless asked otherwise."""
+    from lighthouse.engine.config import EngineConfig
+    from lighthouse.engine.llm import LLM
+
+    return LLM(str(ckpt), EngineConfig(kv_cache_bytes=kv_cache_bytes, **engine_config), device="cpu", dtype="float32")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
