@@ -57,7 +57,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--dtype", choices=["auto", "fp32", "bf16"], help="auto: bf16 autocast on GPU, fp32 on CPU")
     p.add_argument("--save-dtype", choices=["fp32", "bf16"], help="dtype of the final model.safetensors")
-    p.add_argument("--data-workers", type=int, help="processes that build batches ahead (default: 0 on CPU, up to 4 on GPU)")
+    p.add_argument("--data-workers", type=int, help="processes that build batches ahead (default: 0 on CPU, up to 3 on GPU)")
     p.add_argument("--activation-checkpointing", action="store_true", default=None)
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     p.add_argument("--eval-every", type=int)

@@ -58,7 +58,7 @@ class TrainConfig:
     # execution
     device: str = "auto"  # auto | cpu | cuda
     dtype: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16
-    data_workers: int | None = None  # processes building batches ahead (None: 0 on CPU, up to 4 on GPU)
+    data_workers: int | None = None  # processes building batches ahead (None: 0 on CPU, up to 3 on GPU)
     activation_checkpointing: bool = False
     compile: bool = False
     # evaluation, logging, checkpoints

@@ -221,8 +221,10 @@ def curriculum_samples(cfg, max_steps: int) -> int:
     return int(round(cfg.curriculum_fraction * max_steps)) * cfg.batch_size
 
 
-def default_num_workers() -> int:
-    return min(4, os.cpu_count() or 1)
+def default_num_workers(device_type: str) -> int:
+    """Batch-building processes when none are asked for: 0 on CPU (the cores train), else up to 3, leaving a core
+    for the training loop."""
+    return 0 if device_type == "cpu" else min(3, max(0, (os.cpu_count() or 1) - 1))
 
 
 class StepBatches(torch.utils.data.Dataset):

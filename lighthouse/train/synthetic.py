@@ -45,6 +45,9 @@ def _filler_sentence(rng: random.Random, kind: str) -> str:
     if kind == "alnum":
         return " ".join("".join(rng.choices(string.ascii_lowercase + string.digits, k=rng.randint(3, 8)))
                         for _ in range(rng.randint(4, 9))) + ". "
+    if kind == "echo":  # a random block and its copy (the tiny model learns these after ~1,700 CPU steps of 16 x 256)
+        block = "".join(rng.choices(string.ascii_lowercase + string.digits, k=rng.randint(8, 32)))
+        return f"{block}|{block}\n"
     return _REPEAT
 
 
@@ -57,8 +60,6 @@ def make_filler(rng: random.Random, kind: str, n_chars: int) -> tuple[str, list[
     "echo" is the same lesson made easy: lines `block|block` of random alphanumeric blocks, so nearly half of
     the characters can be copied from a few dozen bytes back.
     """
-    if kind == "echo":
-        return _echo_filler(rng, n_chars)
     parts, bounds, total = [], [0], 0
     while total < n_chars:
         if kind == "copy" and parts and rng.random() < 0.5:
@@ -71,20 +72,6 @@ def make_filler(rng: random.Random, kind: str, n_chars: int) -> tuple[str, list[
             s = _filler_sentence(rng, kind)
         parts.append(s)
         total += len(s)
-        bounds.append(total)
-    text = "".join(parts)[:n_chars]
-    return text, [b for b in bounds if b <= n_chars]
-
-
-def _echo_filler(rng: random.Random, n_chars: int) -> tuple[str, list[int]]:
-    """Lines `block|block` of random alphanumeric blocks (8-32 characters): the second copy is predictable only
-    by copying the first (on the CPU the tiny model learns it after ~1,700 steps of 16 x 256 tokens)."""
-    alphabet = string.ascii_lowercase + string.digits
-    parts, bounds, total = [], [0], 0
-    while total < n_chars:
-        s = "".join(rng.choices(alphabet, k=rng.randint(8, 32)))
-        parts.append(f"{s}|{s}\n")
-        total += len(parts[-1])
         bounds.append(total)
     text = "".join(parts)[:n_chars]
     return text, [b for b in bounds if b <= n_chars]

@@ -168,8 +168,7 @@ class Trainer:
         """This rank's micro-batches for `step`, from a loader that builds the following steps ahead."""
         if self._batches is None or self._batches_step != step:
             cfg = self.cfg
-            workers = cfg.data_workers if cfg.data_workers is not None else (
-                0 if self.device.type == "cpu" else min(4, max(0, default_num_workers() - 1)))
+            workers = cfg.data_workers if cfg.data_workers is not None else default_num_workers(self.device.type)
             self._batches = step_loader(self.train_data, step, self.max_steps - step, cfg.batch_size,
                                         cfg.micro_batch_size, self.rank, self.world, workers)
             self._batches_step = step
