@@ -342,6 +342,33 @@ def test_openai_package_gets_the_same_greedy_answer(client, server):
     assert theirs.choices[0].text == ours.text
 
 
+
+def _sparse_prefill_tokens(server) -> float:
+    for line in httpx.get(server.url + "/metrics", timeout=5).text.splitlines():
+        if line.startswith("lighthouse_prefill_tokens_total") and 'path="sparse"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_the_bundled_checkpoint_answers_a_passkey_question_over_http(server):
+    """The product in one request: an 8K-token document in, its pass key out, through the official openai package,
+    with the server's default prefill (sparse: the checkpoint's Lighthouse layers run the op)."""
+    from lighthouse.checkpoint import default_checkpoint_dir
+    from lighthouse.train.passkey import passkey_prompts
+
+    if not (default_checkpoint_dir() / "config.json").exists():
+        pytest.skip("no bundled checkpoint: the servers run a random tiny model")
+    openai = pytest.importorskip("openai")
+    _, ids, key = passkey_prompts(8192, [0.5], 1, seed=0)[0]
+    document = bytes(ids[1:].tolist()).decode("ascii")  # the server adds BOS itself
+    assert document.endswith("What is the pass key? The pass key is ")
+    oa = openai.OpenAI(base_url=server.url + "/v1", api_key=API_KEY)
+    before = _sparse_prefill_tokens(server)
+    out = oa.completions.create(model=oa.models.list().data[0].id, prompt=document, max_tokens=5, temperature=0)
+    assert out.usage.prompt_tokens == 8192
+    assert out.choices[0].text == key
+    assert _sparse_prefill_tokens(server) - before > 8000  # the Lighthouse path prefilled it
+
 # -- last: the Docker stop path ----------------------------------------------------------------------------
 
 

@@ -2,7 +2,9 @@
 
 tiny     2 layers, hidden 64: trains on the CPU in seconds; Lighthouse L2 p4 k128 from 512 tokens.
 default  the bundled checkpoint: 6 layers, hidden 256, GQA 4/2, ~5M params (~20 MB fp32), 16K context,
-         Lighthouse L3 p4 k256 (first and last layer dense, as the paper keeps its edge layers dense).
+         Lighthouse L3 p4 k256 on layers 1-4 in training (first and last layer dense, as the paper keeps its edge
+         layers dense). The bundled checkpoint serves with Lighthouse on layers 3-4 only: with layers 1-2 under
+         Lighthouse at prefill it loses passkey retrieval (bench/results/2026-11-28_h200_default_recipe/).
 h200     a larger run for the H200: 8 layers, hidden 512, ~25M params, 32K context.
 """
 

@@ -2,11 +2,10 @@
 
 tiny     CPU, about a minute: the 2-layer model on 1K-token synthetic sequences (tests use it).
 default  the recipe for the bundled checkpoint (bench/train_default.sh): the `default` model at 16K context on
-         one H200, ~9 minutes (a 500 s time budget trims the step count to fit), Lighthouse stage then a dense tail
-         over the second half. Passkey-heavy tasks over `echo` lines and `repeat` filler with a curriculum of short
-         documents first: the mix with which the tiny model learned retrieval on the CPU (bench/results/
-         2026-11-28_cpu_tiny_passkey_echo). The checkpoint bundled now predates it (its train_config.json says how it
-         was made) and does not retrieve; re-running this recipe on an H200 is the open step of issue #3.
+         one H200, ~9 minutes (a 455 s time budget sets the step count), Lighthouse stage for 40% of the steps, then
+         the dense tail. Passkey-heavy tasks over `echo`, `copy`, `repeat` and `sentences` filler, with a curriculum
+         of short documents over the first 80% of steps and a constant LR as in the paper: the checkpoint it made
+         retrieves 5-digit passkeys at 2K-16K (bench/results/2026-11-28_h200_default_recipe/).
 h200     a longer single-H200 run of the larger `h200` model at 32K context.
 
 The schedule follows the paper: stage 1 trains with Lighthouse layers, stage 2 (the dense tail) continues the
@@ -103,11 +102,12 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
         max_steps=120, dense_tail_fraction=0.25, eval_every=40, eval_samples=8,
     ),
     "default": TrainConfig(
-        model_preset="default", seq_len=16384, batch_size=8, micro_batch_size=8, lr=2e-3, min_lr_ratio=0.1,
-        warmup_steps=100, max_steps=8000, dense_tail_fraction=0.5, time_budget_s=500.0, eval_every=250,
+        model_preset="default", seq_len=16384, batch_size=8, micro_batch_size=8, lr=2e-3, decay="constant",
+        warmup_steps=100, max_steps=8000, dense_tail_fraction=0.6, time_budget_s=455.0, eval_every=250,
         eval_samples=16, log_every=5, save_every=500, keep_last=2, synthetic_fraction=0.95, data=["stdlib"],
         full_doc_fraction=0.5, seed=1234, tasks=("passkey", "passkey", "passkey", "kv"),
-        fillers=("echo", "echo", "repeat", "sentences"), answer_loss_weight=10.0, curriculum=True,
+        fillers=("echo", "copy", "repeat", "sentences"), answer_loss_weight=10.0, curriculum=True,
+        curriculum_fraction=0.8, save_dtype="bf16",
     ),
     "h200": TrainConfig(
         model_preset="h200", seq_len=32768, batch_size=32, micro_batch_size=4, lr=1.5e-3, min_lr_ratio=0.1,
