@@ -23,7 +23,7 @@ _FLAGS = [
     ("--api-key", str, "require this API key (Authorization: Bearer KEY)"),
     ("--prefill", str, "default prefill path: sparse | dense"),
     ("--decode", str, "default decode path: dense | sparse"),
-    ("--dense-tail-tokens", int, "prompt tokens prefilled densely at the end (default 64, provisional)"),
+    ("--dense-tail-tokens", int, "prompt tokens prefilled densely at the end (default 64)"),
     ("--max-model-len", int, "cap on prompt + completion tokens"),
     ("--max-num-seqs", int, "sequences decoded together (default 64)"),
     ("--max-waiting", int, "queued requests beyond which new ones get 429/503 (default 256)"),
