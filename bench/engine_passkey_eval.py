@@ -56,7 +56,13 @@ def main() -> None:
             doc = bytes(ids[1:].tolist()).decode("ascii").removesuffix("\nWhat is the pass key? The pass key is ")
             msgs = [{"role": "user", "content": f"{doc}\n\nQuestion: What is the pass key?"}]
             text = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)  # as the server builds it
-            chats.append(tok.encode(text, add_special_tokens=False))
+            ids = tok.encode(text, add_special_tokens=False)
+            excess = len(ids) - (llm.engine.max_model_len - 16)  # the chat markers must fit too: cut the document's start
+            if excess > 0:
+                msgs[0]["content"] = msgs[0]["content"][excess:]
+                text = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+                ids = tok.encode(text, add_special_tokens=False)
+            chats.append(ids)
         gens = llm.generate(chats, SamplingParams(max_tokens=16, temperature=0.0), cache_prompt=False)
         got = [g.choices[0].text for g in gens]
         hits = [key in g for g, (_, _, key) in zip(got, prompts)]
@@ -65,6 +71,11 @@ def main() -> None:
                      "samples": [{"key": k, "got": g} for (_, _, k), g in zip(prompts, got)]})
         print(f"{n:>6} chat       prefill=sparse decode=dense  accuracy {rows[-1]['accuracy']:.2f} "
               f"(key anywhere in 16 tokens; e.g. {got[0]!r})", flush=True)
+        write(args, rows)
+    write(args, rows)
+
+
+def write(args, rows) -> None:
     if args.out:
         Path(args.out).write_text(json.dumps({"checkpoint": args.checkpoint or "bundled", "device": args.device,
                                               "trials": args.trials, "depths": list(DEFAULT_DEPTHS), "results": rows},
