@@ -4,8 +4,9 @@
 
 bench/passkey_eval.py measures the model's own greedy loop (dense decode). This runs the same prompts through
 lighthouse.engine.LLM, the engine behind `lighthouse serve`, for prefill dense|sparse x decode dense|sparse, and
-once more with the question asked as a chat turn (the SDK's documents.ask layout: the document, a blank line,
-"Question: ...", inside the checkpoint's chat template), which the default checkpoint was never trained on.
+once more with the question asked as a chat turn (the SDK's documents.ask layout: its default system prompt, then
+the document, a blank line and "Question: ...", inside the checkpoint's chat template; `lighthouse train
+--chat-fraction` trains that layout, the bundled checkpoint never saw it).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from lighthouse.engine import EngineConfig
 from lighthouse.engine.llm import LLM
 from lighthouse.engine.sampling import SamplingParams
 from lighthouse.train.passkey import DEFAULT_DEPTHS, passkey_prompts
+from lighthouse.train.synthetic_chat import SDK_SYSTEM
 
 
 def main() -> None:
@@ -32,6 +34,7 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default=None)
     p.add_argument("--chat-only", action="store_true", help="only the chat-turn rows")
+    p.add_argument("--chat-tokens", type=int, default=16, help="tokens generated for a chat answer")
     args = p.parse_args()
 
     llm = LLM(args.checkpoint, EngineConfig(max_num_seqs=4), device=args.device)
@@ -54,7 +57,8 @@ def main() -> None:
         chats = []
         for _, ids, key in prompts:
             doc = bytes(ids[1:].tolist()).decode("ascii").removesuffix("\nWhat is the pass key? The pass key is ")
-            msgs = [{"role": "user", "content": f"{doc}\n\nQuestion: What is the pass key?"}]
+            msgs = [{"role": "system", "content": SDK_SYSTEM},
+                    {"role": "user", "content": f"{doc}\n\nQuestion: What is the pass key?"}]
             text = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)  # as the server builds it
             ids = tok.encode(text, add_special_tokens=False)
             excess = len(ids) - (llm.engine.max_model_len - 16)  # the chat markers must fit too: cut the document's start
@@ -63,14 +67,14 @@ def main() -> None:
                 text = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
                 ids = tok.encode(text, add_special_tokens=False)
             chats.append(ids)
-        gens = llm.generate(chats, SamplingParams(max_tokens=16, temperature=0.0), cache_prompt=False)
+        gens = llm.generate(chats, SamplingParams(max_tokens=args.chat_tokens, temperature=0.0), cache_prompt=False)
         got = [g.choices[0].text for g in gens]
         hits = [key in g for g, (_, _, key) in zip(got, prompts)]
         rows.append({"context": n, "prompt": "chat", "prefill": "sparse", "decode": "dense",
                      "accuracy": sum(hits) / len(hits), "n": len(hits),
                      "samples": [{"key": k, "got": g} for (_, _, k), g in zip(prompts, got)]})
         print(f"{n:>6} chat       prefill=sparse decode=dense  accuracy {rows[-1]['accuracy']:.2f} "
-              f"(key anywhere in 16 tokens; e.g. {got[0]!r})", flush=True)
+              f"(key anywhere in {args.chat_tokens} tokens; e.g. {got[0]!r})", flush=True)
         write(args, rows)
     write(args, rows)
 

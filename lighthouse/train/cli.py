@@ -19,7 +19,7 @@ _OVERRIDES = {
     "dense_tail_fraction": "dense_tail_fraction", "time_budget_s": "time_budget_s", "seed": "seed",
     "device": "device", "dtype": "dtype", "eval_every": "eval_every", "eval_samples": "eval_samples",
     "log_every": "log_every", "save_every": "save_every", "keep_last": "keep_last", "model": "model_preset",
-    "synthetic_fraction": "synthetic_fraction", "answer_loss_weight": "answer_loss_weight", "save_dtype": "save_dtype", "stop_at_step": "stop_at_step",
+    "synthetic_fraction": "synthetic_fraction", "answer_loss_weight": "answer_loss_weight", "chat_fraction": "chat_fraction", "save_dtype": "save_dtype", "stop_at_step": "stop_at_step",
     "curriculum_start_len": "curriculum_start_len", "curriculum_fraction": "curriculum_fraction",
 }
 
@@ -35,6 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fillers", nargs="+", choices=list(ALL_FILLERS), help="synthetic haystack kinds")
     p.add_argument("--synthetic-fraction", type=float, help="share of sequences from the synthetic task generator")
     p.add_argument("--answer-loss-weight", type=float, help="loss weight of synthetic answer tokens (others: 1)")
+    p.add_argument("--chat-fraction", type=float,
+                   help="share of synthetic documents asked as chat turns, as the SDK's documents.ask sends them")
     cur = p.add_mutually_exclusive_group()
     cur.add_argument("--curriculum", action="store_true", default=None,
                      help="start with many short synthetic documents per sequence, growing to --seq-len")

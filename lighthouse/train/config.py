@@ -33,6 +33,7 @@ class TrainConfig:
     fillers: tuple[str, ...] = ("repeat", "sentences", "alnum", "copy")  # haystack kinds (see train.synthetic)
     full_doc_fraction: float = 0.5  # synthetic sequences that are one document filling the whole sequence
     answer_loss_weight: float = 1.0  # loss weight of synthetic answer tokens (the rest weigh 1)
+    chat_fraction: float = 0.0  # synthetic documents asked as chat turns (the SDK's documents.ask layout)
     # curriculum: early steps pack many short synthetic documents (at most curriculum_start_len bytes) into each
     # sequence; the longest allowed document grows geometrically to seq_len over curriculum_fraction of max_steps
     curriculum: bool = False
@@ -90,6 +91,8 @@ class TrainConfig:
             raise ValueError(f"decay must be cosine, linear or constant (got {self.decay!r})")
         if not 0.0 <= self.dense_tail_fraction <= 1.0:
             raise ValueError(f"dense_tail_fraction must be in [0, 1] (got {self.dense_tail_fraction})")
+        if not 0.0 <= self.chat_fraction <= 1.0:
+            raise ValueError(f"chat_fraction must be in [0, 1] (got {self.chat_fraction})")
         if not 0.0 <= self.curriculum_fraction <= 1.0:
             raise ValueError(f"curriculum_fraction must be in [0, 1] (got {self.curriculum_fraction})")
         if self.seq_len < 512:

@@ -23,6 +23,7 @@ import torch
 
 from lighthouse.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from lighthouse.train.synthetic import FILLERS, MIN_CURRICULUM_DOC_CHARS, MIN_DOC_CHARS, TASKS, synthetic_doc
+from lighthouse.train.synthetic_chat import CHAT_RESERVE, SDK_SYSTEM, chat_ids
 
 IGNORE_INDEX = -100
 TEXT_SUFFIXES = {".txt", ".md", ".rst", ".py", ".tex", ".html", ".htm", ".csv", ".json", ".xml", ".c", ".h", ".toml", ".cfg", ".ini", ".yaml", ".yml"}
@@ -104,12 +105,14 @@ class SequenceStream:
 
     def __init__(self, seq_len: int, *, seed: int, split: str = "train", corpus: TextCorpus | None = None,
                  synthetic_fraction: float = 1.0, tasks=TASKS, fillers=FILLERS, full_doc_fraction: float = 0.5,
+                 chat_fraction: float = 0.0,
                  curriculum_start_len: int = 0, curriculum_samples: int = 0):
         self.seq_len, self.seed, self.split = seq_len, seed, split
         self.corpus = corpus if corpus is not None and corpus.docs else None
         self.doc_ids = self.corpus.split(split) if self.corpus else []
         self.synthetic_fraction = synthetic_fraction if self.corpus else 1.0
         self.tasks, self.fillers, self.full_doc_fraction = tuple(tasks), tuple(fillers), full_doc_fraction
+        self.chat_fraction = chat_fraction
         # curriculum (off when curriculum_samples is 0): sample i's synthetic documents are at most
         # max_doc_len(i) long, growing geometrically from curriculum_start_len to seq_len over the first
         # curriculum_samples samples; from there on sequences are made exactly as without a curriculum.
@@ -154,11 +157,20 @@ class SequenceStream:
                 n = int(math.exp(rng.uniform(math.log(MIN_DOC_CHARS), math.log(room))))
                 if room - n < MIN_DOC_CHARS + 2:  # no room for another document: take it all
                     n = room
-            doc = synthetic_doc(rng, n, self.tasks, self.fillers)
-            start = len(ids) + 1
-            ids += [BOS_ID, *doc.text.encode("ascii"), EOS_ID]
-            answers += [(start + a, start + b) for a, b in doc.answers]
+            start = len(ids)
+            doc_ids, spans = self._doc(rng, n, MIN_DOC_CHARS)
+            ids += doc_ids
+            answers += [(start + a, start + b) for a, b in spans]
         return ids, answers
+
+    def _doc(self, rng: random.Random, n: int, min_chars: int) -> tuple[list[int], list[tuple[int, int]]]:
+        """One synthetic document as n + 2 ids (BOS, n, EOS) and its answer spans; a `chat_fraction` share of
+        them (n >= CHAT_RESERVE + MIN_CURRICULUM_DOC_CHARS) in the chat layout of the SDK's documents.ask."""
+        if self.chat_fraction and n - CHAT_RESERVE >= MIN_CURRICULUM_DOC_CHARS and rng.random() < self.chat_fraction:
+            doc = synthetic_doc(rng, n - CHAT_RESERVE, self.tasks, self.fillers, min_chars=MIN_CURRICULUM_DOC_CHARS)
+            return chat_ids(doc, n + 2, rng, SDK_SYSTEM if rng.random() < 0.5 else None)
+        doc = synthetic_doc(rng, n, self.tasks, self.fillers, min_chars=min_chars)
+        return [BOS_ID, *doc.text.encode("ascii"), EOS_ID], [(1 + a, 1 + b) for a, b in doc.answers]
 
     def _curriculum(self, rng: random.Random, cap: int) -> tuple[list[int], list[tuple[int, int]]]:
         """Many short documents (log-uniform lengths up to `cap`), packed to exactly seq_len tokens, no padding."""
@@ -172,10 +184,10 @@ class SequenceStream:
             else:
                 hi = min(c, room - lo - 2)
                 n = max(lo, min(hi, int(math.exp(rng.uniform(math.log(lo), math.log(hi))))))
-            doc = synthetic_doc(rng, n, self.tasks, self.fillers, min_chars=lo)
-            start = len(ids) + 1
-            ids += [BOS_ID, *doc.text.encode("ascii"), EOS_ID]
-            answers += [(start + a, start + b) for a, b in doc.answers]
+            start = len(ids)
+            doc_ids, spans = self._doc(rng, n, lo)
+            ids += doc_ids
+            answers += [(start + a, start + b) for a, b in spans]
         return ids, answers
 
     def _text(self, rng: random.Random) -> list[int]:
@@ -206,7 +218,7 @@ def build_streams(cfg) -> tuple[SequenceStream, SequenceStream]:
     """(train, eval) streams from a TrainConfig."""
     corpus = TextCorpus(list(cfg.data)) if cfg.data else None
     kw = dict(corpus=corpus, synthetic_fraction=cfg.synthetic_fraction, tasks=cfg.tasks, fillers=cfg.fillers,
-              full_doc_fraction=cfg.full_doc_fraction)
+              full_doc_fraction=cfg.full_doc_fraction, chat_fraction=cfg.chat_fraction)
     # the curriculum shapes only the training stream (the trainer re-sets its length once max_steps is known);
     # evaluation always sees full-length documents
     train = SequenceStream(cfg.seq_len, seed=cfg.seed, split="train", curriculum_start_len=cfg.curriculum_start_len,

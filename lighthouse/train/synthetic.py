@@ -33,6 +33,11 @@ class SyntheticDoc:
     text: str
     answers: list[tuple[int, int]] = field(default_factory=list)  # [start, end) character spans of answers
     task: str = ""
+    # for the chat layout (train.synthetic_chat): where the questions start, the filler kind, and the first
+    # question as (question, answer lead-in, answer), e.g. ("What is the pass key?", "The pass key is ", "12345")
+    body_end: int = 0
+    filler: str = ""
+    chat_qa: tuple[str, str, str] | None = None
 
 
 def _digits(rng: random.Random, n: int) -> str:
@@ -94,13 +99,14 @@ def _assemble(rng, filler_kind: str, n_chars: int, needles: list[str], questions
         prev = cut
     pieces.append(filler[prev:])
     text = "".join(pieces)
+    body_end = len(text)
     answers = []
     for q, a, s in questions:
         text += q
         if a:
             answers.append((len(text), len(text) + len(a)))
         text += a + s
-    return SyntheticDoc(text=text, answers=answers, task=task)
+    return SyntheticDoc(text=text, answers=answers, task=task, body_end=body_end, filler=filler_kind)
 
 
 def passkey_doc(rng: random.Random, n_chars: int, filler: str = "repeat", depth: float | None = None,
@@ -109,14 +115,18 @@ def passkey_doc(rng: random.Random, n_chars: int, filler: str = "repeat", depth:
     key = key or _digits(rng, 5)
     needle = f"The pass key is {key}. Remember it. {key} is the pass key. "
     q = PASSKEY_QUESTION
+    qa = ("What is the pass key?", "The pass key is ", key)
     if depth is None:
-        return _assemble(rng, filler, n_chars, [needle], [(q, key, ".\n")], "passkey")
+        doc = _assemble(rng, filler, n_chars, [needle], [(q, key, ".\n")], "passkey")
+        doc.chat_qa = qa
+        return doc
     # fixed depth: place the needle at the sentence boundary nearest depth * filler length
     body_len = n_chars - len(q) - len(key) - 2 - len(needle)
     text, bounds = make_filler(rng, filler, body_len)
     cut = min(bounds, key=lambda b: abs(b - depth * body_len))
     prompt = text[:cut] + needle + text[cut:] + q
-    return SyntheticDoc(text=prompt + key + ".\n", answers=[(len(prompt), len(prompt) + len(key))], task="passkey")
+    return SyntheticDoc(text=prompt + key + ".\n", answers=[(len(prompt), len(prompt) + len(key))], task="passkey",
+                        body_end=len(prompt) - len(q), filler=filler, chat_qa=qa)
 
 
 PASSKEY_QUESTION = "\nWhat is the pass key? The pass key is "
@@ -130,7 +140,10 @@ def kv_doc(rng: random.Random, n_chars: int, filler: str = "sentences") -> Synth
     needles = [f"Record {k} holds value {v}. " for k, v in pairs]
     asked = rng.sample(pairs, min(len(pairs), max(1, n_pairs // 2), 8))
     questions = [(f"\nRecord {k} holds value ", v, ".") for k, v in asked]
-    return _assemble(rng, filler, n_chars, needles, questions + [("", "", "\n")], "kv")
+    doc = _assemble(rng, filler, n_chars, needles, questions + [("", "", "\n")], "kv")
+    k, v = asked[0]
+    doc.chat_qa = (f"What value does record {k} hold?", f"Record {k} holds value ", v)
+    return doc
 
 
 def multihop_doc(rng: random.Random, n_chars: int, filler: str = "sentences") -> SyntheticDoc:
@@ -141,7 +154,9 @@ def multihop_doc(rng: random.Random, n_chars: int, filler: str = "sentences") ->
     first = f"The {a_cont} of {a_name} holds {value}. "
     second = f"The {b_cont} of {b_name} holds what the {a_cont} of {a_name} holds. "
     q = f"\nWhat does the {b_cont} of {b_name} hold? It holds "
-    return _assemble(rng, filler, n_chars, [first, second], [(q, value, ".\n")], "multihop")
+    doc = _assemble(rng, filler, n_chars, [first, second], [(q, value, ".\n")], "multihop")
+    doc.chat_qa = (f"What does the {b_cont} of {b_name} hold?", "It holds ", value)
+    return doc
 
 
 _MAKERS = {"passkey": passkey_doc, "kv": kv_doc, "multihop": multihop_doc}
