@@ -73,8 +73,9 @@ Final train loss {train[-1]['loss']:.4f}; held-out eval loss {evals[-1]['eval_lo
 `metrics.jsonl`, `loss.png` and `train_config.json` are that run's.
 {'' if serve == trained else f'''
 Served with Lighthouse on layers {serve} (config.json's `full_attn_layers` = {lh['full_attn_layers']}): with the training
-layers under Lighthouse at prefill this checkpoint loses passkey retrieval, because its dense tail taught the early
-layers to rely on attention at full resolution (measured by bench/sparse_layers_eval.py; see the last rows below).
+layers under Lighthouse at prefill this checkpoint loses passkey retrieval (measured by bench/sparse_layers_eval.py;
+see the last rows below; our reading: the retrieval circuit formed in the dense tail and needs full-resolution
+attention in the early layers).
 '''}
 Passkey retrieval (bench/passkey_eval.py, greedy 5 digits, {pk['trials']} prompts x {len(pk['depths'])} depths per row, on {pk['device']} ({pk['dtype']});
 sparse = Lighthouse prefill with a {next(r['dense_tail_tokens'] for r in pk['results'] if r['prefill'] == 'sparse')}-token dense tail; below the checkpoint's min_seq_len ({lh['min_seq_len']}) prefill is dense):
