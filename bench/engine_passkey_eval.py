@@ -23,6 +23,7 @@ from lighthouse.engine import EngineConfig
 from lighthouse.engine.llm import LLM
 from lighthouse.engine.sampling import SamplingParams
 from lighthouse.train.passkey import DEFAULT_DEPTHS, passkey_prompts
+from lighthouse.train.synthetic import PASSKEY_QUESTION
 from lighthouse.train.synthetic_chat import SDK_SYSTEM
 
 
@@ -56,7 +57,7 @@ def main() -> None:
         tok = llm.tokenizer
         chats = []
         for _, ids, key in prompts:
-            doc = bytes(ids[1:].tolist()).decode("ascii").removesuffix("\nWhat is the pass key? The pass key is ")
+            doc = bytes(ids[1:].tolist()).decode("ascii").removesuffix(PASSKEY_QUESTION)
             msgs = [{"role": "system", "content": SDK_SYSTEM},
                     {"role": "user", "content": f"{doc}\n\nQuestion: What is the pass key?"}]
             text = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)  # as the server builds it

@@ -20,7 +20,7 @@ SPECIAL_TOKENS = [
     "<|end_header_id|>",  # 260
     "<|eot_id|>",  # 261 end of a chat turn (also a generation stop token)
 ]
-BOS_ID, EOS_ID, PAD_ID, EOT_ID = 256, 257, 258, 261
+BOS_ID, EOS_ID, PAD_ID, START_HEADER_ID, END_HEADER_ID, EOT_ID = 256, 257, 258, 259, 260, 261
 
 CHAT_TEMPLATE = (
     "{{ bos_token }}"

@@ -5,14 +5,13 @@ from __future__ import annotations
 import random
 
 import pytest
-import torch
 
-from lighthouse.tokenizer import EOS_ID, EOT_ID, byte_tokenizer
+from lighthouse.tokenizer import END_HEADER_ID, EOS_ID, EOT_ID, START_HEADER_ID, byte_tokenizer
 from lighthouse.train.data import SequenceStream
 from lighthouse.train.synthetic import kv_doc, multihop_doc, passkey_doc
-from lighthouse.train.synthetic_chat import SDK_SYSTEM, START_HEADER_ID, chat_ids
+from lighthouse.train.synthetic_chat import SDK_SYSTEM, chat_ids
 
-ASSISTANT_HEADER = [START_HEADER_ID, *b"assistant", 260, *b"\n\n"]
+ASSISTANT_HEADER = [START_HEADER_ID, *b"assistant", END_HEADER_ID, *b"\n\n"]
 
 
 def _prompt_end(ids: list[int]) -> int:

@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import random
 
-from lighthouse.tokenizer import BOS_ID, EOS_ID, EOT_ID
+from lighthouse.tokenizer import BOS_ID, END_HEADER_ID, EOS_ID, EOT_ID, START_HEADER_ID
 from lighthouse.train.synthetic import SyntheticDoc, make_filler
 
-START_HEADER_ID, END_HEADER_ID = 259, 260
 # the SDK's default system prompt (lighthouse_client.documents.DEFAULT_SYSTEM); half the chat documents carry it
 SDK_SYSTEM = "Answer the question using only the document. Be concise."
 # room a plain document leaves for the chat markers, the system prompt and the restated question (at most ~170)
