@@ -2,8 +2,9 @@
 
     python bench/engine_passkey_eval.py --contexts 8192 16384 --trials 2 --out bench/results/.../engine_passkey.json
 
-bench/passkey_eval.py measures the model's own greedy loop (dense decode). This runs the same prompts through
-lighthouse.engine.LLM, the engine behind `lighthouse serve`, for prefill dense|sparse x decode dense|sparse, and
+bench/passkey_eval.py measures greedy retrieval with dense decode (lighthouse.engine.llm.greedy_generate, on a model
+in memory). This runs the same prompts through lighthouse.engine.LLM, as `lighthouse serve` does (the checkpoint's
+tokenizer and stop ids, batching, text), for prefill dense|sparse x decode dense|sparse, and
 once more with the question asked as a chat turn (the SDK's documents.ask layout: its default system prompt, then
 the document, a blank line and "Question: ...", inside the checkpoint's chat template; `lighthouse train
 --chat-fraction` trains that layout, the bundled checkpoint never saw it).
@@ -21,6 +22,7 @@ import torch
 
 from lighthouse.engine import EngineConfig
 from lighthouse.engine.llm import LLM
+from lighthouse.engine.options import DECODE_MODES, PREFILL_MODES, RequestOptions
 from lighthouse.engine.sampling import SamplingParams
 from lighthouse.train.passkey import DEFAULT_DEPTHS, passkey_prompts
 from lighthouse.train.synthetic import PASSKEY_QUESTION
@@ -43,10 +45,10 @@ def main() -> None:
     rows = []
     for n in args.contexts:
         prompts = passkey_prompts(n, DEFAULT_DEPTHS, args.trials, seed=0)
-        for prefill, decode in [] if args.chat_only else itertools.product(("dense", "sparse"), ("dense", "sparse")):
+        for prefill, decode in [] if args.chat_only else itertools.product(PREFILL_MODES, DECODE_MODES):
             t0 = time.perf_counter()
-            gens = llm.generate([ids.tolist() for _, ids, _ in prompts], greedy, prefill=prefill, decode=decode,
-                                cache_prompt=False)
+            options = RequestOptions(prefill=prefill, decode=decode, cache_prompt=False)
+            gens = llm.generate([ids.tolist() for _, ids, _ in prompts], greedy, options)
             got = [g.choices[0].text for g in gens]
             hits = [g == key for g, (_, _, key) in zip(got, prompts)]
             rows.append({"context": n, "prompt": "completion", "prefill": prefill, "decode": decode,
@@ -68,7 +70,8 @@ def main() -> None:
                 text = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
                 ids = tok.encode(text, add_special_tokens=False)
             chats.append(ids)
-        gens = llm.generate(chats, SamplingParams(max_tokens=args.chat_tokens, temperature=0.0), cache_prompt=False)
+        gens = llm.generate(chats, SamplingParams(max_tokens=args.chat_tokens, temperature=0.0),
+                            RequestOptions(cache_prompt=False))
         got = [g.choices[0].text for g in gens]
         hits = [key in g for g, (_, _, key) in zip(got, prompts)]
         rows.append({"context": n, "prompt": "chat", "prefill": "sparse", "decode": "dense",

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from lighthouse.checkpoint import default_checkpoint_dir, load_checkpoint
+from lighthouse.engine.options import PREFILL_MODES
 from lighthouse.train.passkey import DEFAULT_DEPTHS, passkey_accuracy
 
 
@@ -27,7 +28,7 @@ def main(argv=None) -> int:
     p.add_argument("--contexts", type=int, nargs="+", default=[2048, 4096, 8192, 16384])
     p.add_argument("--depths", type=float, nargs="+", default=list(DEFAULT_DEPTHS))
     p.add_argument("--trials", type=int, default=4, help="prompts per (context, depth)")
-    p.add_argument("--prefill", nargs="+", default=["dense", "sparse"], choices=["dense", "sparse"])
+    p.add_argument("--prefill", nargs="+", default=["dense", "sparse"], choices=PREFILL_MODES)
     p.add_argument("--dense-tail-tokens", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--filler", default="repeat", choices=["repeat", "sentences", "alnum"])

@@ -21,16 +21,23 @@ from server.settings import Settings
 log = logging.getLogger(__name__)
 
 
+def engine_config(settings: Settings):
+    """The EngineConfig the settings describe (cheap; raises ValueError on a value only the engine checks)."""
+    from lighthouse.engine.config import EngineConfig
+
+    return EngineConfig(prefill=settings.prefill, decode=settings.decode, dense_tail_tokens=settings.dense_tail_tokens,
+                        max_model_len=settings.max_model_len, max_num_seqs=settings.max_num_seqs,
+                        kv_cache_bytes=int(settings.kv_cache_gb * 2**30) if settings.kv_cache_gb else None,
+                        enable_prefix_caching=settings.enable_prefix_caching, block_size=settings.block_size,
+                        enforce_eager=settings.enforce_eager)
+
+
 def build_engine(settings: Settings):
     """Load the checkpoint and start the engine thread (blocking; the lifespan runs it in a worker thread)."""
     from lighthouse.engine.async_engine import AsyncEngine
-    from lighthouse.engine.config import EngineConfig
     from lighthouse.engine.llm import load_engine
 
-    config = EngineConfig(prefill=settings.prefill, decode=settings.decode, dense_tail_tokens=settings.dense_tail_tokens,
-                          max_model_len=settings.max_model_len, max_num_seqs=settings.max_num_seqs,
-                          kv_cache_bytes=int(settings.kv_cache_gb * 2**30) if settings.kv_cache_gb else None,
-                          enable_prefix_caching=settings.enable_prefix_caching)
+    config = engine_config(settings)
     engine = AsyncEngine(load_engine(settings.checkpoint, config, device=settings.device, dtype=settings.dtype),
                          max_waiting=settings.max_waiting)
     engine.start()

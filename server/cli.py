@@ -29,6 +29,8 @@ _FLAGS = [
     ("--max-waiting", int, "queued requests beyond which new ones get 429/503 (default 256)"),
     ("--queue-full-status", int, "429 or 503"),
     ("--kv-cache-gb", float, "KV cache budget in GiB"),
+    ("--block-size", int, "KV cache positions per block, a power of two in 16..1024 (default 128)"),
+    ("--enforce-eager", _bool, "run the decode step eagerly, no CUDA graphs (default false)"),
     ("--enable-prefix-caching", _bool, "true | false: reuse a repeated prompt prefix's KV cache (default true)"),
     ("--device", str, "cpu | cuda | cuda:N"),
     ("--dtype", str, "float32 | bfloat16"),
@@ -41,7 +43,11 @@ _FLAGS = [
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     for flag, typ, help_text in _FLAGS:
-        p.add_argument(flag, type=typ, default=None, help=f"{help_text} [env LIGHTHOUSE_{flag[2:].upper().replace('-', '_')}]")
+        env = f"[env LIGHTHOUSE_{flag[2:].upper().replace('-', '_')}]"
+        if typ is _bool:  # `--enforce-eager` alone means true; `--enforce-eager false` also parses
+            p.add_argument(flag, type=typ, nargs="?", const=True, default=None, metavar="BOOL", help=f"{help_text} {env}")
+        else:
+            p.add_argument(flag, type=typ, default=None, help=f"{help_text} {env}")
 
 
 def settings_from_args(args: argparse.Namespace):
@@ -66,11 +72,12 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
     from pydantic import ValidationError
 
-    from server.app import create_app
+    from server.app import create_app, engine_config
 
     try:
         settings = settings_from_args(args)
-    except ValidationError as exc:
+        engine_config(settings)  # what only the engine checks (a block size that is no power of two) fails here too
+    except (ValidationError, ValueError) as exc:
         print(f"lighthouse serve: invalid settings:\n{exc}")
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

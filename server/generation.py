@@ -16,6 +16,7 @@ from typing import AsyncIterator
 from fastapi import Request
 
 from lighthouse.engine.errors import EngineError
+from lighthouse.engine.options import RequestOptions
 from lighthouse.engine.sampling import SamplingParams
 from lighthouse.engine.sequence import RequestOutput
 from server.errors import APIError, error_body, from_engine_error
@@ -34,7 +35,8 @@ class ClientGone(Exception):
 
 class Generation:
     def __init__(self, engine, settings: Settings, metrics: Metrics, fmt: Formatter, prompt_ids: list[int],
-                 params: SamplingParams, options: dict, *, prompt_param: str = "prompt", return_progress: bool = False):
+                 params: SamplingParams, options: RequestOptions, *, prompt_param: str = "prompt",
+                 return_progress: bool = False):
         self.engine, self.settings, self.metrics, self.fmt = engine, settings, metrics, fmt
         self.prompt_ids, self.params, self.options = prompt_ids, params, options
         self.prompt_param, self.return_progress = prompt_param, return_progress
@@ -48,7 +50,7 @@ class Generation:
     def submit(self) -> None:
         """Queue in the engine; raises APIError (400/429/503) when the engine refuses."""
         try:
-            self.stream = self.engine.submit(self.fmt.id, self.prompt_ids, self.params, **self.options)
+            self.stream = self.engine.submit(self.fmt.id, self.prompt_ids, self.params, self.options)
         except EngineError as exc:
             raise from_engine_error(exc, queue_full_status=self.settings.queue_full_status,
                                     retry_after_s=self.settings.retry_after_s, prompt_param=self.prompt_param) from None

@@ -6,10 +6,11 @@ through the official client). Unknown request fields are ignored, as vLLM does.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Union
+from typing import Any, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from lighthouse.engine.options import DecodeMode, PrefillMode, RequestOptions
 from lighthouse.engine.sampling import SamplingParams
 
 
@@ -38,9 +39,9 @@ class _Common(BaseModel):
     repetition_penalty: float = 1.0
     stop_token_ids: list[int] | None = None
     ignore_eos: bool = False
-    prefill: Literal["sparse", "dense"] | None = None
-    decode: Literal["dense", "sparse"] | None = None
-    dense_tail_tokens: int | None = Field(None, ge=0)
+    prefill: PrefillMode | None = None
+    decode: DecodeMode | None = None
+    dense_tail_tokens: int | None = Field(None, ge=0, strict=True)  # as RequestOptions: no true, no 1.5
     return_progress: bool = False  # stream prefill progress chunks (llama.cpp's name)
     cache_prompt: bool = True  # reuse the prefix cache and leave this prompt in it (llama.cpp's name)
 
@@ -60,9 +61,11 @@ class _Common(BaseModel):
             stop_token_ids=list(self.stop_token_ids or []), ignore_eos=self.ignore_eos, logprobs=logprobs, n=self.n,
         )
 
-    def engine_options(self) -> dict[str, Any]:
-        return {"prefill": self.prefill, "decode": self.decode, "dense_tail_tokens": self.dense_tail_tokens,
-                "cache_prompt": self.cache_prompt}
+    def request_options(self) -> RequestOptions:
+        """How the engine serves this body (None fields: the server's defaults). The schema's types are
+        RequestOptions' own, so a body that validated here always makes valid options."""
+        return RequestOptions(prefill=self.prefill, decode=self.decode, dense_tail_tokens=self.dense_tail_tokens,
+                              cache_prompt=self.cache_prompt)
 
 
 class CompletionRequest(_Common):

@@ -14,6 +14,7 @@ from pydantic import BeforeValidator, Field, SecretStr
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from lighthouse.engine.config import DEFAULT_DENSE_TAIL_TOKENS
+from lighthouse.engine.options import DecodeMode, PrefillMode
 
 
 def _int_literal(value: Any) -> Any:
@@ -52,8 +53,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     api_key: SecretStr | None = Field(None, description="require 'Authorization: Bearer KEY' on /v1/* and /tokenize")
-    prefill: Literal["sparse", "dense"] = "sparse"
-    decode: Literal["dense", "sparse"] = "dense"
+    prefill: PrefillMode = "sparse"
+    decode: DecodeMode = "dense"
     dense_tail_tokens: int = Field(DEFAULT_DENSE_TAIL_TOKENS, ge=0)
     max_model_len: int | None = Field(None, ge=2, description="cap on prompt + completion tokens")
     max_num_seqs: int = Field(64, ge=1, description="sequences decoded together")
@@ -62,6 +63,8 @@ class Settings(BaseSettings):
     retry_after_s: int = Field(1, ge=0)
     enable_prefix_caching: bool = Field(True, description="reuse finished prompts' K/V for later prompts with the same prefix")
     kv_cache_gb: float | None = Field(None, gt=0, description="KV cache budget (default: 75% of free GPU memory / 2 GiB on CPU)")
+    block_size: int = Field(128, ge=16, le=1024, description="KV cache positions per block (a power of two)")
+    enforce_eager: bool = Field(False, description="run the decode step eagerly: no CUDA graphs")
     device: str | None = None
     dtype: str | None = None
     default_max_tokens: int = Field(1024, ge=1, description="chat max_tokens when the request gives none")

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 import pytest
 import torch
 
+from lighthouse.engine.options import RequestOptions
 from lighthouse.engine.prefill import plan_prefill, run_prefill
 from lighthouse.engine.sampling import SamplingParams
 from test_server_support import make_checkpoint, tiny_llm
@@ -29,8 +30,11 @@ def llm(ckpt):
 def empty_cache(llm):
     llm.engine.prefix_cache.clear()
     yield
-    assert llm.engine.kv.used_bytes == 0
-    assert llm.engine.kv.cached_bytes == sum(e.nbytes for e in llm.engine.prefix_cache.entries)
+    kv, cache = llm.engine.kv, llm.engine.prefix_cache
+    held = {b for e in cache.entries for b in e.blocks}
+    assert kv.usage_ratio == 0  # no request holds a block
+    assert kv.num_free + len(held) == kv.allocator.usable  # every block is free or the cache's
+    assert all(kv.allocator.refs[b] == sum(b in e.blocks for e in cache.entries) for b in held)
 
 
 def tokens(n: int, seed: int) -> list[int]:
@@ -54,9 +58,10 @@ def counting_positions(model):
         handle.remove()
 
 
-def run(llm, ids, **kw):
+def run(llm, ids, **options):
+    """Greedy, 8 tokens with logprobs; `options` are RequestOptions fields."""
     params = SamplingParams(temperature=0.0, max_tokens=8, logprobs=0)
-    return llm.generate([ids], params, **kw)[0]
+    return llm.generate([ids], params, RequestOptions(**options))[0]
 
 
 def logprobs(gen) -> torch.Tensor:
@@ -78,8 +83,12 @@ def test_second_question_on_a_document_prefills_only_its_new_tokens(llm, mode):
     assert second.choices[0].token_ids == without.choices[0].token_ids
     diff = (logprobs(second) - logprobs(without)).abs().max().item()
     assert diff < 1e-4, f"max logprob diff {diff}"
-    # the two questions' entries were merged: the document is held once
-    assert [(e.length, e.split) for e in llm.engine.prefix_cache.entries] == [(DOC, DOC if mode == "sparse" else 0)]
+    # the two questions' entries share the document's blocks: it is held once
+    entries = llm.engine.prefix_cache.entries
+    assert [(e.length, e.split) for e in entries] == [(DOC + Q, DOC if mode == "sparse" else 0)] * 2
+    full = DOC // llm.engine.kv.block_size
+    assert entries[0].blocks[:full] == entries[1].blocks[:full]
+    assert all(llm.engine.kv.allocator.refs[b] == 2 for b in entries[0].blocks[:full])
 
 
 def test_a_repeated_prompt_recomputes_only_its_last_token(llm):
@@ -101,10 +110,13 @@ def test_sparse_head_kv_depend_on_tokens_after_them(llm):
         plan = plan_prefill(eng.model, len(ids), prefill="sparse", decode="dense", dense_tail_tokens=16)
         assert plan.sparse and plan.split > DOC and 0 in plan.lighthouse_layers
         kv = eng.kv.allocate(len(ids), 0)
-        run_prefill(eng.model, kv, ids, plan)
+        run_prefill(eng.model, eng.kv.pool, kv, ids, plan)
         kvs.append(kv)
-    assert torch.equal(kvs[0].k[0][:, :, :DOC], kvs[1].k[0][:, :, :DOC])
-    assert not torch.allclose(kvs[0].k[1][:, :, :DOC], kvs[1].k[1][:, :, :DOC], atol=1e-3)
+    layer = [[eng.kv.pool.read(i, kv.blocks, DOC)[0] for i in (0, 1)] for kv in kvs]
+    for kv in kvs:
+        eng.kv.free(kv)
+    assert torch.equal(layer[0][0], layer[1][0])
+    assert not torch.allclose(layer[0][1], layer[1][1], atol=1e-3)
 
 
 def test_only_exactly_reusable_entries_are_reused(llm):
@@ -134,16 +146,15 @@ def test_short_prompts_get_no_entry(llm):
 def test_the_cache_stays_in_the_kv_budget_and_evicts_least_recently_used(ckpt):
     llm = tiny_llm(ckpt, kv_cache_bytes=1 << 20)
     eng = llm.engine
-    per_token = eng.kv.shape.bytes_per_token
     a, b, c = (tokens(700, s) for s in (10, 11, 12))  # each entry ~ a third of the budget
     for ids in (a, b):
         run(llm, ids, prefill="dense")
-    assert eng.kv.cached_bytes == 2 * 700 * per_token
+    assert eng.prefix_cache.cache_only_blocks() == 2 * eng.kv.shape.blocks_for(700)
     assert run(llm, a, prefill="dense").prefill.cached_tokens == 699  # a is now the most recently used
     run(llm, c, prefill="dense")  # needs room: b goes
     held = [e.tokens.tolist() for e in eng.prefix_cache.entries]
     assert held == [a, c]
-    assert eng.kv.used_bytes == 0 and eng.kv.cached_bytes <= eng.kv.budget_bytes
+    assert eng.kv.usage_ratio == 0 and eng.kv.cached_ratio <= 1
     big = tokens(eng.max_model_len - 8, 13)  # needs the whole budget: every entry is evicted
     assert run(llm, big, prefill="dense").choices[0].finish_reason == "length"
     assert [e.tokens.tolist() for e in eng.prefix_cache.entries] == [big]
@@ -160,3 +171,18 @@ def test_a_short_common_prefix_is_not_worth_a_hit(llm):
     run(llm, DOCUMENT + Q1, prefill="dense")
     assert run(llm, DOCUMENT[:100] + Q2 * 10, prefill="dense").prefill.cached_tokens == 0
     assert run(llm, DOCUMENT[:300] + Q2 * 10, prefill="dense").prefill.cached_tokens == 300
+
+
+def test_a_hit_shares_the_documents_blocks_instead_of_copying_them(llm):
+    eng = llm.engine
+    run(llm, DOCUMENT + Q1, prefill="dense")
+    entry = eng.prefix_cache.entries[0]
+    free = eng.kv.num_free
+    eng.add_request("shared", DOCUMENT + Q2, SamplingParams(temperature=0.0, max_tokens=8), RequestOptions(prefill="dense"))
+    eng.step()  # the prefill: the document's filled blocks are the entry's own
+    seq = eng._requests["shared"].seqs[0]
+    full = DOC // eng.kv.block_size
+    assert seq.kv.blocks[:full] == entry.blocks[:full]
+    assert free - eng.kv.num_free == eng.kv.shape.blocks_for(DOC + Q + 8) - full
+    while eng.has_unfinished():
+        eng.step()

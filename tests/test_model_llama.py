@@ -9,8 +9,8 @@ from transformers import LlamaForCausalLM as HFLlama
 
 import lighthouse.model.llama as llama_mod
 from lighthouse.checkpoint import load_checkpoint, save_checkpoint
+from lighthouse.engine.llm import greedy_generate
 from lighthouse.model import LighthouseConfig, LlamaForCausalLM, ModelConfig, model_preset
-from lighthouse.model.generate import greedy_generate
 
 LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                "original_max_position_embeddings": 128}

@@ -8,6 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from lighthouse.engine.errors import QueueFull
+from lighthouse.engine.options import DECODE_MODES, PREFILL_MODES, RequestOptions
 from server.app import create_app
 from server.deps import get_engine
 from test_server_support import make_checkpoint, settings_for
@@ -65,11 +66,50 @@ def test_prompt_plus_max_tokens_too_long_names_max_tokens(client):
     ("temperature", "NaN"), ("temperature", "-0.5"), ("top_p", "1.5"), ("top_p", "Infinity"), ("n", "0"),
     ("max_tokens", "0"), ("presence_penalty", "9"), ("frequency_penalty", "NaN"), ("repetition_penalty", "0"),
     ("min_p", "2"), ("top_k", "-5"), ("logprobs", "99"), ("max_tokens", '"many"'), ("seed", '"x"'),
-    ("prefill", '"fast"'), ("decode", '"fast"'), ("dense_tail_tokens", "-1"), ("stop", "[1]"),
+    ("prefill", '"fast"'), ("decode", '"fast"'), ("dense_tail_tokens", "-1"), ("dense_tail_tokens", "true"),
+    ("stop", "[1]"),
 ])
 def test_out_of_range_or_wrong_type_values_name_the_param(client, field, value):
     raw = '{"prompt": "hello", "%s": %s}' % (field, value)
     assert_error(post(client, "/v1/completions", raw), 400, param=field)
+
+
+def _enum(prop: dict) -> set:
+    return {v for alt in prop.get("anyOf", [prop]) for v in alt.get("enum", [])}
+
+
+@pytest.mark.parametrize("path,model,body", [
+    ("/v1/completions", "CompletionRequest", {"prompt": "hello"}),
+    ("/v1/chat/completions", "ChatCompletionRequest", {"messages": [{"role": "user", "content": "hello"}]}),
+])
+def test_modes_are_enums_in_the_schema_and_any_other_value_is_a_400_naming_them(client, path, model, body):
+    props = client.get("/openapi.json").json()["components"]["schemas"][model]["properties"]
+    assert _enum(props["prefill"]) == set(PREFILL_MODES) and _enum(props["decode"]) == set(DECODE_MODES)
+    for field in ("prefill", "decode"):
+        r = post(client, path, {**body, field: "fast"})
+        assert_error(r, 400, param=field, code=None, contains="'sparse'")
+        assert r.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_the_body_reaches_the_engine_as_one_request_options(client):
+    real = client.app.state.engine
+    seen = []
+
+    class Recorder:
+        tokenizer, max_model_len = real.tokenizer, real.max_model_len
+
+        def submit(self, request_id, prompt_ids, params, options=None):
+            seen.append(options)
+            raise QueueFull("recorded")
+
+    client.app.dependency_overrides[get_engine] = lambda: Recorder()
+    try:
+        post(client, "/v1/completions", {"prompt": "hi", "prefill": "dense", "decode": "sparse",
+                                         "dense_tail_tokens": 8, "cache_prompt": False})
+        post(client, "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]})
+    finally:
+        client.app.dependency_overrides.clear()
+    assert seen == [RequestOptions("dense", "sparse", 8, cache_prompt=False), RequestOptions()]
 
 
 def test_chat_top_logprobs_out_of_range(client):

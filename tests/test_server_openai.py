@@ -192,7 +192,7 @@ def test_disconnect_mid_stream_frees_the_request(server):
             assert metric(server, "lighthouse_kv_cache_usage_ratio") > base_kv
     assert wait_until(lambda: metric(server, "lighthouse_num_requests_running") == 0, timeout=10)
     assert metric(server, "lighthouse_kv_cache_usage_ratio") == base_kv
-    assert engine.engine.kv.used_bytes == 0
+    assert engine.engine.kv.usage_ratio == 0
 
 
 def test_non_streaming_client_that_disconnects_mid_generation_frees_the_request(server):
@@ -220,7 +220,7 @@ def test_non_streaming_client_that_disconnects_mid_generation_frees_the_request(
                 and metric(server, "lighthouse_kv_cache_usage_ratio") == base_kv)
 
     assert wait_until(freed, timeout=2.0), engine.stats()
-    assert engine.engine.kv.used_bytes == 0
+    assert engine.engine.kv.usage_ratio == 0
     assert metric(server, "lighthouse_generation_tokens_total") - generated_before < max_tokens  # aborted, not run out
 
 
@@ -283,7 +283,7 @@ def test_health_answers_during_a_long_prefill_and_disconnect_aborts_it(slow_serv
             "cache_prompt": False}
     with httpx.Client(timeout=60) as h:
         with h.stream("POST", s.url + "/v1/completions", json=body) as r:
-            assert wait_until(lambda: s.engine.engine.kv.used_bytes > 0, timeout=10)  # prefill has started
+            assert wait_until(lambda: s.engine.engine.kv.usage_ratio > 0, timeout=10)  # prefill has started
             t_start = time.monotonic()
             latencies = []
             while time.monotonic() - t_start < 1.5:
@@ -296,5 +296,5 @@ def test_health_answers_during_a_long_prefill_and_disconnect_aborts_it(slow_serv
         # closed while prefilling (6K tokens takes several seconds here)
     assert max(latencies) < 0.5, latencies
     assert len(latencies) >= 5
-    assert wait_until(lambda: s.engine.engine.kv.used_bytes == 0, timeout=5)
+    assert wait_until(lambda: s.engine.engine.kv.usage_ratio == 0, timeout=5)
     assert s.engine.stats() == {"running": 0, "waiting": 0, "kv_cache_usage": 0.0, "prefix_cache_usage": 0.0}

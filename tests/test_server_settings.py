@@ -7,6 +7,7 @@ import argparse
 
 import pytest
 
+from server.app import engine_config
 from server.cli import add_arguments, settings_from_args
 from server.settings import Settings
 
@@ -34,6 +35,8 @@ ENV_SAMPLES = {
     "drain_timeout_s": ("2.5", 2.5),
     "log_level": ("DEBUG", "debug"),
     "enable_prefix_caching": ("false", False),
+    "block_size": ("64", 64),
+    "enforce_eager": ("1", True),
 }
 
 
@@ -80,3 +83,38 @@ def test_json_list_and_empty_values(monkeypatch):
     monkeypatch.setenv("LIGHTHOUSE_MAX_MODEL_LEN", "")  # set but empty (docker -e X=): the default
     s = Settings()
     assert s.cors_origins == ["https://a.example"] and s.max_model_len is None
+
+
+def serve_args(*argv: str) -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    return p.parse_args(list(argv))
+
+
+def test_enforce_eager_and_block_size_reach_the_engine_config_from_flags(monkeypatch):
+    monkeypatch.delenv("LIGHTHOUSE_ENFORCE_EAGER", raising=False)
+    default = engine_config(settings_from_args(serve_args()))
+    assert (default.enforce_eager, default.block_size) == (False, 128)
+    config = engine_config(settings_from_args(serve_args("--enforce-eager", "--block-size", "256")))
+    assert (config.enforce_eager, config.block_size) == (True, 256)
+    assert engine_config(settings_from_args(serve_args("--enforce-eager", "false"))).enforce_eager is False
+
+
+def test_enforce_eager_reaches_the_engine_config_from_the_environment(monkeypatch):
+    monkeypatch.setenv("LIGHTHOUSE_ENFORCE_EAGER", "1")
+    monkeypatch.setenv("LIGHTHOUSE_BLOCK_SIZE", "32")
+    monkeypatch.setenv("LIGHTHOUSE_PREFILL", "dense")
+    config = engine_config(settings_from_args(serve_args()))
+    assert (config.enforce_eager, config.block_size, config.prefill) == (True, 32, "dense")
+    assert engine_config(settings_from_args(serve_args("--enforce-eager", "false"))).enforce_eager is False  # flags win
+
+
+def test_bad_modes_and_block_sizes_are_refused_before_the_engine_is_built(monkeypatch):
+    monkeypatch.setenv("LIGHTHOUSE_PREFILL", "fast")
+    with pytest.raises(ValueError, match="prefill"):
+        Settings()
+    monkeypatch.delenv("LIGHTHOUSE_PREFILL")
+    with pytest.raises(ValueError, match="block_size"):
+        Settings(block_size=8)
+    with pytest.raises(ValueError, match="block_size"):
+        engine_config(Settings(block_size=100))  # in range, but not a power of two: the engine's own check

@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import lighthouse.model.llama as llama_mod
 from lighthouse.checkpoint import load_checkpoint
-from lighthouse.model.generate import greedy_generate
+from lighthouse.engine.llm import greedy_generate
 from lighthouse.train.config import train_preset
 from lighthouse.train.metrics import read_metrics
 from lighthouse.train.trainer import CALIBRATE_AFTER, Trainer

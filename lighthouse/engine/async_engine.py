@@ -18,6 +18,7 @@ from typing import AsyncIterator, Callable
 
 from lighthouse.engine.engine import LLMEngine
 from lighthouse.engine.errors import EngineStopped, QueueFull
+from lighthouse.engine.options import RequestOptions
 from lighthouse.engine.sampling import SamplingParams
 from lighthouse.engine.sequence import RequestOutput
 
@@ -111,13 +112,14 @@ class AsyncEngine:
             await asyncio.to_thread(self._thread.join, 10)
 
     # ---- requests ---------------------------------------------------------------------------------------------
-    def submit(self, request_id: str, prompt_ids: list[int], params: SamplingParams, **options) -> RequestStream:
+    def submit(self, request_id: str, prompt_ids: list[int], params: SamplingParams,
+               options: RequestOptions | None = None) -> RequestStream:
         """Validate and queue (raises InvalidRequest, QueueFull, EngineStopped); iterate the returned stream."""
         if not self.accepting or not self.is_alive():
             raise EngineStopped("the server is shutting down or the engine is not running")
         if self.stats()["waiting"] >= self.max_waiting:
             raise QueueFull(f"too many requests waiting ({self.max_waiting}); retry later")
-        req = self.engine.make_request(request_id, prompt_ids, params, **options)
+        req = self.engine.make_request(request_id, prompt_ids, params, options)
         loop = asyncio.get_running_loop()
         q: asyncio.Queue = asyncio.Queue()
         with self._routes_lock:
@@ -165,7 +167,7 @@ class AsyncEngine:
         outs = []
         for rid in list(self._routes):
             self.engine.abort_request(rid)
-        outs += self.engine._apply_aborts()
+        outs += self.engine.apply_aborts()
         for o in outs:
             o.finish_reason, o.error = "error", message
         return outs

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-PREFILL_MODES = ("sparse", "dense")
-DECODE_MODES = ("dense", "sparse")
+from lighthouse.engine.options import DECODE_MODES, PREFILL_MODES, DecodeMode, PrefillMode, parse_decode, parse_prefill
+
+__all__ = ["EngineConfig", "DEFAULT_DENSE_TAIL_TOKENS", "PREFILL_MODES", "DECODE_MODES"]
 
 # The last 64 prompt tokens (the question, in document QA) are prefilled densely against the full cache. Measured
 # on the bundled checkpoint (passkeys at 8K and 16K, bench/results/2026-11-28_cpu_default_checkpoint_serving/):
@@ -15,8 +16,8 @@ DEFAULT_DENSE_TAIL_TOKENS = 64
 
 @dataclass
 class EngineConfig:
-    prefill: str = "sparse"  # default prefill path; per-request override
-    decode: str = "dense"  # default decode path; per-request override
+    prefill: PrefillMode = "sparse"  # default prefill path; per-request override
+    decode: DecodeMode = "dense"  # default decode path; per-request override
     dense_tail_tokens: int = DEFAULT_DENSE_TAIL_TOKENS
     max_model_len: int | None = None  # None: min(checkpoint's max_position_embeddings, what the KV budget holds)
     max_num_seqs: int = 64  # sequences decoded together in one batched step
@@ -24,13 +25,16 @@ class EngineConfig:
     kv_cache_fraction: float = 0.75  # of free CUDA memory after the model is loaded, when kv_cache_bytes is None
     enable_prefix_caching: bool = True  # keep finished prompts' K/V for later prompts that start the same way
     prefix_cache_min_tokens: int = 256  # shorter prompts get no prefix-cache entry
+    block_size: int = 128  # KV cache positions per block (a power of two, 16..1024)
+    enforce_eager: bool = False  # True: no CUDA graphs for the decode step (always eager on the CPU)
+    cuda_graph_max_batch: int | None = None  # largest captured decode batch (None: max_num_seqs)
 
     def __post_init__(self) -> None:
-        if self.prefill not in PREFILL_MODES:
-            raise ValueError(f"prefill must be one of {PREFILL_MODES}, got {self.prefill!r}")
-        if self.decode not in DECODE_MODES:
-            raise ValueError(f"decode must be one of {DECODE_MODES}, got {self.decode!r}")
+        parse_prefill(self.prefill)
+        parse_decode(self.decode)
         if self.dense_tail_tokens < 0:
             raise ValueError(f"dense_tail_tokens must be >= 0, got {self.dense_tail_tokens}")
         if self.max_num_seqs < 1:
             raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
+        if self.block_size < 16 or self.block_size > 1024 or self.block_size & (self.block_size - 1):
+            raise ValueError(f"block_size must be a power of two in [16, 1024], got {self.block_size}")

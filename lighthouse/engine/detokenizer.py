@@ -2,7 +2,8 @@
 
 `IncrementalText.add(token_id)` returns the text that can be shown now: a token that ends inside a UTF-8
 character is held until the character completes, and the end of the text that could still grow into a stop
-string is held back until it either does (and is cut) or cannot any more.
+string is held back until it either does (and is cut) or cannot any more. With no tokenizer (an engine
+built on token ids alone, as `greedy_generate` does) there is no text: every call returns "".
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def _held_back(text: str, stops: list[str]) -> int:
 
 
 class IncrementalText:
-    def __init__(self, tokenizer: Decoder, stops: list[str], *, include_stop: bool = False):
+    def __init__(self, tokenizer: Decoder | None, stops: list[str], *, include_stop: bool = False):
         self._tok = tokenizer
         self._stops = list(stops)
         self._include_stop = include_stop
@@ -48,6 +49,8 @@ class IncrementalText:
     def add(self, token_id: int) -> str:
         """Append a token; return the newly showable text. Sets `stopped_by` when a stop string appears."""
         self._ids.append(token_id)
+        if self._tok is None:
+            return ""
         new = self._decode_new()
         if new:
             start = max(0, len(self.text) - max((len(s) for s in self._stops), default=0) + 1)
@@ -66,7 +69,7 @@ class IncrementalText:
 
     def flush(self) -> str:
         """At the end of generation: everything not yet handed out (an unfinished character included)."""
-        if self.stopped_by is None and self._read_offset < len(self._ids):
+        if self._tok is not None and self.stopped_by is None and self._read_offset < len(self._ids):
             prefix = self._tok.decode(self._ids[self._prefix_offset : self._read_offset], skip_special_tokens=True)
             full = self._tok.decode(self._ids[self._prefix_offset :], skip_special_tokens=True)
             self.text += full[len(prefix) :]

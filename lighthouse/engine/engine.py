@@ -1,7 +1,9 @@
 """The synchronous engine: token ids in, token ids and text out; no HTTP, no threads of its own.
 
-`add_request` validates and queues, `step` does one unit of work (a prefill or a batched decode) and returns
-what it produced, `abort_request` is safe to call from any thread (it also stops a prefill between layers).
+`add_request` validates and queues; `step` reads as schedule -> run -> postprocess: the scheduler picks a
+prefill or the decode batch, the model runner runs it on the paged KV cache, the output processor samples and
+detokenizes, and finished sequences give back their blocks (their prompt stays in the prefix cache by
+reference). `abort_request` is safe to call from any thread (it also stops a prefill between layers).
 """
 
 from __future__ import annotations
@@ -13,32 +15,28 @@ from typing import Callable
 
 import torch
 
-from lighthouse.engine.config import DECODE_MODES, PREFILL_MODES, EngineConfig
-from lighthouse.engine.decode import decode_step
+from lighthouse.engine.config import EngineConfig
 from lighthouse.engine.detokenizer import IncrementalText
-from lighthouse.engine.errors import InvalidRequest, RequestFailed
+from lighthouse.engine.errors import InvalidRequest
 from lighthouse.engine.kv_cache import CacheShape, KVCacheManager, default_budget_bytes
-from lighthouse.engine.prefill import PrefillAborted, plan_prefill, run_prefill
+from lighthouse.engine.model_runner import ModelRunner
+from lighthouse.engine.options import RequestOptions
+from lighthouse.engine.output import OutputProcessor
+from lighthouse.engine.prefill import PrefillAborted, plan_prefill
 from lighthouse.engine.prefix_cache import CacheHit, PrefixCache, cache_split
-from lighthouse.engine.sampling import SampleRow, SamplingParams, make_generator, sample
+from lighthouse.engine.sampling import SamplingParams, make_generator
 from lighthouse.engine.scheduler import Scheduler
 from lighthouse.engine.sequence import PrefillInfo, Request, RequestOutput, Sequence, Status, TokenLogprob
+from lighthouse.model.llama import LlamaForCausalLM
 
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[str, int, int], None]  # (request_id, prompt tokens processed, prompt tokens)
 
 
-def _cache_shape(model, device: torch.device, dtype: torch.dtype) -> CacheShape:
-    c = model.config
-    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-    kv_heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
-    return CacheShape(c.num_hidden_layers, kv_heads, c.num_attention_heads, head_dim, dtype, device)
-
-
-def _eos_ids(model, tokenizer) -> set[int]:
+def _eos_ids(model: LlamaForCausalLM, tokenizer) -> set[int]:
     ids: set[int] = set()
-    for src in (getattr(model.config, "eos_token_id", None), getattr(tokenizer, "eos_token_id", None)):
+    for src in (model.config.eos_token_id, getattr(tokenizer, "eos_token_id", None)):
         if isinstance(src, int):
             ids.add(src)
         elif isinstance(src, (list, tuple)):
@@ -47,44 +45,41 @@ def _eos_ids(model, tokenizer) -> set[int]:
 
 
 class LLMEngine:
-    def __init__(self, model, tokenizer, config: EngineConfig | None = None, *, stop_token_ids: list[int] = ()):
+    def __init__(self, model: LlamaForCausalLM, tokenizer=None, config: EngineConfig | None = None, *,
+                 stop_token_ids: list[int] = ()):
         self.model = model.eval()
         self.tokenizer = tokenizer
-        self.config = config or EngineConfig()
+        self.config = c = config or EngineConfig()
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
-        budget = self.config.kv_cache_bytes or default_budget_bytes(self.device, self.config.kv_cache_fraction)
-        self.kv = KVCacheManager(_cache_shape(model, self.device, self.dtype), budget)
-        limits = [self.kv.max_tokens, int(getattr(model.config, "max_position_embeddings", 1 << 62))]
-        if self.config.max_model_len:
-            limits.append(self.config.max_model_len)
-        self.max_model_len = min(limits)
-        self.vocab_size = int(model.config.vocab_size)
+        mc = model.config
+        shape = CacheShape(mc.num_hidden_layers, mc.num_key_value_heads, mc.num_attention_heads, mc.head_dim,
+                           self.dtype, self.device, c.block_size)
+        budget = c.kv_cache_bytes or default_budget_bytes(self.device, c.kv_cache_fraction)
+        self.kv = KVCacheManager(shape, budget)
+        self.max_model_len = min([self.kv.max_tokens, mc.max_position_embeddings] + [c.max_model_len or 1 << 62])
+        self.vocab_size = mc.vocab_size
         self.eos_ids = _eos_ids(model, tokenizer) | set(stop_token_ids)  # + generation_config.json's
-        self.prefix_cache = (PrefixCache(self.kv, self.config.prefix_cache_min_tokens)
-                             if self.config.enable_prefix_caching else None)
-        self.scheduler = Scheduler(self.kv, self.config.max_num_seqs, make_room=self._make_room)
+        self.prefix_cache = PrefixCache(self.kv, c.prefix_cache_min_tokens) if c.enable_prefix_caching else None
+        self.scheduler = Scheduler(c.max_num_seqs, make_room=self._make_room)
+        self.runner = ModelRunner(model, self.kv, max_batch=c.max_num_seqs, max_model_len=self.max_model_len,
+                                  enforce_eager=c.enforce_eager, graph_max_batch=c.cuda_graph_max_batch)
+        self.outputs = OutputProcessor(self.vocab_size, self.eos_ids, self.device)
         self.progress_callback: ProgressFn | None = None
         self._requests: dict[str, Request] = {}
         self._lock = threading.Lock()
         self._to_abort: set[str] = set()
-        log.info("engine ready: device=%s dtype=%s max_model_len=%d kv_budget=%.2f GiB prefill=%s decode=%s",
-                 self.device, self.dtype, self.max_model_len, budget / 2**30, self.config.prefill, self.config.decode)
+        self.runner.capture_all()
+        log.info("engine ready: device=%s dtype=%s max_model_len=%d kv_cache=%.2f GiB (%d blocks of %d) prefill=%s "
+                 "decode=%s cuda_graphs=%s", self.device, self.dtype, self.max_model_len, self.kv.budget_bytes / 2**30,
+                 self.kv.allocator.usable, c.block_size, c.prefill, c.decode, sorted(self.runner.graphs) or "off")
 
     # ---- admission -------------------------------------------------------------------------------------------
-    def make_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams, *, prefill: str | None = None,
-                     decode: str | None = None, dense_tail_tokens: int | None = None,
-                     cache_prompt: bool | None = None) -> Request:
+    def make_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams,
+                     options: RequestOptions | None = None) -> Request:
         """Validate and build a request (thread-safe; raises InvalidRequest). `enqueue` it on the engine thread."""
-        prefill = prefill or self.config.prefill
-        decode = decode or self.config.decode
-        tail = self.config.dense_tail_tokens if dense_tail_tokens is None else dense_tail_tokens
-        if prefill not in PREFILL_MODES:
-            raise InvalidRequest(f"prefill must be one of {list(PREFILL_MODES)}, got {prefill!r}", param="prefill")
-        if decode not in DECODE_MODES:
-            raise InvalidRequest(f"decode must be one of {list(DECODE_MODES)}, got {decode!r}", param="decode")
-        if not isinstance(tail, int) or tail < 0:
-            raise InvalidRequest(f"dense_tail_tokens must be an integer >= 0, got {tail!r}", param="dense_tail_tokens")
+        c = self.config
+        opts = (options or RequestOptions()).resolved(c.prefill, c.decode, c.dense_tail_tokens)
         n_prompt = len(prompt_ids)
         if n_prompt == 0:
             raise InvalidRequest("the prompt is empty; send at least one token", param="prompt")
@@ -104,25 +99,34 @@ class LLMEngine:
                 f"{n_prompt + params.max_tokens} tokens ({n_prompt} in the prompt, {params.max_tokens} for max_tokens). "
                 f"Please reduce max_tokens to at most {self.max_model_len - n_prompt} or shorten the prompt.",
                 param="max_tokens", code="context_length_exceeded")
-        if params.n > self.config.max_num_seqs:
-            raise InvalidRequest(f"n={params.n} exceeds the server's max_num_seqs ({self.config.max_num_seqs})", param="n")
-        plan = plan_prefill(self.model, n_prompt, prefill=prefill, decode=decode, dense_tail_tokens=tail)
+        if params.n > c.max_num_seqs:
+            raise InvalidRequest(f"n={params.n} exceeds the server's max_num_seqs ({c.max_num_seqs})", param="n")
+        plan = plan_prefill(self.model, n_prompt, prefill=opts.prefill, decode=opts.decode,
+                            dense_tail_tokens=opts.dense_tail_tokens)
         capacity = n_prompt + params.max_tokens
-        sparse_entries = plan.selected + capacity - plan.split if plan.sparse_decode else 0
-        per_seq = self.kv.bytes_for(capacity, sparse_entries, len(plan.lighthouse_layers))
-        if not self.kv.fits_ever(params.n * per_seq):
+        ctx_entries = plan.selected + capacity - plan.split if plan.sparse_decode else 0
+        req = Request(request_id, list(prompt_ids), params, opts, [], plan, capacity, ctx_entries)
+        blocks = self._blocks_needed(req, None)
+        if not self.kv.fits_ever(blocks):
             raise InvalidRequest(
-                f"The request needs {params.n * per_seq / 2**20:.1f} MiB of KV cache (n={params.n} x {capacity} positions), "
-                f"more than the server's {self.kv.budget_bytes / 2**20:.1f} MiB. Reduce n or max_tokens.",
+                f"The request needs {blocks} KV cache blocks (n={params.n} x {capacity} positions), more than the "
+                f"server's {self.kv.allocator.usable}. Reduce n or max_tokens.",
                 param="n" if params.n > 1 else "max_tokens", code="kv_cache_exceeded")
-        req = Request(request_id, list(prompt_ids), params, prefill, decode, tail, [], plan, per_seq, capacity,
-                      cache_prompt=cache_prompt is not False)
         for i in range(params.n):
             seed = None if params.seed is None else params.seed + i
             gen = None if params.greedy else make_generator(seed, self.device)
-            text = IncrementalText(self.tokenizer, params.stop)
-            req.seqs.append(Sequence(i, params, text, gen, request=req))
+            req.seqs.append(Sequence(i, params, IncrementalText(self.tokenizer, params.stop), gen, request=req))
         return req
+
+    def _blocks_needed(self, req: Request, hit: CacheHit | None) -> int:
+        """Free blocks the request takes at its prefill: the first sequence's tables, less what a prefix-cache hit
+        shares, plus what each other choice does not share with the first (its filled prompt blocks)."""
+        kv, n = self.kv, req.params.n
+        one = kv.blocks_needed(req.capacity, req.ctx_entries)
+        shared_prompt = len(req.prompt_ids) // kv.block_size
+        shared_ctx = (req.ctx_entries - req.params.max_tokens) * kv.shape.group // kv.block_size if req.ctx_entries else 0
+        saved_by_hit = hit.tokens // kv.block_size if hit is not None else 0
+        return one - saved_by_hit + (n - 1) * (one - shared_prompt - shared_ctx)
 
     def enqueue(self, request: Request) -> None:
         with self._lock:
@@ -131,8 +135,9 @@ class LLMEngine:
             self._requests[request.request_id] = request
         self.scheduler.add(request)
 
-    def add_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams, **options) -> None:
-        self.enqueue(self.make_request(request_id, prompt_ids, params, **options))
+    def add_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams,
+                    options: RequestOptions | None = None) -> None:
+        self.enqueue(self.make_request(request_id, prompt_ids, params, options))
 
     def abort_request(self, request_id: str) -> None:
         """Safe from any thread: the request stops at the next layer (prefill) or step (decode)."""
@@ -147,13 +152,12 @@ class LLMEngine:
         return self.scheduler.has_work() or bool(self._to_abort)
 
     def step(self) -> list[RequestOutput]:
-        outputs = self._apply_aborts()
-        req = self.scheduler.next_prefill()
-        if req is not None:
-            return outputs + self._prefill(req)
-        batch = self.scheduler.decode_batch()
-        if batch:
-            outputs += self._decode(batch)
+        outputs = self.apply_aborts()
+        work = self.scheduler.schedule()
+        if work.prefill is not None:
+            return outputs + self._prefill(work.prefill)
+        if work.decode:
+            outputs += self._decode(work.decode)
         return outputs
 
     def stats(self) -> dict:
@@ -166,19 +170,19 @@ class LLMEngine:
             return None  # sparse decode selects from the head's queries, which are not cached
         return self.prefix_cache.match(_prompt_tensor(req), cache_split(req.plan))
 
-    def _cacheable(self, req: Request, s: Sequence, reason: str) -> bool:
-        return (self.prefix_cache is not None and req.cache_prompt and not req.prompt_cached and reason != "error"
-                and s.kv is not None and s.kv.length >= len(req.prompt_ids) and req.prefill_info is not None)
+    def _make_room(self, req: Request) -> bool:
+        """Whether the request's blocks fit now, evicting prefix-cache entries (the one it would reuse last)."""
+        req.hit = self._cache_hit(req)
+        need = self._blocks_needed(req, req.hit)
+        if self.kv.fits_now(need) or self.prefix_cache is None:
+            return self.kv.fits_now(need)
+        if self.prefix_cache.make_room(need, keep=req.hit.entry if req.hit else None):
+            return True
+        req.hit = None  # the kept entry is in the way: evict it too and prefill from scratch
+        return self.prefix_cache.make_room(self._blocks_needed(req, None))
 
-    def _make_room(self, req: Request, nbytes: int) -> bool:
-        """Whether `nbytes` fit now, evicting prefix-cache entries (the one this request would reuse last)."""
-        if self.kv.fits_now(nbytes) or self.prefix_cache is None:
-            return self.kv.fits_now(nbytes)
-        hit = self._cache_hit(req)
-        return self.prefix_cache.make_room(nbytes, keep=hit.entry if hit else None) or self.prefix_cache.make_room(nbytes)
-
-    # ---- internals --------------------------------------------------------------------------------------------
-    def _apply_aborts(self) -> list[RequestOutput]:
+    # ---- run + postprocess ------------------------------------------------------------------------------------
+    def apply_aborts(self) -> list[RequestOutput]:
         with self._lock:
             ids, self._to_abort = self._to_abort, set()
             reqs = [self._requests[i] for i in ids if i in self._requests]
@@ -190,8 +194,8 @@ class LLMEngine:
 
     def _prefill(self, req: Request) -> list[RequestOutput]:
         t0 = time.monotonic()
-        seqs, n_prompt, plan = req.seqs, len(req.prompt_ids), req.plan
-        hit = self._cache_hit(req)
+        seqs, n_prompt, plan, hit = req.seqs, len(req.prompt_ids), req.plan, req.hit
+        req.hit = None
         cached = hit.tokens if hit is not None else 0
         passes = 2 if plan.sparse and not cached else 1
         calls, per_pass = [0], passes * self.model.config.num_hidden_layers
@@ -203,19 +207,15 @@ class LLMEngine:
                 self.progress_callback(req.request_id, min(n_prompt, done), n_prompt)
 
         try:
-            for s in seqs:
-                s.kv = self.kv.allocate(req.capacity, req.reserve_bytes)
-            if hit is not None:
-                hit.copy_into(seqs[0].kv)
-            logits = run_prefill(self.model, seqs[0].kv, req.prompt_ids, plan, cached=cached,
-                                 should_abort=req.aborted.is_set, on_layer=on_layer)
+            first = seqs[0]
+            first.kv = self.kv.allocate(req.capacity, req.ctx_entries, hit.entry.blocks if hit else [], cached)
+            logits = self.runner.prefill(first.kv, req.prompt_ids, plan, cached=cached,
+                                         should_abort=req.aborted.is_set, on_layer=on_layer)
             for s in seqs[1:]:
-                s.kv.copy_from(seqs[0].kv, n_prompt)
+                s.kv = self.kv.fork(first.kv)
         except PrefillAborted:
             return [self._finish(s, "abort") for s in seqs]
         except torch.OutOfMemoryError as exc:  # never take the process down; this request alone fails
-            for s in seqs:
-                self.kv.free(s.kv)
             torch.cuda.empty_cache()
             msg = f"out of device memory during prefill of {n_prompt} tokens; try a shorter prompt"
             log.error("request %s: %s (%s)", req.request_id, msg, exc.__class__.__name__)
@@ -230,49 +230,25 @@ class LLMEngine:
             req.prompt_mask = torch.zeros(self.vocab_size, dtype=torch.bool, device=self.device)
             req.prompt_mask[torch.tensor(req.prompt_ids, device=self.device)] = True
         self.scheduler.start(seqs)
-        return self._sample_and_advance(seqs, logits[None].expand(len(seqs), -1))
+        return self._postprocess(seqs, logits[None].expand(len(seqs), -1))
 
     def _decode(self, batch: list[Sequence]) -> list[RequestOutput]:
-        kvs = [s.kv for s in batch]
         try:
-            logits = decode_step(self.model, kvs, [s.output_ids[-1] for s in batch],
-                                 [s.request.plan.sparse_decode for s in batch])
+            logits = self.runner.decode([s.kv for s in batch], [s.output_ids[-1] for s in batch])
         except torch.OutOfMemoryError:
             torch.cuda.empty_cache()
             return [self._finish(s, "error", error="out of device memory during decode") for s in batch]
-        return self._sample_and_advance(batch, logits)
+        return self._postprocess(batch, logits)
 
-    def _sample_and_advance(self, seqs: list[Sequence], logits: torch.Tensor) -> list[RequestOutput]:
-        for s in seqs:
-            if s.output_counts is None and (s.params.presence_penalty or s.params.frequency_penalty
-                                            or s.params.repetition_penalty != 1.0):
-                s.output_counts = torch.zeros(self.vocab_size, dtype=torch.float32, device=self.device)
-        rows = [SampleRow(s.params, s.generator, s.output_counts, s.request.prompt_mask) for s in seqs]
-        res = sample(logits, rows)
+    def _postprocess(self, seqs: list[Sequence], logits: torch.Tensor) -> list[RequestOutput]:
         outputs = []
-        for b, s in enumerate(seqs):
-            lp = None
-            if s.params.logprobs is not None:
-                lp = [TokenLogprob(res.token_ids[b], res.logprobs[b], res.top_logprobs[b])]
-            outputs.append(self._advance(s, res.token_ids[b], lp))
+        for s, (tok, lp) in zip(seqs, self.outputs.sample(seqs, logits)):
+            text, reason = self.outputs.advance(s, tok)
+            if reason is not None:
+                outputs.append(self._finish(s, reason, text=text, token_ids=[tok], logprobs=lp))
+            else:
+                outputs.append(self._output(s, [tok], text, lp, finished=False))
         return outputs
-
-    def _advance(self, s: Sequence, tok: int, lp: list[TokenLogprob] | None) -> RequestOutput:
-        s.output_ids.append(tok)
-        if s.output_counts is not None:
-            s.output_counts[tok] += 1
-        p, text, reason = s.params, "", None
-        if tok in p.stop_token_ids or (tok in self.eos_ids and not p.ignore_eos):
-            reason = "stop"
-        else:
-            text = s.text.add(tok)
-            if s.text.stopped_by is not None:
-                reason = "stop"
-        if reason is None and len(s.output_ids) >= p.max_tokens:
-            reason = "length"
-        if reason is not None:
-            return self._finish(s, reason, text=text + s.text.flush(), token_ids=[tok], logprobs=lp)
-        return self._output(s, [tok], text, lp, finished=False)
 
     def _output(self, s: Sequence, token_ids, text, lp, *, finished: bool, error: str | None = None) -> RequestOutput:
         req = s.request
@@ -282,21 +258,16 @@ class LLMEngine:
         return RequestOutput(req.request_id, s.index, token_ids, text, lp, finished, s.finish_reason,
                              len(req.prompt_ids), len(s.output_ids), info, error)
 
-    def _finish(self, s: Sequence, reason: str, *, text: str = "", token_ids=(), logprobs=None,
-                error: str | None = None) -> RequestOutput:
+    def _finish(self, s: Sequence, reason: str, *, text: str = "", token_ids=(),
+                logprobs: list[TokenLogprob] | None = None, error: str | None = None) -> RequestOutput:
         s.status, s.finish_reason = Status.FINISHED, reason
         self.scheduler.retire(s)
         req = s.request
-        keep = self._cacheable(req, s, reason)
-        k, v = (list(s.kv.k), list(s.kv.v)) if keep else (None, None)
-        self.kv.free(s.kv)  # the reservation first: the cache entry is smaller and takes its place
+        if (self.prefix_cache is not None and req.cache_prompt and not req.prompt_cached and reason != "error"
+                and s.kv is not None and req.prefill_info is not None):
+            req.prompt_cached = self.prefix_cache.insert(_prompt_tensor(req), cache_split(req.plan), s.kv) is not None
+        self.kv.free(s.kv)  # the prefix cache holds its own references to the prompt's blocks
         s.kv = None
-        if keep:
-            req.prompt_cached = True
-            try:
-                self.prefix_cache.insert(_prompt_tensor(req), cache_split(req.plan), k, v)
-            except torch.OutOfMemoryError:  # the copy did not fit on the device: just do not cache it
-                torch.cuda.empty_cache()
         if req.finished:
             with self._lock:
                 self._requests.pop(req.request_id, None)

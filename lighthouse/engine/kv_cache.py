@@ -1,21 +1,35 @@
-"""KV cache memory: a byte budget, per-sequence reservations made at admission, and the cache tensors.
+"""Paged KV cache: one pool of fixed-size blocks per layer, block tables per sequence, reference counts.
 
-Every sequence reserves, when it is admitted, the bytes for its whole life (prompt + max_tokens positions in
-every layer, plus the sparse-decode context when it asks for one). So a running request never runs out of
-cache, and a request that could never fit is refused up front (`max_model_len` is derived from the budget).
-Requests that fit the budget but not the free space wait in the queue. The prefix cache (prefix_cache.py)
-holds finished prompts' K/V in the same budget (`cached_bytes`); it gives that space back on demand.
+Layout: `pool.k[i]` and `pool.v[i]` are layer i's (num_blocks, block_size, H_kv, D) tensors (views of one
+(L, num_blocks, block_size, H_kv, D) tensor each). A sequence's position t lives in every layer at block
+`blocks[t // block_size]`, offset `t % block_size` (its *slot* is block * block_size + offset).
+
+A sequence that decodes sparsely also has a context table (`ctx_blocks`): per Lighthouse layer, the prompt's
+selected entries (one set per query head) plus every later position. Entry e of query head h = g*r + j
+(r = H / H_kv) is stored at slot e*r + j, KV head g, so it occupies the same pool as the full cache, in the
+same blocks of every layer (the paged decode kernel reads either kind, `per_head` says which).
+
+Blocks are shared by reference (the prefix cache, the n choices of one request): a block's count is the number
+of tables holding it, and it returns to the free list at zero. Shared blocks are never written: a sequence
+that continues from a shared prefix copies the partly filled last block first (copy on write, `fork`).
+Block 0 is a scratch block that is never handed out: padding rows of a captured decode batch write there.
+
+Admission reserves, in blocks, everything a sequence will hold (prompt + max_tokens, plus its sparse-decode
+context), so a running sequence never runs out of cache and a request that could never fit is refused.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
+SCRATCH_BLOCK = 0
 
-@dataclass
+
+@dataclass(frozen=True)
 class CacheShape:
     num_layers: int
     num_kv_heads: int
@@ -23,15 +37,28 @@ class CacheShape:
     head_dim: int
     dtype: torch.dtype
     device: torch.device
+    block_size: int = 128
+
+    @property
+    def group(self) -> int:
+        """r: query heads per KV head."""
+        return self.num_heads // self.num_kv_heads
 
     @property
     def bytes_per_token(self) -> int:
         """K and V for one position in every layer."""
         return 2 * self.num_layers * self.num_kv_heads * self.head_dim * _itemsize(self.dtype)
 
-    def sparse_context_bytes(self, entries: int, lighthouse_layers: int) -> int:
-        """Selected pooled K/V per query head (each head selects its own entries) in the Lighthouse layers."""
-        return 2 * lighthouse_layers * self.num_heads * entries * self.head_dim * _itemsize(self.dtype)
+    @property
+    def bytes_per_block(self) -> int:
+        return self.block_size * self.bytes_per_token
+
+    def blocks_for(self, positions: int) -> int:
+        return math.ceil(positions / self.block_size)
+
+    def ctx_blocks_for(self, entries: int) -> int:
+        """Blocks of a sparse-decode context of `entries` entries per query head."""
+        return math.ceil(entries * self.group / self.block_size)
 
 
 def _itemsize(dtype: torch.dtype) -> int:
@@ -40,83 +67,189 @@ def _itemsize(dtype: torch.dtype) -> int:
 
 @dataclass
 class SequenceKV:
-    """One sequence's cache: k[i], v[i] are layer i's (1, H_kv, capacity, D) buffers; `length` filled."""
+    """One sequence's view of the pool: its block tables and how much of them is filled."""
 
-    k: list[Tensor]
-    v: list[Tensor]
-    capacity: int
-    reserved_bytes: int
-    length: int = 0
-    # Sparse decode: per Lighthouse layer, the prompt's selected (pooled) K/V (1, H, S, D) and the number of
-    # prompt positions they summarize; positions from `sparse_from` on are attended at full resolution.
-    sparse_k: dict[int, Tensor] = field(default_factory=dict)
-    sparse_v: dict[int, Tensor] = field(default_factory=dict)
-    sparse_from: int = 0
-    sparse_len: int = 0  # filled entries of each sparse buffer
-    sparse_mask: dict[int, Tensor] = field(default_factory=dict)  # (1, H, 1, cap) bool, only where padding exists
+    blocks: list[int]  # full cache, every layer
+    length: int = 0  # positions written
+    ctx_blocks: list[int] = field(default_factory=list)  # sparse-decode context (Lighthouse layers), or empty
+    ctx_len: int = 0  # context entries written (per query head)
+    ctx_hole_start: Tensor | None = None  # (H,) int32: entries [hole_start[h], ctx_hole_end) are op padding
+    ctx_hole_end: int = 0
+    table: Tensor | None = None  # (len(blocks),) int32 on the device, made on first use
+    ctx_table: Tensor | None = None
 
-    def copy_from(self, other: "SequenceKV", length: int) -> None:
-        """Copy the first `length` positions (and the sparse context) of another sequence's cache."""
-        for i in range(len(self.k)):
-            self.k[i][:, :, :length].copy_(other.k[i][:, :, :length])
-            self.v[i][:, :, :length].copy_(other.v[i][:, :, :length])
-        self.sparse_k = {i: t.clone() for i, t in other.sparse_k.items()}
-        self.sparse_v = {i: t.clone() for i, t in other.sparse_v.items()}
-        self.sparse_mask = {i: t.clone() for i, t in other.sparse_mask.items()}
-        self.sparse_from = other.sparse_from
-        self.sparse_len = other.sparse_len
-        self.length = length
+    @property
+    def sparse(self) -> bool:
+        return bool(self.ctx_blocks)
+
+    def all_blocks(self) -> list[int]:
+        return self.blocks + self.ctx_blocks
+
+
+class BlockAllocator:
+    """Free list and reference counts of blocks 1..num_blocks-1 (block 0 is scratch)."""
+
+    def __init__(self, num_blocks: int):
+        if num_blocks < 2:
+            raise ValueError(f"the KV cache needs at least 2 blocks, got {num_blocks}; raise the KV cache budget")
+        self.num_blocks = num_blocks
+        self.refs = [0] * num_blocks
+        self._free = list(range(num_blocks - 1, SCRATCH_BLOCK, -1))  # pop() hands out low ids first
+
+    @property
+    def usable(self) -> int:
+        return self.num_blocks - 1
+
+    @property
+    def num_free(self) -> int:
+        return len(self._free)
+
+    def allocate(self, n: int) -> list[int]:
+        if n > len(self._free):
+            raise MemoryError(f"{n} KV cache blocks requested, {len(self._free)} free")
+        out = [self._free.pop() for _ in range(n)]
+        for b in out:
+            self.refs[b] = 1
+        return out
+
+    def share(self, blocks: list[int]) -> list[int]:
+        for b in blocks:
+            assert self.refs[b] > 0, f"block {b} is free"
+            self.refs[b] += 1
+        return list(blocks)
+
+    def release(self, blocks: list[int]) -> None:
+        for b in blocks:
+            self.refs[b] -= 1
+            assert self.refs[b] >= 0, f"block {b} released twice"
+            if self.refs[b] == 0:
+                self._free.append(b)
+
+
+class KVPool:
+    """The cache tensors and the copies between blocks."""
+
+    def __init__(self, shape: CacheShape, num_blocks: int):
+        s = shape
+        dims = (s.num_layers, num_blocks, s.block_size, s.num_kv_heads, s.head_dim)
+        self.shape = shape
+        self.k = torch.empty(dims, dtype=s.dtype, device=s.device)
+        self.v = torch.empty(dims, dtype=s.dtype, device=s.device)
+
+    def slots(self, blocks: list[int] | Tensor, start: int, end: int, stride: int = 1) -> Tensor:
+        """(end - start,) int64 slot ids of entries [start, end) of a table (entry e at slot e*stride)."""
+        bs = self.shape.block_size
+        table = blocks if isinstance(blocks, Tensor) else torch.tensor(blocks, dtype=torch.long)
+        table = table.to(self.k.device, torch.long)
+        e = torch.arange(start, end, device=self.k.device) * stride
+        return table[e // bs] * bs + e % bs
+
+    def write(self, layer: int, slots: Tensor, k: Tensor, v: Tensor) -> None:
+        """k, v: (n, H_kv, D) rows into `slots` (n,) of layer `layer`."""
+        flat_k = self.k[layer].view(-1, *self.k.shape[-2:])
+        flat_v = self.v[layer].view(-1, *self.v.shape[-2:])
+        flat_k.index_copy_(0, slots, k.to(flat_k.dtype))
+        flat_v.index_copy_(0, slots, v.to(flat_v.dtype))
+
+    def read(self, layer: int, blocks: list[int], n: int) -> tuple[Tensor, Tensor]:
+        """Positions [0, n) of a table as (1, H_kv, n, D) K and V: a view when the blocks are consecutive, else
+        a gathered copy."""
+        nb = math.ceil(n / self.shape.block_size)
+        first = blocks[0] if blocks else 0
+        if nb and blocks[:nb] == list(range(first, first + nb)):
+            k = self.k[layer, first : first + nb].flatten(0, 1)[:n]
+            v = self.v[layer, first : first + nb].flatten(0, 1)[:n]
+        else:
+            idx = torch.tensor(blocks[:nb], dtype=torch.long, device=self.k.device)
+            k = self.k[layer].index_select(0, idx).flatten(0, 1)[:n]
+            v = self.v[layer].index_select(0, idx).flatten(0, 1)[:n]
+        return k.transpose(0, 1)[None], v.transpose(0, 1)[None]  # (1, H_kv, n, D), strided
+
+    def copy_block(self, src: int, dst: int, n: int) -> None:
+        """The first n slots of block src into block dst, in every layer."""
+        self.k[:, dst, :n].copy_(self.k[:, src, :n])
+        self.v[:, dst, :n].copy_(self.v[:, src, :n])
 
 
 class KVCacheManager:
-    """Accounts the budget and hands out per-sequence buffers (contiguous per layer, allocated on admission)."""
+    """The budget in blocks, per-sequence reservations, sharing, and the pool."""
 
     def __init__(self, shape: CacheShape, budget_bytes: int):
         if budget_bytes <= 0:
             raise ValueError(f"KV cache budget must be positive, got {budget_bytes} bytes")
         self.shape = shape
-        self.budget_bytes = int(budget_bytes)
-        self.used_bytes = 0  # reserved by running sequences
-        self.cached_bytes = 0  # held by the prefix cache (evictable)
+        num_blocks = budget_bytes // shape.bytes_per_block
+        if num_blocks < 2:
+            raise ValueError(f"a KV cache budget of {budget_bytes} bytes holds {num_blocks} blocks of "
+                             f"{shape.bytes_per_block} bytes; at least 2 are needed: raise the budget or lower block_size")
+        self.allocator = BlockAllocator(num_blocks)
+        self.pool = KVPool(shape, num_blocks)
+        self.budget_bytes = num_blocks * shape.bytes_per_block
+        self.cache_only_blocks = lambda: 0  # blocks held by the prefix cache alone (set by the prefix cache)
+
+    # ---- capacity ---------------------------------------------------------------------------------------------
+    @property
+    def block_size(self) -> int:
+        return self.shape.block_size
 
     @property
     def max_tokens(self) -> int:
         """The most positions one sequence can ever hold."""
-        return self.budget_bytes // self.shape.bytes_per_token
+        return self.allocator.usable * self.block_size
+
+    @property
+    def num_free(self) -> int:
+        return self.allocator.num_free
 
     @property
     def usage_ratio(self) -> float:
-        """Reserved by requests (the prefix cache is evictable, so it is not counted here)."""
-        return self.used_bytes / self.budget_bytes
+        """Blocks held by running sequences (the prefix cache's own blocks are evictable, not counted)."""
+        a = self.allocator
+        return (a.usable - a.num_free - self.cache_only_blocks()) / a.usable
 
     @property
     def cached_ratio(self) -> float:
-        return self.cached_bytes / self.budget_bytes
+        return self.cache_only_blocks() / self.allocator.usable
 
-    def bytes_for(self, capacity: int, sparse_entries: int = 0, lighthouse_layers: int = 0) -> int:
-        return capacity * self.shape.bytes_per_token + self.shape.sparse_context_bytes(sparse_entries, lighthouse_layers)
+    def blocks_needed(self, capacity: int, ctx_entries: int = 0) -> int:
+        """Blocks one sequence reserves: `capacity` positions and a sparse-decode context of `ctx_entries`."""
+        return self.shape.blocks_for(capacity) + (self.shape.ctx_blocks_for(ctx_entries) if ctx_entries else 0)
 
-    def fits_ever(self, nbytes: int) -> bool:
-        return nbytes <= self.budget_bytes
+    def fits_ever(self, blocks: int) -> bool:
+        return blocks <= self.allocator.usable
 
-    def fits_now(self, nbytes: int) -> bool:
-        return self.used_bytes + self.cached_bytes + nbytes <= self.budget_bytes
+    def fits_now(self, blocks: int) -> bool:
+        return blocks <= self.allocator.num_free
 
-    def allocate(self, capacity: int, nbytes: int) -> SequenceKV:
-        """Reserve `nbytes` and allocate buffers for `capacity` positions. Caller checked fits_now()."""
-        s = self.shape
-        shape = (1, s.num_kv_heads, capacity, s.head_dim)
-        k = [torch.empty(shape, dtype=s.dtype, device=s.device) for _ in range(s.num_layers)]
-        v = [torch.empty(shape, dtype=s.dtype, device=s.device) for _ in range(s.num_layers)]
-        self.used_bytes += nbytes
-        return SequenceKV(k=k, v=v, capacity=capacity, reserved_bytes=nbytes)
+    # ---- sequences --------------------------------------------------------------------------------------------
+    def allocate(self, capacity: int, ctx_entries: int = 0, prefix: list[int] = (), prefix_len: int = 0) -> SequenceKV:
+        """A sequence of `capacity` positions whose first `prefix_len` positions are those of the table `prefix`
+        (shared; the partly filled last block is copied). Caller checked fits_now()."""
+        bs = self.block_size
+        full, part = divmod(prefix_len, bs)
+        shared = self.allocator.share(list(prefix[:full]))
+        own = self.allocator.allocate(self.shape.blocks_for(capacity) - full)
+        if part:
+            self.pool.copy_block(prefix[full], own[0], part)
+        ctx = self.allocator.allocate(self.shape.ctx_blocks_for(ctx_entries)) if ctx_entries else []
+        return SequenceKV(blocks=shared + own, length=prefix_len, ctx_blocks=ctx)
+
+    def fork(self, src: SequenceKV) -> SequenceKV:
+        """Another sequence continuing from src's state (the n choices of a request): filled blocks shared, the
+        partly filled last block of each table copied, the rest fresh."""
+        out = self.allocate(len(src.blocks) * self.block_size, 0, src.blocks, src.length)
+        if src.ctx_blocks:
+            r = self.shape.group
+            ctx = self.allocate(len(src.ctx_blocks) * self.block_size, 0, src.ctx_blocks, src.ctx_len * r)
+            out.ctx_blocks, out.ctx_len = ctx.blocks, src.ctx_len
+            out.ctx_hole_start, out.ctx_hole_end = src.ctx_hole_start, src.ctx_hole_end
+        return out
 
     def free(self, kv: SequenceKV | None) -> None:
-        if kv is None or kv.reserved_bytes == 0:
+        if kv is None:
             return
-        self.used_bytes -= kv.reserved_bytes
-        kv.reserved_bytes = 0
-        kv.k.clear(), kv.v.clear(), kv.sparse_k.clear(), kv.sparse_v.clear(), kv.sparse_mask.clear()
+        self.allocator.release(kv.blocks + kv.ctx_blocks)
+        kv.blocks, kv.ctx_blocks, kv.table, kv.ctx_table = [], [], None, None
 
 
 def default_budget_bytes(device: torch.device, fraction: float) -> int:

@@ -6,9 +6,10 @@ Plan for a prompt of N tokens (see `plan_prefill`):
 - sparse: positions [0, split) in one pass where the checkpoint's Lighthouse layers run the op and its
   full-attention layers run dense causal attention; then the tail [split, N) densely against the whole cache.
 - dense: positions [0, N) in one pass of dense causal attention in every layer.
-Only the last position's logits are computed. With sparse decode, each Lighthouse layer also keeps the
-prompt's selected sub-sequence (sparse_context.py) for [0, split).
-A prefix-cache hit (prefix_cache.py says what is reusable) puts positions [0, cached) in the cache first; then
+Only the last position's logits are computed. K/V go to the sequence's blocks of the paged cache (kv_cache.py).
+With sparse decode, each Lighthouse layer also keeps the prompt's selected sub-sequence for [0, split), as the
+op's own call returned it (sparse_context.py), followed by the tail positions, in the sequence's context table.
+A prefix-cache hit (prefix_cache.py says what is reusable) shares positions [0, cached) in the cache first; then
 only [cached, N) run, densely against the cache (for a sparse plan, cached >= split: the whole head was reused).
 """
 
@@ -20,9 +21,12 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from lighthouse.engine.kv_cache import SequenceKV
-from lighthouse.engine.sparse_context import select_context, selected_entries
-from lighthouse.ops.attention import attention_with_cache, causal_attention, repeat_kv
+from lighthouse.engine.kv_cache import KVPool, SequenceKV
+from lighthouse.engine.sparse_context import order_context, real_entries, repeat_to_slots, selected_entries, to_slots
+from lighthouse.model.config import LighthouseConfig
+from lighthouse.model.llama import LlamaForCausalLM
+from lighthouse.ops import lighthouse_attention, lighthouse_attention_with_context
+from lighthouse.ops.attention import attention_with_cache, causal_attention
 
 
 class PrefillAborted(Exception):
@@ -51,21 +55,19 @@ class PrefillPlan:
         return "sparse" if self.sparse else "dense"
 
 
-def lighthouse_config(model):
-    lh = getattr(model.config, "lighthouse", None)
-    if lh is None or not getattr(lh, "enabled", True) or int(getattr(lh, "levels", 0) or 0) < 2:
-        return None
-    return lh
+def lighthouse_config(model: LlamaForCausalLM) -> LighthouseConfig | None:
+    lh = model.config.lighthouse
+    return lh if lh.enabled and lh.levels >= 2 else None
 
 
-def min_sparse_len(lh) -> int:
+def min_sparse_len(lh: LighthouseConfig) -> int:
     from lighthouse.ops import lighthouse_min_seq_len
 
-    op_min = lighthouse_min_seq_len(lh.levels, lh.pooling_factor, lh.topk)
-    return max(op_min, int(getattr(lh, "min_seq_len", 0) or 0))
+    return max(lighthouse_min_seq_len(lh.levels, lh.pooling_factor, lh.topk), lh.min_seq_len)
 
 
-def plan_prefill(model, prompt_len: int, *, prefill: str, decode: str, dense_tail_tokens: int) -> PrefillPlan:
+def plan_prefill(model: LlamaForCausalLM, prompt_len: int, *, prefill: str, decode: str,
+                 dense_tail_tokens: int) -> PrefillPlan:
     lh = lighthouse_config(model)
     split = 0
     if lh is not None and prompt_len - dense_tail_tokens >= min_sparse_len(lh):
@@ -82,8 +84,13 @@ def _positions(start: int, end: int, device) -> Tensor:
     return torch.arange(start, end, device=device)[None]  # (1, n)
 
 
+def _rows(x: Tensor) -> Tensor:
+    return x[0].transpose(0, 1)  # (1, H_kv, n, D) -> (n, H_kv, D)
+
+
 def run_prefill(
-    model,
+    model: LlamaForCausalLM,
+    pool: KVPool,
     kv: SequenceKV,
     prompt_ids: list[int],
     plan: PrefillPlan,
@@ -96,7 +103,7 @@ def run_prefill(
 
     `cached`: positions [0, cached) are in `kv` already (a prefix-cache hit); for a sparse plan 0 or >= split."""
     lh = lighthouse_config(model)
-    device = kv.k[0].device
+    device = pool.k.device
     ids = torch.tensor(prompt_ids, dtype=torch.long, device=device)[None]  # (1, N)
     N = len(prompt_ids)
     if not 0 <= cached < N or (cached and plan.sparse and cached < plan.split) or (cached and plan.sparse_decode):
@@ -104,20 +111,19 @@ def run_prefill(
     split = plan.split
     start = max(split, cached) if plan.sparse else cached  # where the pass against the cache starts (0: none)
     lh_layers = set(plan.lighthouse_layers)
+    table = torch.tensor(kv.blocks, dtype=torch.long)
 
     def head_attention(i: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:  # q (1, H, n, D), k/v (1, H_kv, n, D)
         if should_abort():
             raise PrefillAborted
         n = q.shape[2]
-        kv.k[i][:, :, :n].copy_(k)
-        kv.v[i][:, :, :n].copy_(v)
+        pool.write(i, pool.slots(table, 0, n), _rows(k), _rows(v))
+        kw = dict(levels=lh.levels, pooling_factor=lh.pooling_factor, topk=lh.topk, scorer=lh.scorer) if lh else {}
         if plan.sparse_decode and i in lh_layers:
-            _keep_sparse_context(kv, i, q[:, :, :split], k[:, :, :split], v[:, :, :split], lh, plan)
-        if plan.sparse and i in lh_layers:
-            from lighthouse.ops import lighthouse_attention
-
-            out = lighthouse_attention(q, k, v, levels=lh.levels, pooling_factor=lh.pooling_factor, topk=lh.topk,
-                                       scorer=getattr(lh, "scorer", "norm"))
+            out, k_sel, v_sel, idx = lighthouse_attention_with_context(q, k, v, **kw)
+            _keep_context(pool, kv, i, k_sel, v_sel, real_entries(idx, n, lh.levels, lh.pooling_factor, lh.topk))
+        elif plan.sparse and i in lh_layers:
+            out = lighthouse_attention(q, k, v, **kw)
         else:
             out = causal_attention(q, k, v)
         if on_layer is not None:
@@ -127,49 +133,45 @@ def run_prefill(
     def tail_attention(i: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:  # q (1, H, N - start, D)
         if should_abort():
             raise PrefillAborted
-        kv.k[i][:, :, start:N].copy_(k)
-        kv.v[i][:, :, start:N].copy_(v)
-        out = attention_with_cache(q, kv.k[i][:, :, :N], kv.v[i][:, :, :N])
+        pool.write(i, pool.slots(table, start, N), _rows(k), _rows(v))
+        k_all, v_all = pool.read(i, kv.blocks, N)
+        out = attention_with_cache(q, k_all, v_all)
         if on_layer is not None:
             on_layer(i)
         return out
 
     with torch.no_grad():
         if plan.sparse and not cached:
-            model(ids[:, :split], positions=_positions(0, split, device), attention=head_attention, logits_to_keep=1)
-        if start:
+            out = model(ids[:, :split], positions=_positions(0, split, device), attention=head_attention,
+                        logits_to_keep=1)
+        if start == N:  # no dense tail: the head's last position is the prompt's
+            pass
+        elif start:
             out = model(ids[:, start:], positions=_positions(start, N, device), attention=tail_attention, logits_to_keep=1)
         else:
             out = model(ids, positions=_positions(0, N, device), attention=head_attention, logits_to_keep=1)
     kv.length = N
     if plan.sparse_decode:
-        _append_tail_to_sparse(kv, plan)
+        _append_tail_to_context(pool, kv, plan)
     return out.logits[0, -1].float()
 
 
-def _keep_sparse_context(kv: SequenceKV, i: int, q: Tensor, k: Tensor, v: Tensor, lh, plan: PrefillPlan) -> None:
-    """Store layer i's selected (1, H, S, D) K/V at the front of a buffer with room for every later position."""
-    sel_k, sel_v, valid = select_context(q, k, v, levels=lh.levels, pooling_factor=lh.pooling_factor, topk=lh.topk,
-                                         scorer=getattr(lh, "scorer", "norm"))
-    cap = plan.selected + (kv.capacity - plan.split)
-    B, H, S, D = sel_k.shape
-    buf_k = torch.empty((1, H, cap, D), dtype=sel_k.dtype, device=sel_k.device)
-    buf_v = torch.empty_like(buf_k)
-    buf_k[:, :, :S].copy_(sel_k)
-    buf_v[:, :, :S].copy_(sel_v)
-    kv.sparse_k[i], kv.sparse_v[i] = buf_k, buf_v
-    if valid is not None:  # entries over the op's padding only: never attended
-        mask = torch.ones((1, H, 1, cap), dtype=torch.bool, device=sel_k.device)
-        mask[..., :S] = valid
-        kv.sparse_mask[i] = mask
+def _keep_context(pool: KVPool, kv: SequenceKV, i: int, k_sel: Tensor, v_sel: Tensor, real: Tensor) -> None:
+    """Layer i's selected (1, H, S, D) K/V, real entries first per head, at context entries [0, S)."""
+    k_sel, v_sel, n_real = order_context(k_sel, v_sel, real)
+    H_kv = pool.shape.num_kv_heads
+    S = k_sel.shape[2]
+    pool.write(i, pool.slots(kv.ctx_blocks, 0, S * pool.shape.group), to_slots(k_sel, H_kv), to_slots(v_sel, H_kv))
+    kv.ctx_hole_start, kv.ctx_hole_end, kv.ctx_len = n_real, S, S
 
 
-def _append_tail_to_sparse(kv: SequenceKV, plan: PrefillPlan) -> None:
-    """Positions [split, N) join the sparse buffers at full resolution (heads repeated to H)."""
-    S, split, N = plan.selected, plan.split, kv.length
-    for i, buf_k in kv.sparse_k.items():
-        n_rep = buf_k.shape[1] // kv.k[i].shape[1]
-        buf_k[:, :, S : S + N - split].copy_(repeat_kv(kv.k[i][:, :, split:N], n_rep))
-        kv.sparse_v[i][:, :, S : S + N - split].copy_(repeat_kv(kv.v[i][:, :, split:N], n_rep))
-    kv.sparse_from = split
-    kv.sparse_len = S + N - split
+def _append_tail_to_context(pool: KVPool, kv: SequenceKV, plan: PrefillPlan) -> None:
+    """Positions [split, N) join the context at full resolution, as entries of every head of their group."""
+    S, split, N, r = plan.selected, plan.split, kv.length, pool.shape.group
+    src = pool.slots(kv.blocks, split, N)
+    dst = pool.slots(kv.ctx_blocks, S * r, (S + N - split) * r)
+    for i in plan.lighthouse_layers:
+        k = pool.k[i].flatten(0, 1).index_select(0, src)
+        v = pool.v[i].flatten(0, 1).index_select(0, src)
+        pool.write(i, dst, repeat_to_slots(k, r), repeat_to_slots(v, r))
+    kv.ctx_len = S + N - split

@@ -1,5 +1,5 @@
-"""Prefix caching: a finished request's prompt K/V, kept so that a later prompt starting with the same tokens
-skips prefilling them (a long document asked many questions is prefilled once).
+"""Prefix caching: a finished request's prompt blocks, kept by reference so that a later prompt starting with the
+same tokens skips prefilling them (a long document asked many questions is prefilled once).
 
 What is reused, and why it is exact (never an approximation; outputs do not depend on what ran before):
 
@@ -8,21 +8,19 @@ What is reused, and why it is exact (never an approximation; outputs do not depe
 - Sparse-prefilled prompts (`split > 0`): the Lighthouse op selects per tile over the whole head [0, split)
   (tile spans and top-k depend on every position and on the head's length), so from the first Lighthouse layer
   on, K/V at position t < split depend on tokens after t. The head is therefore reusable only as a unit: by a
-  request whose own plan has the same split and whose first `split` tokens are the same. Then its head pass
-  would compute exactly what the entry holds. Positions after the split (the dense tail, causal against that
-  head) are reusable as far as the tokens match.
+  request whose own plan has the same split and whose first `split` tokens are the same. Positions after the
+  split (the dense tail, causal against that head) are reusable as far as the tokens match.
 - Nothing else: a dense request never reuses a sparse entry, nor a sparse one a dense entry or a head of
-  another length (layers before the first Lighthouse layer would be exact for a partial prefix, but skipping
-  them needs the residual stream and saves only those layers). Requests with sparse decode do not reuse: their
-  selected context is computed from the head's queries, which are not cached.
+  another length. Requests with sparse decode do not reuse: their selected context comes from the head's
+  queries, which are not cached.
 
 "Exact" is the same arithmetic on the same inputs, except that the suffix attends to the cached K/V in a
 separate pass, so results match a cache-less prefill up to floating-point summation order.
 
-Memory: entries are accounted in the KV budget (`KVCacheManager.cached_bytes`) beside the requests'
-reservations; they are evictable, least recently used first, whenever a request or a newer entry needs room.
-Two entries with the same split that share most of their tokens (one document, different questions) are
-merged into their common prefix, so a document asked many questions is held once.
+Memory: an entry holds references to the blocks of its prompt (KVCacheManager's pool), so a hit copies
+nothing but the partly filled last block it continues from, and entries of one document asked different
+questions share that document's blocks. Entries are evicted whole, least recently used first, whenever a
+request needs blocks; a block returns to the free list when no entry and no sequence holds it.
 """
 
 from __future__ import annotations
@@ -41,9 +39,7 @@ from lighthouse.engine.prefill import PrefillPlan
 class CacheEntry:
     tokens: Tensor  # (N,) int64 on the CPU
     split: int  # 0: dense prefill (every prefix exact); > 0: sparse head [0, split), reusable only whole
-    k: list[Tensor]  # per layer (1, H_kv, N, D)
-    v: list[Tensor]
-    nbytes: int
+    blocks: list[int]  # the blocks holding positions [0, N), one reference each
     last_used: int = 0
 
     @property
@@ -54,13 +50,7 @@ class CacheEntry:
 @dataclass
 class CacheHit:
     entry: CacheEntry
-    tokens: int  # positions [0, tokens) are copied from the entry
-
-    def copy_into(self, kv: SequenceKV) -> None:
-        m = self.tokens
-        for i in range(len(kv.k)):
-            kv.k[i][:, :, :m].copy_(self.entry.k[i][:, :, :m])
-            kv.v[i][:, :, :m].copy_(self.entry.v[i][:, :, :m])
+    tokens: int  # positions [0, tokens) come from the entry's blocks
 
 
 def cache_split(plan: PrefillPlan) -> int:
@@ -82,12 +72,15 @@ class PrefixCache:
     entries: list[CacheEntry] = field(default_factory=list)
     _clock: itertools.count = field(default_factory=itertools.count)
 
+    def __post_init__(self) -> None:
+        self.kv.cache_only_blocks = self.cache_only_blocks
+
     # ---- lookup -----------------------------------------------------------------------------------------------
     def match(self, prompt: Tensor, split: int) -> CacheHit | None:
         """The longest reusable prefix for a prompt whose plan prefills [0, split) sparsely (split 0: densely).
 
         At least one prompt position is left to compute (its logits start the generation); a reusable prefix
-        shorter than `min_tokens` is not worth the copy and counts as a miss."""
+        shorter than `min_tokens` counts as a miss."""
         best: CacheHit | None = None
         for e in self.entries:
             if e.split != split:
@@ -102,13 +95,18 @@ class PrefixCache:
         return best
 
     # ---- memory -----------------------------------------------------------------------------------------------
-    def make_room(self, nbytes: int, keep: CacheEntry | None = None) -> bool:
-        """Evict least recently used entries (never `keep`) until `nbytes` more fit the budget. Evicts nothing
-        when that could not make room (the running requests' reservations are in the way)."""
-        held = keep.nbytes if keep is not None and keep in self.entries else 0
-        if self.kv.used_bytes + held + nbytes > self.kv.budget_bytes:
-            return False
-        while not self.kv.fits_now(nbytes):
+    def cache_only_blocks(self) -> int:
+        """Blocks that only entries hold (what evicting every entry would free)."""
+        held: dict[int, int] = {}
+        for e in self.entries:
+            for b in e.blocks:
+                held[b] = held.get(b, 0) + 1
+        refs = self.kv.allocator.refs
+        return sum(1 for b, n in held.items() if refs[b] == n)
+
+    def make_room(self, blocks: int, keep: CacheEntry | None = None) -> bool:
+        """Evict least recently used entries (never `keep`) until `blocks` blocks are free. Whether they are."""
+        while not self.kv.fits_now(blocks):
             victims = [e for e in self.entries if e is not keep]
             if not victims:
                 return False
@@ -121,15 +119,14 @@ class PrefixCache:
 
     def _drop(self, e: CacheEntry) -> None:
         self.entries.remove(e)
-        self.kv.cached_bytes -= e.nbytes
-        e.k.clear(), e.v.clear()
+        self.kv.allocator.release(e.blocks)
+        e.blocks = []
 
     # ---- insertion ----------------------------------------------------------------------------------------------
-    def insert(self, prompt: Tensor, split: int, k: list[Tensor], v: list[Tensor]) -> CacheEntry | None:
-        """Keep positions [0, len(prompt)) of a finished request's per-layer K/V buffers (copied layer by layer,
-        dropping each source buffer as it goes, so the copy needs at most one extra layer of device memory)."""
+    def insert(self, prompt: Tensor, split: int, kv: SequenceKV) -> CacheEntry | None:
+        """Keep the blocks of positions [0, len(prompt)) of a finished sequence (by reference: no copy)."""
         n = int(prompt.shape[0])
-        if n < self.min_tokens:
+        if n < self.min_tokens or kv.length < n:
             return None
         same = [(common_prefix(prompt, e.tokens), e) for e in self.entries if e.split == split]
         for m, e in same:
@@ -139,28 +136,11 @@ class PrefixCache:
         for m, e in same:
             if m == e.length:  # this prompt extends an entry: it replaces it
                 self._drop(e)
-        shared = max(same, key=lambda t: t[0], default=(0, None))
-        m, e = shared
-        if e is not None and e in self.entries and m >= max(split, self.min_tokens) and 2 * m >= max(n, e.length):
-            self._truncate(e, m)  # one document, another question: hold the document once
-            return e
-        nbytes = n * self.kv.shape.bytes_per_token
-        if not self.make_room(nbytes):
-            return None
-        ks, vs = [], []
-        for i in range(len(k)):
-            ks.append(k[i][:, :, :n].clone())
-            vs.append(v[i][:, :, :n].clone())
-            k[i] = v[i] = None  # type: ignore[call-overload]  # free the source layer now
-        entry = CacheEntry(prompt.clone(), split, ks, vs, nbytes, next(self._clock))
+        blocks = self.kv.allocator.share(kv.blocks[: self.kv.shape.blocks_for(n)])
+        entry = CacheEntry(prompt.clone(), split, blocks, next(self._clock))
         self.entries.append(entry)
-        self.kv.cached_bytes += nbytes
         return entry
 
-    def _truncate(self, e: CacheEntry, m: int) -> None:
-        for i in range(len(e.k)):
-            e.k[i] = e.k[i][:, :, :m].clone()
-            e.v[i] = e.v[i][:, :, :m].clone()
-        nbytes = m * self.kv.shape.bytes_per_token
-        self.kv.cached_bytes -= e.nbytes - nbytes
-        e.tokens, e.nbytes, e.last_used = e.tokens[:m].clone(), nbytes, next(self._clock)
+
+def prompt_tensor(ids: list[int]) -> Tensor:
+    return torch.tensor(ids, dtype=torch.long)

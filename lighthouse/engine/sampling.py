@@ -132,28 +132,36 @@ def _filter(logits: Tensor, p: SamplingParams) -> Tensor:
     return logits
 
 
+def _plain(row: SampleRow) -> bool:
+    p = row.params
+    return p.greedy and p.repetition_penalty == 1.0 and not (row.output_counts is not None
+                                                             and (p.presence_penalty or p.frequency_penalty))
+
+
 def sample(logits: Tensor, rows: list[SampleRow]) -> SampleResult:
-    """logits: (B, V) for the B rows' next positions. Returns one token id per row."""
+    """logits: (B, V) for the B rows' next positions. Returns one token id per row.
+
+    Everything stays on the logits' device until one host read of the chosen ids (and one more of the logprobs
+    when a row asked for them): plain greedy rows take one batched argmax; the others are sampled row by row
+    (each with its own generator, so a seeded row does not depend on its batch)."""
     logits = logits.float()
-    want_lp = any(r.params.logprobs is not None for r in rows)
-    logp = torch.log_softmax(logits, dim=-1) if want_lp else None
-    tokens: list[int] = []
+    tokens = torch.argmax(logits, dim=-1)  # (B,): right for every plain greedy row
     for b, row in enumerate(rows):
+        if _plain(row):
+            continue
         x = _penalize(logits[b], row)
         if row.params.greedy:
-            tokens.append(int(torch.argmax(x)))
-            continue
-        probs = _filter(x, row.params).softmax(-1)
-        tokens.append(int(torch.multinomial(probs, 1, generator=row.generator)))
-    chosen_lp = top_lp = None
-    if logp is not None:
-        chosen_lp, top_lp = [], []
-        for b, row in enumerate(rows):
-            chosen_lp.append(float(logp[b, tokens[b]]))
-            k = row.params.logprobs or 0
-            if k > 0:
-                vals, ids = torch.topk(logp[b], k)
-                top_lp.append([(int(i), float(v)) for i, v in zip(ids.tolist(), vals.tolist())])
-            else:
-                top_lp.append([])
-    return SampleResult(tokens, chosen_lp, top_lp)
+            tokens[b] = torch.argmax(x)
+        else:
+            probs = _filter(x, row.params).softmax(-1)
+            tokens[b] = torch.multinomial(probs, 1, generator=row.generator)[0]
+    if not any(r.params.logprobs is not None for r in rows):
+        return SampleResult(tokens.tolist(), None, None)
+    logp = torch.log_softmax(logits, dim=-1)
+    k = max(r.params.logprobs or 0 for r in rows)
+    chosen = logp.gather(1, tokens[:, None])[:, 0]
+    top_v, top_i = torch.topk(logp, k, dim=-1) if k > 0 else (logp[:, :0], tokens[:, None][:, :0])
+    token_list, chosen_lp, top_v, top_i = tokens.tolist(), chosen.tolist(), top_v.tolist(), top_i.tolist()
+    top_lp = [list(zip(top_i[b][: r.params.logprobs or 0], top_v[b][: r.params.logprobs or 0]))
+              for b, r in enumerate(rows)]
+    return SampleResult(token_list, chosen_lp, top_lp)

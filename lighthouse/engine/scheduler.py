@@ -1,4 +1,4 @@
-"""Scheduling policy: FCFS admission bounded by KV cache space and the batch size; prefill and decode alternate.
+"""Scheduling policy: FCFS admission bounded by KV cache blocks and the batch size; prefill and decode alternate.
 
 A step either prefills the request at the head of the queue (when its whole reservation fits now) or decodes
 every running sequence together. After a prefill the next step decodes, so a stream of arrivals cannot starve
@@ -9,17 +9,23 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
-from lighthouse.engine.kv_cache import KVCacheManager
 from lighthouse.engine.sequence import Request, Sequence, Status
 
 
+@dataclass
+class Schedule:
+    """One step's work: a request to prefill, or the sequences to decode (never both)."""
+
+    prefill: Request | None = None
+    decode: list[Sequence] | None = None
+
+
 class Scheduler:
-    def __init__(self, kv: KVCacheManager, max_num_seqs: int,
-                 make_room: Callable[[Request, int], bool] | None = None):
-        self.kv = kv
-        # make_room(request, nbytes): whether nbytes fit now, after freeing what may be freed (the prefix cache)
-        self.make_room = make_room or (lambda _req, nbytes: kv.fits_now(nbytes))
+    def __init__(self, max_num_seqs: int, make_room: Callable[[Request], bool]):
+        # make_room(request): whether its blocks fit now, after freeing what may be freed (the prefix cache)
+        self.make_room = make_room
         self.max_num_seqs = max_num_seqs
         self.waiting: deque[Request] = deque()
         self.running: list[Sequence] = []
@@ -31,22 +37,25 @@ class Scheduler:
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 
-    def next_prefill(self) -> Request | None:
+    def schedule(self) -> Schedule:
+        req = self._next_prefill()
+        if req is not None:
+            return Schedule(prefill=req)
+        batch = [s for s in self.running if s.status is Status.RUNNING][: self.max_num_seqs]
+        return Schedule(decode=batch or None)
+
+    def _next_prefill(self) -> Request | None:
         """The head of the queue if it can start now (and decode did not just get skipped), else None."""
         if not self.waiting or (self._last_was_prefill and self.running):
             self._last_was_prefill = False
             return None
         req = self.waiting[0]
-        n = len(req.seqs)
-        if len(self.running) + n > self.max_num_seqs or not self.make_room(req, n * req.reserve_bytes):
+        if len(self.running) + len(req.seqs) > self.max_num_seqs or not self.make_room(req):
             self._last_was_prefill = False
             return None
         self.waiting.popleft()
         self._last_was_prefill = True
         return req
-
-    def decode_batch(self) -> list[Sequence]:
-        return [s for s in self.running if s.status is Status.RUNNING][: self.max_num_seqs]
 
     def start(self, seqs: list[Sequence]) -> None:
         for s in seqs:

@@ -11,6 +11,8 @@ import torch
 
 from lighthouse.engine.detokenizer import IncrementalText
 from lighthouse.engine.kv_cache import SequenceKV
+from lighthouse.engine.options import RequestOptions
+from lighthouse.engine.prefix_cache import CacheHit
 from lighthouse.engine.prefill import PrefillPlan
 from lighthouse.engine.sampling import SamplingParams
 
@@ -76,20 +78,22 @@ class Request:
     request_id: str
     prompt_ids: list[int]
     params: SamplingParams
-    prefill: str
-    decode: str
-    dense_tail_tokens: int
+    options: RequestOptions  # resolved: no None left
     seqs: list[Sequence]
     plan: PrefillPlan
-    reserve_bytes: int  # per sequence
     capacity: int  # cache positions per sequence
+    ctx_entries: int  # sparse-decode context entries per sequence (0: dense decode)
     arrival: float = field(default_factory=time.monotonic)
     prompt_mask: torch.Tensor | None = None
     aborted: threading.Event = field(default_factory=threading.Event)
     prefill_info: PrefillInfo | None = None
-    cache_prompt: bool = True  # reuse the prefix cache and leave this prompt in it
     prompt_cached: bool = False  # this prompt's K/V went to the prefix cache already (once per request)
     prompt_tensor: torch.Tensor | None = None  # (N,) int64 on the CPU, for prefix-cache matching (made once)
+    hit: "CacheHit | None" = None  # the prefix-cache hit admission planned on (set by the engine)
+
+    @property
+    def cache_prompt(self) -> bool:
+        return self.options.cache_prompt
 
     @property
     def finished(self) -> bool:

@@ -8,11 +8,13 @@ from lighthouse.ops.lighthouse_ref import (
     selected_length,
 )
 from lighthouse.ops.lighthouse_ref import lighthouse_attention as lighthouse_attention_ref
+from lighthouse.ops.paged_attention import paged_decode_attention, paged_decode_attention_ref
 from lighthouse.ops.validation import min_seq_len as lighthouse_min_seq_len
 from lighthouse.ops.validation import padded_len
 
 # The public op. A dispatching version (Triton on GPU) replaces this binding once it exists.
 from lighthouse.ops.dispatch import lighthouse_attention  # noqa: E402  (Triton on CUDA, the reference elsewhere)
+from lighthouse.ops.dispatch import lighthouse_attention_with_context  # noqa: E402
 
 __all__ = [
     "attention_with_cache",
@@ -21,9 +23,12 @@ __all__ = [
     "level_offsets",
     "lighthouse_attention",
     "lighthouse_attention_ref",
+    "lighthouse_attention_with_context",
     "lighthouse_min_seq_len",
     "lighthouse_select",
     "padded_len",
+    "paged_decode_attention",
+    "paged_decode_attention_ref",
     "repeat_kv",
     "selected_length",
 ]

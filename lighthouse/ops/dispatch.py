@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from lighthouse.ops.lighthouse_ref import lighthouse_attention as lighthouse_attention_ref
+from lighthouse.ops.lighthouse_ref import lighthouse_attention_with_context as lighthouse_attention_with_context_ref
 from lighthouse.ops.lighthouse_ref import lighthouse_select as lighthouse_select_ref
 from lighthouse.ops.validation import check_config, check_inputs
 
@@ -118,3 +119,20 @@ def lighthouse_select(
     if scorer == "dilated" and v is None:
         raise ValueError("lighthouse_select(scorer='dilated') needs v=...")
     return _triton_module().lighthouse_select_triton(q, k, v, **kwargs)
+
+
+@torch.no_grad()
+def lighthouse_attention_with_context(
+    q: Tensor, k: Tensor, v: Tensor, *, levels: int, pooling_factor: int, topk: int, scorer: str = "norm",
+    backend: str | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Forward only: (out, k_sel, v_sel, indices), see `lighthouse_ref.lighthouse_attention_with_context`.
+    The selected K/V are the ones the op gathered for its own inner attention: sparse decode keeps them."""
+    check_config(levels, pooling_factor, topk, scorer)
+    check_inputs(q, k, v, levels, pooling_factor, topk)
+    name, reason = choose_backend(q, pooling_factor, backend)
+    _log_choice(name, reason)
+    kwargs = dict(levels=levels, pooling_factor=pooling_factor, topk=topk, scorer=scorer)
+    if name == "torch":
+        return lighthouse_attention_with_context_ref(q, k, v, **kwargs)
+    return _triton_module().lighthouse_attention_triton_inference(q, k, v, return_context=True, **kwargs)

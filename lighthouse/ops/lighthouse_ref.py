@@ -269,19 +269,20 @@ def _lighthouse_padded(
     return attend_selected(q, k, v, sel, levels, pooling_factor)
 
 
+def gather_selected(x: Tensor, sel: Selection, levels: int, pooling_factor: int) -> Tensor:
+    """The selected pyramid entries of x (B, H, N, D) at a valid length: (B, H, S, D) in causal order."""
+    idx = sel.indices[..., None].expand(*sel.indices.shape, x.shape[3])
+    return torch.cat(build_pyramid(x, levels, pooling_factor), dim=2).gather(2, idx)
+
+
 def attend_selected(q: Tensor, k: Tensor, v: Tensor, sel: Selection, levels: int, pooling_factor: int) -> Tensor:
     """Gather the selected pyramid entries, run causal attention over them, scatter back (float32 result).
 
     q, k, v: (B, H, N, D) at a valid length with K/V already repeated per query head.
     """
-    n, D = q.shape[2], q.shape[3]
-    idx = sel.indices[..., None].expand(*sel.indices.shape, D)
-
-    def gathered(x: Tensor) -> Tensor:
-        return torch.cat(build_pyramid(x, levels, pooling_factor), dim=2).gather(2, idx)
-
-    out_sel = causal_attention(gathered(q), gathered(k), gathered(v))
-    return scatter_to_base(out_sel, sel, n, levels, pooling_factor)
+    g = [gather_selected(x, sel, levels, pooling_factor) for x in (q, k, v)]
+    out_sel = causal_attention(*g)
+    return scatter_to_base(out_sel, sel, q.shape[2], levels, pooling_factor)
 
 
 def lighthouse_attention(
@@ -350,3 +351,28 @@ def lighthouse_select(
     n_pad = padded_len(n, levels, pooling_factor, topk)
     q, k, v = pad_seq(q, n_pad), pad_seq(k, n_pad), pad_seq(v, n_pad)
     return _select_padded(q, k, v, n, levels, pooling_factor, topk, scorer).indices
+
+
+@torch.no_grad()
+def lighthouse_attention_with_context(
+    q: Tensor, k: Tensor, v: Tensor, *, levels: int, pooling_factor: int, topk: int, scorer: str = "norm"
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Forward only: the op's output and what it attended, for sparse decode (no second selection).
+
+    Returns (out (B, H, N, D), k_sel (B, H, S, D), v_sel (B, H, S, D), indices (B, H, S) int64): out as
+    `lighthouse_attention`; k_sel / v_sel the pooled K/V entries the op gathered for its inner attention (means
+    over the zero-padded sequence, as the op computes them) in k's dtype; indices as `lighthouse_select`.
+    levels must be >= 2.
+    """
+    check_config(levels, pooling_factor, topk, scorer)
+    check_inputs(q, k, v, levels, pooling_factor, topk)
+    if levels < 2:
+        raise ValueError("lighthouse_attention_with_context needs levels >= 2 (levels=1 selects every position)")
+    n_rep = q.shape[1] // k.shape[1]
+    n = q.shape[2]
+    n_pad = padded_len(n, levels, pooling_factor, topk)
+    qp, kp, vp = (pad_seq(x, n_pad) for x in (q, repeat_kv(k, n_rep), repeat_kv(v, n_rep)))
+    sel = _select_padded(qp, kp, vp, n, levels, pooling_factor, topk, scorer)
+    qs, ks, vs = (gather_selected(x, sel, levels, pooling_factor) for x in (qp, kp, vp))
+    out = scatter_to_base(causal_attention(qs, ks, vs), sel, n_pad, levels, pooling_factor)
+    return out[:, :, :n].to(q.dtype), ks.to(k.dtype), vs.to(v.dtype), sel.indices

@@ -1,9 +1,9 @@
 """Passkey retrieval accuracy of a model, under dense and sparse (Lighthouse) prefill.
 
 A prompt is BOS + a synthetic passkey document of `context` tokens cut just before the key's digits (the
-generator the trainer uses); the model must greedily generate the 5 digits. Sparse prefill runs the
-checkpoint's Lighthouse layers over all but the last `dense_tail_tokens` prompt tokens, then prefills those
-densely against the cache (see lighthouse.model.generate).
+generator the trainer uses); the model must greedily generate the 5 digits, through the serving engine
+(lighthouse.engine.llm.greedy_generate). Sparse prefill runs the checkpoint's Lighthouse layers over all but the
+last `dense_tail_tokens` prompt tokens, then prefills those densely against the cache; decode is dense.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from lighthouse.model.generate import greedy_generate
+from lighthouse.engine.llm import greedy_generate
 from lighthouse.tokenizer import BOS_ID
 from lighthouse.train.synthetic import passkey_doc
 

@@ -31,7 +31,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request, 
                     request_id=new_id("chatcmpl"),
                     include_usage=bool(body.stream_options and body.stream_options.include_usage),
                     logprobs=body.logprobs)
-    gen = Generation(engine, settings, metrics, fmt, prompt_ids, params, body.engine_options(),
+    gen = Generation(engine, settings, metrics, fmt, prompt_ids, params, body.request_options(),
                      prompt_param="messages", return_progress=body.return_progress)
     gen.submit()
     if body.stream:

@@ -35,7 +35,7 @@ async def create_completion(body: CompletionRequest, request: Request, engine: E
     fmt = Formatter(chat=False, model=request.app.state.model_name, tokenizer=engine.tokenizer,
                     request_id=new_id("cmpl"), include_usage=bool(body.stream_options and body.stream_options.include_usage),
                     logprobs=body.logprobs is not None)
-    gen = Generation(engine, settings, metrics, fmt, prompt_ids, params, body.engine_options(),
+    gen = Generation(engine, settings, metrics, fmt, prompt_ids, params, body.request_options(),
                      return_progress=body.return_progress)
     gen.submit()
     if body.stream:

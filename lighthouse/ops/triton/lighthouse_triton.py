@@ -114,9 +114,11 @@ def lighthouse_attention_triton(
 @torch.no_grad()
 def lighthouse_attention_triton_inference(
     q: Tensor, k: Tensor, v: Tensor, *, levels: int, pooling_factor: int, topk: int, scorer: str = "norm",
-    scores: str | int = "auto",
-) -> Tensor:
-    """Forward only (prefill): the same output as `lighthouse_attention_triton`, no autograd state."""
+    scores: str | int = "auto", return_context: bool = False,
+):
+    """Forward only (prefill): the same output as `lighthouse_attention_triton`, no autograd state.
+    return_context: also return the gathered (B, H, S, D) K and V and the (B, H, S) indices, as
+    `lighthouse_ref.lighthouse_attention_with_context` (levels >= 2)."""
     q, k, v = _prepare(q, k, v, levels, pooling_factor, topk, scorer)
     if levels == 1:
         return causal_attention(q, k, v)
@@ -126,8 +128,9 @@ def lighthouse_attention_triton_inference(
     qs, ks, vs = _gather.gather(q, k, v, cq, ck, cv, indices, plan)
     del cq, ck, cv
     o_sel = causal_attention(qs, ks, vs)
-    del qs, ks, vs
-    return _scatter.scatter(o_sel, inv, plan)
+    del qs
+    out = _scatter.scatter(o_sel, inv, plan)
+    return (out, ks, vs, indices) if return_context else out
 
 
 @torch.no_grad()

@@ -1,0 +1,51 @@
+"""Request options: the prefill and decode modes as types, parsed once at the edge (CLI, server schema, settings)
+and passed down as one dataclass. Nothing below the edge re-validates a mode string."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal, get_args
+
+from lighthouse.engine.errors import InvalidRequest
+
+PrefillMode = Literal["sparse", "dense"]
+DecodeMode = Literal["dense", "sparse"]
+PREFILL_MODES: tuple[str, ...] = get_args(PrefillMode)
+DECODE_MODES: tuple[str, ...] = get_args(DecodeMode)
+
+
+def parse_prefill(value: str, *, param: str = "prefill") -> PrefillMode:
+    """A PrefillMode from a string (raises InvalidRequest, a ValueError, naming the choices)."""
+    if value not in PREFILL_MODES:
+        raise InvalidRequest(f"{param} must be one of {list(PREFILL_MODES)}, got {value!r}", param=param)
+    return value  # type: ignore[return-value]
+
+
+def parse_decode(value: str, *, param: str = "decode") -> DecodeMode:
+    if value not in DECODE_MODES:
+        raise InvalidRequest(f"{param} must be one of {list(DECODE_MODES)}, got {value!r}", param=param)
+    return value  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class RequestOptions:
+    """How one request is served. None means: the engine's default (EngineConfig)."""
+
+    prefill: PrefillMode | None = None
+    decode: DecodeMode | None = None
+    dense_tail_tokens: int | None = None
+    cache_prompt: bool = True  # reuse the prefix cache and leave this prompt in it
+
+    def __post_init__(self) -> None:
+        if self.prefill is not None:
+            parse_prefill(self.prefill)
+        if self.decode is not None:
+            parse_decode(self.decode)
+        tail = self.dense_tail_tokens
+        if tail is not None and (not isinstance(tail, int) or isinstance(tail, bool) or tail < 0):
+            raise InvalidRequest(f"dense_tail_tokens must be an integer >= 0, got {tail!r}", param="dense_tail_tokens")
+
+    def resolved(self, prefill: PrefillMode, decode: DecodeMode, dense_tail_tokens: int) -> "RequestOptions":
+        """These options with every None replaced by the given defaults."""
+        return replace(self, prefill=self.prefill or prefill, decode=self.decode or decode,
+                       dense_tail_tokens=dense_tail_tokens if self.dense_tail_tokens is None else self.dense_tail_tokens)

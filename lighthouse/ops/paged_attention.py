@@ -1,0 +1,202 @@
+"""Batched decode attention over a paged KV cache: the torch reference and the one dispatch point.
+
+One query per row against that row's cached entries, rows of different lengths and of two kinds in one call:
+"full cache" rows (every query head reads the same entries, GQA) and "per-query-head context" rows (every
+query head has its own entries, interleaved in the row's slots). `paged_decode_attention` documents the
+contract; `paged_decode_attention_ref` is its readable specification (and the CPU path), the Triton kernel in
+`triton/paged_decode.py` the CUDA path (CUDA-graph capturable).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+
+import torch
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "triton", "torch")
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MIN_BLOCK, MAX_BLOCK = 16, 1024
+
+
+def _is_pow2(x: int) -> bool:
+    return x >= 1 and (x & (x - 1)) == 0
+
+
+def _int32(name: str, t: Tensor, shape: tuple[int, ...], hint: str) -> None:
+    if t.dtype != torch.int32:
+        raise ValueError(f"{name} must be int32 (got {t.dtype}); pass {name}.to(torch.int32)")
+    if tuple(t.shape) != shape:
+        raise ValueError(f"{name} must have shape {shape} {hint} (got {tuple(t.shape)})")
+
+
+def check_paged_inputs(q, k_cache, v_cache, block_tables, seq_lens, per_head, hole_start, hole_end) -> None:
+    """Shapes, dtypes and devices of the contract (no data is read: safe inside CUDA-graph capture)."""
+    if q.dim() != 3:
+        raise ValueError(f"q must be (B, H, D), one query per row (got shape {tuple(q.shape)})")
+    B, H, D = q.shape
+    if k_cache.dim() != 4:
+        raise ValueError(f"k_cache must be (num_blocks, block_size, H_kv, D) (got shape {tuple(k_cache.shape)})")
+    if v_cache.shape != k_cache.shape:
+        raise ValueError(f"v_cache must have k_cache's shape {tuple(k_cache.shape)} (got {tuple(v_cache.shape)})")
+    _, BS, H_kv, Dk = k_cache.shape
+    if Dk != D:
+        raise ValueError(f"k_cache/v_cache head dim {Dk} != q's head dim {D}")
+    if H_kv < 1 or H % H_kv:
+        raise ValueError(f"q's heads H={H} must be a multiple of the cache's KV heads H_kv={H_kv} (GQA)")
+    if q.dtype not in DTYPES:
+        raise ValueError(f"q must be float16, bfloat16 or float32 (got {q.dtype})")
+    if k_cache.dtype != q.dtype or v_cache.dtype != q.dtype:
+        raise ValueError(f"q, k_cache, v_cache must share one dtype (got {q.dtype}, {k_cache.dtype}, {v_cache.dtype})")
+    if not (_is_pow2(BS) and MIN_BLOCK <= BS <= MAX_BLOCK):
+        raise ValueError(f"block_size (k_cache.shape[1]) must be a power of two in [{MIN_BLOCK}, {MAX_BLOCK}] "
+                         f"(got {BS})")
+    if block_tables.dim() != 2 or block_tables.shape[0] != B:
+        raise ValueError(f"block_tables must be (B={B}, max_blocks) (got shape {tuple(block_tables.shape)})")
+    _int32("block_tables", block_tables, tuple(block_tables.shape), "")
+    _int32("seq_lens", seq_lens, (B,), "(entries per row)")
+    _int32("per_head", per_head, (B,), "(0: full-cache row, 1: per-query-head row)")
+    if (hole_start is None) != (hole_end is None):
+        raise ValueError("pass hole_start and hole_end together, or neither")
+    if hole_start is not None:
+        _int32("hole_start", hole_start, (B, H), "(per row and query head)")
+        _int32("hole_end", hole_end, (B,), "(per row)")
+    for t in (k_cache, v_cache, block_tables, seq_lens, per_head, hole_start, hole_end):
+        if t is not None and t.device != q.device:
+            raise ValueError(f"every tensor must be on q's device {q.device} (found one on {t.device})")
+
+
+def paged_decode_attention_ref(
+    q: Tensor, k_cache: Tensor, v_cache: Tensor, block_tables: Tensor, seq_lens: Tensor, per_head: Tensor,
+    hole_start: Tensor | None = None, hole_end: Tensor | None = None, *, scale: float | None = None,
+    num_splits: int | None = None,
+) -> Tensor:
+    """The specification of `paged_decode_attention` (same arguments; num_splits is ignored).
+
+    Vectorized over rows: builds each (row, query head)'s slot list (B, H, Lmax) with Lmax = max(seq_lens),
+    gathers K and V (B, H, Lmax, D), and takes a float32 softmax over the attended entries. Reads seq_lens on
+    the host (one sync), so it is not CUDA-graph capturable; raises ValueError for a row longer than its table.
+    """
+    check_paged_inputs(q, k_cache, v_cache, block_tables, seq_lens, per_head, hole_start, hole_end)
+    B, H, D = q.shape
+    _, BS, H_kv, _ = k_cache.shape
+    r = H // H_kv
+    scale = D**-0.5 if scale is None else float(scale)
+    lens, per = seq_lens.long(), per_head.bool()
+    slots_used = torch.where(per, lens * r, lens)  # (B,)
+    capacity = block_tables.shape[1] * BS
+    if B and int(slots_used.max()) > capacity:
+        raise ValueError(f"a row needs more than its table's {capacity} slots "
+                         "(seq_lens[b], times H/H_kv on per_head rows): grow block_tables")
+    L = int(lens.max()) if B else 0
+    if L == 0:
+        return q.new_zeros(B, H, D)
+    dev = q.device
+    t = torch.arange(L, device=dev)  # (L,) entry index
+    h = torch.arange(H, device=dev)
+    slot = torch.where(per[:, None, None], t * r + (h % r)[:, None], t)  # (B, H, L)
+    keep = t < lens[:, None, None]  # (B, 1, L)
+    if hole_start is not None:
+        keep = keep & ~((t >= hole_start[:, :, None]) & (t < hole_end[:, None, None]))
+    keep = keep.expand(B, H, L)
+    slot = torch.where(keep, slot, 0)  # entries not attended read slot 0 and are masked below
+    page = block_tables.long().gather(1, (slot // BS).reshape(B, H * L)).reshape(B, H, L)
+    page = torch.where(keep, page, 0)  # a padding row's table may hold anything
+    off, g = slot % BS, (h // r)[:, None]
+    k = k_cache[page, off, g]  # (B, H, L, D)
+    scores = torch.einsum("bhd,bhld->bhl", q.float(), k.float()) * scale
+    del k
+    scores = scores.masked_fill(~keep, float("-inf"))
+    m = scores.amax(-1, keepdim=True)
+    p = torch.exp(scores - m.masked_fill(m == float("-inf"), 0.0))  # (B, H, L); 0 where masked
+    denom = p.sum(-1, keepdim=True)  # (B, H, 1); 0 for a head with nothing to attend
+    v = v_cache[page, off, g].float().masked_fill(~keep[..., None], 0.0)  # unattended slots may hold NaN
+    out = torch.einsum("bhl,bhld->bhd", p, v) / torch.where(denom > 0, denom, 1.0)
+    return out.to(q.dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_impl():
+    """The Triton launcher module, or the reason it is unavailable (a string)."""
+    try:
+        from lighthouse.ops.triton import paged_decode  # noqa: PLC0415 - imports triton
+    except Exception as exc:  # triton missing, or a broken install
+        return f"triton unavailable ({type(exc).__name__}: {exc})"
+    return paged_decode
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@functools.lru_cache(maxsize=None)
+def _log_choice(name: str, reason: str) -> None:
+    log.info("paged decode attention backend: %s (%s)", name, reason)
+
+
+def choose_backend(q: Tensor, backend: str | None = None) -> tuple[str, str]:
+    """(backend name, reason). Raises ValueError for an impossible explicit request."""
+    requested = "auto" if backend is None else backend
+    if requested not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS} or None (got {requested!r})")
+    if requested == "torch":
+        return "torch", "requested"
+    impl = _triton_impl()
+    if requested == "triton":
+        if isinstance(impl, str):
+            raise ValueError(f"backend='triton' requested but {impl}")
+        if not (q.is_cuda or _interpreting()):
+            raise ValueError("backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tests)")
+        return "triton", "requested"
+    if isinstance(impl, str):
+        return "torch", impl
+    if not q.is_cuda:
+        return "torch", f"tensors on {q.device.type}"
+    if not impl.supported(q.shape[-1]):
+        return "torch", f"head dim {q.shape[-1]} not supported by the Triton kernel"
+    return "triton", "CUDA"
+
+
+def paged_decode_attention(
+    q: Tensor, k_cache: Tensor, v_cache: Tensor, block_tables: Tensor, seq_lens: Tensor, per_head: Tensor,
+    hole_start: Tensor | None = None, hole_end: Tensor | None = None, *, scale: float | None = None,
+    num_splits: int | None = None, backend: str | None = None,
+) -> Tensor:
+    """Decode attention of one query per row over a paged KV cache.
+
+    q: (B, H, D), RoPE applied; H = H_kv * r (GQA, r >= 1). Query head h = g*r + j reads KV head g = h // r.
+    k_cache, v_cache: (num_blocks, block_size, H_kv, D), q's dtype (float16, bfloat16 or float32); block_size a
+        power of two in [16, 1024]. May be strided views (e.g. `pool[i, 0]`): the last dim must be contiguous,
+        the last three contiguous for full speed.
+    block_tables: (B, max_blocks) int32. Slot s of row b is at block block_tables[b, s // block_size], offset
+        s % block_size. Entries a row does not reach are never read (padding rows may hold zeros).
+    seq_lens: (B,) int32, entries per row (per query head). Row b attends to its entries 0 .. seq_lens[b]-1; a
+        row with 0 entries (CUDA-graph padding) outputs zeros.
+    per_head: (B,) int32 in {0, 1}.
+        0, full-cache row: entry t is slot t, for every query head.
+        1, per-query-head row: entry t of query head h = g*r + j is slot t*r + j (the r heads of a group
+           interleave their entries), read from KV head g. With r = 1 both kinds read slot t.
+        A row needs seq_lens[b] (kind 0) or seq_lens[b]*r (kind 1) slots <= max_blocks * block_size.
+    hole_start: (B, H) int32 and hole_end: (B,) int32, or both None. Entries t with
+        hole_start[b, h] <= t < hole_end[b] are not attended by query head h of row b; hole_start >= hole_end
+        means no hole. Slots not attended (holes, past the length) may hold anything, NaN included.
+    scale: softmax scale, default D**-0.5. Scores and softmax in float32.
+    num_splits: Triton only: thread blocks per (row, KV head) (split-K), default from static shapes and the
+        device's SM count (`paged_decode.default_num_splits`); ignored by the reference.
+    backend: None/"auto" (Triton on CUDA when triton imports and D is a power of two in [16, 256], else the
+        reference), "triton" (on CPU tensors only under TRITON_INTERPRET=1), or "torch" (the reference).
+
+    Returns (B, H, D) in q's dtype: softmax(q.k * scale) v over each head's attended entries; zeros for a head
+    with none. The Triton path does no host sync and allocates only from input shapes (CUDA-graph capturable;
+    warm it up once before capture so that it compiles outside the graph); the reference syncs once.
+    """
+    name, reason = choose_backend(q, backend)
+    _log_choice(name, reason)
+    args = (q, k_cache, v_cache, block_tables, seq_lens, per_head, hole_start, hole_end)
+    if name == "torch":
+        return paged_decode_attention_ref(*args, scale=scale)
+    return _triton_impl().paged_decode(*args, scale=scale, num_splits=num_splits)

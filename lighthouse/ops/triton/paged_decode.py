@@ -1,0 +1,254 @@
+"""Paged decode attention (flash-decoding): the Triton kernels behind `paged_attention.paged_decode_attention`.
+
+One program per (split, KV head g, row b). It loads the r query heads of group g as an (R_PAD, D) tile and walks
+its chunk of the row's slots in tiles of TILE slots: one block-table read per tile when block_size >= TILE (the
+tile is one page), a vector of TILE // block_size reads otherwise; then K and V tiles of (TILE, D), D contiguous
+(16-byte loads). Every K/V element of a full-cache row is read once per KV head; on a per-query-head row, slot s
+belongs to head j = s % r only, so the same contiguous tiles serve the group with a per-(head, slot) mask and
+each slot is again read once. Slots no head attends (past the length, in a hole) are never loaded. Scores
+(R_PAD, TILE) and P.V are tl.dot's (tensor cores for 16-bit inputs, P rounded to the input dtype as in
+FlashAttention; exact fp32 for fp32), softmax online in base 2.
+
+Split-K: a row's slots are cut into num_splits chunks at run time from seq_lens (each a multiple of TILE); with
+num_splits > 1 each program writes its partial (max, sum, acc), empty chunks a neutral one, and
+`_combine_kernel` merges them per (row, query head). num_splits comes from static shapes and the compiled
+kernel's occupancy only (`default_num_splits`: one full wave of programs), so a launch has the same grid and
+buffers for every seq_lens: no host sync, CUDA-graph capturable.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from lighthouse.ops.paged_attention import check_paged_inputs
+from lighthouse.ops.triton.geometry import INTERPRETING
+
+log = logging.getLogger(__name__)
+
+TILE = 128 if INTERPRETING else 64  # slots per loop step (TILE // block_size pages when block_size < TILE)
+WAVES = 1  # default split-K fills this many waves of programs (see default_num_splits)
+MIN_CHUNK = 512  # ... but no split gets fewer than this many of the table's slots
+MAX_SPLITS = 256
+NUM_WARPS, NUM_STAGES = 4, 3
+FALLBACK_RESIDENT = 4
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _paged_decode_kernel(
+    q_ptr, k_ptr, v_ptr, bt_ptr, len_ptr, per_ptr, hs_ptr, he_ptr, o_ptr, m_ptr, l_ptr,
+    qk_scale, H, MAX_SLOTS, SPLITS,
+    sq_b, sq_h, sk_blk, sk_slot, sk_h, sv_blk, sv_slot, sv_h, sbt_b,
+    D: tl.constexpr, R: tl.constexpr, R_PAD: tl.constexpr, BS: tl.constexpr, TILE: tl.constexpr,
+    SPLIT: tl.constexpr, HAS_HOLE: tl.constexpr, F32_DOT: tl.constexpr,
+):
+    split = tl.program_id(0)
+    g = tl.program_id(1)
+    b = tl.program_id(2)
+    j = tl.arange(0, R_PAD)  # query head within the group
+    d = tl.arange(0, D)
+    head = g * R + j
+    live = j < R
+    seq_len = tl.load(len_ptr + b)
+    kind = tl.load(per_ptr + b)
+    per = kind != 0  # per-query-head row
+    full = kind == 0  # full-cache row
+    n_slots = tl.minimum(tl.where(per, seq_len * R, seq_len), MAX_SLOTS)
+    chunk = tl.cdiv(tl.cdiv(n_slots, SPLITS), TILE) * TILE
+    start = split * chunk
+    end = tl.minimum(start + chunk, n_slots)
+
+    q = tl.load(q_ptr + b.to(tl.int64) * sq_b + head[:, None] * sq_h + d[None, :], mask=live[:, None], other=0.0)
+    if F32_DOT:  # exact fp32 products (fp32 inputs; and the interpreter, whose 16-bit dot is wrong)
+        q = q.to(tl.float32)
+    if HAS_HOLE:
+        hs = tl.load(hs_ptr + b * H + head, mask=live, other=0)
+        he = tl.load(he_ptr + b)
+    k_row = k_ptr + g.to(tl.int64) * sk_h
+    v_row = v_ptr + g.to(tl.int64) * sv_h
+    bt_row = bt_ptr + b.to(tl.int64) * sbt_b
+
+    m_i = tl.full([R_PAD], float("-inf"), tl.float32)  # running max, base-2 units
+    l_i = tl.zeros([R_PAD], dtype=tl.float32)
+    acc = tl.zeros([R_PAD, D], dtype=tl.float32)
+    for s0 in range(start, end, TILE):
+        s = s0 + tl.arange(0, TILE)  # (TILE,) slots
+        t = tl.where(per, s // R, s)  # entry index of each slot
+        mine = ((s % R)[None, :] == j[:, None]) | full  # per-query-head rows: slot s is head s % R's
+        ok = live[:, None] & (s < end)[None, :] & mine  # (R_PAD, TILE)
+        if HAS_HOLE:
+            ok = ok & ((t[None, :] < hs[:, None]) | (t[None, :] >= he))
+        used = tl.max(ok.to(tl.int32), axis=0) > 0  # slots some head attends: the only ones loaded
+        if TILE <= BS:  # one page: one table read
+            page = tl.load(bt_row + s0 // BS).to(tl.int64)
+        else:  # TILE // BS pages
+            page = tl.load(bt_row + s // BS, mask=s < end, other=0).to(tl.int64)[:, None]
+        off = page * sk_blk + (s % BS)[:, None] * sk_slot + d[None, :]  # (TILE, D), D contiguous
+        k = tl.load(k_row + off, mask=used[:, None], other=0.0)
+        if F32_DOT:
+            qk = tl.dot(q, tl.trans(k.to(tl.float32)), input_precision="ieee")
+        else:
+            qk = tl.dot(q, tl.trans(k))
+        qk = tl.where(ok, qk * qk_scale, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, axis=1))
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # a head with nothing yet: keep zeros, no NaN
+        alpha = tl.exp2(m_i - m_use)
+        p = tl.exp2(qk - m_use[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        v = tl.load(v_row + page * sv_blk + (s % BS)[:, None] * sv_slot + d[None, :], mask=used[:, None], other=0.0)
+        pv = p.to(v.dtype)  # rounded like the GPU's 16-bit dot operand (a no-op for fp32)
+        if F32_DOT:
+            acc = acc * alpha[:, None] + tl.dot(pv.to(tl.float32), v.to(tl.float32), input_precision="ieee")
+        else:
+            acc = acc * alpha[:, None] + tl.dot(pv, v)
+        m_i = m_new
+
+    bh = b.to(tl.int64) * H + head  # (R_PAD,)
+    if not SPLIT:  # the only program of its (row, group): write the output itself
+        out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+        tl.store(o_ptr + bh[:, None] * D + d[None, :], out.to(o_ptr.dtype.element_ty), mask=live[:, None])
+    else:
+        part = bh * SPLITS + split
+        tl.store(o_ptr + part[:, None] * D + d[None, :], acc, mask=live[:, None])
+        tl.store(m_ptr + part, m_i, mask=live)
+        tl.store(l_ptr + part, l_i, mask=live)
+
+
+@triton.jit
+def _combine_kernel(acc_ptr, m_ptr, l_ptr, o_ptr, SPLITS, S_BLOCK: tl.constexpr, D: tl.constexpr):
+    """One program per (row, query head): out = sum_s w_s acc_s / sum_s w_s l_s, w_s = 2^(m_s - max m)."""
+    bh = tl.program_id(0).to(tl.int64)
+    d = tl.arange(0, D)
+    m_run = tl.full([], float("-inf"), tl.float32)
+    num = tl.zeros([D], dtype=tl.float32)
+    den = tl.zeros([], dtype=tl.float32)
+    for s0 in range(0, SPLITS, S_BLOCK):  # online over blocks of splits, as the main kernel over tiles
+        sp = s0 + tl.arange(0, S_BLOCK)
+        ok = sp < SPLITS
+        m = tl.load(m_ptr + bh * SPLITS + sp, mask=ok, other=float("-inf"))
+        lsum = tl.load(l_ptr + bh * SPLITS + sp, mask=ok, other=0.0)
+        acc = tl.load(acc_ptr + (bh * SPLITS + sp)[:, None] * D + d[None, :], mask=ok[:, None], other=0.0)
+        m_new = tl.maximum(m_run, tl.max(m, axis=0))
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # empty splits (m = -inf) weigh 0
+        alpha = tl.exp2(m_run - m_use)
+        w = tl.exp2(m - m_use)
+        num = num * alpha + tl.sum(w[:, None] * acc, axis=0)
+        den = den * alpha + tl.sum(w * lsum, axis=0)
+        m_run = m_new
+    out = num / tl.where(den > 0, den, 1.0)
+    tl.store(o_ptr + bh * D + d, out.to(o_ptr.dtype.element_ty))
+
+
+def supported(head_dim: int) -> bool:
+    return 16 <= head_dim <= 256 and head_dim & (head_dim - 1) == 0
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 1  # the interpreter: one "SM", few programs
+
+
+def resident_programs(kernel, device: torch.device) -> int:
+    """How many programs of a compiled kernel one SM holds at once (threads, registers, shared memory)."""
+    props = torch.cuda.get_device_properties(device)
+    if getattr(kernel, "n_regs", None) is None:  # Triton loads the binary (and learns its registers) lazily
+        kernel._init_handles()
+    warps = kernel.metadata.num_warps
+    by_threads = getattr(props, "max_threads_per_multi_processor", 2048) // (32 * warps)
+    regs_per_warp = -(-max(kernel.n_regs, 1) * 32 // 256) * 256  # allocated per warp in units of 256
+    by_regs = getattr(props, "regs_per_multiprocessor", 65536) // regs_per_warp // warps
+    smem = kernel.metadata.shared
+    by_smem = getattr(props, "shared_memory_per_multiprocessor", 228 * 1024) // (smem + 1024) if smem else by_threads
+    return max(1, min(by_threads, by_regs, by_smem))
+
+
+def default_num_splits(B: int, H_kv: int, max_slots: int, device: torch.device, resident: int = 1) -> int:
+    """Split-K factor from static shapes only.
+
+    Fill one wave: as many programs as the SMs hold at once (SMs x `resident` programs each), never more, since a
+    second, part-filled wave would make every row wait for it; no split shorter than MIN_CHUNK of the table's
+    slots. A batch that fills the GPU by itself is not split."""
+    rows = max(1, B * H_kv)
+    want = WAVES * _sm_count(device) * resident // rows
+    return max(1, min(want, triton.cdiv(max(max_slots, 1), MIN_CHUNK), MAX_SPLITS))
+
+
+def _check_layout(q: Tensor, k_cache: Tensor, v_cache: Tensor, block_tables: Tensor, *small: Tensor | None) -> None:
+    if not supported(q.shape[-1]):
+        raise ValueError(f"the Triton kernel needs a power-of-two head dim in [16, 256] (got {q.shape[-1]}); "
+                         "use backend='torch'")
+    for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache), ("block_tables", block_tables)):
+        if t.stride(-1) != 1:
+            raise ValueError(f"{name} must be contiguous in its last dim (strides {t.stride()}); "
+                             f"pass {name}.contiguous()")
+    for name, t in zip(("seq_lens", "per_head", "hole_start", "hole_end"), small):
+        if t is not None and not t.is_contiguous():
+            raise ValueError(f"{name} must be contiguous (strides {t.stride()}); pass {name}.contiguous()")
+
+
+_RESIDENT: dict[tuple, int] = {}  # (device, compile-time constants) -> resident programs per SM
+
+
+def _resident_for(args: tuple, consts: dict, device: torch.device) -> int:
+    if device.type != "cuda":
+        return 1
+    key = (device.index, tuple(a.dtype if isinstance(a, Tensor) else None for a in args), tuple(sorted(consts.items())))
+    if key not in _RESIDENT:  # compiles (no launch) the split variant once per key
+        try:
+            kernel = _paged_decode_kernel.warmup(*args, grid=(1,), SPLIT=True, **consts)
+            _RESIDENT[key] = resident_programs(kernel, device)
+        except Exception as exc:  # a Triton without these internals: a typical value (4 at D=128, bf16)
+            log.warning("paged decode: occupancy unknown (%s: %s); assuming %d programs per SM",
+                        type(exc).__name__, exc, FALLBACK_RESIDENT)
+            _RESIDENT[key] = FALLBACK_RESIDENT
+    return _RESIDENT[key]
+
+
+def paged_decode(
+    q: Tensor, k_cache: Tensor, v_cache: Tensor, block_tables: Tensor, seq_lens: Tensor, per_head: Tensor,
+    hole_start: Tensor | None = None, hole_end: Tensor | None = None, *, scale: float | None = None,
+    num_splits: int | None = None,
+) -> Tensor:
+    """The Triton path of `paged_attention.paged_decode_attention` (read its docstring): (B, H, D) in q's dtype."""
+    check_paged_inputs(q, k_cache, v_cache, block_tables, seq_lens, per_head, hole_start, hole_end)
+    _check_layout(q, k_cache, v_cache, block_tables, seq_lens, per_head, hole_start, hole_end)
+    if num_splits is not None and (not isinstance(num_splits, int) or isinstance(num_splits, bool)
+                                   or not 1 <= num_splits <= MAX_SPLITS):
+        raise ValueError(f"num_splits must be an int in [1, {MAX_SPLITS}] or None (got {num_splits!r})")
+    B, H, D = q.shape
+    _, BS, H_kv, _ = k_cache.shape
+    r = H // H_kv
+    max_slots = block_tables.shape[1] * BS
+    scale = D**-0.5 if scale is None else float(scale)
+    out = torch.empty(B, H, D, device=q.device, dtype=q.dtype)
+    if B == 0:
+        return out
+    has_hole = hole_start is not None
+    consts = dict(D=D, R=r, R_PAD=max(16, triton.next_power_of_2(r)), BS=BS, TILE=TILE, HAS_HOLE=has_hole,
+                  F32_DOT=q.dtype == torch.float32 or INTERPRETING, num_warps=NUM_WARPS, num_stages=NUM_STAGES)
+
+    def args(part, m, lsum, splits):
+        return (q, k_cache, v_cache, block_tables, seq_lens, per_head, hole_start if has_hole else seq_lens,
+                hole_end if has_hole else seq_lens, part, m, lsum, scale * LOG2E, H, max_slots, splits,
+                q.stride(0), q.stride(1), *k_cache.stride()[:3], *v_cache.stride()[:3], block_tables.stride(0))
+
+    if num_splits is None:
+        resident = _resident_for(args(out, out, out, 2), consts, q.device)
+        num_splits = default_num_splits(B, H_kv, max_slots, q.device, resident)
+    if num_splits == 1:  # the kernel writes the output itself
+        _paged_decode_kernel[(1, H_kv, B)](*args(out, out, out, 1), SPLIT=False, **consts)
+        return out
+    part = torch.empty(B, H, num_splits, D, device=q.device, dtype=torch.float32)
+    m = torch.empty(B, H, num_splits, device=q.device, dtype=torch.float32)
+    lsum = torch.empty_like(m)
+    _paged_decode_kernel[(num_splits, H_kv, B)](*args(part, m, lsum, num_splits), SPLIT=True, **consts)
+    _combine_kernel[(B * H,)](part, m, lsum, out, num_splits, S_BLOCK=min(32, triton.next_power_of_2(num_splits)),
+                              D=D, num_warps=4)
+    return out
