@@ -170,3 +170,24 @@ def test_usable_capacity_is_at_least_95_percent_of_the_budget():
     eng = engine(model, kv_cache_bytes=64 << 20, block_size=128)
     assert eng.kv.allocator.usable * eng.kv.shape.bytes_per_block >= 0.95 * (64 << 20)
     assert eng.max_model_len == min(eng.kv.max_tokens, model.config.max_position_embeddings)
+
+
+@pytest.mark.parametrize("H,H_kv,start,n", [(4, 2, 50, 61), (4, 4, 0, 9), (8, 2, 200, 333)])
+def test_a_cached_tail_attends_causally_through_the_paged_kernel_layout(H, H_kv, start, n):
+    """The dense tail / a prefix-cache suffix on GPU: each query as one more head of its group, a hole after it."""
+    from lighthouse.engine.prefill import CachedTail
+    from lighthouse.ops import attention_with_cache
+
+    torch.manual_seed(start + n)
+    D, bs = 16, 16
+    shape = CacheShape(1, H_kv, H, D, torch.float32, torch.device("cpu"), bs)
+    kv = KVCacheManager(shape, 64 * shape.bytes_per_block)
+    seq = kv.allocate(n)
+    k, v = torch.randn(1, H_kv, n, D), torch.randn(1, H_kv, n, D)
+    kv.pool.write(0, kv.pool.slots(seq.blocks, 0, n), k[0].transpose(0, 1), v[0].transpose(0, 1))
+    q = torch.randn(1, H, n - start, D)
+    tail = CachedTail(True, start, n, torch.tensor([seq.blocks], dtype=torch.int32))
+    tail.ROWS = 8  # several kernel calls per tail
+    out = tail.attention(q, kv.pool.k[0], kv.pool.v[0])
+    ref = attention_with_cache(q, k, v)
+    assert torch.allclose(out, ref, atol=1e-5), f"max diff {(out - ref).abs().max():.2e}"

@@ -164,3 +164,40 @@ def test_config_round_trips_through_hf_dict_and_rejects_bad_values():
         ModelConfig(num_hidden_layers=2, lighthouse=LighthouseConfig(full_attn_layers=[5]))
     with pytest.raises(ValueError, match="rope_scaling type"):
         ModelConfig(rope_scaling={"rope_type": "yarn", "factor": 2.0})
+
+
+def test_fused_projections_change_no_logit_and_never_train():
+    from lighthouse.model.presets import model_preset
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(model_preset("tiny")).eval()
+    ids = torch.randint(0, 300, (2, 50))
+    with torch.no_grad():
+        before = model(ids).logits
+        model.fuse_projections()
+        after = model(ids).logits
+    assert torch.allclose(before, after, atol=1e-6)
+    out = model(ids, labels=ids)  # with gradients: the parameters, not the inference copies
+    out.loss.backward()
+    assert model.model.layers[0].self_attn.q_proj.weight.grad is not None
+    assert model.model.layers[0].mlp.gate_proj.weight.grad is not None
+    assert "_fused_weights" not in "".join(model.state_dict())
+
+
+def test_fused_projections_are_dropped_when_a_weight_changes():
+    from lighthouse.model.presets import model_preset
+
+    torch.manual_seed(1)
+    model = LlamaForCausalLM(model_preset("tiny")).eval()
+    ids = torch.randint(0, 300, (1, 20))
+    model.fuse_projections()
+    with torch.no_grad():
+        model.model.layers[0].mlp.up_proj.weight.mul_(2.0)  # as an optimizer step does: in place
+        model.model.layers[1].self_attn.k_proj.weight.add_(0.1)
+        fused = model(ids).logits
+    for layer in model.model.layers:  # the plain parameters everywhere
+        layer.mlp.__dict__.pop("_fused_weights", None)
+        layer.self_attn.__dict__.pop("_fused_weights", None)
+    with torch.no_grad():
+        plain = model(ids).logits
+    assert torch.allclose(fused, plain, atol=1e-6)

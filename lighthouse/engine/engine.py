@@ -8,6 +8,7 @@ reference). `abort_request` is safe to call from any thread (it also stops a pre
 
 from __future__ import annotations
 
+import array
 import logging
 import threading
 import time
@@ -83,8 +84,9 @@ class LLMEngine:
         n_prompt = len(prompt_ids)
         if n_prompt == 0:
             raise InvalidRequest("the prompt is empty; send at least one token", param="prompt")
-        if min(prompt_ids) < 0 or max(prompt_ids) >= self.vocab_size:
-            raise InvalidRequest(f"prompt token ids must be in [0, {self.vocab_size})", param="prompt")
+        prompt = _id_tensor(prompt_ids)
+        if prompt is None or int(prompt.min()) < 0 or int(prompt.max()) >= self.vocab_size:
+            raise InvalidRequest(f"prompt token ids must be integers in [0, {self.vocab_size})", param="prompt")
         if n_prompt >= self.max_model_len:
             raise InvalidRequest(
                 f"This model's maximum context length is {self.max_model_len} tokens, but the prompt has {n_prompt} "
@@ -105,7 +107,7 @@ class LLMEngine:
                             dense_tail_tokens=opts.dense_tail_tokens)
         capacity = n_prompt + params.max_tokens
         ctx_entries = plan.selected + capacity - plan.split if plan.sparse_decode else 0
-        req = Request(request_id, list(prompt_ids), params, opts, [], plan, capacity, ctx_entries)
+        req = Request(request_id, list(prompt_ids), params, opts, [], plan, capacity, ctx_entries, prompt_tensor=prompt)
         blocks = self._blocks_needed(req, None)
         if not self.kv.fits_ever(blocks):
             raise InvalidRequest(
@@ -209,7 +211,7 @@ class LLMEngine:
         try:
             first = seqs[0]
             first.kv = self.kv.allocate(req.capacity, req.ctx_entries, hit.entry.blocks if hit else [], cached)
-            logits = self.runner.prefill(first.kv, req.prompt_ids, plan, cached=cached,
+            logits = self.runner.prefill(first.kv, _prompt_tensor(req), plan, cached=cached,
                                          should_abort=req.aborted.is_set, on_layer=on_layer)
             for s in seqs[1:]:
                 s.kv = self.kv.fork(first.kv)
@@ -279,3 +281,12 @@ def _prompt_tensor(req: Request) -> torch.Tensor:
     if req.prompt_tensor is None:
         req.prompt_tensor = torch.tensor(req.prompt_ids, dtype=torch.long)
     return req.prompt_tensor
+
+
+def _id_tensor(ids: list[int]) -> torch.Tensor | None:
+    """(N,) int64 on the CPU (array-backed: a 512K-token prompt converts in milliseconds); None if an id is not
+    an integer that fits int64."""
+    try:
+        return torch.frombuffer(array.array("q", ids), dtype=torch.long).clone()
+    except (OverflowError, TypeError):
+        return None

@@ -47,9 +47,11 @@ class DecodeInputs:
 
     def __init__(self, max_batch: int, max_blocks: int, num_heads: int, device: torch.device):
         z = dict(device=device, dtype=torch.int32)
-        self.ids = torch.zeros(max_batch, dtype=torch.long, device=device)
-        self.pos = torch.zeros(max_batch, dtype=torch.long, device=device)  # RoPE position = full-cache length
-        self.entry = torch.zeros(2, max_batch, dtype=torch.int32, device=device)  # per kind: where the new K/V go
+        # what changes every step, in one buffer so that one host-to-device copy moves it
+        self.meta = torch.zeros(4, max_batch, dtype=torch.long, device=device)
+        self.ids = self.meta[0]  # the last sampled token of each row
+        self.pos = self.meta[1]  # RoPE position = full-cache length
+        self.entry = self.meta[2:4]  # per kind: the entry index the new K/V go to
         self.tables = torch.zeros(2, max_batch, max_blocks, **z)
         self.per_head = torch.zeros(2, max_batch, **z)
         self.hole_start = torch.zeros(2, max_batch, num_heads, **z)
@@ -62,6 +64,8 @@ class ModelRunner:
     def __init__(self, model: LlamaForCausalLM, kv: KVCacheManager, *, max_batch: int, max_model_len: int,
                  enforce_eager: bool = False, graph_max_batch: int | None = None):
         self.model = model
+        if kv.shape.device.type == "cuda":
+            model.fuse_projections()  # two GEMMs per layer where five ran (decode is launch- and GEMV-bound)
         self.kv = kv
         self.pool = kv.pool
         s = kv.shape
@@ -77,7 +81,7 @@ class ModelRunner:
         self._graph_pool = None
 
     # ---- prefill ----------------------------------------------------------------------------------------------
-    def prefill(self, kv: SequenceKV, prompt_ids: list[int], plan: PrefillPlan, *, cached: int,
+    def prefill(self, kv: SequenceKV, prompt_ids: Tensor, plan: PrefillPlan, *, cached: int,
                 should_abort: Callable[[], bool], on_layer: Callable[[int], None]) -> Tensor:
         """The prompt's K/V into kv's blocks; the last position's logits (V,) float32."""
         return run_prefill(self.model, self.pool, kv, prompt_ids, plan, cached=cached, should_abort=should_abort,
@@ -109,14 +113,12 @@ class ModelRunner:
     def _fill_inputs(self, kvs: list[SequenceKV], last_tokens: list[int]) -> None:
         inp, B = self.inputs, len(kvs)
         host = inp.host
-        host[:, :B] = torch.tensor([last_tokens, [kv.length for kv in kvs],
-                                    [kv.length for kv in kvs], [kv.ctx_len if kv.sparse else kv.length for kv in kvs]])
+        lengths = [kv.length for kv in kvs]
+        host[:, :B] = torch.tensor([last_tokens, lengths, lengths,
+                                    [kv.ctx_len if kv.sparse else kv.length for kv in kvs]])
         n = inp.ids.shape[0]
         host[:, B:] = 0
-        dev = host.to(self.device, non_blocking=True)
-        inp.ids.copy_(dev[0])
-        inp.pos.copy_(dev[1])
-        inp.entry.copy_(dev[2:4].to(torch.int32))
+        inp.meta.copy_(host, non_blocking=True)  # host is pinned; it is rewritten only after the step's sync
         key = tuple(id(kv) for kv in kvs)
         if key != inp.batch_key:  # tables change only when the batch does (capacity is reserved up front)
             self._fill_tables(kvs, n)
@@ -146,7 +148,7 @@ class ModelRunner:
     def _forward(self, B: int) -> Tensor:
         """The decode step over the first B rows of the static inputs (eager, or being captured)."""
         inp, r, bs = self.inputs, self.r, self.bs
-        entry = inp.entry[:, :B].long()  # (2, B)
+        entry = inp.entry[:, :B]  # (2, B) int64
         per_head = inp.per_head[:, :B].long()
         j = torch.arange(r, device=self.device)
         e = entry[..., None] * (1 + per_head[..., None] * (r - 1)) + j * per_head[..., None]  # (2, B, r) slots
@@ -179,7 +181,7 @@ class ModelRunner:
     def _capture(self, bucket: int) -> _Graph:
         inp = self.inputs
         inp.batch_key = None
-        inp.ids[:bucket].zero_(), inp.pos[:bucket].zero_(), inp.entry[:, :bucket].zero_()
+        inp.meta[:, :bucket].zero_()
         inp.tables[:, :bucket].zero_(), inp.per_head[:, :bucket].zero_()
         inp.hole_start[:, :bucket].zero_(), inp.hole_end[:, :bucket].zero_()
         stream = torch.cuda.Stream(self.device)

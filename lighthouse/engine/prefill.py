@@ -27,6 +27,7 @@ from lighthouse.model.config import LighthouseConfig
 from lighthouse.model.llama import LlamaForCausalLM
 from lighthouse.ops import lighthouse_attention, lighthouse_attention_with_context
 from lighthouse.ops.attention import attention_with_cache, causal_attention
+from lighthouse.ops.paged_attention import paged_decode_attention
 
 
 class PrefillAborted(Exception):
@@ -104,20 +105,24 @@ def run_prefill(
     `cached`: positions [0, cached) are in `kv` already (a prefix-cache hit); for a sparse plan 0 or >= split."""
     lh = lighthouse_config(model)
     device = pool.k.device
-    ids = torch.tensor(prompt_ids, dtype=torch.long, device=device)[None]  # (1, N)
-    N = len(prompt_ids)
+    prompt = torch.as_tensor(prompt_ids, dtype=torch.long)  # (N,) on the CPU
+    N = int(prompt.shape[0])
     if not 0 <= cached < N or (cached and plan.sparse and cached < plan.split) or (cached and plan.sparse_decode):
         raise ValueError(f"cannot resume a prefill of {N} tokens (split {plan.split}) at position {cached}")
     split = plan.split
     start = max(split, cached) if plan.sparse else cached  # where the pass against the cache starts (0: none)
+    head_end = split if plan.sparse and not cached else (0 if start else N)  # the pass from position 0, if any
     lh_layers = set(plan.lighthouse_layers)
     table = torch.tensor(kv.blocks, dtype=torch.long)
+    tail = CachedTail.make(pool, kv.blocks, start, N) if start and start < N else None
+    head_slots = pool.slots(table, 0, head_end) if head_end else None  # the same in every layer: made once
+    tail_slots = pool.slots(table, start, N) if tail is not None else None
 
     def head_attention(i: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:  # q (1, H, n, D), k/v (1, H_kv, n, D)
         if should_abort():
             raise PrefillAborted
         n = q.shape[2]
-        pool.write(i, pool.slots(table, 0, n), _rows(k), _rows(v))
+        pool.write(i, head_slots, _rows(k), _rows(v))
         kw = dict(levels=lh.levels, pooling_factor=lh.pooling_factor, topk=lh.topk, scorer=lh.scorer) if lh else {}
         if plan.sparse_decode and i in lh_layers:
             out, k_sel, v_sel, idx = lighthouse_attention_with_context(q, k, v, **kw)
@@ -133,27 +138,68 @@ def run_prefill(
     def tail_attention(i: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:  # q (1, H, N - start, D)
         if should_abort():
             raise PrefillAborted
-        pool.write(i, pool.slots(table, start, N), _rows(k), _rows(v))
-        k_all, v_all = pool.read(i, kv.blocks, N)
-        out = attention_with_cache(q, k_all, v_all)
+        pool.write(i, tail_slots, _rows(k), _rows(v))
+        if tail.paged:
+            out = tail.attention(q, pool.k[i], pool.v[i])
+        else:
+            k_all, v_all = pool.read(i, kv.blocks, N)
+            out = attention_with_cache(q, k_all, v_all)
         if on_layer is not None:
             on_layer(i)
         return out
 
     with torch.no_grad():
-        if plan.sparse and not cached:
-            out = model(ids[:, :split], positions=_positions(0, split, device), attention=head_attention,
-                        logits_to_keep=1)
-        if start == N:  # no dense tail: the head's last position is the prompt's
-            pass
-        elif start:
-            out = model(ids[:, start:], positions=_positions(start, N, device), attention=tail_attention, logits_to_keep=1)
-        else:
-            out = model(ids, positions=_positions(0, N, device), attention=head_attention, logits_to_keep=1)
+        if head_end:  # positions [0, head_end): the sparse head, or the whole prompt densely
+            out = model(prompt[None, :head_end].to(device), positions=_positions(0, head_end, device),
+                        attention=head_attention, logits_to_keep=1)
+        if tail is not None:  # positions [start, N) against the cache
+            out = model(prompt[None, start:].to(device), positions=_positions(start, N, device),
+                        attention=tail_attention, logits_to_keep=1)
     kv.length = N
     if plan.sparse_decode:
         _append_tail_to_context(pool, kv, plan)
     return out.logits[0, -1].float()
+
+
+@dataclass
+class CachedTail:
+    """Causal attention of the queries at positions [start, N) against a table's entries [0, N).
+
+    On CUDA (`paged`) it runs the paged decode kernel over the table itself, no copy of the cache: the query of
+    position t becomes one more query head of its KV group, and a per-head hole [t + 1, N) masks the positions
+    after it (bottom-right causal alignment). Elsewhere the caller reads the cache out and uses dense attention."""
+
+    paged: bool
+    start: int
+    n: int
+    table: Tensor | None = None  # (1, blocks) int32 on the device
+
+    MAX_QUERIES = 256  # longer tails use dense attention over the read-out cache
+    ROWS = 64  # queries x group heads per kernel call
+
+    @staticmethod
+    def make(pool: KVPool, blocks: list[int], start: int, n: int) -> "CachedTail":
+        paged = pool.k.is_cuda and n - start <= CachedTail.MAX_QUERIES
+        table = torch.tensor([blocks], dtype=torch.int32, device=pool.k.device) if paged else None
+        return CachedTail(paged, start, n, table)
+
+    def attention(self, q: Tensor, k_cache: Tensor, v_cache: Tensor) -> Tensor:  # q (1, H, n - start, D)
+        _, H, Nq, D = q.shape
+        H_kv = k_cache.shape[2]
+        r = H // H_kv
+        dev, i32 = q.device, torch.int32
+        outs = []
+        step = max(1, self.ROWS // r)
+        for c0 in range(0, Nq, step):
+            n = min(step, Nq - c0)
+            qc = q[0, :, c0 : c0 + n].reshape(H_kv, r, n, D).transpose(1, 2).reshape(1, H_kv * n * r, D)
+            pos = torch.arange(self.start + c0, self.start + c0 + n, device=dev, dtype=i32)  # (n,)
+            hole = (pos + 1)[None, :, None].expand(H_kv, n, r).reshape(1, H_kv * n * r)
+            full = torch.tensor([self.n], dtype=i32, device=dev)
+            o = paged_decode_attention(qc, k_cache, v_cache, self.table, full, torch.zeros(1, dtype=i32, device=dev),
+                                       hole.contiguous(), full)
+            outs.append(o.view(H_kv, n, r, D).transpose(1, 2).reshape(H, n, D))
+        return torch.cat(outs, dim=1)[None]
 
 
 def _keep_context(pool: KVPool, kv: SequenceKV, i: int, k_sel: Tensor, v_sel: Tensor, real: Tensor) -> None:

@@ -49,6 +49,28 @@ class RMSNorm(nn.Module):
         return self.weight * h.to(dtype)
 
 
+def _set_fused(module: nn.Module, *linears: nn.Linear) -> None:
+    """Keep a concatenated copy of the linears' weights (and biases) for inference: one GEMM instead of several.
+    A plain attribute, not a parameter or buffer: checkpoints and state dicts never see it."""
+    weight = torch.cat([m.weight.detach() for m in linears])
+    bias = torch.cat([m.bias.detach() for m in linears]) if linears[0].bias is not None else None
+    params = [p for m in linears for p in m.parameters()]
+    module.__dict__["_fused_weights"] = (weight, bias, params, [p._version for p in params])
+
+
+def _fused(module: nn.Module) -> tuple[Tensor, Tensor | None] | None:
+    """The fused copy when it exists, no gradient is wanted (training always uses the parameters) and no
+    parameter changed since it was made (an optimizer step or a load drops it)."""
+    fused = module.__dict__.get("_fused_weights")
+    if fused is None or torch.is_grad_enabled():
+        return None
+    weight, bias, params, versions = fused
+    if any(p._version != v for p, v in zip(params, versions)):
+        del module.__dict__["_fused_weights"]
+        return None
+    return weight, bias
+
+
 class LlamaMLP(nn.Module):
     def __init__(self, c: ModelConfig):
         super().__init__()
@@ -57,7 +79,14 @@ class LlamaMLP(nn.Module):
         self.down_proj = nn.Linear(c.intermediate_size, c.hidden_size, bias=c.mlp_bias)
 
     def forward(self, x: Tensor) -> Tensor:
+        fused = _fused(self)
+        if fused is not None:  # one GEMM for gate and up (inference; see LlamaForCausalLM.fuse_projections)
+            gate, up = F.linear(x, *fused).chunk(2, dim=-1)
+            return self.down_proj(F.silu(gate) * up)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+    def fuse(self) -> None:
+        _set_fused(self, self.gate_proj, self.up_proj)
 
 
 class LlamaAttention(nn.Module):
@@ -70,11 +99,23 @@ class LlamaAttention(nn.Module):
         self.v_proj = nn.Linear(c.hidden_size, self.n_kv * self.head_dim, bias=c.attention_bias)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, c.hidden_size, bias=c.attention_bias)
 
+    def fuse(self) -> None:
+        _set_fused(self, self.q_proj, self.k_proj, self.v_proj)
+
+    def _qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """q, k, v projections of x (B, N, hidden): one GEMM when fused, else three."""
+        fused = _fused(self)
+        if fused is None:
+            return self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        nq, nkv = self.n_heads * self.head_dim, self.n_kv * self.head_dim
+        return F.linear(x, *fused).split([nq, nkv, nkv], dim=-1)
+
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, attn_fn: AttentionFn) -> Tensor:
         B, N, _ = x.shape
-        q = self.q_proj(x).view(B, N, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, N, D)
-        k = self.k_proj(x).view(B, N, self.n_kv, self.head_dim).transpose(1, 2)  # (B, H_kv, N, D)
-        v = self.v_proj(x).view(B, N, self.n_kv, self.head_dim).transpose(1, 2)  # (B, H_kv, N, D)
+        q, k, v = self._qkv(x)
+        q = q.view(B, N, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, N, D)
+        k = k.view(B, N, self.n_kv, self.head_dim).transpose(1, 2)  # (B, H_kv, N, D)
+        v = v.view(B, N, self.n_kv, self.head_dim).transpose(1, 2)  # (B, H_kv, N, D)
         # cos/sin are float32: under autocast the rotation would promote q/k, so cast back to v's dtype (as HF does)
         q, k = apply_rope(q, cos, sin).to(v.dtype), apply_rope(k, cos, sin).to(v.dtype)
         out = attn_fn(self.layer_idx, q, k, v)  # (B, H, N, D)
@@ -126,6 +167,14 @@ class LlamaForCausalLM(nn.Module):
                 nn.init.normal_(m.weight, std=std)
             elif isinstance(m, RMSNorm):
                 nn.init.ones_(m.weight)
+
+    def fuse_projections(self) -> None:
+        """Inference only: each layer also keeps its q/k/v and gate/up weights concatenated, so a decode step runs
+        two GEMMs where it ran five (extra memory: those weights once more). Call after the last change to the
+        weights (loading, `.to()`); forward passes with gradients enabled keep using the parameters."""
+        for layer in self.model.layers:
+            layer.mlp.fuse()
+            layer.self_attn.fuse()
 
     # ---- the per-layer attention rule ----
     def layer_uses_lighthouse(self, layer_idx: int, seq_len: int) -> bool:
