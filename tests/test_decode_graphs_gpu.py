@@ -64,3 +64,27 @@ def test_graph_replay_in_bf16_matches_eager_logits_closely():
         logits.append(torch.cat(seen))
     assert logits[0].shape == logits[1].shape
     assert torch.equal(logits[0], logits[1]) or (logits[0] - logits[1]).abs().max() < 0.05
+
+
+@pytest.mark.parametrize("H,H_kv", [(8, 8), (32, 8)])
+def test_cached_tail_through_the_paged_kernel_matches_dense_attention_in_bf16(H, H_kv):
+    from lighthouse.engine.kv_cache import CacheShape, KVCacheManager
+    from lighthouse.engine.prefill import CachedTail
+    from lighthouse.ops import attention_with_cache
+
+    torch.manual_seed(H)
+    D, n, start = 128, 70_000, 70_000 - 64
+    shape = CacheShape(1, H_kv, H, D, torch.bfloat16, torch.device("cuda"), 128)
+    kv = KVCacheManager(shape, (n // 128 + 8) * shape.bytes_per_block)
+    seq = kv.allocate(n)
+    seq.blocks = seq.blocks[::-1]  # a table that is not one consecutive run
+    k, v = (torch.randn(1, H_kv, n, D, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    kv.pool.write(0, kv.pool.slots(seq.blocks, 0, n), k[0].transpose(0, 1), v[0].transpose(0, 1))
+    q = torch.randn(1, H, n - start, D, device="cuda", dtype=torch.bfloat16)
+    tail = CachedTail.make(kv.pool, seq.blocks, start, n)
+    assert tail.paged
+    out = tail.attention(q, kv.pool.k[0], kv.pool.v[0]).float()
+    ref = attention_with_cache(q.double(), k.double(), v.double()).float()
+    low = attention_with_cache(q, k, v).float()  # the dense path in bf16: the error to stay within 2x of
+    err, err_low = (out - ref).abs().max().item(), (low - ref).abs().max().item()
+    assert err <= 2 * err_low + 1e-3, f"paged tail max err {err:.2e} vs dense bf16 {err_low:.2e}"

@@ -156,8 +156,6 @@ def _kv_bytes_for(model, num_seqs: int, positions: int, block_size: int = Engine
     """A KV budget that holds `num_seqs` sequences of `positions` positions in blocks (+ the scratch block and
     one spare), so a one-off engine takes only the memory it needs."""
     c = model.config
-    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-    kv_heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
     itemsize = next(model.parameters()).element_size()
-    per_block = 2 * c.num_hidden_layers * kv_heads * head_dim * itemsize * block_size
+    per_block = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * itemsize * block_size
     return (num_seqs * math.ceil(positions / block_size) + 2) * per_block

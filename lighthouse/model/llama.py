@@ -22,8 +22,9 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from lighthouse.model.config import ModelConfig
-from lighthouse.model.rope import apply_rope, rope_cos_sin, rope_inv_freq
+from lighthouse.model.rope import rope_cos_sin, rope_inv_freq
 from lighthouse.ops import causal_attention, lighthouse_attention, lighthouse_min_seq_len
+from lighthouse.ops.fused import rms_norm, rope_qk
 
 AttentionFn = Callable[[int, Tensor, Tensor, Tensor], Tensor]
 IGNORE_INDEX = -100
@@ -42,11 +43,8 @@ class RMSNorm(nn.Module):
         self.variance_epsilon = eps
 
     def forward(self, x: Tensor) -> Tensor:
-        # normalise in fp32, scale in the input dtype (HF's order of operations)
-        dtype = x.dtype
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
-        return self.weight * h.to(dtype)
+        # normalise in fp32, scale in the input dtype (HF's order; one fused kernel on CUDA inference)
+        return rms_norm(x, self.weight, self.variance_epsilon)
 
 
 def _set_fused(module: nn.Module, *linears: nn.Linear) -> None:
@@ -117,7 +115,7 @@ class LlamaAttention(nn.Module):
         k = k.view(B, N, self.n_kv, self.head_dim).transpose(1, 2)  # (B, H_kv, N, D)
         v = v.view(B, N, self.n_kv, self.head_dim).transpose(1, 2)  # (B, H_kv, N, D)
         # cos/sin are float32: under autocast the rotation would promote q/k, so cast back to v's dtype (as HF does)
-        q, k = apply_rope(q, cos, sin).to(v.dtype), apply_rope(k, cos, sin).to(v.dtype)
+        q, k = rope_qk(q, k, cos, sin, v.dtype)  # one fused kernel on CUDA inference, layouts kept
         out = attn_fn(self.layer_idx, q, k, v)  # (B, H, N, D)
         return self.o_proj(out.transpose(1, 2).reshape(B, N, self.n_heads * self.head_dim))
 
