@@ -201,3 +201,14 @@ def test_fused_projections_are_dropped_when_a_weight_changes():
     with torch.no_grad():
         plain = model(ids).logits
     assert torch.allclose(fused, plain, atol=1e-6)
+
+
+def test_fusing_twice_keeps_the_first_copies():
+    """Two engines on one model: the second must not replace tensors a captured CUDA graph of the first reads."""
+    from lighthouse.model.presets import model_preset
+
+    model = LlamaForCausalLM(model_preset("tiny")).eval()
+    model.fuse_projections()
+    first = [layer.mlp.__dict__["_fused_weights"][0] for layer in model.model.layers]
+    model.fuse_projections()
+    assert all(a is layer.mlp.__dict__["_fused_weights"][0] for a, layer in zip(first, model.model.layers))

@@ -50,6 +50,8 @@ class RMSNorm(nn.Module):
 def _set_fused(module: nn.Module, *linears: nn.Linear) -> None:
     """Keep a concatenated copy of the linears' weights (and biases) for inference: one GEMM instead of several.
     A plain attribute, not a parameter or buffer: checkpoints and state dicts never see it."""
+    if _valid_fused(module) is not None:  # still valid: keep it (a captured CUDA graph may read it)
+        return
     weight = torch.cat([m.weight.detach() for m in linears])
     bias = torch.cat([m.bias.detach() for m in linears]) if linears[0].bias is not None else None
     params = [p for m in linears for p in m.parameters()]
@@ -59,8 +61,12 @@ def _set_fused(module: nn.Module, *linears: nn.Linear) -> None:
 def _fused(module: nn.Module) -> tuple[Tensor, Tensor | None] | None:
     """The fused copy when it exists, no gradient is wanted (training always uses the parameters) and no
     parameter changed since it was made (an optimizer step or a load drops it)."""
+    return None if torch.is_grad_enabled() else _valid_fused(module)
+
+
+def _valid_fused(module: nn.Module) -> tuple[Tensor, Tensor | None] | None:
     fused = module.__dict__.get("_fused_weights")
-    if fused is None or torch.is_grad_enabled():
+    if fused is None:
         return None
     weight, bias, params, versions = fused
     if any(p._version != v for p, v in zip(params, versions)):
