@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from lighthouse.engine.config import EngineConfig
-from lighthouse.engine.engine import LLMEngine
 from lighthouse.engine.errors import InvalidRequest
 from lighthouse.engine.llm import greedy_generate, load_engine
 from lighthouse.engine.options import RequestOptions

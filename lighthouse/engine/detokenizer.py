@@ -55,6 +55,7 @@ class IncrementalText:
         if new:
             start = max(0, len(self.text) - max((len(s) for s in self._stops), default=0) + 1)
             self.text += new
+            cut = len(self.text)
             for s in self._stops:
                 i = self.text.find(s, start)
                 if i >= 0 and (self.stopped_by is None or i < cut):
