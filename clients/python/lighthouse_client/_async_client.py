@@ -92,14 +92,19 @@ class AsyncClient:
         timeout: Timeout = NOT_GIVEN,
     ) -> TokenizeResult:
         """POST /tokenize: token ids of a prompt (or of chat messages through the chat template)."""
-        return await self._request("POST", "/tokenize", body=tokenize_body(prompt, messages, model, add_special_tokens),
-                                   cast=TokenizeResult, timeout=timeout)  # fmt: skip
+        result: TokenizeResult = await self._request(
+            "POST", "/tokenize", body=tokenize_body(prompt, messages, model, add_special_tokens), cast=TokenizeResult,
+            timeout=timeout,
+        )  # fmt: skip
+        return result
 
     async def detokenize(self, tokens: Sequence[int], *, model: str | None = None,
                          timeout: Timeout = NOT_GIVEN) -> DetokenizeResult:  # fmt: skip
         """POST /detokenize: the text of token ids (in `.prompt`)."""
         body = {"tokens": list(tokens), **({"model": model} if model else {})}
-        return await self._request("POST", "/detokenize", body=body, cast=DetokenizeResult, timeout=timeout)
+        result: DetokenizeResult = await self._request("POST", "/detokenize", body=body, cast=DetokenizeResult,
+                                                       timeout=timeout)  # fmt: skip
+        return result
 
     async def health(self, *, timeout: Timeout = NOT_GIVEN) -> HealthStatus:
         """GET /health (liveness), never retried; a non-2xx status is reported in `.ok`, not raised."""
@@ -165,16 +170,17 @@ class AsyncClient:
                 method, self._config.base_url + path, json=body,
                 headers=self._config.headers(headers), timeout=self._config.request_timeout(timeout),
             )  # fmt: skip
+            response: httpx.Response | None = None  # the refused response (its Retry-After); None: no connection
             try:
-                response = await self._http.send(request, stream=stream)
+                sent = await self._http.send(request, stream=stream)
             except httpx.TransportError as exc:
                 if retries_left <= 0:
                     raise connection_error(exc, request) from exc
-                response = None
             else:
-                if not (retry_status and retries_left > 0 and should_retry(response)):
-                    return response
-                await response.aclose()
+                if not (retry_status and retries_left > 0 and should_retry(sent)):
+                    return sent
+                response = sent
+                await sent.aclose()
             await asyncio.sleep(retry_delay(done, response))
             retries_left -= 1
             done += 1

@@ -76,7 +76,7 @@ def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
 
 def should_retry(response: httpx.Response) -> bool:
     """408/409/429/5xx are retried; the server can override with `x-should-retry: true|false`."""
-    override = response.headers.get("x-should-retry")
+    override: str | None = response.headers.get("x-should-retry")
     if override in ("true", "false"):
         return override == "true"
     return response.status_code in RETRY_STATUSES or response.status_code >= 500

@@ -106,14 +106,19 @@ class Client:
         timeout: Timeout = NOT_GIVEN,
     ) -> TokenizeResult:
         """POST /tokenize: token ids of a prompt (or of chat messages through the chat template)."""
-        return self._request("POST", "/tokenize", body=tokenize_body(prompt, messages, model, add_special_tokens),
-                             cast=TokenizeResult, timeout=timeout)  # fmt: skip
+        result: TokenizeResult = self._request(
+            "POST", "/tokenize", body=tokenize_body(prompt, messages, model, add_special_tokens), cast=TokenizeResult,
+            timeout=timeout,
+        )  # fmt: skip
+        return result
 
     def detokenize(self, tokens: Sequence[int], *, model: str | None = None,
                    timeout: Timeout = NOT_GIVEN) -> DetokenizeResult:  # fmt: skip
         """POST /detokenize: the text of token ids (in `.prompt`)."""
         body = {"tokens": list(tokens), **({"model": model} if model else {})}
-        return self._request("POST", "/detokenize", body=body, cast=DetokenizeResult, timeout=timeout)
+        result: DetokenizeResult = self._request("POST", "/detokenize", body=body, cast=DetokenizeResult,
+                                                     timeout=timeout)  # fmt: skip
+        return result
 
     def health(self, *, timeout: Timeout = NOT_GIVEN) -> HealthStatus:
         """GET /health (liveness), never retried; a non-2xx status is reported in `.ok`, not raised."""
@@ -183,16 +188,17 @@ class Client:
                 method, self._config.base_url + path, json=body,
                 headers=self._config.headers(headers), timeout=self._config.request_timeout(timeout),
             )  # fmt: skip
+            response: httpx.Response | None = None  # the refused response (its Retry-After); None: no connection
             try:
-                response = self._http.send(request, stream=stream)
+                sent = self._http.send(request, stream=stream)
             except httpx.TransportError as exc:
                 if retries_left <= 0:
                     raise connection_error(exc, request) from exc
-                response = None
             else:
-                if not (retry_status and retries_left > 0 and should_retry(response)):
-                    return response
-                response.close()
+                if not (retry_status and retries_left > 0 and should_retry(sent)):
+                    return sent
+                response = sent
+                sent.close()
             time.sleep(retry_delay(done, response))
             retries_left -= 1
             done += 1

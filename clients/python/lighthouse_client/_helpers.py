@@ -25,7 +25,7 @@ def tokenize_body(
 ) -> dict[str, Any]:
     if (prompt is None) == (messages is None):
         raise ValueError("tokenize() takes exactly one of `prompt` or `messages`")
-    body: dict[str, Any] = {"prompt": prompt} if prompt is not None else {"messages": [dict(m) for m in messages]}
+    body: dict[str, Any] = {"prompt": prompt} if messages is None else {"messages": [dict(m) for m in messages]}
     if model:
         body["model"] = model
     if add_special_tokens is not None:
@@ -46,4 +46,4 @@ def health_status(response: httpx.Response) -> HealthStatus:
 def first_model_id(models: Any) -> str:
     if not models.data:
         raise LighthouseError("The server lists no models; pass model= to the call or the client")
-    return models.data[0].id
+    return str(models.data[0].id)

@@ -7,7 +7,7 @@ APIConnectionError (or APITimeoutError) from the iterator.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator
 from typing import Any, Generic, TypeVar
 
 import httpx
@@ -46,7 +46,7 @@ class Stream(Generic[T]):
         self._parse = parse
         self._iterator = self._events()
 
-    def _events(self) -> Iterator[T]:
+    def _events(self) -> Generator[T, None, None]:
         try:
             for sse in iter_events(self.response.iter_lines()):
                 if sse.is_done:
@@ -84,7 +84,7 @@ class AsyncStream(Generic[T]):
         self._parse = parse
         self._iterator = self._events()
 
-    async def _events(self) -> AsyncIterator[T]:
+    async def _events(self) -> AsyncGenerator[T, None]:
         try:
             async for sse in aiter_events(self.response.aiter_lines()):
                 if sse.is_done:

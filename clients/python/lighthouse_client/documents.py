@@ -15,6 +15,7 @@ from ._streaming import AsyncStream, Stream
 from .types import (
     ChatCompletion,
     ChatCompletionChunk,
+    CompletionUsage,
     DocumentAnswer,
     DocumentDone,
     DocumentEvent,
@@ -60,7 +61,7 @@ class _EventBuilder:
     def __init__(self) -> None:
         self.parts: list[str] = []
         self.finish_reason: str | None = None
-        self.usage = None
+        self.usage: CompletionUsage | None = None
 
     def events(self, chunk: ChatCompletionChunk) -> list[DocumentEvent]:
         out: list[DocumentEvent] = []

@@ -7,16 +7,17 @@ it on `AsyncClient`. Streams are `Stream` / `AsyncStream` respectively.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from ._base_client import NOT_GIVEN, NotGiven, TimeoutTypes
 from ._params import build_body, stream_options
 from .types import ChatCompletion, ChatCompletionChunk, Completion, ModelList
 
 if TYPE_CHECKING:
-    from ._client import AsyncClient, Client
+    from ._async_client import AsyncClient
+    from ._client import Client
 
-    AnyClient = Client | AsyncClient
+    AnyClient: TypeAlias = "Client | AsyncClient"
 
 Timeout = TimeoutTypes | NotGiven
 Stop = str | list[str] | None

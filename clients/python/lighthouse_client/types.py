@@ -3,6 +3,7 @@ older client."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -147,7 +148,7 @@ class ModelList(BaseType):
     object: str = "list"
     data: list[Model] = Field(default_factory=list)
 
-    def __iter__(self):  # type: ignore[override]  # iterate models, not pydantic fields
+    def __iter__(self) -> Iterator[Model]:  # type: ignore[override]  # iterate models, not pydantic fields
         return iter(self.data)
 
     def __len__(self) -> int:

@@ -31,7 +31,7 @@ except Exception as exc:  # noqa: BLE001
 pytestmark = pytest.mark.skipif(SERVER_IMPORT_ERROR is not None,
                                 reason=f"server package not importable: {SERVER_IMPORT_ERROR}")  # fmt: skip
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]  # the repository (the server runs from there)
 API_KEY = "sk-client-test"
 MESSAGES = [{"role": "user", "content": "Say something."}]
 LONG = {"ignore_eos": True}  # generations that run to max_tokens

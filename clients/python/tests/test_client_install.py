@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-CLIENT = ROOT / "clients" / "python"
+CLIENT = Path(__file__).resolve().parents[1]  # clients/python: the SDK's own project
 PACKAGE = CLIENT / "lighthouse_client"
 ALLOWED_THIRD_PARTY = {"httpx", "pydantic"}
 
@@ -34,6 +33,8 @@ try:
 except lc.APIConnectionError:
     pass
 assert lc.types.Completion.model_validate({'choices': [{'text': 'x'}]}).text == 'x'
+from importlib.resources import files
+assert files('lighthouse_client').joinpath('py.typed').is_file(), 'py.typed is missing: type checkers ignore the SDK'
 assert 'torch' not in sys.modules, 'torch was imported'
 print(lc.__version__)
 """

@@ -10,7 +10,10 @@ import pytest
 
 import lighthouse_client as lc
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+README_PATH = Path(__file__).resolve().parents[3] / "README.md"  # the repository's README, not the SDK's
+if not README_PATH.is_file():  # the SDK tested on its own, outside the repository
+    pytest.skip("the repository's README.md is not here", allow_module_level=True)
+README = README_PATH.read_text()
 
 
 def section(title: str) -> str:
