@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import sys
 import time
@@ -25,9 +24,10 @@ import traceback
 import torch
 import torch.nn.functional as F
 
-from lighthouse.bench.attention import time_ms
 from lighthouse.ops import lighthouse_attention_ref
 from lighthouse.ops.lighthouse_ref import _select_padded, attend_selected
+
+from attention_bench import time_ms  # the sibling script: bench/ is sys.path[0] when run as a script
 
 CONFIGS = [  # (B, H, N, D, L, p, k, dtype, scorer, check_grad)
     (2, 4, 32768, 128, 3, 4, 2048, "float32", "norm", True),

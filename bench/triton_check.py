@@ -21,10 +21,11 @@ import traceback
 
 import torch
 
-from lighthouse.bench.attention import time_ms
 from lighthouse.ops import lighthouse_ref as ref
 from lighthouse.ops.attention import repeat_kv
 from lighthouse.ops.validation import pad_seq
+
+from attention_bench import time_ms  # the sibling script: bench/ is sys.path[0] when run as a script
 
 T0 = time.time()
 DEV = "cuda"  # "cpu" only for a dry run of this script under TRITON_INTERPRET=1 (--dry-run)

@@ -1,4 +1,4 @@
-"""The `lighthouse` command: serve | train | generate | bench.
+"""The `lighthouse` command: serve | train | generate.
 
 Only this module parses argv; each subcommand's parser and runner live beside the
 code they drive and are imported lazily, so `lighthouse train` never imports FastAPI
@@ -17,7 +17,6 @@ _SUBCOMMANDS = {
     "serve": ("server.cli", "Start the OpenAI-compatible HTTP server."),
     "train": ("lighthouse.train.cli", "Train a Lighthouse checkpoint (Lighthouse stage + dense tail)."),
     "generate": ("lighthouse.engine.cli", "Generate text offline from a checkpoint."),
-    "bench": ("lighthouse.bench.cli", "Benchmarks (attention op, serving)."),
 }
 
 

@@ -1,15 +1,19 @@
-"""`lighthouse bench attention`: latency of one attention layer vs sequence length, forward and forward+backward.
+"""Latency of one attention layer vs sequence length, forward and forward+backward. Needs a CUDA device.
+
+    python bench/attention_bench.py --out bench/results/DATE_DEVICE_bench_attention [--official DIR]
 
 Methods (one process, bf16, causal, B=1, random inputs, medians of CUDA-event timings after warm-up):
   dense-cudnn, dense-flash  torch SDPA restricted to one backend
   ours-triton, ours-torch   lighthouse_attention with backend="triton" / "torch"
   official                  the paper's code, when --official DIR is given (its selection needs H == H_kv)
 A method that fails at some N (out of memory, the official launch-grid limit) is recorded with its error and
-the rest go on. Writes attention.json and a log-log attention.png into --out.
+the rest go on. Writes attention.json and a log-log attention.png (attention_gqa.png: H=32, H_kv=8) into --out.
+`time_ms` is shared with triton_check.py and compare_official.py.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -158,7 +162,7 @@ def _plot(rows: list[dict], path: str, title: str) -> None:
 
 def run_attention_bench(cfg: BenchConfig) -> int:
     if not torch.cuda.is_available():
-        print("lighthouse bench attention needs a CUDA device", file=sys.stderr)
+        print("bench/attention_bench.py needs a CUDA device (it times CUDA kernels)", file=sys.stderr)
         return 2
     os.makedirs(cfg.out, exist_ok=True)
     title = f"L{cfg.levels} p{cfg.pooling_factor} k{cfg.topk}, D={cfg.head_dim}, bf16"
@@ -180,3 +184,31 @@ def run_attention_bench(cfg: BenchConfig) -> int:
         else:
             print(f"{tag:14s} {r['N']:8d} {r['fwd_ms']:10.2f} {r['fwdbwd_ms']:11.2f}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True, help="directory for attention.json and the plots")
+    p.add_argument("--official", default=None, help="DIR holding torchtitan/models/llama3/model/lighthouse_selection*.py")
+    p.add_argument("--n", type=int, nargs="+", default=[8192, 16384, 32768, 65536, 131072, 262144, 524288])
+    p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--kv-heads", type=int, default=None, help="H_kv (default: heads); the GQA shape runs too")
+    p.add_argument("--head-dim", type=int, default=128)
+    p.add_argument("--levels", type=int, default=3)
+    p.add_argument("--pooling-factor", type=int, default=4)
+    p.add_argument("--topk", type=int, default=2048)
+    p.add_argument("--reps", type=int, default=10)
+    p.add_argument("--dense-max-n", type=int, default=524288, help="skip dense baselines above this N")
+    p.add_argument("--torch-max-n", type=int, default=524288, help="skip the pure-PyTorch op above this N")
+    p.add_argument("--no-gqa", action="store_true", help="skip the H=32, H_kv=8 shape")
+    args = p.parse_args(argv)
+    cfg = BenchConfig(
+        out=args.out, official=args.official, ns=tuple(args.n), heads=args.heads, kv_heads=args.kv_heads or args.heads,
+        head_dim=args.head_dim, levels=args.levels, pooling_factor=args.pooling_factor, topk=args.topk,
+        reps=args.reps, dense_max_n=args.dense_max_n, torch_max_n=args.torch_max_n, gqa=not args.no_gqa,
+    )
+    return run_attention_bench(cfg)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,1 +1,0 @@
-"""Benchmarks: `lighthouse bench attention` (the attention op against dense and official baselines)."""
