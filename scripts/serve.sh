@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/venv.sh
-if ! "$PY" -c "import lighthouse, fastapi" >/dev/null 2>&1; then
+# (re)install when the project is missing or installed before `serve` was registered as an entry point
+if ! "$PY" -c "import fastapi; from lighthouse.cli import registered_commands as r; assert 'serve' in r()" >/dev/null 2>&1; then
     ensure_torch
     "$PY" -m pip install -q -e .
 fi
