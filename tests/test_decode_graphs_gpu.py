@@ -13,7 +13,7 @@ from lighthouse.engine.sampling import SamplingParams
 from lighthouse.model import LlamaForCausalLM
 from lighthouse.model.config import LighthouseConfig, ModelConfig
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")]
 
 
 def model(dtype: torch.dtype) -> LlamaForCausalLM:

@@ -23,8 +23,13 @@ HAS_TRITON = importlib.util.find_spec("triton") is not None
 DEV = "cuda" if torch.cuda.is_available() and not INTERPRETING else "cpu"
 needs_kernels = pytest.mark.skipif(not HAS_TRITON or not (INTERPRETING or torch.cuda.is_available()),
                                    reason="needs triton, and TRITON_INTERPRET=1 (CPU) or a GPU")
-needs_gpu = pytest.mark.skipif(not HAS_TRITON or not torch.cuda.is_available() or INTERPRETING,
-                               reason="needs triton and a GPU (without the interpreter)")
+_skip_without_gpu = pytest.mark.skipif(not HAS_TRITON or not torch.cuda.is_available() or INTERPRETING,
+                                       reason="needs triton and a GPU (without the interpreter)")
+
+
+def needs_gpu(test):
+    """GPU-only: marked `gpu` (`pytest -m gpu` selects it) and skipped without a CUDA device."""
+    return pytest.mark.gpu(_skip_without_gpu(test))
 
 
 def kernels():

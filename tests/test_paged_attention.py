@@ -21,7 +21,13 @@ INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 CUDA = torch.cuda.is_available() and not INTERPRETING
 triton_ok = not isinstance(pa._triton_impl(), str) if (INTERPRETING or CUDA) else False
 needs_triton = pytest.mark.skipif(not triton_ok, reason="needs triton and TRITON_INTERPRET=1 (CPU) or a GPU")
-gpu = pytest.mark.skipif(not (CUDA and triton_ok), reason="needs a CUDA device and triton")
+_skip_without_gpu = pytest.mark.skipif(not (CUDA and triton_ok), reason="needs a CUDA device and triton")
+
+
+def gpu(test):
+    """GPU-only: marked `gpu` (`pytest -m gpu` selects it) and skipped without a CUDA device."""
+    return pytest.mark.gpu(_skip_without_gpu(test))
+
 DEV = "cuda" if CUDA else "cpu"
 
 
