@@ -1,4 +1,4 @@
-"""Prometheus metrics (names as DESIGN.md lists them), one registry per app so tests can build many apps."""
+"""Prometheus metrics (named as the README's Serving section lists them), one registry per app: tests build many."""
 
 from __future__ import annotations
 

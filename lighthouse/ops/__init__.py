@@ -1,6 +1,10 @@
 """Attention ops: Lighthouse (pure-PyTorch reference and, on GPU, the Triton fast path) and dense inner attention."""
 
 from lighthouse.ops.attention import attention_with_cache, causal_attention, repeat_kv
+
+# The public op: dispatch.py picks Triton on CUDA and the pure-PyTorch reference elsewhere (backend= or
+# LIGHTHOUSE_ATTENTION_BACKEND overrides); the reference stays importable as lighthouse_attention_ref.
+from lighthouse.ops.dispatch import lighthouse_attention, lighthouse_attention_with_context
 from lighthouse.ops.lighthouse_ref import (
     build_pyramid,
     level_offsets,
@@ -11,10 +15,6 @@ from lighthouse.ops.lighthouse_ref import lighthouse_attention as lighthouse_att
 from lighthouse.ops.paged_attention import paged_decode_attention, paged_decode_attention_ref
 from lighthouse.ops.validation import min_seq_len as lighthouse_min_seq_len
 from lighthouse.ops.validation import padded_len
-
-# The public op. A dispatching version (Triton on GPU) replaces this binding once it exists.
-from lighthouse.ops.dispatch import lighthouse_attention  # noqa: E402  (Triton on CUDA, the reference elsewhere)
-from lighthouse.ops.dispatch import lighthouse_attention_with_context  # noqa: E402
 
 __all__ = [
     "attention_with_cache",
