@@ -6,8 +6,10 @@ tokenizer_config.json (with a chat template) and generation_config.json.
 
 Only safetensors are read: pickle files (.bin/.pt/.pth/.ckpt) are refused, since loading them runs code.
 Every tensor is checked against the model before anything is copied; a missing, extra, mis-shaped or
-truncated tensor is reported by name. Writes go to a temporary file that is renamed into place, so a crash
-never leaves a half-written file under the real name.
+truncated tensor is reported by name. Any file that cannot be read or parsed (JSON, safetensors header,
+tokenizer) raises CheckpointError naming it; `verify_checkpoint` checks all of them up front (the server runs
+it before loading). Writes go to a temporary file that is renamed into place, so a crash never leaves a
+half-written file under the real name.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -117,11 +120,60 @@ def _atomic_json(path: Path, obj) -> None:
 # ---------------------------------------------------------------- loading
 
 
+@contextmanager
+def _reading(path: Path, what: str = ""):
+    """Any failure inside becomes a CheckpointError that names `path`."""
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except Exception as exc:
+        detail = f"{type(exc).__name__}: {exc}".strip().splitlines()[0][:300]
+        raise CheckpointError(f"{path} is corrupt or unreadable{what}: {detail}") from exc
+
+
+def _read_json(path: Path) -> dict:
+    with _reading(path, " (expected a JSON object)"):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError(f"found a JSON {type(data).__name__}")
+        return data
+
+
 def load_config(ckpt_dir: str | os.PathLike) -> ModelConfig:
     path = Path(ckpt_dir) / "config.json"
     if not path.exists():
         raise CheckpointError(f"{ckpt_dir} has no config.json; is it a checkpoint directory?")
-    return ModelConfig.from_hf_dict(json.loads(path.read_text()))
+    data = _read_json(path)
+    with _reading(path, " (not a Llama config)"):
+        return ModelConfig.from_hf_dict(data)
+
+
+def verify_checkpoint(ckpt_dir: str | os.PathLike, *, require_tokenizer: bool = False) -> None:
+    """Check, without loading tensors, that every file of the checkpoint directory is present and readable:
+    config.json, the safetensors headers (every tensor inside its file), the tokenizer files and
+    generation_config.json. Raises CheckpointError naming the first bad or missing file."""
+    ckpt = Path(ckpt_dir)
+    _refuse_pickle(ckpt)
+    load_config(ckpt)
+    _weight_files(ckpt)
+    tok = ckpt / "tokenizer.json"
+    if require_tokenizer and not tok.exists():
+        raise CheckpointError(f"{tok} is missing; serving needs the checkpoint's tokenizer")
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        if (ckpt / name).exists():
+            _read_json(ckpt / name)
+    if tok.exists():
+        from tokenizers import Tokenizer
+
+        with _reading(tok, " (not a tokenizers JSON)"):
+            Tokenizer.from_file(str(tok))
+    gen = ckpt / "generation_config.json"
+    if gen.exists():
+        eos = _read_json(gen).get("eos_token_id")
+        ids = eos if isinstance(eos, list) else [eos]
+        if eos is not None and not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            raise CheckpointError(f"{gen} is corrupt: eos_token_id must be an integer or a list of them, got {eos!r}")
 
 
 def load_checkpoint(
@@ -140,7 +192,10 @@ def load_checkpoint(
     model.inv_freq = _fresh_inv_freq(config).to(device)
     load_weights(model, ckpt, dtype=dtype)
     model.to(dtype=dtype).eval()
-    tok = _load_tok(ckpt) if load_tokenizer and (ckpt / "tokenizer.json").exists() else None
+    tok = None
+    if load_tokenizer and (ckpt / "tokenizer.json").exists():
+        with _reading(ckpt / "tokenizer.json", " (or its tokenizer_config.json)"):
+            tok = _load_tok(ckpt)
     return model, tok
 
 
@@ -172,9 +227,13 @@ def _weight_files(ckpt: Path) -> dict[str, Path]:
     """tensor name -> the safetensors file holding it."""
     if (ckpt / WEIGHTS_NAME).exists():
         return {name: ckpt / WEIGHTS_NAME for name in _check_header(ckpt / WEIGHTS_NAME)}
-    index = json.loads((ckpt / INDEX_NAME).read_text())
+    index = _read_json(ckpt / INDEX_NAME)
+    with _reading(ckpt / INDEX_NAME, " (no weight_map of tensor -> file)"):
+        shards = sorted(set(index["weight_map"].values()))
     files = {}
-    for f in sorted(set(index["weight_map"].values())):
+    for f in shards:
+        if not (ckpt / f).is_file():
+            raise CheckpointError(f"{ckpt / f} is missing (listed in {INDEX_NAME})")
         for name in _check_header(ckpt / f):
             files[name] = ckpt / f
     return files
@@ -196,10 +255,13 @@ def _check_header(path: Path) -> list[str]:
             raise CheckpointError(f"{path} has a corrupt safetensors header: {e}") from None
     data = size - 8 - n
     names = []
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path} has a corrupt safetensors header: not a JSON object")
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        end = info["data_offsets"][1]
+        with _reading(path, f" (tensor '{name}' has no valid data_offsets in the header)"):
+            end = int(info["data_offsets"][1])
         if end > data:
             raise CheckpointError(
                 f"{path} is truncated: tensor '{name}' needs bytes up to {end} of the data section, which has {data}"
@@ -227,7 +289,7 @@ def load_weights(model: LlamaForCausalLM, ckpt: Path, *, dtype: torch.dtype) -> 
     for name, f in stored.items():
         by_file.setdefault(f, []).append(name)
     for f, names in by_file.items():
-        with safe_open(str(f), framework="pt") as sf:
+        with _reading(f), safe_open(str(f), framework="pt") as sf:
             for name in names:
                 shape = tuple(sf.get_slice(name).get_shape())
                 want = tuple(expected[name].shape)

@@ -1,5 +1,6 @@
-"""`create_app(settings)`: the FastAPI app. Its lifespan builds the engine once (not at import time) and, on
-shutdown, stops admitting, lets in-flight requests finish for `drain_timeout_s`, then aborts the rest."""
+"""`create_app(settings)`: the FastAPI app. Its lifespan builds the engine once (not at import time; `lighthouse
+serve` builds it before, so a bad checkpoint fails with a plain message), watches that the engine thread lives,
+and on shutdown drains what is still in flight (`shutdown.py` has the order `lighthouse serve` follows)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from server.errors import install_error_handlers
 from server.metrics import Metrics
-from server.middleware import BodyLimitMiddleware
+from server.middleware import BodyLimitMiddleware, CatchAll, ShutdownGate
+from server.openapi import install_openapi
 from server.routes import chat, completions, health, metrics, models, tokenize
 from server.settings import Settings
+from server.shutdown import Lifecycle, watch_engine
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +36,20 @@ def engine_config(settings: Settings):
 
 
 def build_engine(settings: Settings):
-    """Load the checkpoint and start the engine thread (blocking; the lifespan runs it in a worker thread)."""
+    """Check and load the checkpoint, start the engine thread (blocking). Raises CheckpointError naming the file
+    when the checkpoint directory is incomplete or corrupt."""
+    from lighthouse.checkpoint import default_checkpoint_dir, verify_checkpoint
     from lighthouse.engine.async_engine import AsyncEngine
     from lighthouse.engine.llm import load_engine
 
     config = engine_config(settings)
+    verify_checkpoint(settings.checkpoint or default_checkpoint_dir(), require_tokenizer=True)
+    t0 = time.monotonic()
     engine = AsyncEngine(load_engine(settings.checkpoint, config, device=settings.device, dtype=settings.dtype),
                          max_waiting=settings.max_waiting)
     engine.start()
+    log.info("serving %s (max_model_len=%d), loaded in %.1fs", _model_name(settings), engine.max_model_len,
+             time.monotonic() - t0)
     return engine
 
 
@@ -59,14 +68,13 @@ def create_app(settings: Settings | None = None, *, engine=None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         if app.state.engine is None:
-            t0 = time.monotonic()
             app.state.engine = await asyncio.to_thread(build_engine, settings)
-            log.info("serving %s (max_model_len=%d), loaded in %.1fs", app.state.model_name,
-                     app.state.engine.max_model_len, time.monotonic() - t0)
+        watcher = asyncio.create_task(watch_engine(app))
         try:
             yield
         finally:
-            log.info("shutting down: draining in-flight requests (up to %.0fs)", settings.drain_timeout_s)
+            watcher.cancel()
+            app.state.lifecycle.phase = "stopped"
             await app.state.engine.shutdown(settings.drain_timeout_s)
 
     app = FastAPI(title="Lighthouse serve", version="0.1.0", lifespan=lifespan)
@@ -75,11 +83,16 @@ def create_app(settings: Settings | None = None, *, engine=None) -> FastAPI:
     app.state.engine = engine
     app.state.model_name = _model_name(settings)
     app.state.started = int(time.time())
+    app.state.lifecycle = lifecycle = Lifecycle()
     install_error_handlers(app)
     for module in (health, metrics, models, completions, chat, tokenize):
         app.include_router(module.router)
+    install_openapi(app)
+    # the last added runs first: CORS outermost, so that 413, 500 and 503 carry its headers too
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(ShutdownGate, is_draining=lambda: lifecycle.draining, retry_after_s=settings.retry_after_s)
+    app.add_middleware(CatchAll)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                            allow_headers=["*"], allow_credentials="*" not in settings.cors_origins)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     return app

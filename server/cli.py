@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import sys
 
 
 def _bool(text: str) -> bool:
@@ -26,7 +27,8 @@ _FLAGS = [
     ("--dense-tail-tokens", int, "prompt tokens prefilled densely at the end (default 64)"),
     ("--max-model-len", int, "cap on prompt + completion tokens"),
     ("--max-num-seqs", int, "sequences decoded together (default 64)"),
-    ("--max-waiting", int, "queued requests beyond which new ones get 429/503 (default 256)"),
+    ("--max-waiting", int, "requests that may queue beyond the running batch's free slots; more get 429/503 "
+                           "(default 256; 0: no queue)"),
     ("--queue-full-status", int, "429 or 503"),
     ("--kv-cache-gb", float, "KV cache budget in GiB"),
     ("--block-size", int, "KV cache positions per block, a power of two in 16..1024 (default 128)"),
@@ -36,7 +38,9 @@ _FLAGS = [
     ("--dtype", str, "float32 | bfloat16"),
     ("--max-body-mb", float, "request body limit in MiB (default 64)"),
     ("--cors-origins", str, "comma-separated allowed CORS origins"),
-    ("--drain-timeout-s", float, "SIGTERM: seconds in-flight requests may take to finish (default 30)"),
+    ("--shutdown-delay-s", float, "SIGTERM: seconds /ready reports 503 while requests are still served, so load "
+                                  "balancers stop sending (default 0)"),
+    ("--drain-timeout-s", float, "SIGTERM: then, seconds in-flight requests may take to finish (default 30)"),
     ("--log-level", str, "debug | info | warning"),
 ]
 
@@ -69,10 +73,11 @@ def _exit_zero(_sig, _frame) -> None:
 def run(args: argparse.Namespace) -> int:
     # First, before the slow imports: a SIGTERM while starting up (docker stop right after start) also exits 0.
     signal.signal(signal.SIGTERM, _exit_zero)
-    import uvicorn
     from pydantic import ValidationError
 
-    from server.app import create_app, engine_config
+    from lighthouse.checkpoint import CheckpointError
+    from server.app import build_engine, create_app, engine_config
+    from server.shutdown import serve
 
     try:
         settings = settings_from_args(args)
@@ -81,11 +86,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"lighthouse serve: invalid settings:\n{exc}")
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app(settings)
-    # uvicorn handles SIGTERM/SIGINT: stop accepting, wait up to the drain timeout for in-flight responses,
-    # then run the lifespan shutdown (which aborts whatever is left). Afterwards (uvicorn >= 0.29) it re-raises
-    # the signal to the handler installed before it: ours, above, turns that into exit 0 (a drained shutdown is
-    # success, not -15/143).
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
-                timeout_graceful_shutdown=settings.drain_timeout_s, access_log=False)
-    return 0
+    try:  # before uvicorn starts, so a bad checkpoint is one clear line, not a lifespan traceback
+        engine = build_engine(settings)
+    except CheckpointError as exc:
+        print(f"lighthouse serve: cannot load the checkpoint: {exc}", file=sys.stderr)
+        return 1
+    # SIGTERM/SIGINT: /ready 503, the pre-stop delay, drain, exit 0; the engine thread dying: exit 1
+    return serve(create_app(settings, engine=engine), settings)

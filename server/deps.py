@@ -1,4 +1,4 @@
-"""FastAPI dependencies: the engine, settings and metrics from app.state, and API-key auth."""
+"""FastAPI dependencies: the engine, settings, metrics and prompt encoder from app.state, and API-key auth."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 
 from server.errors import APIError
 from server.metrics import Metrics
+from server.prompts import PromptEncoder
 from server.settings import Settings
 
 
@@ -28,6 +29,14 @@ def get_engine(request: Request) -> Any:
     return engine
 
 
+def get_prompts(request: Request, engine: Annotated[Any, Depends(get_engine)]) -> PromptEncoder:
+    """The app's PromptEncoder for the engine's tokenizer (made on first use; a test's fake engine gets its own)."""
+    enc = getattr(request.app.state, "prompts", None)
+    if enc is None or enc.tokenizer is not engine.tokenizer or enc.max_model_len != engine.max_model_len:
+        enc = request.app.state.prompts = PromptEncoder(engine.tokenizer, engine.max_model_len)
+    return enc
+
+
 def require_api_key(request: Request, settings: Annotated[Settings, Depends(get_settings)]) -> None:
     """With an API key configured: 'Authorization: Bearer KEY' (or 'X-API-Key: KEY'), compared in constant time."""
     if settings.api_key is None:
@@ -43,3 +52,4 @@ def require_api_key(request: Request, settings: Annotated[Settings, Depends(get_
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 EngineDep = Annotated[Any, Depends(get_engine)]
+PromptsDep = Annotated[PromptEncoder, Depends(get_prompts)]

@@ -19,7 +19,7 @@ from lighthouse.engine.errors import EngineError
 from lighthouse.engine.options import RequestOptions
 from lighthouse.engine.sampling import SamplingParams
 from lighthouse.engine.sequence import RequestOutput
-from server.errors import APIError, error_body, from_engine_error
+from server.errors import error_body, from_engine_error, from_failure
 from server.metrics import Metrics
 from server.openai_format import ChoiceState, Formatter, sse
 from server.settings import Settings
@@ -93,7 +93,8 @@ class Generation:
                         yield sse(self.fmt.progress_chunk(*out.progress))
                     continue
                 if out.error:
-                    yield sse(error_body(503, out.error, code="request_failed"))
+                    err = from_failure(out.error, out.error_code, retry_after_s=self.settings.retry_after_s)
+                    yield sse(error_body(err.status, err.message, code=err.code))
                     outcome = "failed"
                     break
                 if out.text or out.finished or (out.logprobs and self.fmt.want_logprobs):
@@ -120,7 +121,7 @@ class Generation:
                 self._observe(out)
                 if out.error:
                     outcome = "failed"
-                    raise APIError(503, out.error, code="request_failed")
+                    raise from_failure(out.error, out.error_code, retry_after_s=self.settings.retry_after_s)
                 c = choices[out.index]
                 c.text += out.text
                 c.token_ids += out.token_ids

@@ -1,10 +1,64 @@
-"""Request body limit (413 in OpenAI's error shape), as plain ASGI so streaming responses are untouched."""
+"""Plain ASGI middleware (streaming responses pass untouched): the request body limit (413), the shutdown gate
+(503 while draining) and the catch-all that turns an unexpected exception into a 500 in OpenAI's error shape.
+
+Order, outermost first: CORS (so every error below carries its headers), CatchAll, ShutdownGate, BodyLimit.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from server.errors import error_response
+
+log = logging.getLogger("server.errors")
+
+
+class CatchAll:
+    """An exception that escapes a route becomes one logged traceback and a 500 response, never a re-raise: the
+    server would otherwise close the keep-alive connection without saying so, and the client's next request on
+    it would be reset. After a response has started (a stream), the exception is logged and the response ends."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            log.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))
+            if not started:
+                await error_response(500, "internal server error", code="internal_error")(scope, receive, send)
+
+
+class ShutdownGate:
+    """While the server drains (after the pre-stop delay), new requests get 503 + Retry-After + Connection: close,
+    except the probes (/health, /ready, /metrics). `is_draining()` is read per request."""
+
+    PROBES = ("/health", "/ready", "/metrics")
+
+    def __init__(self, app: ASGIApp, is_draining, retry_after_s: int = 1):
+        self.app, self.is_draining, self.retry_after_s = app, is_draining, retry_after_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.is_draining() and scope.get("path") not in self.PROBES:
+            response = error_response(503, "the server is shutting down; retry on another replica",
+                                      code="shutting_down",
+                                      headers={"Retry-After": str(self.retry_after_s), "Connection": "close"})
+            return await response(scope, receive, send)
+        await self.app(scope, receive, send)
 
 
 class BodyLimitMiddleware:
@@ -44,6 +98,7 @@ class BodyLimitMiddleware:
         body = json.dumps({"error": {"message": f"request body exceeds the {mb:g} MiB limit",
                                      "type": "invalid_request_error", "param": None,
                                      "code": "request_too_large"}}).encode()
+        # Connection: close, since the rest of the body is never read
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                                 (b"connection", b"close")]})

@@ -1,4 +1,9 @@
-"""Prompt handling off the event loop: tokenization and chat templates (from the tokenizer's config)."""
+"""Prompt handling off the event loop: tokenization and chat templates (from the tokenizer's config).
+
+Tokenizing is the one thing a request does before the engine sees it, so it is bounded: text that cannot fit
+the context (more bytes than max_model_len tokens can cover, `token_bound.py`) is refused before it is
+tokenized, and at most TOKENIZE_CONCURRENCY prompts are tokenized at once (the others wait their turn).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,9 @@ import uuid
 
 from server.errors import APIError
 from server.schemas import ChatMessage, _Common
+from server.token_bound import max_bytes_per_token
+
+TOKENIZE_CONCURRENCY = 2  # prompts tokenized at once: each holds a core and a few times its text in memory
 
 
 def new_id(prefix: str) -> str:
@@ -20,10 +28,65 @@ def check_model(body_model: str | None, served: str) -> None:
 
 
 def check_unsupported(body: _Common) -> None:
-    if body.logit_bias:
-        raise APIError(400, "logit_bias is not supported", param="logit_bias")
     if body.stream_options is not None and not body.stream:
-        raise APIError(400, "stream_options is only allowed with stream=true", param="stream_options")
+        raise APIError(400, "stream_options is only allowed with stream=true", param="stream_options",
+                       code="invalid_combination")
+
+
+class PromptEncoder:
+    """Text -> token ids for one tokenizer and context length (one per app, `deps.get_prompts`)."""
+
+    def __init__(self, tokenizer, max_model_len: int):
+        self.tokenizer, self.max_model_len = tokenizer, max_model_len
+        self.bytes_per_token = max_bytes_per_token(tokenizer)
+        self._slots = asyncio.Semaphore(TOKENIZE_CONCURRENCY)
+
+    def refuse_if_too_long(self, text: str, param: str, max_tokens: int) -> None:
+        """400 when `text` certainly tokenizes to more than `max_tokens` tokens (checked on its length alone)."""
+        if self.bytes_per_token is None:
+            return
+        cap = max_tokens * self.bytes_per_token
+        if len(text) > cap or len(text.encode("utf-8")) > cap:  # a character is at least one byte
+            raise APIError(
+                400, f"This model's maximum context length is {self.max_model_len} tokens, but the {param} is "
+                f"{len(text.encode('utf-8')):,} bytes: more than {max_tokens:,} tokens of this tokenizer (one token "
+                f"covers at most {self.bytes_per_token} bytes). Please shorten the {param}.",
+                param=param, code="context_length_exceeded")
+
+    async def _run(self, fn, *args):
+        async with self._slots:
+            return await asyncio.to_thread(fn, *args)
+
+    async def encode(self, text: str, *, add_special_tokens: bool = True, param: str = "prompt",
+                     max_tokens: int | None = None) -> list[int]:
+        """Token ids of `text`; `max_tokens` (default max_model_len - 1: one token must remain to generate)."""
+        self.refuse_if_too_long(text, param, self.max_model_len - 1 if max_tokens is None else max_tokens)
+        return await self._run(_encode, self.tokenizer, text, add_special_tokens)
+
+    async def chat(self, messages: list[ChatMessage], add_generation_prompt: bool = True,
+                   max_tokens: int | None = None) -> list[int]:
+        if not messages:
+            raise APIError(400, "messages must contain at least one message", param="messages")
+        text = await self._run(_chat_text, self.tokenizer, messages, add_generation_prompt)
+        return await self.encode(text, add_special_tokens=False, param="messages", max_tokens=max_tokens)
+
+    async def completion(self, prompt) -> list[int]:
+        """The ids of a /v1/completions prompt: a string, a list of ids, or a one-element list of either."""
+        if isinstance(prompt, list):
+            if len(prompt) == 0:
+                raise APIError(400, "the prompt is empty", param="prompt")
+            if isinstance(prompt[0], (str, list)):
+                if len(prompt) != 1:
+                    raise APIError(400, "batched prompts are not supported; send one request per prompt",
+                                   param="prompt")
+                prompt = prompt[0]
+        if isinstance(prompt, str):
+            if not prompt:
+                raise APIError(400, "the prompt is empty", param="prompt")
+            return await self.encode(prompt)
+        if not prompt:
+            raise APIError(400, "the prompt is empty", param="prompt")
+        return list(prompt)
 
 
 def _encode(tokenizer, text: str, add_special_tokens: bool = True) -> list[int]:
@@ -31,37 +94,7 @@ def _encode(tokenizer, text: str, add_special_tokens: bool = True) -> list[int]:
 
 
 def _chat_text(tokenizer, messages: list[ChatMessage], add_generation_prompt: bool = True) -> str:
-    try:
-        msgs = [{"role": m.role, "content": m.text()} for m in messages]
-    except ValueError as exc:
-        raise APIError(400, str(exc), param="messages") from None
+    msgs = [{"role": m.role, "content": m.text()} for m in messages]
     if getattr(tokenizer, "chat_template", None) is None:
         raise APIError(400, "this model's tokenizer has no chat template; use /v1/completions", param="messages")
     return tokenizer.apply_chat_template(msgs, add_generation_prompt=add_generation_prompt, tokenize=False)
-
-
-async def completion_prompt_ids(tokenizer, prompt) -> list[int]:
-    if isinstance(prompt, list):
-        if len(prompt) == 0:
-            raise APIError(400, "the prompt is empty", param="prompt")
-        if isinstance(prompt[0], (str, list)):
-            if len(prompt) != 1:
-                raise APIError(400, "batched prompts are not supported; send one request per prompt", param="prompt")
-            prompt = prompt[0]
-    if isinstance(prompt, str):
-        if not prompt:
-            raise APIError(400, "the prompt is empty", param="prompt")
-        return await asyncio.to_thread(_encode, tokenizer, prompt)
-    if not prompt:
-        raise APIError(400, "the prompt is empty", param="prompt")
-    return list(prompt)
-
-
-async def chat_prompt_ids(tokenizer, messages: list[ChatMessage], add_generation_prompt: bool = True) -> list[int]:
-    if not messages:
-        raise APIError(400, "messages must contain at least one message", param="messages")
-
-    def work() -> list[int]:
-        return _encode(tokenizer, _chat_text(tokenizer, messages, add_generation_prompt), add_special_tokens=False)
-
-    return await asyncio.to_thread(work)

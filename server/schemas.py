@@ -1,17 +1,37 @@
-"""Request bodies (OpenAI's fields plus vLLM-style top-level extensions) and their conversion to engine params.
+"""Request and response bodies (OpenAI's fields plus vLLM-style top-level extensions), and their conversion to
+engine params.
 
-Responses are built as plain dicts in `openai_format.py` (their shape is OpenAI's, checked by the tests
-through the official client). Unknown request fields are ignored, as vLLM does.
+Every limit the server enforces on a single field is declared here, so /openapi.json says it and a body that
+breaks it is a 400 naming the field: ranges, non-empty prompts and messages, text without lone UTF-16
+surrogates. Limits that depend on the loaded model (max_model_len, vocabulary, max_num_seqs) are added to the
+schema by `openapi.py`; what no schema can say (prompt + max_tokens within the context, best_of == n) is a 400
+with its own `code`. Responses are built as plain dicts in `openai_format.py`; the models at the end only
+document them. Unknown request fields are ignored, as vLLM does.
 """
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from lighthouse.engine.options import DecodeMode, PrefillMode, RequestOptions
-from lighthouse.engine.sampling import SamplingParams
+from lighthouse.engine.sampling import MAX_TOP_LOGPROBS, SamplingParams
+
+
+def _no_lone_surrogates(value: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"the text has a lone UTF-16 surrogate (\\u{ord(value[exc.start]):04x}) at character "
+                         f"{exc.start}; a \\ud800-\\udfff escape must be half of a valid pair") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_no_lone_surrogates)]
+NonEmptyText = Annotated[str, StringConstraints(min_length=1), AfterValidator(_no_lone_surrogates)]
+TokenId = Annotated[int, Field(ge=0)]
+Finite = dict(allow_inf_nan=False)
 
 
 class StreamOptions(BaseModel):
@@ -21,23 +41,24 @@ class StreamOptions(BaseModel):
 class _Common(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    model: str | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    n: int = 1
+    model: Text | None = None
+    temperature: float | None = Field(None, ge=0, le=100, **Finite)
+    top_p: float | None = Field(None, gt=0, le=1, **Finite)
+    n: int = Field(1, ge=1, le=16)
     stream: bool = False
-    stream_options: StreamOptions | None = None
-    stop: str | list[str] | None = None
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
+    stream_options: StreamOptions | None = Field(None, description="only with stream=true")
+    stop: NonEmptyText | Annotated[list[NonEmptyText], Field(max_length=16)] | None = None
+    presence_penalty: float = Field(0.0, ge=-2, le=2, **Finite)
+    frequency_penalty: float = Field(0.0, ge=-2, le=2, **Finite)
     seed: int | None = None
-    user: str | None = None
-    logit_bias: dict[str, float] | None = None
+    user: Text | None = None
+    logit_bias: Annotated[dict[Text, float], Field(max_length=0)] | None = Field(
+        None, description="not supported: only an empty object or null")
     # extensions (top level, as vLLM's; the openai client sends them with extra_body)
-    top_k: int = -1
-    min_p: float = 0.0
-    repetition_penalty: float = 1.0
-    stop_token_ids: list[int] | None = None
+    top_k: int = Field(-1, ge=-1)
+    min_p: float = Field(0.0, ge=0, le=1, **Finite)
+    repetition_penalty: float = Field(1.0, gt=0, le=100, **Finite)
+    stop_token_ids: list[TokenId] | None = None
     ignore_eos: bool = False
     prefill: PrefillMode | None = None
     decode: DecodeMode | None = None
@@ -68,53 +89,164 @@ class _Common(BaseModel):
                               cache_prompt=self.cache_prompt)
 
 
+MaxTokens = Annotated[int, Field(ge=1)]
+TopLogprobs = Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)]
+Prompt = Union[
+    NonEmptyText,
+    Annotated[list[TokenId], Field(min_length=1)],
+    Annotated[list[NonEmptyText], Field(min_length=1, max_length=1)],  # one prompt per request
+    Annotated[list[Annotated[list[TokenId], Field(min_length=1)]], Field(min_length=1, max_length=1)],
+]
+
+
 class CompletionRequest(_Common):
-    prompt: Union[str, list[int], list[str], list[list[int]]]
-    max_tokens: int | None = 16
-    logprobs: int | None = None
-    echo: bool = False
-    suffix: str | None = None
-    best_of: int | None = None
+    prompt: Prompt
+    max_tokens: MaxTokens | None = Field(16, description="null means the default, 16 (as OpenAI)")
+    logprobs: TopLogprobs | None = None
+    echo: Literal[False] = Field(False, description="not supported")
+    suffix: Annotated[str, StringConstraints(max_length=0)] | None = Field(None, description="not supported")
+    best_of: int | None = Field(None, ge=1, le=16, description="must equal n (no server-side best-of)")
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["text"] = Field(description="only text parts are supported")
+    text: Text = ""
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="ignore")
 
-    role: str
-    content: str | list[dict[str, Any]] | None = None
-    name: str | None = None
+    role: Text
+    content: Text | list[TextPart] | None = None
+    name: Text | None = None
 
     def text(self) -> str:
         if self.content is None or isinstance(self.content, str):
             return self.content or ""
-        parts = []
-        for part in self.content:
-            if part.get("type") != "text":
-                raise ValueError(f"content parts of type {part.get('type')!r} are not supported (text only)")
-            parts.append(str(part.get("text", "")))
-        return "".join(parts)
+        return "".join(part.text for part in self.content)
+
+
+Messages = Annotated[list[ChatMessage], Field(min_length=1)]
 
 
 class ChatCompletionRequest(_Common):
-    messages: list[ChatMessage]
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
+    messages: Messages
+    max_tokens: MaxTokens | None = None
+    max_completion_tokens: MaxTokens | None = None
     logprobs: bool = False
-    top_logprobs: int | None = None
+    top_logprobs: TopLogprobs | None = None
     add_generation_prompt: bool = True
 
 
 class TokenizeRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    """Exactly one of `prompt` and `messages`."""
 
-    model: str | None = None
-    prompt: str | None = None
-    messages: list[ChatMessage] | None = None
+    model_config = ConfigDict(extra="ignore", json_schema_extra={
+        "oneOf": [{"required": ["prompt"]}, {"required": ["messages"]}]})
+
+    model: Text | None = None
+    prompt: NonEmptyText = Field(None)  # not nullable in the schema: give it or leave it out
+    messages: Messages = Field(None)
     add_special_tokens: bool = True
 
 
 class DetokenizeRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    model: str | None = None
+    model: Text | None = None
+    tokens: list[TokenId]
+
+
+# ---- responses (documentation: the routes return dicts of these shapes) -------------------------------------
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    prompt_tokens_details: dict[str, int] | None = None
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: dict[str, Any] | None
+    finish_reason: str | None
+
+
+class Completion(BaseModel):
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage
+
+
+class ChatChoiceMessage(BaseModel):
+    role: Literal["assistant"]
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: ChatChoiceMessage
+    logprobs: dict[str, Any] | None
+    finish_reason: str | None
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+    max_model_len: int
+
+
+class ModelList(BaseModel):
+    object: Literal["list"]
+    data: list[ModelCard]
+
+
+class TokenizeResponse(BaseModel):
     tokens: list[int]
+    count: int
+    max_model_len: int
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Ready(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    status: Literal["ready"]
+    running: int
+    waiting: int

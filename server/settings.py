@@ -58,7 +58,8 @@ class Settings(BaseSettings):
     dense_tail_tokens: int = Field(DEFAULT_DENSE_TAIL_TOKENS, ge=0)
     max_model_len: int | None = Field(None, ge=2, description="cap on prompt + completion tokens")
     max_num_seqs: int = Field(64, ge=1, description="sequences decoded together")
-    max_waiting: int = Field(256, ge=0, description="queued requests beyond which new ones are refused")
+    max_waiting: int = Field(256, ge=0, description="requests that may queue beyond the running batch's free slots "
+                                                    "before new ones are refused (0: no queue)")
     queue_full_status: IntLiteralStatus = 429
     retry_after_s: int = Field(1, ge=0)
     enable_prefix_caching: bool = Field(True, description="reuse finished prompts' K/V for later prompts with the same prefix")
@@ -70,7 +71,9 @@ class Settings(BaseSettings):
     default_max_tokens: int = Field(1024, ge=1, description="chat max_tokens when the request gives none")
     max_body_mb: float = Field(64.0, gt=0, description="request body limit (a 512K-token prompt is 1-4 MB of JSON)")
     cors_origins: CommaList = Field(default_factory=list, description="allowed CORS origins ('*' for any)")
-    drain_timeout_s: float = Field(30.0, ge=0, description="on SIGTERM, how long in-flight requests may finish")
+    shutdown_delay_s: float = Field(0.0, ge=0, description="on SIGTERM, how long /ready reports 503 while requests "
+                                                          "are still served (a pre-stop delay for load balancers)")
+    drain_timeout_s: float = Field(30.0, ge=0, description="then, how long in-flight requests may finish")
     log_level: LogLevel = "info"
 
     @property

@@ -114,7 +114,7 @@ def test_the_body_reaches_the_engine_as_one_request_options(client):
 
 def test_chat_top_logprobs_out_of_range(client):
     body = {"messages": [{"role": "user", "content": "hi"}], "logprobs": True, "top_logprobs": 50}
-    assert_error(post(client, "/v1/chat/completions", body), 400, param="logprobs")
+    assert_error(post(client, "/v1/chat/completions", body), 400, param="top_logprobs")
 
 
 @pytest.mark.parametrize("raw", ['{"prompt": "hi"', "not json", "[1, 2]", '"a string"', "null", ""])

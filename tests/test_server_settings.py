@@ -33,6 +33,7 @@ ENV_SAMPLES = {
     "max_body_mb": ("8", 8.0),
     "cors_origins": ("https://a.example, https://b.example", ["https://a.example", "https://b.example"]),
     "drain_timeout_s": ("2.5", 2.5),
+    "shutdown_delay_s": ("5", 5.0),
     "log_level": ("DEBUG", "debug"),
     "enable_prefix_caching": ("false", False),
     "block_size": ("64", 64),

@@ -4,6 +4,10 @@ Nothing here touches tensors on the event loop: `submit` validates (cheap) and h
 engine thread, which steps the engine and posts every output to the owning request's queue with
 `loop.call_soon_threadsafe`. A long prefill therefore never blocks /health. Closing a stream before it
 finished aborts the request, which frees its cache at the next layer or step.
+
+If the engine thread dies (an error that leaves the device unusable, or a bug outside one request's step),
+every request in flight gets a final error output, `is_alive()` turns false and `dead_reason` says why; the
+server turns /health 503 and exits non-zero, since only a restart recovers.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from dataclasses import dataclass
 from typing import AsyncIterator, Callable
 
 from lighthouse.engine.engine import LLMEngine
-from lighthouse.engine.errors import EngineStopped, QueueFull
+from lighthouse.engine.errors import (ENGINE_DEAD, INTERNAL_ERROR, SHUTTING_DOWN, EngineStopped, QueueFull,
+                                     is_device_fatal)
 from lighthouse.engine.options import RequestOptions
 from lighthouse.engine.sampling import SamplingParams
 from lighthouse.engine.sequence import RequestOutput
@@ -71,6 +76,7 @@ class AsyncEngine:
         self._thread: threading.Thread | None = None
         self._pending = 0  # submitted, not yet queued by the engine thread
         self.accepting = False
+        self.dead_reason: str | None = None  # set when the engine thread died
         engine.progress_callback = self._on_progress
 
     # ---- what the server reads --------------------------------------------------------------------------------
@@ -96,16 +102,29 @@ class AsyncEngine:
         self._thread.start()
         self.accepting = True
 
-    async def shutdown(self, timeout_s: float = 30.0) -> None:
-        """Stop admitting, let in-flight requests finish for up to `timeout_s`, abort the rest, stop the thread."""
+    @property
+    def in_flight(self) -> int:
+        return len(self._routes)
+
+    async def drain(self, timeout_s: float = 30.0, cut_short: Callable[[], bool] = lambda: False) -> int:
+        """Stop admitting, let in-flight requests finish for up to `timeout_s` (or until `cut_short()`), then fail
+        the rest with a `shutting_down` error (a stream gets it as its last event). Returns how many failed."""
         self.accepting = False
         deadline = time.monotonic() + timeout_s
-        while self._routes and time.monotonic() < deadline:
+        while self._routes and time.monotonic() < deadline and not cut_short():
             await asyncio.sleep(0.05)
-        for rid in list(self._routes):
-            self.abort(rid)
+        deadline = time.monotonic()
+        cut = list(self._routes)
+        for rid in cut:
+            self.abort(rid, error=f"the server shut down before this request finished (drain timeout {timeout_s:g}s); "
+                                  "retry it", code=SHUTTING_DOWN)
         while self._routes and time.monotonic() < deadline + 5:
             await asyncio.sleep(0.02)
+        return len(cut)
+
+    async def shutdown(self, timeout_s: float = 30.0) -> None:
+        """`drain(timeout_s)`, then stop the engine thread."""
+        await self.drain(timeout_s)
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
@@ -117,12 +136,17 @@ class AsyncEngine:
         """Validate and queue (raises InvalidRequest, QueueFull, EngineStopped); iterate the returned stream."""
         if not self.accepting or not self.is_alive():
             raise EngineStopped("the server is shutting down or the engine is not running")
-        if self.stats()["waiting"] >= self.max_waiting:
-            raise QueueFull(f"too many requests waiting ({self.max_waiting}); retry later")
+        stats = self.stats()
+        free_slots = max(0, self.engine.config.max_num_seqs - stats["running"])
+        if stats["waiting"] >= self.max_waiting + free_slots:  # max_waiting 0: no queue beyond the free slots
+            raise QueueFull(f"too many requests waiting (the queue holds {self.max_waiting} beyond the running "
+                            "batch); retry later")
         req = self.engine.make_request(request_id, prompt_ids, params, options)
         loop = asyncio.get_running_loop()
         q: asyncio.Queue = asyncio.Queue()
         with self._routes_lock:
+            if self.dead_reason is not None:  # died since the check above: its last outputs went out already
+                raise EngineStopped(f"the engine stopped ({self.dead_reason})")
             self._routes[request_id] = _Route(loop, q, len(req.seqs))
             self._pending += 1
 
@@ -138,13 +162,25 @@ class AsyncEngine:
         self._wake.set()
         return RequestStream(self, request_id, len(req.seqs), q)
 
-    def abort(self, request_id: str) -> None:
-        self._inbox.put(lambda: self.engine.abort_request(request_id))
-        self.engine.abort_request(request_id)  # also flags a prefill in progress right now
+    def abort(self, request_id: str, *, error: str | None = None, code: str | None = None) -> None:
+        """Stop a request; with `error`, it ends with that error (and `code`) rather than as aborted."""
+        self._inbox.put(lambda: self.engine.abort_request(request_id, error=error, code=code))
+        self.engine.abort_request(request_id, error=error, code=code)  # also flags a prefill in progress now
         self._wake.set()
 
     # ---- engine thread ----------------------------------------------------------------------------------------
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # the thread is dying: nobody may wait forever for an output
+            self.accepting = False
+            with self._routes_lock:
+                self.dead_reason = f"{type(exc).__name__}: {exc}"
+            log.critical("the engine thread died (%s); failing the %d requests in flight", self.dead_reason,
+                         len(self._routes), exc_info=True)
+            self._fail_routes(f"the engine stopped ({type(exc).__name__}); the server is restarting", ENGINE_DEAD)
+
+    def _loop(self) -> None:
         while not self._stop.is_set():
             while True:
                 try:
@@ -157,20 +193,30 @@ class AsyncEngine:
                 continue
             try:
                 outputs = self.engine.step()
-            except Exception:  # a bug in one step must not kill the server: fail what is running, go on
+            except Exception as exc:  # outside any one request's step (those fail alone, in the engine)
+                if is_device_fatal(exc):
+                    raise
                 log.exception("engine step failed; failing the requests in flight")
-                outputs = self._fail_all("internal error in the engine step")
+                outputs = self._fail_all(f"internal error in the engine step ({type(exc).__name__})")
             for out in outputs:
                 self._post(out)
 
     def _fail_all(self, message: str) -> list[RequestOutput]:
-        outs = []
         for rid in list(self._routes):
-            self.engine.abort_request(rid)
-        outs += self.engine.apply_aborts()
-        for o in outs:
-            o.finish_reason, o.error = "error", message
-        return outs
+            self.engine.abort_request(rid, error=message, code=INTERNAL_ERROR)
+        return self.engine.apply_aborts()
+
+    def _fail_routes(self, message: str, code: str) -> None:
+        """A final error output to every request still waiting (the engine thread is gone)."""
+        with self._routes_lock:
+            routes, self._routes = self._routes, {}
+        for rid, route in routes.items():
+            out = RequestOutput(rid, 0, [], "", None, True, "error", 0, 0, error=message, error_code=code)
+            for _ in range(route.remaining):  # one finished output per choice still open
+                try:
+                    route.loop.call_soon_threadsafe(route.queue.put_nowait, out)
+                except RuntimeError:
+                    pass
 
     def _post(self, out: RequestOutput, *, force_close: bool = False) -> None:
         with self._routes_lock:

@@ -4,6 +4,14 @@
 prefill or the decode batch, the model runner runs it on the paged KV cache, the output processor samples and
 detokenizes, and finished sequences give back their blocks (their prompt stays in the prefix cache by
 reference). `abort_request` is safe to call from any thread (it also stops a prefill between layers).
+
+Faults stay with the request that caused them. An exception (or device out-of-memory) in one request's prefill
+fails that request. The decode step runs every sequence in one batch, so when it raises, the batch is split in
+halves and each half run again (nothing advanced: lengths move only after a step succeeds, so a retry rewrites
+the same cache slots); a half that still fails is split further, down to the one sequence at fault, which fails
+with a clear error while the others go on with the same tokens they would have had. Out-of-memory retries in
+smaller batches the same way. An error that leaves the device unusable (`errors.is_device_fatal`) is raised:
+the engine must stop, not limp on.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ import torch
 
 from lighthouse.engine.config import EngineConfig
 from lighthouse.engine.detokenizer import IncrementalText
-from lighthouse.engine.errors import InvalidRequest
+from lighthouse.engine.errors import INTERNAL_ERROR, OUT_OF_MEMORY, InvalidRequest, is_device_fatal
 from lighthouse.engine.kv_cache import CacheShape, KVCacheManager, default_budget_bytes
 from lighthouse.engine.model_runner import ModelRunner
 from lighthouse.engine.options import RequestOptions
@@ -70,6 +78,7 @@ class LLMEngine:
         self._requests: dict[str, Request] = {}
         self._lock = threading.Lock()
         self._to_abort: set[str] = set()
+        self._abort_errors: dict[str, tuple[str, str]] = {}  # request id -> (message, code) it fails with
         self.runner.capture_all()
         log.info("engine ready: device=%s dtype=%s max_model_len=%d kv_cache=%.2f GiB (%d blocks of %d) prefill=%s "
                  "decode=%s cuda_graphs=%s", self.device, self.dtype, self.max_model_len, self.kv.budget_bytes / 2**30,
@@ -141,13 +150,16 @@ class LLMEngine:
                     options: RequestOptions | None = None) -> None:
         self.enqueue(self.make_request(request_id, prompt_ids, params, options))
 
-    def abort_request(self, request_id: str) -> None:
-        """Safe from any thread: the request stops at the next layer (prefill) or step (decode)."""
+    def abort_request(self, request_id: str, *, error: str | None = None, code: str | None = None) -> None:
+        """Safe from any thread: the request stops at the next layer (prefill) or step (decode). With `error`, it
+        finishes as failed (finish_reason "error", the message and code in its outputs) instead of aborted."""
         with self._lock:
             req = self._requests.get(request_id)
             if req is not None:
                 req.aborted.set()
                 self._to_abort.add(request_id)
+                if error is not None:
+                    self._abort_errors[request_id] = (error, code or INTERNAL_ERROR)
 
     # ---- stepping ---------------------------------------------------------------------------------------------
     def has_unfinished(self) -> bool:
@@ -187,11 +199,17 @@ class LLMEngine:
     def apply_aborts(self) -> list[RequestOutput]:
         with self._lock:
             ids, self._to_abort = self._to_abort, set()
-            reqs = [self._requests[i] for i in ids if i in self._requests]
+            reqs = [(self._requests[i], self._abort_errors.pop(i, None)) for i in ids if i in self._requests]
         outputs = []
-        for req in reqs:
+        for req, failure in reqs:
             self.scheduler.remove_waiting(req)
-            outputs += [self._finish(s, "abort") for s in req.seqs if s.status is not Status.FINISHED]
+            for s in req.seqs:
+                if s.status is Status.FINISHED:
+                    continue
+                if failure is None:
+                    outputs.append(self._finish(s, "abort"))
+                else:
+                    outputs.append(self._finish(s, "error", error=failure[0], error_code=failure[1]))
         return outputs
 
     def _prefill(self, req: Request) -> list[RequestOutput]:
@@ -216,12 +234,17 @@ class LLMEngine:
             for s in seqs[1:]:
                 s.kv = self.kv.fork(first.kv)
         except PrefillAborted:
+            with self._lock:
+                failure = self._abort_errors.get(req.request_id)  # failed from outside (shutdown): say so
+            if failure is not None:
+                return [self._finish(s, "error", error=failure[0], error_code=failure[1]) for s in seqs]
             return [self._finish(s, "abort") for s in seqs]
-        except torch.OutOfMemoryError as exc:  # never take the process down; this request alone fails
-            torch.cuda.empty_cache()
-            msg = f"out of device memory during prefill of {n_prompt} tokens; try a shorter prompt"
-            log.error("request %s: %s (%s)", req.request_id, msg, exc.__class__.__name__)
-            return [self._finish(s, "error", error=msg) for s in seqs]
+        except Exception as exc:  # never take the process down for one prompt; this request alone fails
+            if is_device_fatal(exc):
+                raise
+            msg, code = _failure(exc, f"the prefill of this request's {n_prompt} prompt tokens")
+            log.error("request %s: %s", req.request_id, msg, exc_info=code == INTERNAL_ERROR)
+            return [self._finish(s, "error", error=msg, error_code=code) for s in seqs]
         sparse_tokens = plan.sparse_tokens if not cached else 0
         req.prefill_info = PrefillInfo(plan.path, sparse_tokens, n_prompt - cached - sparse_tokens,
                                        "sparse" if plan.sparse_decode else "dense", time.monotonic() - t0, cached)
@@ -236,32 +259,82 @@ class LLMEngine:
 
     def _decode(self, batch: list[Sequence]) -> list[RequestOutput]:
         try:
-            logits = self.runner.decode([s.kv for s in batch], [s.output_ids[-1] for s in batch])
-        except torch.OutOfMemoryError:
+            sampled = self._decode_tokens(batch)
+        except Exception as exc:
+            if is_device_fatal(exc):
+                raise
+            return self._decode_isolating(batch, exc)
+        return self._advance(batch, sampled)
+
+    def _decode_tokens(self, batch: list[Sequence]) -> list[tuple[int, list[TokenLogprob] | None]]:
+        """One decode step and its sampling for `batch`; on an exception nothing has advanced (retry-safe)."""
+        kvs = [s.kv for s in batch]
+        logits = self.runner.decode(kvs, [s.output_ids[-1] for s in batch])
+        try:
+            return self.outputs.sample(batch, logits)
+        except Exception:
+            for kv in kvs:  # the runner advanced the lengths; the step is run again, so step them back
+                kv.length -= 1
+                if kv.sparse:
+                    kv.ctx_len -= 1
+            raise
+
+    def _decode_isolating(self, batch: list[Sequence], exc: Exception) -> list[RequestOutput]:
+        """The decode step failed for `batch`: run its halves again; a single sequence that still fails is the
+        one at fault and fails alone. (A seeded sampled sequence in a retried half draws again from its
+        generator, so its tokens may differ from a run without the fault; greedy ones do not.)"""
+        if isinstance(exc, torch.OutOfMemoryError):
             torch.cuda.empty_cache()
-            return [self._finish(s, "error", error="out of device memory during decode") for s in batch]
-        return self._postprocess(batch, logits)
+        if len(batch) == 1:
+            s = batch[0]
+            msg, code = _failure(exc, "the decode step of this request")
+            log.error("request %s: %s", s.request.request_id, msg, exc_info=code == INTERNAL_ERROR)
+            return [self._finish(s, "error", error=msg, error_code=code)]
+        log.warning("decode step of %d sequences failed (%s); retrying it in halves to find the one at fault",
+                    len(batch), type(exc).__name__)
+        outputs = []
+        for half in (batch[: len(batch) // 2], batch[len(batch) // 2 :]):
+            try:
+                sampled = self._decode_tokens(half)
+            except Exception as again:
+                if is_device_fatal(again):
+                    raise
+                outputs += self._decode_isolating(half, again)
+                continue
+            outputs += self._advance(half, sampled)
+        return outputs
 
     def _postprocess(self, seqs: list[Sequence], logits: torch.Tensor) -> list[RequestOutput]:
+        return self._advance(seqs, self.outputs.sample(seqs, logits))
+
+    def _advance(self, seqs: list[Sequence], sampled: list[tuple[int, list[TokenLogprob] | None]]) -> list[RequestOutput]:
         outputs = []
-        for s, (tok, lp) in zip(seqs, self.outputs.sample(seqs, logits)):
-            text, reason = self.outputs.advance(s, tok)
+        for s, (tok, lp) in zip(seqs, sampled):
+            try:
+                text, reason = self.outputs.advance(s, tok)
+            except Exception as exc:  # detokenizing or a stop check of this sequence alone
+                msg, code = _failure(exc, "the output processing of this request")
+                log.error("request %s: %s", s.request.request_id, msg, exc_info=True)
+                outputs.append(self._finish(s, "error", error=msg, error_code=code))
+                continue
             if reason is not None:
                 outputs.append(self._finish(s, reason, text=text, token_ids=[tok], logprobs=lp))
             else:
                 outputs.append(self._output(s, [tok], text, lp, finished=False))
         return outputs
 
-    def _output(self, s: Sequence, token_ids, text, lp, *, finished: bool, error: str | None = None) -> RequestOutput:
+    def _output(self, s: Sequence, token_ids, text, lp, *, finished: bool, error: str | None = None,
+                error_code: str | None = None) -> RequestOutput:
         req = s.request
         info = None
         if not s.prefill_reported and req.prefill_info is not None:
             info, s.prefill_reported = req.prefill_info, True
         return RequestOutput(req.request_id, s.index, token_ids, text, lp, finished, s.finish_reason,
-                             len(req.prompt_ids), len(s.output_ids), info, error)
+                             len(req.prompt_ids), len(s.output_ids), info, error, error_code=error_code)
 
     def _finish(self, s: Sequence, reason: str, *, text: str = "", token_ids=(),
-                logprobs: list[TokenLogprob] | None = None, error: str | None = None) -> RequestOutput:
+                logprobs: list[TokenLogprob] | None = None, error: str | None = None,
+                error_code: str | None = None) -> RequestOutput:
         s.status, s.finish_reason = Status.FINISHED, reason
         self.scheduler.retire(s)
         req = s.request
@@ -274,7 +347,18 @@ class LLMEngine:
             with self._lock:
                 self._requests.pop(req.request_id, None)
                 self._to_abort.discard(req.request_id)
-        return self._output(s, list(token_ids), text, logprobs, finished=True, error=error)
+                self._abort_errors.pop(req.request_id, None)
+        if error is not None and error_code is None:
+            error_code = INTERNAL_ERROR
+        return self._output(s, list(token_ids), text, logprobs, finished=True, error=error, error_code=error_code)
+
+
+def _failure(exc: Exception, where: str) -> tuple[str, str]:
+    """(message, code) for a request that failed in `where`: what a client may be told (no internals)."""
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return f"out of memory during {where}; retry later or with a shorter prompt", OUT_OF_MEMORY
+    return (f"internal error ({type(exc).__name__}) during {where}; other requests were not affected",
+            INTERNAL_ERROR)
 
 
 def _prompt_tensor(req: Request) -> torch.Tensor:

@@ -36,3 +36,21 @@ class RequestFailed(EngineError):
     """A request failed while running (e.g. out of device memory); the engine itself keeps serving."""
 
     code = "request_failed"
+
+
+# RequestOutput.error_code of a request that failed while running (the server maps each to a status)
+OUT_OF_MEMORY = "out_of_memory"  # device memory ran out in this request's step: transient, retry (503)
+INTERNAL_ERROR = "internal_error"  # an exception in this request's prefill or decode step: a bug (500)
+SHUTTING_DOWN = "shutting_down"  # the server stopped before the request finished (503)
+ENGINE_DEAD = "engine_dead"  # the engine thread died; the process is exiting (503)
+
+
+def is_device_fatal(exc: BaseException) -> bool:
+    """Whether an exception leaves the device unusable (a CUDA error other than out-of-memory poisons the
+    context: every later kernel fails too), so the engine must stop rather than fail one request."""
+    import torch
+
+    if isinstance(exc, torch.OutOfMemoryError):
+        return False
+    fatal_types = tuple(t for t in (getattr(torch, "AcceleratorError", None),) if t is not None)
+    return isinstance(exc, fatal_types) or (isinstance(exc, RuntimeError) and "CUDA error" in str(exc))

@@ -56,6 +56,7 @@ class RequestOutput:
     prefill: PrefillInfo | None = None  # on the first output of each choice
     error: str | None = None
     progress: tuple[int, int] | None = None  # (prompt tokens processed, total) while prefilling; no tokens then
+    error_code: str | None = None  # with error: errors.FAILURE_CODES says which (out_of_memory, internal_error, ...)
 
 
 @dataclass

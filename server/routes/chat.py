@@ -5,23 +5,24 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
-from server.deps import EngineDep, MetricsDep, SettingsDep, require_api_key
+from server.deps import EngineDep, MetricsDep, PromptsDep, SettingsDep, require_api_key
 from server.errors import APIError
 from server.generation import ClientGone, Generation
 from server.openai_format import Formatter
-from server.prompts import chat_prompt_ids, check_model, check_unsupported, new_id
+from server.openapi import generation_responses
+from server.prompts import check_model, check_unsupported, new_id
 from server.routes.completions import SSE_HEADERS
-from server.schemas import ChatCompletionRequest
+from server.schemas import ChatCompletion, ChatCompletionRequest
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
 
 
-@router.post("/v1/chat/completions")
+@router.post("/v1/chat/completions", responses=generation_responses(ChatCompletion))
 async def create_chat_completion(body: ChatCompletionRequest, request: Request, engine: EngineDep,
-                                 settings: SettingsDep, metrics: MetricsDep):
+                                 settings: SettingsDep, metrics: MetricsDep, prompts: PromptsDep):
     check_model(body.model, request.app.state.model_name)
     check_unsupported(body)
-    prompt_ids = await chat_prompt_ids(engine.tokenizer, body.messages, body.add_generation_prompt)
+    prompt_ids = await prompts.chat(body.messages, body.add_generation_prompt)
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     if max_tokens is None:  # as much as fits, capped so one request does not reserve the whole cache
         max_tokens = max(1, min(settings.default_max_tokens, engine.max_model_len - len(prompt_ids)))

@@ -8,7 +8,9 @@ from prometheus_client import CONTENT_TYPE_LATEST
 router = APIRouter()
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=Response, responses={200: {
+    "description": "Prometheus text exposition format",
+    "content": {"text/plain": {"schema": {"type": "string"}}}}})
 async def metrics(request: Request):
     engine = getattr(request.app.state, "engine", None)
     stats = engine.stats() if engine is not None else {}

@@ -5,7 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 
 from server.deps import EngineDep, require_api_key
+from server.openapi import responses
 from server.prompts import check_model
+from server.schemas import ModelCard, ModelList
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
 
@@ -15,12 +17,12 @@ def _card(request: Request, engine) -> dict:
             "owned_by": "lighthouse", "max_model_len": engine.max_model_len}
 
 
-@router.get("/v1/models")
+@router.get("/v1/models", responses=responses(ModelList))
 async def list_models(request: Request, engine: EngineDep):
     return {"object": "list", "data": [_card(request, engine)]}
 
 
-@router.get("/v1/models/{model:path}")
+@router.get("/v1/models/{model:path}", responses=responses(ModelCard, 404))
 async def get_model(model: str, request: Request, engine: EngineDep):
     check_model(model, request.app.state.model_name)
     return _card(request, engine)

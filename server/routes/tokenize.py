@@ -6,27 +6,31 @@ import asyncio
 
 from fastapi import APIRouter, Depends, Request
 
-from server.deps import EngineDep, require_api_key
+from server.deps import EngineDep, PromptsDep, require_api_key
 from server.errors import APIError
-from server.prompts import _encode, chat_prompt_ids, check_model
-from server.schemas import DetokenizeRequest, TokenizeRequest
+from server.openapi import responses
+from server.prompts import check_model
+from server.schemas import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
 
 
-@router.post("/tokenize")
-async def tokenize(body: TokenizeRequest, request: Request, engine: EngineDep):
+@router.post("/tokenize", responses=responses(TokenizeResponse, 400, 404, 413))
+async def tokenize(body: TokenizeRequest, request: Request, engine: EngineDep, prompts: PromptsDep):
+    """Token ids of a prompt, or of chat messages after the chat template (exactly one of the two). Text that
+    cannot fit the context even as max_model_len tokens is refused (400) rather than tokenized."""
     check_model(body.model, request.app.state.model_name)
     if (body.prompt is None) == (body.messages is None):
         raise APIError(400, "give exactly one of 'prompt' or 'messages'", param="prompt")
     if body.messages is not None:
-        ids = await chat_prompt_ids(engine.tokenizer, body.messages)
+        ids = await prompts.chat(body.messages, max_tokens=engine.max_model_len)
     else:
-        ids = await asyncio.to_thread(_encode, engine.tokenizer, body.prompt, body.add_special_tokens)
+        ids = await prompts.encode(body.prompt, add_special_tokens=body.add_special_tokens,
+                                   max_tokens=engine.max_model_len)
     return {"tokens": ids, "count": len(ids), "max_model_len": engine.max_model_len}
 
 
-@router.post("/detokenize")
+@router.post("/detokenize", responses=responses(DetokenizeResponse, 400, 404, 413))
 async def detokenize(body: DetokenizeRequest, request: Request, engine: EngineDep):
     check_model(body.model, request.app.state.model_name)
     vocab = getattr(engine.tokenizer, "vocab_size", None)
