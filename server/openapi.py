@@ -40,7 +40,8 @@ def responses(ok_model: Any, *errors: int) -> dict:
 def generation_responses(ok_model: Any) -> dict:
     """A completion route: JSON, or an SSE stream with stream=true; its own refusals."""
     out = responses(ok_model, 400, 404, 429)
-    out[200]["content"] = {"text/event-stream": {"schema": {"type": "string"},
+    event = {"type": "object", "required": ["data"], "properties": {"data": {"type": "string"}}}
+    out[200]["content"] = {"text/event-stream": {"schema": event,
                                                  "description": "with stream=true: `data: {chunk}` lines, then "
                                                                 "`data: [DONE]`; a failure mid-stream is a "
                                                                 "`data: {\"error\": ...}` event"}}

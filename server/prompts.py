@@ -33,6 +33,15 @@ def check_unsupported(body: _Common) -> None:
                        code="invalid_combination")
 
 
+def check_max_tokens(body, fields: tuple[str, ...], max_model_len: int) -> None:
+    """The schema's bound on max_tokens fields (max_model_len - 1), also for a field that another overrides."""
+    for field in fields:
+        value = getattr(body, field)
+        if value is not None and value > max_model_len - 1:
+            raise APIError(400, f"{field} must be at most {max_model_len - 1} (max_model_len {max_model_len} less one "
+                           f"prompt token), got {value}", param=field)
+
+
 class PromptEncoder:
     """Text -> token ids for one tokenizer and context length (one per app, `deps.get_prompts`)."""
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, WithJsonSchema
 
 from lighthouse.engine.options import DecodeMode, PrefillMode, RequestOptions
 from lighthouse.engine.sampling import MAX_TOP_LOGPROBS, SamplingParams
@@ -28,41 +28,64 @@ def _no_lone_surrogates(value: str) -> str:
     return value
 
 
+def _integral_float_to_int(value: Any) -> Any:
+    """JSON Schema counts 2.0 as an integer; strict validation would not."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _not_supported_if_true(value: bool) -> bool:
+    if value:
+        raise ValueError("not supported: only false")
+    return value
+
+
 Text = Annotated[str, AfterValidator(_no_lone_surrogates)]
+def Int(**constraints) -> Any:  # noqa: N802 (a type)
+    """An integer field (strict, 2.0 allowed) with Field constraints; inside the validator, so /openapi.json
+    states them as minimum/maximum."""
+    return Annotated[int, Field(**constraints), BeforeValidator(_integral_float_to_int)]
+OnlyFalse = Annotated[bool, AfterValidator(_not_supported_if_true), WithJsonSchema({"type": "boolean", "enum": [False]})]
 NonEmptyText = Annotated[str, StringConstraints(min_length=1), AfterValidator(_no_lone_surrogates)]
-TokenId = Annotated[int, Field(ge=0)]
+TokenId = Int(ge=0)
 Finite = dict(allow_inf_nan=False)
 
 
+# strict: a field typed integer or boolean takes exactly that JSON type (no "1" for 1, no 0 for false), as the
+# schema says; a nested object still comes as a JSON object
+STRICT = ConfigDict(extra="ignore", strict=True)
+
+
 class StreamOptions(BaseModel):
+    model_config = STRICT
+
     include_usage: bool = False
 
 
 class _Common(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = STRICT
 
     model: Text | None = None
     temperature: float | None = Field(None, ge=0, le=100, **Finite)
     top_p: float | None = Field(None, gt=0, le=1, **Finite)
-    n: int = Field(1, ge=1, le=16)
+    n: Int(ge=1, le=16) = 1
     stream: bool = False
     stream_options: StreamOptions | None = Field(None, description="only with stream=true")
     stop: NonEmptyText | Annotated[list[NonEmptyText], Field(max_length=16)] | None = None
     presence_penalty: float = Field(0.0, ge=-2, le=2, **Finite)
     frequency_penalty: float = Field(0.0, ge=-2, le=2, **Finite)
-    seed: int | None = None
+    seed: Int() | None = None
     user: Text | None = None
     logit_bias: Annotated[dict[Text, float], Field(max_length=0)] | None = Field(
         None, description="not supported: only an empty object or null")
     # extensions (top level, as vLLM's; the openai client sends them with extra_body)
-    top_k: int = Field(-1, ge=-1)
+    top_k: Int(ge=-1) = -1
     min_p: float = Field(0.0, ge=0, le=1, **Finite)
     repetition_penalty: float = Field(1.0, gt=0, le=100, **Finite)
     stop_token_ids: list[TokenId] | None = None
     ignore_eos: bool = False
     prefill: PrefillMode | None = None
     decode: DecodeMode | None = None
-    dense_tail_tokens: int | None = Field(None, ge=0, strict=True)  # as RequestOptions: no true, no 1.5
+    dense_tail_tokens: Int(ge=0) | None = None  # as RequestOptions: no true, no 1.5
     return_progress: bool = False  # stream prefill progress chunks (llama.cpp's name)
     cache_prompt: bool = True  # reuse the prefix cache and leave this prompt in it (llama.cpp's name)
 
@@ -89,8 +112,8 @@ class _Common(BaseModel):
                               cache_prompt=self.cache_prompt)
 
 
-MaxTokens = Annotated[int, Field(ge=1)]
-TopLogprobs = Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)]
+MaxTokens = Int(ge=1)
+TopLogprobs = Int(ge=0, le=MAX_TOP_LOGPROBS)
 Prompt = Union[
     NonEmptyText,
     Annotated[list[TokenId], Field(min_length=1)],
@@ -103,20 +126,20 @@ class CompletionRequest(_Common):
     prompt: Prompt
     max_tokens: MaxTokens | None = Field(16, description="null means the default, 16 (as OpenAI)")
     logprobs: TopLogprobs | None = None
-    echo: Literal[False] = Field(False, description="not supported")
+    echo: OnlyFalse = Field(False, description="not supported")
     suffix: Annotated[str, StringConstraints(max_length=0)] | None = Field(None, description="not supported")
-    best_of: int | None = Field(None, ge=1, le=16, description="must equal n (no server-side best-of)")
+    best_of: Int(ge=1, le=16) | None = Field(None, description="must equal n (no server-side best-of)")
 
 
 class TextPart(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = STRICT
 
     type: Literal["text"] = Field(description="only text parts are supported")
     text: Text = ""
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = STRICT
 
     role: Text
     content: Text | list[TextPart] | None = None
@@ -143,7 +166,7 @@ class ChatCompletionRequest(_Common):
 class TokenizeRequest(BaseModel):
     """Exactly one of `prompt` and `messages`."""
 
-    model_config = ConfigDict(extra="ignore", json_schema_extra={
+    model_config = ConfigDict(extra="ignore", strict=True, json_schema_extra={
         "oneOf": [{"required": ["prompt"]}, {"required": ["messages"]}]})
 
     model: Text | None = None
@@ -153,7 +176,7 @@ class TokenizeRequest(BaseModel):
 
 
 class DetokenizeRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = STRICT
 
     model: Text | None = None
     tokens: list[TokenId]

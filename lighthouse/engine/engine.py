@@ -255,7 +255,14 @@ class LLMEngine:
             req.prompt_mask = torch.zeros(self.vocab_size, dtype=torch.bool, device=self.device)
             req.prompt_mask[torch.tensor(req.prompt_ids, device=self.device)] = True
         self.scheduler.start(seqs)
-        return self._postprocess(seqs, logits[None].expand(len(seqs), -1))
+        try:
+            return self._postprocess(seqs, logits[None].expand(len(seqs), -1))
+        except Exception as exc:  # sampling the first token: this request alone
+            if is_device_fatal(exc):
+                raise
+            msg, code = _failure(exc, "sampling this request's first token")
+            log.error("request %s: %s", req.request_id, msg, exc_info=True)
+            return [self._finish(s, "error", error=msg, error_code=code) for s in seqs]
 
     def _decode(self, batch: list[Sequence]) -> list[RequestOutput]:
         try:

@@ -2,7 +2,8 @@
 
 Order of operations per row, as vLLM applies them: repetition penalty (prompt + output tokens), presence and
 frequency penalties (output tokens), temperature, top-k, top-p, min-p, then sample with the row's own
-generator (so a seeded request gives the same tokens whatever it is batched with). Temperature 0 is greedy.
+generator (so a seeded request gives the same tokens whatever it is batched with). Temperature 0 (anything
+below 1e-5, as vLLM) is greedy.
 Logprobs are the model's own distribution (log-softmax of the raw logits), as vLLM reports by default.
 """
 
@@ -17,6 +18,7 @@ from torch import Tensor
 from lighthouse.engine.errors import InvalidRequest
 
 MAX_TOP_LOGPROBS = 20
+GREEDY_BELOW = 1e-5  # temperatures under this are greedy
 
 
 @dataclass
@@ -72,7 +74,8 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        # below 1e-5 (vLLM's threshold) logits / temperature overflows to inf and the softmax to NaN: argmax
+        return self.temperature < GREEDY_BELOW
 
 
 def make_generator(seed: int | None, device: torch.device) -> torch.Generator:

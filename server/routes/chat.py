@@ -10,7 +10,7 @@ from server.errors import APIError
 from server.generation import ClientGone, Generation
 from server.openai_format import Formatter
 from server.openapi import generation_responses
-from server.prompts import check_model, check_unsupported, new_id
+from server.prompts import check_max_tokens, check_model, check_unsupported, new_id
 from server.routes.completions import SSE_HEADERS
 from server.schemas import ChatCompletion, ChatCompletionRequest
 
@@ -22,6 +22,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request, 
                                  settings: SettingsDep, metrics: MetricsDep, prompts: PromptsDep):
     check_model(body.model, request.app.state.model_name)
     check_unsupported(body)
+    check_max_tokens(body, ("max_tokens", "max_completion_tokens"), engine.max_model_len)
     prompt_ids = await prompts.chat(body.messages, body.add_generation_prompt)
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     if max_tokens is None:  # as much as fits, capped so one request does not reserve the whole cache
