@@ -1,0 +1,188 @@
+"""`lighthouse serve` as an operator sees it: SIGTERM in the order load balancers understand (/ready 503 first,
+then 503 + Retry-After to new requests, an error event for a stream cut at the drain timeout, one log line, exit
+0); the engine thread dying (/health 503, requests in flight get an error, exit 1, no hang); a corrupt or partial
+checkpoint refused at startup with a message naming the file."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from safetensors.torch import load_file, save_file
+
+from test_server_support import LoopbackServer, free_port, make_checkpoint, settings_for, wait_until
+
+# `lighthouse serve` with a fault planted in the engine: a decode step of a prompt containing DIE raises a CUDA
+# error (which leaves a device unusable, so the engine must stop)
+DYING_SERVE = """
+import sys
+from lighthouse.engine.engine import LLMEngine
+real = LLMEngine._decode
+def _decode(self, batch):
+    if any(b"DIE" in bytes(i for i in s.request.prompt_ids if i < 256) for s in batch):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+    return real(self, batch)
+LLMEngine._decode = _decode
+from lighthouse.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return make_checkpoint(tmp_path_factory.mktemp("tiny") / "ckpt")
+
+
+def start(ckpt, *flags, code=None):
+    port = free_port()
+    env = {**os.environ, "LIGHTHOUSE_DEVICE": "cpu", "LIGHTHOUSE_KV_CACHE_GB": "0.25"}
+    head = [sys.executable, "-c", code] if code else [sys.executable, "-m", "lighthouse.cli"]
+    proc = subprocess.Popen([*head, "serve", "--checkpoint", str(ckpt), "--port", str(port), *flags], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            if httpx.get(url + "/ready", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.kill()
+            raise AssertionError(f"server did not become ready: {proc.stdout.read()[-3000:]}")
+        time.sleep(0.2)
+
+
+def stop(proc) -> str:
+    if proc.poll() is None:
+        proc.kill()
+    out = proc.stdout.read()
+    proc.wait()
+    return out
+
+
+LONG = {"prompt": "long", "max_tokens": 8000, "temperature": 0, "ignore_eos": True, "stream": True}
+
+
+def test_sigterm_ready_503_first_then_503_with_retry_after_then_an_error_event_then_exit_0(ckpt):
+    proc, url = start(ckpt, "--shutdown-delay-s", "2", "--drain-timeout-s", "2")
+    try:
+        with httpx.Client(base_url=url, timeout=30) as c, c.stream("POST", "/v1/completions", json=LONG) as stream:
+            lines = stream.iter_lines()
+            assert next(lines).startswith("data: {")
+            proc.send_signal(signal.SIGTERM)
+            # 1. /ready turns 503 at once, while everything else is still served (the pre-stop delay)
+            assert wait_until(lambda: c.get("/ready").status_code == 503, timeout=1.5)
+            r = c.post("/v1/completions", json={"prompt": "still served", "max_tokens": 2})
+            assert r.status_code == 200, r.text
+            # 2. draining: a new request is told 503 + Retry-After on a connection that is then closed
+            with httpx.Client(base_url=url, timeout=10) as fresh:
+                assert wait_until(lambda: fresh.post("/v1/completions", json={"prompt": "x"}).status_code == 503,
+                                  timeout=4)
+                r = fresh.post("/v1/models")
+                assert r.status_code == 503 and r.headers["retry-after"] == "1"
+                assert r.headers["connection"] == "close" and r.json()["error"]["code"] == "shutting_down"
+            # 3. the long stream is cut at the drain timeout with an error event, then [DONE]
+            rest = [line for line in lines if line]
+        events = [json.loads(line[6:]) for line in rest if line.startswith("data: {")]
+        assert "error" in events[-1] and events[-1]["error"]["code"] == "shutting_down", events[-1]
+        assert rest[-1] == "data: [DONE]"
+        assert proc.wait(timeout=20) == 0
+    finally:
+        log = stop(proc)
+    assert "Traceback" not in log and "CancelledError" not in log, log[-3000:]
+    assert log.count("drain timeout") == 1 and "Finished server process" in log, log[-3000:]
+
+
+def test_the_engine_thread_dying_fails_requests_in_flight_and_exits_1(ckpt):
+    proc, url = start(ckpt, code=DYING_SERVE)
+    try:
+        with httpx.Client(base_url=url, timeout=30) as c, c.stream("POST", "/v1/completions", json=LONG) as stream:
+            lines = stream.iter_lines()
+            assert next(lines).startswith("data: {")
+            r = c.post("/v1/completions", json={"prompt": "DIE", "max_tokens": 5})
+            assert r.status_code == 503 and r.json()["error"]["code"] == "engine_dead", r.text
+            rest = [line for line in lines if line]  # the stream in flight ends with the same error, no hang
+        assert json.loads(rest[-2][6:])["error"]["code"] == "engine_dead" and rest[-1] == "data: [DONE]"
+        assert proc.wait(timeout=20) == 1
+    finally:
+        log = stop(proc)
+    assert "the engine thread died" in log, log[-3000:]
+
+
+def test_health_is_503_once_the_engine_thread_died(ckpt, monkeypatch):
+    with LoopbackServer(settings_for(ckpt)) as server:
+        engine = server.engine.engine
+        monkeypatch.setattr(engine, "step", lambda: (_ for _ in ()).throw(RuntimeError("CUDA error: unknown")))
+        r = httpx.post(server.url + "/v1/completions", json={"prompt": "x", "max_tokens": 3}, timeout=30)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "engine_dead"
+        assert httpx.get(server.url + "/health").status_code == 503
+        assert httpx.get(server.url + "/ready").status_code == 503
+        assert wait_until(lambda: server.app.state.lifecycle.fatal is not None, timeout=3)
+        r = httpx.post(server.url + "/v1/completions", json={"prompt": "x"}, timeout=30)
+        assert r.status_code == 503 and r.headers["retry-after"]  # refused at once, never hangs
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-500])
+
+
+def _drop_tensor(path: Path) -> None:
+    state = load_file(path)
+    del state["model.norm.weight"]
+    save_file(state, path)
+
+
+CORRUPTIONS = [
+    ("config.json", lambda p: p.write_text('{"model_type": "llama", "hidden_size": ')),
+    ("config.json", lambda p: p.write_text('["not", "an", "object"]')),
+    ("config.json", lambda p: p.unlink()),
+    ("model.safetensors", _truncate),
+    ("model.safetensors", lambda p: p.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")),
+    ("model.safetensors", lambda p: p.write_bytes(b"")),
+    ("model.safetensors", _drop_tensor),
+    ("tokenizer.json", lambda p: p.write_text("{ broken")),
+    ("tokenizer.json", lambda p: p.write_text('{"model": {"type": "nonsense"}}')),
+    ("tokenizer.json", lambda p: p.unlink()),
+    ("tokenizer_config.json", lambda p: p.write_text("{ broken")),
+    ("generation_config.json", lambda p: p.write_text('{"eos_token_id": "two"}')),
+]
+
+
+@pytest.mark.parametrize("name,corrupt", CORRUPTIONS, ids=[f"{n}-{i}" for i, (n, _) in enumerate(CORRUPTIONS)])
+def test_a_corrupt_or_partial_checkpoint_fails_serve_at_startup_naming_the_file(ckpt, tmp_path, capsys, name, corrupt):
+    import argparse
+
+    from server.cli import add_arguments, run
+
+    bad = tmp_path / "ckpt"
+    bad.mkdir()
+    for f in ckpt.iterdir():
+        (bad / f.name).write_bytes(f.read_bytes())
+    corrupt(bad / name)
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    args = p.parse_args(["--checkpoint", str(bad), "--device", "cpu", "--port", str(free_port())])
+    assert run(args) == 1
+    err = capsys.readouterr().err
+    assert "cannot load the checkpoint" in err and name.split(".")[0] in err, err
+    assert "Traceback" not in err
+
+
+def test_serve_with_a_truncated_checkpoint_exits_at_once_with_one_clear_line(ckpt, tmp_path):
+    bad = tmp_path / "ckpt"
+    bad.mkdir()
+    for f in ckpt.iterdir():
+        (bad / f.name).write_bytes(f.read_bytes())
+    _truncate(bad / "model.safetensors")
+    proc = subprocess.run([sys.executable, "-m", "lighthouse.cli", "serve", "--checkpoint", str(bad), "--device", "cpu"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert f"{bad / 'model.safetensors'} is truncated" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
