@@ -24,7 +24,9 @@ class MetricsLog:
         if not self.enabled or not self.path.exists():
             return
         keep = [r for r in read_metrics(self.path) if r.get("step", -1) <= step or r["type"] == "schedule"]
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in keep))
+        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
+        os.replace(tmp, self.path)  # a kill while rewriting leaves the old log, never half of it
 
     def write(self, record: dict) -> None:
         if not self.enabled:
@@ -35,7 +37,16 @@ class MetricsLog:
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """The records; a last line cut short (the process was killed while appending it) is skipped."""
+    lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i != len(lines) - 1:
+                raise
+    return records
 
 
 def plot_loss(metrics_path: str | os.PathLike, png_path: str | os.PathLike, title: str = "") -> None:

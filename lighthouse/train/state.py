@@ -1,9 +1,12 @@
 """Training checkpoints: out_dir/checkpoints/step_NNNNNN/ = a normal model checkpoint + optimizer + state.
 
 The model part is an ordinary HF-compatible checkpoint (it loads anywhere); the AdamW moments go to
-optimizer.safetensors under the parameters' names and the schedule position to trainer_state.json. A step
-directory is written under a temporary name and renamed when complete, so `latest_checkpoint` never sees a
-partial one. No pickle anywhere.
+optimizer.safetensors under the parameters' names and the schedule position to trainer_state.json. No pickle.
+
+A process killed at any point (SIGKILL, OOM killer, preemption) leaves only complete step directories under
+their real names: a step is written under a temporary name, synced, and renamed when complete; a directory is
+replaced or pruned by renaming it out of the way first (rename is atomic), then deleting it. Leftovers of a
+killed save are removed by `clean_partial`, which the trainer runs before resuming.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from lighthouse.checkpoint import load_weights, save_checkpoint
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
+_PARTIAL = (".tmp-step_", ".trash-step_")  # prefixes of a save or delete in progress
 
 
 def checkpoints_dir(out_dir: str | os.PathLike) -> Path:
@@ -34,6 +38,17 @@ def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
     return max(steps)[1] if steps else None
 
 
+def clean_partial(out_dir: str | os.PathLike) -> list[str]:
+    """Remove what a killed save or prune left behind (never a complete step directory); returns the names."""
+    root = checkpoints_dir(out_dir)
+    if not root.is_dir():
+        return []
+    gone = sorted(p.name for p in root.iterdir() if p.name.startswith(_PARTIAL))
+    for name in gone:
+        shutil.rmtree(root / name, ignore_errors=True)
+    return gone
+
+
 def save_training_state(model, optimizer, state: dict, out_dir: str | os.PathLike, keep_last: int) -> Path:
     root = checkpoints_dir(out_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -43,12 +58,36 @@ def save_training_state(model, optimizer, state: dict, out_dir: str | os.PathLik
         shutil.rmtree(tmp)
     save_checkpoint(model, None, tmp)
     save_file(_optimizer_tensors(model, optimizer), str(tmp / "optimizer.safetensors"))
-    (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2) + "\n")
+    (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2) + "\n")  # last: marks it complete
+    _fsync_dir_files(tmp)
     if final.exists():
-        shutil.rmtree(final)
+        _delete(final)
     os.replace(tmp, final)
+    _fsync(root)
     _prune(root, keep_last)
     return final
+
+
+def _delete(step_dir: Path) -> None:
+    """Rename out of the way (atomic), then delete: a kill midway leaves a .trash- directory, never a step_ one
+    with some files gone."""
+    trash = step_dir.with_name(f".trash-{step_dir.name}-{os.getpid()}")
+    os.replace(step_dir, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir_files(d: Path) -> None:
+    for f in d.iterdir():
+        _fsync(f)
+    _fsync(d)
 
 
 def load_training_state(model, optimizer, ckpt: Path) -> dict:
@@ -87,4 +126,4 @@ def _optimizer_tensors(model, optimizer) -> dict[str, torch.Tensor]:
 def _prune(root: Path, keep_last: int) -> None:
     steps = sorted((int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)))
     for _, p in steps[: max(0, len(steps) - max(1, keep_last))]:
-        shutil.rmtree(p, ignore_errors=True)
+        _delete(p)

@@ -29,7 +29,8 @@ from lighthouse.model.presets import model_preset
 from lighthouse.train.config import TrainConfig
 from lighthouse.train.data import build_streams, curriculum_samples, default_num_workers, step_loader
 from lighthouse.train.metrics import MetricsLog, plot_loss
-from lighthouse.train.state import checkpoints_dir, latest_checkpoint, load_training_state, save_training_state
+from lighthouse.train.state import (checkpoints_dir, clean_partial, latest_checkpoint, load_training_state,
+                                    save_training_state)
 
 CALIBRATE_AFTER = 6  # steps timed (in this process) before a time budget sets max_steps; the first two are warm-up
 
@@ -63,6 +64,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
     def _maybe_resume(self) -> None:
+        if self.is_main:
+            for name in clean_partial(self.out):  # a save or prune that a kill interrupted
+                self._log(f"removed {name}, left by an interrupted checkpoint save")
+        self._barrier()
         ckpt = latest_checkpoint(self.out) if self.cfg.resume else None
         if ckpt is None:
             if self.is_main:
