@@ -23,7 +23,7 @@ for spec in "$@"; do
         "$PY" -m lighthouse.train --preset default --out "$d" --no-resume --no-progress --save-dtype bf16 \
             --time-budget-s "$SECS" $flags > "$d/train.log" 2>&1
         "$PY" bench/passkey_eval.py --checkpoint "$d" --contexts 2048 4096 8192 16384 --trials 2 \
-            --note "explore_recipes $name: $flags" --out "$d/passkey.json" >> "$d/train.log" 2>&1
+            --note "explore_recipes $name: $flags" --out "$d/passkey.json" --overwrite >> "$d/train.log" 2>&1
         tar -C "$work" -czf "$OUT/$name.tar.gz" --exclude=checkpoints "$name"
     ) &
     i=$((i + 1))

@@ -27,5 +27,5 @@ export PYTHONUNBUFFERED=1
 start=$(date +%s)
 "$PY" -m lighthouse.train --preset default --out "$OUT" --no-resume --no-progress "${@:2}" 2>&1 | tee "$OUT/train.log"
 "$PY" bench/passkey_eval.py --checkpoint "$OUT" --contexts 2048 4096 8192 16384 --trials 4 \
-    --note "default checkpoint: bench/train_default.sh (preset default, seed 1234)" --out "$OUT/passkey.json" 2>&1 | tee -a "$OUT/train.log"
+    --note "default checkpoint: bench/train_default.sh (preset default, seed 1234)" --out "$OUT/passkey.json" --overwrite 2>&1 | tee -a "$OUT/train.log"
 echo "total $(( $(date +%s) - start ))s; checkpoint, metrics.jsonl, loss.png and passkey.json are in $OUT"
