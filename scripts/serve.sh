@@ -4,9 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/venv.sh
-# (re)install when the project is missing or installed before `serve` was registered as an entry point
-if ! "$PY" -c "import fastapi; from lighthouse.cli import registered_commands as r; assert 'serve' in r()" >/dev/null 2>&1; then
-    ensure_torch
-    "$PY" -m pip install -q -e .
+# (re)install when something the README uses is missing, or the venv predates the `serve` entry point
+if ! "$PY" -c "import fastapi, openai, lighthouse_client
+from lighthouse.cli import registered_commands
+assert 'serve' in registered_commands()" >/dev/null 2>&1; then
+    install_project
+    say "done; activate the venv (source $VENV/bin/activate) to use lighthouse and python with these packages"
 fi
 exec "$VENV/bin/lighthouse" serve "$@"

@@ -4,11 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/venv.sh
-ensure_torch
-"$PY" -m pip install -q -e ".[test]"
-"$PY" -m pip install -q -e clients/python
-echo "lint: ruff check . && mypy --strict (clients/python)"
+install_project test
+say "lint: ruff check . ; mypy --strict clients/python/lighthouse_client"
 "$VENV/bin/ruff" check --quiet .
 "$PY" -m mypy --no-error-summary --config-file clients/python/pyproject.toml clients/python/lighthouse_client
 export TRITON_INTERPRET="${TRITON_INTERPRET:-1}"
+say "tests: pytest (CPU; TRITON_INTERPRET=$TRITON_INTERPRET)"
 "$PY" -m pytest -q -ra "$@"

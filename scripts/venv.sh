@@ -1,15 +1,39 @@
 #!/usr/bin/env bash
-# Sourced by serve.sh and test.sh: make (once) and name the project's venv.
+# Sourced by serve.sh and test.sh: make (once) and name the project's venv, and install into it.
 #   VENV: the venv folder (LIGHTHOUSE_VENV or .venv); PY: its python.
-# torch goes in first: the CPU wheel on this machine's disk if there is one, else what the range allows.
+# Installs print what they fetch and install (a first install takes a minute or two), not pip's every line.
 VENV="${LIGHTHOUSE_VENV:-.venv}"
-if [ ! -x "$VENV/bin/python" ]; then
-    python3 -m venv "$VENV"
-fi
 PY="$VENV/bin/python"
+
+say() { echo "[setup] $*" >&2; }
+
+if [ ! -x "$PY" ]; then
+    say "creating the venv $VENV (first run: installing takes a minute or two; each package is listed)"
+    python3 -m venv "$VENV"
+    "$PY" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+fi
+
+# pip install "$@", listing the packages it fetches and installs. pip's warnings and errors pass unfiltered, but
+# for setuptools' notice that an install is editable (the same ten lines for every editable install).
+pip_install() {
+    PYTHONWARNINGS="${PYTHONWARNINGS:+$PYTHONWARNINGS,}ignore:Editable installation" \
+        "$PY" -m pip install --progress-bar off "$@" |
+        awk '/^(Collecting|Processing|Installing collected|Successfully installed)/ { print "  " $0; fflush() }'
+}
+
+# torch goes in first: the CPU wheel on this machine's disk if there is one, else what the range allows.
 ensure_torch() {
     if ! "$PY" -c "import torch" >/dev/null 2>&1; then
-        "$PY" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-        "$PY" -m pip install -q "torch==2.13.0" || "$PY" -m pip install -q "torch>=2.6,<2.15"
+        say "installing torch (the largest download)"
+        pip_install "torch==2.13.0" || pip_install "torch>=2.6,<2.15"
     fi
+}
+
+# What the README's commands use: the project (editable; `lighthouse` in $VENV/bin) with the `examples` extra
+# (the openai package) and the SDK (clients/python, editable). Extra arguments: more extras, e.g. test.
+install_project() {
+    local extras="examples${1:+,$1}"
+    ensure_torch
+    say "installing lighthouse-serve[$extras] and lighthouse-client (editable)"
+    pip_install -e ".[$extras]" -e clients/python
 }
