@@ -6,12 +6,13 @@ Order, outermost first: CORS (so every error below carries its headers), CatchAl
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.errors import error_response
+from server.errors import error_body, error_response
 
 log = logging.getLogger("server.errors")
 
@@ -27,12 +28,14 @@ class CatchAll:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        started = False
+        started, event_stream = False, False
 
         async def tracking_send(message: Message) -> None:
-            nonlocal started
+            nonlocal started, event_stream
             if message["type"] == "http.response.start":
                 started = True
+                event_stream = any(k == b"content-type" and v.startswith(b"text/event-stream")
+                                   for k, v in message.get("headers", []))
             await send(message)
 
         try:
@@ -41,6 +44,26 @@ class CatchAll:
             log.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))
             if not started:
                 await error_response(500, "internal server error", code="internal_error")(scope, receive, send)
+        except asyncio.CancelledError:
+            # uvicorn cancels what is still running when its graceful-shutdown timeout ends (normally the drain
+            # has ended every request before that): one line, and the client still hears why
+            log.warning("%s %s cut at shutdown", scope.get("method"), scope.get("path"))
+            await _tell_cut(send, started, event_stream)
+
+
+async def _tell_cut(send: Send, started: bool, event_stream: bool) -> None:
+    msg = "the server shut down before this request finished; retry it"
+    try:
+        if not started:
+            body = json.dumps(error_body(503, msg, code="shutting_down")).encode()
+            await asyncio.wait_for(send({"type": "http.response.start", "status": 503, "headers": [
+                (b"content-type", b"application/json"), (b"retry-after", b"1"), (b"connection", b"close")]}), 1)
+            await asyncio.wait_for(send({"type": "http.response.body", "body": body}), 1)
+        elif event_stream:
+            event = f"data: {json.dumps(error_body(503, msg, code='shutting_down'))}\n\ndata: [DONE]\n\n"
+            await asyncio.wait_for(send({"type": "http.response.body", "body": event.encode()}), 1)
+    except (Exception, asyncio.CancelledError):  # the connection is gone or not writable: nothing more to say
+        pass
 
 
 class ShutdownGate:
@@ -59,6 +82,22 @@ class ShutdownGate:
                                       headers={"Retry-After": str(self.retry_after_s), "Connection": "close"})
             return await response(scope, receive, send)
         await self.app(scope, receive, send)
+
+
+RELEASE_AFTER_BYTES = 8 << 20  # after a body this large, hand freed memory back to the OS
+
+
+def _release_memory() -> None:
+    """glibc keeps freed heap memory for reuse; a large body's JSON parse leaves hundreds of MB that way.
+    malloc_trim returns it (elsewhere than glibc: nothing to do)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 class BodyLimitMiddleware:
@@ -91,7 +130,12 @@ class BodyLimitMiddleware:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()  # after the body: http.disconnect when the client leaves
 
-        await self.app(scope, replay, send)
+        try:
+            await self.app(scope, replay, send)
+        finally:
+            if len(body) >= RELEASE_AFTER_BYTES:
+                del body, chunks
+                await asyncio.to_thread(_release_memory)  # off the event loop: a big heap takes a while
 
     async def _reject(self, send: Send) -> None:
         mb = self.max_bytes / (1 << 20)

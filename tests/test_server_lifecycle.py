@@ -186,3 +186,64 @@ def test_serve_with_a_truncated_checkpoint_exits_at_once_with_one_clear_line(ckp
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert f"{bad / 'model.safetensors'} is truncated" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_a_stream_uvicorn_cancels_at_its_graceful_timeout_logs_one_line_and_ends_with_an_error_event(ckpt, caplog):
+    """Plain uvicorn (no drain of ours), a client that stops reading: uvicorn cancels the request at its graceful
+    timeout. That is one warning, not a traceback, and the stream's last bytes say why."""
+    import logging
+    import socket
+    import threading
+
+    import uvicorn
+
+    from server.app import create_app
+
+    settings = settings_for(ckpt)
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=settings.port,
+                                           log_level="info", timeout_graceful_shutdown=1))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    assert wait_until(lambda: server.started, timeout=60)
+    body = json.dumps(LONG)
+    with socket.create_connection(("127.0.0.1", settings.port)) as sock, caplog.at_level(logging.INFO):
+        sock.sendall(f"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                     f"content-length: {len(body)}\r\n\r\n{body}".encode())
+        time.sleep(1.5)  # streaming, unread
+        server.should_exit = True
+        thread.join(60)
+        sock.settimeout(5)
+        data = b""
+        while chunk := sock.recv(1 << 20):
+            data += chunk
+    assert not thread.is_alive()
+    last_event = data.rindex(b"data: {")  # (the body is chunked: framing lines between events)
+    assert b'"shutting_down"' in data[last_event:] and b"data: [DONE]" in data[last_event:], data[-500:]
+    assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records if r.exc_info]
+    assert [r.getMessage() for r in caplog.records if "cut at shutdown" in r.getMessage()] == [
+        "POST /v1/completions cut at shutdown"]
+
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads RSS from /proc")
+def test_big_refused_bodies_are_quick_and_their_memory_goes_back(ckpt):
+    """Three 60 MiB prompts under the 64 MiB body limit: each refused (it cannot fit the context) in seconds, not
+    minutes, and the server's resident memory returns to about where it was (it grew by gigabytes before)."""
+    proc, url = start(ckpt)
+    try:
+        with httpx.Client(base_url=url, timeout=60) as c:
+            c.post("/v1/completions", json={"prompt": "warm up", "max_tokens": 2})
+            idle = _rss_mb(proc.pid)
+            body = json.dumps({"prompt": "x" * (60 << 20)}).encode()
+            for _ in range(3):
+                t0 = time.monotonic()
+                r = c.post("/v1/completions", content=body, headers={"content-type": "application/json"})
+                assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+                assert time.monotonic() - t0 < 20
+            assert wait_until(lambda: _rss_mb(proc.pid) < idle + 60, timeout=10), (idle, _rss_mb(proc.pid))
+    finally:
+        stop(proc)
