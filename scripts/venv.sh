@@ -13,18 +13,23 @@ if [ ! -x "$PY" ]; then
     "$PY" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 fi
 
-# pip install "$@", listing the packages it fetches and installs. pip's warnings and errors pass unfiltered, but
-# for setuptools' notice that an install is editable (the same ten lines for every editable install).
+# pip install "$@", listing the packages it fetches and installs as they go (pip unbuffered: through a pipe its
+# output would come in bursts half a minute apart; a shell loop, not awk, which may read its input in blocks).
+# pip's warnings and errors (stderr) pass unfiltered, but for setuptools' notice that an install is editable.
 pip_install() {
-    PYTHONWARNINGS="${PYTHONWARNINGS:+$PYTHONWARNINGS,}ignore:Editable installation" \
-        "$PY" -m pip install --progress-bar off "$@" |
-        awk '/^(Collecting|Processing|Installing collected|Successfully installed)/ { print "  " $0; fflush() }'
+    PYTHONUNBUFFERED=1 PYTHONWARNINGS="${PYTHONWARNINGS:+$PYTHONWARNINGS,}ignore:Editable installation" \
+        "$PY" -m pip install --progress-bar off "$@" | while IFS= read -r line; do
+            case "$line" in
+                Collecting*|Processing*|*"  Downloading"*|"Installing collected"*|"Successfully installed"*)
+                    echo "  $line" ;;
+            esac
+        done
 }
 
 # torch goes in first: the CPU wheel on this machine's disk if there is one, else what the range allows.
 ensure_torch() {
     if ! "$PY" -c "import torch" >/dev/null 2>&1; then
-        say "installing torch (the largest download)"
+        say "installing torch (the largest package: fetching and unpacking it takes a minute or so)"
         pip_install "torch==2.13.0" || pip_install "torch>=2.6,<2.15"
     fi
 }
