@@ -1,4 +1,9 @@
-"""`lighthouse serve`: flags override LIGHTHOUSE_* environment variables, which override the defaults."""
+"""Start the OpenAI-compatible HTTP server.
+
+`lighthouse serve`: pyproject.toml registers this module under the lighthouse.commands entry points, and the
+first line above is its help in `lighthouse --help`. Flags override LIGHTHOUSE_* environment variables, which
+override the defaults.
+"""
 
 from __future__ import annotations
 
