@@ -46,6 +46,7 @@ def test_help_lists_serve_train_and_generate():
     assert out.returncode == 0, out.stderr
     for name in ("serve", "train", "generate"):
         assert f"    {name} " in out.stdout, out.stdout
+    assert "Start the OpenAI-compatible HTTP server." in out.stdout  # serve's help: its module's docstring
     assert "bench" not in out.stdout
 
 
