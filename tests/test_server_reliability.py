@@ -178,3 +178,15 @@ def test_max_tokens_null_on_completions_means_openais_default_of_16(server):
             r = c.post("/v1/completions", json={**body, "ignore_eos": True, "temperature": 0})
             assert r.status_code == 200, r.text
             assert r.json()["usage"]["completion_tokens"] == 16
+
+
+def test_a_temperature_too_small_to_divide_by_is_greedy_not_an_error(server):
+    """5e-324 is a valid temperature (schemathesis sent it): logits / 5e-324 overflow, so below 1e-5 is greedy."""
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        greedy = c.post("/v1/completions", json={"prompt": "abc", "max_tokens": 8, "temperature": 0})
+        tiny = c.post("/v1/completions", json={"prompt": "abc", "max_tokens": 8, "temperature": 5e-324,
+                                               "stream": True})
+        assert greedy.status_code == 200 and tiny.status_code == 200
+        events = [json.loads(line[6:]) for line in tiny.text.splitlines() if line.startswith("data: {")]
+        assert all("error" not in e for e in events)
+        assert "".join(e["choices"][0]["text"] for e in events) == greedy.json()["choices"][0]["text"]

@@ -63,7 +63,8 @@ def uninterrupted(tmp_path_factory):
     return _losses(out)
 
 
-@pytest.mark.parametrize("point,resumes_at", [("optimizer", 3), ("rename", 3), ("prune", 6)])
+# (a kill just before the rename that makes step 6 visible ends like "optimizer": the driver above has it too)
+@pytest.mark.parametrize("point,resumes_at", [("optimizer", 3), ("prune", 6)])
 def test_sigkill_during_a_checkpoint_save_resumes_from_the_last_complete_one(tmp_path, uninterrupted, point,
                                                                               resumes_at):
     out = tmp_path / "run"
