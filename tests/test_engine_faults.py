@@ -12,15 +12,14 @@ import torch
 
 from lighthouse.engine.errors import INTERNAL_ERROR, OUT_OF_MEMORY
 from lighthouse.engine.sampling import SamplingParams
-from test_server_support import LoopbackServer, make_checkpoint, settings_for, tiny_llm
 
 PROMPTS = {"a": [1, 2, 3, 4], "bad": [5, 6, 7], "c": [8, 9, 10, 11, 12]}
 GREEDY = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return make_checkpoint(tmp_path_factory.mktemp("tiny") / "ckpt")
+def ckpt(tiny_checkpoint):
+    return tiny_checkpoint
 
 
 def run_all(engine, prompts=PROMPTS) -> dict[str, tuple[list[int], str | None, str | None]]:
@@ -40,12 +39,12 @@ def seq_of(engine, kv):
 
 
 @pytest.fixture()
-def engine(ckpt):
+def engine(ckpt, tiny_llm):
     return tiny_llm(ckpt).engine
 
 
 @pytest.fixture(scope="module")
-def clean(ckpt):
+def clean(ckpt, tiny_llm):
     return run_all(tiny_llm(ckpt).engine)
 
 
@@ -112,8 +111,9 @@ def test_a_device_fatal_error_stops_the_engine_instead_of_failing_one_request(en
         run_all(engine)
 
 
-def test_over_http_one_failing_request_gets_an_error_and_concurrent_ones_finish(ckpt, monkeypatch):
-    with LoopbackServer(settings_for(ckpt)) as server:
+def test_over_http_one_failing_request_gets_an_error_and_concurrent_ones_finish(ckpt, monkeypatch, loopback_server,
+                                                                                settings_for):
+    with loopback_server(settings_for(ckpt)) as server:
         engine = server.engine.engine
         real = engine.runner.decode
 

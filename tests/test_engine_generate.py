@@ -15,18 +15,17 @@ from lighthouse.engine.prefill import plan_prefill
 from lighthouse.engine.sampling import SamplingParams
 from lighthouse.engine.sparse_context import selected_entries
 from lighthouse.ops import attention_with_cache, causal_attention
-from test_server_support import make_checkpoint, tiny_llm
 
 LONG = 700  # >= the tiny preset's min_seq_len (512) + the dense tail
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return make_checkpoint(tmp_path_factory.mktemp("tiny") / "ckpt")
+def ckpt(tiny_checkpoint):
+    return tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
-def llm(ckpt):
+def llm(ckpt, tiny_llm):
     return tiny_llm(ckpt)
 
 

@@ -11,18 +11,17 @@ import torch
 from lighthouse.engine.options import RequestOptions
 from lighthouse.engine.prefill import plan_prefill, run_prefill
 from lighthouse.engine.sampling import SamplingParams
-from test_server_support import make_checkpoint, tiny_llm
 
 DOC, Q = 600, 40  # the document is >= the tiny preset's min_seq_len (512): sparse-eligible on its own
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return make_checkpoint(tmp_path_factory.mktemp("tiny") / "ckpt")
+def ckpt(tiny_checkpoint):
+    return tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
-def llm(ckpt):
+def llm(ckpt, tiny_llm):
     return tiny_llm(ckpt)
 
 
@@ -143,7 +142,7 @@ def test_short_prompts_get_no_entry(llm):
     assert llm.engine.prefix_cache.entries == []
 
 
-def test_the_cache_stays_in_the_kv_budget_and_evicts_least_recently_used(ckpt):
+def test_the_cache_stays_in_the_kv_budget_and_evicts_least_recently_used(ckpt, tiny_llm):
     llm = tiny_llm(ckpt, kv_cache_bytes=1 << 20)
     eng = llm.engine
     a, b, c = (tokens(700, s) for s in (10, 11, 12))  # each entry ~ a third of the budget
@@ -160,7 +159,7 @@ def test_the_cache_stays_in_the_kv_budget_and_evicts_least_recently_used(ckpt):
     assert [e.tokens.tolist() for e in eng.prefix_cache.entries] == [big]
 
 
-def test_disabled_by_config(ckpt):
+def test_disabled_by_config(ckpt, tiny_llm):
     llm = tiny_llm(ckpt, enable_prefix_caching=False)
     run(llm, DOCUMENT + Q1, prefill="dense")
     assert llm.engine.prefix_cache is None

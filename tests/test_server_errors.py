@@ -11,15 +11,14 @@ from lighthouse.engine.errors import QueueFull
 from lighthouse.engine.options import DECODE_MODES, PREFILL_MODES, RequestOptions
 from server.app import create_app
 from server.deps import get_engine
-from test_server_support import make_checkpoint, settings_for
 
 KEY = "sk-test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory):
-    ckpt = make_checkpoint(tmp_path_factory.mktemp("tiny") / "ckpt")
+def client(tiny_checkpoint, settings_for):
+    ckpt = tiny_checkpoint
     settings = settings_for(ckpt, api_key=KEY, max_model_len=256, max_body_mb=0.25, served_model_name="tiny")
     with TestClient(create_app(settings)) as c:
         yield c
@@ -196,7 +195,7 @@ def test_no_prompt_text_in_info_logs(client, caplog):
     assert caplog.records and all(secret not in r.getMessage() for r in caplog.records)
 
 
-def test_cors_is_configurable(tmp_path):
+def test_cors_is_configurable(tmp_path, settings_for):
     class Fake:
         accepting = True
 

@@ -17,8 +17,6 @@ import httpx
 import pytest
 from safetensors.torch import load_file, save_file
 
-from test_server_support import LoopbackServer, free_port, make_checkpoint, settings_for, wait_until
-
 # `lighthouse serve` with a fault planted in the engine: a decode step of a prompt containing DIE raises a CUDA
 # error (which leaves a device unusable, so the engine must stop)
 DYING_SERVE = """
@@ -36,12 +34,11 @@ sys.exit(main(sys.argv[1:]))
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return make_checkpoint(tmp_path_factory.mktemp("tiny") / "ckpt")
+def ckpt(tiny_checkpoint):
+    return tiny_checkpoint
 
 
-def start(ckpt, *flags, code=None):
-    port = free_port()
+def start(ckpt, *flags, port: int, code=None):
     env = {**os.environ, "LIGHTHOUSE_DEVICE": "cpu", "LIGHTHOUSE_KV_CACHE_GB": "0.25"}
     head = [sys.executable, "-c", code] if code else [sys.executable, "-m", "lighthouse.cli"]
     proc = subprocess.Popen([*head, "serve", "--checkpoint", str(ckpt), "--port", str(port), *flags], env=env,
@@ -71,8 +68,9 @@ def stop(proc) -> str:
 LONG = {"prompt": "long", "max_tokens": 8000, "temperature": 0, "ignore_eos": True, "stream": True}
 
 
-def test_sigterm_ready_503_first_then_503_with_retry_after_then_an_error_event_then_exit_0(ckpt):
-    proc, url = start(ckpt, "--shutdown-delay-s", "2", "--drain-timeout-s", "2")
+def test_sigterm_ready_503_first_then_503_with_retry_after_then_an_error_event_then_exit_0(
+        ckpt, free_port, wait_until):
+    proc, url = start(ckpt, "--shutdown-delay-s", "2", "--drain-timeout-s", "2", port=free_port())
     try:
         with httpx.Client(base_url=url, timeout=30) as c, c.stream("POST", "/v1/completions", json=LONG) as stream:
             lines = stream.iter_lines()
@@ -101,8 +99,8 @@ def test_sigterm_ready_503_first_then_503_with_retry_after_then_an_error_event_t
     assert log.count("drain timeout") == 1 and "Finished server process" in log, log[-3000:]
 
 
-def test_the_engine_thread_dying_fails_requests_in_flight_and_exits_1(ckpt):
-    proc, url = start(ckpt, code=DYING_SERVE)
+def test_the_engine_thread_dying_fails_requests_in_flight_and_exits_1(ckpt, free_port):
+    proc, url = start(ckpt, port=free_port(), code=DYING_SERVE)
     try:
         with httpx.Client(base_url=url, timeout=30) as c, c.stream("POST", "/v1/completions", json=LONG) as stream:
             lines = stream.iter_lines()
@@ -117,8 +115,8 @@ def test_the_engine_thread_dying_fails_requests_in_flight_and_exits_1(ckpt):
     assert "the engine thread died" in log, log[-3000:]
 
 
-def test_health_is_503_once_the_engine_thread_died(ckpt, monkeypatch):
-    with LoopbackServer(settings_for(ckpt)) as server:
+def test_health_is_503_once_the_engine_thread_died(ckpt, monkeypatch, loopback_server, settings_for, wait_until):
+    with loopback_server(settings_for(ckpt)) as server:
         engine = server.engine.engine
         monkeypatch.setattr(engine, "step", lambda: (_ for _ in ()).throw(RuntimeError("CUDA error: unknown")))
         r = httpx.post(server.url + "/v1/completions", json={"prompt": "x", "max_tokens": 3}, timeout=30)
@@ -157,7 +155,8 @@ CORRUPTIONS = [
 
 
 @pytest.mark.parametrize("name,corrupt", CORRUPTIONS, ids=[f"{n}-{i}" for i, (n, _) in enumerate(CORRUPTIONS)])
-def test_a_corrupt_or_partial_checkpoint_fails_serve_at_startup_naming_the_file(ckpt, tmp_path, capsys, name, corrupt):
+def test_a_corrupt_or_partial_checkpoint_fails_serve_at_startup_naming_the_file(ckpt, tmp_path, capsys, name, corrupt,
+                                                                                free_port):
     import argparse
 
     from server.cli import add_arguments, run
@@ -188,7 +187,8 @@ def test_serve_with_a_truncated_checkpoint_exits_at_once_with_one_clear_line(ckp
     assert f"{bad / 'model.safetensors'} is truncated" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
-def test_a_stream_uvicorn_cancels_at_its_graceful_timeout_logs_one_line_and_ends_with_an_error_event(ckpt, caplog):
+def test_a_stream_uvicorn_cancels_at_its_graceful_timeout_logs_one_line_and_ends_with_an_error_event(
+        ckpt, caplog, settings_for, wait_until):
     """Plain uvicorn (no drain of ours), a client that stops reading: uvicorn cancels the request at its graceful
     timeout. That is one warning, not a traceback, and the stream's last bytes say why."""
     import logging
@@ -230,10 +230,10 @@ def _rss_mb(pid: int) -> float:
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads RSS from /proc")
-def test_big_refused_bodies_are_quick_and_their_memory_goes_back(ckpt):
+def test_big_refused_bodies_are_quick_and_their_memory_goes_back(ckpt, free_port, wait_until):
     """Three 60 MiB prompts under the 64 MiB body limit: each refused (it cannot fit the context) in seconds, not
     minutes, and the server's resident memory returns to about where it was (it grew by gigabytes before)."""
-    proc, url = start(ckpt)
+    proc, url = start(ckpt, port=free_port())
     try:
         with httpx.Client(base_url=url, timeout=60) as c:
             c.post("/v1/completions", json={"prompt": "warm up", "max_tokens": 2})

@@ -14,19 +14,18 @@ import openai
 import pytest
 import torch
 
-from test_server_support import LoopbackServer, make_checkpoint, settings_for, wait_until
 
 LONG_PROMPT = "".join(chr(33 + (i * 7919) % 90) for i in range(700))  # 700 ASCII bytes (+BOS): sparse-eligible
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return make_checkpoint(tmp_path_factory.mktemp("tiny") / "ckpt")
+def ckpt(tiny_checkpoint):
+    return tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
-def server(ckpt):
-    with LoopbackServer(settings_for(ckpt, served_model_name="tiny")) as s:
+def server(ckpt, loopback_server, settings_for):
+    with loopback_server(settings_for(ckpt, served_model_name="tiny")) as s:
         yield s
 
 
@@ -177,7 +176,7 @@ def test_16_concurrent_streams_all_complete_correctly(client, server):
     assert all(f == "length" for _, f in results)
 
 
-def test_disconnect_mid_stream_frees_the_request(server):
+def test_disconnect_mid_stream_frees_the_request(server, wait_until):
     engine = server.engine
     assert wait_until(lambda: engine.stats()["running"] == 0)
     base_kv = metric(server, "lighthouse_kv_cache_usage_ratio")
@@ -195,7 +194,7 @@ def test_disconnect_mid_stream_frees_the_request(server):
     assert engine.engine.kv.usage_ratio == 0
 
 
-def test_non_streaming_client_that_disconnects_mid_generation_frees_the_request(server):
+def test_non_streaming_client_that_disconnects_mid_generation_frees_the_request(server, wait_until):
     """While tokens keep arriving (no idle gap to poll in), a gone client still aborts within a second or two."""
     engine = server.engine
     assert wait_until(lambda: engine.stats()["running"] == 0)
@@ -267,14 +266,14 @@ def test_greedy_server_equals_generate_cli_and_transformers(client, ckpt):
 
 
 @pytest.fixture(scope="module")
-def slow_server(tmp_path_factory):
+def slow_server(tmp_path_factory, make_checkpoint, loopback_server, settings_for):
     """The `default` preset (6 layers, hidden 256): a 6K-token dense prefill takes seconds on 2 CPU cores."""
     ckpt = make_checkpoint(tmp_path_factory.mktemp("default") / "ckpt", preset="default")
-    with LoopbackServer(settings_for(ckpt, served_model_name="slow", prefill="dense", kv_cache_gb=0.5)) as s:
+    with loopback_server(settings_for(ckpt, served_model_name="slow", prefill="dense", kv_cache_gb=0.5)) as s:
         yield s
 
 
-def test_health_answers_during_a_long_prefill_and_disconnect_aborts_it(slow_server):
+def test_health_answers_during_a_long_prefill_and_disconnect_aborts_it(slow_server, wait_until):
     s = slow_server
     prompt = "".join(chr(33 + (i * 31) % 90) for i in range(6000))
     # cache_prompt off: on a fast machine the prefill can finish before the client leaves, and a finished prompt

@@ -14,20 +14,19 @@ import pytest
 
 from server.deps import get_engine
 from server.prompts import TOKENIZE_CONCURRENCY, PromptEncoder
-from test_server_support import LoopbackServer, make_checkpoint, settings_for, wait_until
 
 ORIGIN = "https://app.example"
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return make_checkpoint(tmp_path_factory.mktemp("tiny") / "ckpt")
+def ckpt(tiny_checkpoint):
+    return tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
-def server(ckpt):
+def server(ckpt, loopback_server, settings_for):
     settings = settings_for(ckpt, cors_origins=[ORIGIN], max_body_mb=1.0, max_num_seqs=2, max_waiting=0)
-    with LoopbackServer(settings) as s:
+    with loopback_server(settings) as s:
         yield s
 
 
@@ -109,11 +108,11 @@ def test_413_carries_cors_headers(server):
         assert r.headers.get("access-control-allow-origin") == ORIGIN
 
 
-def test_a_prompt_that_cannot_fit_is_refused_before_it_is_tokenized(ckpt):
+def test_a_prompt_that_cannot_fit_is_refused_before_it_is_tokenized(ckpt, loopback_server, settings_for):
     """The bundled byte tokenizer covers at most 19 bytes per token (its longest special token): 16K tokens can
     never hold 1 MB, so a 48 MiB prompt is refused in well under a second (it took minutes and gigabytes)."""
     settings = settings_for(ckpt, max_body_mb=64.0)
-    with LoopbackServer(settings) as s:
+    with loopback_server(settings) as s:
         calls = []
         tok = s.engine.tokenizer
         real_encode = tok.encode
@@ -157,7 +156,7 @@ def test_at_most_a_few_prompts_are_tokenized_at_once():
     assert peak[0] == TOKENIZE_CONCURRENCY
 
 
-def test_max_waiting_0_admits_up_to_the_running_slots_and_refuses_the_rest(server):
+def test_max_waiting_0_admits_up_to_the_running_slots_and_refuses_the_rest(server, wait_until):
     body = {"prompt": "wait", "max_tokens": 4000, "ignore_eos": True, "stream": True, "temperature": 0}
     with httpx.Client(base_url=server.url, timeout=60) as c:
         # idle: admitted at once

@@ -18,7 +18,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from test_server_support import LoopbackServer, make_checkpoint, settings_for
 
 pytest.importorskip("schemathesis")
 
@@ -28,11 +27,11 @@ MAX_EXAMPLES = 30  # per operation and phase
 
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory):
-    ckpt = make_checkpoint(tmp_path_factory.mktemp("tiny") / "ckpt")
+def api(tiny_checkpoint, loopback_server, settings_for):
+    ckpt = tiny_checkpoint
     # a short context keeps every generated max_tokens cheap and makes the context limit reachable
     s = settings_for(ckpt, api_key=KEY, max_model_len=64, max_num_seqs=4, max_body_mb=1.0, served_model_name="tiny")
-    with LoopbackServer(s) as server:
+    with loopback_server(s) as server:
         yield server
 
 

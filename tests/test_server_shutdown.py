@@ -11,10 +11,8 @@ import time
 
 import httpx
 
-from test_server_support import free_port, make_checkpoint
 
-
-def test_sigterm_finishes_in_flight_streams_then_exits_zero(tmp_path):
+def test_sigterm_finishes_in_flight_streams_then_exits_zero(tmp_path, make_checkpoint, free_port):
     ckpt = make_checkpoint(tmp_path / "ckpt")
     port = free_port()
     env = {**os.environ, "LIGHTHOUSE_API_KEY": "k", "LIGHTHOUSE_DEVICE": "cpu", "LIGHTHOUSE_KV_CACHE_GB": "0.25",

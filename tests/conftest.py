@@ -1,24 +1,27 @@
-"""Shared fixtures for the engine and server tests (no tests here): tiny checkpoints and a loopback server.
+"""Shared fixtures for the engine and server tests: tiny checkpoints, a tiny `LLM` and a loopback server.
 
 The tiny model is the `tiny` preset with random weights whose LM-head rows for ids >= 128 are zeroed, so greedy
 and sampled outputs are ASCII text (stop strings and logprobs then have something to work on). No EOS is ever
 likely, so generations run to max_tokens unless a stop condition hits.
+
+The helpers are given to tests as session-scoped fixtures (factories), so that module-scoped fixtures can use
+them and no test module imports another.
 """
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import threading
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 ASCII = 128
 
 
-def make_checkpoint(out: Path, *, preset: str = "tiny", seed: int = 0, **overrides) -> Path:
+def _make_checkpoint(out: Path, *, preset: str = "tiny", seed: int = 0, **overrides) -> Path:
     from lighthouse.checkpoint import save_checkpoint
     from lighthouse.model import LlamaForCausalLM, model_preset
 
@@ -34,7 +37,7 @@ def make_checkpoint(out: Path, *, preset: str = "tiny", seed: int = 0, **overrid
     return out
 
 
-def tiny_llm(ckpt: Path, kv_cache_bytes: int = 64 << 20, **engine_config):
+def _tiny_llm(ckpt: Path, kv_cache_bytes: int = 64 << 20, **engine_config):
     """An fp32 CPU `LLM` over `ckpt` (engine tests): a 64 MiB KV budget unless asked otherwise."""
     from lighthouse.engine.config import EngineConfig
     from lighthouse.engine.llm import LLM
@@ -42,13 +45,13 @@ def tiny_llm(ckpt: Path, kv_cache_bytes: int = 64 << 20, **engine_config):
     return LLM(str(ckpt), EngineConfig(kv_cache_bytes=kv_cache_bytes, **engine_config), device="cpu", dtype="float32")
 
 
-def free_port() -> int:
+def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-class LoopbackServer:
+class _LoopbackServer:
     """A real uvicorn server on 127.0.0.1 in a background thread, built by create_app(settings)."""
 
     def __init__(self, settings, *, engine=None):
@@ -64,7 +67,7 @@ class LoopbackServer:
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
-    def __enter__(self) -> "LoopbackServer":
+    def __enter__(self) -> "_LoopbackServer":
         self.thread.start()
         deadline = time.monotonic() + 60
         while not self.server.started:
@@ -82,15 +85,15 @@ class LoopbackServer:
         return self.app.state.engine
 
 
-def settings_for(ckpt: Path, **kw):
+def _settings_for(ckpt: Path, **kw):
     from server.settings import Settings
 
-    base = dict(checkpoint=str(ckpt), port=free_port(), device="cpu", dtype="float32", kv_cache_gb=0.25)
+    base = dict(checkpoint=str(ckpt), port=_free_port(), device="cpu", dtype="float32", kv_cache_gb=0.25)
     base.update(kw)
     return Settings(**base)
 
 
-def wait_until(cond, timeout: float = 10.0, interval: float = 0.02) -> bool:
+def _wait_until(cond, timeout: float = 10.0, interval: float = 0.02) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if cond():
@@ -99,4 +102,43 @@ def wait_until(cond, timeout: float = 10.0, interval: float = 0.02) -> bool:
     return cond()
 
 
-__all__ = ["make_checkpoint", "free_port", "LoopbackServer", "settings_for", "wait_until", "asyncio"]
+@pytest.fixture(scope="session")
+def make_checkpoint():
+    """make_checkpoint(out, *, preset="tiny", seed=0, **config_overrides) -> out: a random ASCII-only checkpoint."""
+    return _make_checkpoint
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """One `tiny` checkpoint (seed 0) for the whole session; tests must not modify it (copy it first)."""
+    return _make_checkpoint(tmp_path_factory.mktemp("tiny") / "ckpt")
+
+
+@pytest.fixture(scope="session")
+def tiny_llm():
+    """tiny_llm(ckpt, kv_cache_bytes=64 MiB, **engine_config) -> an fp32 CPU `LLM`."""
+    return _tiny_llm
+
+
+@pytest.fixture(scope="session")
+def free_port():
+    """free_port() -> a free TCP port on 127.0.0.1."""
+    return _free_port
+
+
+@pytest.fixture(scope="session")
+def loopback_server():
+    """loopback_server(settings, *, engine=None): a context manager running a real uvicorn server in a thread."""
+    return _LoopbackServer
+
+
+@pytest.fixture(scope="session")
+def settings_for():
+    """settings_for(ckpt, **overrides) -> server Settings on a free port, CPU, fp32, a 0.25 GB KV cache."""
+    return _settings_for
+
+
+@pytest.fixture(scope="session")
+def wait_until():
+    """wait_until(cond, timeout=10.0, interval=0.02) -> whether cond() became true in time."""
+    return _wait_until
