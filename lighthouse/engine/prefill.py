@@ -15,7 +15,7 @@ only [cached, N) run, densely against the cache (for a sparse plan, cached >= sp
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -173,6 +173,7 @@ class CachedTail:
     start: int
     n: int
     table: Tensor | None = None  # (1, blocks) int32 on the device
+    _row_args: dict = field(default_factory=dict)  # (chunk, H_kv, r) -> the kernel's per-row tensors: the same in every layer
 
     MAX_QUERIES = 256  # longer tails use dense attention over the read-out cache
     ROWS = 64  # queries x group heads per kernel call
@@ -183,21 +184,28 @@ class CachedTail:
         table = torch.tensor([blocks], dtype=torch.int32, device=pool.k.device) if paged else None
         return CachedTail(paged, start, n, table)
 
+    def _rows(self, c0: int, n: int, H_kv: int, r: int, dev: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+        """(seq_lens = [N], per_head = [0], hole_start (1, H_kv*n*r)) for the queries [c0, c0 + n) of the tail."""
+        key = (c0, n, H_kv, r)
+        if key not in self._row_args:
+            i32 = torch.int32
+            pos = torch.arange(self.start + c0, self.start + c0 + n, device=dev, dtype=i32)  # (n,)
+            hole = (pos + 1)[None, :, None].expand(H_kv, n, r).reshape(1, H_kv * n * r).contiguous()
+            self._row_args[key] = (torch.tensor([self.n], dtype=i32, device=dev), torch.zeros(1, dtype=i32, device=dev),
+                                   hole)
+        return self._row_args[key]
+
     def attention(self, q: Tensor, k_cache: Tensor, v_cache: Tensor) -> Tensor:  # q (1, H, n - start, D)
         _, H, Nq, D = q.shape
         H_kv = k_cache.shape[2]
         r = H // H_kv
-        dev, i32 = q.device, torch.int32
         outs = []
         step = max(1, self.ROWS // r)
         for c0 in range(0, Nq, step):
             n = min(step, Nq - c0)
             qc = q[0, :, c0 : c0 + n].reshape(H_kv, r, n, D).transpose(1, 2).reshape(1, H_kv * n * r, D)
-            pos = torch.arange(self.start + c0, self.start + c0 + n, device=dev, dtype=i32)  # (n,)
-            hole = (pos + 1)[None, :, None].expand(H_kv, n, r).reshape(1, H_kv * n * r)
-            full = torch.tensor([self.n], dtype=i32, device=dev)
-            o = paged_decode_attention(qc, k_cache, v_cache, self.table, full, torch.zeros(1, dtype=i32, device=dev),
-                                       hole.contiguous(), full)
+            full, per_head, hole = self._rows(c0, n, H_kv, r, q.device)
+            o = paged_decode_attention(qc, k_cache, v_cache, self.table, full, per_head, hole, full)
             outs.append(o.view(H_kv, n, r, D).transpose(1, 2).reshape(H, n, D))
         return torch.cat(outs, dim=1)[None]
 

@@ -83,6 +83,15 @@ def choose_backend(q: Tensor, pooling_factor: int, backend: str | None = None) -
     return "triton", "CUDA"
 
 
+def _checked_call(q, k, v, levels, pooling_factor, topk, scorer, backend) -> tuple[str, dict]:
+    """Validate a call of the op and pick its backend: (backend name, the op's keyword arguments)."""
+    check_config(levels, pooling_factor, topk, scorer)
+    check_inputs(q, k, v, levels, pooling_factor, topk)
+    name, reason = choose_backend(q, pooling_factor, backend)
+    _log_choice(name, reason)
+    return name, dict(levels=levels, pooling_factor=pooling_factor, topk=topk, scorer=scorer)
+
+
 def lighthouse_attention(
     q: Tensor, k: Tensor, v: Tensor, *, levels: int, pooling_factor: int, topk: int, scorer: str = "norm",
     backend: str | None = None,
@@ -92,11 +101,7 @@ def lighthouse_attention(
     q: (B, H, N, D); k, v: (B, H_kv, N, D). Returns (B, H, N, D) in q's dtype. backend: None (env, then auto),
     "auto", "triton" or "torch". Both backends select identical index sets; outputs agree within bf16 rounding.
     """
-    check_config(levels, pooling_factor, topk, scorer)
-    check_inputs(q, k, v, levels, pooling_factor, topk)
-    name, reason = choose_backend(q, pooling_factor, backend)
-    _log_choice(name, reason)
-    kwargs = dict(levels=levels, pooling_factor=pooling_factor, topk=topk, scorer=scorer)
+    name, kwargs = _checked_call(q, k, v, levels, pooling_factor, topk, scorer, backend)
     if name == "torch":
         return lighthouse_attention_ref(q, k, v, **kwargs)
     impl = _triton_module()
@@ -128,11 +133,7 @@ def lighthouse_attention_with_context(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Forward only: (out, k_sel, v_sel, indices), see `lighthouse_ref.lighthouse_attention_with_context`.
     The selected K/V are the ones the op gathered for its own inner attention: sparse decode keeps them."""
-    check_config(levels, pooling_factor, topk, scorer)
-    check_inputs(q, k, v, levels, pooling_factor, topk)
-    name, reason = choose_backend(q, pooling_factor, backend)
-    _log_choice(name, reason)
-    kwargs = dict(levels=levels, pooling_factor=pooling_factor, topk=topk, scorer=scorer)
+    name, kwargs = _checked_call(q, k, v, levels, pooling_factor, topk, scorer, backend)
     if name == "torch":
         return lighthouse_attention_with_context_ref(q, k, v, **kwargs)
     return _triton_module().lighthouse_attention_triton_inference(q, k, v, return_context=True, **kwargs)
