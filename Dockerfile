@@ -49,7 +49,7 @@ COPY pyproject.toml README.md ./
 COPY lighthouse ./lighthouse
 COPY server ./server
 RUN pip install -c /opt/constraints.txt ".[gpu]" \
-    && python -c "import lighthouse, server, torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+    && python -c "import lighthouse, lighthouse_server, torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 
 # ---------------------------------------------------------------------------------------------------------
 # runtime: the CUDA runtime, the virtualenv, a non-root user (lighthouse, uid 10001). gcc stays: Triton compiles its launcher at

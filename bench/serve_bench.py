@@ -64,7 +64,7 @@ class Server:
     def __init__(self, settings):
         import uvicorn
 
-        from server.app import create_app
+        from lighthouse_server.app import create_app
 
         self.app = create_app(settings)
         self.url = f"http://127.0.0.1:{settings.port}"
@@ -152,7 +152,7 @@ def main() -> int:
     max_len = max(SIZES[s] for s in sizes) + TAIL + args.decode_tokens + 64
 
     from lighthouse.ops import lighthouse_attention
-    from server.settings import Settings
+    from lighthouse_server.settings import Settings
 
     results: dict = {
         "bench": "serve_bench", "date": time.strftime("%Y-%m-%d %H:%M:%S"),

@@ -4,7 +4,7 @@ Only this module parses argv; each subcommand's parser and runner live beside th
 imported lazily, so `lighthouse train` never imports FastAPI and `lighthouse serve` never imports the trainer.
 
 The library knows its own commands only. A package built on it adds commands through the `lighthouse.commands`
-entry-point group: pyproject.toml registers the server's `serve = "server.cli"`, so that dependency is declared
+entry-point group: pyproject.toml registers the server's `serve = "lighthouse_server.cli"`, so that dependency is declared
 there and points one way, server -> lighthouse, like every other import.
 """
 

@@ -13,13 +13,13 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from server.errors import install_error_handlers
-from server.metrics import Metrics
-from server.middleware import BodyLimitMiddleware, CatchAll, ShutdownGate
-from server.openapi import install_openapi
-from server.routes import chat, completions, health, metrics, models, tokenize
-from server.settings import Settings
-from server.shutdown import Lifecycle, watch_engine
+from lighthouse_server.errors import install_error_handlers
+from lighthouse_server.metrics import Metrics
+from lighthouse_server.middleware import BodyLimitMiddleware, CatchAll, ShutdownGate
+from lighthouse_server.openapi import install_openapi
+from lighthouse_server.routes import chat, completions, health, metrics, models, tokenize
+from lighthouse_server.settings import Settings
+from lighthouse_server.shutdown import Lifecycle, watch_engine
 
 log = logging.getLogger(__name__)
 

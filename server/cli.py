@@ -60,7 +60,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(args: argparse.Namespace):
-    from server.settings import Settings
+    from lighthouse_server.settings import Settings
 
     overrides = {}
     for flag, _typ, _help in _FLAGS:
@@ -81,8 +81,8 @@ def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from lighthouse.checkpoint import CheckpointError
-    from server.app import build_engine, create_app, engine_config
-    from server.shutdown import serve
+    from lighthouse_server.app import build_engine, create_app, engine_config
+    from lighthouse_server.shutdown import serve
 
     try:
         settings = settings_from_args(args)

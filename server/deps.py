@@ -7,10 +7,10 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
-from server.errors import APIError
-from server.metrics import Metrics
-from server.prompts import PromptEncoder
-from server.settings import Settings
+from lighthouse_server.errors import APIError
+from lighthouse_server.metrics import Metrics
+from lighthouse_server.prompts import PromptEncoder
+from lighthouse_server.settings import Settings
 
 
 def get_settings(request: Request) -> Settings:

@@ -19,12 +19,12 @@ from lighthouse.engine.errors import EngineError
 from lighthouse.engine.options import RequestOptions
 from lighthouse.engine.sampling import SamplingParams
 from lighthouse.engine.sequence import RequestOutput
-from server.errors import error_body, from_engine_error, from_failure
-from server.metrics import Metrics
-from server.openai_format import ChoiceState, Formatter, sse
-from server.settings import Settings
+from lighthouse_server.errors import error_body, from_engine_error, from_failure
+from lighthouse_server.metrics import Metrics
+from lighthouse_server.openai_format import ChoiceState, Formatter, sse
+from lighthouse_server.settings import Settings
 
-log = logging.getLogger("server.requests")
+log = logging.getLogger("lighthouse_server.requests")
 
 DONE = "data: [DONE]\n\n"
 

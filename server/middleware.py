@@ -12,9 +12,9 @@ import logging
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.errors import error_body, error_response
+from lighthouse_server.errors import error_body, error_response
 
-log = logging.getLogger("server.errors")
+log = logging.getLogger("lighthouse_server.errors")
 
 
 class CatchAll:

@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from server.schemas import ErrorResponse
+from lighthouse_server.schemas import ErrorResponse
 
 _DESCRIPTIONS = {
     400: "Invalid request: a bad value or combination, a prompt that does not fit the context (`param` names the field)",

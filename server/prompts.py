@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from server.errors import APIError
-from server.schemas import ChatMessage, _Common
-from server.token_bound import max_bytes_per_token
+from lighthouse_server.errors import APIError
+from lighthouse_server.schemas import ChatMessage, _Common
+from lighthouse_server.token_bound import max_bytes_per_token
 
 TOKENIZE_CONCURRENCY = 2  # prompts tokenized at once: each holds a core and a few times its text in memory
 

@@ -20,7 +20,7 @@ import signal
 
 import uvicorn
 
-log = logging.getLogger("server.shutdown")
+log = logging.getLogger("lighthouse_server.shutdown")
 
 STRAGGLER_TIMEOUT_S = 5.0  # after the drain: how long uvicorn waits for responses still being written
 

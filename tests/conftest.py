@@ -57,7 +57,7 @@ class _LoopbackServer:
     def __init__(self, settings, *, engine=None):
         import uvicorn
 
-        from server.app import create_app
+        from lighthouse_server.app import create_app
 
         self.app = create_app(settings, engine=engine)
         self.port = settings.port
@@ -86,7 +86,7 @@ class _LoopbackServer:
 
 
 def _settings_for(ckpt: Path, **kw):
-    from server.settings import Settings
+    from lighthouse_server.settings import Settings
 
     base = dict(checkpoint=str(ckpt), port=_free_port(), device="cpu", dtype="float32", kv_cache_gb=0.25)
     base.update(kw)
@@ -100,6 +100,26 @@ def _wait_until(cond, timeout: float = 10.0, interval: float = 0.02) -> bool:
             return True
         time.sleep(interval)
     return cond()
+
+
+def _assert_error(r, status: int, *, param=..., code=..., contains: str | None = None) -> dict:
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["message"]
+    if param is not ...:
+        assert err["param"] == param, err
+    if code is not ...:
+        assert err["code"] == code, err
+    if contains:
+        assert contains in err["message"], err
+    return err
+
+
+@pytest.fixture(scope="session")
+def assert_error():
+    """assert_error(response, status, *, param=..., code=..., contains=None) -> the OpenAI error object, after
+    checking the status, the object's four fields and (where given) its param, code and message text."""
+    return _assert_error
 
 
 @pytest.fixture(scope="session")

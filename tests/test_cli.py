@@ -22,22 +22,57 @@ def _imported_roots(path: Path) -> set[str]:
             roots |= {a.name.split(".")[0] for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             roots.add(node.module.split(".")[0])
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith("server."):
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith("lighthouse_server."):
             roots.add(f"the import string {node.value!r}")
     return roots
 
 
 def test_the_library_never_imports_the_server():
     offenders = {str(p.relative_to(ROOT)): r for p in (ROOT / "lighthouse").rglob("*.py")
-                 if (r := {x for x in _imported_roots(p) if x == "server" or x.startswith("the import string")})}
+                 if (r := {x for x in _imported_roots(p)
+                           if x in ("server", "lighthouse_server") or x.startswith("the import string")})}
     assert not offenders, offenders
+
+
+def test_nothing_imports_the_server_by_its_folder_name():
+    """The server folder installs as `lighthouse_server` (pyproject maps it); the generic name `server` is never
+    imported, so another package called `server` in a user's environment cannot shadow it or be shadowed."""
+    files = [p for d in ("lighthouse", "server", "tests", "bench", "clients") for p in (ROOT / d).rglob("*.py")
+             if "experiments" not in p.parts]
+    offenders = sorted(str(p.relative_to(ROOT)) for p in files if "server" in _imported_roots(p))
+    assert not offenders, offenders
+
+
+def test_every_package_folder_is_installed():
+    tomllib = pytest.importorskip("tomllib", reason="tomllib needs Python 3.11+")
+    tool = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    renamed = {folder: name for name, folder in tool["package-dir"].items()}
+    folders = sorted(str(p.parent.relative_to(ROOT)) for d in ("lighthouse", "server")
+                     for p in (ROOT / d).rglob("__init__.py"))
+    expected = set()
+    for folder in folders:
+        top, *rest = folder.split("/")
+        expected.add(".".join([renamed.get(top, top), *rest]))
+    data_only = {"lighthouse.assets"}  # the bundled checkpoint's folder, shipped as package data
+    assert set(tool["packages"]) == expected | data_only
+    assert all((ROOT / p.replace(".", "/")).is_dir() for p in data_only)
+
+
+def test_the_server_is_importable_under_its_installed_name_only():
+    code = ("import importlib.util, lighthouse_server.cli as c; "
+            "print(c.__file__); print(importlib.util.find_spec('server'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd="/")
+    assert out.returncode == 0, out.stderr
+    path, spec = out.stdout.split()[:2]
+    assert Path(path).parent.name == "server" or "lighthouse_server" in path, path
+    assert spec == "None", "the folder name `server` must not be an installed import name"
 
 
 def test_serve_is_registered_by_the_server_in_pyproject():
     tomllib = pytest.importorskip("tomllib", reason="tomllib needs Python 3.11+")
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    assert meta["entry-points"][cli.ENTRY_POINT_GROUP] == {"serve": "server.cli"}
-    assert cli.registered_commands() == {"serve": "server.cli"}, "reinstall: pip install -e ."
+    assert meta["entry-points"][cli.ENTRY_POINT_GROUP] == {"serve": "lighthouse_server.cli"}
+    assert cli.registered_commands() == {"serve": "lighthouse_server.cli"}, "reinstall: pip install -e ."
 
 
 def test_help_lists_serve_train_and_generate():

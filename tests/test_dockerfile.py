@@ -106,7 +106,7 @@ def test_checkpoints_are_a_volume_and_settings_come_from_environment():
 
 def test_every_lighthouse_variable_set_in_the_image_is_a_server_setting():
     try:
-        from server.settings import Settings
+        from lighthouse_server.settings import Settings
     except ImportError as exc:
         pytest.skip(f"server package not importable: {exc}")
     prefix = Settings.model_config.get("env_prefix", "")

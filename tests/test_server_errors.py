@@ -9,8 +9,8 @@ from fastapi.testclient import TestClient
 
 from lighthouse.engine.errors import QueueFull
 from lighthouse.engine.options import DECODE_MODES, PREFILL_MODES, RequestOptions
-from server.app import create_app
-from server.deps import get_engine
+from lighthouse_server.app import create_app
+from lighthouse_server.deps import get_engine
 
 KEY = "sk-test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -29,18 +29,6 @@ def post(client, path, body, headers=AUTH, **kw):
     return client.post(path, content=data, headers={"content-type": "application/json", **headers}, **kw)
 
 
-def assert_error(r, status, *, param=..., code=..., contains=None):
-    assert r.status_code == status, r.text
-    err = r.json()["error"]
-    assert set(err) == {"message", "type", "param", "code"} and err["message"]
-    if param is not ...:
-        assert err["param"] == param, err
-    if code is not ...:
-        assert err["code"] == code, err
-    if contains:
-        assert contains in err["message"], err
-
-
 @pytest.fixture(autouse=True)
 def healthy_afterwards(client):
     yield
@@ -49,14 +37,14 @@ def healthy_afterwards(client):
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 2
 
 
-def test_prompt_longer_than_the_context(client):
+def test_prompt_longer_than_the_context(client, assert_error):
     assert_error(post(client, "/v1/completions", {"prompt": "x" * 400}), 400, param="prompt",
                  code="context_length_exceeded")
     chat = {"messages": [{"role": "user", "content": "x" * 400}]}
     assert_error(post(client, "/v1/chat/completions", chat), 400, param="messages", code="context_length_exceeded")
 
 
-def test_prompt_plus_max_tokens_too_long_names_max_tokens(client):
+def test_prompt_plus_max_tokens_too_long_names_max_tokens(client, assert_error):
     r = post(client, "/v1/completions", {"prompt": "x" * 100, "max_tokens": 200})
     assert_error(r, 400, param="max_tokens", code="context_length_exceeded", contains="max_tokens")
 
@@ -68,7 +56,7 @@ def test_prompt_plus_max_tokens_too_long_names_max_tokens(client):
     ("prefill", '"fast"'), ("decode", '"fast"'), ("dense_tail_tokens", "-1"), ("dense_tail_tokens", "true"),
     ("stop", "[1]"),
 ])
-def test_out_of_range_or_wrong_type_values_name_the_param(client, field, value):
+def test_out_of_range_or_wrong_type_values_name_the_param(client, field, value, assert_error):
     raw = '{"prompt": "hello", "%s": %s}' % (field, value)
     assert_error(post(client, "/v1/completions", raw), 400, param=field)
 
@@ -81,7 +69,7 @@ def _enum(prop: dict) -> set:
     ("/v1/completions", "CompletionRequest", {"prompt": "hello"}),
     ("/v1/chat/completions", "ChatCompletionRequest", {"messages": [{"role": "user", "content": "hello"}]}),
 ])
-def test_modes_are_enums_in_the_schema_and_any_other_value_is_a_400_naming_them(client, path, model, body):
+def test_modes_are_enums_in_the_schema_and_any_other_value_is_a_400_naming_them(client, path, model, body, assert_error):
     props = client.get("/openapi.json").json()["components"]["schemas"][model]["properties"]
     assert _enum(props["prefill"]) == set(PREFILL_MODES) and _enum(props["decode"]) == set(DECODE_MODES)
     for field in ("prefill", "decode"):
@@ -111,35 +99,35 @@ def test_the_body_reaches_the_engine_as_one_request_options(client):
     assert seen == [RequestOptions("dense", "sparse", 8, cache_prompt=False), RequestOptions()]
 
 
-def test_chat_top_logprobs_out_of_range(client):
+def test_chat_top_logprobs_out_of_range(client, assert_error):
     body = {"messages": [{"role": "user", "content": "hi"}], "logprobs": True, "top_logprobs": 50}
     assert_error(post(client, "/v1/chat/completions", body), 400, param="top_logprobs")
 
 
 @pytest.mark.parametrize("raw", ['{"prompt": "hi"', "not json", "[1, 2]", '"a string"', "null", ""])
-def test_malformed_or_non_object_json(client, raw):
+def test_malformed_or_non_object_json(client, raw, assert_error):
     assert_error(post(client, "/v1/completions", raw), 400)
 
 
 @pytest.mark.parametrize("body,param", [
     ({"prompt": ""}, "prompt"), ({"prompt": []}, "prompt"), ({"prompt": [""]}, "prompt"),
 ])
-def test_empty_prompt(client, body, param):
+def test_empty_prompt(client, body, param, assert_error):
     assert_error(post(client, "/v1/completions", body), 400, param=param)
 
 
-def test_empty_messages(client):
+def test_empty_messages(client, assert_error):
     assert_error(post(client, "/v1/chat/completions", {"messages": []}), 400, param="messages")
 
 
-def test_unknown_model_is_404(client):
+def test_unknown_model_is_404(client, assert_error):
     assert_error(post(client, "/v1/completions", {"model": "gpt-5", "prompt": "hi"}), 404, param="model",
                  code="model_not_found")
     assert_error(client.get("/v1/models/gpt-5", headers=AUTH), 404, code="model_not_found")
     assert_error(client.get("/v1/nothing-here", headers=AUTH), 404)
 
 
-def test_missing_or_wrong_api_key_is_401(client):
+def test_missing_or_wrong_api_key_is_401(client, assert_error):
     body = {"prompt": "hi", "max_tokens": 1}
     assert_error(post(client, "/v1/completions", body, headers={}), 401, code="invalid_api_key")
     assert_error(post(client, "/v1/completions", body, headers={"Authorization": "Bearer nope"}), 401)
@@ -148,7 +136,7 @@ def test_missing_or_wrong_api_key_is_401(client):
     assert client.get("/health").status_code == 200  # liveness needs no key
 
 
-def test_body_too_large_is_413(client):
+def test_body_too_large_is_413(client, assert_error):
     big = {"prompt": "x" * 300_000}
     assert_error(post(client, "/v1/completions", big), 413, code="request_too_large")
 
@@ -162,7 +150,7 @@ def test_body_too_large_is_413(client):
 
 
 @pytest.mark.parametrize("status", [429, 503])
-def test_queue_full_is_refused_with_retry_after(client, status):
+def test_queue_full_is_refused_with_retry_after(client, status, assert_error):
     real = client.app.state.engine
     settings = client.app.state.settings
 

@@ -159,7 +159,7 @@ def test_a_corrupt_or_partial_checkpoint_fails_serve_at_startup_naming_the_file(
                                                                                 free_port):
     import argparse
 
-    from server.cli import add_arguments, run
+    from lighthouse_server.cli import add_arguments, run
 
     bad = tmp_path / "ckpt"
     bad.mkdir()
@@ -197,7 +197,7 @@ def test_a_stream_uvicorn_cancels_at_its_graceful_timeout_logs_one_line_and_ends
 
     import uvicorn
 
-    from server.app import create_app
+    from lighthouse_server.app import create_app
 
     settings = settings_for(ckpt)
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=settings.port,

@@ -12,8 +12,8 @@ import time
 import httpx
 import pytest
 
-from server.deps import get_engine
-from server.prompts import TOKENIZE_CONCURRENCY, PromptEncoder
+from lighthouse_server.deps import get_engine
+from lighthouse_server.prompts import TOKENIZE_CONCURRENCY, PromptEncoder
 
 ORIGIN = "https://app.example"
 
@@ -35,17 +35,6 @@ def raw_post(client: httpx.Client, path: str, text: str, **headers) -> httpx.Res
     return client.post(path, content=text.encode(), headers={"content-type": "application/json", **headers})
 
 
-def assert_error(r: httpx.Response, status: int, *, param=..., code=...) -> dict:
-    assert r.status_code == status, r.text
-    err = r.json()["error"]
-    assert set(err) == {"message", "type", "param", "code"} and err["message"]
-    if param is not ...:
-        assert err["param"] == param, err
-    if code is not ...:
-        assert err["code"] == code, err
-    return err
-
-
 LONE_SURROGATES = [
     ("/v1/completions", '{"prompt": "ab\\ud800cd", "max_tokens": 2}', "prompt"),
     ("/v1/completions", '{"prompt": "ab\\udfffcd", "max_tokens": 2, "stream": true}', "prompt"),
@@ -61,7 +50,7 @@ LONE_SURROGATES = [
 
 
 @pytest.mark.parametrize("path,body,param", LONE_SURROGATES)
-def test_a_lone_surrogate_is_a_400_naming_the_field_and_the_connection_stays_usable(server, path, body, param):
+def test_a_lone_surrogate_is_a_400_naming_the_field_and_the_connection_stays_usable(server, path, body, param, assert_error):
     with httpx.Client(base_url=server.url, timeout=30) as c:
         err = assert_error(raw_post(c, path, body), 400, param=param)
         assert "surrogate" in err["message"]
@@ -83,7 +72,7 @@ def test_a_hundred_bad_and_good_requests_on_one_keep_alive_connection_all_get_an
     assert len(seen_ports) <= 1  # one connection throughout
 
 
-def test_an_unexpected_exception_is_a_500_with_cors_and_the_connection_stays_usable(server):
+def test_an_unexpected_exception_is_a_500_with_cors_and_the_connection_stays_usable(server, assert_error):
     class Broken:
         tokenizer = property(lambda self: (_ for _ in ()).throw(RuntimeError("boom")))
         max_model_len = 10
@@ -101,14 +90,14 @@ def test_an_unexpected_exception_is_a_500_with_cors_and_the_connection_stays_usa
         server.app.dependency_overrides.clear()
 
 
-def test_413_carries_cors_headers(server):
+def test_413_carries_cors_headers(server, assert_error):
     with httpx.Client(base_url=server.url, timeout=30, headers={"Origin": ORIGIN}) as c:
         r = raw_post(c, "/v1/completions", json.dumps({"prompt": "x" * (2 << 20)}))
         assert_error(r, 413, code="request_too_large")
         assert r.headers.get("access-control-allow-origin") == ORIGIN
 
 
-def test_a_prompt_that_cannot_fit_is_refused_before_it_is_tokenized(ckpt, loopback_server, settings_for):
+def test_a_prompt_that_cannot_fit_is_refused_before_it_is_tokenized(ckpt, loopback_server, settings_for, assert_error):
     """The bundled byte tokenizer covers at most 19 bytes per token (its longest special token): 16K tokens can
     never hold 1 MB, so a 48 MiB prompt is refused in well under a second (it took minutes and gigabytes)."""
     settings = settings_for(ckpt, max_body_mb=64.0)
@@ -156,7 +145,7 @@ def test_at_most_a_few_prompts_are_tokenized_at_once():
     assert peak[0] == TOKENIZE_CONCURRENCY
 
 
-def test_max_waiting_0_admits_up_to_the_running_slots_and_refuses_the_rest(server, wait_until):
+def test_max_waiting_0_admits_up_to_the_running_slots_and_refuses_the_rest(server, wait_until, assert_error):
     body = {"prompt": "wait", "max_tokens": 4000, "ignore_eos": True, "stream": True, "temperature": 0}
     with httpx.Client(base_url=server.url, timeout=60) as c:
         # idle: admitted at once

@@ -7,9 +7,9 @@ import argparse
 
 import pytest
 
-from server.app import engine_config
-from server.cli import add_arguments, settings_from_args
-from server.settings import Settings
+from lighthouse_server.app import engine_config
+from lighthouse_server.cli import add_arguments, settings_from_args
+from lighthouse_server.settings import Settings
 
 # field -> (environment string, parsed value). Every field must appear: a new setting needs an entry here.
 ENV_SAMPLES = {

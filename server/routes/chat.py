@@ -5,14 +5,14 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
-from server.deps import EngineDep, MetricsDep, PromptsDep, SettingsDep, require_api_key
-from server.errors import APIError
-from server.generation import ClientGone, Generation
-from server.openai_format import Formatter
-from server.openapi import generation_responses
-from server.prompts import check_max_tokens, check_model, check_unsupported, new_id
-from server.routes.completions import SSE_HEADERS
-from server.schemas import ChatCompletion, ChatCompletionRequest
+from lighthouse_server.deps import EngineDep, MetricsDep, PromptsDep, SettingsDep, require_api_key
+from lighthouse_server.errors import APIError
+from lighthouse_server.generation import ClientGone, Generation
+from lighthouse_server.openai_format import Formatter
+from lighthouse_server.openapi import generation_responses
+from lighthouse_server.prompts import check_max_tokens, check_model, check_unsupported, new_id
+from lighthouse_server.routes.completions import SSE_HEADERS
+from lighthouse_server.schemas import ChatCompletion, ChatCompletionRequest
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
 

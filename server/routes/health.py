@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from server.errors import error_response
-from server.openapi import responses
-from server.schemas import Health, Ready
+from lighthouse_server.errors import error_response
+from lighthouse_server.openapi import responses
+from lighthouse_server.schemas import Health, Ready
 
 router = APIRouter()
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
 
-from server.deps import EngineDep, require_api_key
-from server.openapi import responses
-from server.prompts import check_model
-from server.schemas import ModelCard, ModelList
+from lighthouse_server.deps import EngineDep, require_api_key
+from lighthouse_server.openapi import responses
+from lighthouse_server.prompts import check_model
+from lighthouse_server.schemas import ModelCard, ModelList
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
 

@@ -6,11 +6,11 @@ import asyncio
 
 from fastapi import APIRouter, Depends, Request
 
-from server.deps import EngineDep, PromptsDep, require_api_key
-from server.errors import APIError
-from server.openapi import responses
-from server.prompts import check_model
-from server.schemas import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
+from lighthouse_server.deps import EngineDep, PromptsDep, require_api_key
+from lighthouse_server.errors import APIError
+from lighthouse_server.openapi import responses
+from lighthouse_server.prompts import check_model
+from lighthouse_server.schemas import DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
 

@@ -23,7 +23,7 @@ import lighthouse_client as lc
 import pytest
 
 try:  # skip (not fail) only when the server itself is not importable
-    importlib.import_module("server.app")
+    importlib.import_module("lighthouse_server.app")
     SERVER_IMPORT_ERROR = None
 except Exception as exc:  # noqa: BLE001
     SERVER_IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
