@@ -32,7 +32,9 @@ def engine_config(settings: Settings):
                         max_model_len=settings.max_model_len, max_num_seqs=settings.max_num_seqs,
                         kv_cache_bytes=int(settings.kv_cache_gb * 2**30) if settings.kv_cache_gb else None,
                         enable_prefix_caching=settings.enable_prefix_caching, block_size=settings.block_size,
-                        enforce_eager=settings.enforce_eager)
+                        enforce_eager=settings.enforce_eager,
+                        max_prefill_chunk_ms=settings.max_prefill_chunk_ms or None,
+                        prefill_chunk_tokens=settings.prefill_chunk_tokens)
 
 
 def build_engine(settings: Settings):

@@ -38,6 +38,9 @@ _FLAGS = [
     ("--kv-cache-gb", float, "KV cache budget in GiB"),
     ("--block-size", int, "KV cache positions per block, a power of two in 16..1024 (default 128)"),
     ("--enforce-eager", _bool, "run the decode step eagerly, no CUDA graphs (default false)"),
+    ("--max-prefill-chunk-ms", float, "while others decode, a long prefill runs in pieces of about this many ms, "
+                                      "a decode step between them (default 100; 0: a prefill runs whole)"),
+    ("--prefill-chunk-tokens", int, "token chunk of a prefill's projections and MLP (default 32768)"),
     ("--enable-prefix-caching", _bool, "true | false: reuse a repeated prompt prefix's KV cache (default true)"),
     ("--device", str, "cpu | cuda | cuda:N"),
     ("--dtype", str, "float32 | bfloat16"),

@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     kv_cache_gb: float | None = Field(None, gt=0, description="KV cache budget (default: 75% of free GPU memory / 2 GiB on CPU)")
     block_size: int = Field(128, ge=16, le=1024, description="KV cache positions per block (a power of two)")
     enforce_eager: bool = Field(False, description="run the decode step eagerly: no CUDA graphs")
+    max_prefill_chunk_ms: float = Field(100.0, ge=0, description="while other sequences decode, a long prefill runs "
+                                        "in pieces of about this many ms with a decode step between (0: whole)")
+    prefill_chunk_tokens: int = Field(32768, ge=16, description="token chunk of a prefill's projections and MLP")
     device: str | None = None
     dtype: str | None = None
     default_max_tokens: int = Field(1024, ge=1, description="chat max_tokens when the request gives none")

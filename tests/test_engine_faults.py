@@ -51,14 +51,14 @@ def clean(ckpt, tiny_llm):
 @pytest.mark.parametrize("exc,code", [(RuntimeError("kernel bug"), INTERNAL_ERROR),
                                       (torch.OutOfMemoryError("CUDA out of memory"), OUT_OF_MEMORY)])
 def test_a_prefill_fault_fails_that_request_alone(engine, clean, monkeypatch, exc, code):
-    real = engine.runner.prefill
+    real = engine.runner.start_prefill
 
     def prefill(kv, prompt_ids, *a, **kw):
         if prompt_ids.tolist() == PROMPTS["bad"]:
             raise exc
         return real(kv, prompt_ids, *a, **kw)
 
-    monkeypatch.setattr(engine.runner, "prefill", prefill)
+    monkeypatch.setattr(engine.runner, "start_prefill", prefill)
     got = run_all(engine)
     assert got["bad"][0] == [] and got["bad"][2] == code and "prefill" in got["bad"][1]
     assert got["a"] == clean["a"] and got["c"] == clean["c"]  # untouched

@@ -48,9 +48,9 @@ Q2[0] = 32 + (Q1[0] - 32 + 1) % 95  # the questions differ from their first toke
 
 @contextmanager
 def counting_positions(model):
-    """Sums the sequence lengths of every forward call of the model (the positions actually prefilled)."""
+    """The sequence length of every embedding lookup (a prefill or a decode step: the positions actually run)."""
     seen = []
-    handle = model.register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape[1]))
+    handle = model.model.embed_tokens.register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape[1]))
     try:
         yield seen
     finally:

@@ -187,6 +187,52 @@ def test_rope_qk_output_works_downstream_like_torch():
 
 
 @needs_kernels
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_rope_qk_writes_into_given_outputs_and_in_place(dtype):
+    B, H, H_kv, N, D = 1, 4, 2, 9, 16
+    q, k = qk_views(B, H, H_kv, N, D, dtype, "split", seed=3)  # views into one projection output
+    cos, sin = cos_sin(1, N, D, dtype, seed=3)
+    want_q, want_k = apply_rope(q, cos, sin).to(dtype), apply_rope(k, cos, sin).to(dtype)
+    bq = torch.zeros(B, N, H, D, dtype=dtype, device=q.device).transpose(1, 2)  # token-major buffers
+    bk = torch.zeros(B, N, H_kv, D, dtype=dtype, device=q.device).transpose(1, 2)
+    got = kernels().rope_qk(q, k, cos, sin, dtype, out=(bq, bk))
+    assert got[0] is bq and got[1] is bk and torch.equal(bq, want_q) and torch.equal(bk, want_k)
+    got = kernels().rope_qk(q, k, cos, sin, dtype, out=(q, k))  # in place
+    assert torch.equal(q, want_q) and torch.equal(k, want_k)
+    with pytest.raises(ValueError, match="out must be"):
+        kernels().rope_qk(q, k, cos, sin, dtype, out=(bk, bq))
+
+
+# ---------------------------------------------------------------------------------------------------- silu_mul
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("shape", [(5, 2 * 24), (2, 3, 2 * 1536)])  # one partial block; two blocks per row
+def test_silu_mul_equals_the_mlps_torch_code(dtype, shape):
+    from lighthouse.ops.fused import silu_mul_ref
+
+    x = rand(*shape, dtype=dtype, seed=7, scale=4.0)
+    got, want = kernels().silu_mul(x), silu_mul_ref(x)
+    assert got.shape == want.shape and got.dtype == dtype and got.is_contiguous()
+    d = ulps(got, want)  # exp and the division round differently from torch's in the last fp32 bits
+    if dtype == torch.float32:
+        assert d.max().item() <= 8, d.max()
+    else:  # the fp32 differences rarely survive the rounding to 16 bits
+        assert d.max().item() <= 2 and (d > 0).float().mean().item() < 0.05, d.max()
+
+
+@needs_kernels
+def test_silu_mul_takes_a_row_slice_of_a_wider_output_and_says_what_to_change():
+    from lighthouse.ops.fused import silu_mul_ref
+
+    x = rand(6, 2 * 40, dtype=torch.bfloat16, seed=8)[1:4]
+    assert torch.allclose(kernels().silu_mul(x).float(), silu_mul_ref(x).float(), atol=1e-2)
+    with pytest.raises(ValueError, match="even"):
+        kernels().silu_mul(x[:, :-1])
+    with pytest.raises(ValueError, match="contiguous in the last dim"):
+        kernels().silu_mul(rand(4, 64, dtype=torch.bfloat16)[:, ::2])
+
+
+@needs_kernels
 def test_rope_qk_launcher_says_what_to_change():
     k_ops = kernels()
     q, k = qk_views(2, 4, 2, 3, 16, torch.bfloat16, "contiguous")
@@ -226,11 +272,17 @@ def spy_kernels(monkeypatch):
         calls.append("rms_norm")
         return fused.rms_norm_ref(x, w, eps)
 
-    def rope(q, k, cos, sin, dtype=None):
+    def rope(q, k, cos, sin, dtype=None, out=None):
         calls.append("rope_qk")
+        assert out is None
         return fused.rope_qk_ref(q, k, cos, sin, dtype)
 
-    spy = SimpleNamespace(rms_norm=rms, rope_qk=rope, rms_norm_problem=lambda *a: None, rope_qk_problem=lambda *a: None)
+    def silu_mul(x):
+        calls.append("silu_mul")
+        return fused.silu_mul_ref(x)
+
+    spy = SimpleNamespace(rms_norm=rms, rope_qk=rope, silu_mul=silu_mul, rms_norm_problem=lambda *a: None,
+                          rope_qk_problem=lambda *a: None, silu_mul_problem=lambda *a: None)
     monkeypatch.setattr(fused, "_on_device", lambda t: True)
     monkeypatch.setattr(fused, "_kernels", lambda: spy)
     monkeypatch.delenv(fused.ENV, raising=False)

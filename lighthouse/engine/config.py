@@ -28,6 +28,10 @@ class EngineConfig:
     block_size: int = 128  # KV cache positions per block (a power of two, 16..1024)
     enforce_eager: bool = False  # True: no CUDA graphs for the decode step (always eager on the CPU)
     cuda_graph_max_batch: int | None = None  # largest captured decode batch (None: max_num_seqs)
+    # A long prefill runs in pieces of about this many milliseconds while other sequences decode, a decode step of
+    # those between pieces (their inter-token latency stays near it); None: a prefill runs whole, others wait.
+    max_prefill_chunk_ms: float | None = 100.0
+    prefill_chunk_tokens: int = 32768  # token chunk of a prefill's projections and MLP (bounds its activations)
 
     def __post_init__(self) -> None:
         parse_prefill(self.prefill)
@@ -36,5 +40,9 @@ class EngineConfig:
             raise ValueError(f"dense_tail_tokens must be >= 0, got {self.dense_tail_tokens}")
         if self.max_num_seqs < 1:
             raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
+        if self.max_prefill_chunk_ms is not None and not self.max_prefill_chunk_ms > 0:
+            raise ValueError(f"max_prefill_chunk_ms must be > 0 (or None), got {self.max_prefill_chunk_ms}")
+        if self.prefill_chunk_tokens < 16:
+            raise ValueError(f"prefill_chunk_tokens must be >= 16, got {self.prefill_chunk_tokens}")
         if self.block_size < 16 or self.block_size > 1024 or self.block_size & (self.block_size - 1):
             raise ValueError(f"block_size must be a power of two in [16, 1024], got {self.block_size}")

@@ -72,7 +72,8 @@ class LLMEngine:
         self.prefix_cache = PrefixCache(self.kv, c.prefix_cache_min_tokens) if c.enable_prefix_caching else None
         self.scheduler = Scheduler(c.max_num_seqs, make_room=self._make_room)
         self.runner = ModelRunner(model, self.kv, max_batch=c.max_num_seqs, max_model_len=self.max_model_len,
-                                  enforce_eager=c.enforce_eager, graph_max_batch=c.cuda_graph_max_batch)
+                                  enforce_eager=c.enforce_eager, graph_max_batch=c.cuda_graph_max_batch,
+                                  prefill_chunk_tokens=c.prefill_chunk_tokens)
         self.outputs = OutputProcessor(self.vocab_size, self.eos_ids, self.device)
         self.progress_callback: ProgressFn | None = None
         self._requests: dict[str, Request] = {}
@@ -174,6 +175,12 @@ class LLMEngine:
             outputs += self._decode(work.decode)
         return outputs
 
+    def _prefill_budget(self) -> float | None:
+        """Seconds a prefill piece may take: the configured budget while other sequences wait to decode, else
+        None (the prefill runs whole)."""
+        ms = self.config.max_prefill_chunk_ms
+        return ms / 1000 if ms is not None and self.scheduler.has_decodable() else None
+
     def stats(self) -> dict:
         return {"running": len(self.scheduler.running), "waiting": len(self.scheduler.waiting),
                 "kv_cache_usage": self.kv.usage_ratio, "prefix_cache_usage": self.kv.cached_ratio}
@@ -213,48 +220,56 @@ class LLMEngine:
         return outputs
 
     def _prefill(self, req: Request) -> list[RequestOutput]:
-        t0 = time.monotonic()
-        seqs, n_prompt, plan, hit = req.seqs, len(req.prompt_ids), req.plan, req.hit
-        req.hit = None
-        cached = hit.tokens if hit is not None else 0
-        passes = 2 if plan.sparse and not cached else 1
-        calls, per_pass = [0], passes * self.model.config.num_hidden_layers
-
-        def on_layer(_i: int) -> None:
-            calls[0] += 1
-            if self.progress_callback is not None:
-                done = cached + (n_prompt - cached) * calls[0] // per_pass
-                self.progress_callback(req.request_id, min(n_prompt, done), n_prompt)
-
+        """Run the next piece of the request's prefill (the first piece reserves its blocks); once it is done,
+        sample the first token of each choice."""
+        seqs, n_prompt, plan = req.seqs, len(req.prompt_ids), req.plan
         try:
-            first = seqs[0]
-            first.kv = self.kv.allocate(req.capacity, req.ctx_entries, hit.entry.blocks if hit else [], cached)
-            logits = self.runner.prefill(first.kv, _prompt_tensor(req), plan, cached=cached,
-                                         should_abort=req.aborted.is_set, on_layer=on_layer)
+            if req.prefill_task is None:
+                req.prefill_started = time.monotonic()
+                hit, req.hit = req.hit, None
+                cached = req.prefill_cached = hit.tokens if hit is not None else 0
+                first = seqs[0]
+                first.kv = self.kv.allocate(req.capacity, req.ctx_entries, hit.entry.blocks if hit else [], cached)
+
+                def on_progress(fraction: float) -> None:
+                    if self.progress_callback is not None:
+                        done = cached + int((n_prompt - cached) * fraction)
+                        self.progress_callback(req.request_id, min(n_prompt, done), n_prompt)
+
+                req.prefill_task = self.runner.start_prefill(first.kv, _prompt_tensor(req), plan, cached=cached,
+                                                             should_abort=req.aborted.is_set, on_progress=on_progress)
+            logits = req.prefill_task.run(self._prefill_budget())
+            if logits is None:
+                return []  # more pieces to come; the running sequences decode first
+            req.prefill_task = None
+            self.scheduler.prefill_done(req)
             for s in seqs[1:]:
-                s.kv = self.kv.fork(first.kv)
+                s.kv = self.kv.fork(seqs[0].kv)
         except PrefillAborted:
+            req.prefill_task = None
             with self._lock:
                 failure = self._abort_errors.get(req.request_id)  # failed from outside (shutdown): say so
             if failure is not None:
                 return [self._finish(s, "error", error=failure[0], error_code=failure[1]) for s in seqs]
             return [self._finish(s, "abort") for s in seqs]
         except Exception as exc:  # never take the process down for one prompt; this request alone fails
+            req.prefill_task = None
             if is_device_fatal(exc):
                 raise
             msg, code = _failure(exc, f"the prefill of this request's {n_prompt} prompt tokens")
             log.error("request %s: %s", req.request_id, msg, exc_info=code == INTERNAL_ERROR)
             return [self._finish(s, "error", error=msg, error_code=code) for s in seqs]
+        cached = req.prefill_cached
         sparse_tokens = plan.sparse_tokens if not cached else 0
         req.prefill_info = PrefillInfo(plan.path, sparse_tokens, n_prompt - cached - sparse_tokens,
-                                       "sparse" if plan.sparse_decode else "dense", time.monotonic() - t0, cached)
+                                       "sparse" if plan.sparse_decode else "dense",
+                                       time.monotonic() - req.prefill_started, cached)
         log.info("request %s: prefill %d tokens (%s: %d sparse + %d dense + %d from the prefix cache) in %.3fs",
                  req.request_id, n_prompt, plan.path, sparse_tokens, req.prefill_info.dense_tokens, cached,
                  req.prefill_info.seconds)
         if req.params.repetition_penalty != 1.0:
             req.prompt_mask = torch.zeros(self.vocab_size, dtype=torch.bool, device=self.device)
             req.prompt_mask[torch.tensor(req.prompt_ids, device=self.device)] = True
-        self.scheduler.start(seqs)
         try:
             return self._postprocess(seqs, logits[None].expand(len(seqs), -1))
         except Exception as exc:  # sampling the first token: this request alone

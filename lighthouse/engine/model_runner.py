@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from lighthouse.engine.kv_cache import KVCacheManager, SequenceKV
-from lighthouse.engine.prefill import PrefillPlan, run_prefill
+from lighthouse.engine.prefill import DEFAULT_CHUNK_TOKENS, PrefillPlan, PrefillTask
 from lighthouse.model.llama import LlamaForCausalLM
 from lighthouse.ops.paged_attention import paged_decode_attention
 
@@ -62,8 +62,10 @@ class DecodeInputs:
 
 class ModelRunner:
     def __init__(self, model: LlamaForCausalLM, kv: KVCacheManager, *, max_batch: int, max_model_len: int,
-                 enforce_eager: bool = False, graph_max_batch: int | None = None):
+                 enforce_eager: bool = False, graph_max_batch: int | None = None,
+                 prefill_chunk_tokens: int = DEFAULT_CHUNK_TOKENS):
         self.model = model
+        self.prefill_chunk_tokens = prefill_chunk_tokens
         if kv.shape.device.type == "cuda":
             model.fuse_projections()  # two GEMMs per layer where five ran (decode is launch- and GEMV-bound)
         self.kv = kv
@@ -81,11 +83,12 @@ class ModelRunner:
         self._graph_pool = None
 
     # ---- prefill ----------------------------------------------------------------------------------------------
-    def prefill(self, kv: SequenceKV, prompt_ids: Tensor, plan: PrefillPlan, *, cached: int,
-                should_abort: Callable[[], bool], on_layer: Callable[[int], None]) -> Tensor:
-        """The prompt's K/V into kv's blocks; the last position's logits (V,) float32."""
-        return run_prefill(self.model, self.pool, kv, prompt_ids, plan, cached=cached, should_abort=should_abort,
-                           on_layer=on_layer)
+    def start_prefill(self, kv: SequenceKV, prompt_ids: Tensor, plan: PrefillPlan, *, cached: int,
+                      should_abort: Callable[[], bool],
+                      on_progress: Callable[[float], None] | None = None) -> PrefillTask:
+        """The prompt's prefill into kv's blocks, to be run in pieces (`task.run(budget_s)` -> logits or None)."""
+        return PrefillTask(self.model, self.pool, kv, prompt_ids, plan, cached=cached, should_abort=should_abort,
+                           chunk_tokens=self.prefill_chunk_tokens, on_progress=on_progress)
 
     # ---- decode -----------------------------------------------------------------------------------------------
     def decode(self, kvs: list[SequenceKV], last_tokens: list[int]) -> Tensor:

@@ -15,19 +15,24 @@ only [cached, N) run, densely against the cache (for a sparse plan, cached >= sp
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator
 
 import torch
 from torch import Tensor
 
 from lighthouse.engine.kv_cache import KVPool, SequenceKV
-from lighthouse.engine.sparse_context import order_context, real_entries, repeat_to_slots, selected_entries, to_slots
+from lighthouse.engine.prefill_attention import CachedTail, append_tail_to_context, keep_context, query_chunks
+from lighthouse.engine.sparse_context import real_entries, selected_entries
 from lighthouse.model.config import LighthouseConfig
 from lighthouse.model.llama import LlamaForCausalLM
+from lighthouse.model.rope import rope_cos_sin
 from lighthouse.ops import lighthouse_attention, lighthouse_attention_with_context
-from lighthouse.ops.attention import attention_with_cache, causal_attention
-from lighthouse.ops.paged_attention import paged_decode_attention
+from lighthouse.ops.attention import attention_with_cache
+from lighthouse.ops.fused import rope_qk
+
+DEFAULT_CHUNK_TOKENS = 32768  # token chunk of the projections and MLP; attention units of ~8 x its square in pairs
 
 
 class PrefillAborted(Exception):
@@ -81,151 +86,189 @@ def plan_prefill(model: LlamaForCausalLM, prompt_len: int, *, prefill: str, deco
     return PrefillPlan(prompt_len, split, prefill == "sparse" and split > 0, sparse_decode, layers, selected)
 
 
-def _positions(start: int, end: int, device) -> Tensor:
-    return torch.arange(start, end, device=device)[None]  # (1, n)
 
-
-def _rows(x: Tensor) -> Tensor:
-    return x[0].transpose(0, 1)  # (1, H_kv, n, D) -> (n, H_kv, D)
-
-
-def run_prefill(
-    model: LlamaForCausalLM,
-    pool: KVPool,
-    kv: SequenceKV,
-    prompt_ids: list[int],
-    plan: PrefillPlan,
-    *,
-    cached: int = 0,
-    should_abort: Callable[[], bool] = lambda: False,
-    on_layer: Callable[[int], None] | None = None,
-) -> Tensor:
-    """Fill `kv` with the prompt's K/V; returns the last position's logits (V,) in float32.
-
-    `cached`: positions [0, cached) are in `kv` already (a prefix-cache hit); for a sparse plan 0 or >= split."""
-    lh = lighthouse_config(model)
-    device = pool.k.device
-    prompt = torch.as_tensor(prompt_ids, dtype=torch.long)  # (N,) on the CPU
-    N = int(prompt.shape[0])
-    if not 0 <= cached < N or (cached and plan.sparse and cached < plan.split) or (cached and plan.sparse_decode):
-        raise ValueError(f"cannot resume a prefill of {N} tokens (split {plan.split}) at position {cached}")
-    split = plan.split
-    start = max(split, cached) if plan.sparse else cached  # where the pass against the cache starts (0: none)
-    head_end = split if plan.sparse and not cached else (0 if start else N)  # the pass from position 0, if any
-    lh_layers = set(plan.lighthouse_layers)
-    table = torch.tensor(kv.blocks, dtype=torch.long)
-    tail = CachedTail.make(pool, kv.blocks, start, N) if start and start < N else None
-    head_slots = pool.slots(table, 0, head_end) if head_end else None  # the same in every layer: made once
-    tail_slots = pool.slots(table, start, N) if tail is not None else None
-
-    def head_attention(i: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:  # q (1, H, n, D), k/v (1, H_kv, n, D)
-        if should_abort():
-            raise PrefillAborted
-        n = q.shape[2]
-        pool.write(i, head_slots, _rows(k), _rows(v))
-        kw = dict(levels=lh.levels, pooling_factor=lh.pooling_factor, topk=lh.topk, scorer=lh.scorer) if lh else {}
-        if plan.sparse_decode and i in lh_layers:
-            out, k_sel, v_sel, idx = lighthouse_attention_with_context(q, k, v, **kw)
-            _keep_context(pool, kv, i, k_sel, v_sel, real_entries(idx, n, lh.levels, lh.pooling_factor, lh.topk))
-        elif plan.sparse and i in lh_layers:
-            out = lighthouse_attention(q, k, v, **kw)
-        else:
-            out = causal_attention(q, k, v)
-        if on_layer is not None:
-            on_layer(i)
-        return out
-
-    def tail_attention(i: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:  # q (1, H, N - start, D)
-        if should_abort():
-            raise PrefillAborted
-        pool.write(i, tail_slots, _rows(k), _rows(v))
-        if tail.paged:
-            out = tail.attention(q, pool.k[i], pool.v[i])
-        else:
-            k_all, v_all = pool.read(i, kv.blocks, N)
-            out = attention_with_cache(q, k_all, v_all)
-        if on_layer is not None:
-            on_layer(i)
-        return out
-
-    with torch.no_grad():
-        if head_end:  # positions [0, head_end): the sparse head, or the whole prompt densely
-            out = model(prompt[None, :head_end].to(device), positions=_positions(0, head_end, device),
-                        attention=head_attention, logits_to_keep=1)
-        if tail is not None:  # positions [start, N) against the cache
-            out = model(prompt[None, start:].to(device), positions=_positions(start, N, device),
-                        attention=tail_attention, logits_to_keep=1)
-    kv.length = N
-    if plan.sparse_decode:
-        _append_tail_to_context(pool, kv, plan)
-    return out.logits[0, -1].float()
+def run_prefill(model: LlamaForCausalLM, pool: KVPool, kv: SequenceKV, prompt_ids, plan: PrefillPlan, *,
+                cached: int = 0, should_abort: Callable[[], bool] = lambda: False,
+                chunk_tokens: int = DEFAULT_CHUNK_TOKENS) -> Tensor:
+    """A whole prefill in one go (`PrefillTask(...).run()`): the last position's logits (V,) float32."""
+    task = PrefillTask(model, pool, kv, prompt_ids, plan, cached=cached, should_abort=should_abort,
+                       chunk_tokens=chunk_tokens)
+    logits = task.run()
+    assert logits is not None
+    return logits
 
 
 @dataclass
-class CachedTail:
-    """Causal attention of the queries at positions [start, N) against a table's entries [0, N).
+class _Segment:
+    """Queries [start, end) of one layer's attention: "op" (the Lighthouse op over [0, end), start 0) or "causal"
+    (query t attends to keys [0, t])."""
 
-    On CUDA (`paged`) it runs the paged decode kernel over the table itself, no copy of the cache: the query of
-    position t becomes one more query head of its KV group, and a per-head hole [t + 1, N) masks the positions
-    after it (bottom-right causal alignment). Elsewhere the caller reads the cache out and uses dense attention."""
-
-    paged: bool
     start: int
-    n: int
-    table: Tensor | None = None  # (1, blocks) int32 on the device
-    _row_args: dict = field(default_factory=dict)  # (chunk, H_kv, r) -> the kernel's per-row tensors: the same in every layer
-
-    MAX_QUERIES = 256  # longer tails use dense attention over the read-out cache
-    ROWS = 64  # queries x group heads per kernel call
-
-    @staticmethod
-    def make(pool: KVPool, blocks: list[int], start: int, n: int) -> "CachedTail":
-        paged = pool.k.is_cuda and n - start <= CachedTail.MAX_QUERIES
-        table = torch.tensor([blocks], dtype=torch.int32, device=pool.k.device) if paged else None
-        return CachedTail(paged, start, n, table)
-
-    def _rows(self, c0: int, n: int, H_kv: int, r: int, dev: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-        """(seq_lens = [N], per_head = [0], hole_start (1, H_kv*n*r)) for the queries [c0, c0 + n) of the tail."""
-        key = (c0, n, H_kv, r)
-        if key not in self._row_args:
-            i32 = torch.int32
-            pos = torch.arange(self.start + c0, self.start + c0 + n, device=dev, dtype=i32)  # (n,)
-            hole = (pos + 1)[None, :, None].expand(H_kv, n, r).reshape(1, H_kv * n * r).contiguous()
-            self._row_args[key] = (torch.tensor([self.n], dtype=i32, device=dev), torch.zeros(1, dtype=i32, device=dev),
-                                   hole)
-        return self._row_args[key]
-
-    def attention(self, q: Tensor, k_cache: Tensor, v_cache: Tensor) -> Tensor:  # q (1, H, n - start, D)
-        _, H, Nq, D = q.shape
-        H_kv = k_cache.shape[2]
-        r = H // H_kv
-        outs = []
-        step = max(1, self.ROWS // r)
-        for c0 in range(0, Nq, step):
-            n = min(step, Nq - c0)
-            qc = q[0, :, c0 : c0 + n].reshape(H_kv, r, n, D).transpose(1, 2).reshape(1, H_kv * n * r, D)
-            full, per_head, hole = self._rows(c0, n, H_kv, r, q.device)
-            o = paged_decode_attention(qc, k_cache, v_cache, self.table, full, per_head, hole, full)
-            outs.append(o.view(H_kv, n, r, D).transpose(1, 2).reshape(H, n, D))
-        return torch.cat(outs, dim=1)[None]
+    end: int
+    kind: str
 
 
-def _keep_context(pool: KVPool, kv: SequenceKV, i: int, k_sel: Tensor, v_sel: Tensor, real: Tensor) -> None:
-    """Layer i's selected (1, H, S, D) K/V, real entries first per head, at context entries [0, S)."""
-    k_sel, v_sel, n_real = order_context(k_sel, v_sel, real)
-    H_kv = pool.shape.num_kv_heads
-    S = k_sel.shape[2]
-    pool.write(i, pool.slots(kv.ctx_blocks, 0, S * pool.shape.group), to_slots(k_sel, H_kv), to_slots(v_sel, H_kv))
-    kv.ctx_hole_start, kv.ctx_hole_end, kv.ctx_len = n_real, S, S
+class PrefillTask:
+    """One prompt's prefill into `kv`, run in pieces: `run(budget_s)` until it returns the logits."""
 
+    def __init__(self, model: LlamaForCausalLM, pool: KVPool, kv: SequenceKV, prompt_ids, plan: PrefillPlan, *,
+                 cached: int = 0, should_abort: Callable[[], bool] = lambda: False,
+                 chunk_tokens: int = DEFAULT_CHUNK_TOKENS, on_progress: Callable[[float], None] | None = None):
+        self.prompt = torch.as_tensor(prompt_ids, dtype=torch.long)  # (N,) on the CPU
+        N = self.N = int(self.prompt.shape[0])
+        if not 0 <= cached < N or (cached and plan.sparse and cached < plan.split) or (cached and plan.sparse_decode):
+            raise ValueError(f"cannot resume a prefill of {N} tokens (split {plan.split}) at position {cached}")
+        if chunk_tokens < 1:
+            raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
+        self.model, self.pool, self.kv, self.plan, self.cached = model, pool, kv, plan, cached
+        self.should_abort, self.chunk_tokens, self.on_progress = should_abort, chunk_tokens, on_progress
+        self.max_pairs = 8 * chunk_tokens * chunk_tokens
+        self.progress = 0.0  # fraction of the layers done
+        self.units = 0  # units of work run so far
+        self.logits: Tensor | None = None
+        self._tails: dict[tuple[int, int], CachedTail] = {}  # paged tail attention per query range, all layers
+        self._work = self._layers()
 
-def _append_tail_to_context(pool: KVPool, kv: SequenceKV, plan: PrefillPlan) -> None:
-    """Positions [split, N) join the context at full resolution, as entries of every head of their group."""
-    S, split, N, r = plan.selected, plan.split, kv.length, pool.shape.group
-    src = pool.slots(kv.blocks, split, N)
-    dst = pool.slots(kv.ctx_blocks, S * r, (S + N - split) * r)
-    for i in plan.lighthouse_layers:
-        k = pool.k[i].flatten(0, 1).index_select(0, src)
-        v = pool.v[i].flatten(0, 1).index_select(0, src)
-        pool.write(i, dst, repeat_to_slots(k, r), repeat_to_slots(v, r))
-    kv.ctx_len = S + N - split
+    @property
+    def done(self) -> bool:
+        return self.logits is not None
+
+    def run(self, budget_s: float | None = None) -> Tensor | None:
+        """Run units of work until the prefill is done: the last position's logits (V,) float32. With `budget_s`,
+        stop early, before a unit that would likely end past the budget (the last unit's time predicts the next;
+        at least one unit runs), and return None: call again to go on. Raises PrefillAborted between units once
+        `should_abort()` holds."""
+        cuda = self.pool.k.is_cuda
+        t0 = last = time.perf_counter()
+        for _ in self._work:
+            self.units += 1
+            if self.should_abort():
+                raise PrefillAborted
+            if budget_s is not None and not self.done:
+                if cuda:
+                    torch.cuda.synchronize(self.pool.k.device)  # the device's time, not the launches'
+                now = time.perf_counter()
+                unit, last = now - last, now
+                if now - t0 + unit > budget_s:
+                    return None
+        return self.logits
+
+    # ---- the layers ------------------------------------------------------------------------------------------
+    def _segments(self, layer: int, last: bool) -> list[_Segment]:
+        plan, N, s0 = self.plan, self.N, self.cached
+        if plan.sparse and not s0:
+            segs = [_Segment(0, plan.split, "op" if layer in plan.lighthouse_layers else "causal")]
+            if plan.split < N:
+                segs.append(_Segment(plan.split, N, "causal"))
+        else:
+            segs = [_Segment(s0, N, "causal")]
+        if not last:
+            return segs
+        # only position N - 1 feeds the logits; the op still runs where it yields N - 1 or keeps the context
+        keep = []
+        for seg in segs:
+            if seg.kind == "op" and (seg.end == N or plan.sparse_decode):
+                keep.append(seg)
+            elif seg.kind == "causal" and seg.end == N:
+                keep.append(_Segment(N - 1, N, "causal"))
+        return keep
+
+    def _layers(self) -> Iterator[None]:
+        model, pool, kv, plan = self.model, self.pool, self.kv, self.plan
+        c = model.config
+        N, s0, T = self.N, self.cached, self.chunk_tokens
+        n = N - s0
+        dev = pool.k.device
+        layers = model.model.layers
+        H, H_kv, D = c.num_attention_heads, c.num_key_value_heads, c.head_dim
+        table = torch.tensor(kv.blocks, dtype=torch.long)
+        slots = pool.slots(table, s0, N)  # the same in every layer
+        m = max(1, round(n / T))  # token chunks of about T (a prompt of 2^k + a short tail stays one chunk)
+        size = -(-n // m)
+        chunks = [(a, min(a + size, N)) for a in range(s0, N, size)]  # absolute positions
+        with torch.no_grad():
+            h = model.model.embed_tokens(self.prompt[None, s0:].to(dev))  # (1, n, hidden): positions [s0, N)
+            dtype = h.dtype
+            buffers = None
+            rope: list[tuple[Tensor, Tensor]] = []
+            if len(chunks) > 1:  # q, k, v of every position, filled chunk by chunk, token-major
+                buffers = tuple(torch.empty(1, n, heads, D, dtype=dtype, device=dev) for heads in (H, H_kv, H_kv))
+        yield
+        for i, layer in enumerate(layers):
+            last = i == len(layers) - 1
+            attn = layer.self_attn
+            with torch.no_grad():  # projections, RoPE and the cache write of positions [s0, N)
+                for j, (a, b) in enumerate(chunks):
+                    x = layer.input_layernorm(h[:, a - s0 : b - s0])
+                    q, k, v = attn._qkv(x)
+                    q = q.view(1, b - a, H, D).transpose(1, 2)
+                    k = k.view(1, b - a, H_kv, D).transpose(1, 2)
+                    v = v.view(1, b - a, H_kv, D).transpose(1, 2)
+                    if len(rope) == j:  # cos/sin of each chunk's positions: made once, used by every layer
+                        rope.append(rope_cos_sin(model.inv_freq, torch.arange(a, b, device=dev)[None], dtype))
+                    cos, sin = rope[j]
+                    if buffers is None:
+                        q, k = rope_qk(q, k, cos, sin, v.dtype)
+                    else:
+                        qb, kb, vb = (buf[:, a - s0 : b - s0].transpose(1, 2) for buf in buffers)
+                        q, k = rope_qk(q, k, cos, sin, v.dtype, out=(qb, kb))
+                        v = vb.copy_(v)
+                    pool.write(i, slots[a - s0 : b - s0], k[0].transpose(0, 1), v[0].transpose(0, 1))
+                if buffers is not None:
+                    q, k, v = (buf.transpose(1, 2) for buf in buffers)  # (1, heads, n, D) views
+            yield
+            outs: list[tuple[int, int, Tensor]] = []  # (start, end, (1, H, end - start, D)) attention outputs
+            for seg in self._segments(i, last):
+                for a, b, out in self._attention(i, seg, q, k, v):
+                    outs.append((a, b, out))
+                    yield
+            q = k = v = None  # the buffers stay for the next layer
+            with torch.no_grad():  # o_proj and the MLP, in token chunks (the last layer: position N - 1 alone)
+                for a, b, out in outs:
+                    lo = N - 1 if last else a
+                    for x0 in range(max(a, lo), b, T):
+                        x1 = min(x0 + T, b)
+                        rows = out[:, :, x0 - a : x1 - a].transpose(1, 2).reshape(1, x1 - x0, H * D)
+                        hv = h[:, x0 - s0 : x1 - s0]
+                        hv += attn.o_proj(rows)
+                        hv += layer.mlp(layer.post_attention_layernorm(hv))
+            outs = []
+            self.progress = (i + 1) / len(layers)
+            if self.on_progress is not None:
+                self.on_progress(self.progress)
+            yield
+        with torch.no_grad():
+            self.logits = model.lm_head(model.model.norm(h[:, -1:]))[0, -1].float()
+        kv.length = N
+        if plan.sparse_decode:
+            append_tail_to_context(pool, kv, plan.selected, plan.split, plan.lighthouse_layers)
+        yield
+
+    def _attention(self, i: int, seg: _Segment, q: Tensor, k: Tensor, v: Tensor) -> Iterator[tuple[int, int, Tensor]]:
+        """Layer i's attention output for the queries of `seg`, one unit of work at a time."""
+        plan, pool, kv, s0 = self.plan, self.pool, self.kv, self.cached
+        if seg.kind == "op":  # s0 == 0 here: the buffers hold positions [0, N)
+            lh = lighthouse_config(self.model)
+            kw = dict(levels=lh.levels, pooling_factor=lh.pooling_factor, topk=lh.topk, scorer=lh.scorer)
+            e = seg.end
+            with torch.no_grad():
+                if plan.sparse_decode:
+                    out, k_sel, v_sel, idx = lighthouse_attention_with_context(q[:, :, :e], k[:, :, :e], v[:, :, :e], **kw)
+                    keep_context(pool, kv, i, k_sel, v_sel, real_entries(idx, e, lh.levels, lh.pooling_factor, lh.topk))
+                else:
+                    out = lighthouse_attention(q[:, :, :e], k[:, :, :e], v[:, :, :e], **kw)
+            yield 0, e, out
+            return
+        if pool.k.is_cuda and seg.end - seg.start <= CachedTail.MAX_QUERIES and seg.start > 0:
+            key = (seg.start, seg.end)
+            tail = self._tails.get(key) or self._tails.setdefault(key, CachedTail.make(pool, kv.blocks, *key))
+            with torch.no_grad():
+                yield seg.start, seg.end, tail.attention(q[:, :, seg.start - s0 : seg.end - s0], pool.k[i], pool.v[i])
+            return
+        keys = None
+        if s0:  # a prefix-cache hit: keys [0, s0) are only in the cache
+            keys = pool.read(i, kv.blocks, seg.end)
+        for c0, c1 in query_chunks(seg.start, seg.end, self.max_pairs):
+            with torch.no_grad():
+                kc, vc = (keys[0][:, :, :c1], keys[1][:, :, :c1]) if keys else (k[:, :, :c1], v[:, :, :c1])
+                yield c0, c1, attention_with_cache(q[:, :, c0 - s0 : c1 - s0], kc, vc)

@@ -1,8 +1,11 @@
 """Scheduling policy: FCFS admission bounded by KV cache blocks and the batch size; prefill and decode alternate.
 
-A step either prefills the request at the head of the queue (when its whole reservation fits now) or decodes
-every running sequence together. After a prefill the next step decodes, so a stream of arrivals cannot starve
-the requests already generating. The head of the queue is never skipped (no starvation of large requests).
+A step either runs a piece of a prefill or decodes every running sequence together. A prefill starts for the
+request at the head of the queue (when its whole reservation fits now) and runs in pieces (prefill.py: the engine
+bounds a piece's time while others wait to decode) until it is done; one prefill is in progress at a time. After
+a prefill piece the next step decodes, so neither a long prompt nor a stream of arrivals stalls the requests
+already generating for more than one piece. The head of the queue is never skipped (no starvation of large
+requests).
 """
 
 from __future__ import annotations
@@ -29,20 +32,39 @@ class Scheduler:
         self.max_num_seqs = max_num_seqs
         self.waiting: deque[Request] = deque()
         self.running: list[Sequence] = []
+        self.prefilling: Request | None = None  # the request whose prefill is in progress
         self._last_was_prefill = False
 
     def add(self, request: Request) -> None:
         self.waiting.append(request)
 
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running)
+        return bool(self.waiting or self.running or self.prefilling)
+
+    def has_decodable(self) -> bool:
+        return any(s.status is Status.RUNNING for s in self.running)
 
     def schedule(self) -> Schedule:
+        if self.prefilling is not None:  # a prefill in progress: its next piece, after a decode step if one waits
+            if self._last_was_prefill and self.has_decodable():
+                self._last_was_prefill = False
+                return Schedule(decode=self._batch())
+            self._last_was_prefill = True
+            return Schedule(prefill=self.prefilling)
         req = self._next_prefill()
         if req is not None:
+            self.prefilling = req
             return Schedule(prefill=req)
-        batch = [s for s in self.running if s.status is Status.RUNNING][: self.max_num_seqs]
-        return Schedule(decode=batch or None)
+        return Schedule(decode=self._batch() or None)
+
+    def _batch(self) -> list[Sequence]:
+        return [s for s in self.running if s.status is Status.RUNNING][: self.max_num_seqs]
+
+    def prefill_done(self, request: Request) -> None:
+        """The request's prefill finished: its sequences run (decode) from the next step."""
+        if self.prefilling is request:
+            self.prefilling = None
+        self.start(request.seqs)
 
     def _next_prefill(self) -> Request | None:
         """The head of the queue if it can start now (and decode did not just get skipped), else None."""
@@ -65,6 +87,8 @@ class Scheduler:
     def retire(self, seq: Sequence) -> None:
         if seq in self.running:
             self.running.remove(seq)
+        if self.prefilling is not None and seq.request is self.prefilling:
+            self.prefilling = None  # aborted or failed mid-prefill
 
     def remove_waiting(self, request: Request) -> bool:
         try:

@@ -13,7 +13,7 @@ from lighthouse.engine.detokenizer import IncrementalText
 from lighthouse.engine.kv_cache import SequenceKV
 from lighthouse.engine.options import RequestOptions
 from lighthouse.engine.prefix_cache import CacheHit
-from lighthouse.engine.prefill import PrefillPlan
+from lighthouse.engine.prefill import PrefillPlan, PrefillTask
 from lighthouse.engine.sampling import SamplingParams
 
 
@@ -91,6 +91,9 @@ class Request:
     prompt_cached: bool = False  # this prompt's K/V went to the prefix cache already (once per request)
     prompt_tensor: torch.Tensor | None = None  # (N,) int64 on the CPU, for prefix-cache matching (made once)
     hit: "CacheHit | None" = None  # the prefix-cache hit admission planned on (set by the engine)
+    prefill_task: "PrefillTask | None" = None  # the prefill in progress (run in pieces between decode steps)
+    prefill_cached: int = 0  # prompt positions the prefix cache gave this request
+    prefill_started: float = 0.0
 
     @property
     def cache_prompt(self) -> bool:

@@ -24,7 +24,7 @@ from torch.utils.checkpoint import checkpoint
 from lighthouse.model.config import ModelConfig
 from lighthouse.model.rope import rope_cos_sin, rope_inv_freq
 from lighthouse.ops import causal_attention, lighthouse_attention, lighthouse_min_seq_len
-from lighthouse.ops.fused import rms_norm, rope_qk
+from lighthouse.ops.fused import rms_norm, rope_qk, silu_mul
 
 AttentionFn = Callable[[int, Tensor, Tensor, Tensor], Tensor]
 IGNORE_INDEX = -100
@@ -84,9 +84,8 @@ class LlamaMLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         fused = _fused(self)
-        if fused is not None:  # one GEMM for gate and up (inference; see LlamaForCausalLM.fuse_projections)
-            gate, up = F.linear(x, *fused).chunk(2, dim=-1)
-            return self.down_proj(F.silu(gate) * up)
+        if fused is not None:  # one GEMM for gate and up, one kernel for silu(gate) * up (inference)
+            return self.down_proj(silu_mul(F.linear(x, *fused)))
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
     def fuse(self) -> None:

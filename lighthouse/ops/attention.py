@@ -108,6 +108,8 @@ def attention_with_cache(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
 
     q: (B, H, Nq, D) are positions Nk-Nq .. Nk-1; k, v: (B, H_kv, Nk, D) (Nk >= Nq).
     Bottom-right causal alignment: query j attends to keys 0 .. Nk-Nq+j. Returns (B, H, Nq, D).
+    On CUDA (fp16/bf16) the keys before the queries and the queries' own square are two cuDNN calls merged by
+    their log-sum-exp (no (Nq, Nk) mask: a 64K-query chunk of a 512K prompt stays at tensor-core speed).
     """
     Nq, Nk = q.shape[2], k.shape[2]
     if Nq > Nk:
@@ -122,7 +124,35 @@ def attention_with_cache(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
             _log_backend_once("decode: matmul attention")
             return decode_attention(q, k, v)
         return _sdpa(q, k, v, is_causal=False)
+    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and _cudnn_lse_available():
+        return _prefix_then_square(q, k, v)
     q_pos = torch.arange(Nk - Nq, Nk, device=q.device)[:, None]
     k_pos = torch.arange(Nk, device=q.device)[None, :]
     mask = k_pos <= q_pos  # (Nq, Nk) True = attend
     return _sdpa(q, k, v, is_causal=False, attn_mask=mask)
+
+
+@functools.lru_cache(maxsize=None)
+def _cudnn_lse_available() -> bool:
+    return hasattr(torch.ops.aten, "_scaled_dot_product_cudnn_attention")
+
+
+def _cudnn_with_lse(q: Tensor, k: Tensor, v: Tensor, causal: bool) -> tuple[Tensor, Tensor]:
+    """cuDNN attention (B, H, Nq, D) and its log-sum-exp (B, H, Nq, 1) float32 (natural log, scaled scores)."""
+    n_rep = q.shape[1] // k.shape[1]
+    k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
+    out = torch.ops.aten._scaled_dot_product_cudnn_attention(q, k, v, None, True, 0.0, causal, False)
+    return out[0], out[1].reshape(q.shape[0], q.shape[1], q.shape[2], 1)
+
+
+def _prefix_then_square(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """attention_with_cache on CUDA: the keys before the queries (all visible) and the queries' own positions
+    (top-left causal: the square's diagonal), merged by log-sum-exp in float32."""
+    Nq, Nk = q.shape[2], k.shape[2]
+    p = Nk - Nq
+    _log_backend_once("prefill chunks: cuDNN, two calls merged by log-sum-exp")
+    o1, l1 = _cudnn_with_lse(q, k[:, :, :p], v[:, :, :p], False)
+    o2, l2 = _cudnn_with_lse(q, k[:, :, p:], v[:, :, p:], True)
+    m = torch.maximum(l1, l2)
+    w1, w2 = torch.exp(l1 - m), torch.exp(l2 - m)
+    return ((o1.float() * w1 + o2.float() * w2) / (w1 + w2)).to(q.dtype)

@@ -1,4 +1,4 @@
-"""RMSNorm and RoPE: the one dispatch point between the fused Triton kernels and the torch reference.
+"""RMSNorm, RoPE and SwiGLU's product: the one dispatch point between the fused Triton kernels and the torch reference.
 
 Triton (`lighthouse.ops.triton.fused_norm_rope`, one kernel per call) when all hold:
   env LIGHTHOUSE_FUSED_KERNELS is not "0"; triton imports; the tensors are on CUDA; no autograd graph is needed
@@ -15,6 +15,7 @@ import logging
 import os
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 log = logging.getLogger(__name__)
@@ -86,17 +87,42 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     return rms_norm_ref(x, weight, eps)
 
 
-def rope_qk(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor, dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
+def silu_mul_ref(x: Tensor) -> Tensor:
+    """x (..., 2F) = [gate, up] -> silu(gate) * up (..., F): the MLP's torch code on a fused gate/up projection."""
+    gate, up = x.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+def silu_mul(x: Tensor) -> Tensor:
+    """silu(gate) * up of x = [gate, up] (..., 2F), as `silu_mul_ref`: one kernel on CUDA inference (one pass over
+    the fused gate/up output instead of three)."""
+    kernels = _triton_for("silu_mul", x)
+    if kernels is not None:
+        problem = kernels.silu_mul_problem(x)
+        if problem is None:
+            return kernels.silu_mul(x)
+        _log_fallback("silu_mul", problem)
+    return silu_mul_ref(x)
+
+
+def rope_qk(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor, dtype: torch.dtype | None = None,
+            out: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
     """Rotary embedding of queries and keys (HF's rotate_half convention), as `rope_qk_ref`.
 
     q (B, H, N, D), k (B, H_kv, N, D), any strides (a transposed projection view is fine); cos/sin
     (B, 1, N, D) from `rope_cos_sin` (fp32, or the activation dtype). Every op rounds to the promotion of q's and
     cos's dtypes, the result to `dtype` (default q's). Outputs are laid out as torch lays out its own: token-major
-    (B, N, H, D) in memory for a transposed projection view, so downstream `.transpose`/`.reshape` costs the same."""
+    (B, N, H, D) in memory for a transposed projection view, so downstream `.transpose`/`.reshape` costs the same.
+    `out` = (q_out, k_out): write the results there instead (q and k themselves for in place) and return them."""
     kernels = _triton_for("rope_qk", q, k, cos, sin)
     if kernels is not None:
         problem = kernels.rope_qk_problem(q, k, cos, sin, q.dtype if dtype is None else dtype)
         if problem is None:
-            return kernels.rope_qk(q, k, cos, sin, dtype)
+            return kernels.rope_qk(q, k, cos, sin, dtype, out=out)
         _log_fallback("rope_qk", problem)
-    return rope_qk_ref(q, k, cos, sin, dtype)
+    q_rot, k_rot = rope_qk_ref(q, k, cos, sin, dtype)
+    if out is None:
+        return q_rot, k_rot
+    out[0].copy_(q_rot)
+    out[1].copy_(k_rot)
+    return out

@@ -1,4 +1,5 @@
-"""RMSNorm and RoPE as one Triton kernel each: the fast path of `lighthouse.ops.fused` (read it for the contract).
+"""RMSNorm, RoPE and SwiGLU's product as one Triton kernel each: the fast path of `lighthouse.ops.fused` (read it
+for the contract).
 
 The torch code they replace runs ~8 elementwise kernels per RMSNorm and ~6 per RoPE'd tensor; in the decode step
 those launches, not the bytes moved, are the cost. Both kernels compute what the torch reference computes, with
@@ -8,6 +9,9 @@ the same roundings in the same places:
   rope_qk:  x * cos + rotate_half(x) * sin with both products and the sum each rounded to the dtype torch would
             compute in (the promotion of x's and cos's dtypes), then to the output dtype: bit for bit. fp-fusion
             is off so that the fp32 case is not contracted into an fma either.
+  silu_mul: silu(gate) in fp32 rounded to the dtype, times up in fp32, rounded: torch's two ops in one pass. Its
+            exp and division are not torch's to the last fp32 bit, so a few outputs differ by an ulp or two in
+            16-bit dtypes (up to ~8 in fp32); within the dtype's default tolerance (tests/test_fused_norm_rope.py).
 Launchers check shapes, strides and dtypes only (no host sync: they run inside CUDA-graph capture).
 """
 
@@ -84,7 +88,44 @@ def _rope_qk_kernel(
                 HALF, HKV_PAD, HALF_PAD, CT)
 
 
+@triton.jit
+def _silu_mul_kernel(x_ptr, o_ptr, n_cols, sx_row, so_row, BLOCK: tl.constexpr):
+    """Row r: out[r, c] = silu(x[r, c]) * x[r, n_cols + c] for the columns of this program's block."""
+    row = tl.program_id(0).to(tl.int64)
+    c = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    m = c < n_cols
+    g = tl.load(x_ptr + row * sx_row + c, mask=m, other=0.0).to(tl.float32)
+    u = tl.load(x_ptr + row * sx_row + n_cols + c, mask=m, other=0.0).to(tl.float32)
+    s = (g / (1.0 + tl.exp(-g))).to(o_ptr.dtype.element_ty).to(tl.float32)  # silu, rounded as torch rounds it
+    tl.store(o_ptr + row * so_row + c, (s * u).to(o_ptr.dtype.element_ty), mask=m)
+
+
 # ---------------------------------------------------------------------------------------------------- launchers
+def silu_mul_problem(x: Tensor) -> str | None:
+    """Why `silu_mul` cannot take x (what to change), or None."""
+    if x.dtype not in FLOATS:
+        return f"x must be one of {FLOATS} (got {x.dtype})"
+    if x.shape[-1] % 2:
+        return f"the last dim must be even: [gate, up] (got {x.shape[-1]})"
+    if x.stride(-1) != 1:
+        return "x must be contiguous in the last dim; pass x.contiguous()"
+    return None
+
+
+def silu_mul(x: Tensor) -> Tensor:
+    """x (..., 2F) = [gate, up] -> silu(gate) * up (..., F) in x's dtype, contiguous."""
+    if (problem := silu_mul_problem(x)) is not None:
+        raise ValueError(f"silu_mul: {problem}")
+    F2 = x.shape[-1]
+    x2 = x.reshape(-1, F2)
+    out = torch.empty(*x.shape[:-1], F2 // 2, dtype=x.dtype, device=x.device)
+    if x2.shape[0] == 0 or F2 == 0:
+        return out
+    block = min(1024, triton.next_power_of_2(F2 // 2))
+    grid = (x2.shape[0], triton.cdiv(F2 // 2, block))
+    _silu_mul_kernel[grid](x2, out, F2 // 2, x2.stride(0), F2 // 2, BLOCK=block, num_warps=4)
+    return out
+
 
 
 def rms_norm_problem(x: Tensor, weight: Tensor) -> str | None:
@@ -149,18 +190,27 @@ def _empty_like_layout(x: Tensor, dtype: torch.dtype) -> Tensor:
     return torch.empty(B, H, N, D, dtype=dtype, device=x.device)
 
 
-def rope_qk(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor, dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
+def rope_qk(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor, dtype: torch.dtype | None = None,
+            out: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
     """q (B, H, N, D), k (B, H_kv, N, D) any strides with D contiguous; cos/sin (B or 1, 1, N, D).
 
     Returns q, k rotated (HF's rotate_half convention) in `dtype` (default q's), each token-major (B, N, H, D) in
     memory when its input is (a projection's transposed view) and contiguous otherwise, as torch's own ops would
-    lay it out; exactly `apply_rope(x, cos, sin).to(dtype)`."""
+    lay it out; exactly `apply_rope(x, cos, sin).to(dtype)`. `out`: (q_out, k_out) of q's and k's shapes in
+    `dtype`, any strides with D contiguous, written and returned; q and k themselves are allowed (in place: each
+    program reads its token's heads whole before it writes them)."""
     dtype = q.dtype if dtype is None else dtype
     if (problem := rope_qk_problem(q, k, cos, sin, dtype)) is not None:
         raise ValueError(f"rope_qk: {problem}")
     B, H, N, D = q.shape
     H_kv = k.shape[1]
-    q_out, k_out = _empty_like_layout(q, dtype), _empty_like_layout(k, dtype)
+    if out is not None:
+        q_out, k_out = out
+        if q_out.shape != q.shape or k_out.shape != k.shape or {q_out.dtype, k_out.dtype} != {dtype} \
+                or q_out.stride(-1) != 1 or k_out.stride(-1) != 1:
+            raise ValueError("rope_qk: out must be (q-shaped, k-shaped) tensors in the output dtype, D contiguous")
+    else:
+        q_out, k_out = _empty_like_layout(q, dtype), _empty_like_layout(k, dtype)
     if B * N == 0 or D == 0:
         return q_out, k_out
     cos, sin = cos.expand(B, 1, N, D), sin.expand(B, 1, N, D)  # a broadcast batch has stride 0

@@ -1,0 +1,105 @@
+"""The attention pieces of a prefill: query chunks of dense causal attention, the paged tail, the sparse context.
+
+Dense causal attention of a long prompt runs in query chunks: queries [c0, c1) need only keys [0, c1), so each
+chunk is exact on its own (`attention_with_cache`, bottom-right causal) and a chunk is a unit of work the
+scheduler can put decode steps between. Chunk boundaries spread the work (key-query pairs) evenly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from lighthouse.engine.kv_cache import KVPool, SequenceKV
+from lighthouse.engine.sparse_context import order_context, repeat_to_slots, to_slots
+from lighthouse.ops.paged_attention import paged_decode_attention
+
+
+def query_chunks(start: int, end: int, max_pairs: int, align: int = 128) -> list[tuple[int, int]]:
+    """Split queries [start, end) of causal attention (query t sees keys [0, t]) into chunks of about equal work,
+    each at most ~max_pairs key-query pairs (one chunk may exceed it when a single aligned row block does).
+    Boundaries are multiples of `align` (but the ends)."""
+    if end <= start:
+        return []
+    pairs = (end * end - start * start) / 2
+    m = max(1, math.ceil(pairs / max(1, max_pairs)))
+    bounds = [start]
+    for j in range(1, m):
+        b = int(math.sqrt(start * start + j / m * (end * end - start * start))) // align * align
+        if bounds[-1] < b < end:
+            bounds.append(b)
+    bounds.append(end)
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+@dataclass
+class CachedTail:
+    """Causal attention of the queries at positions [start, N) against a table's entries [0, N).
+
+    On CUDA (`paged`) it runs the paged decode kernel over the table itself, no copy of the cache: the query of
+    position t becomes one more query head of its KV group, and a per-head hole [t + 1, N) masks the positions
+    after it (bottom-right causal alignment). Elsewhere the caller reads the cache out and uses dense attention."""
+
+    paged: bool
+    start: int
+    n: int
+    table: Tensor | None = None  # (1, blocks) int32 on the device
+    _row_args: dict = field(default_factory=dict)  # (chunk, H_kv, r) -> the kernel's per-row tensors: the same in every layer
+
+    MAX_QUERIES = 256  # longer tails use dense attention over the read-out cache
+    ROWS = 64  # queries x group heads per kernel call
+
+    @staticmethod
+    def make(pool: KVPool, blocks: list[int], start: int, n: int) -> "CachedTail":
+        paged = pool.k.is_cuda and n - start <= CachedTail.MAX_QUERIES
+        table = torch.tensor([blocks], dtype=torch.int32, device=pool.k.device) if paged else None
+        return CachedTail(paged, start, n, table)
+
+    def _rows(self, c0: int, n: int, H_kv: int, r: int, dev: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+        """(seq_lens = [N], per_head = [0], hole_start (1, H_kv*n*r)) for the queries [c0, c0 + n) of the tail."""
+        key = (c0, n, H_kv, r)
+        if key not in self._row_args:
+            i32 = torch.int32
+            pos = torch.arange(self.start + c0, self.start + c0 + n, device=dev, dtype=i32)  # (n,)
+            hole = (pos + 1)[None, :, None].expand(H_kv, n, r).reshape(1, H_kv * n * r).contiguous()
+            self._row_args[key] = (torch.tensor([self.n], dtype=i32, device=dev), torch.zeros(1, dtype=i32, device=dev),
+                                   hole)
+        return self._row_args[key]
+
+    def attention(self, q: Tensor, k_cache: Tensor, v_cache: Tensor) -> Tensor:  # q (1, H, n - start, D)
+        _, H, Nq, D = q.shape
+        H_kv = k_cache.shape[2]
+        r = H // H_kv
+        outs = []
+        step = max(1, self.ROWS // r)
+        for c0 in range(0, Nq, step):
+            n = min(step, Nq - c0)
+            qc = q[0, :, c0 : c0 + n].reshape(H_kv, r, n, D).transpose(1, 2).reshape(1, H_kv * n * r, D)
+            full, per_head, hole = self._rows(c0, n, H_kv, r, q.device)
+            o = paged_decode_attention(qc, k_cache, v_cache, self.table, full, per_head, hole, full)
+            outs.append(o.view(H_kv, n, r, D).transpose(1, 2).reshape(H, n, D))
+        return torch.cat(outs, dim=1)[None]
+
+
+def keep_context(pool: KVPool, kv: SequenceKV, i: int, k_sel: Tensor, v_sel: Tensor, real: Tensor) -> None:
+    """Layer i's selected (1, H, S, D) K/V, real entries first per head, at context entries [0, S)."""
+    k_sel, v_sel, n_real = order_context(k_sel, v_sel, real)
+    H_kv = pool.shape.num_kv_heads
+    S = k_sel.shape[2]
+    pool.write(i, pool.slots(kv.ctx_blocks, 0, S * pool.shape.group), to_slots(k_sel, H_kv), to_slots(v_sel, H_kv))
+    kv.ctx_hole_start, kv.ctx_hole_end, kv.ctx_len = n_real, S, S
+
+
+def append_tail_to_context(pool: KVPool, kv: SequenceKV, selected: int, split: int, layers) -> None:
+    """Positions [split, N) join the context at full resolution, as entries of every head of their group."""
+    S, N, r = selected, kv.length, pool.shape.group
+    src = pool.slots(kv.blocks, split, N)
+    dst = pool.slots(kv.ctx_blocks, S * r, (S + N - split) * r)
+    for i in layers:
+        k = pool.k[i].flatten(0, 1).index_select(0, src)
+        v = pool.v[i].flatten(0, 1).index_select(0, src)
+        pool.write(i, dst, repeat_to_slots(k, r), repeat_to_slots(v, r))
+    kv.ctx_len = S + N - split
