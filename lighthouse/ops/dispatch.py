@@ -21,7 +21,7 @@ from torch import Tensor
 from lighthouse.ops.lighthouse_ref import lighthouse_attention as lighthouse_attention_ref
 from lighthouse.ops.lighthouse_ref import lighthouse_attention_with_context as lighthouse_attention_with_context_ref
 from lighthouse.ops.lighthouse_ref import lighthouse_select as lighthouse_select_ref
-from lighthouse.ops.validation import check_config, check_inputs
+from lighthouse.ops.validation import check_config, check_inputs, check_rope
 
 log = logging.getLogger(__name__)
 
@@ -83,25 +83,33 @@ def choose_backend(q: Tensor, pooling_factor: int, backend: str | None = None) -
     return "triton", "CUDA"
 
 
-def _checked_call(q, k, v, levels, pooling_factor, topk, scorer, backend) -> tuple[str, dict]:
+def _checked_call(q, k, v, levels, pooling_factor, topk, scorer, backend, rope="before_pool", inv_freq=None,
+                  position_offset=0) -> tuple[str, dict]:
     """Validate a call of the op and pick its backend: (backend name, the op's keyword arguments)."""
     check_config(levels, pooling_factor, topk, scorer)
     check_inputs(q, k, v, levels, pooling_factor, topk)
+    check_rope(rope, inv_freq, position_offset, q)
     name, reason = choose_backend(q, pooling_factor, backend)
     _log_choice(name, reason)
-    return name, dict(levels=levels, pooling_factor=pooling_factor, topk=topk, scorer=scorer)
+    kwargs = dict(levels=levels, pooling_factor=pooling_factor, topk=topk, scorer=scorer)
+    if rope != "before_pool":  # the published variant's calls stay exactly what they were
+        kwargs.update(rope=rope, inv_freq=inv_freq, position_offset=position_offset)
+    return name, kwargs
 
 
 def lighthouse_attention(
     q: Tensor, k: Tensor, v: Tensor, *, levels: int, pooling_factor: int, topk: int, scorer: str = "norm",
+    rope: str = "before_pool", inv_freq: Tensor | None = None, position_offset: int | Tensor = 0,
     backend: str | None = None,
 ) -> Tensor:
     """Lighthouse attention; the contract of `lighthouse_ref.lighthouse_attention` (read its docstring).
 
     q: (B, H, N, D); k, v: (B, H_kv, N, D). Returns (B, H, N, D) in q's dtype. backend: None (env, then auto),
     "auto", "triton" or "torch". Both backends select identical index sets; outputs agree within bf16 rounding.
+    rope="after_select" (q/k un-rotated, inv_freq (D/2,), position_offset): RoPE after selection, on both backends.
     """
-    name, kwargs = _checked_call(q, k, v, levels, pooling_factor, topk, scorer, backend)
+    name, kwargs = _checked_call(q, k, v, levels, pooling_factor, topk, scorer, backend, rope, inv_freq,
+                                 position_offset)
     if name == "torch":
         return lighthouse_attention_ref(q, k, v, **kwargs)
     impl = _triton_module()
@@ -129,11 +137,14 @@ def lighthouse_select(
 @torch.no_grad()
 def lighthouse_attention_with_context(
     q: Tensor, k: Tensor, v: Tensor, *, levels: int, pooling_factor: int, topk: int, scorer: str = "norm",
+    rope: str = "before_pool", inv_freq: Tensor | None = None, position_offset: int | Tensor = 0,
     backend: str | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Forward only: (out, k_sel, v_sel, indices), see `lighthouse_ref.lighthouse_attention_with_context`.
-    The selected K/V are the ones the op gathered for its own inner attention: sparse decode keeps them."""
-    name, kwargs = _checked_call(q, k, v, levels, pooling_factor, topk, scorer, backend)
+    The selected K/V are the ones the op gathered for its own inner attention (with rope="after_select", K
+    rotated after selection): sparse decode keeps them."""
+    name, kwargs = _checked_call(q, k, v, levels, pooling_factor, topk, scorer, backend, rope, inv_freq,
+                                 position_offset)
     if name == "torch":
         return lighthouse_attention_with_context_ref(q, k, v, **kwargs)
     return _triton_module().lighthouse_attention_triton_inference(q, k, v, return_context=True, **kwargs)

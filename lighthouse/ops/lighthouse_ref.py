@@ -18,6 +18,16 @@ Properties worth knowing (tests pin each one down):
     q/k (their norms) change at positions >= t inside the same tile.
   - Positions 0 .. p^(L-1) - 2 receive no coarsest-level output and can be exactly zero.
   - levels=1 is dense causal attention.
+
+Where RoPE goes (`rope=`):
+  - "before_pool" (the published code, the default): q/k come rotated; pooled entries are means of rotated rows.
+  - "after_select" (the official repository's open change "Fix RoPE for pooled tokens in hierarchical
+    selection"): q/k come un-rotated. Scores, pooling and selection run on the un-rotated q/k; then every gathered
+    entry, query and key alike, is rotated at the last base position its window covers, (i+1)*p^l - 1 (plus
+    `position_offset`), with the caller's inverse frequencies: a level-0 token at its own position, a pooled
+    entry at its window's end. V is never rotated. The rotation runs in float32 and is cast back (HF's
+    rotate_half convention; `rotate_at`). The causal order already sorts entries by that position, so each query
+    sees keys at positions <= its own. Padded windows use the same rule on the padded length.
 """
 
 from __future__ import annotations
@@ -36,6 +46,7 @@ from lighthouse.ops.validation import (
     TILE_BUDGET,
     check_config,
     check_inputs,
+    check_rope,
     pad_seq,
     padded_len,
 )
@@ -100,6 +111,52 @@ def level_offsets(n: int, levels: int, pooling_factor: int) -> list[int]:
         offs.append(acc)
         acc += n // pooling_factor**level
     return offs
+
+
+# --------------------------------------------------------------------------------- RoPE after selection
+
+
+def entry_positions(indices: Tensor, n: int, levels: int, pooling_factor: int) -> Tensor:
+    """Pyramid indices (any shape) of a sequence of length n (the padded length) -> the last base position each
+    entry covers: (i+1) * p^l - 1 for window i of level l (a level-0 token: its own position). int64."""
+    offsets = level_offsets(n, levels, pooling_factor)
+    pos = indices.clone()
+    for level in range(1, levels):  # later levels overwrite: offsets ascend
+        c = pooling_factor**level
+        pos = torch.where(indices >= offsets[level], (indices - offsets[level] + 1) * c - 1, pos)
+    return pos
+
+
+def rotate_at(x: Tensor, positions: Tensor, inv_freq: Tensor) -> Tensor:
+    """x (B, H, S, D) rotated by RoPE at positions (B, H, S) (HF's rotate_half convention), in float32 with
+    angles positions * inv_freq (inv_freq (D/2,)), cast back to x's dtype. Differentiable in x."""
+    ang = positions[..., None].float() * inv_freq.float().to(x.device)  # (B, H, S, D/2), as rope_cos_sin
+    emb = torch.cat((ang, ang), dim=-1)
+    xf = x.float()
+    x1, x2 = xf.chunk(2, dim=-1)
+    return (xf * emb.cos() + torch.cat((-x2, x1), dim=-1) * emb.sin()).to(x.dtype)
+
+
+def _offset(position_offset: int | Tensor, device: torch.device) -> int | Tensor:
+    """position_offset as something that broadcasts against (B, H, S) positions."""
+    if isinstance(position_offset, Tensor):
+        return position_offset.to(device=device, dtype=torch.int64).view(-1, 1, 1)
+    return position_offset
+
+
+def rotate_selected(qs: Tensor, ks: Tensor, indices: Tensor, n: int, levels: int, pooling_factor: int,
+                    inv_freq: Tensor, position_offset: int | Tensor = 0) -> tuple[Tensor, Tensor]:
+    """rope="after_select": the gathered (B, H, S, D) q and k entries rotated at their windows' last positions."""
+    pos = entry_positions(indices, n, levels, pooling_factor) + _offset(position_offset, qs.device)
+    return rotate_at(qs, pos, inv_freq), rotate_at(ks, pos, inv_freq)
+
+
+def rotate_base(q: Tensor, k: Tensor, inv_freq: Tensor, position_offset: int | Tensor = 0) -> tuple[Tensor, Tensor]:
+    """rope="after_select" at levels=1 (every entry a token): q (B, H, N, D) and k (B, H_kv, N, D) rotated at
+    their own positions."""
+    B, _, N, _ = q.shape
+    pos = torch.arange(N, device=q.device).expand(B, 1, N) + _offset(position_offset, q.device)
+    return rotate_at(q, pos, inv_freq), rotate_at(k, pos, inv_freq)
 
 
 # -------------------------------------------------------------------------------------------- selection
@@ -261,12 +318,14 @@ def _select_padded(
 
 
 def _lighthouse_padded(
-    q: Tensor, k: Tensor, v: Tensor, n_valid: int, levels: int, pooling_factor: int, topk: int, scorer: str
+    q: Tensor, k: Tensor, v: Tensor, n_valid: int, levels: int, pooling_factor: int, topk: int, scorer: str,
+    rotary: tuple[Tensor, int | Tensor] | None = None,
 ) -> Tensor:
     """The op on a length that meets every constraint. Positions >= n_valid are padding: their scores are
-    masked below every real score, so they never change which real windows are refined. Returns float32."""
+    masked below every real score, so they never change which real windows are refined. Returns float32.
+    rotary: None (rope="before_pool") or (inv_freq, position_offset) for rope="after_select"."""
     sel = _select_padded(q, k, v, n_valid, levels, pooling_factor, topk, scorer)
-    return attend_selected(q, k, v, sel, levels, pooling_factor)
+    return attend_selected(q, k, v, sel, levels, pooling_factor, rotary)
 
 
 def gather_selected(x: Tensor, sel: Selection, levels: int, pooling_factor: int) -> Tensor:
@@ -275,23 +334,34 @@ def gather_selected(x: Tensor, sel: Selection, levels: int, pooling_factor: int)
     return torch.cat(build_pyramid(x, levels, pooling_factor), dim=2).gather(2, idx)
 
 
-def attend_selected(q: Tensor, k: Tensor, v: Tensor, sel: Selection, levels: int, pooling_factor: int) -> Tensor:
+def gather_rotated(q: Tensor, k: Tensor, v: Tensor, sel: Selection, levels: int, pooling_factor: int,
+                   rotary: tuple[Tensor, int | Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """The gathered (B, H, S, D) q, k, v the inner attention runs on: rotated after selection when `rotary` is
+    (inv_freq, position_offset) (rope="after_select"), as gathered otherwise."""
+    qs, ks, vs = (gather_selected(x, sel, levels, pooling_factor) for x in (q, k, v))
+    if rotary is not None:
+        qs, ks = rotate_selected(qs, ks, sel.indices, q.shape[2], levels, pooling_factor, *rotary)
+    return qs, ks, vs
+
+
+def attend_selected(q: Tensor, k: Tensor, v: Tensor, sel: Selection, levels: int, pooling_factor: int,
+                    rotary: tuple[Tensor, int | Tensor] | None = None) -> Tensor:
     """Gather the selected pyramid entries, run causal attention over them, scatter back (float32 result).
 
-    q, k, v: (B, H, N, D) at a valid length with K/V already repeated per query head.
+    q, k, v: (B, H, N, D) at a valid length with K/V already repeated per query head. rotary: see gather_rotated.
     """
-    g = [gather_selected(x, sel, levels, pooling_factor) for x in (q, k, v)]
-    out_sel = causal_attention(*g)
+    out_sel = causal_attention(*gather_rotated(q, k, v, sel, levels, pooling_factor, rotary))
     return scatter_to_base(out_sel, sel, q.shape[2], levels, pooling_factor)
 
 
 def lighthouse_attention(
-    q: Tensor, k: Tensor, v: Tensor, *, levels: int, pooling_factor: int, topk: int, scorer: str = "norm"
+    q: Tensor, k: Tensor, v: Tensor, *, levels: int, pooling_factor: int, topk: int, scorer: str = "norm",
+    rope: str = "before_pool", inv_freq: Tensor | None = None, position_offset: int | Tensor = 0,
 ) -> Tensor:
     """Lighthouse attention (pure PyTorch reference).
 
     Args:
-        q: (B, H, N, D) queries, RoPE applied. Any floating dtype; bf16/fp16/fp32.
+        q: (B, H, N, D) queries, RoPE applied (rope="after_select": not applied). Any floating dtype.
         k, v: (B, H_kv, N, D) with H % H_kv == 0; repeated per query head (query head h uses K/V head
             h // (H / H_kv)) before pooling, since every head selects its own entries.
         levels: pyramid levels L >= 1 (level 0 is the base sequence). L = 1 is dense causal attention.
@@ -299,6 +369,10 @@ def lighthouse_attention(
         topk: budget per level, a positive multiple of 128 (topk/128 tiles, each refining 64 entries by
             query score and 64 by key score), topk/2 >= p.
         scorer: "norm" (||q||, ||k||) or "dilated" (norms of 4 strided causal attention passes).
+        rope: "before_pool" (q/k rotated by the caller, the published code) or "after_select" (q/k un-rotated;
+            the op rotates each gathered entry at the last position its window covers; see the module docstring).
+        inv_freq: rope="after_select" only: the RoPE inverse frequencies (D/2,) (any scaling already applied).
+        position_offset: rope="after_select" only: the position of base row 0 (an int, or one per batch row).
 
     Returns:
         (B, H, N, D) in q's dtype. Output t sums, over levels, the attention output of the entry whose window
@@ -314,14 +388,18 @@ def lighthouse_attention(
     """
     check_config(levels, pooling_factor, topk, scorer)
     check_inputs(q, k, v, levels, pooling_factor, topk)
+    check_rope(rope, inv_freq, position_offset, q)
+    rotary = (inv_freq, position_offset) if rope == "after_select" else None
     if levels == 1:
+        if rotary is not None:
+            q, k = rotate_base(q, k, *rotary)
         return causal_attention(q, k, v)
     n_rep = q.shape[1] // k.shape[1]
     k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
     n = q.shape[2]
     n_pad = padded_len(n, levels, pooling_factor, topk)
     out = _lighthouse_padded(
-        pad_seq(q, n_pad), pad_seq(k, n_pad), pad_seq(v, n_pad), n, levels, pooling_factor, topk, scorer
+        pad_seq(q, n_pad), pad_seq(k, n_pad), pad_seq(v, n_pad), n, levels, pooling_factor, topk, scorer, rotary
     )
     return out[:, :, :n].to(q.dtype)
 
@@ -334,7 +412,7 @@ def lighthouse_select(
 
     Indices point into the concatenated pyramid [level 0 (N) | level 1 (N/p) | ...] of the (padded) sequence;
     `level_offsets(padded_len(N, ...), levels, p)` decodes them. Used by sparse decode. The dilated scorer
-    also needs v.
+    also needs v. Pass the q/k the op gets (un-rotated for rope="after_select": it selects on those).
     """
     check_config(levels, pooling_factor, topk, scorer)
     if v is None:
@@ -355,24 +433,28 @@ def lighthouse_select(
 
 @torch.no_grad()
 def lighthouse_attention_with_context(
-    q: Tensor, k: Tensor, v: Tensor, *, levels: int, pooling_factor: int, topk: int, scorer: str = "norm"
+    q: Tensor, k: Tensor, v: Tensor, *, levels: int, pooling_factor: int, topk: int, scorer: str = "norm",
+    rope: str = "before_pool", inv_freq: Tensor | None = None, position_offset: int | Tensor = 0,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Forward only: the op's output and what it attended, for sparse decode (no second selection).
 
     Returns (out (B, H, N, D), k_sel (B, H, S, D), v_sel (B, H, S, D), indices (B, H, S) int64): out as
     `lighthouse_attention`; k_sel / v_sel the pooled K/V entries the op gathered for its inner attention (means
-    over the zero-padded sequence, as the op computes them) in k's dtype; indices as `lighthouse_select`.
+    over the zero-padded sequence, as the op computes them; with rope="after_select", K rotated at each
+    window's last position, as the inner attention saw it) in k's dtype; indices as `lighthouse_select`.
     levels must be >= 2.
     """
     check_config(levels, pooling_factor, topk, scorer)
     check_inputs(q, k, v, levels, pooling_factor, topk)
+    check_rope(rope, inv_freq, position_offset, q)
     if levels < 2:
         raise ValueError("lighthouse_attention_with_context needs levels >= 2 (levels=1 selects every position)")
+    rotary = (inv_freq, position_offset) if rope == "after_select" else None
     n_rep = q.shape[1] // k.shape[1]
     n = q.shape[2]
     n_pad = padded_len(n, levels, pooling_factor, topk)
     qp, kp, vp = (pad_seq(x, n_pad) for x in (q, repeat_kv(k, n_rep), repeat_kv(v, n_rep)))
     sel = _select_padded(qp, kp, vp, n, levels, pooling_factor, topk, scorer)
-    qs, ks, vs = (gather_selected(x, sel, levels, pooling_factor) for x in (qp, kp, vp))
+    qs, ks, vs = gather_rotated(qp, kp, vp, sel, levels, pooling_factor, rotary)
     out = scatter_to_base(causal_attention(qs, ks, vs), sel, n_pad, levels, pooling_factor)
     return out[:, :, :n].to(q.dtype), ks.to(k.dtype), vs.to(v.dtype), sel.indices

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 SCORERS = ("norm", "dilated")
+ROPE_MODES = ("before_pool", "after_select")  # where RoPE is applied (see lighthouse_ref's module docstring)
 TILE_BUDGET = 128  # entries refined per tile per level (64 by query score + 64 by key score)
 BATCH = TILE_BUDGET // 2
 DILATION = 4
@@ -43,6 +44,31 @@ def check_config(levels: int, pooling_factor: int, topk: int, scorer: str) -> No
         raise ValueError(f"topk/2 must be >= pooling_factor (got topk={topk}, pooling_factor={pooling_factor})")
     if scorer not in SCORERS:
         raise ValueError(f"scorer must be one of {SCORERS} (got {scorer!r})")
+
+
+def check_rope(rope: str, inv_freq: Tensor | None, position_offset, q: Tensor) -> None:
+    """rope="before_pool": q/k come rotated, nothing else is needed (inv_freq / position_offset are ignored).
+    rope="after_select": q/k come un-rotated; inv_freq (D/2,) floating and position_offset (an int >= 0, or a
+    (B,) integer tensor) say how the op rotates the entries it gathered."""
+    if rope not in ROPE_MODES:
+        raise ValueError(f"rope must be one of {ROPE_MODES} (got {rope!r})")
+    if rope == "before_pool":
+        return
+    D = q.shape[-1]
+    if not isinstance(inv_freq, Tensor) or not inv_freq.is_floating_point() or tuple(inv_freq.shape) != (D // 2,):
+        got = tuple(inv_freq.shape) if isinstance(inv_freq, Tensor) else type(inv_freq).__name__
+        raise ValueError(
+            f"rope='after_select' needs inv_freq=, the model's RoPE inverse frequencies as a floating tensor of "
+            f"shape (D/2,) = ({D // 2},) (got {got})"
+        )
+    if isinstance(position_offset, Tensor):
+        if position_offset.is_floating_point() or tuple(position_offset.shape) != (q.shape[0],):
+            raise ValueError(
+                f"position_offset must be an int or a ({q.shape[0]},) integer tensor (one start position per batch "
+                f"row); got {position_offset.dtype} {tuple(position_offset.shape)}"
+            )
+    elif not isinstance(position_offset, int) or isinstance(position_offset, bool) or position_offset < 0:
+        raise ValueError(f"position_offset must be an int >= 0 or a (B,) integer tensor (got {position_offset!r})")
 
 
 def min_seq_len(levels: int, pooling_factor: int, topk: int) -> int:

@@ -9,6 +9,11 @@ Two entry points with the reference's signature:
 Per call: pool+score Q and K (one pass each), pool V, select (cascade + per-tile sort + inverse map), gather,
 causal attention over the S gathered entries, scatter. Padding to the selection's length unit is never
 materialized (see geometry.Plan).
+
+rope="after_select": the same kernels run on the un-rotated q/k; between the gather and the inner attention the
+gathered q/k entries are rotated at their windows' last positions by the reference's own torch code
+(`lighthouse_ref.rotate_selected`, float32, differentiable: autograd takes it between the gather op and the
+attention), so both backends rotate with the same bits.
 """
 
 from __future__ import annotations
@@ -17,14 +22,14 @@ import torch
 from torch import Tensor
 
 from lighthouse.ops.attention import causal_attention, repeat_kv
-from lighthouse.ops.lighthouse_ref import dilated_scores
+from lighthouse.ops.lighthouse_ref import dilated_scores, rotate_base, rotate_selected
 from lighthouse.ops.triton import gather as _gather
 from lighthouse.ops.triton import pool as _pool
 from lighthouse.ops.triton import scatter as _scatter
 from lighthouse.ops.triton import select as _select
 from lighthouse.ops.triton.geometry import Plan
 from lighthouse.ops.triton.ops import gather_op, pool_op, scatter_op, select_op
-from lighthouse.ops.validation import check_config, check_inputs, pad_seq
+from lighthouse.ops.validation import check_config, check_inputs, check_rope, pad_seq
 
 
 def resolve_order(x: Tensor, scores: str | int) -> int | None:
@@ -79,9 +84,10 @@ def _selection(q: Tensor, k: Tensor, v: Tensor, plan: Plan, scorer: str, order: 
     return cq, ck, cv, indices, inv
 
 
-def _prepare(q, k, v, levels, pooling_factor, topk, scorer):
+def _prepare(q, k, v, levels, pooling_factor, topk, scorer, rope="before_pool", inv_freq=None, position_offset=0):
     check_config(levels, pooling_factor, topk, scorer)
     check_inputs(q, k, v, levels, pooling_factor, topk)
+    check_rope(rope, inv_freq, position_offset, q)
     if not _pool.supported(q.shape[-1], pooling_factor):
         raise ValueError(
             f"the Triton path needs a power-of-two head dim in [16, 256] and pooling_factor <= {_pool.ROWS} "
@@ -92,21 +98,28 @@ def _prepare(q, k, v, levels, pooling_factor, topk, scorer):
 
 def lighthouse_attention_triton(
     q: Tensor, k: Tensor, v: Tensor, *, levels: int, pooling_factor: int, topk: int, scorer: str = "norm",
+    rope: str = "before_pool", inv_freq: Tensor | None = None, position_offset: int | Tensor = 0,
     scores: str | int = "auto",
 ) -> Tensor:
     """Lighthouse attention, differentiable. Same contract as `lighthouse_ref.lighthouse_attention`
-    (shapes (B, H, N, D) / (B, H_kv, N, D), length rule, causality notes); returns (B, H, N, D) in q's dtype.
+    (shapes (B, H, N, D) / (B, H_kv, N, D), length rule, causality notes, rope / inv_freq / position_offset);
+    returns (B, H, N, D) in q's dtype.
 
     scores: how norm scores are computed: "auto" (fused in the pooling pass when its order reproduces torch's
     bits on this device, else torch's norm), "torch", or a fused order (tests).
     """
-    q, k, v = _prepare(q, k, v, levels, pooling_factor, topk, scorer)
+    q, k, v = _prepare(q, k, v, levels, pooling_factor, topk, scorer, rope, inv_freq, position_offset)
+    after_select = rope == "after_select"
     if levels == 1:
+        if after_select:
+            q, k = rotate_base(q, k, inv_freq, position_offset)
         return causal_attention(q, k, v)
     plan = Plan.make(q.shape[2], levels, pooling_factor, topk)
     order = resolve_order(q, scores) if scorer == "norm" else None
     cq, ck, cv, indices, inv = _selection(q, k, v, plan, scorer, order, use_ops=True)
     qs, ks, vs = gather_op(q, k, v, cq, ck, cv, indices, inv, levels, pooling_factor, topk)
+    if after_select:
+        qs, ks = rotate_selected(qs, ks, indices, plan.n_run, levels, pooling_factor, inv_freq, position_offset)
     o_sel = causal_attention(qs, ks, vs)
     return scatter_op(o_sel, inv, indices, plan.n_valid, levels, pooling_factor, topk)
 
@@ -114,19 +127,27 @@ def lighthouse_attention_triton(
 @torch.no_grad()
 def lighthouse_attention_triton_inference(
     q: Tensor, k: Tensor, v: Tensor, *, levels: int, pooling_factor: int, topk: int, scorer: str = "norm",
+    rope: str = "before_pool", inv_freq: Tensor | None = None, position_offset: int | Tensor = 0,
     scores: str | int = "auto", return_context: bool = False,
 ):
     """Forward only (prefill): the same output as `lighthouse_attention_triton`, no autograd state.
-    return_context: also return the gathered (B, H, S, D) K and V and the (B, H, S) indices, as
-    `lighthouse_ref.lighthouse_attention_with_context` (levels >= 2)."""
-    q, k, v = _prepare(q, k, v, levels, pooling_factor, topk, scorer)
+    return_context: also return the gathered (B, H, S, D) K (rotated, with rope="after_select") and V and the
+    (B, H, S) indices, as `lighthouse_ref.lighthouse_attention_with_context` (levels >= 2)."""
+    q, k, v = _prepare(q, k, v, levels, pooling_factor, topk, scorer, rope, inv_freq, position_offset)
+    after_select = rope == "after_select"
     if levels == 1:
+        if return_context:
+            raise ValueError("return_context needs levels >= 2 (levels=1 selects every position)")
+        if after_select:
+            q, k = rotate_base(q, k, inv_freq, position_offset)
         return causal_attention(q, k, v)
     plan = Plan.make(q.shape[2], levels, pooling_factor, topk)
     order = resolve_order(q, scores) if scorer == "norm" else None
     cq, ck, cv, indices, inv = _selection(q, k, v, plan, scorer, order, use_ops=False)
     qs, ks, vs = _gather.gather(q, k, v, cq, ck, cv, indices, plan)
     del cq, ck, cv
+    if after_select:
+        qs, ks = rotate_selected(qs, ks, indices, plan.n_run, levels, pooling_factor, inv_freq, position_offset)
     o_sel = causal_attention(qs, ks, vs)
     del qs
     out = _scatter.scatter(o_sel, inv, plan)
