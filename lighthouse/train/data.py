@@ -7,6 +7,11 @@ same, whatever the number of ranks or where a run was resumed. A step of global 
 
 A sequence is exactly `seq_len` tokens of the byte tokenizer: documents are wrapped as BOS + bytes + EOS and
 packed back to back (the last one cropped); a too-short remainder is padding with label -100.
+
+With a checkpoint's own HF tokenizer (`lighthouse train --init-from`, `TokenEncoder`), the same documents are
+tokenized by it instead: wrapped in its BOS/EOS (where it has them), answer spans mapped from characters to the
+tokens that overlap them, chat documents written with its chat template. A synthetic document of n characters
+is at most about n tokens, so the packing rules (in tokens) still hold; sequences get more, shorter documents.
 """
 
 from __future__ import annotations
@@ -100,14 +105,54 @@ def _read_jsonl(path: Path) -> list[str]:
     return out
 
 
+class TokenEncoder:
+    """Token ids from an HF tokenizer (a PreTrainedTokenizerFast), for checkpoints that are not byte-level."""
+
+    MAX_BYTES_PER_TOKEN = 16  # a text document is tokenized from a window of at most this many bytes per token wanted
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+        self.eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        pad = tokenizer.pad_token_id
+        self.pad = pad if pad is not None else (self.eos[0] if self.eos else 0)  # label -100 there: any id will do
+
+    def encode(self, text: str, spans: list[tuple[int, int]] = ()) -> tuple[list[int], list[tuple[int, int]]]:
+        """(ids without specials added, the token span of each character span: the tokens overlapping it)."""
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=bool(spans))
+        ids, out = list(enc["input_ids"]), []
+        for a, b in spans:
+            hit = [i for i, (s, e) in enumerate(enc["offset_mapping"]) if s < b and e > a]
+            if hit:
+                out.append((hit[0], hit[-1] + 1))
+        return ids, out
+
+    def chat(self, doc, system: str | None) -> tuple[list[int], list[tuple[int, int]]]:
+        """The synthetic document asked as chat turns (as the SDK's documents.ask sends them) through the
+        tokenizer's chat template, with EOS after; the answer's token span."""
+        question, lead, answer = doc.chat_qa
+        messages = [{"role": "system", "content": system}] if system else []
+        messages += [{"role": "user", "content": f"{doc.text[: doc.body_end]}\n\nQuestion: {question}"},
+                     {"role": "assistant", "content": f"{lead}{answer}."}]
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False)
+        at = text.rfind(f"{lead}{answer}.")
+        spans = [(at + len(lead), at + len(lead) + len(answer))] if at >= 0 else []
+        ids, token_spans = self.encode(text, spans)
+        bos_text = self.tokenizer.bos_token
+        head = self.bos if self.bos and not (bos_text and text.startswith(bos_text)) else []
+        return head + ids + self.eos, [(a + len(head), b + len(head)) for a, b in token_spans]
+
+
 class SequenceStream:
-    """Indexable stream of packed sequences for one split."""
+    """Indexable stream of packed sequences for one split (byte tokens, or `tokenizer`'s)."""
 
     def __init__(self, seq_len: int, *, seed: int, split: str = "train", corpus: TextCorpus | None = None,
                  synthetic_fraction: float = 1.0, tasks=TASKS, fillers=FILLERS, full_doc_fraction: float = 0.5,
                  chat_fraction: float = 0.0,
-                 curriculum_start_len: int = 0, curriculum_samples: int = 0):
+                 curriculum_start_len: int = 0, curriculum_samples: int = 0, tokenizer=None):
         self.seq_len, self.seed, self.split = seq_len, seed, split
+        self.encoder = TokenEncoder(tokenizer) if tokenizer is not None else None
+        self.pad_id = self.encoder.pad if self.encoder else PAD_ID
         self.corpus = corpus if corpus is not None and corpus.docs else None
         self.doc_ids = self.corpus.split(split) if self.corpus else []
         self.synthetic_fraction = synthetic_fraction if self.corpus else 1.0
@@ -136,7 +181,7 @@ class SequenceStream:
             ids, answers = self._synthetic(rng) if cap >= self.seq_len else self._curriculum(rng, cap)
         else:
             ids, answers = self._text(rng), []
-        return _to_sample(ids, answers, self.seq_len)
+        return _to_sample(ids, answers, self.seq_len, self.pad_id)
 
     def batch(self, indices: list[int]) -> dict[str, torch.Tensor]:
         samples = [self[i] for i in indices]
@@ -165,12 +210,21 @@ class SequenceStream:
 
     def _doc(self, rng: random.Random, n: int, min_chars: int) -> tuple[list[int], list[tuple[int, int]]]:
         """One synthetic document as n + 2 ids (BOS, n, EOS) and its answer spans; a `chat_fraction` share of
-        them (n >= CHAT_RESERVE + MIN_CURRICULUM_DOC_CHARS) in the chat layout of the SDK's documents.ask."""
+        them (n >= CHAT_RESERVE + MIN_CURRICULUM_DOC_CHARS) in the chat layout of the SDK's documents.ask.
+        With a TokenEncoder: at most n + 2 tokens (the characters' tokens, cropped in the rare case of more)."""
         if self.chat_fraction and n - CHAT_RESERVE >= MIN_CURRICULUM_DOC_CHARS and rng.random() < self.chat_fraction:
             doc = synthetic_doc(rng, n - CHAT_RESERVE, self.tasks, self.fillers, min_chars=MIN_CURRICULUM_DOC_CHARS)
-            return chat_ids(doc, n + 2, rng, SDK_SYSTEM if rng.random() < 0.5 else None)
+            system = SDK_SYSTEM if rng.random() < 0.5 else None
+            if self.encoder is None:
+                return chat_ids(doc, n + 2, rng, system)
+            return _crop(*self.encoder.chat(doc, system), n + 2)
         doc = synthetic_doc(rng, n, self.tasks, self.fillers, min_chars=min_chars)
-        return [BOS_ID, *doc.text.encode("ascii"), EOS_ID], [(1 + a, 1 + b) for a, b in doc.answers]
+        if self.encoder is None:
+            return [BOS_ID, *doc.text.encode("ascii"), EOS_ID], [(1 + a, 1 + b) for a, b in doc.answers]
+        enc = self.encoder
+        ids, spans = enc.encode(doc.text, doc.answers)
+        k = len(enc.bos)
+        return _crop(enc.bos + ids + enc.eos, [(k + a, k + b) for a, b in spans], n + 2)
 
     def _curriculum(self, rng: random.Random, cap: int) -> tuple[list[int], list[tuple[int, int]]]:
         """Many short documents (log-uniform lengths up to `cap`), packed to exactly seq_len tokens, no padding."""
@@ -179,6 +233,8 @@ class SequenceStream:
         answers: list[tuple[int, int]] = []
         while len(ids) < self.seq_len:
             room = self.seq_len - len(ids) - 2  # never below lo: the rule below leaves 0 or >= lo + 2
+            if room < lo:  # only with a TokenEncoder, whose documents may come out shorter: pad the rest
+                break
             if room <= c or room < 2 * lo + 2:  # the last document takes what is left
                 n = room
             else:
@@ -191,6 +247,8 @@ class SequenceStream:
         return ids, answers
 
     def _text(self, rng: random.Random) -> list[int]:
+        if self.encoder is not None:
+            return self._text_tokens(rng)
         ids: list[int] = []
         while len(ids) < self.seq_len:
             data = self.corpus.read(rng.choice(self.doc_ids))
@@ -201,10 +259,35 @@ class SequenceStream:
             ids += [BOS_ID, *data, EOS_ID]
         return ids[: self.seq_len]
 
+    def _text_tokens(self, rng: random.Random) -> list[int]:
+        """As _text, in the TokenEncoder's tokens: a long document contributes a random window of tokens,
+        tokenized from a random byte window large enough for it."""
+        enc, ids, empty = self.encoder, [], 0
+        while len(ids) < self.seq_len and empty < 100:
+            data = self.corpus.read(rng.choice(self.doc_ids))
+            room = self.seq_len - len(ids)
+            cap = room * TokenEncoder.MAX_BYTES_PER_TOKEN
+            if len(data) > cap:
+                start = rng.randrange(0, len(data) - cap + 1)
+                data = data[start : start + cap]
+            toks, _ = enc.encode(data.decode("utf-8", errors="ignore"))  # cut characters at the window's ends dropped
+            if len(toks) + len(enc.bos) + len(enc.eos) > room:
+                start = rng.randrange(0, max(1, len(toks) - room + 2))
+                toks = toks[start : start + room]
+            doc = enc.bos + toks + enc.eos
+            empty = 0 if doc else empty + 1  # empty documents and no BOS/EOS: give up after 100 in a row (padding)
+            ids += doc
+        return ids[: self.seq_len]
 
-def _to_sample(ids: list[int], answers: list[tuple[int, int]], seq_len: int) -> Sample:
+
+def _crop(ids: list[int], spans: list[tuple[int, int]], n: int) -> tuple[list[int], list[tuple[int, int]]]:
+    """ids cut to n, keeping the answer spans that lie wholly inside."""
+    return ids[:n], [(a, b) for a, b in spans if b <= n]
+
+
+def _to_sample(ids: list[int], answers: list[tuple[int, int]], seq_len: int, pad_id: int = PAD_ID) -> Sample:
     n = len(ids)
-    input_ids = torch.full((seq_len,), PAD_ID, dtype=torch.long)
+    input_ids = torch.full((seq_len,), pad_id, dtype=torch.long)
     input_ids[:n] = torch.tensor(ids[:seq_len], dtype=torch.long)
     labels = input_ids.clone()
     labels[n:] = IGNORE_INDEX
@@ -214,11 +297,11 @@ def _to_sample(ids: list[int], answers: list[tuple[int, int]], seq_len: int) -> 
     return Sample(input_ids, labels, mask)
 
 
-def build_streams(cfg) -> tuple[SequenceStream, SequenceStream]:
-    """(train, eval) streams from a TrainConfig."""
+def build_streams(cfg, tokenizer=None) -> tuple[SequenceStream, SequenceStream]:
+    """(train, eval) streams from a TrainConfig, in byte tokens or (with `tokenizer`, an HF tokenizer) in its."""
     corpus = TextCorpus(list(cfg.data)) if cfg.data else None
     kw = dict(corpus=corpus, synthetic_fraction=cfg.synthetic_fraction, tasks=cfg.tasks, fillers=cfg.fillers,
-              full_doc_fraction=cfg.full_doc_fraction, chat_fraction=cfg.chat_fraction)
+              full_doc_fraction=cfg.full_doc_fraction, chat_fraction=cfg.chat_fraction, tokenizer=tokenizer)
     # the curriculum shapes only the training stream (the trainer re-sets its length once max_steps is known);
     # evaluation always sees full-length documents
     train = SequenceStream(cfg.seq_len, seed=cfg.seed, split="train", curriculum_start_len=cfg.curriculum_start_len,

@@ -49,14 +49,16 @@ def clean_partial(out_dir: str | os.PathLike) -> list[str]:
     return gone
 
 
-def save_training_state(model, optimizer, state: dict, out_dir: str | os.PathLike, keep_last: int) -> Path:
+def save_training_state(model, optimizer, state: dict, out_dir: str | os.PathLike, keep_last: int,
+                        tokenizer=None) -> Path:
+    """Write step_NNNNNN/ (with `tokenizer`, an HF tokenizer; None: the byte tokenizer) and prune to keep_last."""
     root = checkpoints_dir(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{state['step']:06d}"
     tmp = root / f".tmp-step_{state['step']:06d}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    save_checkpoint(model, None, tmp)
+    save_checkpoint(model, tokenizer, tmp)
     save_file(_optimizer_tensors(model, optimizer), str(tmp / "optimizer.safetensors"))
     (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2) + "\n")  # last: marks it complete
     _fsync_dir_files(tmp)
