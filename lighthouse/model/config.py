@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+LIGHTHOUSE_ROPE = ("before_pool", "after_select")  # = lighthouse.ops.validation.ROPE_MODES
 
 
 @dataclass
@@ -21,6 +22,16 @@ class LighthouseConfig:
     enabled: False -> every layer dense (plain HF Llama checkpoints).
     full_attn_layers: layer indices that always run dense (the paper keeps the first and last two dense).
     min_seq_len: sequences shorter than this run dense (the op's own minimum applies on top).
+    rope: where the Lighthouse layers' op applies RoPE (it changes what a trained model computes):
+      "before_pool" (the published code; the default, and what a config.json without the key means): q/k are
+        rotated at their positions before the pyramid is pooled, so a pooled entry is the mean of rotated rows.
+      "after_select" (the official repository's open change "Fix RoPE for pooled tokens in hierarchical
+        selection"): the op gets un-rotated q/k, scores, pools and selects on them, then rotates every gathered
+        entry, query and key alike, at the last position its window covers ((i+1)*p^l - 1; a level-0 token at
+        its own position), V never. The rotation uses this model's RoPE frequencies (rope_theta with its
+        rope_scaling); the official change computes its frequencies from rope_theta alone.
+      Either way dense layers, dense attention (short prompts, the dense tail, dense decode) and the KV cache use
+      standard RoPE; sparse decode keeps the op's selected K as the op rotated it.
     """
 
     enabled: bool = True
@@ -30,6 +41,14 @@ class LighthouseConfig:
     scorer: str = "norm"
     full_attn_layers: list[int] = field(default_factory=list)
     min_seq_len: int = 0
+    rope: str = "before_pool"
+
+    def __post_init__(self) -> None:
+        if self.rope not in LIGHTHOUSE_ROPE:
+            raise ValueError(
+                f"lighthouse.rope must be one of {LIGHTHOUSE_ROPE} (got {self.rope!r}): \"before_pool\" is the "
+                f"published code, \"after_select\" applies RoPE after selection"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -89,6 +108,7 @@ class ModelConfig:
         rope_type = self.rope_type
         if rope_type not in SUPPORTED_ROPE_TYPES:
             raise ValueError(f"rope_scaling type {rope_type!r} is not supported; supported: {SUPPORTED_ROPE_TYPES}")
+        self.lighthouse.__post_init__()  # lighthouse.rope, also when it was assigned after construction
         bad = [i for i in self.lighthouse.full_attn_layers if not 0 <= i < self.num_hidden_layers]
         if bad:
             raise ValueError(f"lighthouse.full_attn_layers {bad} are outside 0..{self.num_hidden_layers - 1}")

@@ -8,11 +8,16 @@ Which attention a layer runs (when no `attention` callback is passed):
               and N >= max(min_seq_len, the op's own minimum);
   dense causal otherwise.
 The `attention(layer_idx, q, k, v)` callback overrides this: it is the seam the inference engine uses to
-write its KV cache and pick sparse/dense per layer.
+write its KV cache and pick sparse/dense per layer. It receives q/k after RoPE, unless it is an
+`UnrotatedAttention`: then it receives them before RoPE, with the pass's `Rotary` (cos/sin, positions,
+inv_freq) to rotate what it needs. The model's own attention is one for checkpoints with
+`lighthouse.rope == "after_select"`: its Lighthouse layers hand un-rotated q/k to the op, which rotates the
+entries it selected (see LighthouseConfig); dense layers and dense attention rotate as usual.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable
 
@@ -28,6 +33,45 @@ from lighthouse.ops.fused import rms_norm, rope_qk, silu_mul
 
 AttentionFn = Callable[[int, Tensor, Tensor, Tensor], Tensor]
 IGNORE_INDEX = -100
+
+
+@dataclass
+class Rotary:
+    """The RoPE of one forward pass. cos, sin: (B, 1, N, D) of the pass's positions (B, N); inv_freq (D/2,)
+    float32; explicit: the caller passed the positions (else they are 0..N-1)."""
+
+    cos: Tensor
+    sin: Tensor
+    positions: Tensor
+    inv_freq: Tensor
+    explicit: bool = False
+
+    def apply(self, q: Tensor, k: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """q (B, H, N, D), k (B, H_kv, N, D) rotated at the pass's positions, in `dtype` (standard RoPE)."""
+        return rope_qk(q, k, self.cos, self.sin, dtype)
+
+    @functools.cached_property
+    def offset(self) -> int | Tensor:
+        """The position of row 0 (0, or a (B,) tensor with explicit positions) for the op's rope="after_select",
+        which places entries at start + index: the positions must be consecutive."""
+        if not self.explicit:
+            return 0
+        start = self.positions[:, 0]
+        steps = torch.arange(self.positions.shape[1], device=self.positions.device)
+        if not torch.equal(self.positions, start[:, None] + steps):
+            raise ValueError("lighthouse.rope='after_select' needs consecutive positions (start, start+1, ...) in "
+                             "the Lighthouse layers")
+        return start
+
+
+@dataclass(frozen=True)
+class UnrotatedAttention:
+    """An attention callback that receives q/k before RoPE: fn(layer_idx, q, k, v, rotary) -> (B, H, N, D)."""
+
+    fn: Callable[[int, Tensor, Tensor, Tensor, Rotary], Tensor]
+
+    def __call__(self, layer_idx: int, q: Tensor, k: Tensor, v: Tensor, rotary: Rotary) -> Tensor:
+        return self.fn(layer_idx, q, k, v, rotary)
 
 
 @dataclass
@@ -113,15 +157,19 @@ class LlamaAttention(nn.Module):
         nq, nkv = self.n_heads * self.head_dim, self.n_kv * self.head_dim
         return F.linear(x, *fused).split([nq, nkv, nkv], dim=-1)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, attn_fn: AttentionFn) -> Tensor:
+    def forward(self, x: Tensor, rotary: Rotary, attn_fn: AttentionFn | UnrotatedAttention) -> Tensor:
         B, N, _ = x.shape
         q, k, v = self._qkv(x)
         q = q.view(B, N, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, N, D)
         k = k.view(B, N, self.n_kv, self.head_dim).transpose(1, 2)  # (B, H_kv, N, D)
         v = v.view(B, N, self.n_kv, self.head_dim).transpose(1, 2)  # (B, H_kv, N, D)
-        # cos/sin are float32: under autocast the rotation would promote q/k, so cast back to v's dtype (as HF does)
-        q, k = rope_qk(q, k, cos, sin, v.dtype)  # one fused kernel on CUDA inference, layouts kept
-        out = attn_fn(self.layer_idx, q, k, v)  # (B, H, N, D)
+        if isinstance(attn_fn, UnrotatedAttention):
+            out = attn_fn(self.layer_idx, q, k, v, rotary)  # it rotates what it needs
+        else:
+            # cos/sin are float32: under autocast the rotation would promote q/k, so cast back to v's dtype (as HF
+            # does); one fused kernel on CUDA inference, layouts kept
+            q, k = rotary.apply(q, k, v.dtype)
+            out = attn_fn(self.layer_idx, q, k, v)  # (B, H, N, D)
         return self.o_proj(out.transpose(1, 2).reshape(B, N, self.n_heads * self.head_dim))
 
 
@@ -133,8 +181,8 @@ class LlamaDecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, attn_fn: AttentionFn) -> Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, attn_fn)
+    def forward(self, x: Tensor, rotary: Rotary, attn_fn: AttentionFn | UnrotatedAttention) -> Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), rotary, attn_fn)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -186,17 +234,28 @@ class LlamaForCausalLM(nn.Module):
             return False
         return seq_len >= max(lh.min_seq_len, lighthouse_min_seq_len(lh.levels, lh.pooling_factor, lh.topk))
 
-    def default_attention(self, dense: bool = False) -> AttentionFn:
+    def default_attention(self, dense: bool = False) -> AttentionFn | UnrotatedAttention:
+        """The per-layer rule above. With lighthouse.rope == "after_select" (and not dense) an
+        `UnrotatedAttention`: the op gets q/k before RoPE and rotates after selection; dense attention rotates."""
         lh = self.config.lighthouse
+        kw = dict(levels=lh.levels, pooling_factor=lh.pooling_factor, topk=lh.topk, scorer=lh.scorer)
 
         def attn(layer_idx: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
             if not dense and self.layer_uses_lighthouse(layer_idx, q.shape[2]):
-                return lighthouse_attention(
-                    q, k, v, levels=lh.levels, pooling_factor=lh.pooling_factor, topk=lh.topk, scorer=lh.scorer
-                )
+                return lighthouse_attention(q, k, v, **kw)
             return causal_attention(q, k, v)
 
-        return attn
+        if dense or not lh.enabled or lh.rope == "before_pool":
+            return attn
+
+        def attn_after_select(layer_idx: int, q: Tensor, k: Tensor, v: Tensor, rotary: Rotary) -> Tensor:
+            if self.layer_uses_lighthouse(layer_idx, q.shape[2]):
+                return lighthouse_attention(q, k, v, **kw, rope="after_select", inv_freq=rotary.inv_freq,
+                                            position_offset=rotary.offset)
+            q, k = rotary.apply(q, k, v.dtype)
+            return causal_attention(q, k, v)
+
+        return UnrotatedAttention(attn_after_select)
 
     # ---- forward ----
     def forward(
@@ -214,6 +273,7 @@ class LlamaForCausalLM(nn.Module):
         logits_to_keep=k returns only the last k positions' logits; with labels and no
         logits_to_keep, the loss is computed in chunks and logits are not returned (never N x vocab)."""
         B, N = input_ids.shape
+        explicit = positions is not None
         if positions is None:
             positions = torch.arange(N, device=input_ids.device)
         if positions.dim() == 1:
@@ -221,11 +281,12 @@ class LlamaForCausalLM(nn.Module):
         attn_fn = attention if attention is not None else self.default_attention(dense)
         h = self.model.embed_tokens(input_ids)  # (B, N, hidden)
         cos, sin = rope_cos_sin(self.inv_freq, positions, h.dtype)
+        rotary = Rotary(cos, sin, positions, self.inv_freq, explicit)
         for layer in self.model.layers:
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                h = checkpoint(layer, h, cos, sin, attn_fn, use_reentrant=False)
+                h = checkpoint(layer, h, rotary, attn_fn, use_reentrant=False)
             else:
-                h = layer(h, cos, sin, attn_fn)
+                h = layer(h, rotary, attn_fn)
         h = self.model.norm(h)
         loss = _chunked_loss(self.lm_head, h, labels) if labels is not None else None
         if labels is not None and logits_to_keep is None:
