@@ -11,6 +11,9 @@ With sparse decode, each Lighthouse layer also keeps the prompt's selected sub-s
 op's own call returned it (sparse_context.py), followed by the tail positions, in the sequence's context table.
 A prefix-cache hit (prefix_cache.py says what is reusable) shares positions [0, cached) in the cache first; then
 only [cached, N) run, densely against the cache (for a sparse plan, cached >= split: the whole head was reused).
+A checkpoint with lighthouse.rope == "after_select": a layer that runs the op keeps its q/k un-rotated until the op
+has run (the op rotates what it selects; sparse decode keeps its K so rotated); the cache always gets K rotated
+as usual, and q/k are rotated in place before any dense attention of the layer (the tail).
 """
 
 from __future__ import annotations
@@ -127,6 +130,8 @@ class PrefillTask:
         self.units = 0  # units of work run so far
         self.logits: Tensor | None = None
         self._tails: dict[tuple[int, int], CachedTail] = {}  # paged tail attention per query range, all layers
+        lh = lighthouse_config(model)
+        self._after_select = lh is not None and lh.rope == "after_select"  # the op rotates after selection
         self._work = self._layers()
 
     @property
@@ -194,9 +199,13 @@ class PrefillTask:
             if len(chunks) > 1:  # q, k, v of every position, filled chunk by chunk, token-major
                 buffers = tuple(torch.empty(1, n, heads, D, dtype=dtype, device=dev) for heads in (H, H_kv, H_kv))
         yield
+        after_select = self._after_select
         for i, layer in enumerate(layers):
             last = i == len(layers) - 1
             attn = layer.self_attn
+            segments = self._segments(i, last)
+            # rope after selection: q/k stay un-rotated for the op, rotated in place before dense attention
+            unrotated = after_select and any(seg.kind == "op" for seg in segments)
             with torch.no_grad():  # projections, RoPE and the cache write of positions [s0, N)
                 for j, (a, b) in enumerate(chunks):
                     x = layer.input_layernorm(h[:, a - s0 : b - s0])
@@ -207,18 +216,30 @@ class PrefillTask:
                     if len(rope) == j:  # cos/sin of each chunk's positions: made once, used by every layer
                         rope.append(rope_cos_sin(model.inv_freq, torch.arange(a, b, device=dev)[None], dtype))
                     cos, sin = rope[j]
-                    if buffers is None:
+                    if unrotated:  # the cache still gets K rotated (dense tail, dense decode)
+                        k_cache = rope_qk(q, k, cos, sin, v.dtype)[1]
+                        if buffers is not None:
+                            qb, kb, vb = (buf[:, a - s0 : b - s0].transpose(1, 2) for buf in buffers)
+                            q, k, v = qb.copy_(q), kb.copy_(k), vb.copy_(v)
+                    elif buffers is None:
                         q, k = rope_qk(q, k, cos, sin, v.dtype)
+                        k_cache = k
                     else:
                         qb, kb, vb = (buf[:, a - s0 : b - s0].transpose(1, 2) for buf in buffers)
                         q, k = rope_qk(q, k, cos, sin, v.dtype, out=(qb, kb))
-                        v = vb.copy_(v)
-                    pool.write(i, slots[a - s0 : b - s0], k[0].transpose(0, 1), v[0].transpose(0, 1))
+                        k_cache, v = k, vb.copy_(v)
+                    pool.write(i, slots[a - s0 : b - s0], k_cache[0].transpose(0, 1), v[0].transpose(0, 1))
                 if buffers is not None:
                     q, k, v = (buf.transpose(1, 2) for buf in buffers)  # (1, heads, n, D) views
             yield
             outs: list[tuple[int, int, Tensor]] = []  # (start, end, (1, H, end - start, D)) attention outputs
-            for seg in self._segments(i, last):
+            for seg in segments:
+                if unrotated and seg.kind == "causal":  # the op has run: rotate q/k in place, chunk by chunk
+                    with torch.no_grad():
+                        for j, (a, b) in enumerate(chunks):
+                            qc, kc = q[:, :, a - s0 : b - s0], k[:, :, a - s0 : b - s0]
+                            rope_qk(qc, kc, *rope[j], v.dtype, out=(qc, kc))
+                    unrotated = False
                 for a, b, out in self._attention(i, seg, q, k, v):
                     outs.append((a, b, out))
                     yield
@@ -250,6 +271,8 @@ class PrefillTask:
         if seg.kind == "op":  # s0 == 0 here: the buffers hold positions [0, N)
             lh = lighthouse_config(self.model)
             kw = dict(levels=lh.levels, pooling_factor=lh.pooling_factor, topk=lh.topk, scorer=lh.scorer)
+            if self._after_select:  # q/k un-rotated here; the op rotates what it selects (positions from 0)
+                kw.update(rope="after_select", inv_freq=self.model.inv_freq)
             e = seg.end
             with torch.no_grad():
                 if plan.sparse_decode:
