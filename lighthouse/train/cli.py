@@ -2,13 +2,18 @@
 
     lighthouse train --preset tiny --max-steps 30 --out runs/tiny
     torchrun --nproc-per-node 8 -m lighthouse.train --preset h200 --out runs/h200
+    lighthouse train --init-from my-llama/ --data my_docs/ --out runs/my-llama-lighthouse
+
+--init-from adapts an existing HF Llama checkpoint (its weights and tokenizer) instead of training a preset's
+model from scratch; its defaults are lighthouse.train.config.adapt_preset's, and --preset/--model are refused.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 
-from lighthouse.train.config import TRAIN_PRESETS, train_preset
+from lighthouse.train.config import TRAIN_PRESETS, ConfigError, adapt_preset, train_preset
 from lighthouse.train.synthetic import ALL_FILLERS
 
 # flag -> TrainConfig field (value type comes from argparse)
@@ -21,14 +26,48 @@ _OVERRIDES = {
     "log_every": "log_every", "save_every": "save_every", "keep_last": "keep_last", "model": "model_preset",
     "synthetic_fraction": "synthetic_fraction", "answer_loss_weight": "answer_loss_weight", "chat_fraction": "chat_fraction", "save_dtype": "save_dtype", "stop_at_step": "stop_at_step",
     "curriculum_start_len": "curriculum_start_len", "curriculum_fraction": "curriculum_fraction",
+    "data_workers": "data_workers",
+    "levels": "lighthouse_levels", "pooling_factor": "lighthouse_pooling_factor", "topk": "lighthouse_topk",
+    "scorer": "lighthouse_scorer", "full_attn_layers": "lighthouse_full_attn_layers",
+    "min_seq_len": "lighthouse_min_seq_len",
 }
 
 
+def _layer_list(text: str) -> list[int]:
+    """'0,1,28,29' -> [0, 1, 28, 29]; 'none' -> []."""
+    if text.strip().lower() == "none":
+        return []
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected layer indices like 0,1,28,29 or 'none' (got {text!r})") from None
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="tiny", choices=sorted(TRAIN_PRESETS), help="training preset (default: tiny)")
+    p.add_argument("--preset", choices=sorted(TRAIN_PRESETS), help="training preset (default: tiny; not with --init-from)")
+    p.add_argument("--init-from", metavar="HF_DIR",
+                   help="adapt this HF Llama checkpoint (safetensors + tokenizer.json) instead of training a preset's "
+                        "model from scratch: its weights and tokenizer, a `lighthouse` block from the flags below, the "
+                        "Lighthouse stage then the dense tail on --data (required: your documents, or 'none' for "
+                        "synthetic tasks); defaults --seq-len 8192, --max-steps 500 (last 30%% dense), --lr 1e-4 "
+                        "cosine, --batch-size 8, --micro-batch-size 1, saved in the source's dtype; "
+                        "--out runs/<HF_DIR name>-lighthouse")
     p.add_argument("--out", help="output directory: the final checkpoint, metrics.jsonl, loss.png, checkpoints/")
     p.add_argument("--max-steps", type=int, help="optimizer steps in total (Lighthouse stage + dense tail)")
     p.add_argument("--model", help="model preset (tiny | default | h200); default: the training preset's")
+    lh = p.add_argument_group(
+        "Lighthouse block",
+        "Default: the model preset's. With --init-from: the checkpoint's own block if it has one, else --pooling-factor "
+        "4, --topk seq_len/64 rounded down to a multiple of 128 (at least 128), --levels 3 (2 when --seq-len < "
+        "pooling_factor^2 * topk), --full-attn-layers the first and the last layer (none for 1-2 layers), "
+        "--min-seq-len pooling_factor^(levels-1) * topk, --scorer norm.")
+    lh.add_argument("--levels", type=int, help="pyramid levels")
+    lh.add_argument("--pooling-factor", type=int, help="pooling factor between levels (a power of two)")
+    lh.add_argument("--topk", type=int, help="selection budget per level (a multiple of 128)")
+    lh.add_argument("--scorer", choices=["norm", "dilated"], help="selection scorer")
+    lh.add_argument("--full-attn-layers", type=_layer_list, metavar="I,J,...",
+                    help="layers that always run dense attention ('none': no layer)")
+    lh.add_argument("--min-seq-len", type=int, help="sequences shorter than this run dense (serving too)")
     p.add_argument("--data", nargs="+", metavar="PATH", help="text files, folders, *.jsonl, or 'stdlib' (Python's own source)")
     p.add_argument("--tasks", nargs="+", choices=["passkey", "kv", "multihop"],
                    help="synthetic tasks, drawn uniformly (repeat one to weight it)")
@@ -73,8 +112,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace):
-    cfg = train_preset(args.preset)
-    cfg.out_dir = f"runs/{args.preset}"
+    """TrainConfig from parsed flags; ConfigError for flags that conflict (the message says what to change)."""
+    init_from = getattr(args, "init_from", None)
+    if init_from:
+        if args.preset is not None:
+            raise ConfigError(
+                f"--preset {args.preset} conflicts with --init-from: a preset trains a model of its own size from "
+                "scratch. Drop --preset; --init-from has its own defaults (see --help), which the usual flags "
+                "(--seq-len, --max-steps, --lr, ...) override"
+            )
+        if args.model is not None:
+            raise ConfigError(
+                f"--model {args.model} conflicts with --init-from: the model (its sizes, vocabulary and RoPE) comes "
+                f"from {init_from}. Drop --model; set the Lighthouse block with --levels, --pooling-factor, --topk "
+                "and --full-attn-layers"
+            )
+        if args.data is None:
+            raise ConfigError(
+                "--init-from trains on your documents: pass --data with text files, folders or *.jsonl "
+                "(or --data none to train on the synthetic retrieval tasks only)"
+            )
+        cfg = adapt_preset(init_from)
+    else:
+        preset = args.preset or "tiny"
+        cfg = train_preset(preset)
+        cfg.out_dir = f"runs/{preset}"
     for flag, field in _OVERRIDES.items():
         value = getattr(args, flag, None)
         if value is not None:
@@ -103,10 +165,16 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from lighthouse.checkpoint import CheckpointError
     from lighthouse.train.trainer import Trainer
 
-    cfg = config_from_args(args)
-    summary = Trainer(cfg).train()
+    try:
+        cfg = config_from_args(args)
+        trainer = Trainer(cfg)
+    except (ConfigError, CheckpointError) as exc:
+        print(f"lighthouse train: error: {exc}", file=sys.stderr)
+        return 2
+    summary = trainer.train()
     if summary.get("stopped_early"):
         print(f"stopped at step {summary['step']} (--stop-at-step); resume with the same command")
         return 0

@@ -8,6 +8,10 @@ default  the recipe for the bundled checkpoint (bench/train_default.sh): the `de
          retrieves 5-digit passkeys at 2K-16K (bench/results/2026-11-28_h200_default_recipe/).
 h200     a longer single-H200 run of the larger `h200` model at 32K context.
 
+`adapt_preset()` holds the defaults of `lighthouse train --init-from HF_DIR` (adapting an existing HF Llama: a
+fine-tuning learning rate, the user's documents only); it is not in TRAIN_PRESETS because its model comes from
+the checkpoint, not from a model preset.
+
 The schedule follows the paper: stage 1 trains with Lighthouse layers, stage 2 (the dense tail) continues the
 same optimizer state and LR schedule with every layer dense.
 """
@@ -17,14 +21,29 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+
+class ConfigError(ValueError):
+    """A training configuration that cannot run; the message says which flag to change."""
 
 
 @dataclass
 class TrainConfig:
-    model_preset: str = "tiny"
+    model_preset: str | None = "tiny"  # None with init_from: the model comes from the checkpoint
     out_dir: str = "runs/tiny"
     seed: int = 0
+    # adapt an existing HF Llama checkpoint directory instead of training the model preset from scratch
+    init_from: str | None = None
+    # overrides of the model's `lighthouse` block (None: the model preset's; with init_from, the checkpoint's own
+    # block if it has one, else the defaults of lighthouse.train.init_from.default_lighthouse)
+    lighthouse_levels: int | None = None
+    lighthouse_pooling_factor: int | None = None
+    lighthouse_topk: int | None = None
+    lighthouse_scorer: str | None = None
+    lighthouse_full_attn_layers: list[int] | None = None
+    lighthouse_min_seq_len: int | None = None
     # data
     seq_len: int = 1024
     data: list[str] = field(default_factory=list)  # files, folders, *.jsonl, or "stdlib"
@@ -69,7 +88,7 @@ class TrainConfig:
     keep_last: int = 2
     resume: bool = True  # continue from the latest checkpoint in out_dir/checkpoints when there is one
     stop_at_step: int | None = None  # stop early without changing the schedule (to test resume)
-    save_dtype: str = "fp32"
+    save_dtype: str | None = "fp32"  # None (init_from only): the dtype the source checkpoint was stored in
     progress: bool = True
 
     def tail_steps(self, max_steps: int | None = None) -> int:
@@ -83,20 +102,22 @@ class TrainConfig:
 
     def validate(self, world_size: int = 1) -> None:
         if self.batch_size % (self.micro_batch_size * world_size):
-            raise ValueError(
+            raise ConfigError(
                 f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size ({self.micro_batch_size}) "
                 f"x world size ({world_size})"
             )
         if self.decay not in ("cosine", "linear", "constant"):
-            raise ValueError(f"decay must be cosine, linear or constant (got {self.decay!r})")
+            raise ConfigError(f"decay must be cosine, linear or constant (got {self.decay!r})")
         if not 0.0 <= self.dense_tail_fraction <= 1.0:
-            raise ValueError(f"dense_tail_fraction must be in [0, 1] (got {self.dense_tail_fraction})")
+            raise ConfigError(f"dense_tail_fraction must be in [0, 1] (got {self.dense_tail_fraction})")
         if not 0.0 <= self.chat_fraction <= 1.0:
-            raise ValueError(f"chat_fraction must be in [0, 1] (got {self.chat_fraction})")
+            raise ConfigError(f"chat_fraction must be in [0, 1] (got {self.chat_fraction})")
         if not 0.0 <= self.curriculum_fraction <= 1.0:
-            raise ValueError(f"curriculum_fraction must be in [0, 1] (got {self.curriculum_fraction})")
+            raise ConfigError(f"curriculum_fraction must be in [0, 1] (got {self.curriculum_fraction})")
+        if self.save_dtype not in ("fp32", "bf16") and not (self.save_dtype is None and self.init_from):
+            raise ConfigError(f"save_dtype must be fp32 or bf16 (got {self.save_dtype!r})")
         if self.seq_len < 512:
-            raise ValueError(f"seq_len must be at least 512 (got {self.seq_len})")
+            raise ConfigError(f"seq_len must be at least 512 (got {self.seq_len})")
 
 
 TRAIN_PRESETS: dict[str, TrainConfig] = {
@@ -123,5 +144,22 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
 
 def train_preset(name: str) -> TrainConfig:
     if name not in TRAIN_PRESETS:
-        raise ValueError(f"unknown training preset {name!r}; choose one of {sorted(TRAIN_PRESETS)}")
+        raise ConfigError(f"unknown training preset {name!r}; choose one of {sorted(TRAIN_PRESETS)}")
     return copy.deepcopy(TRAIN_PRESETS[name])
+
+
+def adapt_preset(init_from: str) -> TrainConfig:
+    """The defaults of `lighthouse train --init-from HF_DIR`: a pretrained model is fine-tuned, not trained anew,
+    so the learning rate is a fine-tuning one (1e-4, cosine to 1e-5, no weight decay), on the user's documents
+    only (synthetic_fraction 0; `--data none` trains on synthetic retrieval tasks instead), 8K-token sequences,
+    500 steps of which the last 30% are the dense tail, saved in the source checkpoint's dtype."""
+    return TrainConfig(
+        model_preset=None, init_from=init_from, out_dir=f"runs/{_dir_name(init_from)}-lighthouse", seq_len=8192,
+        batch_size=8, micro_batch_size=1, lr=1e-4, min_lr_ratio=0.1, warmup_steps=20, decay="cosine",
+        weight_decay=0.0, max_steps=500, dense_tail_fraction=0.3, eval_every=100, eval_samples=8, save_every=100,
+        keep_last=2, synthetic_fraction=0.0, data=[], save_dtype=None,
+    )
+
+
+def _dir_name(path: str) -> str:
+    return Path(path).resolve().name or "init"

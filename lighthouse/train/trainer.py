@@ -6,6 +6,10 @@ the mean over every target token of the global batch, so 1 and W processes compu
 
     trainer = Trainer(train_preset("tiny"))
     summary = trainer.train()   # writes out_dir/{config.json, model.safetensors, ..., metrics.jsonl, loss.png}
+
+With `cfg.init_from` (an HF Llama checkpoint directory) the model and tokenizer are that checkpoint's
+(lighthouse.train.init_from) instead of a model preset with random weights and the byte tokenizer: the data is
+tokenized with its tokenizer, and every checkpoint written carries that tokenizer.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from lighthouse.model.llama import IGNORE_INDEX, LlamaForCausalLM
 from lighthouse.model.presets import model_preset
 from lighthouse.train.config import TrainConfig
 from lighthouse.train.data import build_streams, curriculum_samples, default_num_workers, step_loader
+from lighthouse.train.init_from import (describe, lighthouse_overrides, load_init_model, resolve_lighthouse,
+                                        source_save_dtype)
 from lighthouse.train.metrics import MetricsLog, plot_loss
 from lighthouse.train.state import (checkpoints_dir, clean_partial, latest_checkpoint, load_training_state,
                                     save_training_state)
@@ -43,13 +49,24 @@ class Trainer:
         self.device = _pick_device(cfg, self.rank)
         self.is_main = self.rank == 0
         self.out = Path(cfg.out_dir)
-        mc = model_config or model_preset(cfg.model_preset)
-        mc.max_position_embeddings = max(mc.max_position_embeddings, cfg.seq_len)
         torch.manual_seed(cfg.seed)
-        self.model = LlamaForCausalLM(mc).to(self.device)
+        self.tokenizer, self.source_generation_config = None, None
+        if cfg.init_from:
+            model, self.tokenizer, source_config = load_init_model(cfg)
+            if cfg.save_dtype is None:
+                cfg.save_dtype = source_save_dtype(source_config)
+            self.source_generation_config = _read_generation_config(Path(cfg.init_from))
+            self._log(f"adapting {cfg.init_from}: {describe(model.config)}")
+        else:
+            mc = model_config or model_preset(cfg.model_preset)
+            if lighthouse_overrides(cfg):  # --levels, --topk, ... over the preset's block
+                mc.lighthouse = resolve_lighthouse(cfg, mc, adapting=False)
+            model = LlamaForCausalLM(mc)
+        model.config.max_position_embeddings = max(model.config.max_position_embeddings, cfg.seq_len)
+        self.model = model.to(self.device)
         self.model.gradient_checkpointing = cfg.activation_checkpointing
         self.optimizer = _adamw(self.model, cfg)
-        self.train_data, self.eval_data = build_streams(cfg)
+        self.train_data, self.eval_data = build_streams(cfg, self.tokenizer)
         self.autocast = lambda: _autocast(cfg, self.device)  # a fresh context per use
         self.metrics = MetricsLog(self.out / "metrics.jsonl", enabled=self.is_main)
         self.step, self.tokens_seen = 0, 0
@@ -254,7 +271,7 @@ class Trainer:
         if self.is_main:
             state = {"step": self.step, "tokens_seen": self.tokens_seen, "max_steps": self.max_steps,
                      "switch_step": self.switch_step, "schedule_fixed": self.schedule_fixed, "phase": self.phase(self.step)}
-            save_training_state(self.model, self.optimizer, state, self.out, self.cfg.keep_last)
+            save_training_state(self.model, self.optimizer, state, self.out, self.cfg.keep_last, self.tokenizer)
         self._barrier()
 
     def finish(self) -> None:
@@ -262,8 +279,12 @@ class Trainer:
         self.save_state()
         if self.is_main:
             dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[self.cfg.save_dtype]
-            save_checkpoint(self.model, None, self.out, dtype=dtype)
-            plot_loss(self.metrics.path, self.out / "loss.png", title=f"lighthouse train --preset {self.cfg.model_preset}")
+            save_checkpoint(self.model, self.tokenizer, self.out, dtype=dtype)
+            if self.source_generation_config is not None:  # the source's stop ids and sampling defaults stay
+                _write_json(self.out / "generation_config.json", self.source_generation_config)
+            title = (f"lighthouse train --init-from {Path(self.cfg.init_from).name}" if self.cfg.init_from
+                     else f"lighthouse train --preset {self.cfg.model_preset}")
+            plot_loss(self.metrics.path, self.out / "loss.png", title=title)
         self._barrier()
         if self.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
@@ -285,6 +306,21 @@ class Trainer:
             from tqdm import tqdm
 
             tqdm.write(f"[lighthouse train] {msg}")
+
+
+def _read_generation_config(ckpt: Path) -> dict | None:
+    """The checkpoint's generation_config.json when it has a readable one (its stop ids matter to serving)."""
+    try:
+        data = json.loads((ckpt / "generation_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
 
 
 def _token_weights(batch: dict, answer_weight: float) -> torch.Tensor:
