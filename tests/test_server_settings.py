@@ -38,6 +38,10 @@ ENV_SAMPLES = {
     "enable_prefix_caching": ("false", False),
     "block_size": ("64", 64),
     "enforce_eager": ("1", True),
+    "max_prefill_chunk_ms": ("50", 50.0),
+    "prefill_chunk_tokens": ("4096", 4096),
+    "host_cache_gb": ("2.5", 2.5),
+    "kv_cache_dtype": ("fp8_e4m3", "fp8_e4m3"),
 }
 
 
