@@ -38,24 +38,38 @@ def main() -> None:
     p.add_argument("--out", default=None)
     p.add_argument("--chat-only", action="store_true", help="only the chat-turn rows")
     p.add_argument("--chat-tokens", type=int, default=24, help="tokens generated for a chat answer (\"The pass key is 12345.\" is 22)")
+    p.add_argument("--kv-cache-dtype", nargs="+", default=["auto"], choices=["auto", "fp8_e4m3"],
+                   help="K/V storage; several: each completion row once per dtype (chat rows with the first)")
+    p.add_argument("--prefill", nargs="+", default=list(PREFILL_MODES), choices=PREFILL_MODES)
+    p.add_argument("--decode", nargs="+", default=list(DECODE_MODES), choices=DECODE_MODES)
+    p.add_argument("--no-chat", action="store_true", help="skip the chat-turn rows")
     args = p.parse_args()
 
-    llm = LLM(args.checkpoint, EngineConfig(max_num_seqs=4), device=args.device)
+    llms = {d: LLM(args.checkpoint, EngineConfig(max_num_seqs=4, kv_cache_dtype=d), device=args.device)
+            for d in args.kv_cache_dtype}
+    llm = llms[args.kv_cache_dtype[0]]
     greedy = SamplingParams(max_tokens=5, temperature=0.0)
     rows = []
     for n in args.contexts:
         prompts = passkey_prompts(n, DEFAULT_DEPTHS, args.trials, seed=0)
-        for prefill, decode in [] if args.chat_only else itertools.product(PREFILL_MODES, DECODE_MODES):
+        combos = [] if args.chat_only else itertools.product(args.prefill, args.decode, args.kv_cache_dtype)
+        for prefill, decode, kv_dtype in combos:
+            llm = llms[kv_dtype]
             t0 = time.perf_counter()
             options = RequestOptions(prefill=prefill, decode=decode, cache_prompt=False)
             gens = llm.generate([ids.tolist() for _, ids, _ in prompts], greedy, options)
             got = [g.choices[0].text for g in gens]
             hits = [g == key for g, (_, _, key) in zip(got, prompts)]
             rows.append({"context": n, "prompt": "completion", "prefill": prefill, "decode": decode,
-                         "accuracy": sum(hits) / len(hits), "n": len(hits), "seconds": time.perf_counter() - t0,
+                         "kv_cache_dtype": kv_dtype, "accuracy": sum(hits) / len(hits), "n": len(hits), "seconds": time.perf_counter() - t0,
                          "samples": [{"key": k, "got": g} for (_, _, k), g in zip(prompts, got)]})
-            print(f"{n:>6} completion prefill={prefill:6} decode={decode:6} accuracy {rows[-1]['accuracy']:.2f}", flush=True)
+            print(f"{n:>6} completion prefill={prefill:6} decode={decode:6} kv={kv_dtype:8} "
+                  f"accuracy {rows[-1]['accuracy']:.2f}", flush=True)
+        if args.no_chat:
+            write(args, rows)
+            continue
         # the same documents asked as a chat turn (the SDK's documents.ask layout)
+        llm = llms[args.kv_cache_dtype[0]]
         tok = llm.tokenizer
         chats = []
         for _, ids, key in prompts:

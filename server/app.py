@@ -34,6 +34,8 @@ def engine_config(settings: Settings):
                         enable_prefix_caching=settings.enable_prefix_caching, block_size=settings.block_size,
                         enforce_eager=settings.enforce_eager,
                         max_prefill_chunk_ms=settings.max_prefill_chunk_ms or None,
+                        kv_cache_dtype=settings.kv_cache_dtype,
+                        host_cache_bytes=int(settings.host_cache_gb * 2**30),
                         prefill_chunk_tokens=settings.prefill_chunk_tokens)
 
 

@@ -36,6 +36,9 @@ _FLAGS = [
                            "(default 256; 0: no queue)"),
     ("--queue-full-status", int, "429 or 503"),
     ("--kv-cache-gb", float, "KV cache budget in GiB"),
+    ("--host-cache-gb", float, "host-memory tier of the prefix cache in GiB: a document evicted from the GPU waits in "
+                               "pinned host memory and returns over PCIe (default 0: off)"),
+    ("--kv-cache-dtype", str, "auto | fp8_e4m3: store K/V in the model's dtype or in float8 (half of bf16's bytes)"),
     ("--block-size", int, "KV cache positions per block, a power of two in 16..1024 (default 128)"),
     ("--enforce-eager", _bool, "run the decode step eagerly, no CUDA graphs (default false)"),
     ("--max-prefill-chunk-ms", float, "while others decode, a long prefill runs in pieces of about this many ms, "

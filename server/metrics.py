@@ -29,6 +29,14 @@ class Metrics:
                                                registry=r)
         self.prefix_cache_usage = Gauge("lighthouse_prefix_cache_usage_ratio",
                                         "Fraction of the KV cache budget held by the prefix cache (evictable)", registry=r)
+        self.host_cache_usage = Gauge("lighthouse_host_cache_usage_ratio",
+                                      "Fraction of the host-memory tier's budget holding evicted documents", registry=r)
+        self.host_cache_hit_tokens = Counter("lighthouse_host_cache_hit_tokens",
+                                             "Prompt tokens restored from the host-memory tier (not prefilled again)",
+                                             registry=r)
+        self.host_cache_bytes = Counter("lighthouse_host_cache_bytes", "Bytes moved by the host-memory tier",
+                                        ["direction"], registry=r)
+        self._seen: dict[str, float] = {}  # the engine's running totals at the last render
         for path in ("sparse", "dense"):
             self.prefill_tokens.labels(path=path)
 
@@ -37,4 +45,12 @@ class Metrics:
         self.waiting.set(stats.get("waiting", 0))
         self.kv_usage.set(stats.get("kv_cache_usage", 0.0))
         self.prefix_cache_usage.set(stats.get("prefix_cache_usage", 0.0))
+        self.host_cache_usage.set(stats.get("host_cache_usage", 0.0))
+        for key, counter in (("host_cache_hit_tokens", self.host_cache_hit_tokens),
+                             ("host_cache_bytes_to_host", self.host_cache_bytes.labels(direction="to_host")),
+                             ("host_cache_bytes_to_device", self.host_cache_bytes.labels(direction="to_device"))):
+            total = stats.get(key, 0)
+            if total > self._seen.get(key, 0):
+                counter.inc(total - self._seen.get(key, 0))
+            self._seen[key] = total
         return generate_latest(self.registry)

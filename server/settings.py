@@ -64,6 +64,10 @@ class Settings(BaseSettings):
     retry_after_s: int = Field(1, ge=0)
     enable_prefix_caching: bool = Field(True, description="reuse finished prompts' K/V for later prompts with the same prefix")
     kv_cache_gb: float | None = Field(None, gt=0, description="KV cache budget (default: 75% of free GPU memory / 2 GiB on CPU)")
+    host_cache_gb: float = Field(0.0, ge=0, description="host-memory tier of the prefix cache: documents evicted from "
+                                                      "the GPU wait in pinned host memory (0: off)")
+    kv_cache_dtype: Literal["auto", "fp8_e4m3"] = Field("auto", description="K/V storage: the model's dtype, or "
+                                                        "float8 e4m3 (half the bytes of bf16, scale 1)")
     block_size: int = Field(128, ge=16, le=1024, description="KV cache positions per block (a power of two)")
     enforce_eager: bool = Field(False, description="run the decode step eagerly: no CUDA graphs")
     max_prefill_chunk_ms: float = Field(100.0, ge=0, description="while other sequences decode, a long prefill runs "

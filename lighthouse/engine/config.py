@@ -32,6 +32,8 @@ class EngineConfig:
     # those between pieces (their inter-token latency stays near it); None: a prefill runs whole, others wait.
     max_prefill_chunk_ms: float | None = 100.0
     prefill_chunk_tokens: int = 32768  # token chunk of a prefill's projections and MLP (bounds its activations)
+    host_cache_bytes: int = 0  # host-memory tier of the prefix cache (0: off): evicted documents wait there
+    kv_cache_dtype: str = "auto"  # "auto": the model's dtype; "fp8_e4m3": float8 K/V, half the bytes of bf16
 
     def __post_init__(self) -> None:
         parse_prefill(self.prefill)
@@ -42,6 +44,12 @@ class EngineConfig:
             raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
         if self.max_prefill_chunk_ms is not None and not self.max_prefill_chunk_ms > 0:
             raise ValueError(f"max_prefill_chunk_ms must be > 0 (or None), got {self.max_prefill_chunk_ms}")
+        from lighthouse.engine.kv_cache import KV_CACHE_DTYPES
+
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ValueError(f"kv_cache_dtype must be one of {sorted(KV_CACHE_DTYPES)}, got {self.kv_cache_dtype!r}")
+        if self.host_cache_bytes < 0:
+            raise ValueError(f"host_cache_bytes must be >= 0, got {self.host_cache_bytes}")
         if self.prefill_chunk_tokens < 16:
             raise ValueError(f"prefill_chunk_tokens must be >= 16, got {self.prefill_chunk_tokens}")
         if self.block_size < 16 or self.block_size > 1024 or self.block_size & (self.block_size - 1):

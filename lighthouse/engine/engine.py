@@ -27,7 +27,8 @@ import torch
 from lighthouse.engine.config import EngineConfig
 from lighthouse.engine.detokenizer import IncrementalText
 from lighthouse.engine.errors import INTERNAL_ERROR, OUT_OF_MEMORY, InvalidRequest, is_device_fatal
-from lighthouse.engine.kv_cache import CacheShape, KVCacheManager, default_budget_bytes
+from lighthouse.engine.host_cache import HostCache
+from lighthouse.engine.kv_cache import KV_CACHE_DTYPES, CacheShape, KVCacheManager, default_budget_bytes
 from lighthouse.engine.model_runner import ModelRunner
 from lighthouse.engine.options import RequestOptions
 from lighthouse.engine.output import OutputProcessor
@@ -63,13 +64,14 @@ class LLMEngine:
         self.device, self.dtype = param.device, param.dtype
         mc = model.config
         shape = CacheShape(mc.num_hidden_layers, mc.num_key_value_heads, mc.num_attention_heads, mc.head_dim,
-                           self.dtype, self.device, c.block_size)
+                           self.dtype, self.device, c.block_size, KV_CACHE_DTYPES[c.kv_cache_dtype])
         budget = c.kv_cache_bytes or default_budget_bytes(self.device, c.kv_cache_fraction)
         self.kv = KVCacheManager(shape, budget)
         self.max_model_len = min([self.kv.max_tokens, mc.max_position_embeddings] + [c.max_model_len or 1 << 62])
         self.vocab_size = mc.vocab_size
         self.eos_ids = _eos_ids(model, tokenizer) | set(stop_token_ids)  # + generation_config.json's
-        self.prefix_cache = PrefixCache(self.kv, c.prefix_cache_min_tokens) if c.enable_prefix_caching else None
+        host = HostCache(self.kv, c.host_cache_bytes) if c.host_cache_bytes and c.enable_prefix_caching else None
+        self.prefix_cache = PrefixCache(self.kv, c.prefix_cache_min_tokens, host) if c.enable_prefix_caching else None
         self.scheduler = Scheduler(c.max_num_seqs, make_room=self._make_room)
         self.runner = ModelRunner(model, self.kv, max_batch=c.max_num_seqs, max_model_len=self.max_model_len,
                                   enforce_eager=c.enforce_eager, graph_max_batch=c.cuda_graph_max_batch,
@@ -81,9 +83,10 @@ class LLMEngine:
         self._to_abort: set[str] = set()
         self._abort_errors: dict[str, tuple[str, str]] = {}  # request id -> (message, code) it fails with
         self.runner.capture_all()
-        log.info("engine ready: device=%s dtype=%s max_model_len=%d kv_cache=%.2f GiB (%d blocks of %d) prefill=%s "
+        log.info("engine ready: device=%s dtype=%s max_model_len=%d kv_cache=%.2f GiB (%d blocks of %d, %s) prefill=%s "
                  "decode=%s cuda_graphs=%s", self.device, self.dtype, self.max_model_len, self.kv.budget_bytes / 2**30,
-                 self.kv.allocator.usable, c.block_size, c.prefill, c.decode, sorted(self.runner.graphs) or "off")
+                 self.kv.allocator.usable, c.block_size, shape.storage_dtype, c.prefill, c.decode,
+                 sorted(self.runner.graphs) or "off")
 
     # ---- admission -------------------------------------------------------------------------------------------
     def make_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams,
@@ -182,8 +185,13 @@ class LLMEngine:
         return ms / 1000 if ms is not None and self.scheduler.has_decodable() else None
 
     def stats(self) -> dict:
+        host = self.prefix_cache.host if self.prefix_cache is not None else None
         return {"running": len(self.scheduler.running), "waiting": len(self.scheduler.waiting),
-                "kv_cache_usage": self.kv.usage_ratio, "prefix_cache_usage": self.kv.cached_ratio}
+                "kv_cache_usage": self.kv.usage_ratio, "prefix_cache_usage": self.kv.cached_ratio,
+                "host_cache_usage": host.usage_ratio if host else 0.0,
+                "host_cache_hit_tokens": host.hit_tokens if host else 0,
+                "host_cache_bytes_to_host": host.bytes_to_host if host else 0,
+                "host_cache_bytes_to_device": host.bytes_to_device if host else 0}
 
     # ---- prefix cache (prefix_cache.py says what is reused and why that is exact) ------------------------------
     def _cache_hit(self, req: Request) -> CacheHit | None:
@@ -194,6 +202,13 @@ class LLMEngine:
     def _make_room(self, req: Request) -> bool:
         """Whether the request's blocks fit now, evicting prefix-cache entries (the one it would reuse last)."""
         req.hit = self._cache_hit(req)
+        if req.hit is not None and req.hit.host is not None:  # in the host tier: back to the device first
+            need = self._blocks_needed(req, None) + req.hit.blocks_to_restore(self.kv.block_size)
+            if not (self.kv.fits_now(need) or self.prefix_cache.make_room(need, keep_host=req.hit.host)):
+                req.hit = None
+                return False
+            req.hit = self.prefix_cache.restore(req.hit)
+            return True
         need = self._blocks_needed(req, req.hit)
         if self.kv.fits_now(need) or self.prefix_cache is None:
             return self.kv.fits_now(need)

@@ -14,6 +14,11 @@ of tables holding it, and it returns to the free list at zero. Shared blocks are
 that continues from a shared prefix copies the partly filled last block first (copy on write, `fork`).
 Block 0 is a scratch block that is never handed out: padding rows of a captured decode batch write there.
 
+The pool may store K/V in float8 (e4m3, `--kv-cache-dtype fp8_e4m3`): half the bytes per position of bf16.
+Values are cast with a per-tensor scale of 1 (no calibration; what vLLM does without scales), saturating at
++-448: e4m3 keeps 3 mantissa bits, so a stored value is within 2^-4 of the original, relative, from 2^-6 up, and
+within 2^-10 absolute below. Reads (`read`, the paged kernel) convert back to the model's dtype.
+
 Admission reserves, in blocks, everything a sequence will hold (prompt + max_tokens, plus its sparse-decode
 context), so a running sequence never runs out of cache and a request that could never fit is refused.
 """
@@ -35,9 +40,14 @@ class CacheShape:
     num_kv_heads: int
     num_heads: int
     head_dim: int
-    dtype: torch.dtype
+    dtype: torch.dtype  # the model's: what reads return
     device: torch.device
     block_size: int = 128
+    cache_dtype: torch.dtype | None = None  # what the pool stores (None: dtype; or torch.float8_e4m3fn)
+
+    @property
+    def storage_dtype(self) -> torch.dtype:
+        return self.dtype if self.cache_dtype is None else self.cache_dtype
 
     @property
     def group(self) -> int:
@@ -47,7 +57,7 @@ class CacheShape:
     @property
     def bytes_per_token(self) -> int:
         """K and V for one position in every layer."""
-        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * _itemsize(self.dtype)
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * _itemsize(self.storage_dtype)
 
     @property
     def bytes_per_block(self) -> int:
@@ -63,6 +73,21 @@ class CacheShape:
 
 def _itemsize(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
+
+
+FP8 = torch.float8_e4m3fn
+KV_CACHE_DTYPES = {"auto": None, "fp8_e4m3": FP8}  # the engine's `kv_cache_dtype` names
+FP8_MAX = 448.0
+
+
+def _bytes(x: Tensor) -> Tensor:
+    """A float8 tensor as uint8 (index kernels have no float8 versions everywhere), others as they are."""
+    return x.view(torch.uint8) if x.dtype == FP8 else x
+
+
+def quantize_fp8(x: Tensor) -> Tensor:
+    """x in any float dtype -> float8 e4m3 (scale 1), saturating at +-448 (a plain cast would give NaN)."""
+    return x.float().clamp(-FP8_MAX, FP8_MAX).to(FP8)
 
 
 @dataclass
@@ -133,8 +158,9 @@ class KVPool:
         s = shape
         dims = (s.num_layers, num_blocks, s.block_size, s.num_kv_heads, s.head_dim)
         self.shape = shape
-        self.k = torch.empty(dims, dtype=s.dtype, device=s.device)
-        self.v = torch.empty(dims, dtype=s.dtype, device=s.device)
+        self.k = torch.empty(dims, dtype=s.storage_dtype, device=s.device)
+        self.v = torch.empty(dims, dtype=s.storage_dtype, device=s.device)
+        self.fp8 = s.storage_dtype == FP8
 
     def slots(self, blocks: list[int] | Tensor, start: int, end: int, stride: int = 1) -> Tensor:
         """(end - start,) int64 slot ids of entries [start, end) of a table (entry e at slot e*stride)."""
@@ -148,12 +174,16 @@ class KVPool:
         """k, v: (n, H_kv, D) rows into `slots` (n,) of layer `layer`."""
         flat_k = self.k[layer].view(-1, *self.k.shape[-2:])
         flat_v = self.v[layer].view(-1, *self.v.shape[-2:])
+        if self.fp8:  # index_copy_ has no float8 kernels: copy the bytes
+            flat_k.view(torch.uint8).index_copy_(0, slots, quantize_fp8(k).view(torch.uint8))
+            flat_v.view(torch.uint8).index_copy_(0, slots, quantize_fp8(v).view(torch.uint8))
+            return
         flat_k.index_copy_(0, slots, k.to(flat_k.dtype))
         flat_v.index_copy_(0, slots, v.to(flat_v.dtype))
 
     def read(self, layer: int, blocks: list[int], n: int) -> tuple[Tensor, Tensor]:
-        """Positions [0, n) of a table as (1, H_kv, n, D) K and V: a view when the blocks are consecutive, else
-        a gathered copy."""
+        """Positions [0, n) of a table as (1, H_kv, n, D) K and V in the model's dtype: a view when the blocks are
+        consecutive (and the pool is not float8), else a copy."""
         nb = math.ceil(n / self.shape.block_size)
         first = blocks[0] if blocks else 0
         if nb and blocks[:nb] == list(range(first, first + nb)):
@@ -161,8 +191,9 @@ class KVPool:
             v = self.v[layer, first : first + nb].flatten(0, 1)[:n]
         else:
             idx = torch.tensor(blocks[:nb], dtype=torch.long, device=self.k.device)
-            k = self.k[layer].index_select(0, idx).flatten(0, 1)[:n]
-            v = self.v[layer].index_select(0, idx).flatten(0, 1)[:n]
+            k, v = (_bytes(t[layer]).index_select(0, idx).view(t.dtype).flatten(0, 1)[:n] for t in (self.k, self.v))
+        if self.fp8:
+            k, v = k.to(self.shape.dtype), v.to(self.shape.dtype)
         return k.transpose(0, 1)[None], v.transpose(0, 1)[None]  # (1, H_kv, n, D), strided
 
     def copy_block(self, src: int, dst: int, n: int) -> None:

@@ -17,6 +17,9 @@ What is reused, and why it is exact (never an approximation; outputs do not depe
 "Exact" is the same arithmetic on the same inputs, except that the suffix attends to the cached K/V in a
 separate pass, so results match a cache-less prefill up to floating-point summation order.
 
+With a host tier (host_cache.py, `host_cache_bytes` > 0), an entry evicted to make room moves to host memory, and a
+prompt whose longest reusable prefix is there gets it back over PCIe (`restore`) instead of prefilling it again.
+
 Memory: an entry holds references to the blocks of its prompt (KVCacheManager's pool), so a hit copies
 nothing but the partly filled last block it continues from, and entries of one document asked different
 questions share that document's blocks. Entries are evicted whole, least recently used first, whenever a
@@ -31,6 +34,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from lighthouse.engine.host_cache import HostCache, HostEntry
 from lighthouse.engine.kv_cache import KVCacheManager, SequenceKV
 from lighthouse.engine.prefill import PrefillPlan
 
@@ -49,8 +53,15 @@ class CacheEntry:
 
 @dataclass
 class CacheHit:
-    entry: CacheEntry
+    entry: CacheEntry | None  # a device entry, or None while the hit is in the host tier
     tokens: int  # positions [0, tokens) come from the entry's blocks
+    host: HostEntry | None = None  # the hit is in host memory: `PrefixCache.restore` brings it back first
+
+    def blocks_to_restore(self, block_size: int) -> int:
+        """Device blocks a host hit takes beyond those the request then shares (its partly used last block)."""
+        if self.host is None:
+            return 0
+        return self.host.k.shape[1] - self.tokens // block_size
 
 
 def cache_split(plan: PrefillPlan) -> int:
@@ -69,6 +80,7 @@ def common_prefix(a: Tensor, b: Tensor) -> int:
 class PrefixCache:
     kv: KVCacheManager
     min_tokens: int = 256  # shorter prompts get no entry, and shorter common prefixes are not reused
+    host: HostCache | None = None  # the host-memory tier (None: evicted entries are dropped)
     entries: list[CacheEntry] = field(default_factory=list)
     _clock: itertools.count = field(default_factory=itertools.count)
 
@@ -90,9 +102,26 @@ class PrefixCache:
                 continue
             if best is None or usable > best.tokens or (usable == best.tokens and e.last_used > best.entry.last_used):
                 best = CacheHit(e, usable)
-        if best is not None:
+        for h in self.host.entries if self.host is not None else ():  # only strictly longer than on the device
+            usable = min(common_prefix(prompt, h.tokens), prompt.shape[0] - 1)
+            if h.split == split and usable >= max(split, self.min_tokens, 1) and (best is None or usable > best.tokens):
+                best = CacheHit(None, usable, h)
+        if best is not None and best.entry is not None:
             best.entry.last_used = next(self._clock)
+        elif best is not None:
+            self.host.touch(best.host)
         return best
+
+    def restore(self, hit: CacheHit) -> CacheHit:
+        """A host hit back on the device: its entry in freshly allocated blocks (they must be free), then an
+        ordinary device hit of the same length."""
+        assert hit.host is not None and self.host is not None
+        h = hit.host
+        blocks = self.kv.allocator.allocate(h.k.shape[1])
+        self.host.restore(h, blocks, hit.tokens)
+        entry = CacheEntry(h.tokens, h.split, blocks, next(self._clock))
+        self.entries.append(entry)
+        return CacheHit(entry, hit.tokens)
 
     # ---- memory -----------------------------------------------------------------------------------------------
     def cache_only_blocks(self) -> int:
@@ -104,13 +133,17 @@ class PrefixCache:
         refs = self.kv.allocator.refs
         return sum(1 for b, n in held.items() if refs[b] == n)
 
-    def make_room(self, blocks: int, keep: CacheEntry | None = None) -> bool:
-        """Evict least recently used entries (never `keep`) until `blocks` blocks are free. Whether they are."""
+    def make_room(self, blocks: int, keep: CacheEntry | None = None, keep_host: HostEntry | None = None) -> bool:
+        """Evict least recently used entries (never `keep`) until `blocks` blocks are free; with a host tier they
+        move there (never pushing out `keep_host`). Whether the blocks are free."""
         while not self.kv.fits_now(blocks):
             victims = [e for e in self.entries if e is not keep]
             if not victims:
                 return False
-            self._drop(min(victims, key=lambda e: e.last_used))
+            victim = min(victims, key=lambda e: e.last_used)
+            if self.host is not None:
+                self.host.offload(victim.tokens, victim.split, victim.blocks, keep=keep_host)
+            self._drop(victim)
         return True
 
     def clear(self) -> None:

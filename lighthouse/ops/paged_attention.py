@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "triton", "torch")
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+FP8 = torch.float8_e4m3fn  # a cache may store float8 e4m3 (scale 1): read as q's dtype
 MIN_BLOCK, MAX_BLOCK = 16, 1024
 
 
@@ -50,8 +51,9 @@ def check_paged_inputs(q, k_cache, v_cache, block_tables, seq_lens, per_head, ho
         raise ValueError(f"q's heads H={H} must be a multiple of the cache's KV heads H_kv={H_kv} (GQA)")
     if q.dtype not in DTYPES:
         raise ValueError(f"q must be float16, bfloat16 or float32 (got {q.dtype})")
-    if k_cache.dtype != q.dtype or v_cache.dtype != q.dtype:
-        raise ValueError(f"q, k_cache, v_cache must share one dtype (got {q.dtype}, {k_cache.dtype}, {v_cache.dtype})")
+    if k_cache.dtype != v_cache.dtype or k_cache.dtype not in (q.dtype, FP8):
+        raise ValueError(f"q, k_cache, v_cache must share one dtype, or the caches both be float8_e4m3fn (scale 1) "
+                         f"(got {q.dtype}, {k_cache.dtype}, {v_cache.dtype})")
     if not (_is_pow2(BS) and MIN_BLOCK <= BS <= MAX_BLOCK):
         raise ValueError(f"block_size (k_cache.shape[1]) must be a power of two in [{MIN_BLOCK}, {MAX_BLOCK}] "
                          f"(got {BS})")
@@ -169,8 +171,9 @@ def paged_decode_attention(
     """Decode attention of one query per row over a paged KV cache.
 
     q: (B, H, D), RoPE applied; H = H_kv * r (GQA, r >= 1). Query head h = g*r + j reads KV head g = h // r.
-    k_cache, v_cache: (num_blocks, block_size, H_kv, D), q's dtype (float16, bfloat16 or float32); block_size a
-        power of two in [16, 1024]. May be strided views (e.g. `pool[i, 0]`): the last dim must be contiguous,
+    k_cache, v_cache: (num_blocks, block_size, H_kv, D), q's dtype (float16, bfloat16 or float32), or both
+        float8_e4m3fn (values as stored, scale 1; converted to q's dtype on load); block_size a power of two in
+        [16, 1024]. May be strided views (e.g. `pool[i, 0]`): the last dim must be contiguous,
         the last three contiguous for full speed.
     block_tables: (B, max_blocks) int32. Slot s of row b is at block block_tables[b, s // block_size], offset
         s % block_size. Entries a row does not reach are never read (padding rows may hold zeros).

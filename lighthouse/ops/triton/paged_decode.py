@@ -45,7 +45,7 @@ def _paged_decode_kernel(
     qk_scale, H, MAX_SLOTS, SPLITS,
     sq_b, sq_h, sk_blk, sk_slot, sk_h, sv_blk, sv_slot, sv_h, sbt_b,
     D: tl.constexpr, R: tl.constexpr, R_PAD: tl.constexpr, BS: tl.constexpr, TILE: tl.constexpr,
-    SPLIT: tl.constexpr, HAS_HOLE: tl.constexpr, F32_DOT: tl.constexpr,
+    SPLIT: tl.constexpr, HAS_HOLE: tl.constexpr, F32_DOT: tl.constexpr, FP8: tl.constexpr,
 ):
     split = tl.program_id(0)
     g = tl.program_id(1)
@@ -90,6 +90,8 @@ def _paged_decode_kernel(
             page = tl.load(bt_row + s // BS, mask=s < end, other=0).to(tl.int64)[:, None]
         off = page * sk_blk + (s % BS)[:, None] * sk_slot + d[None, :]  # (TILE, D), D contiguous
         k = tl.load(k_row + off, mask=used[:, None], other=0.0)
+        if FP8:  # a float8 cache (scale 1): exact in q's dtype
+            k = k.to(q_ptr.dtype.element_ty)
         if F32_DOT:
             qk = tl.dot(q, tl.trans(k.to(tl.float32)), input_precision="ieee")
         else:
@@ -101,6 +103,8 @@ def _paged_decode_kernel(
         p = tl.exp2(qk - m_use[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
         v = tl.load(v_row + page * sv_blk + (s % BS)[:, None] * sv_slot + d[None, :], mask=used[:, None], other=0.0)
+        if FP8:
+            v = v.to(q_ptr.dtype.element_ty)
         pv = p.to(v.dtype)  # rounded like the GPU's 16-bit dot operand (a no-op for fp32)
         if F32_DOT:
             acc = acc * alpha[:, None] + tl.dot(pv.to(tl.float32), v.to(tl.float32), input_precision="ieee")
@@ -232,7 +236,8 @@ def paged_decode(
         return out
     has_hole = hole_start is not None
     consts = dict(D=D, R=r, R_PAD=max(16, triton.next_power_of_2(r)), BS=BS, TILE=TILE, HAS_HOLE=has_hole,
-                  F32_DOT=q.dtype == torch.float32 or INTERPRETING, num_warps=NUM_WARPS, num_stages=NUM_STAGES)
+                  F32_DOT=q.dtype == torch.float32 or INTERPRETING, FP8=k_cache.dtype == torch.float8_e4m3fn,
+                  num_warps=NUM_WARPS, num_stages=NUM_STAGES)
 
     def args(part, m, lsum, splits):
         return (q, k_cache, v_cache, block_tables, seq_lens, per_head, hole_start if has_hole else seq_lens,

@@ -1,0 +1,86 @@
+"""The host-memory tier of the prefix cache: a document evicted from the device moves to host memory and comes
+back on its next question with the same logits as if it had never left; the tier's budget and metrics."""
+
+from __future__ import annotations
+
+import torch
+
+from lighthouse.engine.config import EngineConfig
+from lighthouse.engine.engine import LLMEngine
+from lighthouse.engine.options import RequestOptions
+from lighthouse.engine.sampling import SamplingParams
+from lighthouse.model import LlamaForCausalLM
+from lighthouse.model.presets import model_preset
+
+BLOCK_BYTES = 16 * 2 * 2 * 2 * 16 * 4  # tiny preset: 2 layers, 2 KV heads of 16, fp32, K and V, 16 positions
+DENSE = RequestOptions(prefill="dense", cache_prompt=True)
+
+
+def ids(n: int, seed: int) -> list[int]:
+    return torch.randint(32, 127, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+A, B, Q1, Q2 = ids(600, 1), ids(600, 2), ids(20, 3), ids(20, 4)
+
+
+def engine(blocks: int, host_bytes: int) -> LLMEngine:
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(model_preset("tiny")).eval()
+    return LLMEngine(model, None, EngineConfig(kv_cache_bytes=blocks * BLOCK_BYTES, block_size=16,
+                                               host_cache_bytes=host_bytes))
+
+
+def ask(eng: LLMEngine, prompt: list[int]) -> tuple[list[float], int]:
+    """Greedy, 4 tokens with logprobs: (their logprobs, prompt tokens reused from the prefix cache)."""
+    eng.add_request(f"r{id(prompt)}-{len(eng.scheduler.running)}-{torch.rand(1).item()}", prompt,
+                    SamplingParams(max_tokens=4, temperature=0.0, logprobs=0), DENSE)
+    lps, cached = [], None
+    while eng.has_unfinished():
+        for out in eng.step():
+            lps += [e.logprob for e in out.logprobs or []]
+            if out.prefill is not None:
+                cached = out.prefill.cached_tokens
+    return lps, cached
+
+
+def test_an_evicted_document_returns_from_host_memory_with_the_same_logits():
+    roomy = engine(400, 0)  # everything stays on the device
+    tight = engine(64, 64 * BLOCK_BYTES)  # one 620-token document at a time; the host tier holds both
+    for eng in (roomy, tight):
+        ask(eng, A + Q1)
+        ask(eng, B + Q1)  # in the tight engine A's entry is evicted to make room: it goes to host memory
+    host = tight.prefix_cache.host
+    assert len(host.entries) == 1 and host.bytes_to_host > 0 and 0 < host.usage_ratio <= 1
+    want, cached_roomy = ask(roomy, A + Q2)
+    got, cached_tight = ask(tight, A + Q2)
+    assert cached_roomy == cached_tight >= len(A)  # the same reuse, from the host tier
+    assert got == want  # the same bytes: the same logits
+    stats = tight.stats()
+    assert stats["host_cache_hit_tokens"] == cached_tight and stats["host_cache_bytes_to_device"] > 0
+    assert tight.kv.usage_ratio == 0.0  # nothing leaked: requests hold no blocks once finished
+
+
+def test_without_a_host_tier_the_evicted_document_is_prefilled_again():
+    eng = engine(64, 0)
+    ask(eng, A + Q1)
+    ask(eng, B + Q1)
+    assert ask(eng, A + Q2)[1] == 0 and eng.prefix_cache.host is None
+
+
+def test_the_tier_evicts_its_least_recently_used_entries_within_its_budget():
+    eng = engine(64, 45 * BLOCK_BYTES)  # room for one 39-block document, not two
+    for doc in (A, B, ids(600, 5)):
+        ask(eng, doc + Q1)
+    host = eng.prefix_cache.host
+    assert len(host.entries) == 1 and host.used_bytes <= host.budget_bytes
+    assert host.entries[0].tokens[:600].tolist() == B  # A went first
+    assert ask(eng, B + Q2)[1] >= len(B) and ask(eng, A + Q2)[1] == 0
+
+
+def test_host_cache_metrics_are_exported(settings_for, tiny_checkpoint, loopback_server):
+    import httpx
+
+    settings = settings_for(tiny_checkpoint, host_cache_gb=0.01)
+    with loopback_server(settings) as srv:
+        text = httpx.get(srv.url + "/metrics").text
+    assert "lighthouse_host_cache_usage_ratio" in text and "lighthouse_host_cache_hit_tokens_total" in text
