@@ -285,8 +285,9 @@ class PrefillTask:
         if pool.k.is_cuda and seg.end - seg.start <= CachedTail.MAX_QUERIES and seg.start > 0:
             key = (seg.start, seg.end)
             tail = self._tails.get(key) or self._tails.setdefault(key, CachedTail.make(pool, kv.blocks, *key))
-            with torch.no_grad():
-                yield seg.start, seg.end, tail.attention(q[:, :, seg.start - s0 : seg.end - s0], pool.k[i], pool.v[i])
+            with torch.no_grad():  # never yield inside it: a suspended generator would leave grad mode off
+                out = tail.attention(q[:, :, seg.start - s0 : seg.end - s0], pool.k[i], pool.v[i])
+            yield seg.start, seg.end, out
             return
         keys = None
         if s0:  # a prefix-cache hit: keys [0, s0) are only in the cache
@@ -294,4 +295,5 @@ class PrefillTask:
         for c0, c1 in query_chunks(seg.start, seg.end, self.max_pairs):
             with torch.no_grad():
                 kc, vc = (keys[0][:, :, :c1], keys[1][:, :, :c1]) if keys else (k[:, :, :c1], v[:, :, :c1])
-                yield c0, c1, attention_with_cache(q[:, :, c0 - s0 : c1 - s0], kc, vc)
+                out = attention_with_cache(q[:, :, c0 - s0 : c1 - s0], kc, vc)
+            yield c0, c1, out
