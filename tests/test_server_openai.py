@@ -296,4 +296,7 @@ def test_health_answers_during_a_long_prefill_and_disconnect_aborts_it(slow_serv
     assert max(latencies) < 0.5, latencies
     assert len(latencies) >= 5
     assert wait_until(lambda: s.engine.engine.kv.usage_ratio == 0, timeout=5)
-    assert s.engine.stats() == {"running": 0, "waiting": 0, "kv_cache_usage": 0.0, "prefix_cache_usage": 0.0}
+    stats = s.engine.stats()
+    assert {k: stats[k] for k in ("running", "waiting", "kv_cache_usage", "prefix_cache_usage")} == \
+        {"running": 0, "waiting": 0, "kv_cache_usage": 0.0, "prefix_cache_usage": 0.0}
+    assert stats["host_cache_usage"] == 0.0 and stats["host_cache_hit_tokens"] == 0  # the tier is off by default
