@@ -102,6 +102,24 @@ def _wait_until(cond, timeout: float = 10.0, interval: float = 0.02) -> bool:
     return cond()
 
 
+def _prefilled_cache(eng, kv, n: int, plan):
+    """([(K, V) of positions [0, n) in every layer], [context (K, V) rows of every Lighthouse layer] or None)."""
+    pool, L = eng.kv.pool, eng.model.config.num_hidden_layers
+    cache = [tuple(t.clone() for t in pool.read(i, kv.blocks, n)) for i in range(L)]
+    ctx = None
+    if kv.sparse:
+        slots = pool.slots(kv.ctx_blocks, 0, kv.ctx_len * pool.shape.group)
+        ctx = [(pool.k[i].flatten(0, 1)[slots].clone(), pool.v[i].flatten(0, 1)[slots].clone())
+               for i in plan.lighthouse_layers]
+    return cache, ctx
+
+
+@pytest.fixture(scope="session")
+def prefilled_cache():
+    """prefilled_cache(engine, kv, n, plan) -> (every layer's (K, V) of [0, n), the sparse-decode context or None)."""
+    return _prefilled_cache
+
+
 def _assert_error(r, status: int, *, param=..., code=..., contains: str | None = None) -> dict:
     assert r.status_code == status, r.text
     err = r.json()["error"]

@@ -43,7 +43,8 @@ def ids(n: int, seed: int) -> list[int]:
     return torch.randint(32, 127, (n,), generator=g).tolist()
 
 
-def prefill(eng: LLMEngine, prompt: list[int], opts: RequestOptions, *, chunk_tokens: int, budget: float | None):
+def prefill(eng: LLMEngine, prompt: list[int], opts: RequestOptions, *, chunk_tokens: int, budget: float | None,
+            read):
     """(logits, the cache of every layer [(K, V) of positions [0, N)], context entries or None, pieces)."""
     req = eng.make_request(f"p{chunk_tokens}-{budget}", prompt, SamplingParams(max_tokens=4), opts)
     kv = eng.kv.allocate(req.capacity, req.ctx_entries)
@@ -51,13 +52,7 @@ def prefill(eng: LLMEngine, prompt: list[int], opts: RequestOptions, *, chunk_to
     pieces = 1
     while (logits := task.run(budget)) is None:
         pieces += 1
-    pool, L = eng.kv.pool, eng.model.config.num_hidden_layers
-    cache = [tuple(t.clone() for t in pool.read(i, kv.blocks, len(prompt))) for i in range(L)]
-    ctx = None
-    if kv.sparse:
-        slots = pool.slots(kv.ctx_blocks, 0, kv.ctx_len * pool.shape.group)
-        ctx = [(pool.k[i].flatten(0, 1)[slots].clone(), pool.v[i].flatten(0, 1)[slots].clone())
-               for i in req.plan.lighthouse_layers]
+    cache, ctx = read(eng, kv, len(prompt), req.plan)  # the conftest fixture prefilled_cache
     eng.kv.free(kv)
     return logits, cache, ctx, pieces
 
@@ -69,12 +64,12 @@ CASES = [  # (prefill, decode, dense tail)
 
 
 @pytest.mark.parametrize("prefill_mode,decode,tail", CASES)
-def test_a_prefill_in_pieces_gives_the_logits_and_cache_of_one_pass(model, prefill_mode, decode, tail):
+def test_a_prefill_in_pieces_gives_the_logits_and_cache_of_one_pass(model, prefill_mode, decode, tail, prefilled_cache):
     eng = engine(model)
     opts = RequestOptions(prefill_mode, decode, tail, cache_prompt=False)
     prompt = ids(N, 1)
-    whole = prefill(eng, prompt, opts, chunk_tokens=1 << 15, budget=None)
-    pieces = prefill(eng, prompt, opts, chunk_tokens=128, budget=0.0)  # every unit of work its own piece
+    whole = prefill(eng, prompt, opts, chunk_tokens=1 << 15, budget=None, read=prefilled_cache)
+    pieces = prefill(eng, prompt, opts, chunk_tokens=128, budget=0.0, read=prefilled_cache)  # every unit of work its own piece
     assert whole[3] == 1
     # per layer: projections (9 token chunks), >= 2 attention units, o_proj + MLP; the embedding, the logits
     assert pieces[3] >= 3 * 4 + 2, pieces[3]
@@ -89,14 +84,14 @@ def test_a_prefill_in_pieces_gives_the_logits_and_cache_of_one_pass(model, prefi
 
 
 @pytest.mark.parametrize("prefill_mode", ["dense", "sparse"])
-def test_one_pass_equals_the_models_own_forward(model, prefill_mode):
+def test_one_pass_equals_the_models_own_forward(model, prefill_mode, prefilled_cache):
     """Tail 0: the engine's prefill (either chunking) is the model's forward: dense, or the op in layers 1-2."""
     eng = engine(model)
     prompt = ids(N, 2)
     ref = model(torch.tensor([prompt]), dense=prefill_mode == "dense", logits_to_keep=1).logits[0, -1]
     for chunk in (1 << 15, 96):
         got = prefill(eng, prompt, RequestOptions(prefill_mode, "dense", 0, cache_prompt=False), chunk_tokens=chunk,
-                      budget=None)
+                      budget=None, read=prefilled_cache)
         torch.testing.assert_close(got[0], ref.float(), rtol=1e-5, atol=1e-5)
 
 

@@ -357,18 +357,12 @@ def engine(model) -> LLMEngine:
     return LLMEngine(model, None, EngineConfig(kv_cache_bytes=32 << 20, block_size=16))
 
 
-def run_prefill(eng, prompt, opts, chunk_tokens):
+def run_prefill(eng, prompt, opts, chunk_tokens, read):
     """(logits, [(K, V) of every layer], [context (K, V) rows of every Lighthouse layer] or None)."""
     req = eng.make_request(f"p{chunk_tokens}", prompt, SamplingParams(max_tokens=4), opts)
     kv = eng.kv.allocate(req.capacity, req.ctx_entries)
     logits = PrefillTask(eng.model, eng.kv.pool, kv, prompt, req.plan, chunk_tokens=chunk_tokens).run()
-    pool, L = eng.kv.pool, eng.model.config.num_hidden_layers
-    cache = [tuple(t.clone() for t in pool.read(i, kv.blocks, len(prompt))) for i in range(L)]
-    ctx = None
-    if kv.sparse:
-        slots = pool.slots(kv.ctx_blocks, 0, kv.ctx_len * pool.shape.group)
-        ctx = [(pool.k[i].flatten(0, 1)[slots].clone(), pool.v[i].flatten(0, 1)[slots].clone())
-               for i in req.plan.lighthouse_layers]
+    cache, ctx = read(eng, kv, len(prompt), req.plan)  # the conftest fixture prefilled_cache
     eng.kv.free(kv)
     return logits, cache, ctx
 
@@ -377,7 +371,7 @@ N_PROMPT = 1100  # past the op's 512-token minimum, not a multiple of its length
 
 
 @pytest.mark.parametrize("tail", [0, 100])
-def test_sparse_prefill_equals_the_definition_in_one_pass_and_in_pieces(tail):
+def test_sparse_prefill_equals_the_definition_in_one_pass_and_in_pieces(tail, prefilled_cache):
     model = model_with("after_select")
     eng = engine(model)
     prompt = ids(N_PROMPT, 4)
@@ -387,7 +381,7 @@ def test_sparse_prefill_equals_the_definition_in_one_pass_and_in_pieces(tail):
         want = model(torch.tensor([prompt]), attention=reference_attention(model, split, record=record),
                      logits_to_keep=1).logits[0, -1]
     for decode in ("dense", "sparse"):
-        results = [run_prefill(eng, prompt, RequestOptions("sparse", decode, tail, cache_prompt=False), chunk)
+        results = [run_prefill(eng, prompt, RequestOptions("sparse", decode, tail, cache_prompt=False), chunk, prefilled_cache)
                    for chunk in (1 << 15, 96)]  # one chunk; 12 chunks (q/k buffers rotated in place after the op)
         for logits, cache, ctx in results:
             torch.testing.assert_close(logits, want.float(), rtol=1e-5, atol=1e-5)

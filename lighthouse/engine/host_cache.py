@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from lighthouse.engine.kv_cache import KVCacheManager
+from lighthouse.engine.kv_cache import KVCacheManager, as_bytes
 
 
 @dataclass(eq=False)
@@ -63,7 +63,7 @@ class HostCache:
                 return None
             self._drop(min(victims, key=lambda e: e.last_used))
         pin = pool.k.is_cuda
-        k, v = (_bytes(t).index_select(1, idx) for t in (pool.k, pool.v))  # (L, nb, BS, H_kv, D), on the device
+        k, v = (as_bytes(t).index_select(1, idx) for t in (pool.k, pool.v))  # (L, nb, BS, H_kv, D), on the device
         hk = torch.empty(k.shape, dtype=k.dtype, pin_memory=pin)
         hv = torch.empty(v.shape, dtype=v.dtype, pin_memory=pin)
         hk.copy_(k, non_blocking=pin)
@@ -83,7 +83,7 @@ class HostCache:
         assert len(blocks) == entry.k.shape[1]
         idx = torch.tensor(blocks, dtype=torch.long, device=pool.k.device)
         for host, dev in ((entry.k, pool.k), (entry.v, pool.v)):
-            _bytes(dev).index_copy_(1, idx, _bytes(host).to(dev.device, non_blocking=True))
+            as_bytes(dev).index_copy_(1, idx, as_bytes(host).to(dev.device, non_blocking=True))
         self.bytes_to_device += entry.nbytes
         self.hit_tokens += tokens
         self._drop(entry)
@@ -94,7 +94,3 @@ class HostCache:
     def _drop(self, entry: HostEntry) -> None:
         self.entries.remove(entry)
         self.used_bytes -= entry.nbytes
-
-
-def _bytes(x: Tensor) -> Tensor:
-    return x.view(torch.uint8) if x.dtype == torch.float8_e4m3fn else x

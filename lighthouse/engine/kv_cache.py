@@ -80,7 +80,7 @@ KV_CACHE_DTYPES = {"auto": None, "fp8_e4m3": FP8}  # the engine's `kv_cache_dtyp
 FP8_MAX = 448.0
 
 
-def _bytes(x: Tensor) -> Tensor:
+def as_bytes(x: Tensor) -> Tensor:
     """A float8 tensor as uint8 (index kernels have no float8 versions everywhere), others as they are."""
     return x.view(torch.uint8) if x.dtype == FP8 else x
 
@@ -175,8 +175,8 @@ class KVPool:
         flat_k = self.k[layer].view(-1, *self.k.shape[-2:])
         flat_v = self.v[layer].view(-1, *self.v.shape[-2:])
         if self.fp8:  # index_copy_ has no float8 kernels: copy the bytes
-            flat_k.view(torch.uint8).index_copy_(0, slots, quantize_fp8(k).view(torch.uint8))
-            flat_v.view(torch.uint8).index_copy_(0, slots, quantize_fp8(v).view(torch.uint8))
+            as_bytes(flat_k).index_copy_(0, slots, as_bytes(quantize_fp8(k)))
+            as_bytes(flat_v).index_copy_(0, slots, as_bytes(quantize_fp8(v)))
             return
         flat_k.index_copy_(0, slots, k.to(flat_k.dtype))
         flat_v.index_copy_(0, slots, v.to(flat_v.dtype))
@@ -191,7 +191,7 @@ class KVPool:
             v = self.v[layer, first : first + nb].flatten(0, 1)[:n]
         else:
             idx = torch.tensor(blocks[:nb], dtype=torch.long, device=self.k.device)
-            k, v = (_bytes(t[layer]).index_select(0, idx).view(t.dtype).flatten(0, 1)[:n] for t in (self.k, self.v))
+            k, v = (as_bytes(t[layer]).index_select(0, idx).view(t.dtype).flatten(0, 1)[:n] for t in (self.k, self.v))
         if self.fp8:
             k, v = k.to(self.shape.dtype), v.to(self.shape.dtype)
         return k.transpose(0, 1)[None], v.transpose(0, 1)[None]  # (1, H_kv, n, D), strided
