@@ -105,11 +105,11 @@ def _wait_until(cond, timeout: float = 10.0, interval: float = 0.02) -> bool:
 def _prefilled_cache(eng, kv, n: int, plan):
     """([(K, V) of positions [0, n) in every layer], [context (K, V) rows of every Lighthouse layer] or None)."""
     pool, L = eng.kv.pool, eng.model.config.num_hidden_layers
-    cache = [tuple(t.clone() for t in pool.read(i, kv.blocks, n)) for i in range(L)]
+    cache = [tuple(t.clone() for t in pool.read(kv.full_table(i), n)) if kv.full_table(i) else None
+             for i in range(L)]
     ctx = None
     if kv.sparse:
-        slots = pool.slots(kv.ctx_blocks, 0, kv.ctx_len * pool.shape.group)
-        ctx = [(pool.k[i].flatten(0, 1)[slots].clone(), pool.v[i].flatten(0, 1)[slots].clone())
+        ctx = [pool.gather(pool.slots(kv.ctx_blocks[i], 0, kv.ctx_len * pool.shape.group))
                for i in plan.lighthouse_layers]
     return cache, ctx
 

@@ -76,14 +76,14 @@ def test_cached_tail_through_the_paged_kernel_matches_dense_attention_in_bf16(H,
     D, n, start = 128, 70_000, 70_000 - 64
     shape = CacheShape(1, H_kv, H, D, torch.bfloat16, torch.device("cuda"), 128)
     kv = KVCacheManager(shape, (n // 128 + 8) * shape.bytes_per_block)
-    seq = kv.allocate(n)
-    seq.blocks = seq.blocks[::-1]  # a table that is not one consecutive run
+    seq = kv.allocate(kv.reservation(n))
+    blocks = seq.blocks[0][::-1]  # a table that is not one consecutive run
     k, v = (torch.randn(1, H_kv, n, D, device="cuda", dtype=torch.bfloat16) for _ in range(2))
-    kv.pool.write(0, kv.pool.slots(seq.blocks, 0, n), k[0].transpose(0, 1), v[0].transpose(0, 1))
+    kv.pool.write(kv.pool.slots(blocks, 0, n), k[0].transpose(0, 1), v[0].transpose(0, 1))
     q = torch.randn(1, H, n - start, D, device="cuda", dtype=torch.bfloat16)
-    tail = CachedTail.make(kv.pool, seq.blocks, start, n)
+    tail = CachedTail.make(kv.pool, start, n)
     assert tail.paged
-    out = tail.attention(q, kv.pool.k[0], kv.pool.v[0]).float()
+    out = tail.attention(q, kv.pool.k, kv.pool.v, CachedTail.table_of(kv.pool, blocks)).float()
     ref = attention_with_cache(q.double(), k.double(), v.double()).float()
     low = attention_with_cache(q, k, v).float()  # the dense path in bf16: the error to stay within 2x of
     err, err_low = (out - ref).abs().max().item(), (low - ref).abs().max().item()

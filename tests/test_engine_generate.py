@@ -112,7 +112,7 @@ def test_sparse_prefill_changes_the_logits_of_a_long_prompt(llm):
                                RequestOptions(prefill=mode))
         from lighthouse.engine.prefill import run_prefill
 
-        kv = eng.kv.allocate(req.capacity, req.ctx_entries)
+        kv = eng.kv.allocate(req.reservation)
         outs[mode] = run_prefill(model, eng.kv.pool, kv, ids, req.plan)
         eng.kv.free(kv)
     assert not torch.allclose(outs["dense"], outs["sparse"], atol=1e-4)
@@ -172,8 +172,9 @@ def test_stop_token_ids_and_max_tokens_finish_reasons(llm):
 
 def test_requests_that_can_never_fit_are_refused_up_front(ckpt):
     eng = load_engine(str(ckpt), EngineConfig(kv_cache_bytes=200_000), device="cpu", dtype="float32")
-    per_block = eng.kv.shape.bytes_per_block
-    assert eng.max_model_len == (200_000 // per_block - 1) * eng.kv.block_size  # block 0 is scratch
+    per_block = eng.kv.shape.bytes_per_block  # one layer's block
+    L = eng.model.config.num_hidden_layers  # the default layout (full): every layer holds every position
+    assert eng.max_model_len == (200_000 // per_block - 1) // L * eng.kv.block_size  # block 0 is scratch
     with pytest.raises(InvalidRequest) as info:
         eng.make_request("a", prompt(eng.max_model_len), SamplingParams(max_tokens=1))
     assert info.value.code == "context_length_exceeded" and info.value.param == "prompt"
@@ -189,8 +190,8 @@ def test_kv_cache_is_reserved_while_running_and_freed_after(llm):
     eng = llm.engine
     free = eng.kv.num_free
     eng.add_request("acct", prompt(50), SamplingParams(temperature=0, max_tokens=5, n=2))
-    eng.step()  # prefill: each choice holds ceil(55 / block_size) blocks (the prompt's 50 fit one partial block)
-    assert free - eng.kv.num_free == 2 * eng.kv.shape.blocks_for(55)
+    eng.step()  # prefill: each choice holds ceil(55 / block_size) blocks per layer (the prompt fits one partial block)
+    assert free - eng.kv.num_free == 2 * eng.kv.num_layers * eng.kv.shape.blocks_for(55)
     assert eng.kv.usage_ratio > 0
     while eng.has_unfinished():
         eng.step()

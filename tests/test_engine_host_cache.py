@@ -3,8 +3,10 @@ back on its next question with the same logits as if it had never left; the tier
 
 from __future__ import annotations
 
+import pytest
 import torch
 
+from lighthouse.engine import host_cache
 from lighthouse.engine.config import EngineConfig
 from lighthouse.engine.engine import LLMEngine
 from lighthouse.engine.options import RequestOptions
@@ -12,7 +14,7 @@ from lighthouse.engine.sampling import SamplingParams
 from lighthouse.model import LlamaForCausalLM
 from lighthouse.model.presets import model_preset
 
-BLOCK_BYTES = 16 * 2 * 2 * 2 * 16 * 4  # tiny preset: 2 layers, 2 KV heads of 16, fp32, K and V, 16 positions
+BLOCK_BYTES = 16 * 2 * 2 * 2 * 16 * 4  # tiny preset: 2 layers x 2 KV heads of 16, fp32, K and V, 16 positions
 DENSE = RequestOptions(prefill="dense", cache_prompt=True)
 
 
@@ -43,7 +45,9 @@ def ask(eng: LLMEngine, prompt: list[int]) -> tuple[list[float], int]:
     return lps, cached
 
 
-def test_an_evicted_document_returns_from_host_memory_with_the_same_logits():
+@pytest.mark.parametrize("copy_blocks", [2048, 3])  # one copy, or many pieces (as a 512K document takes)
+def test_an_evicted_document_returns_from_host_memory_with_the_same_logits(copy_blocks, monkeypatch):
+    monkeypatch.setattr(host_cache, "COPY_BLOCKS", copy_blocks)
     roomy = engine(400, 0)  # everything stays on the device
     tight = engine(64, 64 * BLOCK_BYTES)  # one 620-token document at a time; the host tier holds both
     for eng in (roomy, tight):

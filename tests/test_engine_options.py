@@ -29,9 +29,10 @@ def test_bad_options_raise_invalid_request_naming_the_param(field, value):
 
 
 def test_unset_options_take_the_engines_defaults_and_set_ones_win():
-    assert RequestOptions().resolved("sparse", "dense", 64) == RequestOptions("sparse", "dense", 64)
+    assert RequestOptions().resolved("sparse", "dense", 64) == RequestOptions("sparse", "dense", 64, kv_mode="full")
     mine = RequestOptions(prefill="dense", dense_tail_tokens=0, cache_prompt=False)
-    assert mine.resolved("sparse", "sparse", 64) == RequestOptions("dense", "sparse", 0, cache_prompt=False)
+    assert mine.resolved("sparse", "sparse", 64) == RequestOptions("dense", "sparse", 0, cache_prompt=False,
+                                                                   kv_mode="full")
 
 
 def generate_args(*argv: str) -> argparse.Namespace:

@@ -111,7 +111,7 @@ def test_sparse_context_layout_is_what_the_decode_kernel_reads(H, H_kv):
     D, S, tail, bs = 8, 45, 7, 16
     shape = CacheShape(1, H_kv, H, D, torch.float32, torch.device("cpu"), bs)
     kv = KVCacheManager(shape, 64 * shape.bytes_per_block)
-    seq = kv.allocate(1, ctx_entries=S + tail)
+    seq = kv.allocate(kv.reservation(1, (0,), S + tail))
     k_sel, v_sel = torch.randn(1, H, S, D), torch.randn(1, H, S, D)
     real = torch.rand(1, H, S) > 0.3
     k_ord, v_ord, n_real = order_context(k_sel, v_sel, real)
@@ -119,11 +119,11 @@ def test_sparse_context_layout_is_what_the_decode_kernel_reads(H, H_kv):
     r = H // H_kv
     ctx_k = torch.cat([k_ord, repeat_kv(k_tail, r)], dim=2)  # (1, H, S + tail, D): entries of every head
     ctx_v = torch.cat([v_ord, repeat_kv(v_tail, r)], dim=2)
-    slots = kv.pool.slots(seq.ctx_blocks, 0, (S + tail) * r)
-    kv.pool.write(0, slots, to_slots(ctx_k, H_kv), to_slots(ctx_v, H_kv))
+    slots = kv.pool.slots(seq.ctx_blocks[0], 0, (S + tail) * r)
+    kv.pool.write(slots, to_slots(ctx_k, H_kv), to_slots(ctx_v, H_kv))
     q = torch.randn(1, H, D)
-    table = torch.tensor([seq.ctx_blocks + [0] * 4], dtype=torch.int32)
-    out = paged_decode_attention_ref(q, kv.pool.k[0], kv.pool.v[0], table, torch.tensor([S + tail], dtype=torch.int32),
+    table = torch.tensor([seq.ctx_blocks[0] + [0] * 4], dtype=torch.int32)
+    out = paged_decode_attention_ref(q, kv.pool.k, kv.pool.v, table, torch.tensor([S + tail], dtype=torch.int32),
                                      torch.tensor([1], dtype=torch.int32), n_real[None], torch.tensor([S], dtype=torch.int32))
     for h in range(H):
         keys = torch.cat([k_sel[0, h][real[0, h]], repeat_kv(k_tail, r)[0, h]])
@@ -159,7 +159,7 @@ def test_200_requests_with_aborts_and_disconnects_return_every_block():
         eng.step()
     assert eng.scheduler.running == [] and not eng.scheduler.waiting and eng._requests == {}
     assert eng.kv.usage_ratio == 0
-    held = {b for e in eng.prefix_cache.entries for b in e.blocks}
+    held = {b for e in eng.prefix_cache.entries for t in e.blocks for b in t}
     assert eng.kv.num_free + len(held) == usable
     eng.prefix_cache.clear()
     assert eng.kv.num_free == usable and all(r == 0 for r in eng.kv.allocator.refs)
@@ -182,12 +182,12 @@ def test_a_cached_tail_attends_causally_through_the_paged_kernel_layout(H, H_kv,
     D, bs = 16, 16
     shape = CacheShape(1, H_kv, H, D, torch.float32, torch.device("cpu"), bs)
     kv = KVCacheManager(shape, 64 * shape.bytes_per_block)
-    seq = kv.allocate(n)
+    seq = kv.allocate(kv.reservation(n))
     k, v = torch.randn(1, H_kv, n, D), torch.randn(1, H_kv, n, D)
-    kv.pool.write(0, kv.pool.slots(seq.blocks, 0, n), k[0].transpose(0, 1), v[0].transpose(0, 1))
+    kv.pool.write(kv.pool.slots(seq.blocks[0], 0, n), k[0].transpose(0, 1), v[0].transpose(0, 1))
     q = torch.randn(1, H, n - start, D)
-    tail = CachedTail(True, start, n, torch.tensor([seq.blocks], dtype=torch.int32))
+    tail = CachedTail(True, start, n)
     tail.ROWS = 8  # several kernel calls per tail
-    out = tail.attention(q, kv.pool.k[0], kv.pool.v[0])
+    out = tail.attention(q, kv.pool.k, kv.pool.v, torch.tensor([seq.blocks[0]], dtype=torch.int32))
     ref = attention_with_cache(q, k, v)
     assert torch.allclose(out, ref, atol=1e-5), f"max diff {(out - ref).abs().max():.2e}"

@@ -23,7 +23,7 @@ def test_grad_mode_is_unchanged_between_pieces_and_after_an_abandoned_prefill():
     for prefill in ("dense", "sparse"):
         req = eng.make_request(prefill, prompt, SamplingParams(max_tokens=2),
                                RequestOptions(prefill, "dense", 32, cache_prompt=False))
-        kv = eng.kv.allocate(req.capacity, req.ctx_entries)
+        kv = eng.kv.allocate(req.reservation)
         task = PrefillTask(model, eng.kv.pool, kv, prompt, req.plan, chunk_tokens=64)
         pieces = 0
         while task.run(budget_s=0.0) is None:  # every unit of work its own piece

@@ -47,7 +47,7 @@ def prefill(eng: LLMEngine, prompt: list[int], opts: RequestOptions, *, chunk_to
             read):
     """(logits, the cache of every layer [(K, V) of positions [0, N)], context entries or None, pieces)."""
     req = eng.make_request(f"p{chunk_tokens}-{budget}", prompt, SamplingParams(max_tokens=4), opts)
-    kv = eng.kv.allocate(req.capacity, req.ctx_entries)
+    kv = eng.kv.allocate(req.reservation)
     task = PrefillTask(eng.model, eng.kv.pool, kv, prompt, req.plan, chunk_tokens=chunk_tokens)
     pieces = 1
     while (logits := task.run(budget)) is None:

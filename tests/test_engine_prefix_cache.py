@@ -30,10 +30,10 @@ def empty_cache(llm):
     llm.engine.prefix_cache.clear()
     yield
     kv, cache = llm.engine.kv, llm.engine.prefix_cache
-    held = {b for e in cache.entries for b in e.blocks}
+    held = {b for e in cache.entries for t in e.blocks for b in t}
     assert kv.usage_ratio == 0  # no request holds a block
     assert kv.num_free + len(held) == kv.allocator.usable  # every block is free or the cache's
-    assert all(kv.allocator.refs[b] == sum(b in e.blocks for e in cache.entries) for b in held)
+    assert all(kv.allocator.refs[b] == sum(b in t for e in cache.entries for t in e.blocks) for b in held)
 
 
 def tokens(n: int, seed: int) -> list[int]:
@@ -86,8 +86,9 @@ def test_second_question_on_a_document_prefills_only_its_new_tokens(llm, mode):
     entries = llm.engine.prefix_cache.entries
     assert [(e.length, e.split) for e in entries] == [(DOC + Q, DOC if mode == "sparse" else 0)] * 2
     full = DOC // llm.engine.kv.block_size
-    assert entries[0].blocks[:full] == entries[1].blocks[:full]
-    assert all(llm.engine.kv.allocator.refs[b] == 2 for b in entries[0].blocks[:full])
+    for i in range(llm.engine.kv.num_layers):
+        assert entries[0].blocks[i][:full] == entries[1].blocks[i][:full]
+        assert all(llm.engine.kv.allocator.refs[b] == 2 for b in entries[0].blocks[i][:full])
 
 
 def test_a_repeated_prompt_recomputes_only_its_last_token(llm):
@@ -108,10 +109,10 @@ def test_sparse_head_kv_depend_on_tokens_after_them(llm):
     for ids in (a, b):
         plan = plan_prefill(eng.model, len(ids), prefill="sparse", decode="dense", dense_tail_tokens=16)
         assert plan.sparse and plan.split > DOC and 0 in plan.lighthouse_layers
-        kv = eng.kv.allocate(len(ids), 0)
+        kv = eng.kv.allocate(eng.kv.reservation(len(ids)))
         run_prefill(eng.model, eng.kv.pool, kv, ids, plan)
         kvs.append(kv)
-    layer = [[eng.kv.pool.read(i, kv.blocks, DOC)[0] for i in (0, 1)] for kv in kvs]
+    layer = [[eng.kv.pool.read(kv.blocks[i], DOC)[0] for i in (0, 1)] for kv in kvs]
     for kv in kvs:
         eng.kv.free(kv)
     assert torch.equal(layer[0][0], layer[1][0])
@@ -148,7 +149,7 @@ def test_the_cache_stays_in_the_kv_budget_and_evicts_least_recently_used(ckpt, t
     a, b, c = (tokens(700, s) for s in (10, 11, 12))  # each entry ~ a third of the budget
     for ids in (a, b):
         run(llm, ids, prefill="dense")
-    assert eng.prefix_cache.cache_only_blocks() == 2 * eng.kv.shape.blocks_for(700)
+    assert eng.prefix_cache.cache_only_blocks() == 2 * eng.kv.num_layers * eng.kv.shape.blocks_for(700)
     assert run(llm, a, prefill="dense").prefill.cached_tokens == 699  # a is now the most recently used
     run(llm, c, prefill="dense")  # needs room: b goes
     held = [e.tokens.tolist() for e in eng.prefix_cache.entries]
@@ -181,7 +182,7 @@ def test_a_hit_shares_the_documents_blocks_instead_of_copying_them(llm):
     eng.step()  # the prefill: the document's filled blocks are the entry's own
     seq = eng._requests["shared"].seqs[0]
     full = DOC // eng.kv.block_size
-    assert seq.kv.blocks[:full] == entry.blocks[:full]
-    assert free - eng.kv.num_free == eng.kv.shape.blocks_for(DOC + Q + 8) - full
+    assert all(seq.kv.blocks[i][:full] == entry.blocks[i][:full] for i in range(eng.kv.num_layers))
+    assert free - eng.kv.num_free == eng.kv.num_layers * (eng.kv.shape.blocks_for(DOC + Q + 8) - full)
     while eng.has_unfinished():
         eng.step()

@@ -39,17 +39,17 @@ def shape(dtype=torch.float32, cache=FP8) -> CacheShape:
 def test_the_pool_stores_float8_and_reads_back_the_cast_values_in_the_models_dtype():
     kv = KVCacheManager(shape(), 64 * shape().bytes_per_block)
     assert kv.pool.k.dtype == FP8 and shape().bytes_per_block * 4 == shape(cache=None).bytes_per_block
-    seq = kv.allocate(40)
-    seq.blocks = seq.blocks[::-1]  # not one consecutive run: the gathered read
+    seq = kv.allocate(kv.reservation(40))
+    blocks = seq.blocks[1][::-1]  # not one consecutive run: the gathered read
     k, v = torch.randn(40, 2, 16) * 3, torch.randn(40, 2, 16)
-    kv.pool.write(1, kv.pool.slots(seq.blocks, 0, 40), k, v)
-    rk, rv = kv.pool.read(1, seq.blocks, 40)
+    kv.pool.write(kv.pool.slots(blocks, 0, 40), k, v)
+    rk, rv = kv.pool.read(blocks, 40)
     assert rk.dtype == torch.float32
     assert torch.equal(rk[0].transpose(0, 1), quantize_fp8(k).float())
     assert torch.equal(rv[0].transpose(0, 1), quantize_fp8(v).float())
-    other = kv.allocate(40)
-    kv.pool.copy_block(seq.blocks[0], other.blocks[0], 16)  # copy on write of a shared block keeps the bytes
-    assert torch.equal(kv.pool.k[:, other.blocks[0]].view(torch.uint8), kv.pool.k[:, seq.blocks[0]].view(torch.uint8))
+    other = kv.allocate(kv.reservation(40))
+    kv.pool.copy_block(blocks[0], other.blocks[1][0], 16)  # copy on write of a shared block keeps the bytes
+    assert torch.equal(kv.pool.k[other.blocks[1][0]].view(torch.uint8), kv.pool.k[blocks[0]].view(torch.uint8))
 
 
 def paged_case(dtype, device="cpu"):

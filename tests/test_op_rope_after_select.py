@@ -360,7 +360,7 @@ def engine(model) -> LLMEngine:
 def run_prefill(eng, prompt, opts, chunk_tokens, read):
     """(logits, [(K, V) of every layer], [context (K, V) rows of every Lighthouse layer] or None)."""
     req = eng.make_request(f"p{chunk_tokens}", prompt, SamplingParams(max_tokens=4), opts)
-    kv = eng.kv.allocate(req.capacity, req.ctx_entries)
+    kv = eng.kv.allocate(req.reservation)
     logits = PrefillTask(eng.model, eng.kv.pool, kv, prompt, req.plan, chunk_tokens=chunk_tokens).run()
     cache, ctx = read(eng, kv, len(prompt), req.plan)  # the conftest fixture prefilled_cache
     eng.kv.free(kv)

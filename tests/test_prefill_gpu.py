@@ -56,12 +56,12 @@ def test_a_prefill_in_pieces_equals_one_pass(dtype, decode, tail):
     for chunk, budget in (((1 << 15) if dtype == torch.float32 else 1024, None), (1024, 0.0)):
         req = eng.make_request(f"r{chunk}", prompt, SamplingParams(max_tokens=2),
                                RequestOptions("sparse", decode, tail, cache_prompt=False))
-        kv = eng.kv.allocate(req.capacity, req.ctx_entries)
+        kv = eng.kv.allocate(req.reservation)
         task = PrefillTask(m, eng.kv.pool, kv, prompt, req.plan, chunk_tokens=chunk)
         pieces = 1
         while (logits := task.run(budget)) is None:
             pieces += 1
-        cache = [eng.kv.pool.read(i, kv.blocks, len(prompt))[0].float().clone() for i in range(4)]
+        cache = [eng.kv.pool.read(kv.blocks[i], len(prompt))[0].float().clone() for i in range(4)]
         results.append((logits, cache, pieces))
         eng.kv.free(kv)
     (l1, c1, p1), (l2, c2, p2) = results

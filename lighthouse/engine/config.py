@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lighthouse.engine.options import DECODE_MODES, PREFILL_MODES, DecodeMode, PrefillMode, parse_decode, parse_prefill
+from lighthouse.engine.options import (DECODE_MODES, KV_MODES, PREFILL_MODES, DecodeMode, KVMode, PrefillMode, parse_decode,
+                                      parse_kv_mode, parse_prefill)
 
-__all__ = ["EngineConfig", "DEFAULT_DENSE_TAIL_TOKENS", "PREFILL_MODES", "DECODE_MODES"]
+__all__ = ["EngineConfig", "DEFAULT_DENSE_TAIL_TOKENS", "PREFILL_MODES", "DECODE_MODES", "KV_MODES"]
 
 # The last 64 prompt tokens (the question, in document QA) are prefilled densely against the full cache. Measured
 # on the bundled checkpoint (passkeys at 8K and 16K, bench/results/2026-11-28_cpu_default_checkpoint_serving/):
@@ -18,6 +19,9 @@ DEFAULT_DENSE_TAIL_TOKENS = 64
 class EngineConfig:
     prefill: PrefillMode = "sparse"  # default prefill path; per-request override
     decode: DecodeMode = "dense"  # default decode path; per-request override
+    # default KV layout: "compact" keeps only the selected context in the Lighthouse layers (a 512K document in
+    # ~14 GB instead of ~70 in bf16) and decodes sparsely, whatever `decode` says; per-request override
+    kv_mode: KVMode = "full"
     dense_tail_tokens: int = DEFAULT_DENSE_TAIL_TOKENS
     max_model_len: int | None = None  # None: min(checkpoint's max_position_embeddings, what the KV budget holds)
     max_num_seqs: int = 64  # sequences decoded together in one batched step
@@ -38,6 +42,7 @@ class EngineConfig:
     def __post_init__(self) -> None:
         parse_prefill(self.prefill)
         parse_decode(self.decode)
+        parse_kv_mode(self.kv_mode)
         if self.dense_tail_tokens < 0:
             raise ValueError(f"dense_tail_tokens must be >= 0, got {self.dense_tail_tokens}")
         if self.max_num_seqs < 1:

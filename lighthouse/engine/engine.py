@@ -63,11 +63,18 @@ class LLMEngine:
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
         mc = model.config
+        L = mc.num_hidden_layers
         shape = CacheShape(mc.num_hidden_layers, mc.num_key_value_heads, mc.num_attention_heads, mc.head_dim,
                            self.dtype, self.device, c.block_size, KV_CACHE_DTYPES[c.kv_cache_dtype])
         budget = c.kv_cache_bytes or default_budget_bytes(self.device, c.kv_cache_fraction)
         self.kv = KVCacheManager(shape, budget)
-        self.max_model_len = min([self.kv.max_tokens, mc.max_position_embeddings] + [c.max_model_len or 1 << 62])
+        # the longest sequence the budget holds in the default layout (kv_mode; compact: an upper bound, full caches
+        # in the full-attention layers only); a request is then checked against its own layout's reservation
+        lh = mc.lighthouse
+        compactable = (sum(1 for i in range(L) if i not in lh.full_attn_layers)
+                       if c.kv_mode == "compact" and lh.enabled and lh.levels >= 2 else 0)
+        self.max_model_len = min([self.kv.max_positions(L - compactable), mc.max_position_embeddings]
+                                 + [c.max_model_len or 1 << 62])
         self.vocab_size = mc.vocab_size
         self.eos_ids = _eos_ids(model, tokenizer) | set(stop_token_ids)  # + generation_config.json's
         host = HostCache(self.kv, c.host_cache_bytes) if c.host_cache_bytes and c.enable_prefix_caching else None
@@ -93,7 +100,7 @@ class LLMEngine:
                      options: RequestOptions | None = None) -> Request:
         """Validate and build a request (thread-safe; raises InvalidRequest). `enqueue` it on the engine thread."""
         c = self.config
-        opts = (options or RequestOptions()).resolved(c.prefill, c.decode, c.dense_tail_tokens)
+        opts = (options or RequestOptions()).resolved(c.prefill, c.decode, c.dense_tail_tokens, c.kv_mode)
         n_prompt = len(prompt_ids)
         if n_prompt == 0:
             raise InvalidRequest("the prompt is empty; send at least one token", param="prompt")
@@ -105,7 +112,8 @@ class LLMEngine:
                 f"This model's maximum context length is {self.max_model_len} tokens, but the prompt has {n_prompt} "
                 "tokens (at least one must remain for the completion). Please shorten the prompt.",
                 param="prompt", code="context_length_exceeded")
-        if params.max_tokens is None:
+        default_max_tokens = params.max_tokens is None
+        if default_max_tokens:
             params.max_tokens = self.max_model_len - n_prompt
         params.validate(self.vocab_size)
         if n_prompt + params.max_tokens > self.max_model_len:
@@ -117,15 +125,25 @@ class LLMEngine:
         if params.n > c.max_num_seqs:
             raise InvalidRequest(f"n={params.n} exceeds the server's max_num_seqs ({c.max_num_seqs})", param="n")
         plan = plan_prefill(self.model, n_prompt, prefill=opts.prefill, decode=opts.decode,
-                            dense_tail_tokens=opts.dense_tail_tokens)
-        capacity = n_prompt + params.max_tokens
-        ctx_entries = plan.selected + capacity - plan.split if plan.sparse_decode else 0
-        req = Request(request_id, list(prompt_ids), params, opts, [], plan, capacity, ctx_entries, prompt_tensor=prompt)
+                            dense_tail_tokens=opts.dense_tail_tokens, kv_mode=opts.kv_mode)
+        req = self._sized_request(request_id, list(prompt_ids), params, opts, plan, prompt)
+        if default_max_tokens and not self.kv.fits_ever(self._blocks_needed(req, None)):
+            lo, hi = 0, params.max_tokens  # no max_tokens given: as many as this request's layout fits
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                params.max_tokens = mid
+                fits = self.kv.fits_ever(self._blocks_needed(self._sized_request(request_id, [], params, opts, plan,
+                                                                                 prompt), None))
+                lo, hi = (mid, hi) if fits else (lo, mid - 1)
+            params.max_tokens = max(1, lo)
+            req = self._sized_request(request_id, list(prompt_ids), params, opts, plan, prompt)
+        capacity = req.capacity
         blocks = self._blocks_needed(req, None)
         if not self.kv.fits_ever(blocks):
             raise InvalidRequest(
-                f"The request needs {blocks} KV cache blocks (n={params.n} x {capacity} positions), more than the "
-                f"server's {self.kv.allocator.usable}. Reduce n or max_tokens.",
+                f"The request needs {blocks} KV cache blocks (n={params.n} x {capacity} positions, kv_mode "
+                f"{opts.kv_mode!r}), more than the server's {self.kv.allocator.usable}. Reduce n or max_tokens"
+                + (", or ask with kv_mode 'compact'." if plan.sparse_decode and not plan.compact else "."),
                 param="n" if params.n > 1 else "max_tokens", code="kv_cache_exceeded")
         for i in range(params.n):
             seed = None if params.seed is None else params.seed + i
@@ -133,15 +151,27 @@ class LLMEngine:
             req.seqs.append(Sequence(i, params, IncrementalText(self.tokenizer, params.stop), gen, request=req))
         return req
 
+    def _sized_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams, opts: RequestOptions,
+                       plan, prompt: torch.Tensor) -> Request:
+        """The request with its capacity and KV cache reservation for `params.max_tokens`."""
+        n_prompt = plan.prompt_len
+        capacity = n_prompt + params.max_tokens
+        ctx_entries = plan.selected + capacity - plan.split if plan.sparse_decode else 0
+        res = self.kv.reservation(capacity, plan.lighthouse_layers if plan.sparse_decode else (), ctx_entries,
+                                  compact=plan.compact, prompt_len=n_prompt)
+        return Request(request_id, prompt_ids, params, opts, [], plan, capacity, ctx_entries, res, prompt_tensor=prompt)
+
     def _blocks_needed(self, req: Request, hit: CacheHit | None) -> int:
         """Free blocks the request takes at its prefill: the first sequence's tables, less what a prefix-cache hit
         shares, plus what each other choice does not share with the first (its filled prompt blocks)."""
-        kv, n = self.kv, req.params.n
-        one = kv.blocks_needed(req.capacity, req.ctx_entries)
-        shared_prompt = len(req.prompt_ids) // kv.block_size
-        shared_ctx = (req.ctx_entries - req.params.max_tokens) * kv.shape.group // kv.block_size if req.ctx_entries else 0
-        saved_by_hit = hit.tokens // kv.block_size if hit is not None else 0
-        return one - saved_by_hit + (n - 1) * (one - shared_prompt - shared_ctx)
+        kv, n, res = self.kv, req.params.n, req.reservation
+        one = res.held_blocks(kv.shape)
+        shared_prompt = len(res.full_layers) * (req.plan.prompt_len // kv.block_size)
+        filled_ctx = (req.ctx_entries - req.params.max_tokens) * kv.shape.group // kv.block_size if req.ctx_entries else 0
+        shared_ctx = len(res.ctx_layers) * filled_ctx
+        saved_by_hit = len(res.full_layers) * (hit.tokens // kv.block_size) if hit is not None else 0
+        scratch = res.blocks(kv.shape) - one  # a compact prefill's, given back before the other choices fork
+        return one + scratch - saved_by_hit + (n - 1) * (one - shared_prompt - shared_ctx)
 
     def enqueue(self, request: Request) -> None:
         with self._lock:
@@ -244,7 +274,7 @@ class LLMEngine:
                 hit, req.hit = req.hit, None
                 cached = req.prefill_cached = hit.tokens if hit is not None else 0
                 first = seqs[0]
-                first.kv = self.kv.allocate(req.capacity, req.ctx_entries, hit.entry.blocks if hit else [], cached)
+                first.kv = self.kv.allocate(req.reservation, hit.entry.blocks if hit else None, cached)
 
                 def on_progress(fraction: float) -> None:
                     if self.progress_callback is not None:
@@ -257,6 +287,7 @@ class LLMEngine:
             if logits is None:
                 return []  # more pieces to come; the running sequences decode first
             req.prefill_task = None
+            self.kv.release_scratch(seqs[0].kv)
             self.scheduler.prefill_done(req)
             for s in seqs[1:]:
                 s.kv = self.kv.fork(seqs[0].kv)

@@ -1,13 +1,17 @@
-"""Paged KV cache: one pool of fixed-size blocks per layer, block tables per sequence, reference counts.
+"""Paged KV cache: one pool of fixed-size blocks, each holding one layer's K/V for `block_size` positions; block
+tables per sequence and layer; reference counts.
 
-Layout: `pool.k[i]` and `pool.v[i]` are layer i's (num_blocks, block_size, H_kv, D) tensors (views of one
-(L, num_blocks, block_size, H_kv, D) tensor each). A sequence's position t lives in every layer at block
-`blocks[t // block_size]`, offset `t % block_size` (its *slot* is block * block_size + offset).
+Layout: `pool.k` and `pool.v` are (num_blocks, block_size, H_kv, D) tensors. A sequence has one table per layer
+(`blocks[i]`): layer i's position t lives at block `blocks[i][t // block_size]`, offset `t % block_size` (its *slot*
+is block * block_size + offset). Tables of different layers are separate, so layers may hold different amounts:
+a block is the unit the budget is counted in, whatever layer uses it.
 
-A sequence that decodes sparsely also has a context table (`ctx_blocks`): per Lighthouse layer, the prompt's
+A sequence that decodes sparsely also has, per Lighthouse layer, a context table (`ctx_blocks[i]`): the prompt's
 selected entries (one set per query head) plus every later position. Entry e of query head h = g*r + j
-(r = H / H_kv) is stored at slot e*r + j, KV head g, so it occupies the same pool as the full cache, in the
-same blocks of every layer (the paged decode kernel reads either kind, `per_head` says which).
+(r = H / H_kv) is stored at slot e*r + j, KV head g, in the same pool (the paged decode kernel reads either kind,
+`per_head` says which). A *compact* sequence keeps no full cache in its Lighthouse layers (`blocks[i] == []`):
+their full-resolution K/V exist only while that layer's prefill runs, in a scratch table (`scratch`) that one
+layer after another reuses and that is given back when the prefill ends.
 
 Blocks are shared by reference (the prefix cache, the n choices of one request): a block's count is the number
 of tables holding it, and it returns to the free list at zero. Shared blocks are never written: a sequence
@@ -19,12 +23,14 @@ Values are cast with a per-tensor scale of 1 (no calibration; what vLLM does wit
 +-448: e4m3 keeps 3 mantissa bits, so a stored value is within 2^-4 of the original, relative, from 2^-6 up, and
 within 2^-10 absolute below. Reads (`read`, the paged kernel) convert back to the model's dtype.
 
-Admission reserves, in blocks, everything a sequence will hold (prompt + max_tokens, plus its sparse-decode
-context), so a running sequence never runs out of cache and a request that could never fit is refused.
+Admission reserves, in blocks, everything a sequence will hold (prompt + max_tokens in every layer that keeps a
+full cache, its sparse-decode context, a compact prefill's scratch), so a running sequence never runs out of
+cache and a request that could never fit is refused.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 
@@ -57,17 +63,24 @@ class CacheShape:
     @property
     def bytes_per_token(self) -> int:
         """K and V for one position in every layer."""
-        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * _itemsize(self.storage_dtype)
+        return self.num_layers * self.bytes_per_layer_token
+
+    @property
+    def bytes_per_layer_token(self) -> int:
+        """K and V for one position (or one slot) in one layer."""
+        return 2 * self.num_kv_heads * self.head_dim * _itemsize(self.storage_dtype)
 
     @property
     def bytes_per_block(self) -> int:
-        return self.block_size * self.bytes_per_token
+        """One block: one layer's K/V for block_size positions."""
+        return self.block_size * self.bytes_per_layer_token
 
     def blocks_for(self, positions: int) -> int:
+        """Blocks of one layer's table of `positions` positions."""
         return math.ceil(positions / self.block_size)
 
     def ctx_blocks_for(self, entries: int) -> int:
-        """Blocks of a sparse-decode context of `entries` entries per query head."""
+        """Blocks of one layer's sparse-decode context of `entries` entries per query head."""
         return math.ceil(entries * self.group / self.block_size)
 
 
@@ -75,6 +88,7 @@ def _itemsize(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
 
+_UIDS = itertools.count(1)
 FP8 = torch.float8_e4m3fn
 KV_CACHE_DTYPES = {"auto": None, "fp8_e4m3": FP8}  # the engine's `kv_cache_dtype` names
 FP8_MAX = 448.0
@@ -90,25 +104,56 @@ def quantize_fp8(x: Tensor) -> Tensor:
     return x.float().clamp(-FP8_MAX, FP8_MAX).to(FP8)
 
 
+@dataclass(frozen=True)
+class Reservation:
+    """What one sequence holds, per layer: `capacity` positions in every layer of `full_layers`, a context of
+    `ctx_entries` entries per query head in every layer of `ctx_layers`, and (compact prefill) a scratch table of
+    `scratch_positions` positions, given back when the prefill ends."""
+
+    capacity: int
+    full_layers: tuple[int, ...]
+    ctx_layers: tuple[int, ...] = ()
+    ctx_entries: int = 0
+    scratch_positions: int = 0
+
+    def blocks(self, shape: CacheShape) -> int:
+        """Blocks it takes (the scratch included)."""
+        return self.held_blocks(shape) + shape.blocks_for(self.scratch_positions)
+
+    def held_blocks(self, shape: CacheShape) -> int:
+        """Blocks it holds once its prefill is done."""
+        ctx = len(self.ctx_layers) * shape.ctx_blocks_for(self.ctx_entries) if self.ctx_entries else 0
+        return len(self.full_layers) * shape.blocks_for(self.capacity) + ctx
+
+
 @dataclass
 class SequenceKV:
-    """One sequence's view of the pool: its block tables and how much of them is filled."""
+    """One sequence's view of the pool: its per-layer block tables and how much of them is filled."""
 
-    blocks: list[int]  # full cache, every layer
+    blocks: list[list[int]]  # per layer: the full cache ([] in a layer that keeps none: a compact Lighthouse layer)
     length: int = 0  # positions written
-    ctx_blocks: list[int] = field(default_factory=list)  # sparse-decode context (Lighthouse layers), or empty
-    ctx_len: int = 0  # context entries written (per query head)
-    ctx_hole_start: Tensor | None = None  # (H,) int32: entries [hole_start[h], ctx_hole_end) are op padding
+    ctx_blocks: list[list[int]] = field(default_factory=list)  # per layer: sparse-decode context ([] where none)
+    ctx_len: int = 0  # context entries written (per query head), the same in every context layer
+    ctx_hole_start: Tensor | None = None  # (L, H) int32: layer i's entries [hole_start[i, h], ctx_hole_end) are padding
     ctx_hole_end: int = 0
-    table: Tensor | None = None  # (len(blocks),) int32 on the device, made on first use
-    ctx_table: Tensor | None = None
+    scratch: list[int] = field(default_factory=list)  # compact prefill: the Lighthouse layer being prefilled
+    decode_meta: tuple[Tensor, ...] | None = None  # the decode step's per-layer table and flags (model_runner)
+    uid: int = field(default_factory=lambda: next(_UIDS))  # never reused (ids of freed objects are)
 
     @property
     def sparse(self) -> bool:
-        return bool(self.ctx_blocks)
+        return any(self.ctx_blocks)
+
+    @property
+    def compact(self) -> bool:
+        return any(not b for b in self.blocks)
+
+    def full_table(self, layer: int) -> list[int]:
+        """The table holding layer `layer`'s positions: its own, or (compact, during the prefill) the scratch."""
+        return self.blocks[layer] or self.scratch
 
     def all_blocks(self) -> list[int]:
-        return self.blocks + self.ctx_blocks
+        return [b for t in self.blocks for b in t] + [b for t in self.ctx_blocks for b in t] + self.scratch
 
 
 class BlockAllocator:
@@ -132,7 +177,10 @@ class BlockAllocator:
     def allocate(self, n: int) -> list[int]:
         if n > len(self._free):
             raise MemoryError(f"{n} KV cache blocks requested, {len(self._free)} free")
-        out = [self._free.pop() for _ in range(n)]
+        if n <= 0:
+            return []
+        out = self._free[-n:][::-1]
+        del self._free[-n:]
         for b in out:
             self.refs[b] = 1
         return out
@@ -156,7 +204,7 @@ class KVPool:
 
     def __init__(self, shape: CacheShape, num_blocks: int):
         s = shape
-        dims = (s.num_layers, num_blocks, s.block_size, s.num_kv_heads, s.head_dim)
+        dims = (num_blocks, s.block_size, s.num_kv_heads, s.head_dim)
         self.shape = shape
         self.k = torch.empty(dims, dtype=s.storage_dtype, device=s.device)
         self.v = torch.empty(dims, dtype=s.storage_dtype, device=s.device)
@@ -170,10 +218,10 @@ class KVPool:
         e = torch.arange(start, end, device=self.k.device) * stride
         return table[e // bs] * bs + e % bs
 
-    def write(self, layer: int, slots: Tensor, k: Tensor, v: Tensor) -> None:
-        """k, v: (n, H_kv, D) rows into `slots` (n,) of layer `layer`."""
-        flat_k = self.k[layer].view(-1, *self.k.shape[-2:])
-        flat_v = self.v[layer].view(-1, *self.v.shape[-2:])
+    def write(self, slots: Tensor, k: Tensor, v: Tensor) -> None:
+        """k, v: (n, H_kv, D) rows into `slots` (n,)."""
+        flat_k = self.k.view(-1, *self.k.shape[-2:])
+        flat_v = self.v.view(-1, *self.v.shape[-2:])
         if self.fp8:  # index_copy_ has no float8 kernels: copy the bytes
             as_bytes(flat_k).index_copy_(0, slots, as_bytes(quantize_fp8(k)))
             as_bytes(flat_v).index_copy_(0, slots, as_bytes(quantize_fp8(v)))
@@ -181,25 +229,32 @@ class KVPool:
         flat_k.index_copy_(0, slots, k.to(flat_k.dtype))
         flat_v.index_copy_(0, slots, v.to(flat_v.dtype))
 
-    def read(self, layer: int, blocks: list[int], n: int) -> tuple[Tensor, Tensor]:
-        """Positions [0, n) of a table as (1, H_kv, n, D) K and V in the model's dtype: a view when the blocks are
-        consecutive (and the pool is not float8), else a copy."""
+    def gather(self, slots: Tensor) -> tuple[Tensor, Tensor]:
+        """The (n, H_kv, D) K and V rows of `slots` (n,), in the model's dtype."""
+        k, v = (as_bytes(t.view(-1, *t.shape[-2:])).index_select(0, slots).view(t.dtype) for t in (self.k, self.v))
+        if self.fp8:
+            k, v = k.to(self.shape.dtype), v.to(self.shape.dtype)
+        return k, v
+
+    def read(self, blocks: list[int], n: int) -> tuple[Tensor, Tensor]:
+        """Positions [0, n) of one layer's table as (1, H_kv, n, D) K and V in the model's dtype: a view when the
+        blocks are consecutive (and the pool is not float8), else a copy."""
         nb = math.ceil(n / self.shape.block_size)
         first = blocks[0] if blocks else 0
         if nb and blocks[:nb] == list(range(first, first + nb)):
-            k = self.k[layer, first : first + nb].flatten(0, 1)[:n]
-            v = self.v[layer, first : first + nb].flatten(0, 1)[:n]
+            k = self.k[first : first + nb].flatten(0, 1)[:n]
+            v = self.v[first : first + nb].flatten(0, 1)[:n]
         else:
             idx = torch.tensor(blocks[:nb], dtype=torch.long, device=self.k.device)
-            k, v = (as_bytes(t[layer]).index_select(0, idx).view(t.dtype).flatten(0, 1)[:n] for t in (self.k, self.v))
+            k, v = (as_bytes(t).index_select(0, idx).view(t.dtype).flatten(0, 1)[:n] for t in (self.k, self.v))
         if self.fp8:
             k, v = k.to(self.shape.dtype), v.to(self.shape.dtype)
         return k.transpose(0, 1)[None], v.transpose(0, 1)[None]  # (1, H_kv, n, D), strided
 
     def copy_block(self, src: int, dst: int, n: int) -> None:
-        """The first n slots of block src into block dst, in every layer."""
-        self.k[:, dst, :n].copy_(self.k[:, src, :n])
-        self.v[:, dst, :n].copy_(self.v[:, src, :n])
+        """The first n slots of block src into block dst."""
+        self.k[dst, :n].copy_(self.k[src, :n])
+        self.v[dst, :n].copy_(self.v[src, :n])
 
 
 class KVCacheManager:
@@ -224,9 +279,18 @@ class KVCacheManager:
         return self.shape.block_size
 
     @property
+    def num_layers(self) -> int:
+        return self.shape.num_layers
+
+    @property
     def max_tokens(self) -> int:
-        """The most positions one sequence can ever hold."""
-        return self.allocator.usable * self.block_size
+        """The most positions one sequence with a full cache in every layer can ever hold."""
+        return self.max_positions(self.num_layers)
+
+    def max_positions(self, full_layers: int) -> int:
+        """The most positions one sequence can hold when `full_layers` layers keep a full cache (an upper bound for
+        a compact one, whose context layers hold a fraction of that besides)."""
+        return self.allocator.usable // max(1, full_layers) * self.block_size
 
     @property
     def num_free(self) -> int:
@@ -242,9 +306,15 @@ class KVCacheManager:
     def cached_ratio(self) -> float:
         return self.cache_only_blocks() / self.allocator.usable
 
-    def blocks_needed(self, capacity: int, ctx_entries: int = 0) -> int:
-        """Blocks one sequence reserves: `capacity` positions and a sparse-decode context of `ctx_entries`."""
-        return self.shape.blocks_for(capacity) + (self.shape.ctx_blocks_for(ctx_entries) if ctx_entries else 0)
+    def reservation(self, capacity: int, ctx_layers: tuple[int, ...] = (), ctx_entries: int = 0, *,
+                    compact: bool = False, prompt_len: int = 0) -> Reservation:
+        """What a sequence of `capacity` positions holds: a full cache in every layer (in a compact one, every
+        layer but the context layers, plus a scratch of `prompt_len` positions during its prefill)."""
+        every = tuple(range(self.num_layers))
+        if not ctx_entries:
+            return Reservation(capacity, every)
+        full = tuple(i for i in every if not (compact and i in ctx_layers))
+        return Reservation(capacity, full, tuple(ctx_layers), ctx_entries, prompt_len if compact else 0)
 
     def fits_ever(self, blocks: int) -> bool:
         return blocks <= self.allocator.usable
@@ -253,34 +323,53 @@ class KVCacheManager:
         return blocks <= self.allocator.num_free
 
     # ---- sequences --------------------------------------------------------------------------------------------
-    def allocate(self, capacity: int, ctx_entries: int = 0, prefix: list[int] = (), prefix_len: int = 0) -> SequenceKV:
-        """A sequence of `capacity` positions whose first `prefix_len` positions are those of the table `prefix`
-        (shared; the partly filled last block is copied). Caller checked fits_now()."""
-        bs = self.block_size
-        full, part = divmod(prefix_len, bs)
+    def _continue(self, prefix: list[int], filled: int, blocks: int) -> list[int]:
+        """A table of `blocks` blocks whose first `filled` slots are those of the table `prefix` (filled blocks
+        shared; the partly filled last one copied)."""
+        full, part = divmod(filled, self.block_size)
         shared = self.allocator.share(list(prefix[:full]))
-        own = self.allocator.allocate(self.shape.blocks_for(capacity) - full)
+        own = self.allocator.allocate(blocks - full)
         if part:
             self.pool.copy_block(prefix[full], own[0], part)
-        ctx = self.allocator.allocate(self.shape.ctx_blocks_for(ctx_entries)) if ctx_entries else []
-        return SequenceKV(blocks=shared + own, length=prefix_len, ctx_blocks=ctx)
+        return shared + own
+
+    def allocate(self, res: Reservation, prefix: list[list[int]] | None = None, prefix_len: int = 0) -> SequenceKV:
+        """A sequence holding `res`, whose first `prefix_len` positions are those of the per-layer tables `prefix`
+        (shared; the partly filled last block copied). Caller checked fits_now(res.blocks(shape))."""
+        s = self.shape
+        L = self.num_layers
+        nb = s.blocks_for(res.capacity)
+        blocks = [self._continue(prefix[i] if prefix else [], prefix_len, nb) if i in res.full_layers else []
+                  for i in range(L)]
+        ctx: list[list[int]] = [[] for _ in range(L)]
+        hole = None
+        if res.ctx_entries:
+            for i in res.ctx_layers:
+                ctx[i] = self.allocator.allocate(s.ctx_blocks_for(res.ctx_entries))
+            hole = torch.zeros(L, s.num_heads, dtype=torch.int32, device=s.device)
+        scratch = self.allocator.allocate(s.blocks_for(res.scratch_positions))
+        return SequenceKV(blocks=blocks, length=prefix_len, ctx_blocks=ctx, ctx_hole_start=hole, scratch=scratch)
+
+    def release_scratch(self, kv: SequenceKV) -> None:
+        """A compact sequence's prefill is done: its scratch table goes back to the free list."""
+        self.allocator.release(kv.scratch)
+        kv.scratch = []
 
     def fork(self, src: SequenceKV) -> SequenceKV:
         """Another sequence continuing from src's state (the n choices of a request): filled blocks shared, the
         partly filled last block of each table copied, the rest fresh."""
-        out = self.allocate(len(src.blocks) * self.block_size, 0, src.blocks, src.length)
-        if src.ctx_blocks:
-            r = self.shape.group
-            ctx = self.allocate(len(src.ctx_blocks) * self.block_size, 0, src.ctx_blocks, src.ctx_len * r)
-            out.ctx_blocks, out.ctx_len = ctx.blocks, src.ctx_len
-            out.ctx_hole_start, out.ctx_hole_end = src.ctx_hole_start, src.ctx_hole_end
-        return out
+        assert not src.scratch, "fork a sequence after its prefill"
+        r = self.shape.group
+        blocks = [self._continue(t, src.length, len(t)) if t else [] for t in src.blocks]
+        ctx = [self._continue(t, src.ctx_len * r, len(t)) if t else [] for t in src.ctx_blocks]
+        return SequenceKV(blocks=blocks, length=src.length, ctx_blocks=ctx, ctx_len=src.ctx_len,
+                          ctx_hole_start=src.ctx_hole_start, ctx_hole_end=src.ctx_hole_end)
 
     def free(self, kv: SequenceKV | None) -> None:
         if kv is None:
             return
-        self.allocator.release(kv.blocks + kv.ctx_blocks)
-        kv.blocks, kv.ctx_blocks, kv.table, kv.ctx_table = [], [], None, None
+        self.allocator.release(kv.all_blocks())
+        kv.blocks, kv.ctx_blocks, kv.scratch, kv.decode_meta = [], [], [], None
 
 
 def default_budget_bytes(device: torch.device, fraction: float) -> int:

@@ -7,9 +7,9 @@ over the whole batch (lengths differ; GQA; a sequence with sparse decode reads i
 Lighthouse layers and the full cache elsewhere). Nothing loops over sequences on the device side.
 
 Per-step inputs live in static device buffers, so the step can be captured once per batch-size bucket and
-replayed (padding rows point at the scratch block and are discarded). Two sets of attention metadata exist:
-kind 0 (every sequence's full cache) for full-attention layers, kind 1 for Lighthouse layers (the sparse
-context of sequences with sparse decode, the full cache of the others).
+replayed (padding rows point at the scratch block and are discarded). The attention metadata is per layer and
+row: each layer of a sequence has its own table (kv_cache.py), the full cache or, in a Lighthouse layer of a
+sequence with sparse decode, its context (per query head, with a hole where the op padded).
 """
 
 from __future__ import annotations
@@ -43,20 +43,22 @@ class _Graph:
 
 
 class DecodeInputs:
-    """Static device buffers of one decode step (sized for the largest batch)."""
+    """Static device buffers of one decode step (sized for the largest batch). Per layer and row: the table the
+    layer reads and writes (a sequence's full cache, or its sparse-decode context), whether it is per query head,
+    and its hole."""
 
-    def __init__(self, max_batch: int, max_blocks: int, num_heads: int, device: torch.device):
+    def __init__(self, num_layers: int, max_batch: int, max_blocks: int, num_heads: int, device: torch.device):
         z = dict(device=device, dtype=torch.int32)
         # what changes every step, in one buffer so that one host-to-device copy moves it
-        self.meta = torch.zeros(4, max_batch, dtype=torch.long, device=device)
+        self.meta = torch.zeros(3, max_batch, dtype=torch.long, device=device)
         self.ids = self.meta[0]  # the last sampled token of each row
-        self.pos = self.meta[1]  # RoPE position = full-cache length
-        self.entry = self.meta[2:4]  # per kind: the entry index the new K/V go to
-        self.tables = torch.zeros(2, max_batch, max_blocks, **z)
-        self.per_head = torch.zeros(2, max_batch, **z)
-        self.hole_start = torch.zeros(2, max_batch, num_heads, **z)
-        self.hole_end = torch.zeros(2, max_batch, **z)
-        self.host = torch.zeros(4, max_batch, dtype=torch.long, pin_memory=device.type == "cuda")
+        self.pos = self.meta[1]  # RoPE position = full-cache length: the entry the new K/V go to in a full table
+        self.ctx_len = self.meta[2]  # context entries: the entry they go to in a context table
+        self.tables = torch.zeros(num_layers, max_batch, max_blocks, **z)
+        self.per_head = torch.zeros(num_layers, max_batch, **z)
+        self.hole_start = torch.zeros(num_layers, max_batch, num_heads, **z)
+        self.hole_end = torch.zeros(num_layers, max_batch, **z)
+        self.host = torch.zeros(3, max_batch, dtype=torch.long, pin_memory=device.type == "cuda")
         self.batch_key: tuple | None = None
 
 
@@ -72,11 +74,8 @@ class ModelRunner:
         self.pool = kv.pool
         s = kv.shape
         self.device, self.r, self.bs = s.device, s.group, s.block_size
-        lh = model.config.lighthouse
-        self.lh_layers = frozenset(i for i in range(s.num_layers) if lh.enabled and lh.levels >= 2
-                                   and i not in lh.full_attn_layers)
         self.max_blocks = -(-max_model_len * self.r // self.bs) + 1
-        self.inputs = DecodeInputs(max_batch, self.max_blocks, s.num_heads, s.device)
+        self.inputs = DecodeInputs(s.num_layers, max_batch, self.max_blocks, s.num_heads, s.device)
         self.use_graphs = s.device.type == "cuda" and not enforce_eager
         self.graph_max_batch = min(graph_max_batch or max_batch, max_batch)
         self.graphs: dict[int, _Graph] = {}
@@ -117,55 +116,70 @@ class ModelRunner:
         inp, B = self.inputs, len(kvs)
         host = inp.host
         lengths = [kv.length for kv in kvs]
-        host[:, :B] = torch.tensor([last_tokens, lengths, lengths,
-                                    [kv.ctx_len if kv.sparse else kv.length for kv in kvs]])
+        host[:, :B] = torch.tensor([last_tokens, lengths, [kv.ctx_len for kv in kvs]])
         n = inp.ids.shape[0]
         host[:, B:] = 0
         inp.meta.copy_(host, non_blocking=True)  # host is pinned; it is rewritten only after the step's sync
-        key = tuple(id(kv) for kv in kvs)
-        if key != inp.batch_key:  # tables change only when the batch does (capacity is reserved up front)
-            self._fill_tables(kvs, n)
-            inp.batch_key = key
+        self._fill_tables(kvs, n)
 
     def _fill_tables(self, kvs: list[SequenceKV], n: int) -> None:
+        """Each row's per-layer tables and flags; a row that holds the same sequence as in the last step is kept
+        (tables do not change while a sequence decodes: its capacity was reserved up front)."""
         inp = self.inputs
-        H = inp.hole_start.shape[2]
-        tables = torch.zeros(2, n, self.max_blocks, dtype=torch.int32)
-        per_head = torch.zeros(2, n, dtype=torch.int32)
-        hole_start = torch.zeros(2, n, H, dtype=torch.int32)
-        hole_end = torch.zeros(2, n, dtype=torch.int32)
+        key = tuple(kv.uid for kv in kvs)
+        prev = inp.batch_key or ()
+        if key == prev:
+            return
         for b, kv in enumerate(kvs):
-            tables[0, b, : len(kv.blocks)] = torch.tensor(kv.blocks, dtype=torch.int32)
-            if kv.sparse:
-                tables[1, b, : len(kv.ctx_blocks)] = torch.tensor(kv.ctx_blocks, dtype=torch.int32)
-                per_head[1, b] = 1
-                hole_start[1, b] = kv.ctx_hole_start.cpu()
-                hole_end[1, b] = kv.ctx_hole_end
-            else:
-                tables[1, b] = tables[0, b]
-        inp.tables.copy_(tables.to(self.device))
-        inp.per_head.copy_(per_head.to(self.device))
-        inp.hole_start.copy_(hole_start.to(self.device))
-        inp.hole_end.copy_(hole_end.to(self.device))
+            if b < len(prev) and prev[b] == kv.uid:
+                continue
+            if kv.decode_meta is None:
+                kv.decode_meta = self._decode_meta(kv)
+            table, per_head, hole_start, hole_end = kv.decode_meta
+            inp.tables[:, b, : table.shape[1]].copy_(table)
+            inp.per_head[:, b].copy_(per_head)
+            inp.hole_start[:, b].copy_(hole_start)
+            inp.hole_end[:, b].copy_(hole_end)
+        if len(prev) > len(kvs):  # rows no longer used: the scratch block, no context
+            for t in (inp.tables, inp.per_head, inp.hole_start, inp.hole_end):
+                t[:, len(kvs) : min(n, len(prev))].zero_()
+        inp.batch_key = key
+
+    def _decode_meta(self, kv: SequenceKV) -> tuple[Tensor, ...]:
+        """A sequence's per-layer decode inputs, made once (its tables do not change once it decodes): (L, W) table,
+        (L,) per_head, (L, H) hole_start, (L,) hole_end. A layer with a context reads it, per query head; the
+        others read the full cache."""
+        L, H = len(kv.blocks), self.inputs.hole_start.shape[2]
+        rows = [kv.ctx_blocks[i] if kv.sparse and kv.ctx_blocks[i] else kv.blocks[i] for i in range(L)]
+        table = torch.zeros(L, max(map(len, rows)), dtype=torch.int32)
+        for i, row in enumerate(rows):
+            table[i, : len(row)] = torch.tensor(row, dtype=torch.int32)
+        per_head = torch.tensor([bool(kv.sparse and kv.ctx_blocks[i]) for i in range(L)], dtype=torch.int32)
+        hole_start = torch.zeros(L, H, dtype=torch.int32)
+        hole_end = torch.zeros(L, dtype=torch.int32)
+        if kv.sparse:
+            assert kv.ctx_hole_start is not None
+            hole_start = kv.ctx_hole_start.cpu() * per_head[:, None]
+            hole_end = per_head * kv.ctx_hole_end
+        return tuple(t.to(self.device) for t in (table, per_head, hole_start, hole_end))
 
     def _forward(self, B: int) -> Tensor:
         """The decode step over the first B rows of the static inputs (eager, or being captured)."""
         inp, r, bs = self.inputs, self.r, self.bs
-        entry = inp.entry[:, :B]  # (2, B) int64
-        per_head = inp.per_head[:, :B].long()
+        per_head = inp.per_head[:, :B].long()  # (L, B)
+        entry = torch.where(per_head.bool(), inp.ctx_len[None, :B], inp.pos[None, :B])  # (L, B): where the new K/V go
         j = torch.arange(r, device=self.device)
-        e = entry[..., None] * (1 + per_head[..., None] * (r - 1)) + j * per_head[..., None]  # (2, B, r) slots
+        e = entry[..., None] * (1 + per_head[..., None] * (r - 1)) + j * per_head[..., None]  # (L, B, r) slots
         slots = inp.tables[:, :B].long().gather(2, e // bs) * bs + e % bs
         lens = (entry + 1).to(torch.int32)
         pool = self.pool
 
         def attention(i: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:  # q (B, H, 1, D), k/v (B, H_kv, 1, D)
-            kind = 1 if i in self.lh_layers else 0
             rows_k = k[:, :, 0, None].expand(-1, -1, r, -1).transpose(1, 2).flatten(0, 1)  # (B*r, H_kv, D)
             rows_v = v[:, :, 0, None].expand(-1, -1, r, -1).transpose(1, 2).flatten(0, 1)
-            pool.write(i, slots[kind].flatten(), rows_k, rows_v)
-            out = paged_decode_attention(q[:, :, 0], pool.k[i], pool.v[i], inp.tables[kind, :B], lens[kind],
-                                         inp.per_head[kind, :B], inp.hole_start[kind, :B], inp.hole_end[kind, :B])
+            pool.write(slots[i].flatten(), rows_k, rows_v)
+            out = paged_decode_attention(q[:, :, 0], pool.k, pool.v, inp.tables[i, :B], lens[i],
+                                         inp.per_head[i, :B], inp.hole_start[i, :B], inp.hole_end[i, :B])
             return out[:, :, None]
 
         with torch.no_grad():
@@ -185,8 +199,8 @@ class ModelRunner:
         inp = self.inputs
         inp.batch_key = None
         inp.meta[:, :bucket].zero_()
-        inp.tables[:, :bucket].zero_(), inp.per_head[:, :bucket].zero_()
-        inp.hole_start[:, :bucket].zero_(), inp.hole_end[:, :bucket].zero_()
+        for t in (inp.tables, inp.per_head, inp.hole_start, inp.hole_end):
+            t[:, :bucket].zero_()
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):

@@ -10,8 +10,10 @@ from lighthouse.engine.errors import InvalidRequest
 
 PrefillMode = Literal["sparse", "dense"]
 DecodeMode = Literal["dense", "sparse"]
+KVMode = Literal["full", "compact"]
 PREFILL_MODES: tuple[str, ...] = get_args(PrefillMode)
 DECODE_MODES: tuple[str, ...] = get_args(DecodeMode)
+KV_MODES: tuple[str, ...] = get_args(KVMode)
 
 
 def parse_prefill(value: str, *, param: str = "prefill") -> PrefillMode:
@@ -27,6 +29,12 @@ def parse_decode(value: str, *, param: str = "decode") -> DecodeMode:
     return value  # type: ignore[return-value]
 
 
+def parse_kv_mode(value: str, *, param: str = "kv_mode") -> KVMode:
+    if value not in KV_MODES:
+        raise InvalidRequest(f"{param} must be one of {list(KV_MODES)}, got {value!r}", param=param)
+    return value  # type: ignore[return-value]
+
+
 @dataclass(frozen=True)
 class RequestOptions:
     """How one request is served. None means: the engine's default (EngineConfig)."""
@@ -35,17 +43,30 @@ class RequestOptions:
     decode: DecodeMode | None = None
     dense_tail_tokens: int | None = None
     cache_prompt: bool = True  # reuse the prefix cache and leave this prompt in it
+    # "compact": the Lighthouse layers keep only the prompt's selected context (+ later positions), no full cache;
+    # implies sparse decode. "full": every layer keeps every position.
+    kv_mode: KVMode | None = None
 
     def __post_init__(self) -> None:
         if self.prefill is not None:
             parse_prefill(self.prefill)
         if self.decode is not None:
             parse_decode(self.decode)
+        if self.kv_mode is not None:
+            parse_kv_mode(self.kv_mode)
+            if self.kv_mode == "compact" and self.decode == "dense":
+                raise InvalidRequest("kv_mode 'compact' keeps no full cache in the Lighthouse layers, so it decodes "
+                                     "sparsely: leave decode out or set it to 'sparse' (or use kv_mode 'full')",
+                                     param="kv_mode")
         tail = self.dense_tail_tokens
         if tail is not None and (not isinstance(tail, int) or isinstance(tail, bool) or tail < 0):
             raise InvalidRequest(f"dense_tail_tokens must be an integer >= 0, got {tail!r}", param="dense_tail_tokens")
 
-    def resolved(self, prefill: PrefillMode, decode: DecodeMode, dense_tail_tokens: int) -> "RequestOptions":
-        """These options with every None replaced by the given defaults."""
-        return replace(self, prefill=self.prefill or prefill, decode=self.decode or decode,
+    def resolved(self, prefill: PrefillMode, decode: DecodeMode, dense_tail_tokens: int,
+                 kv_mode: KVMode = "full") -> "RequestOptions":
+        """These options with every None replaced by the given defaults. A request that asks for dense decode gets
+        a full cache whatever the default kv_mode; a compact one decodes sparsely."""
+        kv = self.kv_mode or ("full" if self.decode == "dense" else kv_mode)
+        dec = "sparse" if kv == "compact" else (self.decode or decode)
+        return replace(self, prefill=self.prefill or prefill, decode=dec, kv_mode=kv,
                        dense_tail_tokens=dense_tail_tokens if self.dense_tail_tokens is None else self.dense_tail_tokens)

@@ -50,6 +50,7 @@ class PrefillPlan:
     sparse_decode: bool  # keep the selected sub-sequence for sparse decode
     lighthouse_layers: tuple[int, ...]  # layers that use the op at length `split`
     selected: int  # S per head per Lighthouse layer (0 without sparse decode)
+    compact: bool = False  # (with sparse decode) the Lighthouse layers keep only their context, no full cache
 
     @property
     def sparse_tokens(self) -> int:
@@ -76,7 +77,7 @@ def min_sparse_len(lh: LighthouseConfig) -> int:
 
 
 def plan_prefill(model: LlamaForCausalLM, prompt_len: int, *, prefill: str, decode: str,
-                 dense_tail_tokens: int) -> PrefillPlan:
+                 dense_tail_tokens: int, kv_mode: str = "full") -> PrefillPlan:
     lh = lighthouse_config(model)
     split = 0
     if lh is not None and prompt_len - dense_tail_tokens >= min_sparse_len(lh):
@@ -84,9 +85,12 @@ def plan_prefill(model: LlamaForCausalLM, prompt_len: int, *, prefill: str, deco
     layers = tuple(i for i in range(model.config.num_hidden_layers) if split and model.layer_uses_lighthouse(i, split))
     if not layers:
         split = 0
-    sparse_decode = decode == "sparse" and split > 0
+    # sparse decode attends to what the op selected for the prompt: it needs the sparse prefill (else: dense decode,
+    # as the response's prefill info says)
+    sparse_decode = decode == "sparse" and prefill == "sparse" and split > 0
     selected = selected_entries(split, lh.levels, lh.pooling_factor, lh.topk) if sparse_decode else 0
-    return PrefillPlan(prompt_len, split, prefill == "sparse" and split > 0, sparse_decode, layers, selected)
+    return PrefillPlan(prompt_len, split, prefill == "sparse" and split > 0, sparse_decode, layers, selected,
+                       kv_mode == "compact" and sparse_decode)
 
 
 
@@ -186,8 +190,6 @@ class PrefillTask:
         dev = pool.k.device
         layers = model.model.layers
         H, H_kv, D = c.num_attention_heads, c.num_key_value_heads, c.head_dim
-        table = torch.tensor(kv.blocks, dtype=torch.long)
-        slots = pool.slots(table, s0, N)  # the same in every layer
         m = max(1, round(n / T))  # token chunks of about T (a prompt of 2^k + a short tail stays one chunk)
         size = -(-n // m)
         chunks = [(a, min(a + size, N)) for a in range(s0, N, size)]  # absolute positions
@@ -204,6 +206,7 @@ class PrefillTask:
             last = i == len(layers) - 1
             attn = layer.self_attn
             segments = self._segments(i, last)
+            slots = pool.slots(kv.full_table(i), s0, N)
             # rope after selection: q/k stay un-rotated for the op, rotated in place before dense attention
             unrotated = after_select and any(seg.kind == "op" for seg in segments)
             with torch.no_grad():  # projections, RoPE and the cache write of positions [s0, N)
@@ -228,7 +231,7 @@ class PrefillTask:
                         qb, kb, vb = (buf[:, a - s0 : b - s0].transpose(1, 2) for buf in buffers)
                         q, k = rope_qk(q, k, cos, sin, v.dtype, out=(qb, kb))
                         k_cache, v = k, vb.copy_(v)
-                    pool.write(i, slots[a - s0 : b - s0], k_cache[0].transpose(0, 1), v[0].transpose(0, 1))
+                    pool.write(slots[a - s0 : b - s0], k_cache[0].transpose(0, 1), v[0].transpose(0, 1))
                 if buffers is not None:
                     q, k, v = (buf.transpose(1, 2) for buf in buffers)  # (1, heads, n, D) views
             yield
@@ -244,6 +247,9 @@ class PrefillTask:
                     outs.append((a, b, out))
                     yield
             q = k = v = None  # the buffers stay for the next layer
+            if plan.sparse_decode and i in plan.lighthouse_layers:  # before a compact scratch is reused
+                with torch.no_grad():
+                    append_tail_to_context(pool, kv, i, plan.selected, plan.split, N)
             with torch.no_grad():  # o_proj and the MLP, in token chunks (the last layer: position N - 1 alone)
                 for a, b, out in outs:
                     lo = N - 1 if last else a
@@ -262,7 +268,7 @@ class PrefillTask:
             self.logits = model.lm_head(model.model.norm(h[:, -1:]))[0, -1].float()
         kv.length = N
         if plan.sparse_decode:
-            append_tail_to_context(pool, kv, plan.selected, plan.split, plan.lighthouse_layers)
+            kv.ctx_len = plan.selected + N - plan.split
         yield
 
     def _attention(self, i: int, seg: _Segment, q: Tensor, k: Tensor, v: Tensor) -> Iterator[tuple[int, int, Tensor]]:
@@ -284,14 +290,15 @@ class PrefillTask:
             return
         if pool.k.is_cuda and seg.end - seg.start <= CachedTail.MAX_QUERIES and seg.start > 0:
             key = (seg.start, seg.end)
-            tail = self._tails.get(key) or self._tails.setdefault(key, CachedTail.make(pool, kv.blocks, *key))
+            tail = self._tails.get(key) or self._tails.setdefault(key, CachedTail.make(pool, *key))
+            table = CachedTail.table_of(pool, kv.full_table(i))
             with torch.no_grad():  # never yield inside it: a suspended generator would leave grad mode off
-                out = tail.attention(q[:, :, seg.start - s0 : seg.end - s0], pool.k[i], pool.v[i])
+                out = tail.attention(q[:, :, seg.start - s0 : seg.end - s0], pool.k, pool.v, table)
             yield seg.start, seg.end, out
             return
         keys = None
         if s0:  # a prefix-cache hit: keys [0, s0) are only in the cache
-            keys = pool.read(i, kv.blocks, seg.end)
+            keys = pool.read(kv.full_table(i), seg.end)
         for c0, c1 in query_chunks(seg.start, seg.end, self.max_pairs):
             with torch.no_grad():
                 kc, vc = (keys[0][:, :, :c1], keys[1][:, :, :c1]) if keys else (k[:, :, :c1], v[:, :, :c1])

@@ -46,17 +46,19 @@ class CachedTail:
     paged: bool
     start: int
     n: int
-    table: Tensor | None = None  # (1, blocks) int32 on the device
     _row_args: dict = field(default_factory=dict)  # (chunk, H_kv, r) -> the kernel's per-row tensors: the same in every layer
 
     MAX_QUERIES = 256  # longer tails use dense attention over the read-out cache
     ROWS = 64  # queries x group heads per kernel call
 
     @staticmethod
-    def make(pool: KVPool, blocks: list[int], start: int, n: int) -> "CachedTail":
-        paged = pool.k.is_cuda and n - start <= CachedTail.MAX_QUERIES
-        table = torch.tensor([blocks], dtype=torch.int32, device=pool.k.device) if paged else None
-        return CachedTail(paged, start, n, table)
+    def make(pool: KVPool, start: int, n: int) -> "CachedTail":
+        return CachedTail(pool.k.is_cuda and n - start <= CachedTail.MAX_QUERIES, start, n)
+
+    @staticmethod
+    def table_of(pool: KVPool, blocks: list[int]) -> Tensor:
+        """One layer's table as the kernel takes it: (1, blocks) int32 on the pool's device."""
+        return torch.tensor([blocks], dtype=torch.int32, device=pool.k.device)
 
     def _rows(self, c0: int, n: int, H_kv: int, r: int, dev: torch.device) -> tuple[Tensor, Tensor, Tensor]:
         """(seq_lens = [N], per_head = [0], hole_start (1, H_kv*n*r)) for the queries [c0, c0 + n) of the tail."""
@@ -69,7 +71,8 @@ class CachedTail:
                                    hole)
         return self._row_args[key]
 
-    def attention(self, q: Tensor, k_cache: Tensor, v_cache: Tensor) -> Tensor:  # q (1, H, n - start, D)
+    def attention(self, q: Tensor, k_cache: Tensor, v_cache: Tensor, table: Tensor) -> Tensor:
+        """q (1, H, n - start, D) against one layer's table (`table_of`) in the pool (k_cache, v_cache)."""
         _, H, Nq, D = q.shape
         H_kv = k_cache.shape[2]
         r = H // H_kv
@@ -79,27 +82,26 @@ class CachedTail:
             n = min(step, Nq - c0)
             qc = q[0, :, c0 : c0 + n].reshape(H_kv, r, n, D).transpose(1, 2).reshape(1, H_kv * n * r, D)
             full, per_head, hole = self._rows(c0, n, H_kv, r, q.device)
-            o = paged_decode_attention(qc, k_cache, v_cache, self.table, full, per_head, hole, full)
+            o = paged_decode_attention(qc, k_cache, v_cache, table, full, per_head, hole, full)
             outs.append(o.view(H_kv, n, r, D).transpose(1, 2).reshape(H, n, D))
         return torch.cat(outs, dim=1)[None]
 
 
 def keep_context(pool: KVPool, kv: SequenceKV, i: int, k_sel: Tensor, v_sel: Tensor, real: Tensor) -> None:
-    """Layer i's selected (1, H, S, D) K/V, real entries first per head, at context entries [0, S)."""
+    """Layer i's selected (1, H, S, D) K/V, real entries first per head, at its context entries [0, S)."""
     k_sel, v_sel, n_real = order_context(k_sel, v_sel, real)
     H_kv = pool.shape.num_kv_heads
     S = k_sel.shape[2]
-    pool.write(i, pool.slots(kv.ctx_blocks, 0, S * pool.shape.group), to_slots(k_sel, H_kv), to_slots(v_sel, H_kv))
-    kv.ctx_hole_start, kv.ctx_hole_end, kv.ctx_len = n_real, S, S
+    pool.write(pool.slots(kv.ctx_blocks[i], 0, S * pool.shape.group), to_slots(k_sel, H_kv), to_slots(v_sel, H_kv))
+    assert kv.ctx_hole_start is not None
+    kv.ctx_hole_start[i] = n_real.to(kv.ctx_hole_start.device)
+    kv.ctx_hole_end = S
 
 
-def append_tail_to_context(pool: KVPool, kv: SequenceKV, selected: int, split: int, layers) -> None:
-    """Positions [split, N) join the context at full resolution, as entries of every head of their group."""
-    S, N, r = selected, kv.length, pool.shape.group
-    src = pool.slots(kv.blocks, split, N)
-    dst = pool.slots(kv.ctx_blocks, S * r, (S + N - split) * r)
-    for i in layers:
-        k = pool.k[i].flatten(0, 1).index_select(0, src)
-        v = pool.v[i].flatten(0, 1).index_select(0, src)
-        pool.write(i, dst, repeat_to_slots(k, r), repeat_to_slots(v, r))
-    kv.ctx_len = S + N - split
+def append_tail_to_context(pool: KVPool, kv: SequenceKV, i: int, selected: int, split: int, n: int) -> None:
+    """Layer i's positions [split, n) join its context at full resolution, as entries of every head of their group
+    (read from the layer's full table: in a compact sequence, the scratch, before the next layer reuses it)."""
+    S, r = selected, pool.shape.group
+    k, v = pool.gather(pool.slots(kv.full_table(i), split, n))
+    dst = pool.slots(kv.ctx_blocks[i], S * r, (S + n - split) * r)
+    pool.write(dst, repeat_to_slots(k, r), repeat_to_slots(v, r))

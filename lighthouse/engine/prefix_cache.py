@@ -43,7 +43,7 @@ from lighthouse.engine.prefill import PrefillPlan
 class CacheEntry:
     tokens: Tensor  # (N,) int64 on the CPU
     split: int  # 0: dense prefill (every prefix exact); > 0: sparse head [0, split), reusable only whole
-    blocks: list[int]  # the blocks holding positions [0, N), one reference each
+    blocks: list[list[int]]  # per layer: the blocks holding positions [0, N), one reference each
     last_used: int = 0
 
     @property
@@ -61,7 +61,7 @@ class CacheHit:
         """Device blocks a host hit takes beyond those the request then shares (its partly used last block)."""
         if self.host is None:
             return 0
-        return self.host.k.shape[1] - self.tokens // block_size
+        return self.host.num_blocks - len(self.host.layout) * (self.tokens // block_size)
 
 
 def cache_split(plan: PrefillPlan) -> int:
@@ -117,9 +117,8 @@ class PrefixCache:
         ordinary device hit of the same length."""
         assert hit.host is not None and self.host is not None
         h = hit.host
-        blocks = self.kv.allocator.allocate(h.k.shape[1])
-        self.host.restore(h, blocks, hit.tokens)
-        entry = CacheEntry(h.tokens, h.split, blocks, next(self._clock))
+        tables = self.host.restore(h, self.kv.allocator.allocate(h.num_blocks), hit.tokens)
+        entry = CacheEntry(h.tokens, h.split, tables, next(self._clock))
         self.entries.append(entry)
         return CacheHit(entry, hit.tokens)
 
@@ -128,8 +127,9 @@ class PrefixCache:
         """Blocks that only entries hold (what evicting every entry would free)."""
         held: dict[int, int] = {}
         for e in self.entries:
-            for b in e.blocks:
-                held[b] = held.get(b, 0) + 1
+            for t in e.blocks:
+                for b in t:
+                    held[b] = held.get(b, 0) + 1
         refs = self.kv.allocator.refs
         return sum(1 for b, n in held.items() if refs[b] == n)
 
@@ -152,14 +152,14 @@ class PrefixCache:
 
     def _drop(self, e: CacheEntry) -> None:
         self.entries.remove(e)
-        self.kv.allocator.release(e.blocks)
+        self.kv.allocator.release([b for t in e.blocks for b in t])
         e.blocks = []
 
     # ---- insertion ----------------------------------------------------------------------------------------------
     def insert(self, prompt: Tensor, split: int, kv: SequenceKV) -> CacheEntry | None:
         """Keep the blocks of positions [0, len(prompt)) of a finished sequence (by reference: no copy)."""
         n = int(prompt.shape[0])
-        if n < self.min_tokens or kv.length < n:
+        if n < self.min_tokens or kv.length < n or kv.compact:  # a compact sequence's Lighthouse layers hold no cache
             return None
         same = [(common_prefix(prompt, e.tokens), e) for e in self.entries if e.split == split]
         for m, e in same:
@@ -169,7 +169,8 @@ class PrefixCache:
         for m, e in same:
             if m == e.length:  # this prompt extends an entry: it replaces it
                 self._drop(e)
-        blocks = self.kv.allocator.share(kv.blocks[: self.kv.shape.blocks_for(n)])
+        nb = self.kv.shape.blocks_for(n)
+        blocks = [self.kv.allocator.share(t[:nb]) for t in kv.blocks]
         entry = CacheEntry(prompt.clone(), split, blocks, next(self._clock))
         self.entries.append(entry)
         return entry

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import torch
 
 from lighthouse.engine.detokenizer import IncrementalText
-from lighthouse.engine.kv_cache import SequenceKV
+from lighthouse.engine.kv_cache import Reservation, SequenceKV
 from lighthouse.engine.options import RequestOptions
 from lighthouse.engine.prefix_cache import CacheHit
 from lighthouse.engine.prefill import PrefillPlan, PrefillTask
@@ -84,6 +84,7 @@ class Request:
     plan: PrefillPlan
     capacity: int  # cache positions per sequence
     ctx_entries: int  # sparse-decode context entries per sequence (0: dense decode)
+    reservation: Reservation  # what each sequence holds in the KV cache (kv_cache.py)
     arrival: float = field(default_factory=time.monotonic)
     prompt_mask: torch.Tensor | None = None
     aborted: threading.Event = field(default_factory=threading.Event)
