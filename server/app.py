@@ -29,6 +29,7 @@ def engine_config(settings: Settings):
     from lighthouse.engine.config import EngineConfig
 
     return EngineConfig(prefill=settings.prefill, decode=settings.decode, dense_tail_tokens=settings.dense_tail_tokens,
+                        kv_mode=settings.kv_mode,
                         max_model_len=settings.max_model_len, max_num_seqs=settings.max_num_seqs,
                         kv_cache_bytes=int(settings.kv_cache_gb * 2**30) if settings.kv_cache_gb else None,
                         enable_prefix_caching=settings.enable_prefix_caching, block_size=settings.block_size,

@@ -29,6 +29,8 @@ _FLAGS = [
     ("--api-key", str, "require this API key (Authorization: Bearer KEY)"),
     ("--prefill", str, "default prefill path: sparse | dense"),
     ("--decode", str, "default decode path: dense | sparse"),
+    ("--kv-mode", str, "default KV layout: full | compact (the Lighthouse layers keep only the selected context, "
+                       "~14 GB for a 512K document instead of ~70; its requests decode sparsely)"),
     ("--dense-tail-tokens", int, "prompt tokens prefilled densely at the end (default 64)"),
     ("--max-model-len", int, "cap on prompt + completion tokens"),
     ("--max-num-seqs", int, "sequences decoded together (default 64)"),

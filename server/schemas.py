@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, WithJsonSchema
 
-from lighthouse.engine.options import DecodeMode, PrefillMode, RequestOptions
+from lighthouse.engine.options import DecodeMode, KVMode, PrefillMode, RequestOptions
 from lighthouse.engine.sampling import MAX_TOP_LOGPROBS, SamplingParams
 
 
@@ -85,6 +85,7 @@ class _Common(BaseModel):
     ignore_eos: bool = False
     prefill: PrefillMode | None = None
     decode: DecodeMode | None = None
+    kv_mode: KVMode | None = None  # "compact": no full cache in the Lighthouse layers (implies sparse decode)
     dense_tail_tokens: Int(ge=0) | None = None  # as RequestOptions: no true, no 1.5
     return_progress: bool = False  # stream prefill progress chunks (llama.cpp's name)
     cache_prompt: bool = True  # reuse the prefix cache and leave this prompt in it (llama.cpp's name)
@@ -109,7 +110,7 @@ class _Common(BaseModel):
         """How the engine serves this body (None fields: the server's defaults). The schema's types are
         RequestOptions' own, so a body that validated here always makes valid options."""
         return RequestOptions(prefill=self.prefill, decode=self.decode, dense_tail_tokens=self.dense_tail_tokens,
-                              cache_prompt=self.cache_prompt)
+                              cache_prompt=self.cache_prompt, kv_mode=self.kv_mode)
 
 
 MaxTokens = Int(ge=1)

@@ -14,7 +14,7 @@ from pydantic import BeforeValidator, Field, SecretStr
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from lighthouse.engine.config import DEFAULT_DENSE_TAIL_TOKENS
-from lighthouse.engine.options import DecodeMode, PrefillMode
+from lighthouse.engine.options import DecodeMode, KVMode, PrefillMode
 
 
 def _int_literal(value: Any) -> Any:
@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(None, description="require 'Authorization: Bearer KEY' on /v1/* and /tokenize")
     prefill: PrefillMode = "sparse"
     decode: DecodeMode = "dense"
+    kv_mode: KVMode = Field("full", description="default KV layout: full, or compact (the Lighthouse layers keep only "
+                                                "the selected context; implies sparse decode)")
     dense_tail_tokens: int = Field(DEFAULT_DENSE_TAIL_TOKENS, ge=0)
     max_model_len: int | None = Field(None, ge=2, description="cap on prompt + completion tokens")
     max_num_seqs: int = Field(64, ge=1, description="sequences decoded together")

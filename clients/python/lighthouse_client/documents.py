@@ -195,6 +195,7 @@ class Documents:
         prefill: str | None = None,
         decode: str | None = None,
         dense_tail_tokens: int | None = None,
+        kv_mode: str | None = None,
         extra_body: Mapping[str, Any] | None = None,
         timeout: Timeout = NOT_GIVEN,
     ) -> DocumentAnswer | DocumentStream:
@@ -206,7 +207,7 @@ class Documents:
         """
         kwargs = _request_kwargs(document, question, system, stream, progress, extra_body, model=model,
                                  max_tokens=max_tokens, temperature=temperature, prefill=prefill, decode=decode,
-                                 dense_tail_tokens=dense_tail_tokens, timeout=timeout)  # fmt: skip
+                                 dense_tail_tokens=dense_tail_tokens, kv_mode=kv_mode, timeout=timeout)  # fmt: skip
         result = self._client.chat.completions.create(**kwargs)
         return DocumentStream(result) if stream else _answer(result)
 
@@ -229,12 +230,13 @@ class AsyncDocuments:
         prefill: str | None = None,
         decode: str | None = None,
         dense_tail_tokens: int | None = None,
+        kv_mode: str | None = None,
         extra_body: Mapping[str, Any] | None = None,
         timeout: Timeout = NOT_GIVEN,
     ) -> DocumentAnswer | AsyncDocumentStream:
         """As `Documents.ask`, awaitable; with `stream=True` an `AsyncDocumentStream`."""
         kwargs = _request_kwargs(document, question, system, stream, progress, extra_body, model=model,
                                  max_tokens=max_tokens, temperature=temperature, prefill=prefill, decode=decode,
-                                 dense_tail_tokens=dense_tail_tokens, timeout=timeout)  # fmt: skip
+                                 dense_tail_tokens=dense_tail_tokens, kv_mode=kv_mode, timeout=timeout)  # fmt: skip
         result = await self._client.chat.completions.create(**kwargs)
         return AsyncDocumentStream(result) if stream else _answer(result)

@@ -53,13 +53,15 @@ class Completions(_Resource):
         prefill: str | None = None,
         decode: str | None = None,
         dense_tail_tokens: int | None = None,
+        kv_mode: str | None = None,
         extra_body: Mapping[str, Any] | None = None,
         extra_headers: Mapping[str, str] | None = None,
         timeout: Timeout = NOT_GIVEN,
     ) -> Any:
         """POST /v1/completions. Returns `Completion`, or with `stream=True` a stream of `Completion` chunks.
 
-        `prefill` ("sparse"|"dense"), `decode` ("dense"|"sparse") and `dense_tail_tokens` are this server's
+        `prefill` ("sparse"|"dense"), `decode` ("dense"|"sparse"), `dense_tail_tokens` and `kv_mode`
+        ("full"|"compact": keep only the selected context in the Lighthouse layers) are this server's
         per-request extensions; `include_usage=True` asks for a last streamed chunk carrying `usage`.
         With no `model`, the client's `model`, else the server's first model, is used.
         """
@@ -70,7 +72,7 @@ class Completions(_Resource):
                 presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
                 repetition_penalty=repetition_penalty, stream=True if stream else None,
                 stream_options=stream_options(stream, include_usage), user=user, prefill=prefill,
-                decode=decode, dense_tail_tokens=dense_tail_tokens,
+                decode=decode, dense_tail_tokens=dense_tail_tokens, kv_mode=kv_mode,
             ),
             extra_body,
         )  # fmt: skip
@@ -105,6 +107,7 @@ class ChatCompletions(_Resource):
         prefill: str | None = None,
         decode: str | None = None,
         dense_tail_tokens: int | None = None,
+        kv_mode: str | None = None,
         extra_body: Mapping[str, Any] | None = None,
         extra_headers: Mapping[str, str] | None = None,
         timeout: Timeout = NOT_GIVEN,
@@ -118,7 +121,7 @@ class ChatCompletions(_Resource):
                 logprobs=logprobs, top_logprobs=top_logprobs, presence_penalty=presence_penalty,
                 frequency_penalty=frequency_penalty, repetition_penalty=repetition_penalty,
                 stream=True if stream else None, stream_options=stream_options(stream, include_usage),
-                user=user, prefill=prefill, decode=decode, dense_tail_tokens=dense_tail_tokens,
+                user=user, prefill=prefill, decode=decode, dense_tail_tokens=dense_tail_tokens, kv_mode=kv_mode,
             ),
             extra_body,
         )  # fmt: skip
