@@ -101,12 +101,13 @@ def test_resuming_from_a_dcp_checkpoint_with_two_ranks_continues_identically(run
     _assert_same_weights(two, cut, atol=1e-6)
 
 
-def test_a_checkpoint_written_by_two_ranks_resumes_resharded_in_one_process(runs, tmp_path):
+@pytest.mark.parametrize("flags", [["--fsdp"], []], ids=["fsdp_one_rank", "plain"])
+def test_a_checkpoint_written_by_two_ranks_resumes_resharded_in_one_process(runs, tmp_path, flags):
     one, two = runs
     cut = tmp_path / "cut1"
     shutil.copytree(two, cut)
     shutil.rmtree(cut / "checkpoints" / "step_000004")
-    trainer = Trainer(_cfg("--fsdp", "--save-every", "2", "--out", str(cut)))  # a one-rank group, no torchrun
+    trainer = Trainer(_cfg(*flags, "--save-every", "2", "--out", str(cut)))  # --fsdp: a one-rank group, no torchrun
     assert trainer.step == 2
     trainer.train()
     a, b = _losses(one), _losses(cut)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -94,7 +95,9 @@ def load_dcp_state(model, optimizer, ckpt: Path) -> dict:
     """Collective: load the shards this rank needs into `model`/`optimizer` (sharded or not); returns the state."""
     model_sd, optim_sd = get_state_dict(model, optimizer)
     state = {"model": model_sd, "optim": optim_sd}
-    dcp.load(state, checkpoint_id=str(ckpt))
+    with warnings.catch_warnings():  # one process without a group is a supported way to load: say nothing
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(state, checkpoint_id=str(ckpt))
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     return json.loads((ckpt / "trainer_state.json").read_text())
 
