@@ -35,7 +35,7 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
 from lighthouse.model.llama import LlamaForCausalLM
-from lighthouse.train.state import _fsync, _fsync_dir_files, _prune, checkpoints_dir
+from lighthouse.train.state import _delete, _fsync, _fsync_dir_files, _prune, checkpoints_dir
 
 DCP_FORMAT = "dcp"
 
@@ -83,7 +83,7 @@ def save_dcp_state(model, optimizer, state: dict, out_dir: str | os.PathLike, ke
         (tmp / "trainer_state.json").write_text(json.dumps({**state, "format": DCP_FORMAT}, indent=2) + "\n")
         _fsync_dir_files(tmp)
         if final.exists():
-            shutil.rmtree(final)
+            _delete(final)  # renamed out of the way first: a kill never leaves a step_ directory half deleted
         os.replace(tmp, final)
         _fsync(root)
         _prune(root, keep_last)
