@@ -2,6 +2,7 @@
 
     lighthouse train --preset tiny --max-steps 30 --out runs/tiny
     torchrun --nproc-per-node 8 -m lighthouse.train --preset h200 --out runs/h200
+    torchrun --nproc-per-node 4 -m lighthouse.train --preset h200 --fsdp --activation-checkpointing --out runs/h200
     lighthouse train --init-from my-llama/ --data my_docs/ --out runs/my-llama-lighthouse
 
 --init-from adapts an existing HF Llama checkpoint (its weights and tokenizer) instead of training a preset's
@@ -26,7 +27,7 @@ _OVERRIDES = {
     "log_every": "log_every", "save_every": "save_every", "keep_last": "keep_last", "model": "model_preset",
     "synthetic_fraction": "synthetic_fraction", "answer_loss_weight": "answer_loss_weight", "chat_fraction": "chat_fraction", "save_dtype": "save_dtype", "stop_at_step": "stop_at_step",
     "curriculum_start_len": "curriculum_start_len", "curriculum_fraction": "curriculum_fraction",
-    "data_workers": "data_workers",
+    "data_workers": "data_workers", "parallel": "parallel",
     "levels": "lighthouse_levels", "pooling_factor": "lighthouse_pooling_factor", "topk": "lighthouse_topk",
     "scorer": "lighthouse_scorer", "full_attn_layers": "lighthouse_full_attn_layers",
     "min_seq_len": "lighthouse_min_seq_len",
@@ -99,7 +100,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=["auto", "fp32", "bf16"], help="auto: bf16 autocast on GPU, fp32 on CPU")
     p.add_argument("--save-dtype", choices=["fp32", "bf16"], help="dtype of the final model.safetensors")
     p.add_argument("--data-workers", type=int, help="processes that build batches ahead (default: 0 on CPU, up to 3 on GPU)")
-    p.add_argument("--activation-checkpointing", action="store_true", default=None)
+    par = p.add_mutually_exclusive_group()
+    par.add_argument("--parallel", choices=["ddp", "fsdp"],
+                     help="with several processes (torchrun): ddp replicates the model on every rank (default); fsdp "
+                          "shards parameters, gradients and AdamW state (FSDP2, one unit per layer; bf16 compute on "
+                          "GPU; sharded DCP checkpoints under OUT/checkpoints, the final model exported as usual)")
+    par.add_argument("--fsdp", action="store_true", default=None, help="the same as --parallel fsdp")
+    p.add_argument("--activation-checkpointing", action="store_true", default=None,
+                   help="recompute each layer's activations in the backward pass (less memory, ~1/3 more compute)")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     p.add_argument("--eval-every", type=int)
     p.add_argument("--eval-samples", type=int)
@@ -153,6 +161,8 @@ def config_from_args(args: argparse.Namespace):
         cfg.curriculum = True
     if args.no_curriculum:
         cfg.curriculum = False
+    if getattr(args, "fsdp", None):
+        cfg.parallel = "fsdp"
     if args.activation_checkpointing:
         cfg.activation_checkpointing = True
     if args.compile:

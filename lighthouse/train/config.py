@@ -78,6 +78,9 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     dtype: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16
     data_workers: int | None = None  # processes building batches ahead (None: 0 on CPU, up to 3 on GPU)
+    # ddp: every rank holds the whole model; fsdp: FSDP2 shards parameters, gradients and optimizer state (one unit
+    # per decoder layer + the root; bf16 compute through its mixed-precision policy; DCP training checkpoints)
+    parallel: str = "ddp"
     activation_checkpointing: bool = False
     compile: bool = False
     # evaluation, logging, checkpoints
@@ -106,6 +109,8 @@ class TrainConfig:
                 f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size ({self.micro_batch_size}) "
                 f"x world size ({world_size})"
             )
+        if self.parallel not in ("ddp", "fsdp"):
+            raise ConfigError(f"parallel must be ddp or fsdp (got {self.parallel!r})")
         if self.decay not in ("cosine", "linear", "constant"):
             raise ConfigError(f"decay must be cosine, linear or constant (got {self.decay!r})")
         if not 0.0 <= self.dense_tail_fraction <= 1.0:

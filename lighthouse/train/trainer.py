@@ -1,8 +1,10 @@
 """The offline trainer: a Lighthouse stage, then a dense tail on the same optimizer state (the paper's recipe).
 
-One process, or several under torchrun (DDP; NCCL on GPU, gloo on CPU). A step takes `batch_size` sequences
-in total: each rank takes its share of the step's samples and accumulates over micro-batches; the loss is
-the mean over every target token of the global batch, so 1 and W processes compute the same gradient.
+One process, or several under torchrun (NCCL on GPU, gloo on CPU), with DDP (`parallel="ddp"`, the default:
+every rank holds the whole model) or FSDP2 (`parallel="fsdp"`: parameters, gradients and optimizer state sharded
+over the ranks, sharded DCP checkpoints; lighthouse.train.fsdp). A step takes `batch_size` sequences in total:
+each rank takes its share of the step's samples and accumulates over micro-batches; the loss is the mean over
+every target token of the global batch, so 1 and W processes compute the same gradient.
 
     trainer = Trainer(train_preset("tiny"))
     summary = trainer.train()   # writes out_dir/{config.json, model.safetensors, ..., metrics.jsonl, loss.png}
@@ -30,7 +32,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from lighthouse.checkpoint import save_checkpoint
 from lighthouse.model.llama import IGNORE_INDEX, LlamaForCausalLM
 from lighthouse.model.presets import model_preset
-from lighthouse.train.config import TrainConfig
+from lighthouse.train import fsdp
+from lighthouse.train.config import ConfigError, TrainConfig
 from lighthouse.train.data import build_streams, curriculum_samples, default_num_workers, step_loader
 from lighthouse.train.init_from import (describe, lighthouse_overrides, load_init_model, resolve_lighthouse,
                                         source_save_dtype)
@@ -47,6 +50,7 @@ class Trainer:
         self.rank, self.world = _init_distributed(cfg)
         cfg.validate(self.world)
         self.device = _pick_device(cfg, self.rank)
+        self.sharded = cfg.parallel == "fsdp"  # FSDP2 (lighthouse.train.fsdp)
         self.is_main = self.rank == 0
         self.out = Path(cfg.out_dir)
         torch.manual_seed(cfg.seed)
@@ -65,9 +69,13 @@ class Trainer:
         model.config.max_position_embeddings = max(model.config.max_position_embeddings, cfg.seq_len)
         self.model = model.to(self.device)
         self.model.gradient_checkpointing = cfg.activation_checkpointing
+        bf16 = _use_bf16(cfg, self.device)
+        if self.sharded:  # before the optimizer: it must hold the sharded parameters
+            fsdp.shard_model(self.model, self.device, bf16=bf16)
         self.optimizer = _adamw(self.model, cfg)
         self.train_data, self.eval_data = build_streams(cfg, self.tokenizer)
-        self.autocast = lambda: _autocast(cfg, self.device)  # a fresh context per use
+        # bf16 by autocast (DDP, one process) or by FSDP's mixed-precision policy: a fresh context per use
+        self.autocast = lambda: _autocast(self.device, bf16 and not self.sharded)
         self.metrics = MetricsLog(self.out / "metrics.jsonl", enabled=self.is_main)
         self.step, self.tokens_seen = 0, 0
         self.max_steps, self.switch_step = cfg.max_steps, cfg.max_steps - cfg.tail_steps()
@@ -77,7 +85,7 @@ class Trainer:
         self._batches, self._batches_step = None, -1  # step loader and the step it yields next
         if cfg.compile:
             self.model.compile()
-        self.ddp = DDP(self.model) if self.world > 1 else None
+        self.ddp = DDP(self.model) if self.world > 1 and not self.sharded else None
 
     # ------------------------------------------------------------------ setup
     def _maybe_resume(self) -> None:
@@ -96,7 +104,13 @@ class Trainer:
                     self._log(f"starting over: removed the previous run's {stale}")
                 (self.out / "train_config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2) + "\n")
             return
-        state = load_training_state(self.model, self.optimizer, ckpt)
+        if fsdp.is_dcp_checkpoint(ckpt):  # sharded: loads into any number of ranks, sharded or not
+            state = fsdp.load_dcp_state(self.model, self.optimizer, ckpt)
+        elif self.sharded:
+            raise ConfigError(f"{ckpt} was written by the DDP path (safetensors); resume it without --parallel fsdp, "
+                              "or start over with --no-resume")
+        else:
+            state = load_training_state(self.model, self.optimizer, ckpt)
         self.step, self.tokens_seen = state["step"], state["tokens_seen"]
         self.max_steps, self.switch_step = state["max_steps"], state["switch_step"]
         self.schedule_fixed = state.get("schedule_fixed", True)
@@ -180,11 +194,12 @@ class Trainer:
                 loss = (ce * w.to(self.device)).sum() * (self.world / w_total)
             loss.backward()
             loss_sum += ce.detach().sum()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip) if cfg.grad_clip else _grad_norm(self.model)
+        # max_norm inf: the norm without clipping (over sharded gradients too)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip or float("inf"))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         mean_loss = self._all_reduce(loss_sum).item() / total
-        return mean_loss, float(grad_norm), int(total)
+        return mean_loss, fsdp.full_value(grad_norm), int(total)
 
     def _step_batches(self, step: int) -> list[dict]:
         """This rank's micro-batches for `step`, from a loader that builds the following steps ahead."""
@@ -268,25 +283,28 @@ class Trainer:
         return rec
 
     def save_state(self) -> None:
-        if self.is_main:
-            state = {"step": self.step, "tokens_seen": self.tokens_seen, "max_steps": self.max_steps,
-                     "switch_step": self.switch_step, "schedule_fixed": self.schedule_fixed, "phase": self.phase(self.step)}
+        state = {"step": self.step, "tokens_seen": self.tokens_seen, "max_steps": self.max_steps,
+                 "switch_step": self.switch_step, "schedule_fixed": self.schedule_fixed, "phase": self.phase(self.step)}
+        if self.sharded:  # every rank writes its shards
+            fsdp.save_dcp_state(self.model, self.optimizer, state, self.out, self.cfg.keep_last)
+        elif self.is_main:
             save_training_state(self.model, self.optimizer, state, self.out, self.cfg.keep_last, self.tokenizer)
         self._barrier()
 
     def finish(self) -> None:
         """The final checkpoint (out_dir itself is a checkpoint directory), the state to resume, the PNG."""
         self.save_state()
+        model = fsdp.gather_full_model(self.model) if self.sharded else self.model  # collective; None off rank 0
         if self.is_main:
             dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[self.cfg.save_dtype]
-            save_checkpoint(self.model, self.tokenizer, self.out, dtype=dtype)
+            save_checkpoint(model, self.tokenizer, self.out, dtype=dtype)
             if self.source_generation_config is not None:  # the source's stop ids and sampling defaults stay
                 _write_json(self.out / "generation_config.json", self.source_generation_config)
             title = (f"lighthouse train --init-from {Path(self.cfg.init_from).name}" if self.cfg.init_from
                      else f"lighthouse train --preset {self.cfg.model_preset}")
             plot_loss(self.metrics.path, self.out / "loss.png", title=title)
         self._barrier()
-        if self.world > 1 and dist.is_initialized():
+        if (self.world > 1 or self.sharded) and dist.is_initialized():
             dist.destroy_process_group()
 
     # ------------------------------------------------------------------ distributed helpers
@@ -354,17 +372,16 @@ def _adamw(model: LlamaForCausalLM, cfg: TrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
 
 
-def _grad_norm(model) -> torch.Tensor:
-    return torch.norm(torch.stack([p.grad.norm() for p in model.parameters() if p.grad is not None]))
-
-
 def _init_distributed(cfg: TrainConfig) -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    if world <= 1 and cfg.parallel != "fsdp":
         return 0, 1
     if not dist.is_initialized():
         backend = "nccl" if (cfg.device != "cpu" and torch.cuda.is_available()) else "gloo"
-        dist.init_process_group(backend=backend)
+        if "MASTER_ADDR" in os.environ:  # torchrun (or a launcher that sets the same variables)
+            dist.init_process_group(backend=backend)
+        else:  # FSDP in one plain process: a one-rank group, no rendezvous
+            dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1)
     return dist.get_rank(), dist.get_world_size()
 
 
@@ -379,11 +396,12 @@ def _pick_device(cfg: TrainConfig, rank: int) -> torch.device:
     return torch.device(want)
 
 
-def _autocast(cfg: TrainConfig, device: torch.device):
-    use_bf16 = cfg.dtype == "bf16" or (cfg.dtype == "auto" and device.type == "cuda")
-    if not use_bf16:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
+def _use_bf16(cfg: TrainConfig, device: torch.device) -> bool:
+    return cfg.dtype == "bf16" or (cfg.dtype == "auto" and device.type == "cuda")
+
+
+def _autocast(device: torch.device, enabled: bool):
+    return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
 
 
 def _sync(device: torch.device) -> None:
