@@ -93,13 +93,17 @@ def keep_context(pool: KVPool, kv: SequenceKV, i: int, k_sel: Tensor, v_sel: Ten
     kv.ctx_hole_start, kv.ctx_hole_end, kv.ctx_len = n_real, S, S
 
 
-def append_tail_to_context(pool: KVPool, kv: SequenceKV, selected: int, split: int, layers) -> None:
-    """Positions [split, N) join the context at full resolution, as entries of every head of their group."""
+def append_tail_to_context(pool: KVPool, kv: SequenceKV, selected: int, split: int, layers,
+                           keys: dict[int, Tensor] | None = None) -> None:
+    """Positions [split, N) join the context at full resolution, as entries of every head of their group.
+    keys: layer -> (N - split, H_kv, D) K rows to use instead of the cache's (rotated with other frequencies)."""
     S, N, r = selected, kv.length, pool.shape.group
     src = pool.slots(kv.blocks, split, N)
     dst = pool.slots(kv.ctx_blocks, S * r, (S + N - split) * r)
     for i in layers:
-        k = pool.k[i].flatten(0, 1).index_select(0, src)
+        k = keys.get(i) if keys else None
+        if k is None:
+            k = pool.k[i].flatten(0, 1).index_select(0, src)
         v = pool.v[i].flatten(0, 1).index_select(0, src)
         pool.write(i, dst, repeat_to_slots(k, r), repeat_to_slots(v, r))
     kv.ctx_len = S + N - split
