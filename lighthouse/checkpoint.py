@@ -190,6 +190,7 @@ def load_checkpoint(
         model = LlamaForCausalLM(config)
     model = model.to_empty(device=device)
     model.inv_freq = _fresh_inv_freq(config).to(device)
+    model.lighthouse_inv_freq = _fresh_inv_freq(config, lighthouse=True).to(device)
     load_weights(model, ckpt, dtype=dtype)
     model.to(dtype=dtype).eval()
     tok = None
@@ -199,10 +200,11 @@ def load_checkpoint(
     return model, tok
 
 
-def _fresh_inv_freq(config: ModelConfig) -> torch.Tensor:
-    from lighthouse.model.rope import rope_inv_freq
+def _fresh_inv_freq(config: ModelConfig, *, lighthouse: bool = False) -> torch.Tensor:
+    """The model's RoPE buffers (not stored): inv_freq, or lighthouse_inv_freq with lighthouse=True."""
+    from lighthouse.model.rope import lighthouse_inv_freq, rope_inv_freq
 
-    return rope_inv_freq(config)
+    return lighthouse_inv_freq(config) if lighthouse else rope_inv_freq(config)
 
 
 def _refuse_pickle(ckpt: Path) -> None:

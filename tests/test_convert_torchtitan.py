@@ -4,7 +4,10 @@ The tests write a DCP folder from random weights with torchtitan's names (plus o
 and train-state entries that must be skipped), and compare the converted model with a reference forward written
 here from torchtitan llama3's formulas: interleaved (complex) RoPE with the llama3 scaling, RMSNorm, SwiGLU, GQA
 causal attention, fp32. The Lighthouse layers of the sparse reference call our op on the interleaved-RoPE q/k:
-the conversion permutes q/k rows, which must leave every score, selection and output unchanged.
+the conversion permutes q/k rows, which must leave every score, selection and output unchanged. For runs of the
+official RoPE-after-selection change the reference's Lighthouse layers are written here from that change's
+description (selection on un-rotated q/k, entries rotated as interleaved pairs with rope_theta's unscaled
+frequencies at the last position their window covers).
 """
 
 from __future__ import annotations
@@ -92,7 +95,7 @@ def _write_dcp(path: Path, weights: dict[str, torch.Tensor], *, prefixed: bool =
 
 
 def _freqs_cis(n: int, theta: float = 10000.0, scaled: bool = True) -> torch.Tensor:
-    freqs = 1.0 / (theta ** (torch.arange(0, HEAD_DIM, 2)[: HEAD_DIM // 2].float() / HEAD_DIM))
+    freqs = _unscaled_freqs(theta)
     if scaled:  # llama3: long wavelengths slowed by `factor`, short ones kept, a linear blend between
         wavelen = 2 * math.pi / freqs
         lo_wl, hi_wl = SCALING["original"] / SCALING["low"], SCALING["original"] / SCALING["high"]
@@ -102,6 +105,40 @@ def _freqs_cis(n: int, theta: float = 10000.0, scaled: bool = True) -> torch.Ten
                             torch.where(wavelen < hi_wl, freqs, blended))
     angles = torch.outer(torch.arange(n).float(), freqs)
     return torch.polar(torch.ones_like(angles), angles)  # (n, head_dim/2) complex
+
+
+def _unscaled_freqs(theta: float = 10000.0) -> torch.Tensor:
+    return 1.0 / (theta ** (torch.arange(0, HEAD_DIM, 2)[: HEAD_DIM // 2].float() / HEAD_DIM))
+
+
+def _after_select_interleaved(q, k, v, levels: int, p: int, topk: int, freqs: torch.Tensor) -> torch.Tensor:
+    """The RoPE-after-selection change's Lighthouse layer in torchtitan's layout: q, k, v (B, H, N, D) un-rotated,
+    K/V repeated per query head. The published selection runs on them; each selected entry (its window's mean) has
+    q and k rotated as interleaved pairs at the last position its window covers, with `freqs`; causal attention in
+    the selection's order; an entry's output is added to the c = p^level positions from that last one on."""
+    from lighthouse.ops import lighthouse_select
+
+    B, H, N, D = q.shape
+    idx = lighthouse_select(q, k, levels=levels, pooling_factor=p, topk=topk)  # (B, H, S), causal order
+    sizes = [N // p**lv for lv in range(levels)]
+    starts = torch.tensor([sum(sizes[:lv]) for lv in range(levels)])
+    pyramid = [torch.cat([x.reshape(B, H, sizes[lv], p**lv, D).mean(3) for lv in range(levels)], dim=2)
+               for x in (q, k, v)]
+    qs, ks, vs = (x.gather(2, idx[..., None].expand(-1, -1, -1, D)) for x in pyramid)
+    level = sum((idx >= starts[lv]).long() for lv in range(1, levels))
+    c = p**level
+    last = (idx - starts[level] + 1) * c - 1  # (B, H, S)
+    angles = last[..., None].float() * freqs
+    cis = torch.polar(torch.ones_like(angles), angles)
+    qs, ks = (torch.view_as_real(torch.view_as_complex(x.reshape(B, H, -1, D // 2, 2)) * cis).flatten(3)
+              for x in (qs, ks))
+    o = _causal(qs, ks, vs)
+    out = torch.zeros(B, H, N, D)
+    for j in range(p ** (levels - 1)):  # fan-out: positions last .. last + c - 1, below N
+        t = last + j
+        keep = ((j < c) & (t < N))[..., None]
+        out.scatter_add_(2, t.clamp(max=N - 1)[..., None].expand(-1, -1, -1, D), o * keep)
+    return out
 
 
 def _rope_interleaved(x: torch.Tensor, cis: torch.Tensor) -> torch.Tensor:
@@ -121,9 +158,10 @@ def _causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return scores.softmax(-1) @ v
 
 
-def _reference_logits(w, ids, *, lighthouse=None, scaled=True, scorer="norm") -> torch.Tensor:
+def _reference_logits(w, ids, *, lighthouse=None, scaled=True, scorer="norm", after_select=False) -> torch.Tensor:
     """torchtitan llama3 forward in fp32; `lighthouse` = (levels, pooling, topk, dense layers) runs our op in the
-    other layers on torchtitan's interleaved-RoPE q/k (with K/V repeated per query head)."""
+    other layers on torchtitan's interleaved-RoPE q/k (with K/V repeated per query head); with after_select those
+    layers run `_after_select_interleaved` on the un-rotated q/k with the unscaled frequencies instead."""
     from lighthouse.ops import lighthouse_attention_ref
 
     w = {k: v.float() for k, v in w.items()}
@@ -133,12 +171,15 @@ def _reference_logits(w, ids, *, lighthouse=None, scaled=True, scorer="norm") ->
     for i in range(N_LAYERS):
         p = f"layers.{i}."
         x = _rmsnorm(h, w[p + "attention_norm.weight"])
-        q = _rope_interleaved((x @ w[p + "attention.wq.weight"].T).view(B, N, N_HEADS, HEAD_DIM), cis)
-        k = _rope_interleaved((x @ w[p + "attention.wk.weight"].T).view(B, N, N_KV, HEAD_DIM), cis)
+        q_raw = (x @ w[p + "attention.wq.weight"].T).view(B, N, N_HEADS, HEAD_DIM)
+        k_raw = (x @ w[p + "attention.wk.weight"].T).view(B, N, N_KV, HEAD_DIM)
+        q, k = _rope_interleaved(q_raw, cis), _rope_interleaved(k_raw, cis)
         v = (x @ w[p + "attention.wv.weight"].T).view(B, N, N_KV, HEAD_DIM)
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
-        k, v = (t.repeat_interleave(N_HEADS // N_KV, dim=1) for t in (k, v))
-        if lighthouse is not None and i not in lighthouse[3]:
+        q, k, v, q_raw, k_raw = (t.transpose(1, 2) for t in (q, k, v, q_raw, k_raw))
+        k, v, k_raw = (t.repeat_interleave(N_HEADS // N_KV, dim=1) for t in (k, v, k_raw))
+        if lighthouse is not None and i not in lighthouse[3] and after_select:
+            o = _after_select_interleaved(q_raw, k_raw, v, *lighthouse[:3], _unscaled_freqs())
+        elif lighthouse is not None and i not in lighthouse[3]:
             o = lighthouse_attention_ref(q, k, v, levels=lighthouse[0], pooling_factor=lighthouse[1],
                                          topk=lighthouse[2], scorer=scorer)
         else:
@@ -359,10 +400,40 @@ def test_rope_after_select_is_written_only_where_the_config_supports_it(tmp_path
     run = lambda out: convert_torchtitan(dcp_dir, out, model_args=ARGS | LH, rope="after_select")  # noqa: E731
     if "rope" in tt._lighthouse_fields():
         run(tmp_path / "hf")
-        assert json.loads((tmp_path / "hf" / "config.json").read_text())["lighthouse"]["rope"] == "after_select"
+        block = json.loads((tmp_path / "hf" / "config.json").read_text())["lighthouse"]
+        assert (block["rope"], block["rope_freqs"]) == ("after_select", "unscaled")
     fields = tt._lighthouse_fields() - {"rope"}
     monkeypatch.setattr(tt, "_lighthouse_fields", lambda: fields)  # a version without the field
     _error(lambda: run(tmp_path / "old"), "no `rope` field")
     assert not (tmp_path / "old").exists()
     res = convert_torchtitan(dcp_dir, tmp_path / "old", model_args=ARGS | LH)  # before_pool needs no field
     assert res.config.lighthouse.enabled
+
+
+def test_rope_after_select_converts_to_the_official_changes_unscaled_rotation(tmp_path, capsys):
+    """--rope after_select: the lighthouse block says rope "after_select", rope_freqs "unscaled" (the official
+    change rotates the selected entries with rope_theta's frequencies alone, while torchtitan's dense attention
+    keeps the llama3 scaling), and the sparse logits equal the reference in torchtitan's layout; the scaled
+    frequencies in the Lighthouse layers would give other logits."""
+    from lighthouse.checkpoint import load_checkpoint
+
+    w = _weights(seed=14)
+    dcp_dir = _write_dcp(tmp_path / "dcp", w)
+    flags = ["--n-heads", "4", "--hidden-dim", "192", "--multiple-of", "32", "--use-selection-lighthouse",
+             "--lighthouse-num-levels", "3", "--lighthouse-pooling-factor", "2", "--lighthouse-topk", "128",
+             "--lighthouse-full-attn-layers", "0,3", "--rope", "after_select"]
+    assert cli.main(["convert", "torchtitan", str(dcp_dir), "--out", str(tmp_path / "hf"), *flags]) == 0
+    assert "RoPE after selection (unscaled frequencies)" in capsys.readouterr().out
+    cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert (cfg["lighthouse"]["rope"], cfg["lighthouse"]["rope_freqs"]) == ("after_select", "unscaled")
+    assert cfg["rope_scaling"]["rope_type"] == "llama3" and cfg["rope_scaling"]["factor"] == 8.0
+    ids = _ids(512, seed=15)
+    lh = (3, 2, 128, [0, 3])
+    ref = _reference_logits(w, ids, lighthouse=lh, after_select=True)
+    model, _ = load_checkpoint(tmp_path / "hf")
+    with torch.no_grad():
+        got = model(ids).logits
+        torch.testing.assert_close(got, ref, atol=1e-4, rtol=0)
+        model.lighthouse_inv_freq = model.inv_freq.clone()  # what rope_freqs "model" rotates with
+        assert (model(ids).logits - ref).abs().max() > 1e-3
+    assert (_reference_logits(w, ids, lighthouse=lh) - ref).abs().max() > 1e-2  # before_pool is another model

@@ -11,6 +11,7 @@ The selection itself is the published one (`lighthouse_select` on the un-rotated
 
 from __future__ import annotations
 
+import math
 import os
 
 import pytest
@@ -21,6 +22,7 @@ from lighthouse.engine.engine import LLMEngine
 from lighthouse.engine.options import RequestOptions
 from lighthouse.engine.prefill import PrefillTask
 from lighthouse.engine.sampling import SamplingParams
+from lighthouse.engine.sparse_context import selected_entries as sparse_selected_entries
 from lighthouse.model import LlamaForCausalLM
 from lighthouse.model.config import LighthouseConfig, ModelConfig
 from lighthouse.model.llama import UnrotatedAttention
@@ -257,12 +259,14 @@ def test_checkpoint_keeps_the_field(tmp_path):
 # --------------------------------------------------------------------------------------------------- model
 
 
-def model_with(rope: str, layers: int = 3, seed: int = 0) -> LlamaForCausalLM:
+def model_with(rope: str, layers: int = 3, seed: int = 0, rope_freqs: str = "model",
+               rope_scaling: dict | None = None) -> LlamaForCausalLM:
     """tiny (GQA 4/2, D 16): layer 0 dense, the others Lighthouse (L2 p4 k128 from 512 tokens); fp32."""
     cfg = model_preset("tiny")
     cfg.num_hidden_layers = layers
+    cfg.rope_scaling = rope_scaling
     cfg.lighthouse = LighthouseConfig(levels=2, pooling_factor=4, topk=128, full_attn_layers=[0], min_seq_len=512,
-                                      rope=rope)
+                                      rope=rope, rope_freqs=rope_freqs)
     torch.manual_seed(seed)
     return LlamaForCausalLM(cfg).eval()
 
@@ -271,14 +275,18 @@ def ids(n: int, seed: int) -> list[int]:
     return torch.randint(32, 127, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
 
 
-def reference_attention(model, split: int | None = None, *, decode_from: int | None = None, record=None):
+def reference_attention(model, split: int | None = None, *, decode_from: int | None = None, record=None,
+                        op_freq: torch.Tensor | None = None):
     """An attention callback from the definition, with un-rotated q/k (one sequence, B = 1).
 
     Dense layers: causal attention over standard RoPE. Lighthouse layers: queries [0, split) the definition op
-    over [0, split) (split None: the whole sequence, as the model's own forward); queries [split, decode_from)
-    densely over every key before them (the engine's dense tail); queries from decode_from on (sparse decode) over
-    the op's real selected entries (window start < split, K rotated at the window's last position, pooled V) and
-    the keys at positions [split, t]. record: a dict that gets each layer's rotated K."""
+    over [0, split) with frequencies op_freq (None: the model's) (split None: the whole sequence, as the model's
+    own forward); queries [split, decode_from) densely over every key before them, standard RoPE (the engine's
+    dense tail); queries from decode_from on (sparse decode) over the op's real selected entries (window start <
+    split, K rotated at the window's last position, pooled V) and the keys at positions [split, t], query and
+    those keys rotated at their positions with op_freq too. record: a dict that gets each layer's standard-RoPE K
+    ("k") and its un-rotated K ("raw")."""
+    op_freq = model.inv_freq if op_freq is None else op_freq
     L, p, topk = (model.config.lighthouse.levels, model.config.lighthouse.pooling_factor,
                   model.config.lighthouse.topk)
     full = model.config.lighthouse.full_attn_layers
@@ -289,23 +297,25 @@ def reference_attention(model, split: int | None = None, *, decode_from: int | N
         r = q.shape[1] // k.shape[1]
         kr, vr = repeat_kv(kr, r), repeat_kv(v.double(), r)
         if record is not None:
-            record[i] = kr[:, ::r].float()
+            record[i] = dict(k=kr[:, ::r].float(), raw=k.clone())
         mask = torch.ones(N, N, dtype=torch.bool).tril()
         dense = ((qr @ kr.transpose(-1, -2) / D**0.5).masked_fill(~mask, float("-inf")).softmax(-1) @ vr)
         if i in full:
             return dense.float()
         s = N if split is None else split
         out = dense.clone()
-        out[:, :, :s] = definition_op(q[:, :, :s], k[:, :, :s], v[:, :, :s], L, p, topk, model.inv_freq)
+        out[:, :, :s] = definition_op(q[:, :, :s], k[:, :, :s], v[:, :, :s], L, p, topk, op_freq)
         if decode_from is not None:
-            rows = selected_entries(q[:, :, :s], k[:, :, :s], v[:, :, :s], L, p, topk, model.inv_freq)[0]
+            rows = selected_entries(q[:, :, :s], k[:, :, :s], v[:, :, :s], L, p, topk, op_freq)[0]
+            cos, sin = rope_cos_sin(op_freq, rotary.positions, torch.float32)  # (1, 1, N, D)
+            ql, kl = (apply_rope(x.double(), cos.double(), sin.double())[0] for x in (q, repeat_kv(k, r)))  # (H, N, D)
             for h, row in enumerate(rows):
                 real = torch.tensor([e[1] * e[2] < s for e in row["entries"]])
                 ck, cv = row["k"][real], row["v"][real]
                 for t in range(decode_from, N):
-                    keys = torch.cat([ck, kr[0, h, s : t + 1]])
+                    keys = torch.cat([ck, kl[h, s : t + 1]])
                     vals = torch.cat([cv, vr[0, h, s : t + 1]])
-                    out[0, h, t] = (keys @ qr[0, h, t] / D**0.5).softmax(0) @ vals
+                    out[0, h, t] = (keys @ ql[h, t] / D**0.5).softmax(0) @ vals
         return out.float()
 
     return UnrotatedAttention(attn)
@@ -386,7 +396,7 @@ def test_sparse_prefill_equals_the_definition_in_one_pass_and_in_pieces(tail, pr
         for logits, cache, ctx in results:
             torch.testing.assert_close(logits, want.float(), rtol=1e-5, atol=1e-5)
             for i, (k_cache, _) in enumerate(cache):  # the cache holds standard-RoPE K in every layer
-                torch.testing.assert_close(k_cache, record[i], rtol=1e-5, atol=1e-5)
+                torch.testing.assert_close(k_cache, record[i]["k"], rtol=1e-5, atol=1e-5)
             assert (ctx is None) == (decode == "dense")
         for (k1, v1), (k2, v2) in zip(results[0][2] or [], results[1][2] or []):
             torch.testing.assert_close(k1, k2, rtol=1e-5, atol=1e-5)
@@ -425,3 +435,189 @@ def test_sparse_decode_sees_the_selected_keys_rotated_after_selection():
     got = torch.stack(logits)
     torch.testing.assert_close(got, want[1:], rtol=1e-5, atol=1e-5)
     assert (got - dense[1:]).abs().max() > 1e-3  # sparse decode attends to something else than the full cache
+
+
+# --------------------------------------------------------- rope_freqs: the official change's unscaled frequencies
+# The official change rotates the selected entries with 1 / rope_theta^(2i/D), ignoring the model's rope_scaling
+# (torchtitan's llama3 models scale their dense attention's RoPE). lighthouse.rope_freqs = "unscaled" does the same
+# in the op, the model, the engine's prefill and its sparse decode; "model" (the default) keeps the model's.
+
+LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+          "original_max_position_embeddings": 512}  # factor 8; at D=16 it changes 5 of the 8 frequencies
+
+
+def llama3_formula(D: int, theta: float, s: dict) -> torch.Tensor:
+    """Llama 3.1's scaled inverse frequencies, one at a time in float64: a wavelength above orig/low is slowed by
+    `factor`, one below orig/high kept, one between blended: (1 - a) f / factor + a f, a = (orig/wl - low)/(high - low)."""
+    orig, low, high, factor = (s["original_max_position_embeddings"], s["low_freq_factor"], s["high_freq_factor"],
+                               s["factor"])
+    out = []
+    for i in range(0, D, 2):
+        f = 1.0 / theta ** (i / D)
+        wl = 2 * math.pi / f
+        if wl > orig / low:
+            f = f / factor
+        elif wl >= orig / high:
+            a = (orig / wl - low) / (high - low)
+            f = (1 - a) * f / factor + a * f
+        out.append(f)
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def unscaled_formula(D: int, theta: float) -> torch.Tensor:
+    return torch.tensor([1.0 / theta ** (i / D) for i in range(0, D, 2)], dtype=torch.float64)
+
+
+def scaled_pair(seed: int = 0, layers: int = 3) -> tuple[LlamaForCausalLM, LlamaForCausalLM]:
+    """The same weights (llama3 rope_scaling, after_select) with rope_freqs "unscaled" and "model"."""
+    return (model_with("after_select", layers, seed, rope_freqs="unscaled", rope_scaling=dict(LLAMA3)),
+            model_with("after_select", layers, seed, rope_freqs="model", rope_scaling=dict(LLAMA3)))
+
+
+def test_rope_freqs_field_round_trips_defaults_to_model_and_rejects_bad_values():
+    cfg = model_preset("tiny")
+    assert cfg.lighthouse.rope_freqs == "model"
+    cfg.lighthouse.rope, cfg.lighthouse.rope_freqs = "after_select", "unscaled"
+    d = cfg.to_hf_dict()
+    assert d["lighthouse"]["rope_freqs"] == "unscaled"
+    assert ModelConfig.from_hf_dict(d) == cfg
+    old = dict(d, lighthouse={k: v for k, v in d["lighthouse"].items() if k != "rope_freqs"})  # an older config.json
+    assert ModelConfig.from_hf_dict(old).lighthouse.rope_freqs == "model"
+    with pytest.raises(ValueError, match="lighthouse.rope_freqs must be one of"):
+        ModelConfig.from_hf_dict(dict(d, lighthouse=dict(d["lighthouse"], rope_freqs="scaled")))
+    with pytest.raises(ValueError, match="rope_freqs='unscaled' applies only with lighthouse.rope='after_select'"):
+        LighthouseConfig(rope_freqs="unscaled")
+    cfg.lighthouse.rope = "before_pool"
+    with pytest.raises(ValueError, match="set rope_freqs to 'model', or rope to 'after_select'"):
+        cfg.validate()
+
+
+def test_the_model_keeps_both_frequency_sets_and_a_checkpoint_keeps_the_field(tmp_path):
+    from lighthouse.checkpoint import load_checkpoint, save_checkpoint
+
+    unscaled, model = scaled_pair()
+    D, theta = 16, unscaled.config.rope_theta
+    torch.testing.assert_close(unscaled.inv_freq.double(), llama3_formula(D, theta, LLAMA3), rtol=1e-6, atol=0)
+    torch.testing.assert_close(unscaled.lighthouse_inv_freq.double(), unscaled_formula(D, theta), rtol=1e-6, atol=0)
+    assert int((unscaled.inv_freq != unscaled.lighthouse_inv_freq).sum()) == 5
+    assert torch.equal(model.lighthouse_inv_freq, model.inv_freq)  # "model": the op's are the model's, bit for bit
+    save_checkpoint(unscaled, None, tmp_path)
+    loaded, _ = load_checkpoint(tmp_path)  # built on the meta device: the buffers are made afresh
+    assert loaded.config.lighthouse.rope_freqs == "unscaled"
+    assert torch.equal(loaded.lighthouse_inv_freq, unscaled.lighthouse_inv_freq)
+    assert torch.equal(loaded.inv_freq, unscaled.inv_freq)
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=needs_triton)])
+def test_the_op_rotates_with_the_frequencies_it_is_given(monkeypatch, backend):
+    """The op (reference / Triton) with the model's lighthouse_inv_freq equals the definition with the unscaled
+    formula, and not with the scaled one."""
+    monkeypatch.setenv(dispatch.ENV, backend)
+    unscaled, _ = scaled_pair()
+    q, k, v = rand(1, 2, 512, 16, seed=21), rand(1, 1, 512, 16, seed=22), rand(1, 1, 512, 16, seed=23)
+    kw = dict(levels=2, pooling_factor=4, topk=128, rope="after_select")
+    got = dispatch.lighthouse_attention(q, k, v, **kw, inv_freq=unscaled.lighthouse_inv_freq)
+    want = definition_op(q, k, v, 2, 4, 128, unscaled_formula(16, 10000.0).float())
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+    scaled = definition_op(q, k, v, 2, 4, 128, llama3_formula(16, 10000.0, LLAMA3).float())
+    assert (got.double() - scaled).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=needs_triton)])
+def test_model_forward_rotates_lighthouse_layers_with_unscaled_frequencies(monkeypatch, backend):
+    monkeypatch.setenv(dispatch.ENV, backend)
+    unscaled, model = scaled_pair()
+    x = torch.tensor([ids(600, 21)])
+    op_freq = unscaled_formula(16, 10000.0).float()
+    with torch.no_grad():
+        got = unscaled(x, logits_to_keep=600).logits
+        want = unscaled(x, attention=reference_attention(unscaled, op_freq=op_freq), logits_to_keep=600).logits
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        # "model" gives another model (the same weights); dense attention and short inputs are the same
+        assert (model(x, logits_to_keep=600).logits - got).abs().max() > 1e-3
+        assert torch.equal(unscaled(x, dense=True, logits_to_keep=8).logits, model(x, dense=True, logits_to_keep=8).logits)
+        short = torch.tensor([ids(300, 22)])
+        assert torch.equal(unscaled(short, logits_to_keep=4).logits, model(short, logits_to_keep=4).logits)
+
+
+@pytest.mark.parametrize("chunk_tokens", [1 << 15, 96])
+def test_engine_prefill_with_unscaled_frequencies_equals_the_model_and_the_definition(chunk_tokens, prefilled_cache):
+    """Sparse prefill with a dense tail and sparse decode: logits as the model's own forward and the definition's,
+    the cache with standard (scaled) RoPE K, the context's tail with K rotated by the unscaled frequencies."""
+    unscaled, model = scaled_pair()
+    prompt, tail = ids(N_PROMPT, 24), 100
+    split = N_PROMPT - tail
+    op_freq = unscaled_formula(16, 10000.0).float()
+    record: dict = {}
+    with torch.no_grad():
+        want = unscaled(torch.tensor([prompt]), attention=reference_attention(unscaled, split, record=record,
+                                                                               op_freq=op_freq),
+                        logits_to_keep=1).logits[0, -1]
+        # the model's forward over [0, split) (the op) and the tail's position by position, as the engine does
+        head = unscaled(torch.tensor([prompt[:split]]), logits_to_keep=1).logits[0, -1]
+    eng = engine(unscaled)
+    logits, cache, ctx = run_prefill(eng, prompt, RequestOptions("sparse", "sparse", tail, cache_prompt=False),
+                                     chunk_tokens, prefilled_cache)
+    torch.testing.assert_close(logits, want.float(), rtol=1e-5, atol=1e-5)
+    for i, (k_cache, _) in enumerate(cache):
+        torch.testing.assert_close(k_cache, record[i]["k"], rtol=1e-5, atol=1e-5)
+    # the context: S selected entries per head, then the tail (entry e of head g*r + j at row e*r + j)
+    cos, sin = rope_cos_sin(op_freq, torch.arange(split, N_PROMPT)[None], torch.float32)
+    S, r = sparse_selected_entries(split, 2, 4, 128), 2
+    for i, (k_ctx, _) in zip((1, 2), ctx):
+        tail_k = apply_rope(record[i]["raw"][:, :, split:], cos, sin)[0].transpose(0, 1)  # (tail, H_kv, D)
+        torch.testing.assert_close(k_ctx[S * r :: r], tail_k, rtol=1e-5, atol=1e-5)
+        assert (k_ctx[S * r :: r] - record[i]["k"][0, :, split:].transpose(0, 1)).abs().max() > 1e-3
+    # without a tail, the engine's prefill is the model's own forward; rope_freqs "model" gives other logits
+    head_opts = RequestOptions("sparse", "dense", 0, cache_prompt=False)
+    torch.testing.assert_close(run_prefill(eng, prompt[:split], head_opts, chunk_tokens, prefilled_cache)[0], head,
+                               rtol=1e-5, atol=1e-5)
+    other = run_prefill(engine(model), prompt[:split], head_opts, chunk_tokens, prefilled_cache)[0]
+    assert (other - head).abs().max() > 1e-3
+
+
+def test_sparse_decode_with_unscaled_frequencies_beside_a_dense_decode_in_one_batch():
+    """Two greedy requests decoding in the same steps: one with sparse decode (its Lighthouse layers rotate query
+    and keys with the unscaled frequencies, as its context's K was), one with dense decode (standard RoPE over the
+    full cache). Every step's logits equal the definition's; the tokens are their argmax; the model's scaled
+    frequencies in the sparse row would give other logits."""
+    unscaled, _ = scaled_pair()
+    eng = engine(unscaled)
+    op_freq = unscaled_formula(16, 10000.0).float()
+    prompts = {"sparse": ids(700, 25), "dense": ids(640, 26)}
+    tail, steps = 32, 6
+    logits: dict[str, list] = {"sparse": [], "dense": []}
+    batches = []
+    inner = eng.runner.decode
+
+    def decode(kvs, last_tokens):
+        out = inner(kvs, last_tokens)
+        batches.append(len(kvs))
+        for b, kv in enumerate(kvs):
+            logits["sparse" if kv.sparse else "dense"].append(out[b].clone())
+        return out
+
+    eng.runner.decode = decode
+    for name, prompt in prompts.items():
+        eng.add_request(name, prompt, SamplingParams(temperature=0.0, max_tokens=steps, ignore_eos=True),
+                        RequestOptions(prefill="sparse", decode=name, dense_tail_tokens=tail))
+    tokens: dict[str, list[int]] = {"sparse": [], "dense": []}
+    while eng.has_unfinished():
+        for out in eng.step():
+            tokens[out.request_id].extend(out.token_ids)
+    assert 2 in batches  # the two rows shared decode steps
+    for name, prompt in prompts.items():
+        seq = torch.tensor([prompt + tokens[name][:-1]])
+        N, split = len(prompt), len(prompt) - tail
+        decode_from = N if name == "sparse" else None
+        with torch.no_grad():
+            want = unscaled(seq, attention=reference_attention(unscaled, split, decode_from=decode_from,
+                                                               op_freq=op_freq), logits_to_keep=steps).logits[0]
+        assert tokens[name] == want.argmax(-1).tolist(), name
+        got = torch.stack(logits[name])
+        torch.testing.assert_close(got, want[1:], rtol=1e-5, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
+        if name == "sparse":
+            with torch.no_grad():
+                scaled = unscaled(seq, attention=reference_attention(unscaled, split, decode_from=N),
+                                  logits_to_keep=steps).logits[0]
+            assert (got - scaled[1:]).abs().max() > 1e-3

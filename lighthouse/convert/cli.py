@@ -63,7 +63,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "write torchtitan's, type llama3, factor 8, low 1, high 4, original 8192, which it always applies)")
     t.add_argument("--rope", choices=["before_pool", "after_select"], default="before_pool",
                    help="where the run applied RoPE relative to Lighthouse pooling (default: before_pool, the "
-                   "published code)")
+                   "published code; after_select: the official repository's open change, whose rotation after "
+                   "selection uses rope_theta's unscaled frequencies: written as lighthouse.rope_freqs 'unscaled')")
     t.add_argument("--max-position-embeddings", type=int, default=None,
                    help="positions the checkpoint serves (default: --max-seq-len if given, else 131072)")
     t.add_argument("--min-seq-len", type=int, default=0,
@@ -91,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
     c, lh = result.config, result.config.lighthouse
     mode = (f"Lighthouse L{lh.levels} p{lh.pooling_factor} k{lh.topk} ({lh.scorer}), dense layers "
             f"{lh.full_attn_layers}" if lh.enabled else "dense (no Lighthouse layers)")
+    if lh.enabled and lh.rope == "after_select":
+        mode += f", RoPE after selection ({lh.rope_freqs} frequencies)"
     print(f"wrote {result.out_dir}: {c.num_hidden_layers} layers, hidden {c.hidden_size}, FFN {c.intermediate_size}, "
           f"{c.num_attention_heads}/{c.num_key_value_heads} heads, vocab {c.vocab_size}, {mode}; "
           f"rope_scaling {c.rope_scaling['rope_type'] if c.rope_scaling else 'none'}; skipped {result.skipped_entries} "

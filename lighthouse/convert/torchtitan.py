@@ -21,6 +21,9 @@ What it does:
   and the pooling all compute what they computed in torchtitan. torchtitan's llama3 model always applies its
   RoPE scaling (factor 8, low 1, high 4, original 8192), so config.json carries `rope_scaling` of type
   "llama3" unless `rope_scaling=False` (for runs whose torchtitan was changed to skip it).
+- `rope="after_select"` (runs of the official repository's open RoPE-after-selection change): the `lighthouse`
+  block gets rope "after_select" and rope_freqs "unscaled", since that change rotates the selected entries with
+  frequencies from rope_theta alone while the model's dense attention keeps the scaled ones.
 - writes the directory with `lighthouse.checkpoint.save_checkpoint`: config.json with the `lighthouse` block
   (disabled for dense flavors), model.safetensors, generation_config.json and, given `tokenizer`, its files.
 """
@@ -264,6 +267,8 @@ def _lighthouse_block(args: dict[str, Any], given: set[str], rope: str, min_seq_
     extra: dict[str, Any] = {}
     if "rope" in fields:
         extra["rope"] = rope
+        if rope == "after_select":  # the official change's rotation after selection ignores the RoPE scaling
+            extra["rope_freqs"] = "unscaled"
     elif rope != "before_pool":
         raise ConversionError(f"rope={rope!r} is not supported by this version: the model's `lighthouse` block has "
                               "no `rope` field yet (only the published 'before_pool' variant runs)")
@@ -351,7 +356,7 @@ def convert_torchtitan(
     """
     from lighthouse.checkpoint import save_checkpoint, verify_checkpoint
     from lighthouse.model.llama import LlamaForCausalLM
-    from lighthouse.model.rope import rope_inv_freq
+    from lighthouse.model.rope import lighthouse_inv_freq, rope_inv_freq
 
     dcp_path, out = Path(dcp_dir), Path(out_dir)
     args, given = resolve_model_args(flavor, config_json, model_args)
@@ -392,7 +397,7 @@ def convert_torchtitan(
     model.load_state_dict(state, assign=True)
     if config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
-    model.inv_freq = rope_inv_freq(config)
+    model.inv_freq, model.lighthouse_inv_freq = rope_inv_freq(config), lighthouse_inv_freq(config)
     save_checkpoint(model, tok if tok is not None else _NoTokenizer(), out)
     verify_checkpoint(out, require_tokenizer=tok is not None)
     return ConversionResult(out_dir=out, config=config, skipped_entries=skipped, has_tokenizer=tok is not None,

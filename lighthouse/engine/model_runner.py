@@ -10,6 +10,10 @@ Per-step inputs live in static device buffers, so the step can be captured once 
 replayed (padding rows point at the scratch block and are discarded). The attention metadata is per layer and
 row: each layer of a sequence has its own table (kv_cache.py), the full cache or, in a Lighthouse layer of a
 sequence with sparse decode, its context (per query head, with a hole where the op padded).
+
+A checkpoint with lighthouse.rope == "after_select" and rope_freqs == "unscaled": a sparse-decode sequence's context
+in a Lighthouse layer holds K rotated with the model's `lighthouse_inv_freq` (the op's selection, the tail), so
+there its decode query and new key are rotated with those too; every other row and layer uses standard RoPE.
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ from torch import Tensor
 
 from lighthouse.engine.kv_cache import KVCacheManager, SequenceKV
 from lighthouse.engine.prefill import DEFAULT_CHUNK_TOKENS, PrefillPlan, PrefillTask
-from lighthouse.model.llama import LlamaForCausalLM
+from lighthouse.model.llama import LlamaForCausalLM, Rotary, UnrotatedAttention
+from lighthouse.model.rope import rope_cos_sin
+from lighthouse.ops.fused import rope_qk
 from lighthouse.ops.paged_attention import paged_decode_attention
 
 log = logging.getLogger(__name__)
@@ -74,6 +80,8 @@ class ModelRunner:
         self.pool = kv.pool
         s = kv.shape
         self.device, self.r, self.bs = s.device, s.group, s.block_size
+        lh = model.config.lighthouse
+        self.lh_rope = lh.enabled and lh.rope == "after_select" and lh.rope_freqs == "unscaled"
         self.max_blocks = -(-max_model_len * self.r // self.bs) + 1
         self.inputs = DecodeInputs(s.num_layers, max_batch, self.max_blocks, s.num_heads, s.device)
         self.use_graphs = s.device.type == "cuda" and not enforce_eager
@@ -182,9 +190,27 @@ class ModelRunner:
                                          inp.per_head[i, :B], inp.hole_start[i, :B], inp.hole_end[i, :B])
             return out[:, :, None]
 
+        if self.lh_rope:
+            attention = self._sparse_rows_rotated(B, attention)
         with torch.no_grad():
             out = self.model(inp.ids[:B, None], positions=inp.pos[:B, None], attention=attention, logits_to_keep=1)
         return out.logits[:, -1].float()
+
+    def _sparse_rows_rotated(self, B: int, attention: Callable) -> UnrotatedAttention:
+        """`attention` behind RoPE that, in Lighthouse layers, rotates the rows of sparse-decode sequences with
+        `lighthouse_inv_freq` (as their context's K was) and the others with the model's frequencies."""
+        inp, model = self.inputs, self.model
+        pos = inp.pos[:B, None]
+        dtype = model.model.embed_tokens.weight.dtype
+        lh_cos, lh_sin = rope_cos_sin(model.lighthouse_inv_freq, pos, dtype)
+
+        def rotated(i: int, q: Tensor, k: Tensor, v: Tensor, rotary: Rotary) -> Tensor:
+            sparse = inp.per_head[i, :B].bool()[:, None, None, None]  # (B, 1, 1, 1): the row reads a context here
+            cos, sin = torch.where(sparse, lh_cos, rotary.cos), torch.where(sparse, lh_sin, rotary.sin)
+            q, k = rope_qk(q, k, cos, sin, v.dtype)
+            return attention(i, q, k, v)
+
+        return UnrotatedAttention(rotated)
 
     # ---- CUDA graphs ------------------------------------------------------------------------------------------
     def capture_all(self) -> None:

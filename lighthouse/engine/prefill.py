@@ -13,7 +13,9 @@ A prefix-cache hit (prefix_cache.py says what is reusable) shares positions [0, 
 only [cached, N) run, densely against the cache (for a sparse plan, cached >= split: the whole head was reused).
 A checkpoint with lighthouse.rope == "after_select": a layer that runs the op keeps its q/k un-rotated until the op
 has run (the op rotates what it selects; sparse decode keeps its K so rotated); the cache always gets K rotated
-as usual, and q/k are rotated in place before any dense attention of the layer (the tail).
+as usual, and q/k are rotated in place before any dense attention of the layer (the tail). With
+lighthouse.rope_freqs == "unscaled" the op rotates with the model's `lighthouse_inv_freq`, and the tail's K joins
+the sparse-decode context rotated with those too (from the un-rotated K, before the in-place rotation).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from lighthouse.engine.prefill_attention import CachedTail, append_tail_to_conte
 from lighthouse.engine.sparse_context import real_entries, selected_entries
 from lighthouse.model.config import LighthouseConfig
 from lighthouse.model.llama import LlamaForCausalLM
-from lighthouse.model.rope import rope_cos_sin
+from lighthouse.model.rope import apply_rope, rope_cos_sin
 from lighthouse.ops import lighthouse_attention, lighthouse_attention_with_context
 from lighthouse.ops.attention import attention_with_cache
 from lighthouse.ops.fused import rope_qk
@@ -136,6 +138,9 @@ class PrefillTask:
         self._tails: dict[tuple[int, int], CachedTail] = {}  # paged tail attention per query range, all layers
         lh = lighthouse_config(model)
         self._after_select = lh is not None and lh.rope == "after_select"  # the op rotates after selection
+        # layer -> the tail's K for the sparse-decode context, when the op's frequencies are not the cache's
+        self._tail_keys: dict[int, Tensor] | None = (
+            {} if self._after_select and plan.sparse_decode and lh.rope_freqs == "unscaled" else None)
         self._work = self._layers()
 
     @property
@@ -238,6 +243,8 @@ class PrefillTask:
             outs: list[tuple[int, int, Tensor]] = []  # (start, end, (1, H, end - start, D)) attention outputs
             for seg in segments:
                 if unrotated and seg.kind == "causal":  # the op has run: rotate q/k in place, chunk by chunk
+                    if self._tail_keys is not None:  # first the tail's K as the op rotates (rope_freqs "unscaled")
+                        self._tail_keys[i] = self._tail_key(k)
                     with torch.no_grad():
                         for j, (a, b) in enumerate(chunks):
                             qc, kc = q[:, :, a - s0 : b - s0], k[:, :, a - s0 : b - s0]
@@ -249,7 +256,8 @@ class PrefillTask:
             q = k = v = None  # the buffers stay for the next layer
             if plan.sparse_decode and i in plan.lighthouse_layers:  # before a compact scratch is reused
                 with torch.no_grad():
-                    append_tail_to_context(pool, kv, i, plan.selected, plan.split, N)
+                    keys = self._tail_keys.pop(i, None) if self._tail_keys is not None else None
+                    append_tail_to_context(pool, kv, i, plan.selected, plan.split, N, keys)
             with torch.no_grad():  # o_proj and the MLP, in token chunks (the last layer: position N - 1 alone)
                 for a, b, out in outs:
                     lo = N - 1 if last else a
@@ -271,6 +279,15 @@ class PrefillTask:
             kv.ctx_len = plan.selected + N - plan.split
         yield
 
+    def _tail_key(self, k: Tensor) -> Tensor:
+        """k (1, H_kv, N, D) un-rotated (s0 == 0) -> (N - split, H_kv, D): the tail's K rotated at its positions with
+        `lighthouse_inv_freq`, as the op rotates a token and sparse decode its keys."""
+        split = self.plan.split
+        with torch.no_grad():
+            pos = torch.arange(split, self.N, device=k.device)[None]
+            cos, sin = rope_cos_sin(self.model.lighthouse_inv_freq, pos, k.dtype)
+            return apply_rope(k[:, :, split:], cos, sin)[0].transpose(0, 1)
+
     def _attention(self, i: int, seg: _Segment, q: Tensor, k: Tensor, v: Tensor) -> Iterator[tuple[int, int, Tensor]]:
         """Layer i's attention output for the queries of `seg`, one unit of work at a time."""
         plan, pool, kv, s0 = self.plan, self.pool, self.kv, self.cached
@@ -278,7 +295,7 @@ class PrefillTask:
             lh = lighthouse_config(self.model)
             kw = dict(levels=lh.levels, pooling_factor=lh.pooling_factor, topk=lh.topk, scorer=lh.scorer)
             if self._after_select:  # q/k un-rotated here; the op rotates what it selects (positions from 0)
-                kw.update(rope="after_select", inv_freq=self.model.inv_freq)
+                kw.update(rope="after_select", inv_freq=self.model.lighthouse_inv_freq)
             e = seg.end
             with torch.no_grad():
                 if plan.sparse_decode:

@@ -98,10 +98,14 @@ def keep_context(pool: KVPool, kv: SequenceKV, i: int, k_sel: Tensor, v_sel: Ten
     kv.ctx_hole_end = S
 
 
-def append_tail_to_context(pool: KVPool, kv: SequenceKV, i: int, selected: int, split: int, n: int) -> None:
+def append_tail_to_context(pool: KVPool, kv: SequenceKV, i: int, selected: int, split: int, n: int,
+                           keys: Tensor | None = None) -> None:
     """Layer i's positions [split, n) join its context at full resolution, as entries of every head of their group
-    (read from the layer's full table: in a compact sequence, the scratch, before the next layer reuses it)."""
+    (read from the layer's full table: in a compact sequence, the scratch, before the next layer reuses it).
+    keys: (n - split, H_kv, D) K rows to use instead of the cache's (rotated with other frequencies)."""
     S, r = selected, pool.shape.group
     k, v = pool.gather(pool.slots(kv.full_table(i), split, n))
+    if keys is not None:
+        k = keys
     dst = pool.slots(kv.ctx_blocks[i], S * r, (S + n - split) * r)
     pool.write(dst, repeat_to_slots(k, r), repeat_to_slots(v, r))

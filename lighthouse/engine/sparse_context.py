@@ -5,8 +5,9 @@ the whole selected sub-sequence of the prompt: every coarsest entry plus the p c
 per finer level (S = N/p^(L-1) + (L-1)*p*k entries per query head). The sparse prefill's own op call returns
 those entries' pooled K and V (`lighthouse_attention_with_context`): nothing is selected or pooled twice.
 With lighthouse.rope == "after_select" that K is rotated at each window's last position, as the op's own queries
-saw it; the decode query (and the tail's K) carry standard RoPE at their own positions, which is what a token
-(a level-0 entry) gets under that variant too.
+saw it; the decode query (and the tail's K) carry RoPE at their own positions, which is what a token (a level-0
+entry) gets under that variant too, with the op's frequencies: standard RoPE, or with lighthouse.rope_freqs ==
+"unscaled" rope_theta's unscaled ones (the prefill rotates the tail's K so, the decode step its query and key).
 
 Where the prompt length is not a multiple of the op's length unit, the op pads with zeros; entries that cover
 only padding are not attended at decode. Attention over a set is order-free, so each head's entries are

@@ -13,6 +13,7 @@ from typing import Any
 
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 LIGHTHOUSE_ROPE = ("before_pool", "after_select")  # = lighthouse.ops.validation.ROPE_MODES
+LIGHTHOUSE_ROPE_FREQS = ("model", "unscaled")
 
 
 @dataclass
@@ -28,10 +29,19 @@ class LighthouseConfig:
       "after_select" (the official repository's open change "Fix RoPE for pooled tokens in hierarchical
         selection"): the op gets un-rotated q/k, scores, pools and selects on them, then rotates every gathered
         entry, query and key alike, at the last position its window covers ((i+1)*p^l - 1; a level-0 token at
-        its own position), V never. The rotation uses this model's RoPE frequencies (rope_theta with its
-        rope_scaling); the official change computes its frequencies from rope_theta alone.
+        its own position), V never. Which frequencies it rotates with is `rope_freqs`.
       Either way dense layers, dense attention (short prompts, the dense tail, dense decode) and the KV cache use
-      standard RoPE; sparse decode keeps the op's selected K as the op rotated it.
+      standard RoPE (this model's frequencies); sparse decode keeps the op's selected K as the op rotated it.
+    rope_freqs: with rope="after_select", the RoPE frequencies of the rotations the Lighthouse layers make for the
+      op and for sparse decode (it changes what a trained model computes when the model has rope_scaling):
+      "model" (the default, and what a config.json without the key means): this model's inverse frequencies,
+        rope_theta with its rope_scaling, the same as standard RoPE.
+      "unscaled": 1 / rope_theta^(2i/D), rope_scaling ignored. This is what the official change computes:
+        torchtitan's llama3 models apply the llama3 scaling (factor 8) to their dense attention's RoPE, but the
+        change's rotation after selection takes rope_theta alone. The op's rotation of the selected entries uses
+        these, and so, in sparse decode, do a Lighthouse layer's decode query and key and the dense tail's keys
+        in the selected context. Dense attention and the KV cache keep the model's frequencies.
+      "unscaled" needs rope="after_select": with before_pool the Lighthouse layers make no rotation of their own.
     """
 
     enabled: bool = True
@@ -42,12 +52,24 @@ class LighthouseConfig:
     full_attn_layers: list[int] = field(default_factory=list)
     min_seq_len: int = 0
     rope: str = "before_pool"
+    rope_freqs: str = "model"
 
     def __post_init__(self) -> None:
         if self.rope not in LIGHTHOUSE_ROPE:
             raise ValueError(
                 f"lighthouse.rope must be one of {LIGHTHOUSE_ROPE} (got {self.rope!r}): \"before_pool\" is the "
                 f"published code, \"after_select\" applies RoPE after selection"
+            )
+        if self.rope_freqs not in LIGHTHOUSE_ROPE_FREQS:
+            raise ValueError(
+                f"lighthouse.rope_freqs must be one of {LIGHTHOUSE_ROPE_FREQS} (got {self.rope_freqs!r}): \"model\" "
+                f"rotates with the model's RoPE frequencies (rope_scaling applied), \"unscaled\" with rope_theta's "
+                f"alone (the official after-select change)"
+            )
+        if self.rope_freqs == "unscaled" and self.rope != "after_select":
+            raise ValueError(
+                f"lighthouse.rope_freqs='unscaled' applies only with lighthouse.rope='after_select' (got rope="
+                f"{self.rope!r}): set rope_freqs to 'model', or rope to 'after_select'"
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -108,7 +130,7 @@ class ModelConfig:
         rope_type = self.rope_type
         if rope_type not in SUPPORTED_ROPE_TYPES:
             raise ValueError(f"rope_scaling type {rope_type!r} is not supported; supported: {SUPPORTED_ROPE_TYPES}")
-        self.lighthouse.__post_init__()  # lighthouse.rope, also when it was assigned after construction
+        self.lighthouse.__post_init__()  # lighthouse.rope/rope_freqs, also when assigned after construction
         bad = [i for i in self.lighthouse.full_attn_layers if not 0 <= i < self.num_hidden_layers]
         if bad:
             raise ValueError(f"lighthouse.full_attn_layers {bad} are outside 0..{self.num_hidden_layers - 1}")

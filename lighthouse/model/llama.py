@@ -12,7 +12,8 @@ write its KV cache and pick sparse/dense per layer. It receives q/k after RoPE, 
 `UnrotatedAttention`: then it receives them before RoPE, with the pass's `Rotary` (cos/sin, positions,
 inv_freq) to rotate what it needs. The model's own attention is one for checkpoints with
 `lighthouse.rope == "after_select"`: its Lighthouse layers hand un-rotated q/k to the op, which rotates the
-entries it selected (see LighthouseConfig); dense layers and dense attention rotate as usual.
+entries it selected with the model's `lighthouse_inv_freq` (lighthouse.rope_freqs: the model's frequencies or
+rope_theta's unscaled ones; see LighthouseConfig); dense layers and dense attention rotate as usual.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from lighthouse.model.config import ModelConfig
-from lighthouse.model.rope import rope_cos_sin, rope_inv_freq
+from lighthouse.model.rope import lighthouse_inv_freq, rope_cos_sin, rope_inv_freq
 from lighthouse.ops import causal_attention, lighthouse_attention, lighthouse_min_seq_len
 from lighthouse.ops.fused import rms_norm, rope_qk, silu_mul
 
@@ -203,6 +204,9 @@ class LlamaForCausalLM(nn.Module):
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
         self.register_buffer("inv_freq", rope_inv_freq(config), persistent=False)
+        # what the Lighthouse layers rotate with under rope="after_select" (equal to inv_freq unless rope_freqs
+        # is "unscaled" and the model has rope_scaling)
+        self.register_buffer("lighthouse_inv_freq", lighthouse_inv_freq(config), persistent=False)
         self.gradient_checkpointing = False
         self.reset_parameters()
 
@@ -236,7 +240,8 @@ class LlamaForCausalLM(nn.Module):
 
     def default_attention(self, dense: bool = False) -> AttentionFn | UnrotatedAttention:
         """The per-layer rule above. With lighthouse.rope == "after_select" (and not dense) an
-        `UnrotatedAttention`: the op gets q/k before RoPE and rotates after selection; dense attention rotates."""
+        `UnrotatedAttention`: the op gets q/k before RoPE and rotates after selection with `lighthouse_inv_freq`;
+        dense attention rotates with the pass's standard RoPE."""
         lh = self.config.lighthouse
         kw = dict(levels=lh.levels, pooling_factor=lh.pooling_factor, topk=lh.topk, scorer=lh.scorer)
 
@@ -250,7 +255,7 @@ class LlamaForCausalLM(nn.Module):
 
         def attn_after_select(layer_idx: int, q: Tensor, k: Tensor, v: Tensor, rotary: Rotary) -> Tensor:
             if self.layer_uses_lighthouse(layer_idx, q.shape[2]):
-                return lighthouse_attention(q, k, v, **kw, rope="after_select", inv_freq=rotary.inv_freq,
+                return lighthouse_attention(q, k, v, **kw, rope="after_select", inv_freq=self.lighthouse_inv_freq,
                                             position_offset=rotary.offset)
             q, k = rotary.apply(q, k, v.dtype)
             return causal_attention(q, k, v)

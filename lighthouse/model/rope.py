@@ -15,10 +15,15 @@ from torch import Tensor
 from lighthouse.model.config import ModelConfig
 
 
+def unscaled_inv_freq(config: ModelConfig) -> Tensor:
+    """(head_dim // 2,) fp32 inverse frequencies 1 / rope_theta^(2i/head_dim), rope_scaling ignored."""
+    dim = config.head_dim
+    return 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+
+
 def rope_inv_freq(config: ModelConfig) -> Tensor:
     """(head_dim // 2,) fp32 inverse frequencies, after any rope_scaling."""
-    dim = config.head_dim
-    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    inv_freq = unscaled_inv_freq(config)
     rope_type = config.rope_type
     if rope_type == "default":
         return inv_freq
@@ -28,6 +33,15 @@ def rope_inv_freq(config: ModelConfig) -> Tensor:
     if rope_type == "llama3":
         return _llama3_scale(inv_freq, scaling)
     raise ValueError(f"unsupported rope_scaling type {rope_type!r}")
+
+
+def lighthouse_inv_freq(config: ModelConfig) -> Tensor:
+    """(head_dim // 2,) fp32: the frequencies the Lighthouse layers rotate with under lighthouse.rope =
+    "after_select" (the op's entries; sparse decode's query, keys and tail): the model's (rope_inv_freq) with
+    lighthouse.rope_freqs = "model", rope_theta's alone (unscaled_inv_freq) with "unscaled"."""
+    if config.lighthouse.rope_freqs == "unscaled":
+        return unscaled_inv_freq(config)
+    return rope_inv_freq(config)
 
 
 def _llama3_scale(inv_freq: Tensor, s: dict) -> Tensor:

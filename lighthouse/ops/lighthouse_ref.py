@@ -24,10 +24,12 @@ Where RoPE goes (`rope=`):
   - "after_select" (the official repository's open change "Fix RoPE for pooled tokens in hierarchical
     selection"): q/k come un-rotated. Scores, pooling and selection run on the un-rotated q/k; then every gathered
     entry, query and key alike, is rotated at the last base position its window covers, (i+1)*p^l - 1 (plus
-    `position_offset`), with the caller's inverse frequencies: a level-0 token at its own position, a pooled
-    entry at its window's end. V is never rotated. The rotation runs in float32 and is cast back (HF's
-    rotate_half convention; `rotate_at`). The causal order already sorts entries by that position, so each query
-    sees keys at positions <= its own. Padded windows use the same rule on the padded length.
+    `position_offset`), with the caller's inverse frequencies (the model passes its `lighthouse_inv_freq`: its
+    standard RoPE frequencies, or rope_theta's unscaled ones as the official change computes them, per
+    lighthouse.rope_freqs): a level-0 token at its own position, a pooled entry at its window's end. V is never
+    rotated. The rotation runs in float32 and is cast back (HF's rotate_half convention; `rotate_at`). The causal
+    order already sorts entries by that position, so each query sees keys at positions <= its own. Padded windows
+    use the same rule on the padded length.
 """
 
 from __future__ import annotations
@@ -371,7 +373,8 @@ def lighthouse_attention(
         scorer: "norm" (||q||, ||k||) or "dilated" (norms of 4 strided causal attention passes).
         rope: "before_pool" (q/k rotated by the caller, the published code) or "after_select" (q/k un-rotated;
             the op rotates each gathered entry at the last position its window covers; see the module docstring).
-        inv_freq: rope="after_select" only: the RoPE inverse frequencies (D/2,) (any scaling already applied).
+        inv_freq: rope="after_select" only: the inverse frequencies (D/2,) to rotate with, used as given (the
+            model passes its `lighthouse_inv_freq`: rope_scaling applied or not, per lighthouse.rope_freqs).
         position_offset: rope="after_select" only: the position of base row 0 (an int, or one per batch row).
 
     Returns:

@@ -58,7 +58,7 @@ def check_rope(rope: str, inv_freq: Tensor | None, position_offset, q: Tensor) -
     if not isinstance(inv_freq, Tensor) or not inv_freq.is_floating_point() or tuple(inv_freq.shape) != (D // 2,):
         got = tuple(inv_freq.shape) if isinstance(inv_freq, Tensor) else type(inv_freq).__name__
         raise ValueError(
-            f"rope='after_select' needs inv_freq=, the model's RoPE inverse frequencies as a floating tensor of "
+            f"rope='after_select' needs inv_freq=, the RoPE inverse frequencies to rotate with as a floating tensor of "
             f"shape (D/2,) = ({D // 2},) (got {got})"
         )
     if isinstance(position_offset, Tensor):
