@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, WithJsonSchema
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationInfo,
+                      WithJsonSchema, field_validator)
 
 from lighthouse.engine.options import DecodeMode, KVMode, PrefillMode, RequestOptions
 from lighthouse.engine.sampling import MAX_TOP_LOGPROBS, SamplingParams
@@ -89,6 +90,14 @@ class _Common(BaseModel):
     dense_tail_tokens: Int(ge=0) | None = None  # as RequestOptions: no true, no 1.5
     return_progress: bool = False  # stream prefill progress chunks (llama.cpp's name)
     cache_prompt: bool = True  # reuse the prefix cache and leave this prompt in it (llama.cpp's name)
+
+    @field_validator("kv_mode")
+    @classmethod
+    def _compact_decodes_sparsely(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v == "compact" and info.data.get("decode") == "dense":
+            raise ValueError("kv_mode 'compact' keeps no full cache in the Lighthouse layers, so it decodes sparsely: "
+                             "leave decode out or set it to 'sparse' (or use kv_mode 'full')")
+        return v
 
     def stops(self) -> list[str]:
         if self.stop is None:

@@ -53,7 +53,8 @@ def test_prompt_plus_max_tokens_too_long_names_max_tokens(client, assert_error):
     ("temperature", "NaN"), ("temperature", "-0.5"), ("top_p", "1.5"), ("top_p", "Infinity"), ("n", "0"),
     ("max_tokens", "0"), ("presence_penalty", "9"), ("frequency_penalty", "NaN"), ("repetition_penalty", "0"),
     ("min_p", "2"), ("top_k", "-5"), ("logprobs", "99"), ("max_tokens", '"many"'), ("seed", '"x"'),
-    ("prefill", '"fast"'), ("decode", '"fast"'), ("dense_tail_tokens", "-1"), ("dense_tail_tokens", "true"),
+    ("prefill", '"fast"'), ("decode", '"fast"'), ("kv_mode", '"small"'), ("dense_tail_tokens", "-1"),
+    ("dense_tail_tokens", "true"),
     ("stop", "[1]"),
 ])
 def test_out_of_range_or_wrong_type_values_name_the_param(client, field, value, assert_error):

@@ -152,6 +152,21 @@ def test_per_request_prefill_and_decode_override(client, server):
     assert a[0] == b[0] and a[1:] != b[1:]  # same prefill; decode attends to different contexts
 
 
+def test_kv_mode_compact_answers_as_a_full_session_with_sparse_decode_and_conflicts_are_400(client):
+    opts = {"cache_prompt": False}
+    full = greedy(client, prompt=LONG_PROMPT, max_tokens=8, logprobs=0, extra_body={**opts, "decode": "sparse"})
+    compact = greedy(client, prompt=LONG_PROMPT, max_tokens=8, logprobs=0, extra_body={**opts, "kv_mode": "compact"})
+    assert compact.choices[0].text == full.choices[0].text
+    assert compact.choices[0].logprobs.token_logprobs == pytest.approx(full.choices[0].logprobs.token_logprobs,
+                                                                        abs=1e-5)
+    with pytest.raises(openai.BadRequestError) as info:
+        greedy(client, prompt=LONG_PROMPT, extra_body={"kv_mode": "compact", "decode": "dense"})
+    assert info.value.status_code == 400 and info.value.body["param"] == "kv_mode"
+    with pytest.raises(openai.BadRequestError) as info:
+        greedy(client, prompt=LONG_PROMPT, extra_body={"kv_mode": "small"})
+    assert info.value.status_code == 400 and "kv_mode" in info.value.message
+
+
 def test_16_concurrent_streams_all_complete_correctly(client, server):
     prompts = [f"Request number {i}: " for i in range(16)]
     expected = [greedy(client, prompt=p, max_tokens=20).choices[0].text for p in prompts]

@@ -20,6 +20,7 @@ ENV_SAMPLES = {
     "api_key": ("sk-env", "sk-env"),
     "prefill": ("dense", "dense"),
     "decode": ("sparse", "sparse"),
+    "kv_mode": ("compact", "compact"),
     "dense_tail_tokens": ("32", 32),
     "max_model_len": ("4096", 4096),
     "max_num_seqs": ("8", 8),

@@ -5,55 +5,88 @@ copied to host memory instead of being lost; a later prompt that starts with the
 allocated device blocks (a PCIe copy) instead of prefilling them again. The entry is then an ordinary device
 entry, and what is reused and why it is exact is what prefix_cache.py says: the bytes are the same.
 
-The tier has its own budget (`host_cache_bytes`; 0: off) and evicts its least recently used entries whole.
+The tier has its own budget (`host_cache_bytes`; 0: off), held as one pool of host blocks (the device pool's block
+shape) allocated, pinned, when the engine starts: pinning memory is slow (a 64 GB document took ~40 s when its
+buffers were pinned at eviction time, stalling every request), copying into pinned blocks is not (~45 GB/s on an
+H200 host). Entries take blocks from it and the tier evicts its least recently used entries whole.
 """
 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+import logging
+import time
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from lighthouse.engine.kv_cache import KVCacheManager, as_bytes
+from lighthouse.engine.kv_cache import BlockAllocator, KVCacheManager, as_bytes
 
+log = logging.getLogger(__name__)
 
-COPY_BLOCKS = 2048  # blocks per device<->host copy (bf16, 8 KV heads of 128, blocks of 128: 0.5 GB each of K, V)
+COPY_BLOCKS = 2048  # blocks per device<->host copy at most (bf16, 8 KV heads of 128, blocks of 128: 0.5 GB of K)
 
 
 @dataclass(eq=False)
 class HostEntry:
     tokens: Tensor  # (N,) int64
     split: int
-    k: Tensor  # (blocks, block_size, H_kv, D) on the host, the pool's storage dtype: layer 0's table, then 1's, ...
-    v: Tensor
+    blocks: list[int]  # host blocks: layer 0's table, then layer 1's, ...
     layout: list[int]  # blocks per layer's table
+    nbytes: int
     last_used: int = 0
-
-    @property
-    def num_blocks(self) -> int:
-        return int(self.k.shape[0])
 
     @property
     def length(self) -> int:
         return int(self.tokens.shape[0])
 
     @property
-    def nbytes(self) -> int:
-        return self.k.numel() * self.k.element_size() * 2
+    def num_blocks(self) -> int:
+        return len(self.blocks)
 
 
-@dataclass
+def runs(ids: list[int], limit: int) -> list[tuple[int, int, int]]:
+    """(offset in ids, first id, length) of the maximal runs of consecutive ids, each at most `limit` long."""
+    out: list[tuple[int, int, int]] = []
+    for at, b in enumerate(ids):
+        if out and out[-1][1] + out[-1][2] == b and out[-1][2] < limit:
+            o, first, n = out[-1]
+            out[-1] = (o, first, n + 1)
+        else:
+            out.append((at, b, 1))
+    return out
+
+
 class HostCache:
-    kv: KVCacheManager
-    budget_bytes: int
-    entries: list[HostEntry] = field(default_factory=list)
-    used_bytes: int = 0
-    bytes_to_host: int = 0  # totals, for /metrics
-    bytes_to_device: int = 0
-    hit_tokens: int = 0
-    _clock: itertools.count = field(default_factory=itertools.count)
+    def __init__(self, kv: KVCacheManager, budget_bytes: int):
+        self.kv = kv
+        per_block = kv.shape.bytes_per_block
+        num_blocks = budget_bytes // per_block + 1  # + the allocator's never-used block 0
+        if num_blocks < 2:
+            raise ValueError(f"a host cache of {budget_bytes} bytes holds no block of {per_block} bytes; raise it")
+        pool = kv.pool
+        pin = pool.k.is_cuda
+        t0 = time.perf_counter()
+        shape = (num_blocks, *pool.k.shape[1:])
+        dtype = torch.uint8 if pool.fp8 else pool.k.dtype
+        self.k = torch.empty(shape, dtype=dtype, pin_memory=pin)
+        self.v = torch.empty(shape, dtype=dtype, pin_memory=pin)
+        if pin:
+            log.info("host cache: %.1f GiB of pinned host memory in %.1fs", 2 * self.k.nbytes / 2**30,
+                     time.perf_counter() - t0)
+        self.allocator = BlockAllocator(num_blocks)
+        self.budget_bytes = self.allocator.usable * per_block
+        self.entries: list[HostEntry] = []
+        self.bytes_to_host = 0  # totals, for /metrics
+        self.bytes_to_device = 0
+        self.hit_tokens = 0
+        self._clock = itertools.count()
+
+    @property
+    def used_bytes(self) -> int:
+        a = self.allocator
+        return (a.usable - a.num_free) * self.kv.shape.bytes_per_block
 
     @property
     def usage_ratio(self) -> float:
@@ -61,44 +94,41 @@ class HostCache:
 
     def offload(self, tokens: Tensor, split: int, tables: list[list[int]],
                 keep: HostEntry | None = None) -> HostEntry | None:
-        """Copy the K/V of the per-layer `tables` (positions [0, len(tokens))) to host memory, evicting the tier's
+        """Copy the K/V of the per-layer `tables` (positions [0, len(tokens))) to host blocks, evicting the tier's
         least recently used entries (never `keep`) for room; None if it does not fit."""
         pool = self.kv.pool
         blocks = [b for t in tables for b in t]
-        idx = torch.tensor(blocks, dtype=torch.long, device=pool.k.device)
-        need = 2 * pool.k[:1].numel() * pool.k.element_size() * len(blocks)
-        while self.used_bytes + need > self.budget_bytes:
+        while self.allocator.num_free < len(blocks):
             victims = [e for e in self.entries if e is not keep]
             if not victims:
                 return None
             self._drop(min(victims, key=lambda e: e.last_used))
+        host = self.allocator.allocate(len(blocks))
+        idx = torch.tensor(blocks, dtype=torch.long, device=pool.k.device)
         pin = pool.k.is_cuda
-        hk, hv = (torch.empty((len(blocks), *t.shape[1:]), dtype=torch.uint8 if pool.fp8 else t.dtype, pin_memory=pin)
-                  for t in (pool.k, pool.v))
-        for c0 in range(0, len(blocks), COPY_BLOCKS):  # in pieces: a whole 512K document would be 64 GB more
-            sel = idx[c0 : c0 + COPY_BLOCKS]
-            for host, dev in ((hk, pool.k), (hv, pool.v)):
-                host[c0 : c0 + len(sel)].copy_(as_bytes(dev).index_select(0, sel), non_blocking=pin)
+        for at, first, n in runs(host, COPY_BLOCKS):  # one device gather and one copy per run of host blocks
+            sel = idx[at : at + n]
+            for dst, src in ((self.k, pool.k), (self.v, pool.v)):
+                dst[first : first + n].copy_(as_bytes(src).index_select(0, sel), non_blocking=pin)
         if pin:
             torch.cuda.current_stream(pool.k.device).synchronize()  # the device blocks are freed right after
-        entry = HostEntry(tokens, split, hk.view(pool.k.dtype), hv.view(pool.v.dtype), [len(t) for t in tables],
+        entry = HostEntry(tokens, split, host, [len(t) for t in tables], len(blocks) * self.kv.shape.bytes_per_block,
                           next(self._clock))
         self.entries.append(entry)
-        self.used_bytes += entry.nbytes
         self.bytes_to_host += entry.nbytes
         return entry
 
     def restore(self, entry: HostEntry, blocks: list[int], tokens: int) -> list[list[int]]:
-        """Copy the entry's K/V into `blocks` (as many as it holds, freshly allocated) and drop it from the tier;
-        `tokens`: how many of its positions the request reuses (counted in `hit_tokens`). The per-layer tables."""
+        """Copy the entry's K/V into device `blocks` (as many as it holds, freshly allocated) and drop it from the
+        tier; `tokens`: how many of its positions the request reuses (counted in `hit_tokens`). The per-layer
+        tables."""
         pool = self.kv.pool
         assert len(blocks) == entry.num_blocks
         idx = torch.tensor(blocks, dtype=torch.long, device=pool.k.device)
-        for c0 in range(0, len(blocks), COPY_BLOCKS):  # in pieces, as offload
-            sel = idx[c0 : c0 + COPY_BLOCKS]
-            for host, dev in ((entry.k, pool.k), (entry.v, pool.v)):
-                piece = as_bytes(host)[c0 : c0 + len(sel)].to(dev.device, non_blocking=True)
-                as_bytes(dev).index_copy_(0, sel, piece)
+        for at, first, n in runs(entry.blocks, COPY_BLOCKS):
+            sel = idx[at : at + n]
+            for src, dst in ((self.k, pool.k), (self.v, pool.v)):
+                as_bytes(dst).index_copy_(0, sel, src[first : first + n].to(dst.device, non_blocking=True))
         self.bytes_to_device += entry.nbytes
         self.hit_tokens += tokens
         self._drop(entry)
@@ -113,4 +143,5 @@ class HostCache:
 
     def _drop(self, entry: HostEntry) -> None:
         self.entries.remove(entry)
-        self.used_bytes -= entry.nbytes
+        self.allocator.release(entry.blocks)
+        entry.blocks = []
