@@ -167,3 +167,47 @@ def test_kv_mode_options_resolve_and_conflicts_are_clear_errors(model):
     assert eng.make_request("a", ids(N, 0), SamplingParams(max_tokens=2)).plan.compact
     short = eng.make_request("b", ids(100, 0), SamplingParams(max_tokens=2))  # too short for the op: a full session
     assert not short.plan.compact and short.reservation.full_layers == (0, 1, 2, 3)
+
+
+def test_a_compact_follow_up_reuses_the_documents_context_as_sparse_decode_reads_it(model):
+    """Document + question 1, then document + question 2, both compact: the second reuses the document (the
+    first request's head) and its new tokens attend to the kept context exactly as sparse decode tokens would:
+    the reference prefills the document alone (dense tail 0, the same head) and feeds question 2 through decode
+    steps."""
+    doc, q1, q2 = ids(1036, 5), ids(64, 6), ids(40, 7)
+    assert q1[0] != q2[0]
+    eng = engine(model, enable_prefix_caching=True)
+    compact = RequestOptions(kv_mode="compact", dense_tail_tokens=64)
+    generate(eng, {"first": (doc + q1, SamplingParams(max_tokens=1, **GREEDY), compact)})
+    (entry,) = eng.prefix_cache.entries
+    assert entry.compact and entry.split == 1036 and entry.blocks[1] == [] and entry.ctx_blocks[1]
+    eng.add_request("second", doc + q2, SamplingParams(max_tokens=4, **GREEDY), compact)
+    toks, lps, cached = [], [], None
+    while eng.has_unfinished():
+        for o in eng.step():
+            toks += o.token_ids
+            lps += [e.logprob for e in o.logprobs or []]
+            cached = o.prefill.cached_tokens if o.prefill is not None else cached
+    assert cached == 1036
+
+    ref = engine(model)
+    req = ref.make_request("ref", doc, SamplingParams(max_tokens=48, **GREEDY), RequestOptions("sparse", "sparse", 0))
+    ref.enqueue(req)
+    ref.step()  # the document's prefill: the same head, split and selection as the entry's
+    kv = req.seqs[0].kv
+    assert kv.ctx_len == entry.selected
+    want_toks, want_lps = [], []
+    feed = list(q2)
+    for _ in range(len(q2) + 3):
+        logits = ref.runner.decode([kv], [feed.pop(0)])[0]
+        if not feed:
+            lp = torch.log_softmax(logits, -1)
+            want_toks.append(int(lp.argmax()))
+            want_lps.append(float(lp.max()))
+            feed.append(want_toks[-1])
+    assert toks == want_toks
+    torch.testing.assert_close(torch.tensor(lps), torch.tensor(want_lps), rtol=1e-5, atol=1e-5)
+    # a full-session request never reuses a compact entry, nor a compact request a full one
+    assert eng.prefix_cache.match(torch.tensor(doc + q2), 1036) is None
+    eng.prefix_cache.clear()
+    assert eng.kv.num_free == eng.kv.allocator.usable

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import array
 import logging
+from dataclasses import replace
 import threading
 import time
 from typing import Callable
@@ -28,7 +29,7 @@ from lighthouse.engine.config import EngineConfig
 from lighthouse.engine.detokenizer import IncrementalText
 from lighthouse.engine.errors import INTERNAL_ERROR, OUT_OF_MEMORY, InvalidRequest, is_device_fatal
 from lighthouse.engine.host_cache import HostCache
-from lighthouse.engine.kv_cache import KV_CACHE_DTYPES, CacheShape, KVCacheManager, default_budget_bytes
+from lighthouse.engine.kv_cache import KV_CACHE_DTYPES, CacheShape, KVCacheManager, Reservation, default_budget_bytes
 from lighthouse.engine.model_runner import ModelRunner
 from lighthouse.engine.options import RequestOptions
 from lighthouse.engine.output import OutputProcessor
@@ -161,15 +162,28 @@ class LLMEngine:
                                   compact=plan.compact, prompt_len=n_prompt)
         return Request(request_id, prompt_ids, params, opts, [], plan, capacity, ctx_entries, res, prompt_tensor=prompt)
 
+    def _reservation(self, req: Request, hit: CacheHit | None) -> Reservation:
+        """What each of the request's sequences holds: as planned, or, continuing a compact prefix-cache entry, its
+        context grown from the entry's (the entry's split and selection stand for the prompt's; no scratch)."""
+        e = hit.entry if hit is not None else None
+        if e is None or not e.compact:
+            return req.reservation
+        res = req.reservation
+        return Reservation(res.capacity, res.full_layers, res.ctx_layers, e.selected + res.capacity - e.split)
+
     def _blocks_needed(self, req: Request, hit: CacheHit | None) -> int:
         """Free blocks the request takes at its prefill: the first sequence's tables, less what a prefix-cache hit
         shares, plus what each other choice does not share with the first (its filled prompt blocks)."""
-        kv, n, res = self.kv, req.params.n, req.reservation
+        kv, n, bs = self.kv, req.params.n, self.kv.block_size
+        res = self._reservation(req, hit)
         one = res.held_blocks(kv.shape)
-        shared_prompt = len(res.full_layers) * (req.plan.prompt_len // kv.block_size)
-        filled_ctx = (req.ctx_entries - req.params.max_tokens) * kv.shape.group // kv.block_size if req.ctx_entries else 0
+        shared_prompt = len(res.full_layers) * (req.plan.prompt_len // bs)
+        filled_ctx = (res.ctx_entries - req.params.max_tokens) * kv.shape.group // bs if res.ctx_entries else 0
         shared_ctx = len(res.ctx_layers) * filled_ctx
-        saved_by_hit = len(res.full_layers) * (hit.tokens // kv.block_size) if hit is not None else 0
+        saved_by_hit = len(res.full_layers) * (hit.tokens // bs) if hit is not None else 0
+        if hit is not None and hit.entry is not None and hit.entry.compact:
+            e = hit.entry
+            saved_by_hit += len(res.ctx_layers) * ((e.selected + hit.tokens - e.split) * kv.shape.group // bs)
         scratch = res.blocks(kv.shape) - one  # a compact prefill's, given back before the other choices fork
         return one + scratch - saved_by_hit + (n - 1) * (one - shared_prompt - shared_ctx)
 
@@ -225,7 +239,14 @@ class LLMEngine:
 
     # ---- prefix cache (prefix_cache.py says what is reused and why that is exact) ------------------------------
     def _cache_hit(self, req: Request) -> CacheHit | None:
-        if self.prefix_cache is None or not req.cache_prompt or req.plan.sparse_decode:
+        if self.prefix_cache is None or not req.cache_prompt:
+            return None
+        if req.plan.compact:  # a compact document's follow-up: against its kept context (prefix_cache.py)
+            lh = self.model.config.lighthouse  # (not where the context's K were rotated with other frequencies)
+            if lh.rope == "after_select" and lh.rope_freqs == "unscaled":
+                return None
+            return self.prefix_cache.match(_prompt_tensor(req), 0, compact=True)
+        if req.plan.sparse_decode:
             return None  # sparse decode selects from the head's queries, which are not cached
         return self.prefix_cache.match(_prompt_tensor(req), cache_split(req.plan))
 
@@ -274,7 +295,15 @@ class LLMEngine:
                 hit, req.hit = req.hit, None
                 cached = req.prefill_cached = hit.tokens if hit is not None else 0
                 first = seqs[0]
-                first.kv = self.kv.allocate(req.reservation, hit.entry.blocks if hit else None, cached)
+                if hit is not None and hit.entry.compact:  # the entry's split and selection stand for the prompt's
+                    e = hit.entry
+                    req.reservation = self._reservation(req, hit)
+                    req.plan = plan = replace(plan, split=e.split, selected=e.selected)
+                    first.kv = self.kv.allocate(req.reservation, e.blocks, cached, ctx_prefix=e.ctx_blocks,
+                                                ctx_prefix_len=e.selected + cached - e.split)
+                    first.kv.ctx_hole_start, first.kv.ctx_hole_end = e.ctx_hole_start.clone(), e.selected
+                else:
+                    first.kv = self.kv.allocate(req.reservation, hit.entry.blocks if hit else None, cached)
 
                 def on_progress(fraction: float) -> None:
                     if self.progress_callback is not None:
@@ -408,7 +437,8 @@ class LLMEngine:
         req = s.request
         if (self.prefix_cache is not None and req.cache_prompt and not req.prompt_cached and reason != "error"
                 and s.kv is not None and req.prefill_info is not None):
-            req.prompt_cached = self.prefix_cache.insert(_prompt_tensor(req), cache_split(req.plan), s.kv) is not None
+            req.prompt_cached = self.prefix_cache.insert(_prompt_tensor(req), cache_split(req.plan), s.kv,
+                                                         req.plan.selected) is not None
         self.kv.free(s.kv)  # the prefix cache holds its own references to the prompt's blocks
         s.kv = None
         if req.finished:

@@ -333,9 +333,11 @@ class KVCacheManager:
             self.pool.copy_block(prefix[full], own[0], part)
         return shared + own
 
-    def allocate(self, res: Reservation, prefix: list[list[int]] | None = None, prefix_len: int = 0) -> SequenceKV:
+    def allocate(self, res: Reservation, prefix: list[list[int]] | None = None, prefix_len: int = 0, *,
+                 ctx_prefix: list[list[int]] | None = None, ctx_prefix_len: int = 0) -> SequenceKV:
         """A sequence holding `res`, whose first `prefix_len` positions are those of the per-layer tables `prefix`
-        (shared; the partly filled last block copied). Caller checked fits_now(res.blocks(shape))."""
+        (shared; the partly filled last block copied), and whose first `ctx_prefix_len` context entries are those
+        of the per-layer `ctx_prefix` (a compact prefix-cache entry's). Caller checked fits_now(res.blocks(shape))."""
         s = self.shape
         L = self.num_layers
         nb = s.blocks_for(res.capacity)
@@ -344,11 +346,13 @@ class KVCacheManager:
         ctx: list[list[int]] = [[] for _ in range(L)]
         hole = None
         if res.ctx_entries:
+            nc = s.ctx_blocks_for(res.ctx_entries)
             for i in res.ctx_layers:
-                ctx[i] = self.allocator.allocate(s.ctx_blocks_for(res.ctx_entries))
+                ctx[i] = self._continue(ctx_prefix[i] if ctx_prefix else [], ctx_prefix_len * s.group, nc)
             hole = torch.zeros(L, s.num_heads, dtype=torch.int32, device=s.device)
         scratch = self.allocator.allocate(s.blocks_for(res.scratch_positions))
-        return SequenceKV(blocks=blocks, length=prefix_len, ctx_blocks=ctx, ctx_hole_start=hole, scratch=scratch)
+        return SequenceKV(blocks=blocks, length=prefix_len, ctx_blocks=ctx, ctx_len=ctx_prefix_len,
+                          ctx_hole_start=hole, scratch=scratch)
 
     def release_scratch(self, kv: SequenceKV) -> None:
         """A compact sequence's prefill is done: its scratch table goes back to the free list."""

@@ -28,8 +28,9 @@ import torch
 from torch import Tensor
 
 from lighthouse.engine.kv_cache import KVPool, SequenceKV
-from lighthouse.engine.prefill_attention import CachedTail, append_tail_to_context, keep_context, query_chunks
-from lighthouse.engine.sparse_context import real_entries, selected_entries
+from lighthouse.engine.prefill_attention import (CachedTail, append_tail_to_context, context_attention, keep_context,
+                                                 query_chunks)
+from lighthouse.engine.sparse_context import real_entries, repeat_to_slots, selected_entries
 from lighthouse.model.config import LighthouseConfig
 from lighthouse.model.llama import LlamaForCausalLM
 from lighthouse.model.rope import apply_rope, rope_cos_sin
@@ -125,7 +126,8 @@ class PrefillTask:
                  chunk_tokens: int = DEFAULT_CHUNK_TOKENS, on_progress: Callable[[float], None] | None = None):
         self.prompt = torch.as_tensor(prompt_ids, dtype=torch.long)  # (N,) on the CPU
         N = self.N = int(self.prompt.shape[0])
-        if not 0 <= cached < N or (cached and plan.sparse and cached < plan.split) or (cached and plan.sparse_decode):
+        if (not 0 <= cached < N or (cached and plan.sparse and cached < plan.split)
+                or (cached and plan.sparse_decode and not (plan.compact and cached >= plan.split))):
             raise ValueError(f"cannot resume a prefill of {N} tokens (split {plan.split}) at position {cached}")
         if chunk_tokens < 1:
             raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
@@ -195,6 +197,7 @@ class PrefillTask:
         dev = pool.k.device
         layers = model.model.layers
         H, H_kv, D = c.num_attention_heads, c.num_key_value_heads, c.head_dim
+        r = H // H_kv
         m = max(1, round(n / T))  # token chunks of about T (a prompt of 2^k + a short tail stays one chunk)
         size = -(-n // m)
         chunks = [(a, min(a + size, N)) for a in range(s0, N, size)]  # absolute positions
@@ -211,7 +214,12 @@ class PrefillTask:
             last = i == len(layers) - 1
             attn = layer.self_attn
             segments = self._segments(i, last)
-            slots = pool.slots(kv.full_table(i), s0, N)
+            in_context = not kv.full_table(i)  # a compact follow-up's Lighthouse layer: its context takes the K/V
+            if in_context:
+                e0 = plan.selected + s0 - plan.split  # position t is context entry S + t - split
+                slots = pool.slots(kv.ctx_blocks[i], e0 * r, (e0 + n) * r)
+            else:
+                slots = pool.slots(kv.full_table(i), s0, N)
             # rope after selection: q/k stay un-rotated for the op, rotated in place before dense attention
             unrotated = after_select and any(seg.kind == "op" for seg in segments)
             with torch.no_grad():  # projections, RoPE and the cache write of positions [s0, N)
@@ -236,7 +244,11 @@ class PrefillTask:
                         qb, kb, vb = (buf[:, a - s0 : b - s0].transpose(1, 2) for buf in buffers)
                         q, k = rope_qk(q, k, cos, sin, v.dtype, out=(qb, kb))
                         k_cache, v = k, vb.copy_(v)
-                    pool.write(slots[a - s0 : b - s0], k_cache[0].transpose(0, 1), v[0].transpose(0, 1))
+                    if in_context:
+                        pool.write(slots[(a - s0) * r : (b - s0) * r], repeat_to_slots(k_cache[0].transpose(0, 1), r),
+                                   repeat_to_slots(v[0].transpose(0, 1), r))
+                    else:
+                        pool.write(slots[a - s0 : b - s0], k_cache[0].transpose(0, 1), v[0].transpose(0, 1))
                 if buffers is not None:
                     q, k, v = (buf.transpose(1, 2) for buf in buffers)  # (1, heads, n, D) views
             yield
@@ -254,7 +266,7 @@ class PrefillTask:
                     outs.append((a, b, out))
                     yield
             q = k = v = None  # the buffers stay for the next layer
-            if plan.sparse_decode and i in plan.lighthouse_layers:  # before a compact scratch is reused
+            if plan.sparse_decode and not s0 and i in plan.lighthouse_layers:  # before a compact scratch is reused
                 with torch.no_grad():
                     keys = self._tail_keys.pop(i, None) if self._tail_keys is not None else None
                     append_tail_to_context(pool, kv, i, plan.selected, plan.split, N, keys)
@@ -304,6 +316,12 @@ class PrefillTask:
                 else:
                     out = lighthouse_attention(q[:, :, :e], k[:, :, :e], v[:, :, :e], **kw)
             yield 0, e, out
+            return
+        if not kv.full_table(i):  # a compact follow-up's Lighthouse layer: against the context, as decode reads it
+            with torch.no_grad():
+                out = context_attention(pool, kv, i, q[:, :, seg.start - s0 : seg.end - s0],
+                                        plan.selected + seg.start - plan.split)
+            yield seg.start, seg.end, out
             return
         if pool.k.is_cuda and seg.end - seg.start <= CachedTail.MAX_QUERIES and seg.start > 0:
             key = (seg.start, seg.end)

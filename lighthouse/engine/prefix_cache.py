@@ -11,8 +11,14 @@ What is reused, and why it is exact (never an approximation; outputs do not depe
   request whose own plan has the same split and whose first `split` tokens are the same. Positions after the
   split (the dense tail, causal against that head) are reusable as far as the tokens match.
 - Nothing else: a dense request never reuses a sparse entry, nor a sparse one a dense entry or a head of
-  another length. Requests with sparse decode do not reuse: their selected context comes from the head's
-  queries, which are not cached.
+  another length. Requests with sparse decode in a full session do not reuse: their selected context comes from
+  the head's queries, which are not cached.
+- Compact sessions (kv_mode "compact") are the exception, and not exact: their entry keeps what the session
+  kept, the full-attention layers' caches and each Lighthouse layer's context (the head's selected entries, then
+  the positions after the split). A compact request whose prompt starts with the entry's whole head (whatever its
+  own split would be) reuses it: its new positions are prefilled against that context as sparse decode attends
+  to it (the entry's split and selection stand for the new prompt's), not as a fresh sparse prefill would select.
+  Compact entries serve compact requests only.
 
 "Exact" is the same arithmetic on the same inputs, except that the suffix attends to the cached K/V in a
 separate pass, so results match a cache-less prefill up to floating-point summation order.
@@ -43,8 +49,19 @@ from lighthouse.engine.prefill import PrefillPlan
 class CacheEntry:
     tokens: Tensor  # (N,) int64 on the CPU
     split: int  # 0: dense prefill (every prefix exact); > 0: sparse head [0, split), reusable only whole
-    blocks: list[list[int]]  # per layer: the blocks holding positions [0, N), one reference each
+    blocks: list[list[int]]  # per layer: the blocks holding positions [0, N), one reference each ([] in a
+    # compact entry's Lighthouse layers)
     last_used: int = 0
+    ctx_blocks: list[list[int]] | None = None  # compact: per layer, the context's blocks (entries [0, S + N - split))
+    selected: int = 0  # compact: S, the head's selected entries per layer
+    ctx_hole_start: Tensor | None = None  # compact: (L, H) int32, as SequenceKV's
+
+    @property
+    def compact(self) -> bool:
+        return self.ctx_blocks is not None
+
+    def all_blocks(self) -> list[int]:
+        return [b for t in self.blocks + (self.ctx_blocks or []) for b in t]
 
     @property
     def length(self) -> int:
@@ -88,21 +105,24 @@ class PrefixCache:
         self.kv.cache_only_blocks = self.cache_only_blocks
 
     # ---- lookup -----------------------------------------------------------------------------------------------
-    def match(self, prompt: Tensor, split: int) -> CacheHit | None:
-        """The longest reusable prefix for a prompt whose plan prefills [0, split) sparsely (split 0: densely).
+    def match(self, prompt: Tensor, split: int, compact: bool = False) -> CacheHit | None:
+        """The longest reusable prefix for a prompt whose plan prefills [0, split) sparsely (split 0: densely); with
+        `compact`, of a compact entry whose whole head the prompt starts with (split is not used).
 
         At least one prompt position is left to compute (its logits start the generation); a reusable prefix
         shorter than `min_tokens` counts as a miss."""
         best: CacheHit | None = None
         for e in self.entries:
-            if e.split != split:
+            if e.compact != compact or (not compact and e.split != split):
                 continue
+            if compact:
+                split = e.split
             usable = min(common_prefix(prompt, e.tokens), prompt.shape[0] - 1)
             if usable < max(split, self.min_tokens, 1):  # a sparse head is reusable only whole
                 continue
             if best is None or usable > best.tokens or (usable == best.tokens and e.last_used > best.entry.last_used):
                 best = CacheHit(e, usable)
-        for h in self.host.entries if self.host is not None else ():  # only strictly longer than on the device
+        for h in self.host.entries if self.host is not None and not compact else ():  # only longer than on device
             usable = min(common_prefix(prompt, h.tokens), prompt.shape[0] - 1)
             if h.split == split and usable >= max(split, self.min_tokens, 1) and (best is None or usable > best.tokens):
                 best = CacheHit(None, usable, h)
@@ -127,9 +147,8 @@ class PrefixCache:
         """Blocks that only entries hold (what evicting every entry would free)."""
         held: dict[int, int] = {}
         for e in self.entries:
-            for t in e.blocks:
-                for b in t:
-                    held[b] = held.get(b, 0) + 1
+            for b in e.all_blocks():
+                held[b] = held.get(b, 0) + 1
         refs = self.kv.allocator.refs
         return sum(1 for b, n in held.items() if refs[b] == n)
 
@@ -141,7 +160,7 @@ class PrefixCache:
             if not victims:
                 return False
             victim = min(victims, key=lambda e: e.last_used)
-            if self.host is not None:
+            if self.host is not None and not victim.compact:  # (compact entries are dropped)
                 self.host.offload(victim.tokens, victim.split, victim.blocks, keep=keep_host)
             self._drop(victim)
         return True
@@ -152,16 +171,18 @@ class PrefixCache:
 
     def _drop(self, e: CacheEntry) -> None:
         self.entries.remove(e)
-        self.kv.allocator.release([b for t in e.blocks for b in t])
-        e.blocks = []
+        self.kv.allocator.release(e.all_blocks())
+        e.blocks, e.ctx_blocks = [], [] if e.compact else None
 
     # ---- insertion ----------------------------------------------------------------------------------------------
-    def insert(self, prompt: Tensor, split: int, kv: SequenceKV) -> CacheEntry | None:
-        """Keep the blocks of positions [0, len(prompt)) of a finished sequence (by reference: no copy)."""
+    def insert(self, prompt: Tensor, split: int, kv: SequenceKV, selected: int = 0) -> CacheEntry | None:
+        """Keep the blocks of positions [0, len(prompt)) of a finished sequence (by reference: no copy); of a compact
+        one, its full-attention layers' and its context's (`selected`: the head's S)."""
         n = int(prompt.shape[0])
-        if n < self.min_tokens or kv.length < n or kv.compact:  # a compact sequence's Lighthouse layers hold no cache
+        if n < self.min_tokens or kv.length < n:
             return None
-        same = [(common_prefix(prompt, e.tokens), e) for e in self.entries if e.split == split]
+        compact = kv.compact
+        same = [(common_prefix(prompt, e.tokens), e) for e in self.entries if e.split == split and e.compact == compact]
         for m, e in same:
             if m == n:  # already held (as this prompt or a longer one)
                 e.last_used = next(self._clock)
@@ -172,6 +193,10 @@ class PrefixCache:
         nb = self.kv.shape.blocks_for(n)
         blocks = [self.kv.allocator.share(t[:nb]) for t in kv.blocks]
         entry = CacheEntry(prompt.clone(), split, blocks, next(self._clock))
+        if compact:
+            nc = self.kv.shape.ctx_blocks_for(selected + n - split)
+            entry.ctx_blocks = [self.kv.allocator.share(t[:nc]) for t in kv.ctx_blocks]
+            entry.selected, entry.ctx_hole_start = selected, kv.ctx_hole_start
         self.entries.append(entry)
         return entry
 
