@@ -219,11 +219,38 @@ def compact_vs_full(b: Bench, n: int) -> dict:
             "first_mismatch": next((i for i, (x, y) in enumerate(zip(toks["full"], toks["compact"])) if x != y), None)}
 
 
+def profile_compact(b: Bench, n: int, out: Path) -> dict:
+    """torch.profiler over one compact prefill of n tokens and 16 decode steps: top kernels by GPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from lighthouse.engine.options import RequestOptions
+
+    eng = b.engine(kv_mode="compact")
+    opts = RequestOptions(kv_mode="compact", cache_prompt=False)
+    eng.add_request("warm", prompt(n, 11), params(4), opts)
+    while eng.has_unfinished():
+        eng.step()
+    sync()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        t0 = time.perf_counter()
+        eng.add_request("prof", prompt(n, 12), params(17), opts)
+        while eng.has_unfinished():
+            eng.step()
+        sync()
+        wall = time.perf_counter() - t0
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70)
+    gpu = sum(e.self_device_time_total for e in prof.key_averages()) / 1e6
+    text = f"== compact prefill of {n} tokens + 16 decode steps: wall {wall:.3f} s (profiled), GPU busy {gpu:.3f} s ==\n"
+    (out / "profile_memory.txt").write_text(text + table)
+    return {"wall_s": round(wall, 3), "gpu_busy_s": round(gpu, 3)}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--quick", action="store_true", help="32K stands in for 512K and 64K for 1M (a smoke test)")
     ap.add_argument("--tiny", action="store_true", help="a tiny model on the CPU, 1.1K/2.1K tokens: a dry run")
+    ap.add_argument("--profile", action="store_true", help="profile a compact 512K prefill (DIR/profile_memory.txt)")
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: sessions,concurrent,host,1m,equal")
     args = ap.parse_args()
     out = Path(args.out)
@@ -303,6 +330,8 @@ def main() -> int:
         r = measure("compact_1m", one_m)
         if r:
             res["compact_1m_ttft_s"], res["compact_1m_session_gb"] = r["ttft_s"], r["held_gb"]
+    if args.profile:
+        measure("profile_compact_512k", lambda: profile_compact(b, n512, out))
     b.eng = None
     save()
     log(f"done: {path}")
