@@ -45,9 +45,12 @@ def ask(eng: LLMEngine, prompt: list[int]) -> tuple[list[float], int]:
     return lps, cached
 
 
-@pytest.mark.parametrize("copy_blocks", [2048, 3])  # one copy, or many pieces (as a 512K document takes)
-def test_an_evicted_document_returns_from_host_memory_with_the_same_logits(copy_blocks, monkeypatch):
+@pytest.mark.parametrize("copy_blocks,segment_bytes", [(2048, 1 << 30), (3, 1 << 30), (2048, 5 * 1024)])
+def test_an_evicted_document_returns_from_host_memory_with_the_same_logits(copy_blocks, segment_bytes, monkeypatch):
+    """One copy, many pieces (as a 512K document takes), or a host pool of many small segments (a block's K is
+    2 KiB here: two blocks per segment)."""
     monkeypatch.setattr(host_cache, "COPY_BLOCKS", copy_blocks)
+    monkeypatch.setattr(host_cache, "SEGMENT_BYTES", segment_bytes)
     roomy = engine(400, 0)  # everything stays on the device
     tight = engine(64, 64 * BLOCK_BYTES)  # one 620-token document at a time; the host tier holds both
     for eng in (roomy, tight):
@@ -88,3 +91,9 @@ def test_host_cache_metrics_are_exported(settings_for, tiny_checkpoint, loopback
     with loopback_server(settings) as srv:
         text = httpx.get(srv.url + "/metrics").text
     assert "lighthouse_host_cache_usage_ratio" in text and "lighthouse_host_cache_hit_tokens_total" in text
+
+
+def test_runs_of_host_blocks_break_at_gaps_limits_and_segments():
+    assert host_cache.runs([1, 2, 3, 7, 8, 9, 10], 10, 100) == [(0, 1, 3), (3, 7, 4)]
+    assert host_cache.runs([1, 2, 3, 4, 5], 2, 100) == [(0, 1, 2), (2, 3, 2), (4, 5, 1)]
+    assert host_cache.runs([3, 4, 5, 6], 10, 5) == [(0, 3, 2), (2, 5, 2)]  # ids 5.. are the next segment

@@ -26,6 +26,7 @@ from lighthouse.engine.kv_cache import BlockAllocator, KVCacheManager, as_bytes
 log = logging.getLogger(__name__)
 
 COPY_BLOCKS = 2048  # blocks per device<->host copy at most (bf16, 8 KV heads of 128, blocks of 128: 0.5 GB of K)
+SEGMENT_BYTES = 1 << 30  # the host pool's K (and V) tensors: at most this many bytes each
 
 
 @dataclass(eq=False)
@@ -46,11 +47,12 @@ class HostEntry:
         return len(self.blocks)
 
 
-def runs(ids: list[int], limit: int) -> list[tuple[int, int, int]]:
-    """(offset in ids, first id, length) of the maximal runs of consecutive ids, each at most `limit` long."""
+def runs(ids: list[int], limit: int, segment: int) -> list[tuple[int, int, int]]:
+    """(offset in ids, first id, length) of the maximal runs of consecutive ids, each at most `limit` long and
+    within one segment of `segment` ids."""
     out: list[tuple[int, int, int]] = []
     for at, b in enumerate(ids):
-        if out and out[-1][1] + out[-1][2] == b and out[-1][2] < limit:
+        if out and out[-1][1] + out[-1][2] == b and out[-1][2] < limit and b % segment:
             o, first, n = out[-1]
             out[-1] = (o, first, n + 1)
         else:
@@ -68,12 +70,18 @@ class HostCache:
         pool = kv.pool
         pin = pool.k.is_cuda
         t0 = time.perf_counter()
-        shape = (num_blocks, *pool.k.shape[1:])
         dtype = torch.uint8 if pool.fp8 else pool.k.dtype
-        self.k = torch.empty(shape, dtype=dtype, pin_memory=pin)
-        self.v = torch.empty(shape, dtype=dtype, pin_memory=pin)
+        # segments of at most SEGMENT_BYTES: the pinned-memory allocator rounds a request up to a power of two (one
+        # 35 GB tensor would take 64 GiB), and one failing request must not ask for the whole budget at once
+        self.segment = max(1, SEGMENT_BYTES // (per_block // 2))
+        self.k_segments: list[Tensor] = []
+        self.v_segments: list[Tensor] = []
+        for s0 in range(0, num_blocks, self.segment):
+            shape = (min(self.segment, num_blocks - s0), *pool.k.shape[1:])
+            self.k_segments.append(torch.empty(shape, dtype=dtype, pin_memory=pin))
+            self.v_segments.append(torch.empty(shape, dtype=dtype, pin_memory=pin))
         if pin:
-            log.info("host cache: %.1f GiB of pinned host memory in %.1fs", 2 * self.k.nbytes / 2**30,
+            log.info("host cache: %.1f GiB of pinned host memory in %.1fs", num_blocks * per_block / 2**30,
                      time.perf_counter() - t0)
         self.allocator = BlockAllocator(num_blocks)
         self.budget_bytes = self.allocator.usable * per_block
@@ -106,10 +114,10 @@ class HostCache:
         host = self.allocator.allocate(len(blocks))
         idx = torch.tensor(blocks, dtype=torch.long, device=pool.k.device)
         pin = pool.k.is_cuda
-        for at, first, n in runs(host, COPY_BLOCKS):  # one device gather and one copy per run of host blocks
+        for at, first, n in runs(host, COPY_BLOCKS, self.segment):  # one gather and one copy per run of host blocks
             sel = idx[at : at + n]
-            for dst, src in ((self.k, pool.k), (self.v, pool.v)):
-                dst[first : first + n].copy_(as_bytes(src).index_select(0, sel), non_blocking=pin)
+            for dst, src in ((self.k_segments, pool.k), (self.v_segments, pool.v)):
+                self._slice(dst, first, n).copy_(as_bytes(src).index_select(0, sel), non_blocking=pin)
         if pin:
             torch.cuda.current_stream(pool.k.device).synchronize()  # the device blocks are freed right after
         entry = HostEntry(tokens, split, host, [len(t) for t in tables], len(blocks) * self.kv.shape.bytes_per_block,
@@ -125,10 +133,11 @@ class HostCache:
         pool = self.kv.pool
         assert len(blocks) == entry.num_blocks
         idx = torch.tensor(blocks, dtype=torch.long, device=pool.k.device)
-        for at, first, n in runs(entry.blocks, COPY_BLOCKS):
+        for at, first, n in runs(entry.blocks, COPY_BLOCKS, self.segment):
             sel = idx[at : at + n]
-            for src, dst in ((self.k, pool.k), (self.v, pool.v)):
-                as_bytes(dst).index_copy_(0, sel, src[first : first + n].to(dst.device, non_blocking=True))
+            for src, dst in ((self.k_segments, pool.k), (self.v_segments, pool.v)):
+                piece = self._slice(src, first, n).to(dst.device, non_blocking=True)
+                as_bytes(dst).index_copy_(0, sel, piece)
         self.bytes_to_device += entry.nbytes
         self.hit_tokens += tokens
         self._drop(entry)
@@ -137,6 +146,11 @@ class HostCache:
             tables.append(blocks[at : at + n])
             at += n
         return tables
+
+    def _slice(self, segments: list[Tensor], first: int, n: int) -> Tensor:
+        """Host blocks [first, first + n), within one segment."""
+        seg, at = divmod(first, self.segment)
+        return segments[seg][at : at + n]
 
     def touch(self, entry: HostEntry) -> None:
         entry.last_used = next(self._clock)
