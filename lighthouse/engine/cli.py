@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from lighthouse.engine.options import DECODE_MODES, PREFILL_MODES
+from lighthouse.engine.options import DECODE_MODES, KV_MODES, PREFILL_MODES
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -19,7 +19,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=-1)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--prefill", choices=PREFILL_MODES, default="sparse")
-    p.add_argument("--decode", choices=DECODE_MODES, default="dense")
+    p.add_argument("--decode", choices=DECODE_MODES, default=None,
+                   help="dense (default) | sparse; --kv-mode compact decodes sparsely")
+    p.add_argument("--kv-mode", choices=KV_MODES, default=None,
+                   help="full (default) | compact: the Lighthouse layers keep only the selected context")
     p.add_argument("--dense-tail-tokens", type=int, default=None,
                    help="prompt tokens prefilled densely at the end of a sparse prefill (default: the engine's, 64)")
     p.add_argument("--block-size", type=int, default=128,
@@ -37,7 +40,8 @@ def configs_from_args(args: argparse.Namespace):
     from lighthouse.engine.options import RequestOptions
 
     config = EngineConfig(block_size=args.block_size, enforce_eager=args.enforce_eager)
-    options = RequestOptions(prefill=args.prefill, decode=args.decode, dense_tail_tokens=args.dense_tail_tokens)
+    options = RequestOptions(prefill=args.prefill, decode=args.decode, dense_tail_tokens=args.dense_tail_tokens,
+                             kv_mode=args.kv_mode)
     return config, options
 
 
