@@ -91,10 +91,10 @@ class LLMEngine:
         self._to_abort: set[str] = set()
         self._abort_errors: dict[str, tuple[str, str]] = {}  # request id -> (message, code) it fails with
         self.runner.capture_all()
-        log.info("engine ready: device=%s dtype=%s max_model_len=%d kv_cache=%.2f GiB (%d blocks of %d, %s) prefill=%s "
-                 "decode=%s cuda_graphs=%s", self.device, self.dtype, self.max_model_len, self.kv.budget_bytes / 2**30,
-                 self.kv.allocator.usable, c.block_size, shape.storage_dtype, c.prefill, c.decode,
-                 sorted(self.runner.graphs) or "off")
+        log.info("engine ready: device=%s dtype=%s max_model_len=%d kv_cache=%.2f GiB (%d blocks of one layer x %d "
+                 "positions, %s) kv_mode=%s prefill=%s decode=%s cuda_graphs=%s", self.device, self.dtype,
+                 self.max_model_len, self.kv.budget_bytes / 2**30, self.kv.allocator.usable, c.block_size,
+                 shape.storage_dtype, c.kv_mode, c.prefill, c.decode, sorted(self.runner.graphs) or "off")
 
     # ---- admission -------------------------------------------------------------------------------------------
     def make_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams,
