@@ -211,3 +211,18 @@ def test_a_compact_follow_up_reuses_the_documents_context_as_sparse_decode_reads
     assert eng.prefix_cache.match(torch.tensor(doc + q2), 1036) is None
     eng.prefix_cache.clear()
     assert eng.kv.num_free == eng.kv.allocator.usable
+
+
+def test_without_max_tokens_a_request_gets_as_many_as_its_layout_fits(model):
+    eng = engine(model, kv_cache_bytes=3 << 20, kv_mode="compact")  # max_model_len: what the dense layers hold
+    for opts in (RequestOptions(kv_mode="compact"), RequestOptions(decode="sparse")):
+        req = eng.make_request("a", ids(N, 0), SamplingParams(max_tokens=None), opts)
+        m = req.params.max_tokens
+        assert 1 <= m < eng.max_model_len - N
+        assert eng.kv.fits_ever(eng.admission.blocks_needed(req, None))
+        with pytest.raises(InvalidRequest) as info:  # 64 more tokens (4 more blocks a layer) would not fit
+            eng.make_request("b", ids(N, 0), SamplingParams(max_tokens=m + 64), opts)
+        assert info.value.code == "kv_cache_exceeded"
+    with pytest.raises(InvalidRequest) as info:
+        eng.make_request("c", ids(N, 0), SamplingParams(max_tokens=eng.max_model_len - N), RequestOptions(decode="sparse"))
+    assert info.value.code == "kv_cache_exceeded"

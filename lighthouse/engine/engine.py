@@ -25,16 +25,17 @@ from typing import Callable
 
 import torch
 
+from lighthouse.engine.admission import Admission
 from lighthouse.engine.config import EngineConfig
 from lighthouse.engine.detokenizer import IncrementalText
 from lighthouse.engine.errors import INTERNAL_ERROR, OUT_OF_MEMORY, InvalidRequest, is_device_fatal
 from lighthouse.engine.host_cache import HostCache
-from lighthouse.engine.kv_cache import KV_CACHE_DTYPES, CacheShape, KVCacheManager, Reservation, default_budget_bytes
+from lighthouse.engine.kv_cache import KV_CACHE_DTYPES, CacheShape, KVCacheManager, default_budget_bytes
 from lighthouse.engine.model_runner import ModelRunner
 from lighthouse.engine.options import RequestOptions
 from lighthouse.engine.output import OutputProcessor
 from lighthouse.engine.prefill import PrefillAborted, plan_prefill
-from lighthouse.engine.prefix_cache import CacheHit, PrefixCache, cache_split
+from lighthouse.engine.prefix_cache import PrefixCache, cache_split
 from lighthouse.engine.sampling import SamplingParams, make_generator
 from lighthouse.engine.scheduler import Scheduler
 from lighthouse.engine.sequence import PrefillInfo, Request, RequestOutput, Sequence, Status, TokenLogprob
@@ -80,7 +81,8 @@ class LLMEngine:
         self.eos_ids = _eos_ids(model, tokenizer) | set(stop_token_ids)  # + generation_config.json's
         host = HostCache(self.kv, c.host_cache_bytes) if c.host_cache_bytes and c.enable_prefix_caching else None
         self.prefix_cache = PrefixCache(self.kv, c.prefix_cache_min_tokens, host) if c.enable_prefix_caching else None
-        self.scheduler = Scheduler(c.max_num_seqs, make_room=self._make_room)
+        self.admission = Admission(self.kv, self.prefix_cache, model)
+        self.scheduler = Scheduler(c.max_num_seqs, make_room=self.admission.make_room)
         self.runner = ModelRunner(model, self.kv, max_batch=c.max_num_seqs, max_model_len=self.max_model_len,
                                   enforce_eager=c.enforce_eager, graph_max_batch=c.cuda_graph_max_batch,
                                   prefill_chunk_tokens=c.prefill_chunk_tokens)
@@ -127,19 +129,11 @@ class LLMEngine:
             raise InvalidRequest(f"n={params.n} exceeds the server's max_num_seqs ({c.max_num_seqs})", param="n")
         plan = plan_prefill(self.model, n_prompt, prefill=opts.prefill, decode=opts.decode,
                             dense_tail_tokens=opts.dense_tail_tokens, kv_mode=opts.kv_mode)
-        req = self._sized_request(request_id, list(prompt_ids), params, opts, plan, prompt)
-        if default_max_tokens and not self.kv.fits_ever(self._blocks_needed(req, None)):
-            lo, hi = 0, params.max_tokens  # no max_tokens given: as many as this request's layout fits
-            while lo < hi:
-                mid = (lo + hi + 1) // 2
-                params.max_tokens = mid
-                fits = self.kv.fits_ever(self._blocks_needed(self._sized_request(request_id, [], params, opts, plan,
-                                                                                 prompt), None))
-                lo, hi = (mid, hi) if fits else (lo, mid - 1)
-            params.max_tokens = max(1, lo)
-            req = self._sized_request(request_id, list(prompt_ids), params, opts, plan, prompt)
+        req = self.admission.sized_request(request_id, list(prompt_ids), params, opts, plan, prompt)
+        if default_max_tokens and not self.kv.fits_ever(self.admission.blocks_needed(req, None)):
+            req = self.admission.largest_that_fits(req)  # no max_tokens given: as many as its layout fits
         capacity = req.capacity
-        blocks = self._blocks_needed(req, None)
+        blocks = self.admission.blocks_needed(req, None)
         if not self.kv.fits_ever(blocks):
             raise InvalidRequest(
                 f"The request needs {blocks} KV cache blocks (n={params.n} x {capacity} positions, kv_mode "
@@ -151,41 +145,6 @@ class LLMEngine:
             gen = None if params.greedy else make_generator(seed, self.device)
             req.seqs.append(Sequence(i, params, IncrementalText(self.tokenizer, params.stop), gen, request=req))
         return req
-
-    def _sized_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams, opts: RequestOptions,
-                       plan, prompt: torch.Tensor) -> Request:
-        """The request with its capacity and KV cache reservation for `params.max_tokens`."""
-        n_prompt = plan.prompt_len
-        capacity = n_prompt + params.max_tokens
-        ctx_entries = plan.selected + capacity - plan.split if plan.sparse_decode else 0
-        res = self.kv.reservation(capacity, plan.lighthouse_layers if plan.sparse_decode else (), ctx_entries,
-                                  compact=plan.compact, prompt_len=n_prompt)
-        return Request(request_id, prompt_ids, params, opts, [], plan, capacity, ctx_entries, res, prompt_tensor=prompt)
-
-    def _reservation(self, req: Request, hit: CacheHit | None) -> Reservation:
-        """What each of the request's sequences holds: as planned, or, continuing a compact prefix-cache entry, its
-        context grown from the entry's (the entry's split and selection stand for the prompt's; no scratch)."""
-        e = hit.entry if hit is not None else None
-        if e is None or not e.compact:
-            return req.reservation
-        res = req.reservation
-        return Reservation(res.capacity, res.full_layers, res.ctx_layers, e.selected + res.capacity - e.split)
-
-    def _blocks_needed(self, req: Request, hit: CacheHit | None) -> int:
-        """Free blocks the request takes at its prefill: the first sequence's tables, less what a prefix-cache hit
-        shares, plus what each other choice does not share with the first (its filled prompt blocks)."""
-        kv, n, bs = self.kv, req.params.n, self.kv.block_size
-        res = self._reservation(req, hit)
-        one = res.held_blocks(kv.shape)
-        shared_prompt = len(res.full_layers) * (req.plan.prompt_len // bs)
-        filled_ctx = (res.ctx_entries - req.params.max_tokens) * kv.shape.group // bs if res.ctx_entries else 0
-        shared_ctx = len(res.ctx_layers) * filled_ctx
-        saved_by_hit = len(res.full_layers) * (hit.tokens // bs) if hit is not None else 0
-        if hit is not None and hit.entry is not None and hit.entry.compact:
-            e = hit.entry
-            saved_by_hit += len(res.ctx_layers) * ((e.selected + hit.tokens - e.split) * kv.shape.group // bs)
-        scratch = res.blocks(kv.shape) - one  # a compact prefill's, given back before the other choices fork
-        return one + scratch - saved_by_hit + (n - 1) * (one - shared_prompt - shared_ctx)
 
     def enqueue(self, request: Request) -> None:
         with self._lock:
@@ -237,37 +196,6 @@ class LLMEngine:
                 "host_cache_bytes_to_host": host.bytes_to_host if host else 0,
                 "host_cache_bytes_to_device": host.bytes_to_device if host else 0}
 
-    # ---- prefix cache (prefix_cache.py says what is reused and why that is exact) ------------------------------
-    def _cache_hit(self, req: Request) -> CacheHit | None:
-        if self.prefix_cache is None or not req.cache_prompt:
-            return None
-        if req.plan.compact:  # a compact document's follow-up: against its kept context (prefix_cache.py)
-            lh = self.model.config.lighthouse  # (not where the context's K were rotated with other frequencies)
-            if lh.rope == "after_select" and lh.rope_freqs == "unscaled":
-                return None
-            return self.prefix_cache.match(_prompt_tensor(req), 0, compact=True)
-        if req.plan.sparse_decode:
-            return None  # sparse decode selects from the head's queries, which are not cached
-        return self.prefix_cache.match(_prompt_tensor(req), cache_split(req.plan))
-
-    def _make_room(self, req: Request) -> bool:
-        """Whether the request's blocks fit now, evicting prefix-cache entries (the one it would reuse last)."""
-        req.hit = self._cache_hit(req)
-        if req.hit is not None and req.hit.host is not None:  # in the host tier: back to the device first
-            need = self._blocks_needed(req, None) + req.hit.blocks_to_restore(self.kv.block_size)
-            if not (self.kv.fits_now(need) or self.prefix_cache.make_room(need, keep_host=req.hit.host)):
-                req.hit = None
-                return False
-            req.hit = self.prefix_cache.restore(req.hit)
-            return True
-        need = self._blocks_needed(req, req.hit)
-        if self.kv.fits_now(need) or self.prefix_cache is None:
-            return self.kv.fits_now(need)
-        if self.prefix_cache.make_room(need, keep=req.hit.entry if req.hit else None):
-            return True
-        req.hit = None  # the kept entry is in the way: evict it too and prefill from scratch
-        return self.prefix_cache.make_room(self._blocks_needed(req, None))
-
     # ---- run + postprocess ------------------------------------------------------------------------------------
     def apply_aborts(self) -> list[RequestOutput]:
         with self._lock:
@@ -297,7 +225,7 @@ class LLMEngine:
                 first = seqs[0]
                 if hit is not None and hit.entry.compact:  # the entry's split and selection stand for the prompt's
                     e = hit.entry
-                    req.reservation = self._reservation(req, hit)
+                    req.reservation = self.admission.reservation(req, hit)
                     req.plan = plan = replace(plan, split=e.split, selected=e.selected)
                     first.kv = self.kv.allocate(req.reservation, e.blocks, cached, ctx_prefix=e.ctx_blocks,
                                                 ctx_prefix_len=e.selected + cached - e.split)
