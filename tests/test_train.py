@@ -156,3 +156,30 @@ def test_time_budget_trims_max_steps_once_and_records_it(tmp_path):
     assert sched[0]["switch_step"] == max(CALIBRATE_AFTER, n - round(0.25 * n))
     state = json.loads((tmp_path / "checkpoints" / f"step_{trainer.step:06d}" / "trainer_state.json").read_text())
     assert state["max_steps"] == trainer.step
+
+
+def test_a_new_model_can_declare_its_positions_and_rope_base(tmp_path):
+    """--max-position-embeddings / --rope-theta: what a model meant for 512K-token documents is trained with; the
+    saved checkpoint states them and its RoPE uses the base (the flags are refused where they cannot apply)."""
+    from lighthouse.train.cli import add_arguments, config_from_args
+    from lighthouse.train.config import ConfigError
+
+    cfg = small_cfg(tmp_path, max_steps=2, dense_tail_steps=1, max_position_embeddings=524288, rope_theta=5e6)
+    Trainer(cfg).train()
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["max_position_embeddings"] == 524288 and saved["rope_theta"] == 5e6
+    model, _ = load_checkpoint(tmp_path, device="cpu", dtype=torch.float32)
+    D = model.config.head_dim
+    want = 1.0 / 5e6 ** (torch.arange(0, D, 2, dtype=torch.float32) / D)
+    torch.testing.assert_close(model.inv_freq.float(), want)
+    import argparse
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    args = p.parse_args(["--max-position-embeddings", "524288", "--rope-theta", "5e6", "--seq-len", "1024"])
+    parsed = config_from_args(args)
+    assert (parsed.max_position_embeddings, parsed.rope_theta) == (524288, 5e6)
+    with pytest.raises(ConfigError, match="max_position_embeddings"):
+        small_cfg(tmp_path, max_position_embeddings=256).validate()
+    with pytest.raises(ConfigError, match="rope_theta"):
+        small_cfg(tmp_path, rope_theta=0.0).validate()

@@ -31,6 +31,7 @@ _OVERRIDES = {
     "levels": "lighthouse_levels", "pooling_factor": "lighthouse_pooling_factor", "topk": "lighthouse_topk",
     "scorer": "lighthouse_scorer", "full_attn_layers": "lighthouse_full_attn_layers",
     "min_seq_len": "lighthouse_min_seq_len",
+    "max_position_embeddings": "max_position_embeddings", "rope_theta": "rope_theta",
 }
 
 
@@ -69,6 +70,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     lh.add_argument("--full-attn-layers", type=_layer_list, metavar="I,J,...",
                     help="layers that always run dense attention ('none': no layer)")
     lh.add_argument("--min-seq-len", type=int, help="sequences shorter than this run dense (serving too)")
+    p.add_argument("--max-position-embeddings", type=int,
+                   help="positions the model declares (default: the preset's, at least --seq-len); e.g. 524288 for a "
+                        "model that serves 512K-token documents")
+    p.add_argument("--rope-theta", type=float, help="RoPE base of the new model (default: the preset's)")
     p.add_argument("--data", nargs="+", metavar="PATH", help="text files, folders, *.jsonl, or 'stdlib' (Python's own source)")
     p.add_argument("--tasks", nargs="+", choices=["passkey", "kv", "multihop"],
                    help="synthetic tasks, drawn uniformly (repeat one to weight it)")

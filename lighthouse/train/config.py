@@ -44,6 +44,10 @@ class TrainConfig:
     lighthouse_scorer: str | None = None
     lighthouse_full_attn_layers: list[int] | None = None
     lighthouse_min_seq_len: int | None = None
+    # the model's positions and RoPE base (None: the preset's; positions are at least seq_len either way): a model
+    # meant to serve 512K-token documents declares >= 524288 positions, with a RoPE base chosen for that length
+    max_position_embeddings: int | None = None
+    rope_theta: float | None = None
     # data
     seq_len: int = 1024
     data: list[str] = field(default_factory=list)  # files, folders, *.jsonl, or "stdlib"
@@ -123,6 +127,14 @@ class TrainConfig:
             raise ConfigError(f"save_dtype must be fp32 or bf16 (got {self.save_dtype!r})")
         if self.seq_len < 512:
             raise ConfigError(f"seq_len must be at least 512 (got {self.seq_len})")
+        if self.max_position_embeddings is not None and self.max_position_embeddings < self.seq_len:
+            raise ConfigError(f"max_position_embeddings ({self.max_position_embeddings}) must be >= seq_len "
+                              f"({self.seq_len}): raise it or drop it")
+        if self.rope_theta is not None and not self.rope_theta > 0:
+            raise ConfigError(f"rope_theta must be > 0 (got {self.rope_theta})")
+        if self.init_from and (self.max_position_embeddings is not None or self.rope_theta is not None):
+            raise ConfigError("--max-position-embeddings and --rope-theta set a new model's RoPE; with --init-from "
+                              "the checkpoint's own RoPE is kept: drop them")
 
 
 TRAIN_PRESETS: dict[str, TrainConfig] = {

@@ -63,6 +63,10 @@ class Trainer:
             self._log(f"adapting {cfg.init_from}: {describe(model.config)}")
         else:
             mc = model_config or model_preset(cfg.model_preset)
+            if cfg.max_position_embeddings is not None:
+                mc.max_position_embeddings = cfg.max_position_embeddings
+            if cfg.rope_theta is not None:
+                mc.rope_theta = cfg.rope_theta
             if lighthouse_overrides(cfg):  # --levels, --topk, ... over the preset's block
                 mc.lighthouse = resolve_lighthouse(cfg, mc, adapting=False)
             model = LlamaForCausalLM(mc)
