@@ -4,9 +4,11 @@ reused and why that is exact, and where compact entries are not)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
-from lighthouse.engine.kv_cache import KVCacheManager, Reservation
+from lighthouse.engine.kv_cache import KVCacheManager, Reservation, SequenceKV
 from lighthouse.engine.options import RequestOptions
 from lighthouse.engine.prefill import PrefillPlan
 from lighthouse.engine.prefix_cache import CacheHit, PrefixCache, cache_split
@@ -41,6 +43,21 @@ class Admission:
         params.max_tokens = max(1, lo)
         return self.sized_request(req.request_id, req.prompt_ids, params, req.options, req.plan, req.prompt_tensor)
 
+    def allocate(self, req: Request, hit: CacheHit | None) -> SequenceKV:
+        """The first sequence's tables at the start of its prefill, sharing what the hit gives. Continuing a
+        compact entry, the request takes the entry's split and selection (`req.plan`) and its grown reservation."""
+        cached = hit.tokens if hit is not None else 0
+        e = hit.entry if hit is not None else None
+        if e is None or not e.compact:
+            return self.kv.allocate(req.reservation, e.blocks if e is not None else None, cached)
+        req.reservation = self.reservation(req, hit)
+        req.plan = replace(req.plan, split=e.split, selected=e.selected)
+        kv = self.kv.allocate(req.reservation, e.blocks, cached, ctx_prefix=e.ctx_blocks,
+                              ctx_prefix_len=e.selected + cached - e.split)
+        assert e.ctx_hole_start is not None
+        kv.ctx_hole_start, kv.ctx_hole_end = e.ctx_hole_start.clone(), e.selected
+        return kv
+
     def reservation(self, req: Request, hit: CacheHit | None) -> Reservation:
         """What each of the request's sequences holds: as planned, or, continuing a compact prefix-cache entry, its
         context grown from the entry's (the entry's split and selection stand for the prompt's; no scratch)."""
@@ -73,10 +90,10 @@ class Admission:
             lh = self.model.config.lighthouse  # (not where the context's K were rotated with other frequencies)
             if lh.rope == "after_select" and lh.rope_freqs == "unscaled":
                 return None
-            return self.prefix_cache.match(_prompt(req), 0, compact=True)
+            return self.prefix_cache.match(req.prompt(), 0, compact=True)
         if req.plan.sparse_decode:
             return None  # sparse decode selects from the head's queries, which are not cached
-        return self.prefix_cache.match(_prompt(req), cache_split(req.plan))
+        return self.prefix_cache.match(req.prompt(), cache_split(req.plan))
 
     def make_room(self, req: Request) -> bool:
         """Whether the request's blocks fit now, evicting prefix-cache entries (the one it would reuse last)."""
@@ -96,8 +113,3 @@ class Admission:
         req.hit = None  # the kept entry is in the way: evict it too and prefill from scratch
         return self.prefix_cache.make_room(self.blocks_needed(req, None))
 
-
-def _prompt(req: Request) -> torch.Tensor:
-    if req.prompt_tensor is None:
-        req.prompt_tensor = torch.tensor(req.prompt_ids, dtype=torch.long)
-    return req.prompt_tensor

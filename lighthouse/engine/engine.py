@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import array
 import logging
-from dataclasses import replace
 import threading
 import time
 from typing import Callable
@@ -223,22 +222,15 @@ class LLMEngine:
                 hit, req.hit = req.hit, None
                 cached = req.prefill_cached = hit.tokens if hit is not None else 0
                 first = seqs[0]
-                if hit is not None and hit.entry.compact:  # the entry's split and selection stand for the prompt's
-                    e = hit.entry
-                    req.reservation = self.admission.reservation(req, hit)
-                    req.plan = plan = replace(plan, split=e.split, selected=e.selected)
-                    first.kv = self.kv.allocate(req.reservation, e.blocks, cached, ctx_prefix=e.ctx_blocks,
-                                                ctx_prefix_len=e.selected + cached - e.split)
-                    first.kv.ctx_hole_start, first.kv.ctx_hole_end = e.ctx_hole_start.clone(), e.selected
-                else:
-                    first.kv = self.kv.allocate(req.reservation, hit.entry.blocks if hit else None, cached)
+                first.kv = self.admission.allocate(req, hit)
+                plan = req.plan  # (a compact hit: the entry's split and selection)
 
                 def on_progress(fraction: float) -> None:
                     if self.progress_callback is not None:
                         done = cached + int((n_prompt - cached) * fraction)
                         self.progress_callback(req.request_id, min(n_prompt, done), n_prompt)
 
-                req.prefill_task = self.runner.start_prefill(first.kv, _prompt_tensor(req), plan, cached=cached,
+                req.prefill_task = self.runner.start_prefill(first.kv, req.prompt(), plan, cached=cached,
                                                              should_abort=req.aborted.is_set, on_progress=on_progress)
             logits = req.prefill_task.run(self._prefill_budget())
             if logits is None:
@@ -365,7 +357,7 @@ class LLMEngine:
         req = s.request
         if (self.prefix_cache is not None and req.cache_prompt and not req.prompt_cached and reason != "error"
                 and s.kv is not None and req.prefill_info is not None):
-            req.prompt_cached = self.prefix_cache.insert(_prompt_tensor(req), cache_split(req.plan), s.kv,
+            req.prompt_cached = self.prefix_cache.insert(req.prompt(), cache_split(req.plan), s.kv,
                                                          req.plan.selected) is not None
         self.kv.free(s.kv)  # the prefix cache holds its own references to the prompt's blocks
         s.kv = None
@@ -385,12 +377,6 @@ def _failure(exc: Exception, where: str) -> tuple[str, str]:
         return f"out of memory during {where}; retry later or with a shorter prompt", OUT_OF_MEMORY
     return (f"internal error ({type(exc).__name__}) during {where}; other requests were not affected",
             INTERNAL_ERROR)
-
-
-def _prompt_tensor(req: Request) -> torch.Tensor:
-    if req.prompt_tensor is None:
-        req.prompt_tensor = torch.tensor(req.prompt_ids, dtype=torch.long)
-    return req.prompt_tensor
 
 
 def _id_tensor(ids: list[int]) -> torch.Tensor | None:

@@ -115,10 +115,8 @@ class PrefixCache:
         for e in self.entries:
             if e.compact != compact or (not compact and e.split != split):
                 continue
-            if compact:
-                split = e.split
             usable = min(common_prefix(prompt, e.tokens), prompt.shape[0] - 1)
-            if usable < max(split, self.min_tokens, 1):  # a sparse head is reusable only whole
+            if usable < max(e.split, self.min_tokens, 1):  # a sparse head is reusable only whole
                 continue
             if best is None or usable > best.tokens or (usable == best.tokens and e.last_used > best.entry.last_used):
                 best = CacheHit(e, usable)

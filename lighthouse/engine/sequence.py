@@ -96,6 +96,12 @@ class Request:
     prefill_cached: int = 0  # prompt positions the prefix cache gave this request
     prefill_started: float = 0.0
 
+    def prompt(self) -> torch.Tensor:
+        """The prompt as an (N,) int64 CPU tensor (prefix-cache matching, the prefill), made once."""
+        if self.prompt_tensor is None:
+            self.prompt_tensor = torch.tensor(self.prompt_ids, dtype=torch.long)
+        return self.prompt_tensor
+
     @property
     def cache_prompt(self) -> bool:
         return self.options.cache_prompt
