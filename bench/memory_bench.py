@@ -24,15 +24,14 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import sys
 import time
-import traceback
 from pathlib import Path
 
 import torch
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
+from bench_results import ResultsFile  # noqa: E402
 from serve_bench import TAIL, paper_config  # noqa: E402
 
 K = 1024
@@ -268,21 +267,8 @@ def main() -> int:
     if torch.cuda.is_available():
         res["gpu_total_gb"] = round(torch.cuda.get_device_properties(0).total_memory / GB, 1)
     path = out / "memory_bench.json"
-
-    def save() -> None:
-        res["elapsed_s"] = round(time.monotonic() - T0, 1)
-        path.write_text(json.dumps(res, indent=2))
-
-    def measure(key: str, fn) -> dict | None:
-        log(f"{key} ...")
-        try:
-            res[key] = fn()
-            log(f"{key}: {json.dumps(res[key], default=str)[:400]}")
-        except Exception:
-            res["errors"][key] = traceback.format_exc()[-2000:]
-            log(f"{key}: FAILED {res['errors'][key][-600:]}")
-        save()
-        return res.get(key)
+    results = ResultsFile(path, res, log, T0)
+    save, measure = results.save, results.measure
 
     b = Bench(n1m + 4096, args.tiny)
     full = b.session_bytes(n512 + 64, 4 if args.tiny else 2)  # budgets: a session's size and some room

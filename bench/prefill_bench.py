@@ -30,7 +30,6 @@ import sys
 import tempfile
 import threading
 import time
-import traceback
 from dataclasses import replace
 from pathlib import Path
 
@@ -38,6 +37,7 @@ import httpx
 import torch
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
+from bench_results import ResultsFile  # noqa: E402
 from serve_bench import TAIL, Server, paper_config, stream_completion  # noqa: E402
 
 K = 1024
@@ -213,20 +213,8 @@ def main() -> int:
                  "torch": torch.__version__, "dense_tail_tokens": TAIL, "quick": args.quick, "errors": {},
                  "model": "paper 270M shape (serve_bench.paper_config), random bf16 weights"}
     path = out / "prefill_bench.json"
-
-    def save() -> None:
-        res["elapsed_s"] = round(time.monotonic() - T0, 1)
-        path.write_text(json.dumps(res, indent=2))
-
-    def measure(key: str, fn) -> None:
-        log(f"{key} ...")
-        try:
-            res[key] = fn()
-            log(f"{key}: {json.dumps(res[key], default=str)[:300]}")
-        except Exception:
-            res["errors"][key] = traceback.format_exc()[-1500:]
-            log(f"{key}: FAILED {res['errors'][key][-300:]}")
-        save()
+    results = ResultsFile(path, res, log, T0)
+    save, measure = results.save, results.measure
 
     tmp = Path(tempfile.mkdtemp(prefix="prefill-bench-"))
     ckpt_layout, ckpt_sparse = tmp / "layout", tmp / "all_sparse"
