@@ -158,11 +158,11 @@ class ModelRunner:
         (L,) per_head, (L, H) hole_start, (L,) hole_end. A layer with a context reads it, per query head; the
         others read the full cache."""
         L, H = len(kv.blocks), self.inputs.hole_start.shape[2]
-        rows = [kv.ctx_blocks[i] if kv.sparse and kv.ctx_blocks[i] else kv.blocks[i] for i in range(L)]
+        rows = [kv.ctx_blocks[i] or kv.blocks[i] for i in range(L)]
         table = torch.zeros(L, max(map(len, rows)), dtype=torch.int32)
         for i, row in enumerate(rows):
             table[i, : len(row)] = torch.tensor(row, dtype=torch.int32)
-        per_head = torch.tensor([bool(kv.sparse and kv.ctx_blocks[i]) for i in range(L)], dtype=torch.int32)
+        per_head = torch.tensor([bool(kv.ctx_blocks[i]) for i in range(L)], dtype=torch.int32)
         hole_start = torch.zeros(L, H, dtype=torch.int32)
         hole_end = torch.zeros(L, dtype=torch.int32)
         if kv.sparse:
