@@ -6,9 +6,9 @@ allocated device blocks (a PCIe copy) instead of prefilling them again. The entr
 entry, and what is reused and why it is exact is what prefix_cache.py says: the bytes are the same.
 
 The tier has its own budget (`host_cache_bytes`; 0: off), held as one pool of host blocks (the device pool's block
-shape) allocated, pinned, when the engine starts: pinning memory is slow (a 64 GB document took ~40 s when its
-buffers were pinned at eviction time, stalling every request), copying into pinned blocks is not (~45 GB/s on an
-H200 host). Entries take blocks from it and the tier evicts its least recently used entries whole.
+shape) allocated, pinned, when the engine starts: pinning memory is slow (on the H200 host, the request that
+evicted a 64 GB document waited 45.4 s when its buffers were pinned at eviction time, 5.3 s now), copying into
+pinned blocks is not (44.7 GB/s back to the device; bench/results/2026-12-02_h200_memory/). Entries take blocks from it and the tier evicts its least recently used entries whole.
 """
 
 from __future__ import annotations
