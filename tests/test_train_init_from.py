@@ -207,6 +207,51 @@ def test_a_checkpoints_own_lighthouse_block_is_kept_and_flags_override_it(make_c
     assert cfg.data_workers == 2 and Trainer(cfg).model.config.lighthouse.full_attn_layers == [0]
 
 
+def test_max_position_embeddings_extends_a_checkpoints_context_by_llama3_scaling(make_checkpoint, hf_llama, tmp_path,
+                                                                                  capsys):
+    """--init-from with more positions than the checkpoint has: llama3 scaling by new/old positions (short
+    wavelengths kept, long ones slowed by the factor), saved in config.json and used after loading; a llama3 source's
+    factor is multiplied; --rope-theta changes the base instead; fewer positions are refused."""
+    from lighthouse.model.rope import unscaled_inv_freq
+
+    ours = make_checkpoint(tmp_path / "ours")  # tiny preset: no rope_scaling
+    old = json.loads((ours / "config.json").read_text())["max_position_embeddings"]
+    out = tmp_path / "ext"
+    cfg = _parse(["--init-from", str(ours), "--data", "none", "--out", str(out), *TRAIN_ARGS, "--max-steps", "1",
+                  "--dense-tail-steps", "1", "--max-position-embeddings", str(old * 32)])
+    trainer = Trainer(cfg)
+    c = trainer.model.config
+    assert c.max_position_embeddings == old * 32 and c.rope_scaling == {
+        "rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": old}
+    plain = unscaled_inv_freq(c)
+    wavelen = 2 * torch.pi / plain
+    got = trainer.model.inv_freq
+    short, long = wavelen < old / 4, wavelen > old
+    assert short.any() and long.any()
+    torch.testing.assert_close(got[short], plain[short])  # local positions rotate as before
+    torch.testing.assert_close(got[long], plain[long] / 32)  # 32x the distance looks like the old distance
+    trainer.train()
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["max_position_embeddings"] == old * 32 and saved["rope_parameters"]["factor"] == 32.0
+    assert json.loads((out / "tokenizer_config.json").read_text())["model_max_length"] == old * 32
+    model, _ = load_checkpoint(out)
+    torch.testing.assert_close(model.inv_freq, got)
+    # a llama3 source (factor 8 over 256 original positions, 1024 positions): the factor grows by 4096 / 1024
+    c = Trainer(_parse(["--init-from", str(hf_llama), "--data", "none", "--out", str(tmp_path / "h"), *TRAIN_ARGS,
+                        "--max-position-embeddings", "4096"])).model.config
+    assert (c.rope_scaling["factor"], c.rope_scaling["original_max_position_embeddings"]) == (32.0, 256)
+    # --rope-theta: the base changes, no scaling is added
+    t = Trainer(_parse(["--init-from", str(ours), "--data", "none", "--out", str(tmp_path / "b"), *TRAIN_ARGS,
+                        "--max-position-embeddings", str(old * 4), "--rope-theta", "1e6"]))
+    assert (t.model.config.rope_theta, t.model.config.rope_scaling, t.model.config.max_position_embeddings) == \
+        (1e6, None, old * 4)
+    torch.testing.assert_close(t.model.inv_freq, unscaled_inv_freq(t.model.config))
+    err = _train_error(["--init-from", str(ours), "--data", "none", "--out", str(tmp_path / "s"), *TRAIN_ARGS,
+                        "--max-position-embeddings", str(old // 2)], capsys)
+    assert f"is below the {old} positions" in err
+
+
 # ---------------------------------------------------------------- training
 
 

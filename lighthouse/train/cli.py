@@ -72,8 +72,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     lh.add_argument("--min-seq-len", type=int, help="sequences shorter than this run dense (serving too)")
     p.add_argument("--max-position-embeddings", type=int,
                    help="positions the model declares (default: the preset's, at least --seq-len); e.g. 524288 for a "
-                        "model that serves 512K-token documents")
-    p.add_argument("--rope-theta", type=float, help="RoPE base of the new model (default: the preset's)")
+                        "model that serves 512K-token documents. With --init-from, more than the checkpoint has "
+                        "extends its context: llama3 RoPE scaling by new/old positions (unless --rope-theta is given)")
+    p.add_argument("--rope-theta", type=float,
+                   help="RoPE base of the new model (default: the preset's); with --init-from, a new base for the "
+                        "checkpoint (context extension by base frequency instead of scaling)")
     p.add_argument("--data", nargs="+", metavar="PATH", help="text files, folders, *.jsonl, or 'stdlib' (Python's own source)")
     p.add_argument("--tasks", nargs="+", choices=["passkey", "kv", "multihop"],
                    help="synthetic tasks, drawn uniformly (repeat one to weight it)")

@@ -45,7 +45,8 @@ class TrainConfig:
     lighthouse_full_attn_layers: list[int] | None = None
     lighthouse_min_seq_len: int | None = None
     # the model's positions and RoPE base (None: the preset's; positions are at least seq_len either way): a model
-    # meant to serve 512K-token documents declares >= 524288 positions, with a RoPE base chosen for that length
+    # meant to serve 512K-token documents declares >= 524288 positions, with a RoPE base chosen for that length;
+    # with init_from they extend the checkpoint's context (lighthouse.train.init_from.extend_rope)
     max_position_embeddings: int | None = None
     rope_theta: float | None = None
     # data
@@ -132,9 +133,6 @@ class TrainConfig:
                               f"({self.seq_len}): raise it or drop it")
         if self.rope_theta is not None and not self.rope_theta > 0:
             raise ConfigError(f"rope_theta must be > 0 (got {self.rope_theta})")
-        if self.init_from and (self.max_position_embeddings is not None or self.rope_theta is not None):
-            raise ConfigError("--max-position-embeddings and --rope-theta set a new model's RoPE; with --init-from "
-                              "the checkpoint's own RoPE is kept: drop them")
 
 
 TRAIN_PRESETS: dict[str, TrainConfig] = {

@@ -14,6 +14,13 @@ The block comes from, in order: the training flags (--levels, --pooling-factor, 
   full_attn_layers the first and the last layer (none in a model of one or two layers)
   min_seq_len     the op's own minimum, pooling_factor^(levels-1) * topk
   scorer          norm
+
+Context extension (`extend_rope`): --max-position-embeddings above the checkpoint's own positions extends it the
+way Llama 3.1 extended its context: llama3 RoPE scaling with factor new/old positions (low_freq_factor 1,
+high_freq_factor 4, original_max_position_embeddings the old positions), so the short wavelengths that local
+attention relies on are kept and the long ones slowed down to what training saw; a checkpoint that already has
+llama3 scaling gets its factor multiplied. --rope-theta instead changes the base ("adjusted base frequency"),
+with the positions as given. Either way the run then fine-tunes at --seq-len on the new RoPE.
 """
 
 from __future__ import annotations
@@ -166,6 +173,42 @@ def load_init_model(cfg: TrainConfig):
         raise ConfigError(f"--init-from {cfg.init_from} cannot be loaded: {exc}") from None
     model.config.lighthouse = resolve_lighthouse(cfg, model.config, adapting=True)
     return model, tokenizer, data
+
+
+def extend_rope(model, cfg: TrainConfig) -> str | None:
+    """Apply --max-position-embeddings / --rope-theta to an adapted checkpoint's model (see the module docstring):
+    its config and RoPE buffers change in place. -> one line saying what changed, or None when nothing did.
+    ConfigError when the checkpoint's RoPE cannot be extended this way (the message says what to pass)."""
+    from lighthouse.model.rope import lighthouse_inv_freq, rope_inv_freq
+
+    c = model.config
+    old = c.max_position_embeddings
+    new = cfg.max_position_embeddings
+    if new is not None and new < old:
+        raise ConfigError(f"--max-position-embeddings {new} is below the {old} positions {cfg.init_from} already has; "
+                          "drop it (the checkpoint keeps its own) or pass a larger value to extend its context")
+    if cfg.rope_theta is not None:
+        c.rope_theta = float(cfg.rope_theta)
+        c.max_position_embeddings = new or old
+        what = f"RoPE base {c.rope_theta:g}"
+    elif new is not None and new > old:
+        factor = new / old
+        if c.rope_type == "default":
+            c.rope_scaling = {"rope_type": "llama3", "factor": factor, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                              "original_max_position_embeddings": old}
+        elif c.rope_type == "llama3":
+            c.rope_scaling = {**c.rope_scaling, "factor": float(c.rope_scaling["factor"]) * factor}
+        else:
+            raise ConfigError(f"{cfg.init_from} has {c.rope_type} RoPE scaling, which --max-position-embeddings cannot "
+                              "extend; pass --rope-theta as well to extend it by the RoPE base instead")
+        c.max_position_embeddings = new
+        what = f"llama3 RoPE scaling x{c.rope_scaling['factor']:g} (original {c.rope_scaling['original_max_position_embeddings']})"
+    else:
+        return None
+    device = model.inv_freq.device
+    model.inv_freq = rope_inv_freq(c).to(device)
+    model.lighthouse_inv_freq = lighthouse_inv_freq(c).to(device)
+    return f"context extended from {old} to {c.max_position_embeddings} positions: {what}"
 
 
 def describe(config: ModelConfig) -> str:

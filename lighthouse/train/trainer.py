@@ -35,8 +35,8 @@ from lighthouse.model.presets import model_preset
 from lighthouse.train import fsdp
 from lighthouse.train.config import ConfigError, TrainConfig
 from lighthouse.train.data import build_streams, curriculum_samples, default_num_workers, step_loader
-from lighthouse.train.init_from import (describe, lighthouse_overrides, load_init_model, resolve_lighthouse,
-                                        source_save_dtype)
+from lighthouse.train.init_from import (describe, extend_rope, lighthouse_overrides, load_init_model,
+                                        resolve_lighthouse, source_save_dtype)
 from lighthouse.train.metrics import MetricsLog, plot_loss
 from lighthouse.train.state import (checkpoints_dir, clean_partial, latest_checkpoint, load_training_state,
                                     save_training_state)
@@ -60,7 +60,12 @@ class Trainer:
             if cfg.save_dtype is None:
                 cfg.save_dtype = source_save_dtype(source_config)
             self.source_generation_config = _read_generation_config(Path(cfg.init_from))
+            extended = extend_rope(model, cfg)
             self._log(f"adapting {cfg.init_from}: {describe(model.config)}")
+            if extended:
+                self._log(extended)
+                # the saved tokenizer_config.json states the new length too (transformers warns past it)
+                self.tokenizer.model_max_length = max(self.tokenizer.model_max_length, model.config.max_position_embeddings)
         else:
             mc = model_config or model_preset(cfg.model_preset)
             if cfg.max_position_embeddings is not None:
