@@ -44,6 +44,7 @@ from lighthouse.engine.llm import LLM
 from lighthouse.engine.options import RequestOptions
 from lighthouse.engine.prefill import plan_prefill
 from lighthouse.engine.sampling import SamplingParams
+from lighthouse.tokenizer import FALLBACK_CHAT_TEMPLATE
 from lighthouse.train.passkey import DEFAULT_DEPTHS
 from lighthouse.train.synthetic import kv_doc, passkey_doc
 from lighthouse_client.documents import document_messages
@@ -208,6 +209,7 @@ class Bench:
         for r in old["records"]:
             if r.get("n"):
                 self.records[Cell(**{k: r[k] for k in Cell.__dataclass_fields__}).key] = r
+        self.layers_summary = old.get("layers") or {}  # a piece without the layer table keeps the one already there
         print(f"kept {len(self.records)} cells from {self.path}", flush=True)
 
     def _max_tokens_json(self) -> dict[str, int]:
@@ -255,6 +257,10 @@ class Bench:
                "num_hidden_layers": self.n_layers, "checkpoint_layout": self.layout,
                "lighthouse": asdict(model.config.lighthouse), "trials": a.trials, "seed": a.seed,
                "depths": list(DEFAULT_DEPTHS), "max_tokens": self._max_tokens_json(),
+               # documents_ask prompts are only the SDK's layout under the checkpoint's own template: say which ran
+               "chat_template": ("fallback (the checkpoint has none: 'role: content' lines)"
+                                 if self.llm.tokenizer.chat_template == FALLBACK_CHAT_TEMPLATE
+                                 else self.llm.tokenizer.chat_template),
                "layers": self.layers_summary, "records": list(self.records.values())}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")

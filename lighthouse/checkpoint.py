@@ -89,6 +89,15 @@ def _stop_ids(config: ModelConfig, tokenizer) -> list[int] | int | None:
 def _save_tokenizer(tokenizer, out: Path) -> None:
     tmp = out / f".tokenizer-tmp-{os.getpid()}"
     tokenizer.save_pretrained(str(tmp))
+    # transformers 5 writes the chat template to chat_template.jinja only; keep it in tokenizer_config.json as well,
+    # where every transformers version reads it, so a copy of the usual files keeps the chat layout
+    conf = tmp / "tokenizer_config.json"
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, str) and conf.exists():
+        data = json.loads(conf.read_text(encoding="utf-8"))
+        if "chat_template" not in data:
+            data["chat_template"] = template
+            conf.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     for f in tmp.iterdir():
         os.replace(f, out / f.name)
     tmp.rmdir()

@@ -114,9 +114,12 @@ def test_bundled_default_checkpoint_loads_and_is_small():
     d = default_checkpoint_dir()
     model, tok = load_checkpoint(d)
     assert (d / "model.safetensors").stat().st_size < 50 * 2**20
-    assert model.config.max_position_embeddings >= 16384
+    assert model.config.max_position_embeddings >= 524288 and tok.model_max_length == model.config.max_position_embeddings
     assert model.config.lighthouse.enabled
-    assert tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    # the chat layout it was trained on (not the fallback "role: content" template)
+    text = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    assert text == "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|>" \
+                   "<|start_header_id|>assistant<|end_header_id|>\n\n"
 
 
 def test_sharded_transformers_checkpoint_loads(tmp_path):
@@ -142,3 +145,15 @@ def test_saved_files_are_readable_by_other_users(saved):
     os.umask(mask)
     for p in d.iterdir():
         assert p.stat().st_mode & 0o444 & ~mask == 0o444 & ~mask, p.name
+
+
+def test_a_saved_tokenizer_keeps_its_chat_template_in_tokenizer_config(tmp_path):
+    """transformers 5 saves the chat template to chat_template.jinja alone; a copy of the usual files (config,
+    weights, tokenizer.json, tokenizer_config.json) must still carry it, or documents.ask prompts change layout."""
+    from lighthouse.tokenizer import FALLBACK_CHAT_TEMPLATE, load_tokenizer
+
+    model, tok = load_checkpoint(default_checkpoint_dir())
+    save_checkpoint(model, tok, tmp_path)
+    (tmp_path / "chat_template.jinja").unlink(missing_ok=True)
+    again = load_tokenizer(tmp_path)
+    assert again.chat_template == tok.chat_template != FALLBACK_CHAT_TEMPLATE

@@ -78,7 +78,7 @@ def test_the_quick_start_python_prints_the_pass_key(tmp_path):
         out = subprocess.run([sys.executable, "-"], input=code, capture_output=True, text=True, timeout=240,
                              cwd=str(tmp_path))  # fmt: skip
         assert out.returncode == 0, out.stderr
-        assert out.stdout.strip() == "66048", out.stdout
+        assert out.stdout.strip() == "The pass key is 66048.", out.stdout
     finally:
         server.send_signal(signal.SIGTERM)
         try:
