@@ -183,3 +183,16 @@ def test_a_new_model_can_declare_its_positions_and_rope_base(tmp_path):
         small_cfg(tmp_path, max_position_embeddings=256).validate()
     with pytest.raises(ConfigError, match="rope_theta"):
         small_cfg(tmp_path, rope_theta=0.0).validate()
+
+
+def test_the_time_budget_reserves_evals_for_the_steps_that_fit_not_for_the_step_cap(tmp_path, monkeypatch):
+    """A long-sequence run (steps of seconds) with a generous --max-steps cap and frequent evals: the evals reserved
+    are those of the steps that fit, so 100 s at ~1 s per step gives ~80 steps (it gave 1: the cap's 2,000 steps /
+    eval_every 20 = 101 evals ate the budget, as a 256K run on the H200 found)."""
+    cfg = small_cfg(tmp_path, max_steps=2000, dense_tail_steps=None, dense_tail_fraction=0.25, time_budget_s=100.0,
+                    eval_every=20, batch_size=1, micro_batch_size=1)
+    trainer = Trainer(cfg)
+    monkeypatch.setattr(trainer, "_time_dense_step", lambda: 1.0)
+    trainer._fit_time_budget([1.0] * 5, elapsed=0.0)
+    # 100 s - 10% - one final eval (2 s) = 88 s, at 1 s per step + an eval (2 s) every 20 steps: 80 steps
+    assert trainer.max_steps == 80 and trainer.switch_step == 60

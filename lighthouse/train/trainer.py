@@ -229,9 +229,12 @@ class Trainer:
         t_dense = self._time_dense_step()
         frac = cfg.tail_steps() / max(1, cfg.max_steps)
         per_step = (1 - frac) * t_lh + frac * t_dense
-        n_evals = (cfg.max_steps // cfg.eval_every + 1) if cfg.eval_every else 1
-        reserve = 0.1 * cfg.time_budget_s + 2 * n_evals * t_dense  # evals, saves, final write
-        fit = self.step + int(max(0.0, cfg.time_budget_s - elapsed - reserve) / per_step)
+        # an eval costs ~2 dense steps; evals come every eval_every of the steps that fit (not of the cap
+        # cfg.max_steps, which at long sequences reserved the whole budget for evals that never ran), plus one at the end
+        t_eval = 2 * t_dense
+        per_step += t_eval / cfg.eval_every if cfg.eval_every else 0.0
+        avail = cfg.time_budget_s - elapsed - 0.1 * cfg.time_budget_s - t_eval  # 10%: saves, final write
+        fit = self.step + int(max(0.0, avail) / per_step)
         fit = self._all_reduce(torch.tensor(float(fit)), op=dist.ReduceOp.MIN).item() if self.world > 1 else fit
         self.max_steps = max(self.step + 1, min(cfg.max_steps, int(fit)))
         tail = cfg.dense_tail_steps if cfg.dense_tail_steps is not None else int(round(self.max_steps * cfg.dense_tail_fraction))
