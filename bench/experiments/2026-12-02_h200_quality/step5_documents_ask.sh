@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Not run yet (the session's device time was spent): the documents_ask half of the retrieval table, 20 prompts per
+# cell, on the bundled checkpoint as committed (its chat template in tokenizer_config.json; step3's documents_ask
+# cells ran on a copy without it and were dropped). About 6 minutes on one H200. Merge $OUT/table/retrieval.json's
+# records into bench/results/2026-12-02_h200_quality/retrieval.json (same key fields; the runs agree on seed,
+# trials and max_tokens) and check its "chat_template" field is the byte tokenizer's, not "fallback ...".
+set -uo pipefail
+cd "$(dirname "$0")/../../.."
+source bench/experiments/2026-12-02_h200_quality/device_env.sh
+CK=lighthouse/assets/default-checkpoint
+start=$(date +%s)
+left() { echo $(( 570 - ($(date +%s) - start) )); }
+qb() { [ "$(left)" -gt 15 ] && timeout -k 5 "$(left)" python3 bench/quality_bench.py --checkpoint "$CK" --trials 20 \
+    --formats documents_ask --out "$OUT/table" "$@" 2>&1 | grep -v "^\[transformers\]"; echo "-- $(( $(date +%s) - start ))s"; }
+qb --contexts 16384 65536 131072 --decodes dense sparse --layers-at 131072
+qb --contexts 524288 262144 --tails 64 --decodes dense sparse --layers-at 0
