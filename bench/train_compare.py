@@ -164,7 +164,7 @@ def eval_curve(metrics: list[dict], steps: list[dict]) -> list[dict]:
     cum = {r["step"]: r["tokens"] for r in steps}
     evals = sorted({r["step"]: r for r in metrics if r["type"] == "eval"}.values(), key=lambda r: r["step"])
     return [{"step": r["step"], "tokens": cum.get(r["step"], 0), "phase": r["phase"], "eval_loss": r["eval_loss"],
-             "answer_acc": r["answer_acc"]} for r in evals]
+             "answer_acc": r["answer_acc"], "dense_eval_loss": r.get("dense_eval_loss")} for r in evals]
 
 
 def probe_steps(a: argparse.Namespace, out: Path) -> tuple[int, dict]:
@@ -229,6 +229,10 @@ def plot(curves: dict[str, list[dict]], train: dict[str, list[dict]], switch_tok
         if sparse_pts:
             ax.plot([p["tokens"] for p in sparse_pts], [p["eval_loss"] for p in sparse_pts], "o", mfc="white",
                     color=c, ms=5, label="eval in the Lighthouse stage (sparse forward)")
+        dense_eval = [p for p in sparse_pts if p.get("dense_eval_loss") is not None]
+        if dense_eval:  # the same evals with every layer dense, as the dense run is evaluated
+            ax.plot([p["tokens"] for p in dense_eval], [p["dense_eval_loss"] for p in dense_eval], "x", color=c, ms=6,
+                    label="eval in the Lighthouse stage, every layer dense")
     if switch_tokens is not None:
         ax.axvline(switch_tokens, color="gray", ls=":", label="dense tail starts")
     ax.set_xlabel("training tokens")

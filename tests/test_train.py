@@ -196,3 +196,27 @@ def test_the_time_budget_reserves_evals_for_the_steps_that_fit_not_for_the_step_
     trainer._fit_time_budget([1.0] * 5, elapsed=0.0)
     # 100 s - 10% - one final eval (2 s) = 88 s, at 1 s per step + an eval (2 s) every 20 steps: 80 steps
     assert trainer.max_steps == 80 and trainer.switch_step == 60
+
+
+def test_an_eval_in_the_lighthouse_stage_also_reports_the_model_with_every_layer_dense(tmp_path):
+    """The Lighthouse stage's eval runs the questions through Lighthouse too; `dense_eval_loss` is the same samples
+    with every layer dense (what serving's dense tail and dense prefill see), computed here by hand to compare."""
+    import torch.nn.functional as F
+
+    cfg = small_cfg(tmp_path, eval_samples=4)
+    trainer = Trainer(cfg)
+    rec = trainer.evaluate()  # step 0: the Lighthouse stage
+    assert rec["phase"] == "lighthouse" and rec["dense_answer_acc"] is not None
+    model = trainer.model.eval()
+    total, n = 0.0, 0
+    with torch.no_grad():
+        b = trainer.eval_data.batch(list(range(4)))
+        for dense, want in ((True, rec["dense_eval_loss"]), (False, rec["eval_loss"])):
+            logits = model(b["input_ids"], dense=dense, logits_to_keep=b["input_ids"].shape[1]).logits[:, :-1]
+            target = b["labels"][:, 1:]
+            total = F.cross_entropy(logits.transpose(1, 2), target, ignore_index=-100, reduction="sum").item()
+            n = int((target != -100).sum())
+            assert abs(total / n - want) < 1e-5, (dense, total / n, want)
+    assert abs(rec["dense_eval_loss"] - rec["eval_loss"]) > 1e-6  # Lighthouse really ran in the phase's own pass
+    trainer.step = trainer.switch_step  # the dense tail: one pass, no dense_* fields
+    assert "dense_eval_loss" not in trainer.evaluate()

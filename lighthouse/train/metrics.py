@@ -67,6 +67,9 @@ def plot_loss(metrics_path: str | os.PathLike, png_path: str | os.PathLike, titl
     if evals:
         pts = sorted((s, r["eval_loss"]) for s, r in evals.items())
         ax.plot(*zip(*pts), "k.--", ms=6, lw=0.8, label="held-out eval loss")
+        dense = sorted((s, r["dense_eval_loss"]) for s, r in evals.items() if "dense_eval_loss" in r)
+        if dense:  # the Lighthouse stage's evals with every layer dense (Trainer.evaluate)
+            ax.plot(*zip(*dense), "x:", color="tab:green", ms=6, lw=0.8, label="held-out eval loss, every layer dense")
     for s in switch[-1:]:
         ax.axvline(s, color="gray", ls=":", label=f"dense tail starts (step {s})")
     ax.set_xlabel("optimizer step")
