@@ -32,10 +32,10 @@ def engine(blocks: int, host_bytes: int) -> LLMEngine:
                                                host_cache_bytes=host_bytes))
 
 
-def ask(eng: LLMEngine, prompt: list[int]) -> tuple[list[float], int]:
+def ask(eng: LLMEngine, prompt: list[int], options: RequestOptions = DENSE) -> tuple[list[float], int]:
     """Greedy, 4 tokens with logprobs: (their logprobs, prompt tokens reused from the prefix cache)."""
     eng.add_request(f"r{id(prompt)}-{len(eng.scheduler.running)}-{torch.rand(1).item()}", prompt,
-                    SamplingParams(max_tokens=4, temperature=0.0, logprobs=0), DENSE)
+                    SamplingParams(max_tokens=4, temperature=0.0, logprobs=0), options)
     lps, cached = [], None
     while eng.has_unfinished():
         for out in eng.step():
@@ -97,3 +97,36 @@ def test_runs_of_host_blocks_break_at_gaps_limits_and_segments():
     assert host_cache.runs([1, 2, 3, 7, 8, 9, 10], 10, 100) == [(0, 1, 3), (3, 7, 4)]
     assert host_cache.runs([1, 2, 3, 4, 5], 2, 100) == [(0, 1, 2), (2, 3, 2), (4, 5, 1)]
     assert host_cache.runs([3, 4, 5, 6], 10, 5) == [(0, 3, 2), (2, 5, 2)]  # ids 5.. are the next segment
+
+
+COMPACT = RequestOptions(prefill="sparse", decode="sparse", kv_mode="compact", cache_prompt=True)
+
+
+def test_an_evicted_compact_document_returns_from_host_memory_with_its_context():
+    """A compact session's entry (the full-attention layers' caches and each Lighthouse layer's selected context)
+    moves to the host tier when evicted, and a compact follow-up gets it back: the same reuse and the same logits
+    as from an entry that never left the device (it was dropped before: prefilled again)."""
+    roomy = engine(400, 0)
+    tight = engine(212, 200 * BLOCK_BYTES)  # one compact document (192 blocks of one layer) + a request (233)
+    for eng in (roomy, tight):
+        ask(eng, A + Q1, COMPACT)
+        ask(eng, B + Q1, COMPACT)  # in the tight engine A's compact entry goes to host memory
+    host = tight.prefix_cache.host
+    assert [e.compact for e in host.entries] == [True] and host.entries[0].tokens[:600].tolist() == A
+    want, cached_roomy = ask(roomy, A + Q2, COMPACT)
+    got, cached_tight = ask(tight, A + Q2, COMPACT)
+    assert cached_roomy == cached_tight >= len(A)
+    assert got == want
+    assert tight.stats()["host_cache_bytes_to_device"] > 0 and tight.kv.usage_ratio == 0.0
+    assert tight.prefix_cache.match(torch.tensor(B + Q2), 0) is None  # a dense request never takes a compact entry
+
+
+def test_a_host_entry_that_could_never_come_back_with_the_request_is_skipped_not_waited_for():
+    """The budget holds the request alone but not with its document restored beside it: it prefills from scratch
+    (it used to wait for room that could never come)."""
+    eng = engine(41, 64 * BLOCK_BYTES)  # 81 blocks of one layer: a 624-position request takes 80
+    ask(eng, A + Q1)
+    ask(eng, B + Q1)  # A's entry (76 blocks) goes to the host tier
+    assert len(eng.prefix_cache.host.entries) == 1
+    lps, cached = ask(eng, A + Q2)
+    assert cached == 0 and len(lps) == 4

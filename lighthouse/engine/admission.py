@@ -99,12 +99,16 @@ class Admission:
         """Whether the request's blocks fit now, evicting prefix-cache entries (the one it would reuse last)."""
         req.hit = self.cache_hit(req)
         if req.hit is not None and req.hit.host is not None:  # in the host tier: back to the device first
-            need = self.blocks_needed(req, None) + req.hit.blocks_to_restore(self.kv.block_size)
-            if not (self.kv.fits_now(need) or self.prefix_cache.make_room(need, keep_host=req.hit.host)):
-                req.hit = None
-                return False
-            req.hit = self.prefix_cache.restore(req.hit)
-            return True
+            h = req.hit.host
+            # the entry's blocks, then the request's as with that entry on the device (less what it shares)
+            need = h.num_blocks + self.blocks_needed(req, CacheHit(h.as_device_entry(), req.hit.tokens))
+            if self.kv.fits_now(need) or self.prefix_cache.make_room(need, keep_host=h):
+                req.hit = self.prefix_cache.restore(req.hit)
+                return True
+            req.hit = None
+            if self.kv.fits_ever(need):
+                return False  # wait for running requests to give blocks back
+            # never with the entry restored: prefill from scratch below
         need = self.blocks_needed(req, req.hit)
         if self.kv.fits_now(need) or self.prefix_cache is None:
             return self.kv.fits_now(need)

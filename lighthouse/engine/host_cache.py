@@ -1,8 +1,8 @@
 """The host-memory tier of the prefix cache: documents evicted from the device wait in (pinned) host memory.
 
 When the prefix cache evicts an entry to make room (prefix_cache.py), its blocks' K/V, every layer's table, are
-copied to host memory instead of being lost; a later prompt that starts with the same tokens restores them to freshly
-allocated device blocks (a PCIe copy) instead of prefilling them again. The entry is then an ordinary device
+copied to host memory instead of being lost (a compact entry's context tables with them); a later prompt that starts
+with the same tokens restores them to freshly allocated device blocks (a PCIe copy) instead of prefilling them again. The entry is then an ordinary device
 entry, and what is reused and why it is exact is what prefix_cache.py says: the bytes are the same.
 
 The tier has its own budget (`host_cache_bytes`; 0: off), held as one pool of host blocks (the device pool's block
@@ -33,10 +33,24 @@ SEGMENT_BYTES = 1 << 30  # the host pool's K (and V) tensors: at most this many 
 class HostEntry:
     tokens: Tensor  # (N,) int64
     split: int
-    blocks: list[int]  # host blocks: layer 0's table, then layer 1's, ...
+    blocks: list[int]  # host blocks: layer 0's table, then layer 1's, ..., then a compact entry's context tables
     layout: list[int]  # blocks per layer's table
     nbytes: int
     last_used: int = 0
+    # a compact entry's (prefix_cache.CacheEntry): blocks per context table, the head's selected entries, holes
+    ctx_layout: list[int] | None = None
+    selected: int = 0
+    ctx_hole_start: Tensor | None = None
+
+    @property
+    def compact(self) -> bool:
+        return self.ctx_layout is not None
+
+    def as_device_entry(self):
+        """What the prefix cache's entry will be once restored, without blocks: for sizing a request against it."""
+        from lighthouse.engine.prefix_cache import CacheEntry
+
+        return CacheEntry(self.tokens, self.split, [], ctx_blocks=[] if self.compact else None, selected=self.selected)
 
     @property
     def length(self) -> int:
@@ -100,12 +114,14 @@ class HostCache:
     def usage_ratio(self) -> float:
         return self.used_bytes / self.budget_bytes if self.budget_bytes else 0.0
 
-    def offload(self, tokens: Tensor, split: int, tables: list[list[int]],
-                keep: HostEntry | None = None) -> HostEntry | None:
-        """Copy the K/V of the per-layer `tables` (positions [0, len(tokens))) to host blocks, evicting the tier's
-        least recently used entries (never `keep`) for room; None if it does not fit."""
+    def offload(self, tokens: Tensor, split: int, tables: list[list[int]], keep: HostEntry | None = None, *,
+                ctx_tables: list[list[int]] | None = None, selected: int = 0,
+                ctx_hole_start: Tensor | None = None) -> HostEntry | None:
+        """Copy the K/V of the per-layer `tables` (positions [0, len(tokens))), and of a compact entry's context
+        tables, to host blocks, evicting the tier's least recently used entries (never `keep`) for room; None if it
+        does not fit."""
         pool = self.kv.pool
-        blocks = [b for t in tables for b in t]
+        blocks = [b for t in tables + (ctx_tables or []) for b in t]
         while self.allocator.num_free < len(blocks):
             victims = [e for e in self.entries if e is not keep]
             if not victims:
@@ -121,15 +137,16 @@ class HostCache:
         if pin:
             torch.cuda.current_stream(pool.k.device).synchronize()  # the device blocks are freed right after
         entry = HostEntry(tokens, split, host, [len(t) for t in tables], len(blocks) * self.kv.shape.bytes_per_block,
-                          next(self._clock))
+                          next(self._clock), None if ctx_tables is None else [len(t) for t in ctx_tables], selected,
+                          None if ctx_hole_start is None else ctx_hole_start.clone())
         self.entries.append(entry)
         self.bytes_to_host += entry.nbytes
         return entry
 
-    def restore(self, entry: HostEntry, blocks: list[int], tokens: int) -> list[list[int]]:
+    def restore(self, entry: HostEntry, blocks: list[int], tokens: int) -> tuple[list[list[int]], list[list[int]] | None]:
         """Copy the entry's K/V into device `blocks` (as many as it holds, freshly allocated) and drop it from the
         tier; `tokens`: how many of its positions the request reuses (counted in `hit_tokens`). The per-layer
-        tables."""
+        tables, and a compact entry's context tables (else None)."""
         pool = self.kv.pool
         assert len(blocks) == entry.num_blocks
         idx = torch.tensor(blocks, dtype=torch.long, device=pool.k.device)
@@ -142,10 +159,11 @@ class HostCache:
         self.hit_tokens += tokens
         self._drop(entry)
         tables, at = [], 0
-        for n in entry.layout:
+        for n in entry.layout + (entry.ctx_layout or []):
             tables.append(blocks[at : at + n])
             at += n
-        return tables
+        full = len(entry.layout)
+        return tables[:full], (tables[full:] if entry.compact else None)
 
     def _slice(self, segments: list[Tensor], first: int, n: int) -> Tensor:
         """Host blocks [first, first + n), within one segment."""

@@ -23,8 +23,9 @@ What is reused, and why it is exact (never an approximation; outputs do not depe
 "Exact" is the same arithmetic on the same inputs, except that the suffix attends to the cached K/V in a
 separate pass, so results match a cache-less prefill up to floating-point summation order.
 
-With a host tier (host_cache.py, `host_cache_bytes` > 0), an entry evicted to make room moves to host memory, and a
-prompt whose longest reusable prefix is there gets it back over PCIe (`restore`) instead of prefilling it again.
+With a host tier (host_cache.py, `host_cache_bytes` > 0), an entry evicted to make room moves to host memory (a
+compact entry with its context), and a prompt whose longest reusable prefix is there gets it back over PCIe
+(`restore`) instead of prefilling it again.
 
 Memory: an entry holds references to the blocks of its prompt (KVCacheManager's pool), so a hit copies
 nothing but the partly filled last block it continues from, and entries of one document asked different
@@ -74,12 +75,6 @@ class CacheHit:
     tokens: int  # positions [0, tokens) come from the entry's blocks
     host: HostEntry | None = None  # the hit is in host memory: `PrefixCache.restore` brings it back first
 
-    def blocks_to_restore(self, block_size: int) -> int:
-        """Device blocks a host hit takes beyond those the request then shares (its partly used last block)."""
-        if self.host is None:
-            return 0
-        return self.host.num_blocks - len(self.host.layout) * (self.tokens // block_size)
-
 
 def cache_split(plan: PrefillPlan) -> int:
     """How a prompt's K/V were made, as entries record it: its sparse head's length, or 0 for a dense prefill."""
@@ -120,9 +115,11 @@ class PrefixCache:
                 continue
             if best is None or usable > best.tokens or (usable == best.tokens and e.last_used > best.entry.last_used):
                 best = CacheHit(e, usable)
-        for h in self.host.entries if self.host is not None and not compact else ():  # only longer than on device
+        for h in self.host.entries if self.host is not None else ():  # only longer than on device
+            if h.compact != compact or (not compact and h.split != split):
+                continue
             usable = min(common_prefix(prompt, h.tokens), prompt.shape[0] - 1)
-            if h.split == split and usable >= max(split, self.min_tokens, 1) and (best is None or usable > best.tokens):
+            if usable >= max(h.split, self.min_tokens, 1) and (best is None or usable > best.tokens):
                 best = CacheHit(None, usable, h)
         if best is not None and best.entry is not None:
             best.entry.last_used = next(self._clock)
@@ -135,8 +132,8 @@ class PrefixCache:
         ordinary device hit of the same length."""
         assert hit.host is not None and self.host is not None
         h = hit.host
-        tables = self.host.restore(h, self.kv.allocator.allocate(h.num_blocks), hit.tokens)
-        entry = CacheEntry(h.tokens, h.split, tables, next(self._clock))
+        tables, ctx_tables = self.host.restore(h, self.kv.allocator.allocate(h.num_blocks), hit.tokens)
+        entry = CacheEntry(h.tokens, h.split, tables, next(self._clock), ctx_tables, h.selected, h.ctx_hole_start)
         self.entries.append(entry)
         return CacheHit(entry, hit.tokens)
 
@@ -158,8 +155,10 @@ class PrefixCache:
             if not victims:
                 return False
             victim = min(victims, key=lambda e: e.last_used)
-            if self.host is not None and not victim.compact:  # (compact entries are dropped)
-                self.host.offload(victim.tokens, victim.split, victim.blocks, keep=keep_host)
+            if self.host is not None:
+                self.host.offload(victim.tokens, victim.split, victim.blocks, keep=keep_host,
+                                  ctx_tables=victim.ctx_blocks, selected=victim.selected,
+                                  ctx_hole_start=victim.ctx_hole_start)
             self._drop(victim)
         return True
 
