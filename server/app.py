@@ -37,7 +37,8 @@ def engine_config(settings: Settings):
                         max_prefill_chunk_ms=settings.max_prefill_chunk_ms or None,
                         kv_cache_dtype=settings.kv_cache_dtype,
                         host_cache_bytes=int(settings.host_cache_gb * 2**30),
-                        prefill_chunk_tokens=settings.prefill_chunk_tokens)
+                        prefill_chunk_tokens=settings.prefill_chunk_tokens,
+                        express_prefill_tokens=settings.express_prefill_tokens)
 
 
 def build_engine(settings: Settings):

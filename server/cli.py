@@ -46,6 +46,8 @@ _FLAGS = [
     ("--max-prefill-chunk-ms", float, "while others decode, a long prefill runs in pieces of about this many ms, "
                                       "a decode step between them (default 100; 0: a prefill runs whole)"),
     ("--prefill-chunk-tokens", int, "token chunk of a prefill's projections and MLP (default 32768)"),
+    ("--express-prefill-tokens", int, "a prompt of at most this many tokens is prefilled whole between two pieces of "
+                                      "a long prefill instead of after it (default 4096; 0: off)"),
     ("--enable-prefix-caching", _bool, "true | false: reuse a repeated prompt prefix's KV cache (default true)"),
     ("--device", str, "cpu | cuda | cuda:N"),
     ("--dtype", str, "float32 | bfloat16"),

@@ -75,6 +75,8 @@ class Settings(BaseSettings):
     max_prefill_chunk_ms: float = Field(100.0, ge=0, description="while other sequences decode, a long prefill runs "
                                         "in pieces of about this many ms with a decode step between (0: whole)")
     prefill_chunk_tokens: int = Field(32768, ge=16, description="token chunk of a prefill's projections and MLP")
+    express_prefill_tokens: int = Field(4096, ge=0, description="a prompt of at most this many tokens is prefilled "
+                                        "between two pieces of a long prefill instead of after it (0: off)")
     device: str | None = None
     dtype: str | None = None
     default_max_tokens: int = Field(1024, ge=1, description="chat max_tokens when the request gives none")

@@ -118,10 +118,10 @@ def test_attention_of_a_query_chunk_equals_those_rows_of_full_causal_attention()
 
 # ---- the scheduler ----------------------------------------------------------------------------------------------
 def traced(eng: LLMEngine) -> list[str]:
-    """Records each step's work: "P" (a prefill piece) or "D" (a decode step)."""
+    """Records each step's work: "P" (a prefill piece), "E" (an express prefill, whole) or "D" (a decode step)."""
     trace: list[str] = []
     inner_p, inner_d = eng._prefill, eng._decode
-    eng._prefill = lambda req: (trace.append("P"), inner_p(req))[1]
+    eng._prefill = lambda req, whole=False: (trace.append("E" if whole else "P"), inner_p(req, whole=whole))[1]
     eng._decode = lambda batch: (trace.append("D"), inner_d(batch))[1]
     return trace
 
@@ -171,3 +171,42 @@ def test_an_abort_stops_a_prefill_between_pieces_and_frees_its_blocks(model):
     assert got["reasons"] == {"short": "length", "long": "abort"}
     assert got["tokens"]["long"] == [] and got["tokens"]["short"] == alone["tokens"]["short"]
     assert eng.kv.usage_ratio == 0.0 and eng.scheduler.prefilling is None
+
+
+def run_with_question(eng: LLMEngine, after_pieces: int = 1) -> dict:
+    """"long" (N-token prompt) alone; after its `after_pieces`-th piece a 40-token question "q" arrives. Greedy."""
+    greedy = dict(temperature=0.0, ignore_eos=True)
+    trace = traced(eng)
+    eng.add_request("long", ids(N, 4), SamplingParams(max_tokens=3, **greedy),
+                    RequestOptions("sparse", "dense", 100, cache_prompt=False))
+    tokens, first_token_at = {"long": [], "q": []}, {}
+    while eng.has_unfinished():
+        if trace.count("P") == after_pieces and "q_added" not in first_token_at:
+            first_token_at["q_added"] = len(trace)
+            eng.add_request("q", ids(40, 5), SamplingParams(max_tokens=5, **greedy))
+        for out in eng.step():
+            if out.token_ids and out.request_id not in first_token_at:
+                first_token_at[out.request_id] = len(trace)
+            tokens[out.request_id] += out.token_ids
+    return {"tokens": tokens, "first": first_token_at, "trace": "".join(trace)}
+
+
+def test_a_short_prompt_is_prefilled_between_the_pieces_of_a_long_one_and_answers_first(model):
+    """Express prefill: the question arriving during a long prefill gets its first token before the long prompt
+    does, and every token is what each request gives alone; with express prefills off it waits for the long one."""
+    pieces = dict(max_prefill_chunk_ms=1e-6, prefill_chunk_tokens=128)
+    got = run_with_question(engine(model, **pieces))
+    assert "E" in got["trace"] and got["trace"].index("E") < got["trace"].rindex("P"), got["trace"]
+    assert got["first"]["q"] < got["first"]["long"], got
+    off = run_with_question(engine(model, express_prefill_tokens=0, **pieces))
+    assert "E" not in off["trace"] and off["first"]["q"] > off["first"]["long"], off
+    alone = {}
+    for name, prompt, n in (("long", ids(N, 4), 3), ("q", ids(40, 5), 5)):
+        eng = engine(model)
+        opts = RequestOptions("sparse", "dense", 100, cache_prompt=False) if name == "long" else None
+        eng.add_request(name, prompt, SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True), opts)
+        alone[name] = []
+        while eng.has_unfinished():
+            for out in eng.step():
+                alone[name] += out.token_ids
+    assert got["tokens"] == off["tokens"] == alone  # exact: interleaving changes no token

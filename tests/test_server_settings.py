@@ -41,6 +41,7 @@ ENV_SAMPLES = {
     "enforce_eager": ("1", True),
     "max_prefill_chunk_ms": ("50", 50.0),
     "prefill_chunk_tokens": ("4096", 4096),
+    "express_prefill_tokens": ("0", 0),
     "host_cache_gb": ("2.5", 2.5),
     "kv_cache_dtype": ("fp8_e4m3", "fp8_e4m3"),
 }

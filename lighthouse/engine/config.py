@@ -35,6 +35,9 @@ class EngineConfig:
     # A long prefill runs in pieces of about this many milliseconds while other sequences decode, a decode step of
     # those between pieces (their inter-token latency stays near it); None: a prefill runs whole, others wait.
     max_prefill_chunk_ms: float | None = 100.0
+    # A prompt of at most this many tokens at the head of the queue is prefilled whole between two pieces of a long
+    # prefill in progress instead of waiting for its end (0: strictly one prefill at a time)
+    express_prefill_tokens: int = 4096
     prefill_chunk_tokens: int = 32768  # token chunk of a prefill's projections and MLP (bounds its activations)
     host_cache_bytes: int = 0  # host-memory tier of the prefix cache (0: off): evicted documents wait there
     kv_cache_dtype: str = "auto"  # "auto": the model's dtype; "fp8_e4m3": float8 K/V, half the bytes of bf16
@@ -55,6 +58,8 @@ class EngineConfig:
             raise ValueError(f"kv_cache_dtype must be one of {sorted(KV_CACHE_DTYPES)}, got {self.kv_cache_dtype!r}")
         if self.host_cache_bytes < 0:
             raise ValueError(f"host_cache_bytes must be >= 0, got {self.host_cache_bytes}")
+        if self.express_prefill_tokens < 0:
+            raise ValueError(f"express_prefill_tokens must be >= 0, got {self.express_prefill_tokens}")
         if self.prefill_chunk_tokens < 16:
             raise ValueError(f"prefill_chunk_tokens must be >= 16, got {self.prefill_chunk_tokens}")
         if self.block_size < 16 or self.block_size > 1024 or self.block_size & (self.block_size - 1):

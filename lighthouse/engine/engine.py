@@ -81,7 +81,8 @@ class LLMEngine:
         host = HostCache(self.kv, c.host_cache_bytes) if c.host_cache_bytes and c.enable_prefix_caching else None
         self.prefix_cache = PrefixCache(self.kv, c.prefix_cache_min_tokens, host) if c.enable_prefix_caching else None
         self.admission = Admission(self.kv, self.prefix_cache, model)
-        self.scheduler = Scheduler(c.max_num_seqs, make_room=self.admission.make_room)
+        self.scheduler = Scheduler(c.max_num_seqs, make_room=self.admission.make_room,
+                                   express_tokens=c.express_prefill_tokens)
         self.runner = ModelRunner(model, self.kv, max_batch=c.max_num_seqs, max_model_len=self.max_model_len,
                                   enforce_eager=c.enforce_eager, graph_max_batch=c.cuda_graph_max_batch,
                                   prefill_chunk_tokens=c.prefill_chunk_tokens)
@@ -175,16 +176,17 @@ class LLMEngine:
         outputs = self.apply_aborts()
         work = self.scheduler.schedule()
         if work.prefill is not None:
-            return outputs + self._prefill(work.prefill)
+            return outputs + self._prefill(work.prefill, whole=work.whole)
         if work.decode:
             outputs += self._decode(work.decode)
         return outputs
 
     def _prefill_budget(self) -> float | None:
-        """Seconds a prefill piece may take: the configured budget while other sequences wait to decode, else
-        None (the prefill runs whole)."""
+        """Seconds a prefill piece may take: the configured budget while other sequences wait to decode or a short
+        prompt may arrive to be prefilled between pieces (express prefills on), else None (the prefill runs whole)."""
         ms = self.config.max_prefill_chunk_ms
-        return ms / 1000 if ms is not None and self.scheduler.has_decodable() else None
+        busy = self.scheduler.has_decodable() or self.config.express_prefill_tokens > 0
+        return ms / 1000 if ms is not None and busy else None
 
     def stats(self) -> dict:
         host = self.prefix_cache.host if self.prefix_cache is not None else None
@@ -212,9 +214,9 @@ class LLMEngine:
                     outputs.append(self._finish(s, "error", error=failure[0], error_code=failure[1]))
         return outputs
 
-    def _prefill(self, req: Request) -> list[RequestOutput]:
-        """Run the next piece of the request's prefill (the first piece reserves its blocks); once it is done,
-        sample the first token of each choice."""
+    def _prefill(self, req: Request, whole: bool = False) -> list[RequestOutput]:
+        """Run the next piece of the request's prefill (the first piece reserves its blocks; `whole`: all of it);
+        once it is done, sample the first token of each choice."""
         seqs, n_prompt, plan = req.seqs, len(req.prompt_ids), req.plan
         try:
             if req.prefill_task is None:
@@ -232,7 +234,7 @@ class LLMEngine:
 
                 req.prefill_task = self.runner.start_prefill(first.kv, req.prompt(), plan, cached=cached,
                                                              should_abort=req.aborted.is_set, on_progress=on_progress)
-            logits = req.prefill_task.run(self._prefill_budget())
+            logits = req.prefill_task.run(None if whole else self._prefill_budget())
             if logits is None:
                 return []  # more pieces to come; the running sequences decode first
             req.prefill_task = None
