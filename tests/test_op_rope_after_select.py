@@ -229,17 +229,23 @@ def test_the_dispatcher_passes_the_variant_to_the_triton_path(monkeypatch):
 # -------------------------------------------------------------------------------------------------- config
 
 
+def _round_trip(cfg: ModelConfig, field: str, value: str, default: str, bad: str) -> None:
+    """`lighthouse.<field>` set to `value` survives config.json; an older config.json without it reads `default`;
+    `bad` is refused with the field's name."""
+    setattr(cfg.lighthouse, field, value)
+    d = cfg.to_hf_dict()
+    assert d["lighthouse"][field] == value
+    assert ModelConfig.from_hf_dict(d) == cfg
+    old = dict(d, lighthouse={k: v for k, v in d["lighthouse"].items() if k != field})  # an older config.json
+    assert getattr(ModelConfig.from_hf_dict(old).lighthouse, field) == default
+    with pytest.raises(ValueError, match=f"lighthouse.{field} must be one of"):
+        ModelConfig.from_hf_dict(dict(d, lighthouse=dict(d["lighthouse"], **{field: bad})))
+
+
 def test_config_field_round_trips_defaults_to_before_pool_and_rejects_bad_values():
     cfg = model_preset("tiny")
     assert cfg.lighthouse.rope == "before_pool"
-    cfg.lighthouse.rope = "after_select"
-    d = cfg.to_hf_dict()
-    assert d["lighthouse"]["rope"] == "after_select"
-    assert ModelConfig.from_hf_dict(d) == cfg
-    old = dict(d, lighthouse={k: v for k, v in d["lighthouse"].items() if k != "rope"})  # an older config.json
-    assert ModelConfig.from_hf_dict(old).lighthouse.rope == "before_pool"
-    with pytest.raises(ValueError, match="lighthouse.rope must be one of"):
-        ModelConfig.from_hf_dict(dict(d, lighthouse=dict(d["lighthouse"], rope="after_pool")))
+    _round_trip(cfg, "rope", "after_select", "before_pool", "after_pool")
     with pytest.raises(ValueError, match="lighthouse.rope must be one of"):
         LighthouseConfig(rope="before")
     cfg.lighthouse.rope = "sideways"
@@ -477,14 +483,8 @@ def scaled_pair(seed: int = 0, layers: int = 3) -> tuple[LlamaForCausalLM, Llama
 def test_rope_freqs_field_round_trips_defaults_to_model_and_rejects_bad_values():
     cfg = model_preset("tiny")
     assert cfg.lighthouse.rope_freqs == "model"
-    cfg.lighthouse.rope, cfg.lighthouse.rope_freqs = "after_select", "unscaled"
-    d = cfg.to_hf_dict()
-    assert d["lighthouse"]["rope_freqs"] == "unscaled"
-    assert ModelConfig.from_hf_dict(d) == cfg
-    old = dict(d, lighthouse={k: v for k, v in d["lighthouse"].items() if k != "rope_freqs"})  # an older config.json
-    assert ModelConfig.from_hf_dict(old).lighthouse.rope_freqs == "model"
-    with pytest.raises(ValueError, match="lighthouse.rope_freqs must be one of"):
-        ModelConfig.from_hf_dict(dict(d, lighthouse=dict(d["lighthouse"], rope_freqs="scaled")))
+    cfg.lighthouse.rope = "after_select"
+    _round_trip(cfg, "rope_freqs", "unscaled", "model", "scaled")
     with pytest.raises(ValueError, match="rope_freqs='unscaled' applies only with lighthouse.rope='after_select'"):
         LighthouseConfig(rope_freqs="unscaled")
     cfg.lighthouse.rope = "before_pool"

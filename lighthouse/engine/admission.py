@@ -101,7 +101,7 @@ class Admission:
         if req.hit is not None and req.hit.host is not None:  # in the host tier: back to the device first
             h = req.hit.host
             # the entry's blocks, then the request's as with that entry on the device (less what it shares)
-            need = h.num_blocks + self.blocks_needed(req, CacheHit(h.as_device_entry(), req.hit.tokens))
+            need = h.num_blocks + self.blocks_needed(req, req.hit.as_restored())
             if self.kv.fits_now(need) or self.prefix_cache.make_room(need, keep_host=h):
                 req.hit = self.prefix_cache.restore(req.hit)
                 return True

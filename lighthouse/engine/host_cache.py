@@ -2,8 +2,9 @@
 
 When the prefix cache evicts an entry to make room (prefix_cache.py), its blocks' K/V, every layer's table, are
 copied to host memory instead of being lost (a compact entry's context tables with them); a later prompt that starts
-with the same tokens restores them to freshly allocated device blocks (a PCIe copy) instead of prefilling them again. The entry is then an ordinary device
-entry, and what is reused and why it is exact is what prefix_cache.py says: the bytes are the same.
+with the same tokens restores them to freshly allocated device blocks (a PCIe copy) instead of prefilling them again.
+The entry is then an ordinary device entry, and what is reused and why it is exact is what prefix_cache.py says: the
+bytes are the same.
 
 The tier has its own budget (`host_cache_bytes`; 0: off), held as one pool of host blocks (the device pool's block
 shape) allocated, pinned, when the engine starts: pinning memory is slow (on the H200 host, the request that
@@ -45,12 +46,6 @@ class HostEntry:
     @property
     def compact(self) -> bool:
         return self.ctx_layout is not None
-
-    def as_device_entry(self):
-        """What the prefix cache's entry will be once restored, without blocks: for sizing a request against it."""
-        from lighthouse.engine.prefix_cache import CacheEntry
-
-        return CacheEntry(self.tokens, self.split, [], ctx_blocks=[] if self.compact else None, selected=self.selected)
 
     @property
     def length(self) -> int:

@@ -75,6 +75,13 @@ class CacheHit:
     tokens: int  # positions [0, tokens) come from the entry's blocks
     host: HostEntry | None = None  # the hit is in host memory: `PrefixCache.restore` brings it back first
 
+    def as_restored(self) -> CacheHit:
+        """A host hit as it will be once restored (its entry without blocks), for sizing the request against it."""
+        assert self.host is not None
+        h = self.host
+        return CacheHit(CacheEntry(h.tokens, h.split, [], ctx_blocks=[] if h.compact else None, selected=h.selected),
+                        self.tokens)
+
 
 def cache_split(plan: PrefillPlan) -> int:
     """How a prompt's K/V were made, as entries record it: its sparse head's length, or 0 for a dense prefill."""

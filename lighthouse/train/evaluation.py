@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from lighthouse.train.data import IGNORE_INDEX
+from lighthouse.model.llama import IGNORE_INDEX
 
 
 def eval_pass(model, eval_data, cfg, device, autocast, *, dense: bool) -> dict:
