@@ -4,17 +4,23 @@
 # $OUT/table/retrieval.json.
 #   bash step8_table.sh all       completion cells, the layer table at 128K, documents_ask cells (a new checkpoint)
 #   bash step8_table.sh ask       documents_ask cells only, merged into the committed table's completion cells
+#   bash step8_table.sh fill      the 256K and 512K cells the committed table lacks (tails 0 and 1024, sparse decode
+#                                 at 512K): each piece starts from the committed table, so only missing cells run
 # then, if time is left, item 3's training profile (alone on the GPU) into $OUT/profile_training.txt.
 set -uo pipefail
 MODE="${1:-all}"
 cd "$(dirname "$0")/../../.."
 source bench/experiments/2026-12-02_h200_quality/device_env.sh
 CK=lighthouse/assets/default-checkpoint
+COMMITTED=bench/results/2026-12-02_h200_quality/retrieval.json
 mkdir -p "$OUT/table" /tmp/pieces
 start=$(date +%s)
 left() { echo $(( ${BUDGET:-480} - ($(date +%s) - start) )); }
 piece() {  # name, quality_bench flags
     local name=$1; shift
+    mkdir -p "/tmp/pieces/$name"
+    [ "$MODE" = fill ] && python3 -c "import json,sys; d=json.load(open(sys.argv[1])); d['checkpoint']=sys.argv[2]; \
+json.dump(d, open(sys.argv[3], 'w'))" "$COMMITTED" "$CK" "/tmp/pieces/$name/retrieval.json"
     ( for args in "$@"; do
         [ "$(left)" -gt 15 ] || break
         # shellcheck disable=SC2086
@@ -29,17 +35,28 @@ if [ "$MODE" = all ]; then
                 "--formats completion --contexts 65536 --decodes dense sparse --layers-at 0"
     piece layers "--formats completion --tasks passkey --contexts 131072 --tails 64 --decodes dense --layers-at 131072"
 fi
+if [ "$MODE" = fill ]; then  # passkey before kv; 512K cells first in each piece (they are the slow ones)
+    for fmt in completion documents_ask; do
+        piece "pk_$fmt" "--formats $fmt --tasks passkey --contexts 524288 --tails 64 --decodes sparse --layers-at 0" \
+            "--formats $fmt --tasks passkey --contexts 524288 --tails 0 1024 --decodes dense --layers-at 0" \
+            "--formats $fmt --tasks passkey --contexts 262144 --decodes dense sparse --layers-at 0"
+        piece "kv_$fmt" "--formats $fmt --tasks kv --contexts 524288 --tails 64 --decodes sparse --layers-at 0" \
+            "--formats $fmt --tasks kv --contexts 262144 --decodes dense sparse --layers-at 0" \
+            "--formats $fmt --tasks kv --contexts 524288 --tails 0 1024 --decodes dense --layers-at 0"
+    done
+else
 piece ask_short "--formats documents_ask --contexts 16384 131072 --decodes dense sparse --layers-at 0" \
                 "--formats documents_ask --contexts 65536 --decodes dense sparse --layers-at 0"
 piece ask_long "--formats documents_ask --contexts 524288 --tails 64 --decodes dense --layers-at 0" \
                "--formats documents_ask --contexts 262144 --tails 64 --decodes dense sparse --layers-at 0"
+fi
 wait
 python3 - "$MODE" "$CK" "$OUT/table/retrieval.json" /tmp/pieces/*/retrieval.json <<'PY'
 import json, sys
 mode, ck, out, paths = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
 FIELDS = ("task", "context_requested", "prefill", "dense_tail", "decode", "kv_mode", "layout", "format")
 docs = [json.load(open(p)) for p in paths]
-base = json.load(open("bench/results/2026-12-02_h200_quality/retrieval.json")) if mode == "ask" else dict(docs[0])
+base = json.load(open("bench/results/2026-12-02_h200_quality/retrieval.json")) if mode != "all" else dict(docs[0])
 if mode == "ask":
     base["records"] = [r for r in base["records"] if r["format"] == "completion"]
 cells = {tuple(r[k] for k in FIELDS): r for r in base["records"]}
@@ -49,13 +66,15 @@ for d in docs:
     if d.get("layers") and d["layers"] != base.get("layers") and mode == "all":
         base["layers"] = d["layers"]
     base["chat_template"] = d["chat_template"]
-base.update(checkpoint=ck, date=docs[0]["date"], records=sorted(cells.values(), key=lambda r: (
+if mode == "all":
+    base["date"] = docs[0]["date"]
+base.update(checkpoint=ck, records=sorted(cells.values(), key=lambda r: (
     r["format"], r["task"], r["context_requested"], r["prefill"], r["dense_tail"] or 0, r["decode"])))
 json.dump(base, open(out, "w"), indent=1)
 print(f"merged {len(cells)} cells from {len(paths)} pieces into {out}")
 PY
 echo "-- table done at $(( $(date +%s) - start ))s"
-if [ "$(( 590 - ($(date +%s) - start) ))" -gt 100 ]; then
+if [ "$MODE" != fill ] && [ "$(( 590 - ($(date +%s) - start) ))" -gt 100 ]; then
     timeout -k 5 $(( 585 - ($(date +%s) - start) )) python3 bench/experiments/2026-12-03_h200_quality/profile_training.py \
         "$OUT/profile_training.txt" 2>&1 | grep "^==\|Error\|error" 
 fi
