@@ -1,5 +1,5 @@
 """retrieval.png for bench/results/2026-12-02_h200_quality/: pass-key accuracy against context, dense vs sparse
-prefill (tail 64, dense decode), completion (20 prompts per point) and documents.ask (the 8-prompt quick check)."""
+prefill (tail 64, dense decode), as a completion and through documents.ask, 20 prompts per point."""
 
 import json
 from pathlib import Path
@@ -20,9 +20,9 @@ def series(path: Path, fmt: str, prefill: str) -> tuple[list[int], list[float]]:
     return [c // 1024 for c, _ in pts], [a for _, a in pts]
 
 
-fig, ax = plt.subplots(figsize=(7, 4))
-for path, fmt, label, style in [(R / "retrieval.json", "completion", "completion, 20 prompts", "-"),
-                                (R / "retrieval_quick_stage2.json", "documents_ask", "documents.ask, 8 prompts", ":")]:
+fig, ax = plt.subplots(figsize=(7.5, 4))
+for path, fmt, label, style in [(R / "retrieval.json", "completion", "completion", "-"),
+                                (R / "retrieval.json", "documents_ask", "documents.ask", ":")]:
     for prefill, marker in (("dense", "o"), ("sparse", "x")):
         x, y = series(path, fmt, prefill)
         ax.plot(x, y, style, marker=marker, label=f"{label}, {prefill} prefill")
@@ -31,7 +31,7 @@ ax.set_xticks([16, 64, 128, 256, 512], ["16K", "64K", "128K", "256K", "512K"])
 ax.set_ylim(-0.05, 1.05)
 ax.set_xlabel("context (tokens)")
 ax.set_ylabel("pass-key accuracy")
-ax.set_title("Bundled checkpoint on the H200: sparse prefill (Lighthouse on layers 3-4, tail 64) vs dense")
+ax.set_title("Bundled checkpoint, H200: sparse prefill (Lighthouse on layers 3-4, tail 64) vs dense; 20 prompts each")
 ax.title.set_fontsize(9)
 ax.grid(alpha=0.3)
 ax.legend(fontsize=8)

@@ -13,19 +13,20 @@ cd "$(dirname "$0")/../../.."
 source bench/experiments/2026-12-02_h200_quality/device_env.sh
 CK=lighthouse/assets/default-checkpoint
 COMMITTED=bench/results/2026-12-02_h200_quality/retrieval.json
-mkdir -p "$OUT/table" /tmp/pieces
+PIECES="${PIECES:-/tmp/pieces}"
+mkdir -p "$OUT/table" "$PIECES"
 start=$(date +%s)
 left() { echo $(( ${BUDGET:-480} - ($(date +%s) - start) )); }
 piece() {  # name, quality_bench flags
     local name=$1; shift
-    mkdir -p "/tmp/pieces/$name"
+    mkdir -p "$PIECES/$name"
     [ "$MODE" = fill ] && python3 -c "import json,sys; d=json.load(open(sys.argv[1])); d['checkpoint']=sys.argv[2]; \
-json.dump(d, open(sys.argv[3], 'w'))" "$COMMITTED" "$CK" "/tmp/pieces/$name/retrieval.json"
+json.dump(d, open(sys.argv[3], 'w'))" "$COMMITTED" "$CK" "$PIECES/$name/retrieval.json"
     ( for args in "$@"; do
         [ "$(left)" -gt 15 ] || break
         # shellcheck disable=SC2086
         timeout -k 5 "$(left)" python3 bench/quality_bench.py --checkpoint "$CK" --trials 20 --kv-cache-gb 12 \
-            --out "/tmp/pieces/$name" $args 2>&1 | grep -v "^\[transformers\]" | sed "s/^/[$name] /"
+            --out "$PIECES/$name" $args 2>&1 | grep -v "^\[transformers\]" | sed "s/^/[$name] /"
       done; echo "[$name] done at $(( $(date +%s) - start ))s" ) &
 }
 if [ "$MODE" = all ]; then
@@ -51,7 +52,7 @@ piece ask_long "--formats documents_ask --contexts 524288 --tails 64 --decodes d
                "--formats documents_ask --contexts 262144 --tails 64 --decodes dense sparse --layers-at 0"
 fi
 wait
-python3 - "$MODE" "$CK" "$OUT/table/retrieval.json" /tmp/pieces/*/retrieval.json <<'PY'
+python3 - "$MODE" "$CK" "$OUT/table/retrieval.json" $PIECES/*/retrieval.json <<'PY'
 import json, sys
 mode, ck, out, paths = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
 FIELDS = ("task", "context_requested", "prefill", "dense_tail", "decode", "kv_mode", "layout", "format")
