@@ -6,6 +6,7 @@
 #   bash step8_table.sh ask       documents_ask cells only, merged into the committed table's completion cells
 #   bash step8_table.sh fill      the 256K and 512K cells the committed table lacks (tails 0 and 1024, sparse decode
 #                                 at 512K): each piece starts from the committed table, so only missing cells run
+#   bash step8_table.sh fill256   the passkey cells at 256K that `fill` did not reach
 # then, if time is left, item 3's training profile (alone on the GPU) into $OUT/profile_training.txt.
 set -uo pipefail
 MODE="${1:-all}"
@@ -20,7 +21,7 @@ left() { echo $(( ${BUDGET:-480} - ($(date +%s) - start) )); }
 piece() {  # name, quality_bench flags
     local name=$1; shift
     mkdir -p "$PIECES/$name"
-    [ "$MODE" = fill ] && python3 -c "import json,sys; d=json.load(open(sys.argv[1])); d['checkpoint']=sys.argv[2]; \
+    [ "${MODE#fill}" != "$MODE" ] && python3 -c "import json,sys; d=json.load(open(sys.argv[1])); d['checkpoint']=sys.argv[2]; \
 json.dump(d, open(sys.argv[3], 'w'))" "$COMMITTED" "$CK" "$PIECES/$name/retrieval.json"
     ( for args in "$@"; do
         [ "$(left)" -gt 15 ] || break
@@ -36,7 +37,11 @@ if [ "$MODE" = all ]; then
                 "--formats completion --contexts 65536 --decodes dense sparse --layers-at 0"
     piece layers "--formats completion --tasks passkey --contexts 131072 --tails 64 --decodes dense --layers-at 131072"
 fi
-if [ "$MODE" = fill ]; then  # passkey before kv; 512K cells first in each piece (they are the slow ones)
+if [ "$MODE" = fill256 ]; then  # what the fill call's 350 s left out: passkey at 256K, tails 0 and 1024
+    for fmt in completion documents_ask; do
+        piece "pk_$fmt" "--formats $fmt --tasks passkey --contexts 262144 --decodes dense sparse --layers-at 0"
+    done
+elif [ "$MODE" = fill ]; then  # passkey before kv; 512K cells first in each piece (they are the slow ones)
     for fmt in completion documents_ask; do
         piece "pk_$fmt" "--formats $fmt --tasks passkey --contexts 524288 --tails 64 --decodes sparse --layers-at 0" \
             "--formats $fmt --tasks passkey --contexts 524288 --tails 0 1024 --decodes dense --layers-at 0" \
@@ -75,7 +80,7 @@ json.dump(base, open(out, "w"), indent=1)
 print(f"merged {len(cells)} cells from {len(paths)} pieces into {out}")
 PY
 echo "-- table done at $(( $(date +%s) - start ))s"
-if [ "$MODE" != fill ] && [ "$(( 590 - ($(date +%s) - start) ))" -gt 100 ]; then
+if [ "${MODE#fill}" = "$MODE" ] && [ "$(( 590 - ($(date +%s) - start) ))" -gt 100 ]; then
     timeout -k 5 $(( 585 - ($(date +%s) - start) )) python3 bench/experiments/2026-12-03_h200_quality/profile_training.py \
         "$OUT/profile_training.txt" 2>&1 | grep "^==\|Error\|error" 
 fi
