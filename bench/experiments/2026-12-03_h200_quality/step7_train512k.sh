@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Device call: stage 3 at 512K-token sequences, from the bundled checkpoint (stage 2, trained at 64K), to reach the
+# Device call (run 2026-12-03; it replaced a never-run 256K variant, step6 of 2026-12-02 in git history): stage 3 at
+# 512K-token sequences, from the bundled checkpoint (stage 2, trained at 64K), to reach the
 # 512K misses (all > 256K tokens back: 256K contexts answer 1.00 from every depth, 512K ones 0.45). The stage-2
 # recipe with one 512K sequence per step, lr 3e-4, a 230 s budget (the trainer measures its steps: ~5 s per
 # Lighthouse step, ~7 per dense step expected), evals every 10 steps; then the quick check (8 prompts per cell,
