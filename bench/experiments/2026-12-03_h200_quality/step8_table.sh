@@ -2,7 +2,8 @@
 # Device call: the retrieval table (20 prompts per cell) on the checkpoint in the working tree, as parallel pieces of
 # bench/quality_bench.py on the one GPU (the 6-layer model leaves it mostly idle; 12 GB KV budget each), merged into
 # $OUT/table/retrieval.json.
-#   bash step8_table.sh all       completion cells, the layer table at 128K, documents_ask cells (a new checkpoint)
+#   bash step8_table.sh all       completion cells, the layer table at 128K, documents_ask cells (a new checkpoint;
+#                                 this mode has not been run)
 #   bash step8_table.sh ask       documents_ask cells only, merged into the committed table's completion cells
 #   bash step8_table.sh fill      the 256K and 512K cells the committed table lacks (tails 0 and 1024, sparse decode
 #                                 at 512K): each piece starts from the committed table, so only missing cells run
@@ -57,12 +58,12 @@ piece ask_long "--formats documents_ask --contexts 524288 --tails 64 --decodes d
                "--formats documents_ask --contexts 262144 --tails 64 --decodes dense sparse --layers-at 0"
 fi
 wait
-python3 - "$MODE" "$CK" "$OUT/table/retrieval.json" $PIECES/*/retrieval.json <<'PY'
+python3 - "$MODE" "$CK" "$COMMITTED" "$OUT/table/retrieval.json" $PIECES/*/retrieval.json <<'PY'
 import json, sys
-mode, ck, out, paths = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+mode, ck, committed, out, paths = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:]
 FIELDS = ("task", "context_requested", "prefill", "dense_tail", "decode", "kv_mode", "layout", "format")
 docs = [json.load(open(p)) for p in paths]
-base = json.load(open("bench/results/2026-12-02_h200_quality/retrieval.json")) if mode != "all" else dict(docs[0])
+base = json.load(open(committed)) if mode != "all" else dict(docs[0])
 if mode == "ask":
     base["records"] = [r for r in base["records"] if r["format"] == "completion"]
 cells = {tuple(r[k] for k in FIELDS): r for r in base["records"]}
