@@ -36,9 +36,18 @@ ensure_torch() {
 
 # What the README's commands use: the project (editable; `lighthouse` in $VENV/bin) with the `examples` extra
 # (the openai package) and the SDK (clients/python, editable). Extra arguments: more extras, e.g. test.
+# Skipped when the venv already holds this install: a stamp in the venv records the extras and a hash of both
+# pyproject files, so a second run installs nothing (and fetches nothing) unless the dependencies changed.
 install_project() {
     local extras="examples${1:+,$1}"
+    local stamp="$VENV/.lighthouse-installed"
+    local want
+    want="$extras $(cat pyproject.toml clients/python/pyproject.toml | sha256sum | cut -c1-16)"
+    if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$PY" -c "import lighthouse, lighthouse_client" 2>/dev/null; then
+        return 0
+    fi
     ensure_torch
     say "installing lighthouse-serve[$extras] and lighthouse-client (editable)"
     pip_install -e ".[$extras]" -e clients/python
+    echo "$want" > "$stamp"
 }

@@ -38,10 +38,12 @@ def _make_checkpoint(out: Path, *, preset: str = "tiny", seed: int = 0, **overri
 
 
 def _tiny_llm(ckpt: Path, kv_cache_bytes: int = 64 << 20, **engine_config):
-    """An fp32 CPU `LLM` over `ckpt` (engine tests): a 64 MiB KV budget unless asked otherwise."""
+    """An fp32 CPU `LLM` over `ckpt` (engine tests): a 64 MiB KV budget unless asked otherwise. Prefills run whole
+    (no time budget) unless a test asks for pieces: what one `step()` does must not depend on the machine's speed."""
     from lighthouse.engine.config import EngineConfig
     from lighthouse.engine.llm import LLM
 
+    engine_config.setdefault("max_prefill_chunk_ms", None)
     return LLM(str(ckpt), EngineConfig(kv_cache_bytes=kv_cache_bytes, **engine_config), device="cpu", dtype="float32")
 
 

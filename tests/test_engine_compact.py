@@ -32,7 +32,7 @@ def model() -> LlamaForCausalLM:
 
 def engine(model, **config) -> LLMEngine:
     return LLMEngine(model, None, EngineConfig(**{"kv_cache_bytes": 16 << 20, "block_size": 16,
-                                                  "enable_prefix_caching": False, **config}))
+                                                  "enable_prefix_caching": False, "max_prefill_chunk_ms": None, **config}))
 
 
 def ids(n: int, seed: int) -> list[int]:

@@ -171,7 +171,7 @@ def test_stop_token_ids_and_max_tokens_finish_reasons(llm):
 
 
 def test_requests_that_can_never_fit_are_refused_up_front(ckpt):
-    eng = load_engine(str(ckpt), EngineConfig(kv_cache_bytes=200_000), device="cpu", dtype="float32")
+    eng = load_engine(str(ckpt), EngineConfig(kv_cache_bytes=200_000, max_prefill_chunk_ms=None), device="cpu", dtype="float32")
     per_block = eng.kv.shape.bytes_per_block  # one layer's block
     L = eng.model.config.num_hidden_layers  # the default layout (full): every layer holds every position
     assert eng.max_model_len == (200_000 // per_block - 1) // L * eng.kv.block_size  # block 0 is scratch

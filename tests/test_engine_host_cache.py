@@ -29,7 +29,7 @@ def engine(blocks: int, host_bytes: int) -> LLMEngine:
     torch.manual_seed(0)
     model = LlamaForCausalLM(model_preset("tiny")).eval()
     return LLMEngine(model, None, EngineConfig(kv_cache_bytes=blocks * BLOCK_BYTES, block_size=16,
-                                               host_cache_bytes=host_bytes))
+                                               host_cache_bytes=host_bytes, max_prefill_chunk_ms=None))
 
 
 def ask(eng: LLMEngine, prompt: list[int], options: RequestOptions = DENSE) -> tuple[list[float], int]:

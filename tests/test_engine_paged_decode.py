@@ -27,7 +27,7 @@ def tiny_model(seed: int = 0) -> LlamaForCausalLM:
 
 
 def engine(model, **config) -> LLMEngine:
-    return LLMEngine(model, None, EngineConfig(**{"kv_cache_bytes": 16 << 20, "block_size": 16, **config}))
+    return LLMEngine(model, None, EngineConfig(**{"kv_cache_bytes": 16 << 20, "block_size": 16, "max_prefill_chunk_ms": None, **config}))
 
 
 def ids(n: int, seed: int) -> list[int]:

@@ -18,7 +18,7 @@ from lighthouse.model.presets import model_preset
 def test_grad_mode_is_unchanged_between_pieces_and_after_an_abandoned_prefill():
     torch.manual_seed(0)
     model = LlamaForCausalLM(model_preset("tiny")).eval()
-    eng = LLMEngine(model, None, EngineConfig(kv_cache_bytes=16 << 20, block_size=16))
+    eng = LLMEngine(model, None, EngineConfig(kv_cache_bytes=16 << 20, block_size=16, max_prefill_chunk_ms=None))
     prompt = torch.randint(32, 127, (700,), generator=torch.Generator().manual_seed(0)).tolist()
     for prefill in ("dense", "sparse"):
         req = eng.make_request(prefill, prompt, SamplingParams(max_tokens=2),

@@ -35,7 +35,7 @@ def model() -> LlamaForCausalLM:
 
 
 def engine(model, **config) -> LLMEngine:
-    return LLMEngine(model, None, EngineConfig(**{"kv_cache_bytes": 32 << 20, "block_size": 16, **config}))
+    return LLMEngine(model, None, EngineConfig(**{"kv_cache_bytes": 32 << 20, "block_size": 16, "max_prefill_chunk_ms": None, **config}))
 
 
 def ids(n: int, seed: int) -> list[int]:

@@ -92,7 +92,8 @@ def test_a_float8_cache_is_refused_with_a_mismatched_value_cache():
 def test_the_engine_holds_twice_the_positions_and_generates_close_to_the_full_precision_cache():
     torch.manual_seed(0)
     model = LlamaForCausalLM(model_preset("tiny")).eval().to(torch.bfloat16)
-    engines = {d: LLMEngine(model, None, EngineConfig(kv_cache_bytes=4 << 20, block_size=16, kv_cache_dtype=d))
+    engines = {d: LLMEngine(model, None, EngineConfig(kv_cache_bytes=4 << 20, block_size=16, kv_cache_dtype=d,
+                                                      max_prefill_chunk_ms=None))
                for d in ("auto", "fp8_e4m3")}
     assert engines["fp8_e4m3"].kv.allocator.usable + 1 == 2 * (engines["auto"].kv.allocator.usable + 1)
     prompt = torch.randint(32, 127, (700,), generator=torch.Generator().manual_seed(2)).tolist()

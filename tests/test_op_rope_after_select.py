@@ -370,7 +370,7 @@ def test_training_gradients_flow_through_the_variant(monkeypatch, backend):
 
 
 def engine(model) -> LLMEngine:
-    return LLMEngine(model, None, EngineConfig(kv_cache_bytes=32 << 20, block_size=16))
+    return LLMEngine(model, None, EngineConfig(kv_cache_bytes=32 << 20, block_size=16, max_prefill_chunk_ms=None))
 
 
 def run_prefill(eng, prompt, opts, chunk_tokens, read):

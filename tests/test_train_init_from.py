@@ -301,7 +301,7 @@ def test_adapted_checkpoint_generates_with_the_engine_and_the_server(adapted, lo
     from lighthouse.engine.sampling import SamplingParams
 
     out, _ = adapted
-    llm = LLM(str(out), EngineConfig(kv_cache_bytes=64 << 20), device="cpu", dtype="float32")
+    llm = LLM(str(out), EngineConfig(kv_cache_bytes=64 << 20, max_prefill_chunk_ms=None), device="cpu", dtype="float32")
     prompt = "The river crosses the bridge. The pass key is"
     greedy = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
     got = llm.generate(prompt, greedy, RequestOptions(prefill="dense"))[0]
