@@ -45,6 +45,7 @@ class Generation:
         self.last_token: dict[int, float] = {}
         self.completion_tokens = 0
         self.cached_tokens = 0
+        self.prefill = None  # the engine's PrefillInfo, from the first output that carries it
         self.stream = None
 
     def submit(self) -> None:
@@ -62,6 +63,7 @@ class Generation:
             self.metrics.prefill_tokens.labels(path="sparse").inc(out.prefill.sparse_tokens)
             self.metrics.prefill_tokens.labels(path="dense").inc(out.prefill.dense_tokens)
             self.cached_tokens = out.prefill.cached_tokens
+            self.prefill = out.prefill
             self.metrics.prefix_cache_hit_tokens.inc(out.prefill.cached_tokens)
         if out.token_ids:
             if self.first_token is None:
@@ -102,7 +104,8 @@ class Generation:
             else:
                 outcome = "finished"
                 if self.fmt.include_usage:
-                    yield sse(self.fmt.usage_chunk(len(self.prompt_ids), self.completion_tokens, self.cached_tokens))
+                    yield sse(self.fmt.usage_chunk(len(self.prompt_ids), self.completion_tokens, self.cached_tokens,
+                                                   self.prefill))
             yield DONE
         finally:
             self.stream.close()
@@ -129,7 +132,7 @@ class Generation:
                 if out.finished:
                     c.finish_reason = out.finish_reason
             outcome = "finished"
-            return self.fmt.response(choices, len(self.prompt_ids), self.cached_tokens)
+            return self.fmt.response(choices, len(self.prompt_ids), self.cached_tokens, self.prefill)
         finally:
             gone.cancel()
             self.stream.close()  # aborts the engine request (frees its cache) unless it finished

@@ -21,6 +21,15 @@ def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) ->
     return out
 
 
+def prefill_info(info) -> dict:
+    """The engine's PrefillInfo as the response's `prefill` extension object (how the prompt was prefilled)."""
+    out = {"path": info.path, "sparse_tokens": info.sparse_tokens, "dense_tokens": info.dense_tokens,
+           "cached_tokens": info.cached_tokens, "decode": info.decode, "seconds": round(info.seconds, 4)}
+    if info.note:
+        out["note"] = info.note
+    return out
+
+
 @dataclass
 class ChoiceState:
     text: str = ""
@@ -85,9 +94,11 @@ class Formatter:
             out["usage"] = None
         return out
 
-    def usage_chunk(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict:
+    def usage_chunk(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0, prefill=None) -> dict:
         out = self._envelope(self.chunk_object, [])
         out["usage"] = usage(prompt_tokens, completion_tokens, cached_tokens)
+        if prefill is not None:
+            out["prefill"] = prefill_info(prefill)
         return out
 
     def progress_chunk(self, processed: int, total: int) -> dict:
@@ -96,7 +107,7 @@ class Formatter:
         return out
 
     # ---- whole response ----
-    def response(self, choices: list[ChoiceState], prompt_tokens: int, cached_tokens: int = 0) -> dict:
+    def response(self, choices: list[ChoiceState], prompt_tokens: int, cached_tokens: int = 0, prefill=None) -> dict:
         out = []
         for i, c in enumerate(choices):
             lp = self._logprobs(i, c.logprobs)
@@ -107,4 +118,6 @@ class Formatter:
                 out.append({"index": i, "text": c.text, "logprobs": lp, "finish_reason": c.finish_reason})
         body = self._envelope(self.object, out)
         body["usage"] = usage(prompt_tokens, sum(len(c.token_ids) for c in choices), cached_tokens)
+        if prefill is not None:  # an extension beside usage: how the prompt was prefilled (and decoded)
+            body["prefill"] = prefill_info(prefill)
         return body

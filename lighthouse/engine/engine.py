@@ -33,7 +33,7 @@ from lighthouse.engine.kv_cache import KV_CACHE_DTYPES, CacheShape, KVCacheManag
 from lighthouse.engine.model_runner import ModelRunner
 from lighthouse.engine.options import RequestOptions
 from lighthouse.engine.output import OutputProcessor
-from lighthouse.engine.prefill import PrefillAborted, plan_prefill
+from lighthouse.engine.prefill import PrefillAborted, min_sparse_len, plan_prefill, sparse_unavailable
 from lighthouse.engine.prefix_cache import PrefixCache, cache_split
 from lighthouse.engine.sampling import SamplingParams, make_generator
 from lighthouse.engine.scheduler import Scheduler
@@ -76,6 +76,12 @@ class LLMEngine:
                        if c.kv_mode == "compact" and lh.enabled and lh.levels >= 2 else 0)
         self.max_model_len = min([self.kv.max_positions(L - compactable), mc.max_position_embeddings]
                                  + [c.max_model_len or 1 << 62])
+        # a checkpoint without Lighthouse layers serves densely: its defaults say so, explicit sparse asks get a 400
+        self.sparse_unavailable = sparse_unavailable(model)
+        self.defaults = ((c.prefill, c.decode, c.kv_mode) if self.sparse_unavailable is None
+                         else ("dense", "dense", "full"))
+        if self.sparse_unavailable is not None and (c.prefill, c.decode, c.kv_mode) != self.defaults:
+            log.warning("%s; serving with prefill=dense decode=dense kv_mode=full", self.sparse_unavailable)
         self.vocab_size = mc.vocab_size
         self.eos_ids = _eos_ids(model, tokenizer) | set(stop_token_ids)  # + generation_config.json's
         host = HostCache(self.kv, c.host_cache_bytes) if c.host_cache_bytes and c.enable_prefix_caching else None
@@ -96,14 +102,19 @@ class LLMEngine:
         log.info("engine ready: device=%s dtype=%s max_model_len=%d kv_cache=%.2f GiB (%d blocks of one layer x %d "
                  "positions, %s) kv_mode=%s prefill=%s decode=%s cuda_graphs=%s", self.device, self.dtype,
                  self.max_model_len, self.kv.budget_bytes / 2**30, self.kv.allocator.usable, c.block_size,
-                 shape.storage_dtype, c.kv_mode, c.prefill, c.decode, sorted(self.runner.graphs) or "off")
+                 shape.storage_dtype, self.defaults[2], self.defaults[0], self.defaults[1],
+                 sorted(self.runner.graphs) or "off")
 
     # ---- admission -------------------------------------------------------------------------------------------
     def make_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams,
                      options: RequestOptions | None = None) -> Request:
         """Validate and build a request (thread-safe; raises InvalidRequest). `enqueue` it on the engine thread."""
         c = self.config
-        opts = (options or RequestOptions()).resolved(c.prefill, c.decode, c.dense_tail_tokens, c.kv_mode)
+        options = options or RequestOptions()
+        if self.sparse_unavailable is not None:
+            self._refuse_sparse(options)
+        prefill, decode, kv_mode = self.defaults
+        opts = options.resolved(prefill, decode, c.dense_tail_tokens, kv_mode)
         n_prompt = len(prompt_ids)
         if n_prompt == 0:
             raise InvalidRequest("the prompt is empty; send at least one token", param="prompt")
@@ -130,6 +141,7 @@ class LLMEngine:
         plan = plan_prefill(self.model, n_prompt, prefill=opts.prefill, decode=opts.decode,
                             dense_tail_tokens=opts.dense_tail_tokens, kv_mode=opts.kv_mode)
         req = self.admission.sized_request(request_id, list(prompt_ids), params, opts, plan, prompt)
+        req.dense_note = self._dense_note(options, plan)
         if default_max_tokens and not self.kv.fits_ever(self.admission.blocks_needed(req, None)):
             req = self.admission.largest_that_fits(req)  # no max_tokens given: as many as its layout fits
         capacity = req.capacity
@@ -145,6 +157,24 @@ class LLMEngine:
             gen = None if params.greedy else make_generator(seed, self.device)
             req.seqs.append(Sequence(i, params, IncrementalText(self.tokenizer, params.stop), gen, request=req))
         return req
+
+    def _dense_note(self, asked: RequestOptions, plan) -> str | None:
+        """Why a sparse prefill (asked, or the configured default) ran densely; None when it ran sparsely or dense
+        was asked: the checkpoint has no Lighthouse layers, or the prompt is below the op's minimum."""
+        if plan.sparse or (asked.prefill or self.config.prefill) != "sparse":
+            return None
+        if self.sparse_unavailable is not None:
+            return self.sparse_unavailable
+        return (f"the prompt is below the sparse minimum ({min_sparse_len(self.model.config.lighthouse)} tokens before "
+                "the dense tail): prefilled densely")
+
+    def _refuse_sparse(self, options: RequestOptions) -> None:
+        """An explicit ask for a sparse path on a checkpoint that has none: a clear 400, never a silent dense."""
+        for param, value, sparse in (("prefill", options.prefill, "sparse"), ("decode", options.decode, "sparse"),
+                                     ("kv_mode", options.kv_mode, "compact")):
+            if value == sparse:
+                raise InvalidRequest(f"{param} {value!r} was asked, but {self.sparse_unavailable}. Leave {param} "
+                                     f"out or set it to {'full' if param == 'kv_mode' else 'dense'}.", param=param)
 
     def enqueue(self, request: Request) -> None:
         with self._lock:
@@ -260,7 +290,7 @@ class LLMEngine:
         sparse_tokens = plan.sparse_tokens if not cached else 0
         req.prefill_info = PrefillInfo(plan.path, sparse_tokens, n_prompt - cached - sparse_tokens,
                                        "sparse" if plan.sparse_decode else "dense",
-                                       time.monotonic() - req.prefill_started, cached)
+                                       time.monotonic() - req.prefill_started, cached, req.dense_note)
         log.info("request %s: prefill %d tokens (%s: %d sparse + %d dense + %d from the prefix cache) in %.3fs",
                  req.request_id, n_prompt, plan.path, sparse_tokens, req.prefill_info.dense_tokens, cached,
                  req.prefill_info.seconds)

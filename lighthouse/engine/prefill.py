@@ -73,6 +73,23 @@ def lighthouse_config(model: LlamaForCausalLM) -> LighthouseConfig | None:
     return lh if lh.enabled and lh.levels >= 2 else None
 
 
+def sparse_unavailable(model: LlamaForCausalLM) -> str | None:
+    """Why this checkpoint can never prefill (or decode, or keep compact sessions) sparsely, or None when it can:
+    sparse paths need at least one layer that was trained with Lighthouse."""
+    lh = model.config.lighthouse
+    if not lh.enabled:
+        why = "the checkpoint has no Lighthouse layers (its config.json has no `lighthouse` block)"
+    elif lh.levels < 2:
+        why = f"the checkpoint's lighthouse block has levels {lh.levels} (one level is dense attention)"
+    elif all(i in lh.full_attn_layers for i in range(model.config.num_hidden_layers)):
+        why = "every layer of the checkpoint is in lighthouse.full_attn_layers"
+    else:
+        return None
+    return (f"sparse prefill unavailable: {why}, so every prompt is prefilled densely. A checkpoint trained with "
+            "Lighthouse layers prefills sparsely (`lighthouse train`, or `lighthouse train --init-from` to adapt "
+            "this one)")
+
+
 def min_sparse_len(lh: LighthouseConfig) -> int:
     from lighthouse.ops import lighthouse_min_seq_len
 

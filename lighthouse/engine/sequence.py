@@ -38,6 +38,7 @@ class PrefillInfo:
     decode: str  # decode path actually used: "sparse" | "dense"
     seconds: float
     cached_tokens: int = 0  # prompt positions reused from the prefix cache (not prefilled again)
+    note: str | None = None  # why a sparse prefill was asked for and a dense one ran (None otherwise)
 
 
 @dataclass
@@ -89,6 +90,7 @@ class Request:
     prompt_mask: torch.Tensor | None = None
     aborted: threading.Event = field(default_factory=threading.Event)
     prefill_info: PrefillInfo | None = None
+    dense_note: str | None = None  # why the sparse prefill asked for (or defaulted to) runs densely, if it does
     prompt_cached: bool = False  # this prompt's K/V went to the prefix cache already (once per request)
     prompt_tensor: torch.Tensor | None = None  # (N,) int64 on the CPU, for prefix-cache matching (made once)
     hit: "CacheHit | None" = None  # the prefix-cache hit admission planned on (set by the engine)
