@@ -185,6 +185,20 @@ def verify_checkpoint(ckpt_dir: str | os.PathLike, *, require_tokenizer: bool = 
             raise CheckpointError(f"{gen} is corrupt: eos_token_id must be an integer or a list of them, got {eos!r}")
 
 
+def _hub_hint(path: Path) -> str:
+    """For a name shaped like a hub id (ORG/NAME, not a path that exists): how models are loaded here instead."""
+    text = str(path)
+    if text.count("/") != 1 or text.startswith((".", "/", "~")):
+        return ""
+    from lighthouse.catalog import KNOWN_MODELS
+
+    return (f". It looks like a model hub id: checkpoints are loaded from local folders only (nothing is downloaded "
+            f"at run time). Download the model into a folder first (e.g. `huggingface-cli download {text} "
+            f"--local-dir DIR`, or `git clone` its repository) and pass --checkpoint DIR; a GGUF file converts with "
+            f"`lighthouse convert gguf FILE --out DIR`; the models that install from the package index serve with "
+            f"--model NAME ({', '.join(sorted(KNOWN_MODELS))})")
+
+
 def load_checkpoint(
     ckpt_dir: str | os.PathLike, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
     load_tokenizer: bool = True,
@@ -222,7 +236,7 @@ def _refuse_pickle(ckpt: Path) -> None:
             raise CheckpointError(f"refusing to load {ckpt}: pickle checkpoints can run arbitrary code; convert it to safetensors")
         raise CheckpointError(f"{ckpt} is a file; pass the checkpoint directory (config.json + model.safetensors)")
     if not ckpt.is_dir():
-        raise CheckpointError(f"checkpoint directory {ckpt} does not exist")
+        raise CheckpointError(f"checkpoint directory {ckpt} does not exist" + _hub_hint(ckpt))
     has_st = (ckpt / WEIGHTS_NAME).exists() or (ckpt / INDEX_NAME).exists()
     pickles = sorted(p.name for p in ckpt.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if not has_st:

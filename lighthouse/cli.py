@@ -1,4 +1,4 @@
-"""The `lighthouse` command: train | generate | convert, and the commands other packages register (serve).
+"""The `lighthouse` command: train | generate | models | convert, and the commands other packages register (serve).
 
 Only this module parses argv; each subcommand's parser and runner live beside the code they drive and are
 imported lazily, so `lighthouse train` never imports FastAPI and `lighthouse serve` never imports the trainer.
@@ -21,7 +21,8 @@ ENTRY_POINT_GROUP = "lighthouse.commands"
 LIBRARY_COMMANDS = {
     "train": ("lighthouse.train.cli", "Train a Lighthouse checkpoint (Lighthouse stage + dense tail)."),
     "generate": ("lighthouse.engine.cli", "Generate text offline from a checkpoint."),
-    "convert": ("lighthouse.convert.cli", "Convert another trainer's checkpoint (torchtitan DCP) to a checkpoint."),
+    "models": ("lighthouse.catalog.cli", "List and prepare the real models that install from the package index."),
+    "convert": ("lighthouse.convert.cli", "Convert a torchtitan DCP or a llama.cpp GGUF file to a checkpoint."),
 }
 
 

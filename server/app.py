@@ -44,14 +44,15 @@ def engine_config(settings: Settings):
 def build_engine(settings: Settings):
     """Check and load the checkpoint, start the engine thread (blocking). Raises CheckpointError naming the file
     when the checkpoint directory is incomplete or corrupt."""
-    from lighthouse.checkpoint import default_checkpoint_dir, verify_checkpoint
+    from lighthouse.checkpoint import verify_checkpoint
     from lighthouse.engine.async_engine import AsyncEngine
     from lighthouse.engine.llm import load_engine
 
     config = engine_config(settings)
-    verify_checkpoint(settings.checkpoint or default_checkpoint_dir(), require_tokenizer=True)
+    checkpoint = checkpoint_dir(settings)
+    verify_checkpoint(checkpoint, require_tokenizer=True)
     t0 = time.monotonic()
-    engine = AsyncEngine(load_engine(settings.checkpoint, config, device=settings.device, dtype=settings.dtype),
+    engine = AsyncEngine(load_engine(str(checkpoint), config, device=settings.device, dtype=settings.dtype),
                          max_waiting=settings.max_waiting)
     engine.start()
     log.info("serving %s (max_model_len=%d), loaded in %.1fs", _model_name(settings), engine.max_model_len,
@@ -59,9 +60,22 @@ def build_engine(settings: Settings):
     return engine
 
 
+def checkpoint_dir(settings: Settings) -> Path:
+    """The folder to serve: a known model's prepared folder (converted on first use), the checkpoint, or the
+    bundled default."""
+    from lighthouse.catalog import prepare_model
+    from lighthouse.checkpoint import default_checkpoint_dir
+
+    if settings.model:
+        return prepare_model(settings.model, log=log.info)
+    return Path(settings.checkpoint) if settings.checkpoint else default_checkpoint_dir()
+
+
 def _model_name(settings: Settings) -> str:
     if settings.served_model_name:
         return settings.served_model_name
+    if settings.model:
+        return settings.model
     if settings.checkpoint:
         return Path(settings.checkpoint).resolve().name
     return "lighthouse-default"

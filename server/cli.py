@@ -23,6 +23,8 @@ def _bool(text: str) -> bool:
 # flag -> Settings field; every flag defaults to None so that only given flags override the environment
 _FLAGS = [
     ("--checkpoint", str, "checkpoint directory (default: the bundled checkpoint)"),
+    ("--model", str, "a known model instead of --checkpoint (`lighthouse models list`), e.g. smollm2-135m-instruct: "
+                     "converted once from its package into ~/.cache/lighthouse/models, then served under that name"),
     ("--served-model-name", str, "model id reported by /v1/models"),
     ("--host", str, "bind address (default 127.0.0.1)"),
     ("--port", int, "port (default 8000)"),
@@ -90,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _exit_zero)
     from pydantic import ValidationError
 
+    from lighthouse.catalog import UnknownModel
     from lighthouse.checkpoint import CheckpointError
     from lighthouse_server.app import build_engine, create_app, engine_config
     from lighthouse_server.shutdown import serve
@@ -106,5 +109,14 @@ def run(args: argparse.Namespace) -> int:
     except CheckpointError as exc:
         print(f"lighthouse serve: cannot load the checkpoint: {exc}", file=sys.stderr)
         return 1
+    except (UnknownModel, FileNotFoundError, RuntimeError) as exc:  # --model: unknown, or its package unreachable
+        print(f"lighthouse serve: cannot prepare the model: {exc}", file=sys.stderr)
+        return 1
     # SIGTERM/SIGINT: /ready 503, the pre-stop delay, drain, exit 0; the engine thread dying: exit 1
     return serve(create_app(settings, engine=engine), settings)
+
+
+if __name__ == "__main__":  # `python -m lighthouse_server.cli ...`: the same as `lighthouse serve ...`
+    _parser = argparse.ArgumentParser(prog="lighthouse serve", description=__doc__.splitlines()[0])
+    add_arguments(_parser)
+    sys.exit(run(_parser.parse_args()))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, SecretStr
+from pydantic import BeforeValidator, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from lighthouse.engine.config import DEFAULT_DENSE_TAIL_TOKENS
@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LIGHTHOUSE_", extra="ignore", env_ignore_empty=True)
 
     checkpoint: str | None = Field(None, description="checkpoint directory (default: the bundled one)")
+    model: str | None = Field(None, description="a known model (lighthouse.catalog) instead of checkpoint: prepared "
+                                                "once from its package, served under its name")
     served_model_name: str | None = Field(None, description="model id in /v1/models (default: the checkpoint's name)")
     host: str = "127.0.0.1"
     port: int = 8000
@@ -86,6 +88,12 @@ class Settings(BaseSettings):
                                                           "are still served (a pre-stop delay for load balancers)")
     drain_timeout_s: float = Field(30.0, ge=0, description="then, how long in-flight requests may finish")
     log_level: LogLevel = "info"
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "Settings":
+        if self.model and self.checkpoint:
+            raise ValueError("give either model (a known model's name) or checkpoint (a folder), not both")
+        return self
 
     @property
     def max_body_bytes(self) -> int:

@@ -14,6 +14,7 @@ from lighthouse_server.settings import Settings
 # field -> (environment string, parsed value). Every field must appear: a new setting needs an entry here.
 ENV_SAMPLES = {
     "checkpoint": ("/models/doc-qa", "/models/doc-qa"),
+    "model": ("smollm2-135m-instruct", "smollm2-135m-instruct"),
     "served_model_name": ("doc-qa", "doc-qa"),
     "host": ("0.0.0.0", "0.0.0.0"),
     "port": ("9000", 9000),

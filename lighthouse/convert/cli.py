@@ -1,9 +1,11 @@
-"""`lighthouse convert torchtitan DCP_DIR --out HF_DIR`: a torchtitan llama3 run -> our HF checkpoint directory.
+"""`lighthouse convert torchtitan DCP_DIR --out HF_DIR`: a torchtitan llama3 run -> our HF checkpoint directory;
+`lighthouse convert gguf FILE --out HF_DIR`: a llama.cpp GGUF file of a Llama model -> the same.
 
     lighthouse convert torchtitan outputs/checkpoint/step-10000 --out runs/lh270m \
         --flavor ablation_270m_lighthouse_topk1536_pool4_lvl3 --tokenizer path/to/hf_tokenizer
     lighthouse convert torchtitan ckpt/step-500 --out runs/mine --n-heads 16 --n-kv-heads 4 \
         --use-selection-lighthouse --lighthouse-num-levels 3 --lighthouse-pooling-factor 4 --lighthouse-topk 2048
+    lighthouse convert gguf SmolLM2-135M-Instruct.Q4_1.gguf --out runs/smollm2
 """
 
 from __future__ import annotations
@@ -72,9 +74,52 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "minimum only)")
     t.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                    help="dtype of the written weights (default: as stored in the DCP)")
+    _add_gguf(sub)
+
+
+def _add_gguf(sub) -> None:
+    from lighthouse.convert.gguf_tokenizer import SUPPORTED_PRE
+
+    g = sub.add_parser("gguf", help="a llama.cpp GGUF file of a dense Llama model (F32/F16/BF16/Q8_0/Q4_0/Q4_1/"
+                       "Q4_K/Q5_K/Q6_K tensors)", description="A llama.cpp GGUF file (architecture 'llama') -> our HF "
+                       "checkpoint directory: weights dequantized, q/k rows put back in HF's order, the tokenizer "
+                       "and chat template rebuilt from the file's metadata.",
+                       epilog="Tokenizers: byte-level BPE ('gpt2') with pre-tokenizer " + ", ".join(SUPPORTED_PRE)
+                       + ". The result is dense (no Lighthouse layers): `lighthouse train --init-from` adapts it.")
+    g.add_argument("gguf_file", metavar="FILE", help="the .gguf file")
+    g.add_argument("--out", required=True, metavar="HF_DIR", help="output checkpoint directory (new or empty)")
+    g.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="bfloat16",
+                   help="dtype of the written weights (default: bfloat16, half the size of float32: it rounds "
+                   "each dequantized weight to 8 significant bits, far below 4-bit quantization's error; float32 "
+                   "keeps the dequantized values exactly)")
+
+
+def run_gguf(args: argparse.Namespace) -> int:
+    import time
+
+    from lighthouse.convert import ConversionError, convert_gguf
+
+    start = time.perf_counter()
+    try:
+        result = convert_gguf(args.gguf_file, args.out, dtype=args.dtype)
+    except ConversionError as exc:
+        print(f"lighthouse convert gguf: {exc}", file=sys.stderr)
+        return 2
+    c = result.config
+    types = ", ".join(f"{n} {k}" for k, n in sorted(result.tensor_types.items()))
+    print(f"wrote {result.out_dir} in {time.perf_counter() - start:.1f} s: {c.num_hidden_layers} layers, hidden "
+          f"{c.hidden_size}, FFN {c.intermediate_size}, {c.num_attention_heads}/{c.num_key_value_heads} heads, vocab "
+          f"{c.vocab_size}, {'tied' if c.tie_word_embeddings else 'untied'} embeddings, rope_theta {c.rope_theta:g}, "
+          f"rope_scaling {c.rope_scaling['rope_type'] if c.rope_scaling else 'none'}; weights {result.dtype} from "
+          f"{types}; tokenizer: {result.tokenizer}; dense (no Lighthouse layers)")
+    for note in result.notes:
+        print(f"note: {note}")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.source == "gguf":
+        return run_gguf(args)
     from lighthouse.convert import ConversionError, convert_torchtitan
 
     model_args = {name: getattr(args, name) for name in _MODEL_FLAGS}
