@@ -38,7 +38,7 @@ curl -sf http://127.0.0.1:$PORT/v1/models || { tail -30 "$OUT/server.log"; exit 
 echo
 start=$(date +%s)
 python3 bench/evals/ruler.py --url http://127.0.0.1:$PORT --tokenizer "$BASE" --tasks "$TASKS" --lengths "$LENGTHS" \
-    --samples "$SAMPLES" --prefill "$PREFILLS" --dense-tail 64 --decode dense --api chat --concurrency 48 \
+    --samples "$SAMPLES" --prefill "$PREFILLS" --dense-tail 64 --decode dense --api chat --concurrency 48 --jobs 8 \
     --resume --out "$OUT/ruler.json" 2>&1 | tee "$OUT/ruler.log" | grep -v "^\[transformers\]" | tail -60
 echo "ruler took $(( $(date +%s) - start )) s"
 kill $SERVER; wait $SERVER
