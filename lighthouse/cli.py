@@ -1,4 +1,4 @@
-"""The `lighthouse` command: train | generate | models | convert, and the commands other packages register (serve).
+"""Long-document LLM inference and training with Lighthouse sparse attention.
 
 Only this module parses argv; each subcommand's parser and runner live beside the code they drive and are
 imported lazily, so `lighthouse train` never imports FastAPI and `lighthouse serve` never imports the trainer.
@@ -42,8 +42,9 @@ def _help_of(module) -> str:
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The full parser; with `only`, import just that subcommand's module ("" imports none of the library's)."""
-    parser = argparse.ArgumentParser(prog="lighthouse", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="lighthouse", description=__doc__.splitlines()[0],
+                                     epilog="`lighthouse COMMAND --help` shows a command's options.")
+    sub = parser.add_subparsers(dest="command", required=True, title="commands", metavar="COMMAND")
     registered = registered_commands()
     for name, module_name in registered.items():  # imported to get their help: registered modules must import light
         if only and name != only:

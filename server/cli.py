@@ -39,6 +39,7 @@ _FLAGS = [
     ("--max-waiting", int, "requests that may queue beyond the running batch's free slots; more get 429/503 "
                            "(default 256; 0: no queue)"),
     ("--queue-full-status", int, "429 or 503"),
+    ("--retry-after-s", int, "Retry-After seconds sent with 429/503 responses (default 1)"),
     ("--kv-cache-gb", float, "KV cache budget in GiB"),
     ("--host-cache-gb", float, "host-memory tier of the prefix cache in GiB: a document evicted from the GPU waits in "
                                "pinned host memory and returns over PCIe (default 0: off)"),
@@ -53,6 +54,8 @@ _FLAGS = [
     ("--enable-prefix-caching", _bool, "true | false: reuse a repeated prompt prefix's KV cache (default true)"),
     ("--device", str, "cpu | cuda | cuda:N"),
     ("--dtype", str, "float32 | bfloat16"),
+    ("--default-max-tokens", int, "a chat completion's max_tokens when the request gives none, at most what the "
+                                  "context leaves (default 1024)"),
     ("--max-body-mb", float, "request body limit in MiB (default 64)"),
     ("--cors-origins", str, "comma-separated allowed CORS origins"),
     ("--shutdown-delay-s", float, "SIGTERM: seconds /ready reports 503 while requests are still served, so load "

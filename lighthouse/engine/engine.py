@@ -30,6 +30,7 @@ from lighthouse.engine.detokenizer import IncrementalText
 from lighthouse.engine.errors import INTERNAL_ERROR, OUT_OF_MEMORY, InvalidRequest, is_device_fatal
 from lighthouse.engine.host_cache import HostCache
 from lighthouse.engine.kv_cache import KV_CACHE_DTYPES, CacheShape, KVCacheManager, default_budget_bytes
+from lighthouse.engine.memory import budget_hint
 from lighthouse.engine.model_runner import ModelRunner
 from lighthouse.engine.options import RequestOptions
 from lighthouse.engine.output import OutputProcessor
@@ -104,6 +105,10 @@ class LLMEngine:
                  self.max_model_len, self.kv.budget_bytes / 2**30, self.kv.allocator.usable, c.block_size,
                  shape.storage_dtype, self.defaults[2], self.defaults[0], self.defaults[1],
                  sorted(self.runner.graphs) or "off")
+        hint = budget_hint(mc, self.kv, kv_mode=c.kv_mode, max_model_len_cap=c.max_model_len,
+                           dense_tail_tokens=c.dense_tail_tokens)
+        if hint is not None:  # the KV budget, not the checkpoint, sets max_model_len: say what would lift it
+            log.warning(hint)
 
     # ---- admission -------------------------------------------------------------------------------------------
     def make_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams,

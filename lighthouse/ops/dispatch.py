@@ -21,6 +21,7 @@ from torch import Tensor
 from lighthouse.ops.lighthouse_ref import lighthouse_attention as lighthouse_attention_ref
 from lighthouse.ops.lighthouse_ref import lighthouse_attention_with_context as lighthouse_attention_with_context_ref
 from lighthouse.ops.lighthouse_ref import lighthouse_select as lighthouse_select_ref
+from lighthouse.ops.triton_import import fallback_level, import_kernels
 from lighthouse.ops.validation import check_config, check_inputs, check_rope
 
 log = logging.getLogger(__name__)
@@ -32,11 +33,7 @@ ENV = "LIGHTHOUSE_ATTENTION_BACKEND"
 @functools.lru_cache(maxsize=None)
 def _triton_module():
     """The Triton implementation, or the reason it is unavailable (a string)."""
-    try:
-        from lighthouse.ops import triton as impl  # noqa: PLC0415 - imports triton
-    except Exception as exc:  # triton missing, or a broken install
-        return f"triton unavailable ({type(exc).__name__}: {exc})"
-    return impl
+    return import_kernels("lighthouse.ops.triton")
 
 
 def triton_available() -> bool:
@@ -49,7 +46,7 @@ def _interpreting() -> bool:
 
 @functools.lru_cache(maxsize=None)
 def _log_choice(name: str, reason: str) -> None:
-    log.info("lighthouse attention backend: %s (%s)", name, reason)
+    log.log(fallback_level(reason), "lighthouse attention backend: %s (%s)", name, reason)
 
 
 def choose_backend(q: Tensor, pooling_factor: int, backend: str | None = None) -> tuple[str, str]:

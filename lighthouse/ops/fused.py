@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lighthouse.ops.triton_import import fallback_level, import_kernels
+
 log = logging.getLogger(__name__)
 
 ENV = "LIGHTHOUSE_FUSED_KERNELS"
@@ -44,11 +46,7 @@ def rope_qk_ref(
 @functools.lru_cache(maxsize=None)
 def _kernels():
     """The Triton module, or why it is unavailable (a string)."""
-    try:
-        from lighthouse.ops.triton import fused_norm_rope  # noqa: PLC0415 - imports triton
-    except Exception as exc:  # triton missing, or a broken install
-        return f"triton unavailable ({type(exc).__name__}: {exc})"
-    return fused_norm_rope
+    return import_kernels("lighthouse.ops.triton.fused_norm_rope")
 
 
 def _on_device(x: Tensor) -> bool:
@@ -57,7 +55,7 @@ def _on_device(x: Tensor) -> bool:
 
 @functools.lru_cache(maxsize=None)
 def _log_fallback(op: str, reason: str) -> None:
-    log.info("fused %s: torch path (%s)", op, reason)
+    log.log(fallback_level(reason), "fused %s: torch path (%s)", op, reason)
 
 
 def _triton_for(op: str, *tensors: Tensor):

@@ -16,6 +16,8 @@ import os
 import torch
 from torch import Tensor
 
+from lighthouse.ops.triton_import import fallback_level, import_kernels
+
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "triton", "torch")
@@ -124,11 +126,7 @@ def paged_decode_attention_ref(
 @functools.lru_cache(maxsize=None)
 def _triton_impl():
     """The Triton launcher module, or the reason it is unavailable (a string)."""
-    try:
-        from lighthouse.ops.triton import paged_decode  # noqa: PLC0415 - imports triton
-    except Exception as exc:  # triton missing, or a broken install
-        return f"triton unavailable ({type(exc).__name__}: {exc})"
-    return paged_decode
+    return import_kernels("lighthouse.ops.triton.paged_decode")
 
 
 def _interpreting() -> bool:
@@ -137,7 +135,7 @@ def _interpreting() -> bool:
 
 @functools.lru_cache(maxsize=None)
 def _log_choice(name: str, reason: str) -> None:
-    log.info("paged decode attention backend: %s (%s)", name, reason)
+    log.log(fallback_level(reason), "paged decode attention backend: %s (%s)", name, reason)
 
 
 def choose_backend(q: Tensor, backend: str | None = None) -> tuple[str, str]:

@@ -184,6 +184,7 @@ def config_from_args(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from lighthouse.checkpoint import CheckpointError
+    from lighthouse.train.evaluation import describe_answer_accuracy
     from lighthouse.train.trainer import Trainer
 
     try:
@@ -197,10 +198,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"stopped at step {summary['step']} (--stop-at-step); resume with the same command")
         return 0
     ev = summary["eval"]
-    acc = "n/a" if ev["answer_acc"] is None else f"{ev['answer_acc']:.2f}"
     last = "n/a (resumed a finished run)" if summary["last"] is None else f"{summary['last']['loss']:.4f}"
     print(f"done: {summary['step']} steps in {summary['time_s']:.0f}s, final train loss {last}, "
-          f"eval loss {ev['eval_loss']:.4f}, answer accuracy {acc}; checkpoint in {cfg.out_dir}")
+          f"eval loss {ev['eval_loss']:.4f}; checkpoint in {cfg.out_dir}")
+    print(describe_answer_accuracy(ev, cfg))
     return 0
 
 
