@@ -2,18 +2,18 @@
 # Copy a trained checkpoint into the bundled default (lighthouse/assets/default-checkpoint/) and its training log and
 # loss plot into bench/results/default_checkpoint_{train.log,loss.png}.
 #
-#   bash bench/install_default.sh OUT_DIR [SERVE_LIGHTHOUSE_LAYERS]
+#   bash recipes/install_default.sh OUT_DIR [SERVE_LIGHTHOUSE_LAYERS]
 #
-# OUT_DIR: the output of bench/train_long.sh (the current recipe: bench/train_default.sh, then bench/train_long.sh
+# OUT_DIR: the output of recipes/train_long.sh (the current recipe: recipes/train_default.sh, then recipes/train_long.sh
 # on its result). The byte tokenizer is written afresh (lighthouse.tokenizer, its chat template inside
 # tokenizer_config.json, model_max_length = the checkpoint's positions) rather than copied: transformers 5 saves the
 # chat template to a separate chat_template.jinja, which an older transformers would not read.
 # SERVE_LIGHTHOUSE_LAYERS (e.g. 3,4): the layers that run Lighthouse when the checkpoint serves; every other layer
 # is written to config.json's full_attn_layers. Without it the training layers are kept. Choose them from the layer
-# table of bench/quality_bench.py (--layers-at).
-# The checkpoint's README.md is kept and edited by hand: update its numbers from bench/quality_bench.py's table.
+# table of bench/evals/quality_bench.py (--layers-at).
+# The checkpoint's README.md is kept and edited by hand: update its numbers from bench/evals/quality_bench.py's table.
 set -euo pipefail
-OUT="${1:?usage: bash bench/install_default.sh OUT_DIR [SERVE_LIGHTHOUSE_LAYERS]}"
+OUT="${1:?usage: bash recipes/install_default.sh OUT_DIR [SERVE_LIGHTHOUSE_LAYERS]}"
 LAYERS="${2:-}"
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python}"

@@ -1,3 +1,11 @@
+#!/usr/bin/env bash
+# Where a training step's time goes on one GPU (the `default` preset): 40 steps with Triton's fused norm scores
+# (LIGHTHOUSE_TRITON_SCORES=auto) and with torch's (torch), the median Lighthouse and dense step of each, then
+# torch.profiler over 3 Lighthouse steps (top kernels by CUDA and by CPU time). Output in bench/results/
+# 2026-11-28_h200_profile_train_step/log.txt.
+#
+#   bash recipes/profile_train_step.sh
+cd "$(dirname "$0")/.."
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 nproc; nvidia-smi --query-gpu=name --format=csv,noheader
 for mode in auto torch; do

@@ -1,7 +1,7 @@
 """Training quality and speed at equal tokens: dense from scratch vs Lighthouse + dense tail (issue 16, item 3).
 
-    python bench/train_compare.py --out DIR --time-budget-s 100          # CUDA: h200 model at 98,304 tokens
-    python bench/train_compare.py --out DIR --tiny                       # CPU dry run, a couple of minutes
+    python -m recipes.train_compare --out DIR --time-budget-s 100          # CUDA: h200 model at 98,304 tokens
+    python -m recipes.train_compare --out DIR --tiny                       # CPU dry run, a couple of minutes
 
 Both runs are `python -m lighthouse.train` (the product's own trainer) in a subprocess, with the same model,
 seed, data, batches, LR schedule, step count and eval set; they differ only in the dense tail:
@@ -32,10 +32,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from lighthouse.train.metrics import read_metrics
 
-from lighthouse.train.metrics import read_metrics  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]  # the trainer's subprocesses run from the repository root
 
 PAPER = {"source": "arXiv 2605.06554 Table 2 (98K, 8xB200, 50.3B tokens, training loss at step 16k)",
          "end_to_end_speedup": "1.40-1.69x", "loss_lighthouse_tail": "0.6825-0.6991", "loss_dense": 0.7237}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The recipe for the bundled default checkpoint (lighthouse/assets/default-checkpoint/).
 #
-#   bash bench/train_default.sh OUT_DIR [extra `lighthouse train` flags]
+#   bash recipes/train_default.sh OUT_DIR [extra `lighthouse train` flags]
 #
 # One H200 (or any CUDA GPU), about 9 minutes in all: `lighthouse train --preset default` (fixed seed 1234;
 # model: 6 layers, hidden 256, GQA 4/2, byte vocabulary, 16K context; data: 95% synthetic retrieval tasks
@@ -16,16 +16,16 @@
 #
 # OUT_DIR afterwards: config.json, model.safetensors, tokenizer*.json, generation_config.json (the checkpoint),
 # metrics.jsonl, loss.png, train_config.json, checkpoints/ (resumable state), passkey.json, train.log.
-# To bundle it (Lighthouse on layers 3-4 when serving: see bench/sparse_layers_eval.py and the checkpoint's README):
-#   bash bench/train_default.sh OUT && bash bench/install_default.sh OUT 3,4
+# To bundle it (Lighthouse on layers 3-4 when serving: see bench/evals/sparse_layers_eval.py and the checkpoint's README):
+#   bash recipes/train_default.sh OUT && bash recipes/install_default.sh OUT 3,4
 set -euo pipefail
-OUT="${1:?usage: bash bench/train_default.sh OUT_DIR}"
+OUT="${1:?usage: bash recipes/train_default.sh OUT_DIR}"
 cd "$(dirname "$0")/.."
 mkdir -p "$OUT"
 PY="${PYTHON:-python}"
 export PYTHONUNBUFFERED=1
 start=$(date +%s)
 "$PY" -m lighthouse.train --preset default --out "$OUT" --no-resume --no-progress "${@:2}" 2>&1 | tee "$OUT/train.log"
-"$PY" bench/passkey_eval.py --checkpoint "$OUT" --contexts 2048 4096 8192 16384 --trials 4 \
-    --note "default checkpoint: bench/train_default.sh (preset default, seed 1234)" --out "$OUT/passkey.json" --overwrite 2>&1 | tee -a "$OUT/train.log"
+"$PY" -m bench.evals.passkey_eval --checkpoint "$OUT" --contexts 2048 4096 8192 16384 --trials 4 \
+    --note "default checkpoint: recipes/train_default.sh (preset default, seed 1234)" --out "$OUT/passkey.json" --overwrite 2>&1 | tee -a "$OUT/train.log"
 echo "total $(( $(date +%s) - start ))s; checkpoint, metrics.jsonl, loss.png and passkey.json are in $OUT"

@@ -2,9 +2,9 @@
 # The recipe for the bundled default checkpoint, stage 2: the 16K checkpoint extended to 524,288 positions, with
 # chat turns (the layout `client.documents.ask` sends), on one H200 in about 4 minutes.
 #
-#   bash bench/train_long.sh SOURCE_DIR OUT_DIR [extra `lighthouse train` flags]
+#   bash recipes/train_long.sh SOURCE_DIR OUT_DIR [extra `lighthouse train` flags]
 #
-# SOURCE_DIR: stage 1, the 16K checkpoint of `bash bench/train_default.sh OUT1` (seed 1234; bundled as
+# SOURCE_DIR: stage 1, the 16K checkpoint of `bash recipes/train_default.sh OUT1` (seed 1234; bundled as
 # lighthouse/assets/default-checkpoint until this recipe replaced it: `git show 67fd277:lighthouse/assets/...`).
 # Stage 2 is `lighthouse train --init-from SOURCE_DIR` with:
 #   --max-position-embeddings 524288   context extension by llama3 RoPE scaling, factor 524288 / 16384 = 32 (low 1,
@@ -22,10 +22,10 @@
 #   330 s time budget chose for the bundled checkpoint on 2026-12-02, before a fix to the budget's eval reserve made
 #   it choose more: pinned so that the recipe reproduces it; 212 s on the H200); saved in bf16.
 # Resumable: run the same command again after an interruption (checkpoints every 50 steps in OUT_DIR/checkpoints).
-# Install: bash bench/install_default.sh OUT_DIR (the layers are already the serving ones).
+# Install: bash recipes/install_default.sh OUT_DIR (the layers are already the serving ones).
 set -euo pipefail
-SRC="${1:?usage: bash bench/train_long.sh SOURCE_DIR OUT_DIR [flags]}"
-OUT="${2:?usage: bash bench/train_long.sh SOURCE_DIR OUT_DIR [flags]}"
+SRC="${1:?usage: bash recipes/train_long.sh SOURCE_DIR OUT_DIR [flags]}"
+OUT="${2:?usage: bash recipes/train_long.sh SOURCE_DIR OUT_DIR [flags]}"
 cd "$(dirname "$0")/.."
 mkdir -p "$OUT"
 PY="${PYTHON:-python}"

@@ -37,8 +37,8 @@ def test_the_library_never_imports_the_server():
 def test_nothing_imports_the_server_by_its_folder_name():
     """The server folder installs as `lighthouse_server` (pyproject maps it); the generic name `server` is never
     imported, so another package called `server` in a user's environment cannot shadow it or be shadowed."""
-    files = [p for d in ("lighthouse", "server", "tests", "bench", "clients") for p in (ROOT / d).rglob("*.py")
-             if "experiments" not in p.parts]
+    folders = ("lighthouse", "server", "tests", "bench", "recipes", "clients")
+    files = [p for d in folders for p in (ROOT / d).rglob("*.py") if "experiments" not in p.parts]
     offenders = sorted(str(p.relative_to(ROOT)) for p in files if "server" in _imported_roots(p))
     assert not offenders, offenders
 
@@ -56,6 +56,9 @@ def test_every_package_folder_is_installed():
     data_only = {"lighthouse.assets"}  # the bundled checkpoint's folder, shipped as package data
     assert set(tool["packages"]) == expected | data_only
     assert all((ROOT / p.replace(".", "/")).is_dir() for p in data_only)
+    # bench/ and recipes/ are packages of the repository only (python -m bench.perf.X from its root), never installed
+    assert (ROOT / "bench" / "__init__.py").is_file() and (ROOT / "recipes" / "__init__.py").is_file()
+    assert not {p for p in tool["packages"] if p.split(".")[0] in ("bench", "recipes")}
 
 
 def test_the_server_is_importable_under_its_installed_name_only():
@@ -107,4 +110,4 @@ def test_a_command_that_fails_to_load_is_reported_and_the_others_still_run(monke
 def test_benchmarks_have_one_home_and_results_hold_results_only():
     assert not (ROOT / "lighthouse" / "bench").exists(), "benchmarks live in bench/"
     scripts = [str(p.relative_to(ROOT)) for p in (ROOT / "bench" / "results").rglob("*") if p.suffix in (".py", ".sh")]
-    assert not scripts, f"scripts belong in bench/ or bench/experiments/, not among the results: {scripts}"
+    assert not scripts, f"scripts belong in bench/, bench/experiments/ or recipes/, not among the results: {scripts}"

@@ -1,6 +1,6 @@
 """Passkey retrieval for a follow-up question on a cached document: compact sessions against full ones.
 
-    python bench/compact_followup_eval.py --contexts 8192 16384 --trials 2 --out bench/results/.../compact_followup.json
+    python -m bench.evals.compact_followup_eval --contexts 8192 16384 --trials 2 --out bench/results/.../compact_followup.json
 
 A passkey prompt (lighthouse.train.passkey.passkey_prompts: BOS + a document with a 5-digit key at some depth + the
 passkey question) is split where sparse prefill splits it: the "document" is all but its last `dense_tail_tokens`

@@ -1,12 +1,12 @@
 """In-context copying of a checkpoint: the loss on a random block's second occurrence vs its first.
 
-    python bench/copy_test.py --checkpoint DIR [DIR ...]
+    python -m bench.evals.copy_eval --checkpoint DIR [DIR ...]
 
 Passkey retrieval needs content-based copying (an induction head): find the earlier occurrence of the current
 context and continue it. This measures that ability directly, without the passkey format: a model that copies has
 a second-occurrence loss near 0; one that does not has equal losses (about log 36 = 3.6 nats per character).
 Two layouts: "pairs" (`block|block` lines, the echo filler's) and "far" (487 characters of random words, then the
-same 487 again).
+same 487 again). tests/model/test_default_checkpoint_retrieval.py holds the bundled checkpoint to it.
 """
 
 from __future__ import annotations
@@ -48,6 +48,14 @@ def far_text(rng: random.Random) -> tuple[str, list[bool]]:
     return words + words, [False] * len(words) + [True] * len(words)
 
 
+LAYOUTS = {"pairs": pairs_text, "far": far_text}
+
+
+def copy_losses(model, layout: str, seed: int = 0) -> tuple[float, float]:
+    """Mean loss in nats per character on the first and on the second occurrence of the blocks of `layout`."""
+    return _losses(model, *LAYOUTS[layout](random.Random(seed)))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", nargs="+", required=True)
@@ -56,8 +64,8 @@ def main(argv=None) -> int:
     for path in args.checkpoint:
         model, _ = load_checkpoint(path, device=args.device, dtype=torch.float32, load_tokenizer=False)
         model.eval()
-        for name, make in (("pairs", pairs_text), ("far", far_text)):
-            first, second = _losses(model, *make(random.Random(0)))
+        for name in LAYOUTS:
+            first, second = copy_losses(model, name)
             print(f"{path}: {name:5s} first occurrence {first:.3f}  second occurrence {second:.3f} nats/char", flush=True)
     return 0
 

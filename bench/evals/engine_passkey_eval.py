@@ -1,8 +1,8 @@
 """Passkey retrieval through the serving engine: every prefill x decode path the server offers.
 
-    python bench/engine_passkey_eval.py --contexts 8192 16384 --trials 2 --out bench/results/.../engine_passkey.json
+    python -m bench.evals.engine_passkey_eval --contexts 8192 16384 --trials 2 --out bench/results/.../engine_passkey.json
 
-bench/passkey_eval.py measures greedy retrieval with dense decode (lighthouse.engine.llm.greedy_generate, on a model
+bench/evals/passkey_eval.py measures greedy retrieval with dense decode (lighthouse.engine.llm.greedy_generate, on a model
 in memory). This runs the same prompts through lighthouse.engine.LLM, as `lighthouse serve` does (the checkpoint's
 tokenizer and stop ids, batching, text), for prefill dense|sparse x decode dense|sparse, and
 once more with the question asked as a chat turn (the SDK's documents.ask layout: its default system prompt, then

@@ -1,7 +1,7 @@
 """Real-file check of `lighthouse convert gguf`: three forwards of one GGUF model must agree (CPU).
 
-    python bench/evals/gguf_parity.py SmolLM2-135M-Instruct.Q4_1.gguf --json /tmp/gguf_parity.json
-    python bench/evals/gguf_parity.py FILE --converted DIR     # check a folder converted before
+    python -m bench.evals.gguf_parity SmolLM2-135M-Instruct.Q4_1.gguf --json /tmp/gguf_parity.json
+    python -m bench.evals.gguf_parity FILE --converted DIR     # check a folder converted before
 
 Converts FILE (float32 weights unless --dtype; or takes --converted DIR), then runs 64 fixed short prompts through
 (a) our model on the converted folder (`lighthouse.checkpoint.load_checkpoint`, dense), (b) transformers'

@@ -1,11 +1,11 @@
 """Passkey retrieval accuracy of a checkpoint under dense vs sparse (Lighthouse) prefill, at several contexts.
 
-    python bench/passkey_eval.py [--checkpoint DIR] [--contexts 2048 4096 8192 16384] [--out FILE]
+    python -m bench.evals.passkey_eval [--checkpoint DIR] [--contexts 2048 4096 8192 16384] [--out FILE]
 
 Prints a line as each (context, prefill, depth) finishes (the default run takes about 9 minutes on a 2-core CPU),
 then a table, and writes a JSON with one record per (context, prefill). --out defaults to a new file
 bench/results/<date>_<device>_passkey/passkey.json; an existing file is never overwritten without --overwrite
-(the bundled checkpoint's table is in its README, measured by bench/quality_bench.py). Prompts come from the trainer's
+(the bundled checkpoint's table is in its README, measured by bench/evals/quality_bench.py). Prompts come from the trainer's
 synthetic generator (lighthouse.train.synthetic.passkey_doc) with a fixed seed, so runs are comparable.
 """
 

@@ -1,11 +1,11 @@
 """Retrieval quality of a checkpoint through the serving engine: the table behind "sparse prefill keeps retrieval".
 
-    python bench/quality_bench.py --checkpoint DIR --out bench/results/DATE_h200_quality      # the full table
-    python bench/quality_bench.py --quick --out /tmp/quality                                 # a CPU dry run
-    python bench/quality_bench.py --checkpoint DIR --plan                                    # cells and prompt tokens
+    python -m bench.evals.quality_bench --checkpoint DIR --out bench/results/DATE_h200_quality      # the full table
+    python -m bench.evals.quality_bench --quick --out /tmp/quality                                 # a CPU dry run
+    python -m bench.evals.quality_bench --checkpoint DIR --plan                                    # cells and prompt tokens
 
 Tasks (the trainer's generators, lighthouse/train/synthetic.py; one seeded rng per prompt, so every run asks the
-same prompts): `passkey` (a 5-digit key at depths 0.05..0.95, bench/passkey_eval.py's seeds) and `kv` (records
+same prompts): `passkey` (a 5-digit key at depths 0.05..0.95, bench/evals/passkey_eval.py's seeds) and `kv` (records
 `Record NNNNNN holds value NNNN.` in sentence filler, 32 from 19K characters on; one asked). Two formats:
 `completion` (the document cut where the answer starts; a hit is the exact digits) and `documents_ask` (the token
 ids the server makes of what `client.documents.ask(document, question)` sends: the SDK's messages in the
@@ -250,7 +250,7 @@ class Bench:
         if self.path is None:
             return
         a, model = self.args, self.llm.engine.model
-        doc = {"bench": "bench/quality_bench.py", "date": time.strftime("%Y-%m-%d"),
+        doc = {"bench": "bench/evals/quality_bench.py", "date": time.strftime("%Y-%m-%d"),
                "checkpoint": a.checkpoint or "bundled", "device": device_name(a.device),
                "dtype": str(next(model.parameters()).dtype), "torch": torch.__version__,
                "max_position_embeddings": self.max_positions, "max_model_len": self.llm.engine.max_model_len,

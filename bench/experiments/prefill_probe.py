@@ -1,17 +1,18 @@
 """One-off probe (2026-12-02, issue #12): where a 512K prefill's time goes before the prefill work, and how fast
 query-chunked dense causal attention can be on the H200 (cuDNN with LSE merge vs SDPA lower-right bias vs one call).
-Writes OUT/probe.json and OUT/profile_*.txt."""
+Writes OUT/probe.json and OUT/profile_*.txt.
+
+    OUT=DIR python -m bench.experiments.prefill_probe      # from the repository root"""
 import json, os, sys, time, traceback
 from dataclasses import replace
 from pathlib import Path
 import torch
 import torch.nn.functional as F
-sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[2])]
-from serve_bench import TAIL, paper_config  # noqa: E402
-from lighthouse.engine.config import EngineConfig  # noqa: E402
-from lighthouse.engine.engine import LLMEngine  # noqa: E402
-from lighthouse.engine.options import RequestOptions  # noqa: E402
-from lighthouse.engine.sampling import SamplingParams  # noqa: E402
+from bench.perf.paper_server import TAIL, paper_config
+from lighthouse.engine.config import EngineConfig
+from lighthouse.engine.engine import LLMEngine
+from lighthouse.engine.options import RequestOptions
+from lighthouse.engine.sampling import SamplingParams
 
 OUT = Path(os.environ.get("OUT", "/tmp/out")); OUT.mkdir(parents=True, exist_ok=True)
 res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "errors": {}}

@@ -1,14 +1,14 @@
 """Latency of one attention layer vs sequence length, forward and forward+backward. Needs a CUDA device.
 
-    python bench/attention_bench.py --out bench/results/DATE_DEVICE_bench_attention [--official DIR]
+    python -m bench.perf.attention_bench --out bench/results/DATE_DEVICE_bench_attention [--official DIR]
 
 Methods (one process, bf16, causal, B=1, random inputs, medians of CUDA-event timings after warm-up):
   dense-cudnn, dense-flash  torch SDPA restricted to one backend
   ours-triton, ours-torch   lighthouse_attention with backend="triton" / "torch"
-  official                  the paper's code, when --official DIR is given (its selection needs H == H_kv)
+  official                  the paper's code, when --official DIR is given (its selection needs H == H_kv;
+                            bench/official.py says how to lay it out)
 A method that fails at some N (out of memory, the official launch-grid limit) is recorded with its error and
 the rest go on. Writes attention.json and a log-log attention.png (attention_gqa.png: H=32, H_kv=8) into --out.
-`time_ms` is shared with triton_check.py and compare_official.py.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from bench.official import import_official
+from bench.perf.cuda_timing import time_ms
 from lighthouse.ops.attention import repeat_kv
 
 
@@ -40,23 +42,6 @@ class BenchConfig:
     dense_max_n: int = 524288
     torch_max_n: int = 524288
     gqa: bool = True
-
-
-def time_ms(fn, reps: int = 10, warmup: int = 2) -> float:
-    """Median of `reps` CUDA-event timings of fn() after `warmup` calls, in ms."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(reps):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn()
-        e.record()
-        torch.cuda.synchronize()
-        ts.append(s.elapsed_time(e))
-    ts.sort()
-    return ts[len(ts) // 2]
 
 
 def _dense(backend: str):
@@ -81,9 +66,7 @@ def _methods(cfg: BenchConfig, H: int, H_kv: int) -> dict:
         "ours-torch": (lambda q, k, v: lighthouse_attention(q, k, v, backend="torch", **kw), "BHND"),
     }
     if cfg.official and H == H_kv:
-        if cfg.official not in sys.path:
-            sys.path.insert(0, cfg.official)
-        from torchtitan.models.llama3.model import lighthouse_selection as off
+        off = import_official(cfg.official)
 
         def sdpa(q, k, v, scale=None):
             return _dense("CUDNN_ATTENTION")(q, k, v)
@@ -162,7 +145,7 @@ def _plot(rows: list[dict], path: str, title: str) -> None:
 
 def run_attention_bench(cfg: BenchConfig) -> int:
     if not torch.cuda.is_available():
-        print("bench/attention_bench.py needs a CUDA device (it times CUDA kernels)", file=sys.stderr)
+        print("bench/perf/attention_bench.py needs a CUDA device (it times CUDA kernels)", file=sys.stderr)
         return 2
     os.makedirs(cfg.out, exist_ok=True)
     title = f"L{cfg.levels} p{cfg.pooling_factor} k{cfg.topk}, D={cfg.head_dim}, bf16"

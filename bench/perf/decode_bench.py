@@ -20,7 +20,7 @@ torch.profiler covers 8 more decode steps after the timed ones of the 512K dense
 (DIR/profile_decode.txt: top-20 kernels, kernels and launches per step). Every measure has its own try/except
 (failures go to "errors"); DIR/decode_bench.json is rewritten after each one.
 
-    python bench/decode_bench.py --out DIR [--quick | --tiny] [--no-eager-compare]
+    python -m bench.perf.decode_bench --out DIR [--quick | --tiny] [--no-eager-compare]
 
 --quick: 32K instead of 512K and smaller batches' prompts (GPU smoke test); --tiny: a tiny model on the CPU.
 """
@@ -39,13 +39,11 @@ from pathlib import Path
 
 import torch
 
-sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
-from serve_bench import TAIL, paper_config  # noqa: E402
-
-from lighthouse.engine.config import EngineConfig  # noqa: E402
-from lighthouse.engine.engine import LLMEngine  # noqa: E402
-from lighthouse.engine.options import RequestOptions  # noqa: E402
-from lighthouse.engine.sampling import SamplingParams  # noqa: E402
+from bench.perf.paper_server import TAIL, paper_config
+from lighthouse.engine.config import EngineConfig
+from lighthouse.engine.engine import LLMEngine
+from lighthouse.engine.options import RequestOptions
+from lighthouse.engine.sampling import SamplingParams
 
 PROF_STEPS = 8
 SIZES = {  # long: the 512K request; cached: the 128K and 512K documents; b32/b128: (batch, prompt tokens)

@@ -17,22 +17,20 @@ greedy with ignore_eos. "Held" is what the session's blocks take in the KV cache
 - compact_1m_ttft_s / compact_1m_session_gb: a 1,048,576 + 64-token prompt in compact mode;
 - compact_equals_full_tokens_128k: the compact session's greedy tokens equal the full session's with sparse decode.
 
-    python bench/memory_bench.py --out DIR [--quick]
+    python -m bench.perf.memory_bench --out DIR [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
-from bench_results import ResultsFile  # noqa: E402
-from serve_bench import TAIL, paper_config  # noqa: E402
+from bench.perf.paper_server import TAIL, paper_config
+from bench.perf.results_file import ResultsFile
 
 K = 1024
 GB = 1e9

@@ -16,7 +16,7 @@ uvicorn on loopback, in this process), every request streamed with `cache_prompt
 With --profile, torch.profiler records one 512K all-sparse prefill and one layout prefill through the engine
 (DIR/profile_prefill.txt: top kernels by GPU time). Writes DIR/prefill_bench.json after each measure.
 
-    python bench/prefill_bench.py --out DIR [--profile] [--quick]
+    python -m bench.perf.prefill_bench --out DIR [--profile] [--quick]
 """
 
 from __future__ import annotations
@@ -36,9 +36,8 @@ from pathlib import Path
 import httpx
 import torch
 
-sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
-from bench_results import ResultsFile  # noqa: E402
-from serve_bench import TAIL, Server, paper_config, stream_completion  # noqa: E402
+from bench.perf.paper_server import TAIL, Server, paper_config, stream_completion
+from bench.perf.results_file import ResultsFile
 
 K = 1024
 T0 = time.monotonic()

@@ -18,7 +18,7 @@ Then, per layer, through torch.distributed collectives only:
 
 The official LighthouseCP scatters each half locally and drops the spill, so the first positions of its chunks
 lose their contribution from the previous chunk's last windows; with the spill exchanged, the result equals the
-single-process op (lighthouse.ops) on the whole sequence, position for position (tests/test_context_parallel.py).
+single-process op (lighthouse.ops) on the whole sequence, position for position (tests/distributed/test_context_parallel.py).
 
 Built on the reference op's pieces (lighthouse.ops.lighthouse_ref); the scorer must be "norm" (dilated scores
 run strided attention over the whole sequence, as the official CP path also refuses).

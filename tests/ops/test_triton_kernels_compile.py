@@ -1,31 +1,26 @@
-"""Compile every Lighthouse Triton kernel for a GPU target without a GPU (Triton ships ptxas), and print each
-kernel's registers, spills and shared memory. Catches compiled-mode errors that TRITON_INTERPRET=1 cannot.
+"""Every Lighthouse Triton kernel compiles for a Hopper target (sm_90) without a GPU: Triton ships ptxas, so this
+catches the compiled-mode errors (types, layouts, shared memory) that TRITON_INTERPRET=1 cannot, on any machine.
 
-    TRITON_INTERPRET=0 python bench/triton_aot_check.py [--arch 90]
+The compile runs in a child process with TRITON_INTERPRET=0 (under the interpreter the kernels are not compilable
+JIT functions): this file is that child too. `python tests/ops/test_triton_kernels_compile.py [--arch 90]` prints
+each kernel's warps, shared memory and PTX instruction counts. (Until 2026-12: bench/triton_aot_check.py.)
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import time
 
-os.environ["TRITON_INTERPRET"] = "0"
-os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-
-import triton  # noqa: E402
-from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.compiler import ASTSource  # noqa: E402
-
-from lighthouse.ops.triton import gather, pool, scatter, select  # noqa: E402
-
-
-def sig(names, types):
-    return dict(zip(names, types))
+import pytest
 
 
 def kernels(D=128, P=4, L=3):
+    """(name, kernel, argument types, constexprs, compile options) for each kernel at the served shape."""
+    from lighthouse.ops.triton import gather, pool, scatter, select
+
     R = pool.windows_per_program(D, P ** (L - 1)) * P ** (L - 1)  # the launcher's rows per program
     lanes, acc, steps = pool.order_params(D, 1)
     yield "pool(scores, V=1)", pool._pool_kernel, dict(
@@ -68,6 +63,12 @@ def kernels(D=128, P=4, L=3):
 
 
 def main() -> int:
+    os.environ["TRITON_INTERPRET"] = "0"  # before triton and the kernels are imported
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
     ap = argparse.ArgumentParser()
     ap.add_argument("--arch", type=int, default=90)
     args = ap.parse_args()
@@ -83,13 +84,25 @@ def main() -> int:
             md = ck.metadata
             ptx = ck.asm["ptx"]
             spills = "local" in ptx and ".local" in ptx
-            sass_like = {k: ptx.count(k) for k in ("shfl.sync", "bar.sync", "ld.shared", "st.shared", "fma.rn", "add.f32")}
+            counted = ("shfl.sync", "bar.sync", "ld.shared", "st.shared", "fma.rn", "add.f32")
+            sass_like = {k: ptx.count(k) for k in counted}
             print(f"{name:22s} ok  warps={md.num_warps} shared={md.shared:6d} local_mem_in_ptx={spills} "
                   f"ptx={sass_like} ({time.time() - t0:.1f}s)", flush=True)
         except Exception as exc:  # report every kernel, not just the first failure
             failed += 1
             print(f"{name:22s} FAILED: {type(exc).__name__}: {str(exc)[:2000]}", flush=True)
     return 1 if failed else 0
+
+
+@pytest.mark.slow  # ~30 s on 2 cores
+def test_every_kernel_compiles_for_sm90_without_a_gpu():
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    proc = subprocess.run([sys.executable, __file__, "--arch", "90"], capture_output=True, text=True, env=env,
+                          timeout=500)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-8000:]
+    assert " ok " in proc.stdout and "FAILED" not in proc.stdout, out[-8000:]
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Schemathesis hooks for tests/test_server_schemathesis.py (loaded with SCHEMATHESIS_HOOKS=schemathesis_hooks).
+"""Schemathesis hooks for tests/server/test_server_schemathesis.py (loaded with
+SCHEMATHESIS_HOOKS=schemathesis_hooks).
 
 One check replaces the built-in `positive_data_acceptance`, which the test excludes for this reason only: a
 schema-valid request must be accepted, except for a 400 whose `code` is one of RUNTIME_ONLY_REFUSALS, limits no

@@ -3,8 +3,8 @@
 no 5xx and no mismatch between the schema and what the server sends or accepts.
 
 Every check runs (`--checks all`), with one exception: the built-in `positive_data_acceptance` is replaced by
-`valid_data_accepted_unless_a_runtime_only_limit` (tests/schemathesis_hooks.py), which fails on exactly the same
-responses except a 400 whose `code` names a limit no JSON schema can state (prompt tokens + max_tokens over the
+`valid_data_accepted_unless_a_runtime_only_limit` (schemathesis_hooks.py beside this file), which fails on exactly
+the same responses except a 400 whose `code` names a limit no JSON schema can state (prompt tokens + max_tokens over the
 context; best_of != n). Coverage, fuzzing and stateful phases; about 1,200 requests in 25-40 s on 2 cores.
 """
 

@@ -9,7 +9,7 @@ source bench/experiments/2026-12-02_h200_quality/device_env.sh
 CK=runs/ck_long
 start=$(date +%s)
 left() { echo $(( 570 - ($(date +%s) - start) )); }
-qb() { [ "$(left)" -gt 15 ] && timeout -k 5 "$(left)" python3 bench/quality_bench.py --checkpoint "$CK" --trials 20 \
+qb() { [ "$(left)" -gt 15 ] && timeout -k 5 "$(left)" python3 -m bench.evals.quality_bench --checkpoint "$CK" --trials 20 \
     --out "$OUT/table" "$@" 2>&1 | grep -v "^\[transformers\]"; echo "-- $(( $(date +%s) - start ))s"; }
 qb --contexts 524288 --tails 64 --decodes dense --layers-at 0
 qb --contexts 16384 131072 --decodes dense sparse --layers-at 0

@@ -18,7 +18,7 @@ json.dump(doc, open(sys.argv[1], "w"), indent=1)
 PY
 start=$(date +%s)
 left() { echo $(( 570 - ($(date +%s) - start) )); }
-qb() { [ "$(left)" -gt 15 ] && timeout -k 5 "$(left)" python3 bench/quality_bench.py --checkpoint "$CK" --trials 20 \
+qb() { [ "$(left)" -gt 15 ] && timeout -k 5 "$(left)" python3 -m bench.evals.quality_bench --checkpoint "$CK" --trials 20 \
     --formats documents_ask --out "$OUT/table" "$@" 2>&1 | grep -v "^\[transformers\]"; echo "-- $(( $(date +%s) - start ))s"; }
 qb --contexts 16384 65536 131072 --decodes dense sparse --layers-at 131072
 qb --contexts 524288 262144 --tails 64 --decodes dense sparse --layers-at 0

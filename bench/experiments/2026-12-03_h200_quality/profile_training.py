@@ -1,10 +1,10 @@
 """Item 3's profile: where a training step's time goes, dense vs Lighthouse, on the run train_compare timed.
 
-The trainer built from the same flags as bench/train_compare.py's two runs (h200 preset, 98,304-token sequences,
+The trainer built from the same flags as recipes/train_compare.py's two runs (h200 preset, 98,304-token sequences,
 2 per step, micro-batch 1, Lighthouse L3 p4 k2048 with layers 0 and 7 dense); 3 warm-up steps of each phase, then
 3 steps of each under torch.profiler. Prints the wall time per step and the top CUDA kernels of each phase.
 
-    python bench/experiments/2026-12-03_h200_quality/profile_training.py OUT.txt
+    PYTHONPATH=. python bench/experiments/2026-12-03_h200_quality/profile_training.py OUT.txt   # from the repository root
 """
 import argparse
 import sys
@@ -14,13 +14,9 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-ROOT = Path(__file__).resolve().parents[3]
-sys.path.insert(0, str(ROOT / "bench"))
-sys.path.insert(0, str(ROOT))
-
-from train_compare import resolve, parse_args, trainer_flags  # noqa: E402
-from lighthouse.train.cli import add_arguments, config_from_args  # noqa: E402
-from lighthouse.train.trainer import Trainer  # noqa: E402
+from recipes.train_compare import resolve, parse_args, trainer_flags
+from lighthouse.train.cli import add_arguments, config_from_args
+from lighthouse.train.trainer import Trainer
 
 
 SORT = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"

@@ -10,7 +10,7 @@ cd "$(dirname "$0")/../../.."
 source bench/experiments/2026-12-02_h200_quality/device_env.sh
 CK=/tmp/ck_512k
 start=$(date +%s)
-timeout -k 10 330 bash bench/train_long.sh lighthouse/assets/default-checkpoint "$CK" --seq-len 524288 --batch-size 1 \
+timeout -k 10 330 bash recipes/train_long.sh lighthouse/assets/default-checkpoint "$CK" --seq-len 524288 --batch-size 1 \
     --micro-batch-size 1 --lr 3e-4 --warmup-steps 4 --max-steps 1000 --dense-tail-fraction 0.25 --time-budget-s 230 \
     --eval-every 10 --eval-samples 2 --save-every 20
 cp "$CK/train.log" "$OUT/train_512k.log" 2>/dev/null
@@ -18,7 +18,7 @@ cp "$CK/train.log" "$OUT/train_512k.log" 2>/dev/null
     generation_config.json metrics.jsonl train_config.json loss.png chat_template.jinja 2>/dev/null )
 echo "-- training done at $(( $(date +%s) - start ))s"
 left() { echo $(( 585 - ($(date +%s) - start) )); }
-timeout -k 5 "$(left)" python3 bench/quality_bench.py --checkpoint "$CK" --contexts 524288 16384 131072 262144 \
+timeout -k 5 "$(left)" python3 -m bench.evals.quality_bench --checkpoint "$CK" --contexts 524288 16384 131072 262144 \
     --tasks passkey --formats completion documents_ask --prefills dense sparse --tails 64 --decodes dense --trials 8 \
     --layers-at 0 --out "$OUT/quick" 2>&1 | grep -v "^\[transformers\]"
 echo "-- all done at $(( $(date +%s) - start ))s"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Device call: the retrieval table (20 prompts per cell) on the checkpoint in the working tree, as parallel pieces of
-# bench/quality_bench.py on the one GPU (the 6-layer model leaves it mostly idle; 12 GB KV budget each), merged into
+# bench/evals/quality_bench.py on the one GPU (the 6-layer model leaves it mostly idle; 12 GB KV budget each), merged into
 # $OUT/table/retrieval.json.
 #   bash step8_table.sh all       completion cells, the layer table at 128K, documents_ask cells (a new checkpoint;
 #                                 this mode has not been run)
@@ -27,7 +27,7 @@ json.dump(d, open(sys.argv[3], 'w'))" "$COMMITTED" "$CK" "$PIECES/$name/retrieva
     ( for args in "$@"; do
         [ "$(left)" -gt 15 ] || break
         # shellcheck disable=SC2086
-        timeout -k 5 "$(left)" python3 bench/quality_bench.py --checkpoint "$CK" --trials 20 --kv-cache-gb 12 \
+        timeout -k 5 "$(left)" python3 -m bench.evals.quality_bench --checkpoint "$CK" --trials 20 --kv-cache-gb 12 \
             --out "$PIECES/$name" $args 2>&1 | grep -v "^\[transformers\]" | sed "s/^/[$name] /"
       done; echo "[$name] done at $(( $(date +%s) - start ))s" ) &
 }

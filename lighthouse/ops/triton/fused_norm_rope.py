@@ -11,7 +11,7 @@ the same roundings in the same places:
             is off so that the fp32 case is not contracted into an fma either.
   silu_mul: silu(gate) in fp32 rounded to the dtype, times up in fp32, rounded: torch's two ops in one pass. Its
             exp and division are not torch's to the last fp32 bit, so a few outputs differ by an ulp or two in
-            16-bit dtypes (up to ~8 in fp32); within the dtype's default tolerance (tests/test_fused_norm_rope.py).
+            16-bit dtypes (up to ~8 in fp32); within the dtype's default tolerance (tests/ops/test_fused_norm_rope.py).
 Launchers check shapes, strides and dtypes only (no host sync: they run inside CUDA-graph capture).
 """
 
