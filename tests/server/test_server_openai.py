@@ -298,9 +298,8 @@ def test_health_answers_during_a_long_prefill_and_disconnect_aborts_it(slow_serv
     with httpx.Client(timeout=60) as h:
         with h.stream("POST", s.url + "/v1/completions", json=body) as r:
             assert wait_until(lambda: s.engine.engine.kv.usage_ratio > 0, timeout=10)  # prefill has started
-            t_start = time.monotonic()
             latencies = []
-            while time.monotonic() - t_start < 1.5:
+            for _ in range(5):  # a count, not a time window: a slow machine takes longer, not fewer samples
                 t0 = time.monotonic()
                 assert h.get(s.url + "/health").status_code == 200
                 latencies.append(time.monotonic() - t0)
@@ -308,8 +307,8 @@ def test_health_answers_during_a_long_prefill_and_disconnect_aborts_it(slow_serv
             first = next(r.iter_lines())
             assert s.engine.stats()["running"] == 0 or first  # still prefilling, or already streaming progress
         # closed while prefilling (6K tokens takes several seconds here)
-    assert max(latencies) < 0.5, latencies
-    assert len(latencies) >= 5
+    # a frozen event loop would answer only after the whole prefill (seconds); a busy CPU adds tenths, not seconds
+    assert max(latencies) < 2.0, latencies
     assert wait_until(lambda: s.engine.engine.kv.usage_ratio == 0, timeout=5)
     stats = s.engine.stats()
     assert {k: stats[k] for k in ("running", "waiting", "kv_cache_usage", "prefix_cache_usage")} == \
