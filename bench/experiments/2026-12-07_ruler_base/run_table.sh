@@ -39,7 +39,8 @@ for _ in $(seq 120); do curl -sf http://127.0.0.1:$PORT/ready >/dev/null && brea
 curl -sf http://127.0.0.1:$PORT/v1/models || { tail -30 "$OUT/server.log"; exit 1; }
 echo
 start=$(date +%s)
-python3 bench/evals/ruler.py --url http://127.0.0.1:$PORT --tokenizer "$BASE" --tasks "$TASKS" --lengths "$LENGTHS" \
+# RULER_TIMEOUT: seconds the table may take (what the lease has left); ruler.json keeps every finished record
+timeout -k 5 "${RULER_TIMEOUT:-3000}" python3 bench/evals/ruler.py --url http://127.0.0.1:$PORT --tokenizer "$BASE" --tasks "$TASKS" --lengths "$LENGTHS" \
     --samples "$SAMPLES" --prefill "$PREFILLS" --dense-tail 64 --decode dense --api chat --concurrency 48 --jobs 8 \
     --samples-dir /tmp/.samples \
     --resume --out "$OUT/ruler.json" 2>&1 | tee "$OUT/ruler.log" | grep -v "^\[transformers\]" | tail -60

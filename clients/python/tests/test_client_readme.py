@@ -1,5 +1,6 @@
-"""The README's SDK and Docker examples stay valid: every Python block compiles and every name it takes
-from lighthouse_client exists. (They were also run against a live server when written.)"""
+"""The documented SDK and Docker examples stay valid: every Python block of the SDK's README, of the repository
+README's "Python SDK" section and of docs/deployment.md's Docker section compiles, and every name it takes from
+lighthouse_client exists. (They were also run against a live server when written.)"""
 
 from __future__ import annotations
 
@@ -10,25 +11,29 @@ import pytest
 
 import lighthouse_client as lc
 
-README_PATH = Path(__file__).resolve().parents[3] / "README.md"  # the repository's README, not the SDK's
-if not README_PATH.is_file():  # the SDK tested on its own, outside the repository
-    pytest.skip("the repository's README.md is not here", allow_module_level=True)
-README = README_PATH.read_text()
+SDK_README = Path(__file__).resolve().parents[1] / "README.md"  # the SDK's own README: its full documentation
+REPO = Path(__file__).resolve().parents[3]
+if not (REPO / "README.md").is_file() or not (REPO / "docs" / "deployment.md").is_file():  # the SDK on its own
+    pytest.skip("the repository's README.md and docs/ are not here", allow_module_level=True)
+README = (REPO / "README.md").read_text()
+DEPLOYMENT = (REPO / "docs" / "deployment.md").read_text()
 
 
-def section(title: str) -> str:
-    start = README.index(f"## {title}\n")
-    end = README.find("\n## ", start + 1)
-    return README[start : end if end != -1 else len(README)]
+def section(title: str, text: str = README) -> str:
+    start = text.index(f"## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end != -1 else len(text)]
 
 
-BLOCKS = [b for t in ("Python SDK", "Docker (B200 host)") for b in re.findall(r"```python\n(.*?)```", section(t), re.S)]
+DOCKER = section("Docker (B200 host)", DEPLOYMENT)
+BLOCKS = [b for text in (SDK_README.read_text(), section("Python SDK"), DOCKER)
+          for b in re.findall(r"```python\n(.*?)```", text, re.S)]
 
 
 def test_the_sections_have_examples():
     assert len(BLOCKS) >= 5
-    assert "could not be built" in section("Docker (B200 host)") or "has not been built" in section("Docker (B200 host)")
-    assert "--gpus all" in section("Docker (B200 host)") and "curl" in section("Docker (B200 host)")
+    assert "could not be built" in DOCKER or "has not been built" in DOCKER
+    assert "--gpus all" in DOCKER and "curl" in DOCKER
 
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
