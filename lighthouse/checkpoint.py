@@ -166,9 +166,12 @@ def verify_checkpoint(ckpt_dir: str | os.PathLike, *, require_tokenizer: bool = 
     _refuse_pickle(ckpt)
     load_config(ckpt)
     _weight_files(ckpt)
+    from lighthouse.tokenizer import TOKENIZER_FILES_TEXT, tokenizer_files
+
     tok = ckpt / "tokenizer.json"
-    if require_tokenizer and not tok.exists():
-        raise CheckpointError(f"{tok} is missing; serving needs the checkpoint's tokenizer")
+    if require_tokenizer and tokenizer_files(ckpt) is None:
+        raise CheckpointError(f"{ckpt} has no tokenizer; serving needs one: {TOKENIZER_FILES_TEXT} (with the "
+                              "model's tokenizer_config.json), as the model's repository ships them")
     for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
         if (ckpt / name).exists():
             _read_json(ckpt / name)
@@ -217,8 +220,11 @@ def load_checkpoint(
     load_weights(model, ckpt, dtype=dtype)
     model.to(dtype=dtype).eval()
     tok = None
-    if load_tokenizer and (ckpt / "tokenizer.json").exists():
-        with _reading(ckpt / "tokenizer.json", " (or its tokenizer_config.json)"):
+    from lighthouse.tokenizer import tokenizer_files
+
+    files = tokenizer_files(ckpt) if load_tokenizer else None
+    if files is not None:
+        with _reading(ckpt / files[0], " (or its tokenizer_config.json)"):
             tok = _load_tok(ckpt)
     return model, tok
 

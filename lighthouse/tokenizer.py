@@ -134,22 +134,52 @@ def byte_tokenizer(model_max_length: int = 16384):
     return tok
 
 
+# What a checkpoint folder may carry as its tokenizer (any one): the fast tokenizer's JSON, or the files the slow
+# tokenizer classes read (transformers converts them): a SentencePiece model, or a byte-level BPE's vocab + merges.
+TOKENIZER_FILES = (("tokenizer.json",), ("tokenizer.model",), ("vocab.json", "merges.txt"))
+TOKENIZER_FILES_TEXT = "tokenizer.json, or tokenizer.model (SentencePiece), or vocab.json + merges.txt"
+
+
+def tokenizer_files(path: str | os.PathLike) -> tuple[str, ...] | None:
+    """The first of TOKENIZER_FILES that the folder holds whole, or None."""
+    p = Path(path)
+    return next((names for names in TOKENIZER_FILES if all((p / n).is_file() for n in names)), None)
+
+
+def _byte_level_bpe(vocab: Path, merges: Path):
+    """GPT-2's layout: a byte-level BPE from its vocab.json + merges.txt (ByteLevel pre-tokenizer and decoder)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    tok = Tokenizer(models.BPE.from_file(str(vocab), str(merges)))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    return tok
+
+
 def load_tokenizer(path: str | os.PathLike):
     """A `PreTrainedTokenizerFast` from a checkpoint directory (or a tokenizer.json file).
 
-    Any HF tokenizer.json loads; a tokenizer without a chat template gets a plain "role: content" one.
+    Any HF tokenizer.json loads; without one, tokenizer.model or vocab.json + merges.txt load through transformers'
+    tokenizer classes (as named by tokenizer_config.json, or byte-level BPE for vocab + merges alone). A tokenizer
+    without a chat template gets a plain "role: content" one.
     """
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     p = Path(path)
+    files = None if p.is_file() else tokenizer_files(p)
     if p.is_file():
         tok = PreTrainedTokenizerFast(tokenizer_file=str(p))
-    elif (p / "tokenizer_config.json").exists():
-        tok = AutoTokenizer.from_pretrained(str(p))
-    elif (p / "tokenizer.json").exists():
+    elif files is not None and (p / "tokenizer_config.json").exists():
+        tok = AutoTokenizer.from_pretrained(str(p), use_fast=True)
+    elif files == ("tokenizer.json",):
         tok = PreTrainedTokenizerFast(tokenizer_file=str(p / "tokenizer.json"))
+    elif files == ("vocab.json", "merges.txt"):
+        tok = PreTrainedTokenizerFast(tokenizer_object=_byte_level_bpe(p / "vocab.json", p / "merges.txt"))
+    elif files == ("tokenizer.model",):
+        raise FileNotFoundError(f"{p} has tokenizer.model but no tokenizer_config.json naming its tokenizer class; "
+                                "add the model's tokenizer_config.json (or a tokenizer.json)")
     else:
-        raise FileNotFoundError(f"no tokenizer.json in {p}; a checkpoint directory needs tokenizer.json")
+        raise FileNotFoundError(f"no tokenizer in {p}: a checkpoint folder needs {TOKENIZER_FILES_TEXT}")
     if not getattr(tok, "chat_template", None):
         tok.chat_template = FALLBACK_CHAT_TEMPLATE
     return tok
