@@ -69,7 +69,7 @@ RUN apt-get update \
 
 COPY --from=build /opt/venv /opt/venv
 
-# Every server setting is a LIGHTHOUSE_* variable (see README "Serving"); these are the container's defaults.
+# Every server setting is a LIGHTHOUSE_* variable (see docs/serving.md); these are the container's defaults.
 # LIGHTHOUSE_CHECKPOINT unset = the bundled default checkpoint; point it at a directory under /checkpoints.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \

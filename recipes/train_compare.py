@@ -1,4 +1,4 @@
-"""Training quality and speed at equal tokens: dense from scratch vs Lighthouse + dense tail (issue 16, item 3).
+"""Training quality and speed at equal tokens: dense from scratch vs Lighthouse + dense tail.
 
     python -m recipes.train_compare --out DIR --time-budget-s 100          # CUDA: h200 model at 98,304 tokens
     python -m recipes.train_compare --out DIR --tiny                       # CPU dry run, a couple of minutes

@@ -1,4 +1,4 @@
-"""Prometheus metrics (named as the README's Serving section lists them), one registry per app: tests build many."""
+"""Prometheus metrics (named as docs/serving.md lists them), one registry per app: tests build many."""
 
 from __future__ import annotations
 

@@ -4,10 +4,10 @@
     python -m bench.evals.documents_ask_eval --out bench/results/DATE_cpu_first_questions/documents_ask.json
 
 Three kinds of request, all greedy, each prompt prefilled cold (`cache_prompt: false`):
-  completion  the README's quick start: a passkey document cut where the key starts, max_tokens 5
+  completion  the bundled checkpoint's pass-key question (docs/results.md): a passkey document cut where the key starts, max_tokens 5
   ask         client.documents.ask(document, "What is the pass key?") with the SDK's default max_tokens (256) and
               with --short-tokens (24: "The pass key is 12345." is 22); a hit is the key anywhere in the answer
-  hello       "Hello" as a chat turn and as a completion prompt (the README's Docker examples): the text is recorded
+  hello       "Hello" as a chat turn and as a completion prompt (docs/deployment.md's Docker examples): the text is recorded
 The documents are bench/evals/passkey_eval.py's (lighthouse.train.passkey.passkey_prompts: seeded, 5 depths).
 """
 

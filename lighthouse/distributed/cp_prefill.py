@@ -8,7 +8,7 @@ length), so the result is the single-process forward's.
 
     logits = context_parallel_prefill_logits(model, input_ids)   # every rank: the same (B, n) ids
 
-This computes no KV cache: it is the library piece a multi-GPU engine builds on (see the README).
+This computes no KV cache: it is the library piece a multi-GPU engine builds on (see docs/deployment.md).
 """
 
 from __future__ import annotations
