@@ -95,6 +95,63 @@ def _settings_for(ckpt: Path, **kw):
     return Settings(**base)
 
 
+class _ServeProcess:
+    """`python -m lighthouse.cli ARGS...` (e.g. serve ...) as a subprocess on `port`, its output in `log`; entering
+    waits until /ready answers 200 (failing with the log's tail if the process dies or `ready_s` passes); leaving
+    sends SIGTERM and keeps the exit code in `.returncode` (None if it had to be killed)."""
+
+    def __init__(self, args, *, port: int, env: dict, log: Path, cwd: Path, ready_s: float = 120):
+        self.args, self.env, self.log_path, self.cwd, self.ready_s = list(args), env, log, cwd, ready_s
+        self.url = f"http://127.0.0.1:{port}"
+        self.returncode: int | None = None
+
+    def log_tail(self) -> str:
+        return self.log_path.read_text(errors="replace")[-3000:]
+
+    def __enter__(self) -> "_ServeProcess":
+        import subprocess
+        import sys
+
+        import httpx
+
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in __exit__
+        self.proc = subprocess.Popen([sys.executable, "-m", "lighthouse.cli", *self.args], env=self.env,
+                                     cwd=str(self.cwd), stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + self.ready_s
+        try:
+            while True:
+                assert self.proc.poll() is None, self.log_tail()
+                try:
+                    if httpx.get(f"{self.url}/ready", timeout=2).status_code == 200:
+                        return self
+                except httpx.HTTPError:
+                    pass
+                assert time.monotonic() < deadline, f"not ready after {self.ready_s:.0f} s\n{self.log_tail()}"
+                time.sleep(0.2)
+        except BaseException:
+            self.__exit__()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        import signal
+        import subprocess
+
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.returncode = self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+
+
+@pytest.fixture(scope="session")
+def serve_process():
+    """serve_process(args, *, port, env, log, cwd, ready_s=120): a context manager running `lighthouse ARGS` as a
+    subprocess until /ready, then SIGTERM on exit (`.url`, `.returncode`, `.log_tail()`)."""
+    return _ServeProcess
+
+
 def _wait_until(cond, timeout: float = 10.0, interval: float = 0.02) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

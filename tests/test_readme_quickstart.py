@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,37 +54,17 @@ def free_port() -> int:
 
 @pytest.mark.slow
 @pytest.mark.timeout(480)
-def test_the_quick_start_python_answers_the_question_about_the_planets(tmp_path):
+def test_the_quick_start_python_answers_the_question_about_the_planets(tmp_path, serve_process):
     pytest.importorskip("openai")
     port = free_port()
     env = {**os.environ, "LIGHTHOUSE_DEVICE": "cpu", "LIGHTHOUSE_PORT": str(port), "LIGHTHOUSE_LOG_LEVEL": "warning"}
-    for name in ("LIGHTHOUSE_CHECKPOINT", "LIGHTHOUSE_API_KEY"):  # the bundled checkpoint, no key: as the README
+    for name in ("LIGHTHOUSE_CHECKPOINT", "LIGHTHOUSE_API_KEY"):  # the README's command alone, no key
         env.pop(name, None)
-    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - closed below
-    server = subprocess.Popen([sys.executable, "-m", "lighthouse.cli", "serve", "--model", "smollm2-135m-instruct"],
-                              env=env, cwd=str(ROOT),
-                              stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
-    try:
-        deadline = time.monotonic() + 240  # a first run fetches (~100 MB) and converts the model
-        while True:
-            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "not ready after 240 s"
-            time.sleep(0.2)
+    # a first run fetches (~100 MB) and converts the model before /ready
+    with serve_process(["serve", "--model", "smollm2-135m-instruct"], port=port, env=env, log=tmp_path / "serve.log",
+                       cwd=ROOT, ready_s=240):
         code = heredoc().replace("127.0.0.1:8000", f"127.0.0.1:{port}")
         out = subprocess.run([sys.executable, "-"], input=code, capture_output=True, text=True, timeout=240,
                              cwd=str(tmp_path))  # fmt: skip
         assert out.returncode == 0, out.stderr
         assert out.stdout.strip() == "The largest planet in the Solar System is Jupiter.", out.stdout
-    finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        log.close()

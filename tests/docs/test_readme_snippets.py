@@ -12,10 +12,8 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -83,40 +81,17 @@ def test_every_command_of_the_section_is_run_here_or_named_where_it_is():
 
 
 @pytest.mark.timeout(180)
-def test_serve_checkpoint_dir_answers_a_request_and_stops_on_sigterm(checkpoint, free_port, tmp_path):
+def test_serve_checkpoint_dir_answers_a_request_and_stops_on_sigterm(checkpoint, free_port, tmp_path, serve_process):
     (argv,) = [c for c in serve_own_model_commands() if c[1:3] == ["serve", "--checkpoint"]]
     port = free_port()
-    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - closed below
-    server = subprocess.Popen([sys.executable, "-m", "lighthouse.cli", *[str(checkpoint) if a == "DIR" else a
-                                                                       for a in argv[1:]]],
-                              env=server_env(port), cwd=str(ROOT), stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-            try:
-                if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "not ready after 120 s"
-            time.sleep(0.2)
-        model = httpx.get(f"{url}/v1/models", timeout=10).json()["data"][0]["id"]
-        r = httpx.post(f"{url}/v1/completions", json={"model": model, "prompt": "Once upon a time", "max_tokens": 4,
-                                                      "temperature": 0}, timeout=60)  # fmt: skip
+    args = [str(checkpoint) if a == "DIR" else a for a in argv[1:]]
+    with serve_process(args, port=port, env=server_env(port), log=tmp_path / "serve.log", cwd=ROOT) as server:
+        model = httpx.get(f"{server.url}/v1/models", timeout=10).json()["data"][0]["id"]
+        r = httpx.post(f"{server.url}/v1/completions", json={"model": model, "prompt": "Once upon a time",
+                                                             "max_tokens": 4, "temperature": 0}, timeout=60)
         assert r.status_code == 200, r.text
         assert r.json()["usage"]["completion_tokens"] == 4
-    finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            code = server.wait(60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-            code = None
-        log.close()
-    assert code == 0, (tmp_path / "serve.log").read_text()[-3000:]
+    assert server.returncode == 0, server.log_tail()
 
 
 @pytest.mark.timeout(180)
