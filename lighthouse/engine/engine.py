@@ -103,7 +103,8 @@ class LLMEngine:
         log.info("engine ready: device=%s dtype=%s max_model_len=%d kv_cache=%.2f GiB (%d blocks of one layer x %d "
                  "positions, %s) kv_mode=%s prefill=%s decode=%s cuda_graphs=%s", self.device, self.dtype,
                  self.max_model_len, self.kv.budget_bytes / 2**30, self.kv.allocator.usable, c.block_size,
-                 shape.storage_dtype, self.defaults[2], self.defaults[0], self.defaults[1],
+                 shape.storage_dtype, self.defaults[2], self.defaults[0],
+                 "sparse" if self.defaults[2] == "compact" else self.defaults[1],  # compact sessions decode sparsely
                  sorted(self.runner.graphs) or "off")
         hint = budget_hint(mc, self.kv, kv_mode=c.kv_mode, max_model_len_cap=c.max_model_len,
                            dense_tail_tokens=c.dense_tail_tokens)
