@@ -298,7 +298,12 @@ def _to_sample(ids: list[int], answers: list[tuple[int, int]], seq_len: int, pad
 
 
 def build_streams(cfg, tokenizer=None) -> tuple[SequenceStream, SequenceStream]:
-    """(train, eval) streams from a TrainConfig, in byte tokens or (with `tokenizer`, an HF tokenizer) in its."""
+    """(train, eval) streams from a TrainConfig, in byte tokens or (with `tokenizer`, an HF tokenizer) in its;
+    long-document streams (lighthouse.train.longdoc) when `cfg.longdoc` names a prepared corpus."""
+    if getattr(cfg, "longdoc", None):
+        from lighthouse.train.longdoc import build_longdoc_streams
+
+        return build_longdoc_streams(cfg, tokenizer, log=print)
     corpus = TextCorpus(list(cfg.data)) if cfg.data else None
     kw = dict(corpus=corpus, synthetic_fraction=cfg.synthetic_fraction, tasks=cfg.tasks, fillers=cfg.fillers,
               full_doc_fraction=cfg.full_doc_fraction, chat_fraction=cfg.chat_fraction, tokenizer=tokenizer)
