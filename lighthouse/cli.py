@@ -23,6 +23,7 @@ LIBRARY_COMMANDS = {
     "generate": ("lighthouse.engine.cli", "Generate text offline from a checkpoint."),
     "models": ("lighthouse.catalog.cli", "List and prepare the real models that install from the package index."),
     "convert": ("lighthouse.convert.cli", "Convert a torchtitan DCP or a llama.cpp GGUF file to a checkpoint."),
+    "adapter": ("lighthouse.adapter_cli", "Merge a LoRA adapter (lighthouse train --lora-rank) over its base."),
 }
 
 

@@ -79,6 +79,7 @@ class UnrotatedAttention:
 class CausalLMOutput:
     logits: Tensor | None  # (B, N_kept, vocab)
     loss: Tensor | None = None  # scalar mean token loss (when labels are given)
+    hidden: Tensor | None = None  # (B, N, hidden) after the final norm (forward(hidden_only=True): the trainer's loss)
 
 
 class RMSNorm(nn.Module):
@@ -272,11 +273,13 @@ class LlamaForCausalLM(nn.Module):
         dense: bool = False,
         logits_to_keep: int | None = None,
         labels: Tensor | None = None,
+        hidden_only: bool = False,
     ) -> CausalLMOutput:
         """input_ids (B, N) int64; positions (N,) or (B, N) absolute positions (default 0..N-1);
         labels (B, N) unshifted (HF convention: position t predicts labels[t+1]; -100 is ignored).
         logits_to_keep=k returns only the last k positions' logits; with labels and no
-        logits_to_keep, the loss is computed in chunks and logits are not returned (never N x vocab)."""
+        logits_to_keep, the loss is computed in chunks and logits are not returned (never N x vocab);
+        hidden_only=True returns the final hidden states instead of logits (the caller applies lm_head)."""
         B, N = input_ids.shape
         explicit = positions is not None
         if positions is None:
@@ -293,6 +296,8 @@ class LlamaForCausalLM(nn.Module):
             else:
                 h = layer(h, rotary, attn_fn)
         h = self.model.norm(h)
+        if hidden_only:
+            return CausalLMOutput(logits=None, hidden=h)
         loss = _chunked_loss(self.lm_head, h, labels) if labels is not None else None
         if labels is not None and logits_to_keep is None:
             return CausalLMOutput(logits=None, loss=loss)

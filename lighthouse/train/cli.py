@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lighthouse.train.config import TRAIN_PRESETS, ConfigError, adapt_preset, train_preset
+from lighthouse.train.config import TRAIN_PRESETS, ConfigError, TrainConfig, adapt_preset, train_preset
 from lighthouse.train.synthetic import ALL_FILLERS
 
 # flag -> TrainConfig field (value type comes from argparse)
@@ -30,8 +30,10 @@ _OVERRIDES = {
     "data_workers": "data_workers", "parallel": "parallel",
     "levels": "lighthouse_levels", "pooling_factor": "lighthouse_pooling_factor", "topk": "lighthouse_topk",
     "scorer": "lighthouse_scorer", "full_attn_layers": "lighthouse_full_attn_layers",
-    "min_seq_len": "lighthouse_min_seq_len",
+    "min_seq_len": "lighthouse_min_seq_len", "lighthouse_rope": "lighthouse_rope",
+    "lora_rank": "lora_rank", "lora_alpha": "lora_alpha", "init_adapter": "init_adapter",
     "max_position_embeddings": "max_position_embeddings", "rope_theta": "rope_theta",
+    "longdoc": "longdoc", "longdoc_lm_fraction": "longdoc_lm_fraction",
 }
 
 
@@ -70,6 +72,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     lh.add_argument("--full-attn-layers", type=_layer_list, metavar="I,J,...",
                     help="layers that always run dense attention ('none': no layer)")
     lh.add_argument("--min-seq-len", type=int, help="sequences shorter than this run dense (serving too)")
+    lh.add_argument("--lighthouse-rope", choices=["before_pool", "after_select"],
+                    help="where the Lighthouse layers apply RoPE: before pooling (the published code) or to the "
+                         "selected entries after selection (the official authors' open change)")
+    lora = p.add_argument_group(
+        "LoRA", "With --init-from: train low-rank adapters (and the norms) instead of every weight; the checkpoints and "
+        "the output are adapter folders, merged over the base with `lighthouse adapter merge`.")
+    lora.add_argument("--lora-rank", type=int, help="adapter rank (default 0: every weight trains)")
+    lora.add_argument("--lora-alpha", type=float, help="adapter scale numerator (default: 2 x rank)")
+    lora.add_argument("--lora-targets", nargs="+", metavar="NAME",
+                      help="linear layers to adapt (default: q_proj k_proj v_proj o_proj gate_proj up_proj down_proj)")
+    lora.add_argument("--init-adapter", metavar="DIR",
+                      help="start the adapter from this adapter folder (the previous stage of a length curriculum)")
+    lora.add_argument("--no-lora-norms", action="store_true", default=None, help="keep the norms frozen too")
     p.add_argument("--max-position-embeddings", type=int,
                    help="positions the model declares (default: the preset's, at least --seq-len); e.g. 524288 for a "
                         "model that serves 512K-token documents. With --init-from, more than the checkpoint has "
@@ -85,6 +100,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--answer-loss-weight", type=float, help="loss weight of synthetic answer tokens (others: 1)")
     p.add_argument("--chat-fraction", type=float,
                    help="share of synthetic documents asked as chat turns, as the SDK's documents.ask sends them")
+    p.add_argument("--longdoc", metavar="DIR",
+                   help="train on long documents of real text: a corpus folder prepared by `python -m "
+                        "lighthouse.train.text_sources --out DIR` (questions about it in the chat template; replaces "
+                        "--data and the synthetic tasks)")
+    p.add_argument("--longdoc-tasks", nargs="+", choices=list(TrainConfig.longdoc_tasks),
+                   help="long-document tasks, drawn uniformly (repeat one to weight it)")
+    p.add_argument("--longdoc-lm-fraction", type=float,
+                   help="share of --longdoc sequences that are plain text windows with no question")
     cur = p.add_mutually_exclusive_group()
     cur.add_argument("--curriculum", action="store_true", default=None,
                      help="start with many short synthetic documents per sequence, growing to --seq-len")
@@ -143,7 +166,7 @@ def config_from_args(args: argparse.Namespace):
                 f"from {init_from}. Drop --model; set the Lighthouse block with --levels, --pooling-factor, --topk "
                 "and --full-attn-layers"
             )
-        if args.data is None:
+        if args.data is None and not getattr(args, "longdoc", None):
             raise ConfigError(
                 "--init-from trains on your documents: pass --data with text files, folders or *.jsonl "
                 "(or --data none to train on the synthetic retrieval tasks only)"
@@ -165,6 +188,8 @@ def config_from_args(args: argparse.Namespace):
         cfg.tasks = tuple(args.tasks)
     if args.fillers:
         cfg.fillers = tuple(args.fillers)
+    if getattr(args, "longdoc_tasks", None):
+        cfg.longdoc_tasks = tuple(args.longdoc_tasks)
     if args.curriculum:
         cfg.curriculum = True
     if args.no_curriculum:
@@ -177,12 +202,17 @@ def config_from_args(args: argparse.Namespace):
         cfg.compile = True
     if args.no_resume:
         cfg.resume = False
+    if getattr(args, "lora_targets", None):
+        cfg.lora_targets = tuple(args.lora_targets)
+    if getattr(args, "no_lora_norms", None):
+        cfg.lora_train_norms = False
     if args.no_progress:
         cfg.progress = False
     return cfg
 
 
 def run(args: argparse.Namespace) -> int:
+    from lighthouse.adapter import AdapterError
     from lighthouse.checkpoint import CheckpointError
     from lighthouse.train.evaluation import describe_answer_accuracy
     from lighthouse.train.trainer import Trainer
@@ -190,7 +220,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = config_from_args(args)
         trainer = Trainer(cfg)
-    except (ConfigError, CheckpointError) as exc:
+    except (ConfigError, CheckpointError, AdapterError) as exc:
         print(f"lighthouse train: error: {exc}", file=sys.stderr)
         return 2
     summary = trainer.train()

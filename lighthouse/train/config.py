@@ -44,6 +44,7 @@ class TrainConfig:
     lighthouse_scorer: str | None = None
     lighthouse_full_attn_layers: list[int] | None = None
     lighthouse_min_seq_len: int | None = None
+    lighthouse_rope: str | None = None  # before_pool | after_select (where the Lighthouse layers apply RoPE)
     # the model's positions and RoPE base (None: the preset's; positions are at least seq_len either way): a model
     # meant to serve 512K-token documents declares >= 524288 positions, with a RoPE base chosen for that length;
     # with init_from they extend the checkpoint's context (lighthouse.train.init_from.extend_rope)
@@ -58,6 +59,12 @@ class TrainConfig:
     full_doc_fraction: float = 0.5  # synthetic sequences that are one document filling the whole sequence
     answer_loss_weight: float = 1.0  # loss weight of synthetic answer tokens (the rest weigh 1)
     chat_fraction: float = 0.0  # synthetic documents asked as chat turns (the SDK's documents.ask layout)
+    # long documents of real text (lighthouse.train.longdoc): a corpus folder that `python -m
+    # lighthouse.train.text_sources --out DIR` prepared; when set, every sequence is a question about a long document
+    # in the tokenizer's chat template (tasks below) or, a longdoc_lm_fraction share, a plain window of the text
+    longdoc: str | None = None
+    longdoc_tasks: tuple[str, ...] = ("fact", "facts", "multivalue", "multikey", "chain")  # repeat one to weight it
+    longdoc_lm_fraction: float = 0.1
     # curriculum: early steps pack many short synthetic documents (at most curriculum_start_len bytes) into each
     # sequence; the longest allowed document grows geometrically to seq_len over curriculum_fraction of max_steps
     curriculum: bool = False
@@ -79,6 +86,13 @@ class TrainConfig:
     dense_tail_steps: int | None = None  # the dense adaptation tail, in steps ...
     dense_tail_fraction: float = 0.25  # ... or as a fraction of max_steps (used when dense_tail_steps is None)
     time_budget_s: float | None = None  # trim max_steps so the run fits (measured after a few steps)
+    # LoRA (with init_from): train rank-r adapters on the linear layers (+ the norms) instead of every weight; the
+    # checkpoints and the output are adapter folders (lighthouse.adapter: small, merged over the base at serving)
+    lora_rank: int = 0  # 0: every weight trains
+    lora_alpha: float | None = None  # None: 2 x lora_rank
+    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    lora_train_norms: bool = True
+    init_adapter: str | None = None  # start the LoRA layers (and norms) from this adapter folder (a previous stage)
     # execution
     device: str = "auto"  # auto | cpu | cuda
     dtype: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16
@@ -122,6 +136,7 @@ class TrainConfig:
             raise ConfigError(f"dense_tail_fraction must be in [0, 1] (got {self.dense_tail_fraction})")
         if not 0.0 <= self.chat_fraction <= 1.0:
             raise ConfigError(f"chat_fraction must be in [0, 1] (got {self.chat_fraction})")
+        self._validate_longdoc()
         if not 0.0 <= self.curriculum_fraction <= 1.0:
             raise ConfigError(f"curriculum_fraction must be in [0, 1] (got {self.curriculum_fraction})")
         if self.save_dtype not in ("fp32", "bf16") and not (self.save_dtype is None and self.init_from):
@@ -131,8 +146,38 @@ class TrainConfig:
         if self.max_position_embeddings is not None and self.max_position_embeddings < self.seq_len:
             raise ConfigError(f"max_position_embeddings ({self.max_position_embeddings}) must be >= seq_len "
                               f"({self.seq_len}): raise it or drop it")
+        if self.lora_rank < 0:
+            raise ConfigError(f"lora_rank must be >= 0 (got {self.lora_rank}); 0 trains every weight")
+        if self.lora_rank and not self.init_from:
+            raise ConfigError("--lora-rank adapts an existing checkpoint: pass --init-from DIR as well, or drop it")
+        if self.init_adapter and not self.lora_rank:
+            raise ConfigError("--init-adapter continues training an adapter: pass --lora-rank (its rank) as well")
+        if self.lora_rank and self.parallel == "fsdp":
+            raise ConfigError("--lora-rank trains with --parallel ddp (the adapter is small); drop --parallel fsdp")
         if self.rope_theta is not None and not self.rope_theta > 0:
             raise ConfigError(f"rope_theta must be > 0 (got {self.rope_theta})")
+
+    def _validate_longdoc(self) -> None:
+        if self.longdoc is None:
+            return
+        from lighthouse.train.longdoc import LONGDOC_TASKS, MIN_SEQ_LEN
+
+        if not Path(self.longdoc).is_dir():
+            raise ConfigError(f"longdoc corpus {self.longdoc!r} is not a folder: prepare it with `python -m "
+                              f"lighthouse.train.text_sources --out {self.longdoc}` or fix --longdoc")
+        unknown = [t for t in self.longdoc_tasks if t not in LONGDOC_TASKS]
+        if unknown or not self.longdoc_tasks:
+            raise ConfigError(f"--longdoc-tasks {' '.join(self.longdoc_tasks) or '(none)'}: choose from "
+                              f"{' '.join(LONGDOC_TASKS)}")
+        if not 0.0 <= self.longdoc_lm_fraction <= 1.0:
+            raise ConfigError(f"longdoc_lm_fraction must be in [0, 1] (got {self.longdoc_lm_fraction})")
+        if self.seq_len < MIN_SEQ_LEN:
+            raise ConfigError(f"--longdoc needs --seq-len >= {MIN_SEQ_LEN} (got {self.seq_len})")
+        if self.data:
+            raise ConfigError(f"--longdoc replaces --data ({' '.join(self.data)}): pass --data none, or drop --longdoc")
+        if self.curriculum:
+            raise ConfigError("--longdoc sequences have no in-sequence curriculum: pass --no-curriculum and grow "
+                              "--seq-len over stages instead")
 
 
 TRAIN_PRESETS: dict[str, TrainConfig] = {

@@ -6,9 +6,8 @@ trainer calls it in the current phase's mode and, in the Lighthouse stage, dense
 
 from __future__ import annotations
 
-import torch
-
 from lighthouse.model.llama import IGNORE_INDEX
+from lighthouse.train.loss import loss_and_predictions
 
 
 def eval_pass(model, eval_data, cfg, device, autocast, *, dense: bool) -> dict:
@@ -19,14 +18,11 @@ def eval_pass(model, eval_data, cfg, device, autocast, *, dense: bool) -> dict:
         b = eval_data.batch(list(range(s, min(s + cfg.micro_batch_size, cfg.eval_samples))))
         ids, labels = b["input_ids"].to(device), b["labels"].to(device)
         with autocast():
-            logits = model(ids, dense=dense, logits_to_keep=ids.shape[1]).logits
-        logits = logits[:, :-1].float()
+            loss, pred = loss_and_predictions(model, ids, labels, dense=dense)  # chunked: any length
         target = labels[:, 1:]
-        loss_sum += torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, ignore_index=IGNORE_INDEX,
-                                                      reduction="sum").item()
+        loss_sum += loss
         n_tok += int((target != IGNORE_INDEX).sum())
         amask = b["answer_mask"][:, 1:].to(device)
-        pred = logits.argmax(-1)
         c, n = answer_accuracy(pred, target, amask)
         correct, n_ans = correct + c, n_ans + n
         tok_hits += int(((pred == target) & amask).sum())

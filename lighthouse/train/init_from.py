@@ -43,6 +43,7 @@ _FLAGS = {  # TrainConfig field -> (LighthouseConfig field, the flag that sets i
     "lighthouse_scorer": ("scorer", "--scorer"),
     "lighthouse_full_attn_layers": ("full_attn_layers", "--full-attn-layers"),
     "lighthouse_min_seq_len": ("min_seq_len", "--min-seq-len"),
+    "lighthouse_rope": ("rope", "--lighthouse-rope"),
 }
 
 

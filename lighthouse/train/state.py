@@ -1,6 +1,8 @@
 """Training checkpoints: out_dir/checkpoints/step_NNNNNN/ = a normal model checkpoint + optimizer + state.
 
-The model part is an ordinary HF-compatible checkpoint (it loads anywhere); the AdamW moments go to
+The model part is an ordinary HF-compatible checkpoint (it loads anywhere), or for a LoRA run an adapter folder
+(lighthouse.adapter: the adapter and the trained norms, which resume the run and are small enough to carry to
+another machine); the AdamW moments go to
 optimizer.safetensors under the parameters' names and the schedule position to trainer_state.json. No pickle.
 
 A process killed at any point (SIGKILL, OOM killer, preemption) leaves only complete step directories under
@@ -20,7 +22,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from lighthouse.adapter import save_adapter
 from lighthouse.checkpoint import load_weights, save_checkpoint
+from lighthouse.model.lora import has_lora
+from lighthouse.train.lora_setup import load_adapter_weights, trained_extras
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 _PARTIAL = (".tmp-step_", ".trash-step_")  # prefixes of a save or delete in progress
@@ -50,15 +55,20 @@ def clean_partial(out_dir: str | os.PathLike) -> list[str]:
 
 
 def save_training_state(model, optimizer, state: dict, out_dir: str | os.PathLike, keep_last: int,
-                        tokenizer=None) -> Path:
-    """Write step_NNNNNN/ (with `tokenizer`, an HF tokenizer; None: the byte tokenizer) and prune to keep_last."""
+                        tokenizer=None, base_dir: str | os.PathLike | None = None) -> Path:
+    """Write step_NNNNNN/ (with `tokenizer`, an HF tokenizer; None: the byte tokenizer) and prune to keep_last.
+    A model with LoRA layers writes an adapter folder of `base_dir` (lighthouse.adapter) instead of its weights,
+    and the optimizer state of what trains: megabytes, not the whole model."""
     root = checkpoints_dir(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{state['step']:06d}"
     tmp = root / f".tmp-step_{state['step']:06d}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    save_checkpoint(model, tokenizer, tmp)
+    if has_lora(model):
+        save_adapter(model, tmp, base_dir=base_dir, extra_trained=trained_extras(model))
+    else:
+        save_checkpoint(model, tokenizer, tmp)
     save_file(_optimizer_tensors(model, optimizer), str(tmp / "optimizer.safetensors"))
     (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2) + "\n")  # last: marks it complete
     _fsync_dir_files(tmp)
@@ -94,7 +104,10 @@ def _fsync_dir_files(d: Path) -> None:
 
 def load_training_state(model, optimizer, ckpt: Path) -> dict:
     """Load weights and AdamW moments into `model`/`optimizer` in place; returns trainer_state.json."""
-    load_weights(model, ckpt, dtype=next(model.parameters()).dtype)
+    if has_lora(model):
+        load_adapter_weights(model, ckpt)
+    else:
+        load_weights(model, ckpt, dtype=next(model.parameters()).dtype)
     tensors = load_file(str(ckpt / "optimizer.safetensors"))
     names = _param_names(model)
     for group in optimizer.param_groups:

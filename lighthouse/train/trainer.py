@@ -26,11 +26,12 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from lighthouse.adapter import save_adapter
 from lighthouse.checkpoint import save_checkpoint
 from lighthouse.model.llama import IGNORE_INDEX, LlamaForCausalLM
+from lighthouse.model.lora import has_lora
 from lighthouse.model.presets import model_preset
 from lighthouse.train import fsdp
 from lighthouse.train.config import ConfigError, TrainConfig
@@ -38,6 +39,8 @@ from lighthouse.train.data import build_streams, curriculum_samples, default_num
 from lighthouse.train.init_from import (describe, extend_rope, lighthouse_overrides, load_init_model,
                                         resolve_lighthouse, source_save_dtype)
 from lighthouse.train.evaluation import eval_pass
+from lighthouse.train.lora_setup import load_adapter_weights, setup_lora, trained_extras
+from lighthouse.train.loss import token_losses
 from lighthouse.train.metrics import MetricsLog, plot_loss
 from lighthouse.train.state import (checkpoints_dir, clean_partial, latest_checkpoint, load_training_state,
                                     save_training_state)
@@ -67,6 +70,11 @@ class Trainer:
                 self._log(extended)
                 # the saved tokenizer_config.json states the new length too (transformers warns past it)
                 self.tokenizer.model_max_length = max(self.tokenizer.model_max_length, model.config.max_position_embeddings)
+            if cfg.lora_rank:
+                self._log(setup_lora(model, cfg))
+                if cfg.init_adapter:
+                    load_adapter_weights(model, cfg.init_adapter)
+                    self._log(f"LoRA layers and norms start from {cfg.init_adapter}")
         else:
             mc = model_config or model_preset(cfg.model_preset)
             if cfg.max_position_embeddings is not None:
@@ -197,9 +205,7 @@ class Trainer:
             ctx = model.no_sync() if (self.ddp is not None and not sync) else contextlib.nullcontext()
             ids, labels = b["input_ids"].to(self.device), b["labels"].to(self.device)
             with ctx, self.autocast():
-                logits = model(ids, dense=phase == "dense", logits_to_keep=ids.shape[1]).logits
-                ce = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), labels[:, 1:],
-                                     ignore_index=IGNORE_INDEX, reduction="none")  # (B, N-1)
+                ce = token_losses(model, ids, labels, dense=phase == "dense")  # (B, N-1), chunked over positions
                 # the global weighted mean; DDP averages gradients over ranks, hence * world
                 loss = (ce * w.to(self.device)).sum() * (self.world / w_total)
             loss.backward()
@@ -257,8 +263,8 @@ class Trainer:
         _sync(self.device)
         t0 = time.perf_counter()
         with self.autocast():
-            out = self.model(b["input_ids"].to(self.device), labels=b["labels"].to(self.device), dense=True)
-        out.loss.backward()
+            ce = token_losses(self.model, b["input_ids"].to(self.device), b["labels"].to(self.device), dense=True)
+        ce.mean().backward()
         _sync(self.device)
         self.optimizer.zero_grad(set_to_none=True)
         return (time.perf_counter() - t0) * n_micro * 1.05  # + optimizer step
@@ -293,14 +299,20 @@ class Trainer:
         if self.sharded:  # every rank writes its shards
             fsdp.save_dcp_state(self.model, self.optimizer, state, self.out, self.cfg.keep_last)
         elif self.is_main:
-            save_training_state(self.model, self.optimizer, state, self.out, self.cfg.keep_last, self.tokenizer)
+            save_training_state(self.model, self.optimizer, state, self.out, self.cfg.keep_last, self.tokenizer,
+                                base_dir=self.cfg.init_from)
         self._barrier()
 
     def finish(self) -> None:
         """The final checkpoint (out_dir itself is a checkpoint directory), the state to resume, the PNG."""
         self.save_state()
         model = fsdp.gather_full_model(self.model) if self.sharded else self.model  # collective; None off rank 0
-        if self.is_main:
+        if self.is_main and has_lora(model):  # out_dir becomes an adapter folder (merge it over the base to serve)
+            save_adapter(model, self.out, base_dir=self.cfg.init_from, base_name=Path(self.cfg.init_from).name,
+                         extra_trained=trained_extras(model))
+            plot_loss(self.metrics.path, self.out / "loss.png", title=f"lighthouse train --init-from "
+                      f"{Path(self.cfg.init_from).name} --lora-rank {self.cfg.lora_rank}")
+        elif self.is_main:
             dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[self.cfg.save_dtype]
             save_checkpoint(model, self.tokenizer, self.out, dtype=dtype)
             if self.source_generation_config is not None:  # the source's stop ids and sampling defaults stay
@@ -353,8 +365,9 @@ def _token_weights(batch: dict, answer_weight: float) -> torch.Tensor:
 
 
 def _adamw(model: LlamaForCausalLM, cfg: TrainConfig) -> torch.optim.AdamW:
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    trained = [p for p in model.parameters() if p.requires_grad]  # LoRA: the adapter (and norms) only
+    decay = [p for p in trained if p.dim() >= 2]
+    no_decay = [p for p in trained if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
 
