@@ -42,6 +42,7 @@ from lighthouse.train.evaluation import eval_pass
 from lighthouse.train.lora_setup import load_adapter_weights, setup_lora, trained_extras
 from lighthouse.train.loss import token_losses
 from lighthouse.train.metrics import MetricsLog, plot_loss
+from lighthouse.train.runtime import autocast, init_distributed, pick_device, sync, use_bf16
 from lighthouse.train.state import (checkpoints_dir, clean_partial, latest_checkpoint, load_training_state,
                                     save_training_state)
 
@@ -51,9 +52,9 @@ CALIBRATE_AFTER = 6  # steps timed (in this process) before a time budget sets m
 class Trainer:
     def __init__(self, cfg: TrainConfig, model_config=None):
         self.cfg = cfg
-        self.rank, self.world = _init_distributed(cfg)
+        self.rank, self.world = init_distributed(cfg)
         cfg.validate(self.world)
-        self.device = _pick_device(cfg, self.rank)
+        self.device = pick_device(cfg, self.rank)
         self.sharded = cfg.parallel == "fsdp"  # FSDP2 (lighthouse.train.fsdp)
         self.is_main = self.rank == 0
         self.out = Path(cfg.out_dir)
@@ -87,13 +88,13 @@ class Trainer:
         model.config.max_position_embeddings = max(model.config.max_position_embeddings, cfg.seq_len)
         self.model = model.to(self.device)
         self.model.gradient_checkpointing = cfg.activation_checkpointing
-        bf16 = _use_bf16(cfg, self.device)
+        bf16 = use_bf16(cfg, self.device)
         if self.sharded:  # before the optimizer: it must hold the sharded parameters
             fsdp.shard_model(self.model, self.device, bf16=bf16)
         self.optimizer = _adamw(self.model, cfg)
         self.train_data, self.eval_data = build_streams(cfg, self.tokenizer)
         # bf16 by autocast (DDP, one process) or by FSDP's mixed-precision policy: a fresh context per use
-        self.autocast = lambda: _autocast(self.device, bf16 and not self.sharded)
+        self.autocast = lambda: autocast(self.device, bf16 and not self.sharded)
         self.metrics = MetricsLog(self.out / "metrics.jsonl", enabled=self.is_main)
         self.step, self.tokens_seen = 0, 0
         self.max_steps, self.switch_step = cfg.max_steps, cfg.max_steps - cfg.tail_steps()
@@ -202,7 +203,7 @@ class Trainer:
         self.model.train()
         for i, (b, w) in enumerate(zip(batches, weights)):
             sync = i == len(batches) - 1
-            ctx = model.no_sync() if (self.ddp is not None and not sync) else contextlib.nullcontext()
+            ctx = model.nosync() if (self.ddp is not None and not sync) else contextlib.nullcontext()
             ids, labels = b["input_ids"].to(self.device), b["labels"].to(self.device)
             with ctx, self.autocast():
                 ce = token_losses(model, ids, labels, dense=phase == "dense")  # (B, N-1), chunked over positions
@@ -260,12 +261,12 @@ class Trainer:
         b = self.train_data.batch(list(range(cfg.micro_batch_size)))
         n_micro = cfg.batch_size // (self.world * cfg.micro_batch_size)
         self.model.train()
-        _sync(self.device)
+        sync(self.device)
         t0 = time.perf_counter()
         with self.autocast():
             ce = token_losses(self.model, b["input_ids"].to(self.device), b["labels"].to(self.device), dense=True)
         ce.mean().backward()
-        _sync(self.device)
+        sync(self.device)
         self.optimizer.zero_grad(set_to_none=True)
         return (time.perf_counter() - t0) * n_micro * 1.05  # + optimizer step
 
@@ -370,43 +371,6 @@ def _adamw(model: LlamaForCausalLM, cfg: TrainConfig) -> torch.optim.AdamW:
     no_decay = [p for p in trained if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
-
-
-def _init_distributed(cfg: TrainConfig) -> tuple[int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1 and cfg.parallel != "fsdp":
-        return 0, 1
-    if not dist.is_initialized():
-        backend = "nccl" if (cfg.device != "cpu" and torch.cuda.is_available()) else "gloo"
-        if "MASTER_ADDR" in os.environ:  # torchrun (or a launcher that sets the same variables)
-            dist.init_process_group(backend=backend)
-        else:  # FSDP in one plain process: a one-rank group, no rendezvous
-            dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1)
-    return dist.get_rank(), dist.get_world_size()
-
-
-def _pick_device(cfg: TrainConfig, rank: int) -> torch.device:
-    want = cfg.device
-    if want == "auto":
-        want = "cuda" if torch.cuda.is_available() else "cpu"
-    if want == "cuda":
-        local = int(os.environ.get("LOCAL_RANK", rank))
-        torch.cuda.set_device(local)
-        return torch.device("cuda", local)
-    return torch.device(want)
-
-
-def _use_bf16(cfg: TrainConfig, device: torch.device) -> bool:
-    return cfg.dtype == "bf16" or (cfg.dtype == "auto" and device.type == "cuda")
-
-
-def _autocast(device: torch.device, enabled: bool):
-    return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _progress(enabled: bool, initial: int, total: int):
