@@ -29,6 +29,9 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
 )
+# the roles a chat template is given: the byte template, ChatML and Llama 3 know these three (tool turns are refused
+# until tool calling exists)
+CHAT_ROLES = ("system", "user", "assistant")
 # for tokenizers shipped without one (markers-free, works with any vocabulary)
 FALLBACK_CHAT_TEMPLATE = (
     "{% for message in messages %}{{ message['role'] + ': ' + message['content'] + '\n' }}{% endfor %}"
@@ -39,6 +42,26 @@ FALLBACK_CHAT_TEMPLATE = (
 def encode_bytes(text: str) -> list[int]:
     """The byte tokenizer's ids for `text`, without specials (fast path used by the trainer)."""
     return list(text.encode("utf-8"))
+
+
+def plain_text_encoder(tokenizer):
+    """`encode(text) -> ids` that reads every character as text: a special token's string (`<|eot_id|>`,
+    `<|im_start|>`) becomes the ids of its characters, never the special token, and no BOS is added.
+
+    For a fast tokenizer this is a private copy of its `tokenizers` backend with `encode_special_tokens` set once:
+    transformers' per-call `split_special_tokens=True` flips that flag on the shared backend, so two threads
+    tokenizing at once could each see the other's setting. Other tokenizers take the per-call argument.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return lambda text: list(tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True))
+    from tokenizers import Tokenizer
+
+    plain = Tokenizer.from_str(backend.to_str())
+    plain.encode_special_tokens = True
+    plain.no_truncation()
+    plain.no_padding()
+    return lambda text: plain.encode(text, add_special_tokens=False).ids
 
 
 def _byte_to_unicode() -> dict[int, str]:

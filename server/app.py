@@ -109,7 +109,7 @@ def create_app(settings: Settings | None = None, *, engine=None) -> FastAPI:
         app.include_router(module.router)
     install_openapi(app)
     # the last added runs first: CORS outermost, so that 413, 500 and 503 carry its headers too
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
     app.add_middleware(ShutdownGate, is_draining=lambda: lifecycle.draining, retry_after_s=settings.retry_after_s)
     app.add_middleware(CatchAll)
     if settings.cors_origins:

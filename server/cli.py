@@ -57,6 +57,10 @@ _FLAGS = [
     ("--default-max-tokens", int, "a chat completion's max_tokens when the request gives none, at most what the "
                                   "context leaves (default 1024)"),
     ("--max-body-mb", float, "request body limit in MiB (default 64)"),
+    ("--header-timeout-s", float, "seconds a request's headers may take to arrive; slower connections are closed "
+                                  "(default 10)"),
+    ("--body-timeout-s", float, "seconds a request's body may take to arrive after its headers; then 408 "
+                                "(default 60)"),
     ("--cors-origins", str, "comma-separated allowed CORS origins"),
     ("--shutdown-delay-s", float, "SIGTERM: seconds /ready reports 503 while requests are still served, so load "
                                   "balancers stop sending (default 0)"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -21,7 +22,8 @@ from lighthouse.engine.errors import (ENGINE_DEAD, INTERNAL_ERROR, OUT_OF_MEMORY
 log = logging.getLogger(__name__)
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-          405: "invalid_request_error", 413: "invalid_request_error", 429: "rate_limit_error",
+          405: "invalid_request_error", 408: "invalid_request_error", 413: "invalid_request_error",
+          431: "invalid_request_error", 429: "rate_limit_error",
           503: "service_unavailable_error", 500: "internal_server_error"}
 
 
@@ -72,21 +74,84 @@ def from_failure(message: str, code: str | None, *, retry_after_s: int = 1) -> A
     return APIError(status, message, code=code, headers=headers)
 
 
-def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
-    errors = exc.errors()
+# pydantic's error types for a value of the wrong JSON type -> what was expected, in words
+_EXPECTED = {"string_type": "a string", "int_type": "an integer", "int_from_float": "an integer",
+             "float_type": "a number", "bool_type": "a boolean", "list_type": "an array", "dict_type": "an object",
+             "model_type": "an object", "model_attributes_type": "an object", "none_required": "null"}
+_TYPE_NAMES = {"str", "int", "float", "bool", "list", "dict", "none", "bytes"}
+_FIELD = re.compile(r"[a-z_][a-z0-9_]*")
+_CODES = {"unsupported": "unsupported_parameter"}
+
+
+def _path(loc) -> list[str | int]:
+    """A validation error's location as the client wrote it: field names and list indices, without pydantic's
+    names for the members of a union ('function-after[...]', 'list[int]', 'TextPart') or dict-key markers."""
+    return [x for x in loc if isinstance(x, int) or (x not in _TYPE_NAMES and _FIELD.fullmatch(x))]
+
+
+def field_path(path: list[str | int]) -> str:
+    """['messages', 0, 'role'] -> 'messages[0].role'."""
+    out = ""
+    for x in path:
+        out += f"[{x}]" if isinstance(x, int) else (f".{x}" if out else x)
+    return out
+
+
+def _shown(value) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _words(e: dict) -> str:
+    """What is wrong with the value, in words: our validators' own messages, pydantic's others reworded."""
+    kind, msg = e.get("type", ""), e.get("msg", "invalid")
+    if kind == "value_error":
+        return str(e.get("ctx", {}).get("error", msg))
+    if kind == "string_unicode":  # pydantic's words for a str with a lone surrogate, in some fields
+        return "the text has a lone UTF-16 surrogate"
+    if kind == "missing":
+        return "is required"
+    if kind in ("too_long", "too_short", "string_too_long", "string_too_short"):
+        ctx = e.get("ctx", {})
+        n = ctx["max_length"] if kind.endswith("long") else ctx["min_length"]
+        unit = ("character" if kind.startswith("string") else "item") + ("" if n == 1 else "s")
+        got = f", got {ctx['actual_length']}" if ctx.get("actual_length") is not None else ""
+        return f"must have {'at most' if kind.endswith('long') else 'at least'} {n} {unit}{got}"
+    if kind in _EXPECTED:
+        return f"must be {_EXPECTED[kind]}, got {_shown(e.get('input'))}"
+    if msg.startswith("Input should"):
+        return f"should{msg[len('Input should'):]}, got {_shown(e.get('input'))}"
+    return msg[0].lower() + msg[1:] if msg else "invalid"
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str | None, str | None]:
+    """(message, param, code) for a body that failed validation: the most specific error, and where a union
+    refused a value of the wrong type in every member, the types it takes."""
+    errors = [e for e in exc.errors() if isinstance(e, dict)]
     if not errors:
-        return "invalid request", None
-    e = errors[0]
-    loc = [str(x) for x in e.get("loc", ()) if x != "body"]
-    if e.get("type") == "json_invalid":
-        return f"the request body is not valid JSON: {e.get('msg', '')}", None
-    if not loc and e.get("type") in ("model_attributes_type", "dict_type", "model_type"):
-        return "the request body must be a JSON object", None
-    param = loc[0] if loc else None
-    where = ".".join(loc) if loc else "body"
-    if e.get("type") == "string_unicode":  # pydantic's words for a str with a lone surrogate, in some fields
-        return f"invalid value for '{where}': the text has a lone UTF-16 surrogate", param
-    return f"invalid value for '{where}': {e.get('msg', 'invalid')}", param
+        return "invalid request", None, None
+    first = errors[0]
+    if first.get("type") == "json_invalid":
+        return f"the request body is not valid JSON: {first.get('msg', '')}", None, None
+    paths = [_path(x for x in e.get("loc", ()) if x != "body") for e in errors]
+    if not paths[0] and first.get("type") in ("model_attributes_type", "dict_type", "model_type"):
+        return "the request body must be a JSON object", None, None
+    deepest = max(len(p) for p in paths)
+    candidates = [(e, p) for e, p in zip(errors, paths) if len(p) == deepest]
+    chosen = [(e, p) for e, p in candidates if e.get("type") not in _EXPECTED] or candidates
+    e, path = chosen[0]
+    where = field_path(path) if path else "body"
+    wrong_types = [x for x, p in candidates if p == path and x.get("type") in _EXPECTED]
+    if e.get("type") in _EXPECTED and len(wrong_types) > 1:  # a union: say every type it takes
+        expected = list(dict.fromkeys(_EXPECTED[x["type"]] for x in wrong_types))
+        words = f"must be {', '.join(expected[:-1])} or {expected[-1]}, got {_shown(e.get('input'))}"
+    else:
+        words = _words(e)
+    if words == "is required":
+        message = f"'{where}' is required"
+    else:
+        message = f"invalid value for '{where}': {words}"
+    return message, (field_path(path) if path else None), _CODES.get(e.get("type"))
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -96,8 +161,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_req: Request, exc: RequestValidationError):
-        message, param = _validation_message(exc)
-        return error_response(400, message, param)
+        message, param, code = _validation_message(exc)
+        return error_response(400, message, param, code)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_req: Request, exc: StarletteHTTPException):

@@ -1,4 +1,4 @@
-"""Plain ASGI middleware (streaming responses pass untouched): the request body limit (413), the shutdown gate
+"""Plain ASGI middleware (streaming responses pass untouched): the request body limits (413, 408), the shutdown gate
 (503 while draining) and the catch-all that turns an unexpected exception into a 500 in OpenAI's error shape.
 
 Order, outermost first: CORS (so every error below carries its headers), CatchAll, ShutdownGate, BodyLimit.
@@ -101,8 +101,11 @@ def _release_memory() -> None:
 
 
 class BodyLimitMiddleware:
-    def __init__(self, app: ASGIApp, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    """The request body: at most `max_bytes` (413), all of it within `timeout_s` of the headers (408), then
+    replayed to the app. Both refusals close the connection, since the rest of the body is never read."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float | None = None):
+        self.app, self.max_bytes, self.timeout_s = app, max_bytes, timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -112,8 +115,14 @@ class BodyLimitMiddleware:
                 return await self._reject(send)
         # Read the body here (FastAPI would buffer it anyway) so the limit holds without a Content-Length too.
         chunks, seen, more = [], 0, True
+        deadline = None if self.timeout_s is None else asyncio.get_running_loop().time() + self.timeout_s
         while more:
-            msg = await receive()
+            try:
+                msg = await asyncio.wait_for(receive(), None if deadline is None else
+                                             max(0.0, deadline - asyncio.get_running_loop().time()))
+            except asyncio.TimeoutError:
+                return await _refuse(send, 408, f"the request body did not arrive within {self.timeout_s:g} s",
+                                     "request_timeout")
             if msg["type"] != "http.request":  # client went away while sending
                 return
             chunks.append(msg.get("body", b""))
@@ -138,12 +147,14 @@ class BodyLimitMiddleware:
                 await asyncio.to_thread(_release_memory)  # off the event loop: a big heap takes a while
 
     async def _reject(self, send: Send) -> None:
-        mb = self.max_bytes / (1 << 20)
-        body = json.dumps({"error": {"message": f"request body exceeds the {mb:g} MiB limit",
-                                     "type": "invalid_request_error", "param": None,
-                                     "code": "request_too_large"}}).encode()
-        # Connection: close, since the rest of the body is never read
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": body})
+        await _refuse(send, 413, f"request body exceeds the {self.max_bytes / (1 << 20):g} MiB limit",
+                      "request_too_large")
+
+
+async def _refuse(send: Send, status: int, message: str, code: str) -> None:
+    """An error response with Connection: close (the rest of the body is never read)."""
+    body = json.dumps(error_body(status, message, code=code)).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})

@@ -3,8 +3,8 @@ the limits of the loaded model, and the API key scheme when one is configured.
 
 Routes declare their own success model and the errors they raise (`responses`, `generation_responses`); what
 middleware and dependencies add to every route is added here, once the engine is loaded (the schema is built on
-first request, after the lifespan): 401 with the bearer scheme on the key-protected routes, 413 on every POST
-(body limit), 503 everywhere but /metrics (shutting down), 500 everywhere (a bug, in the error shape).
+first request, after the lifespan): 401 with the bearer scheme on the key-protected routes, 413 and 408 on every
+POST (body limit and deadline), 503 everywhere but /metrics (shutting down), 500 everywhere (a bug, in the error shape).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ _DESCRIPTIONS = {
     400: "Invalid request: a bad value or combination, a prompt that does not fit the context (`param` names the field)",
     401: "Missing or wrong API key",
     404: "Unknown model (or route)",
+    408: "The request body did not arrive in time",
     413: "Request body over the limit",
     429: "Queue full; retry after `Retry-After` seconds",
     500: "Internal error",
@@ -71,6 +72,7 @@ def _complete(schema: dict, app: FastAPI) -> None:
             added = {"500": 500}
             if method == "post":
                 added["413"] = 413
+                added["408"] = 408
             if path != "/metrics":
                 added["503"] = 503
             if settings.api_key is not None and path.startswith(_PROTECTED_PREFIXES):

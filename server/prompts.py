@@ -1,8 +1,9 @@
-"""Prompt handling off the event loop: tokenization and chat templates (from the tokenizer's config).
+"""Prompt handling off the event loop: tokenization and chat templates (`chat_template.py`).
 
 Tokenizing is the one thing a request does before the engine sees it, so it is bounded: text that cannot fit
-the context (more bytes than max_model_len tokens can cover, `token_bound.py`) is refused before it is
-tokenized, and at most TOKENIZE_CONCURRENCY prompts are tokenized at once (the others wait their turn).
+the context (more bytes than max_model_len tokens can cover, `token_bound.py`; for a chat, all messages' content
+together, checked before the template runs) is refused before it is tokenized, and at most TOKENIZE_CONCURRENCY
+prompts are tokenized at once (the others wait their turn). The schema bounds the number of messages.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+from lighthouse_server.chat_template import ChatTemplate
 from lighthouse_server.errors import APIError
 from lighthouse_server.schemas import ChatMessage, _Common
 from lighthouse_server.token_bound import max_bytes_per_token
@@ -48,17 +50,22 @@ class PromptEncoder:
     def __init__(self, tokenizer, max_model_len: int):
         self.tokenizer, self.max_model_len = tokenizer, max_model_len
         self.bytes_per_token = max_bytes_per_token(tokenizer)
+        self.template = ChatTemplate(tokenizer)
         self._slots = asyncio.Semaphore(TOKENIZE_CONCURRENCY)
 
-    def refuse_if_too_long(self, text: str, param: str, max_tokens: int) -> None:
-        """400 when `text` certainly tokenizes to more than `max_tokens` tokens (checked on its length alone)."""
+    def refuse_if_too_long(self, texts: str | list[str], param: str, max_tokens: int) -> None:
+        """400 when `texts` (one text, or the parts of one prompt) certainly tokenize to more than `max_tokens`
+        tokens (checked on their length alone)."""
         if self.bytes_per_token is None:
             return
+        texts = [texts] if isinstance(texts, str) else texts
         cap = max_tokens * self.bytes_per_token
-        if len(text) > cap or len(text.encode("utf-8")) > cap:  # a character is at least one byte
+        chars = sum(map(len, texts))  # a character is at least one byte
+        if chars > cap or sum(len(t.encode("utf-8")) for t in texts) > cap:
+            size = sum(len(t.encode("utf-8")) for t in texts)
             raise APIError(
                 400, f"This model's maximum context length is {self.max_model_len} tokens, but the {param} is "
-                f"{len(text.encode('utf-8')):,} bytes: more than {max_tokens:,} tokens of this tokenizer (one token "
+                f"{size:,} bytes: more than {max_tokens:,} tokens of this tokenizer (one token "
                 f"covers at most {self.bytes_per_token} bytes). Please shorten the {param}.",
                 param=param, code="context_length_exceeded")
 
@@ -74,10 +81,17 @@ class PromptEncoder:
 
     async def chat(self, messages: list[ChatMessage], add_generation_prompt: bool = True,
                    max_tokens: int | None = None) -> list[int]:
+        """The prompt ids of a chat: the template's markup as special tokens, the messages' content as text."""
         if not messages:
             raise APIError(400, "messages must contain at least one message", param="messages")
-        text = await self._run(_chat_text, self.tokenizer, messages, add_generation_prompt)
-        return await self.encode(text, add_special_tokens=False, param="messages", max_tokens=max_tokens)
+        contents = [m.text() for m in messages]
+        self.refuse_if_too_long(contents, "messages", self.max_model_len - 1 if max_tokens is None else max_tokens)
+        roles = [m.role for m in messages]
+
+        def template_and_encode() -> list[int]:
+            return self.template.encode(self.template.render(roles, add_generation_prompt), contents)
+
+        return await self._run(template_and_encode)
 
     async def completion(self, prompt) -> list[int]:
         """The ids of a /v1/completions prompt: a string, a list of ids, or a one-element list of either."""
@@ -101,9 +115,3 @@ class PromptEncoder:
 def _encode(tokenizer, text: str, add_special_tokens: bool = True) -> list[int]:
     return list(tokenizer.encode(text, add_special_tokens=add_special_tokens))
 
-
-def _chat_text(tokenizer, messages: list[ChatMessage], add_generation_prompt: bool = True) -> str:
-    msgs = [{"role": m.role, "content": m.text()} for m in messages]
-    if getattr(tokenizer, "chat_template", None) is None:
-        raise APIError(400, "this model's tokenizer has no chat template; use /v1/completions", param="messages")
-    return tokenizer.apply_chat_template(msgs, add_generation_prompt=add_generation_prompt, tokenize=False)

@@ -6,7 +6,11 @@ breaks it is a 400 naming the field: ranges, non-empty prompts and messages, tex
 surrogates. Limits that depend on the loaded model (max_model_len, vocabulary, max_num_seqs) are added to the
 schema by `openapi.py`; what no schema can say (prompt + max_tokens within the context, best_of == n) is a 400
 with its own `code`. Responses are built as plain dicts in `openai_format.py`; the models at the end only
-document them. Unknown request fields are ignored, as vLLM does.
+document them. Unknown request fields are ignored, as vLLM does, except the OpenAI fields this server does not
+implement (tools, tool turns, response_format, echo, ...): those are declared `Unsupported`, so a value that asks
+for them is a 400 (`unsupported_parameter`) rather than an answer that silently ignores it.
+
+Lists are bounded so that no request does work out of proportion to what can run (MAX_MESSAGES, ...).
 """
 
 from __future__ import annotations
@@ -15,9 +19,18 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationInfo,
                       WithJsonSchema, field_validator)
+from pydantic_core import PydanticCustomError
 
 from lighthouse.engine.options import DecodeMode, KVMode, PrefillMode, RequestOptions
 from lighthouse.engine.sampling import MAX_TOP_LOGPROBS, SamplingParams
+from lighthouse.tokenizer import CHAT_ROLES
+
+MAX_MESSAGES = 2048  # messages in one chat (OpenAI's own limit)
+MAX_CONTENT_PARTS = 256  # text parts in one message
+MAX_STOP_TOKEN_IDS = 256
+MAX_DETOKENIZE_TOKENS = 1 << 21  # ids in one /detokenize: 2M, more than any context
+INT64 = dict(ge=-(2**63), le=2**63 - 1)
+UNSUPPORTED = "unsupported"  # the pydantic error type of a field asking for what this server does not do
 
 
 def _no_lone_surrogates(value: str) -> str:
@@ -36,8 +49,40 @@ def _integral_float_to_int(value: Any) -> Any:
 
 def _not_supported_if_true(value: bool) -> bool:
     if value:
-        raise ValueError("not supported: only false")
+        raise PydanticCustomError(UNSUPPORTED, "not supported by this server: only false")
     return value
+
+
+def Unsupported(what: str, allowed: dict | None = None) -> Any:  # noqa: N802 (a type)
+    """A field asking for something this server does not do (`what`: "tool calling"): null is accepted, and so is
+    the value described by the JSON schema `allowed` (e.g. an empty list: nothing asked); anything else is a 400."""
+    def check(value: Any) -> Any:
+        if value is None or (allowed is not None and _matches(value, allowed)):
+            return value
+        raise PydanticCustomError(UNSUPPORTED, f"{what} is not supported by this server")
+    schema = {"anyOf": [allowed, {"type": "null"}]} if allowed else {"type": "null"}
+    return Annotated[Any, BeforeValidator(check), WithJsonSchema({**schema, "description": f"not supported: {what}"})]
+
+
+def _matches(value: Any, allowed: dict) -> bool:
+    """`value` fits `allowed`, one of the few shapes Unsupported uses: a const string, an empty array, an object
+    whose "type" is a const."""
+    if "const" in allowed:
+        return value == allowed["const"]
+    if allowed.get("type") == "array":
+        return isinstance(value, list) and not value
+    if allowed.get("type") == "object":
+        return isinstance(value, dict) and value.get("type") == allowed["properties"]["type"]["const"]
+    return False
+
+
+def _known_role(value: str) -> str:
+    if value in CHAT_ROLES:
+        return value
+    shown = repr(value) if len(value) <= 40 else repr(value[:40])[:-1] + "...'"
+    if value in ("tool", "function"):
+        raise PydanticCustomError(UNSUPPORTED, f"role {shown}: tool calling is not supported by this server")
+    raise PydanticCustomError("chat_role", f"{shown} is not a chat role: use 'system', 'user' or 'assistant'")
 
 
 Text = Annotated[str, AfterValidator(_no_lone_surrogates)]
@@ -47,6 +92,10 @@ def Int(**constraints) -> Any:  # noqa: N802 (a type)
     return Annotated[int, Field(**constraints), BeforeValidator(_integral_float_to_int)]
 OnlyFalse = Annotated[bool, AfterValidator(_not_supported_if_true), WithJsonSchema({"type": "boolean", "enum": [False]})]
 NonEmptyText = Annotated[str, StringConstraints(min_length=1), AfterValidator(_no_lone_surrogates)]
+Role = Annotated[str, AfterValidator(_no_lone_surrogates), AfterValidator(_known_role),
+                 WithJsonSchema({"type": "string", "enum": list(CHAT_ROLES)})]
+NoList = {"type": "array", "maxItems": 0}
+TextFormat = {"type": "object", "properties": {"type": {"const": "text"}}, "required": ["type"]}
 TokenId = Int(ge=0)
 Finite = dict(allow_inf_nan=False)
 
@@ -74,7 +123,7 @@ class _Common(BaseModel):
     stop: NonEmptyText | Annotated[list[NonEmptyText], Field(max_length=16)] | None = None
     presence_penalty: float = Field(0.0, ge=-2, le=2, **Finite)
     frequency_penalty: float = Field(0.0, ge=-2, le=2, **Finite)
-    seed: Int() | None = None
+    seed: Int(**INT64) | None = Field(None, description="a 64-bit signed integer")
     user: Text | None = None
     logit_bias: Annotated[dict[Text, float], Field(max_length=0)] | None = Field(
         None, description="not supported: only an empty object or null")
@@ -82,7 +131,7 @@ class _Common(BaseModel):
     top_k: Int(ge=-1) = -1
     min_p: float = Field(0.0, ge=0, le=1, **Finite)
     repetition_penalty: float = Field(1.0, gt=0, le=100, **Finite)
-    stop_token_ids: list[TokenId] | None = None
+    stop_token_ids: Annotated[list[TokenId], Field(max_length=MAX_STOP_TOKEN_IDS)] | None = None
     ignore_eos: bool = False
     prefill: PrefillMode | None = None
     decode: DecodeMode | None = None
@@ -90,6 +139,8 @@ class _Common(BaseModel):
     dense_tail_tokens: Int(ge=0) | None = None  # as RequestOptions: no true, no 1.5
     return_progress: bool = False  # stream prefill progress chunks (llama.cpp's name)
     cache_prompt: bool = True  # reuse the prefix cache and leave this prompt in it (llama.cpp's name)
+    # asked of this server but not done yet (structured output): a 400 rather than an answer that is not JSON
+    response_format: Unsupported("structured output (a format other than {\"type\": \"text\"})", TextFormat) = None
 
     @field_validator("kv_mode")
     @classmethod
@@ -151,9 +202,12 @@ class TextPart(BaseModel):
 class ChatMessage(BaseModel):
     model_config = STRICT
 
-    role: Text
-    content: Text | list[TextPart] | None = None
+    role: Role
+    content: Text | Annotated[list[TextPart], Field(max_length=MAX_CONTENT_PARTS)] | None = None
     name: Text | None = None
+    tool_calls: Unsupported("tool calling", NoList) = None
+    tool_call_id: Unsupported("tool calling") = None
+    function_call: Unsupported("function calling") = None
 
     def text(self) -> str:
         if self.content is None or isinstance(self.content, str):
@@ -161,7 +215,7 @@ class ChatMessage(BaseModel):
         return "".join(part.text for part in self.content)
 
 
-Messages = Annotated[list[ChatMessage], Field(min_length=1)]
+Messages = Annotated[list[ChatMessage], Field(min_length=1, max_length=MAX_MESSAGES)]
 
 
 class ChatCompletionRequest(_Common):
@@ -171,6 +225,11 @@ class ChatCompletionRequest(_Common):
     logprobs: bool = False
     top_logprobs: TopLogprobs | None = None
     add_generation_prompt: bool = True
+    # until tool calling exists (as vLLM without a tool parser)
+    tools: Unsupported("tool calling", NoList) = None
+    tool_choice: Unsupported("tool calling (a tool_choice other than \"none\")", {"const": "none"}) = None
+    functions: Unsupported("function calling", NoList) = None
+    function_call: Unsupported("function calling (a function_call other than \"none\")", {"const": "none"}) = None
 
 
 class TokenizeRequest(BaseModel):
@@ -189,7 +248,7 @@ class DetokenizeRequest(BaseModel):
     model_config = STRICT
 
     model: Text | None = None
-    tokens: list[TokenId]
+    tokens: Annotated[list[TokenId], Field(max_length=MAX_DETOKENIZE_TOKENS)]
 
 
 # ---- responses (documentation: the routes return dicts of these shapes) -------------------------------------

@@ -83,6 +83,11 @@ class Settings(BaseSettings):
     dtype: str | None = None
     default_max_tokens: int = Field(1024, ge=1, description="chat max_tokens when the request gives none")
     max_body_mb: float = Field(64.0, gt=0, description="request body limit (a 512K-token prompt is 1-4 MB of JSON)")
+    # connection deadlines (issue 29 item 5; the header size cap is connections.MAX_HEADER_BYTES)
+    header_timeout_s: float = Field(10.0, gt=0, description="a request's line and headers must arrive within this "
+                                    "many seconds of the connection opening or the previous response (else closed)")
+    body_timeout_s: float = Field(60.0, gt=0, description="a request's body must arrive within this many seconds "
+                                  "of its headers (else 408)")
     cors_origins: CommaList = Field(default_factory=list, description="allowed CORS origins ('*' for any)")
     shutdown_delay_s: float = Field(0.0, ge=0, description="on SIGTERM, how long /ready reports 503 while requests "
                                                           "are still served (a pre-stop delay for load balancers)")

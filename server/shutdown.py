@@ -20,6 +20,8 @@ import signal
 
 import uvicorn
 
+from lighthouse_server.connections import uvicorn_options
+
 log = logging.getLogger("lighthouse_server.shutdown")
 
 STRAGGLER_TIMEOUT_S = 5.0  # after the drain: how long uvicorn waits for responses still being written
@@ -112,7 +114,8 @@ class GracefulServer(uvicorn.Server):
 def serve(app, settings) -> int:
     """Run `app` under uvicorn until a signal (exit 0 after the drain) or the engine's death (exit 1)."""
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
-                            timeout_graceful_shutdown=STRAGGLER_TIMEOUT_S, access_log=False)
+                            timeout_graceful_shutdown=STRAGGLER_TIMEOUT_S, access_log=False,
+                            **uvicorn_options(settings))  # header size and deadlines (connections.py)
     server = GracefulServer(config, app)
     server.run()
     return server.exit_code

@@ -59,7 +59,8 @@ def test_prompt_plus_max_tokens_too_long_names_max_tokens(client, assert_error):
 ])
 def test_out_of_range_or_wrong_type_values_name_the_param(client, field, value, assert_error):
     raw = '{"prompt": "hello", "%s": %s}' % (field, value)
-    assert_error(post(client, "/v1/completions", raw), 400, param=field)
+    err = assert_error(post(client, "/v1/completions", raw), 400)
+    assert err["param"].split("[")[0] == field, err  # stop [1]: 'stop[0]', the item at fault
 
 
 def _enum(prop: dict) -> set:
@@ -111,7 +112,7 @@ def test_malformed_or_non_object_json(client, raw, assert_error):
 
 
 @pytest.mark.parametrize("body,param", [
-    ({"prompt": ""}, "prompt"), ({"prompt": []}, "prompt"), ({"prompt": [""]}, "prompt"),
+    ({"prompt": ""}, "prompt"), ({"prompt": []}, "prompt"), ({"prompt": [""]}, "prompt[0]"),
 ])
 def test_empty_prompt(client, body, param, assert_error):
     assert_error(post(client, "/v1/completions", body), 400, param=param)

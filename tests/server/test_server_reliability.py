@@ -38,14 +38,16 @@ def raw_post(client: httpx.Client, path: str, text: str, **headers) -> httpx.Res
 LONE_SURROGATES = [
     ("/v1/completions", '{"prompt": "ab\\ud800cd", "max_tokens": 2}', "prompt"),
     ("/v1/completions", '{"prompt": "ab\\udfffcd", "max_tokens": 2, "stream": true}', "prompt"),
-    ("/v1/completions", '{"prompt": ["ab\\ud800"], "max_tokens": 2}', "prompt"),
-    ("/v1/completions", '{"prompt": "ok", "stop": ["\\ud800"], "max_tokens": 2}', "stop"),
+    ("/v1/completions", '{"prompt": ["ab\\ud800"], "max_tokens": 2}', "prompt[0]"),
+    ("/v1/completions", '{"prompt": "ok", "stop": ["\\ud800"], "max_tokens": 2}', "stop[0]"),
     ("/v1/completions", '{"prompt": "ok", "model": "\\ud800", "max_tokens": 2}', "model"),
-    ("/v1/chat/completions", '{"messages": [{"role": "user", "content": "a\\ud800"}], "max_tokens": 2}', "messages"),
+    ("/v1/chat/completions", '{"messages": [{"role": "user", "content": "a\\ud800"}], "max_tokens": 2}',
+     "messages[0].content"),
     ("/v1/chat/completions",
-     '{"messages": [{"role": "user", "content": [{"type": "text", "text": "\\udc00"}]}], "stream": true}', "messages"),
+     '{"messages": [{"role": "user", "content": [{"type": "text", "text": "\\udc00"}]}], "stream": true}',
+     "messages[0].content[0].text"),
     ("/tokenize", '{"prompt": "ab\\ud800cd"}', "prompt"),
-    ("/tokenize", '{"messages": [{"role": "\\ud800", "content": "x"}]}', "messages"),
+    ("/tokenize", '{"messages": [{"role": "\\ud800", "content": "x"}]}', "messages[0].role"),
 ]
 
 

@@ -45,6 +45,8 @@ ENV_SAMPLES = {
     "express_prefill_tokens": ("0", 0),
     "host_cache_gb": ("2.5", 2.5),
     "kv_cache_dtype": ("fp8_e4m3", "fp8_e4m3"),
+    "header_timeout_s": ("2.5", 2.5),
+    "body_timeout_s": ("30", 30.0),
 }
 
 
