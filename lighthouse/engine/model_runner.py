@@ -28,7 +28,7 @@ from torch import Tensor
 from lighthouse.engine.kv_cache import KVCacheManager, SequenceKV
 from lighthouse.engine.prefill import DEFAULT_CHUNK_TOKENS, PrefillPlan, PrefillTask
 from lighthouse.model.llama import LlamaForCausalLM, Rotary, UnrotatedAttention
-from lighthouse.model.rope import rope_cos_sin
+from lighthouse.ops.rope import rope_cos_sin
 from lighthouse.ops.fused import rope_qk
 from lighthouse.ops.paged_attention import paged_decode_attention
 

@@ -33,7 +33,7 @@ from lighthouse.engine.prefill_attention import (CachedTail, append_tail_to_cont
 from lighthouse.engine.sparse_context import real_entries, repeat_to_slots, selected_entries
 from lighthouse.model.config import LighthouseConfig
 from lighthouse.model.llama import LlamaForCausalLM
-from lighthouse.model.rope import apply_rope, rope_cos_sin
+from lighthouse.ops.rope import apply_rope, rope_cos_sin
 from lighthouse.ops import lighthouse_attention, lighthouse_attention_with_context
 from lighthouse.ops.attention import attention_with_cache
 from lighthouse.ops.fused import rope_qk

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from lighthouse.model.config import ModelConfig
-from lighthouse.model.rope import lighthouse_inv_freq, rope_cos_sin, rope_inv_freq
+from lighthouse.ops.rope import lighthouse_inv_freq, rope_cos_sin, rope_inv_freq
 from lighthouse.ops import causal_attention, lighthouse_attention, lighthouse_min_seq_len
 from lighthouse.ops.fused import rms_norm, rope_qk, silu_mul
 
