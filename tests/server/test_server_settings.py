@@ -45,6 +45,9 @@ ENV_SAMPLES = {
     "express_prefill_tokens": ("0", 0),
     "host_cache_gb": ("2.5", 2.5),
     "kv_cache_dtype": ("fp8_e4m3", "fp8_e4m3"),
+    "kv_cache_fraction": ("0.5", 0.5),
+    "prefix_cache_min_tokens": ("64", 64),
+    "cuda_graph_max_batch": ("16", 16),
 }
 
 
