@@ -20,10 +20,15 @@ from lighthouse_server.settings import ENV_PREFIX, Settings
 _FLAGS = flags(Settings, ENV_PREFIX)
 
 
+def flag_groups() -> list[tuple[str, list[str]]]:
+    """The Settings fields by group, in `--help` order: the model's source, the server's own, the engine's."""
+    engine, load = list(EngineSettings.model_fields), list(LoadSettings.model_fields)
+    server = [name for name in Settings.model_fields if name not in engine and name not in load]
+    return [("model", load), ("server", server), ("engine", engine)]
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    engine, load = set(EngineSettings.model_fields), set(LoadSettings.model_fields)
-    server = [name for name in Settings.model_fields if name not in engine | load]
-    for title, names in (("model", load), ("server", server), ("engine", engine)):
+    for title, names in flag_groups():
         add_flags(p.add_argument_group(title), Settings, ENV_PREFIX, names)
 
 
