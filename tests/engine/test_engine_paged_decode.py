@@ -175,7 +175,7 @@ def test_usable_capacity_is_at_least_95_percent_of_the_budget():
 @pytest.mark.parametrize("H,H_kv,start,n", [(4, 2, 50, 61), (4, 4, 0, 9), (8, 2, 200, 333)])
 def test_a_cached_tail_attends_causally_through_the_paged_kernel_layout(H, H_kv, start, n):
     """The dense tail / a prefix-cache suffix on GPU: each query as one more head of its group, a hole after it."""
-    from lighthouse.engine.prefill import CachedTail
+    from lighthouse.engine.prefill_attention import CachedTail
     from lighthouse.ops import attention_with_cache
 
     torch.manual_seed(start + n)
