@@ -158,7 +158,7 @@ class LLMEngine:
         outputs = self.apply_aborts()
         work = self.scheduler.schedule()
         if work.prefill is not None:
-            return outputs + self._prefill(work.prefill)
+            return outputs + self._prefill(work.prefill, whole=work.prefill.whole)
         if work.decode:
             outputs += self._decode(work.decode)
         return outputs
@@ -215,15 +215,15 @@ class LLMEngine:
         work.task = self.runner.start_prefill(req.seqs[0].kv, req.prompt(), work.plan, cached=cached,
                                               should_abort=req.aborted.is_set, on_progress=on_progress)
 
-    def _prefill(self, work: PrefillWork) -> list[RequestOutput]:
-        """Run the next piece of the request's prefill (`work.whole`: all of it); once it is done, sample the first
-        token of each choice."""
+    def _prefill(self, work: PrefillWork, whole: bool = False) -> list[RequestOutput]:
+        """Run the next piece of the request's prefill (`whole`: all of it, an express prefill); once it is done,
+        sample the first token of each choice."""
         req, n_prompt = work.request, len(work.request.prompt_ids)
         seqs = req.seqs
         try:
             if work.task is None:
                 self._start_prefill(work)
-            logits = work.task.run(None if work.whole else self._prefill_budget())
+            logits = work.task.run(None if whole else self._prefill_budget())
             if logits is None:
                 return []  # more pieces to come; the running sequences decode first
             work.task = None

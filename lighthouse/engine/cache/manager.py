@@ -17,7 +17,7 @@ import torch
 from lighthouse.engine.cache.allocator import BlockAllocator
 from lighthouse.engine.cache.pool import KVPool
 from lighthouse.engine.cache.sequence_kv import SequenceKV
-from lighthouse.engine.cache.spec import CacheShape, KVSpec
+from lighthouse.engine.cache.spec import CacheShape, KVSpec, kv_spec
 
 BlockCopy = tuple[int, int, int]  # (source block, destination block, slots): the first slots of src into dst
 
@@ -64,6 +64,11 @@ class KVCacheManager:
 
     def fits_now(self, blocks: int) -> bool:
         return blocks <= self.allocator.num_free
+
+    def reservation(self, capacity: int, ctx_layers: tuple[int, ...] = (), ctx_entries: int = 0, *,
+                    compact: bool = False, prompt_len: int = 0) -> KVSpec:
+        """The spec of a sequence of `capacity` positions in this cache's layers (spec.kv_spec)."""
+        return kv_spec(self.num_layers, capacity, ctx_layers, ctx_entries, compact=compact, prompt_len=prompt_len)
 
     @property
     def usage_ratio(self) -> float:

@@ -39,7 +39,6 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 
-import torch
 from torch import Tensor
 
 from lighthouse.engine.cache.host_tier import HostCache, HostEntry, HostRestore
