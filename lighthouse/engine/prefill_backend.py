@@ -133,7 +133,8 @@ class PrefillBackend:
         tail_keys = None
         for piece in self._pieces(layer, last):
             if self._unrotated and piece.kind == "causal":  # the op has run: rotate q/k in place, chunk by chunk
-                if self.lh.rope_freqs == "unscaled" and plan.sparse_decode:  # first the tail's K as the op rotates
+                if plan.sparse_decode and layer_attention(self.model.config, layer, plan.split).unscaled:
+                    # first the tail's K as the op rotates it, for the context
                     tail_keys = self._tail_key(k)
                 with torch.no_grad():
                     for a, b in self._chunks:
