@@ -92,16 +92,18 @@ class EngineConfig:
             self.max_prefill_chunk_ms = None  # 0 and None alike: a prefill runs whole
 
 
+def _in_gib(info: FieldInfo) -> bool:
+    return any(isinstance(m, InGiB) for m in info.metadata)
+
+
 def user_name(name: str, info: FieldInfo) -> str:
     """The name users give a field by: `kv_cache_bytes` (in GiB) is `kv_cache_gb`, every other field its own."""
-    if any(isinstance(m, InGiB) for m in info.metadata):
-        return name.removesuffix("_bytes") + "_gb"
-    return name
+    return name.removesuffix("_bytes") + "_gb" if _in_gib(info) else name
 
 
 def _user_field(name: str, info: FieldInfo) -> tuple[str, tuple[Any, FieldInfo]]:
     """(user name, (type, field)) of an EngineConfig field as a pydantic model declares it."""
-    if not any(isinstance(m, InGiB) for m in info.metadata):
+    if not _in_gib(info):
         return name, (info.annotation, info)
     bounds = [m for m in info.metadata if not isinstance(m, InGiB)]
     nullable = type(None) in get_args(info.annotation)
@@ -116,8 +118,7 @@ class _EngineSettingsBase(BaseModel):
         values = {}
         for name, info in EngineConfig.__pydantic_fields__.items():
             value = getattr(self, user_name(name, info))
-            gib = any(isinstance(m, InGiB) for m in info.metadata)
-            values[name] = int(value * GiB) if gib and value is not None else value
+            values[name] = int(value * GiB) if _in_gib(info) and value is not None else value
         return EngineConfig(**values)
 
 
