@@ -36,7 +36,7 @@ from lighthouse.engine.intake import Intake
 from lighthouse.engine.memory import budget_hint
 from lighthouse.engine.model_runner import ModelRunner
 from lighthouse.engine.options import RequestOptions
-from lighthouse.engine.output import OutputProcessor, Sampled, failure
+from lighthouse.engine.output import OutputProcessor, Sampled, eos_ids, failure
 from lighthouse.engine.plan import context_rotated_apart, lighthouse_layer_indices, sparse_unavailable
 from lighthouse.engine.prefill import PrefillAborted
 from lighthouse.engine.request import PrefillInfo, Request, RequestOutput, Sequence, Status
@@ -46,16 +46,6 @@ from lighthouse.engine.scheduler import PrefillWork, Scheduler, StepResult
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[str, int, int], None]  # (request_id, prompt tokens processed, prompt tokens)
-
-
-def _eos_ids(model, tokenizer) -> set[int]:
-    ids: set[int] = set()
-    for src in (model.config.eos_token_id, getattr(tokenizer, "eos_token_id", None)):
-        if isinstance(src, int):
-            ids.add(src)
-        elif isinstance(src, (list, tuple)):
-            ids.update(int(x) for x in src)
-    return ids
 
 
 class LLMEngine:
@@ -82,7 +72,7 @@ class LLMEngine:
         if self.sparse_unavailable is not None and (c.prefill, c.decode, c.kv_mode) != self.defaults:
             log.warning("%s; serving with prefill=dense decode=dense kv_mode=full", self.sparse_unavailable)
         self.vocab_size = mc.vocab_size
-        self.eos_ids = _eos_ids(model, tokenizer) | set(stop_token_ids)  # + generation_config.json's
+        self.eos_ids = eos_ids(mc.eos_token_id, tokenizer) | set(stop_token_ids)  # + generation_config.json's
         host = HostCache(self.kv, c.host_cache_bytes) if c.host_cache_bytes and c.enable_prefix_caching else None
         self.prefix_cache = PrefixCache(self.kv, c.prefix_cache_min_tokens, host) if c.enable_prefix_caching else None
         self.scheduler = Scheduler(self.kv, self.prefix_cache, max_num_seqs=c.max_num_seqs,

@@ -104,3 +104,14 @@ def failure(exc: BaseException, where: str) -> tuple[str, str]:
         return f"out of memory during {where}; retry later or with a shorter prompt", OUT_OF_MEMORY
     return (f"internal error ({type(exc).__name__}) during {where}; other requests were not affected",
             INTERNAL_ERROR)
+
+
+def eos_ids(config_eos: int | list[int] | None, tokenizer) -> set[int]:
+    """The token ids that end a sequence: the checkpoint config's and the tokenizer's."""
+    ids: set[int] = set()
+    for src in (config_eos, getattr(tokenizer, "eos_token_id", None)):
+        if isinstance(src, int):
+            ids.add(src)
+        elif isinstance(src, (list, tuple)):
+            ids.update(int(x) for x in src)
+    return ids

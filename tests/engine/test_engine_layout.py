@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = {"lighthouse": ROOT / "lighthouse", "lighthouse_client": ROOT / "clients/python/lighthouse_client"}
-MAX_ENGINE_FILE_LINES = 320  # "about 300"
+MAX_ENGINE_FILE_LINES = 310  # "about 300"
 
 
 def _module_name(package: str, path: Path) -> str:

@@ -10,7 +10,8 @@ import torch
 
 from lighthouse.engine.config import EngineConfig
 from lighthouse.engine.engine import LLMEngine
-from lighthouse.engine.kv_cache import CacheShape, KVCacheManager
+from lighthouse.engine.cache.manager import KVCacheManager
+from lighthouse.engine.cache.spec import CacheShape
 from lighthouse.engine.options import RequestOptions
 from lighthouse.engine.sampling import SamplingParams
 from lighthouse.engine.sparse_context import order_context, to_slots
