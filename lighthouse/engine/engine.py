@@ -192,8 +192,12 @@ class LLMEngine:
         """The first piece: what the schedule copies first (a host-tier entry, partial blocks), then the task."""
         req, n_prompt, cached = work.request, len(work.request.prompt_ids), work.cached
         if work.restore is not None:
-            self.prefix_cache.host.copy_in(work.restore)
-            work.restore = None
+            restore, work.restore = work.restore, None
+            try:
+                self.prefix_cache.host.copy_in(restore)
+            except Exception:  # the claimed entry's blocks hold nothing: no later request may reuse them
+                self.prefix_cache.discard(work.hit.entry)
+                raise
         self.kv.run_copies(work.copies)
         work.copies = []
 

@@ -41,6 +41,7 @@ class PrefillWork:
     plan: Any  # the plan it runs with: the request's, or a compact hit's split and selection
     cached: int  # prompt positions [0, cached) come from the prefix cache
     restore: HostRestore | None = None  # a host-tier entry to copy in before the first piece
+    hit: CacheHit | None = None  # the prefix-cache hit it continues (on the device once restored)
     copies: list[BlockCopy] = field(default_factory=list)  # partial blocks to copy before the first piece
     whole: bool = False  # an express prefill: run it to the end in this step
     task: Any = None  # the model runner's prefill in progress (the engine starts and runs it)
@@ -146,7 +147,7 @@ class Scheduler:
             return None
         hit, restore = room
         self.waiting.popleft()
-        work = PrefillWork(req, req.plan, hit.tokens if hit is not None else 0, restore)
+        work = PrefillWork(req, req.plan, hit.tokens if hit is not None else 0, restore, hit=hit)
         e = hit.entry if hit is not None else None
         first = req.seqs[0]
         if e is None or not e.compact:

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from lighthouse.engine.admission import Admission, blocks_needed, largest_max_tokens
+from lighthouse.engine.cache.host_tier import HostCache
 from lighthouse.engine.cache.manager import KVCacheManager
 from lighthouse.engine.cache.prefix_cache import PrefixCache
 from lighthouse.engine.cache.spec import CacheShape
@@ -109,6 +110,23 @@ def test_a_finished_request_gives_its_blocks_back_and_leaves_its_prompt_in_the_p
     work = s.schedule().prefill
     assert work.cached == 40 and work.copies  # positions 32..39 sit in a shared, partly filled block: copied
     assert all(again.seqs[0].kv.blocks[i][:2] == s.prefix_cache.entries[0].blocks[i][:2] for i in range(L))
+
+
+def test_a_hit_in_the_host_tier_is_claimed_at_admission_and_its_copy_left_to_the_step():
+    s = scheduler(prefix=True)
+    s.prefix_cache.host = host = HostCache(s.kv, 32 * SHAPE.bytes_per_block)
+    req = request("a", 40)
+    s.add(req)
+    prefill_done(s, s.schedule().prefill)
+    finish(s, req.seqs)
+    assert s.prefix_cache.make_room(s.kv.allocator.usable) and len(host.entries) == 1  # evicted to host memory
+    again = request("b", 60)
+    s.add(again)
+    work = s.schedule().prefill
+    assert work.cached == 40 and work.restore is not None and work.restore.entry is host.entries[0]
+    assert work.hit.entry in s.prefix_cache.entries  # on the device already (its blocks filled by the copy)
+    host.copy_in(work.restore)
+    assert host.entries == [] and host.hit_tokens == 40
 
 
 def test_a_failed_or_aborted_request_is_not_cached():

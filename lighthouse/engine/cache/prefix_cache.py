@@ -157,6 +157,11 @@ class PrefixCache:
             self._drop(victim)
         return True
 
+    def discard(self, e: CacheEntry) -> None:
+        """Drop one entry (a restore that failed to copy in: its blocks hold nothing reusable)."""
+        if e in self.entries:
+            self._drop(e)
+
     def clear(self) -> None:
         for e in list(self.entries):
             self._drop(e)
