@@ -193,11 +193,13 @@ def _hub_hint(path: Path) -> str:
     text = str(path)
     if text.count("/") != 1 or text.startswith((".", "/", "~")):
         return ""
+    from lighthouse.catalog.models import KNOWN_MODELS
+
     return (f". It looks like a model hub id: checkpoints are loaded from local folders only (nothing is downloaded "
             f"at run time). Download the model into a folder first (e.g. `huggingface-cli download {text} "
             f"--local-dir DIR`, or `git clone` its repository) and pass --checkpoint DIR; a GGUF file converts with "
             f"`lighthouse convert gguf FILE --out DIR`; the models that install from the package index serve with "
-            "--model NAME (`lighthouse models` lists them)")
+            f"--model NAME ({', '.join(sorted(KNOWN_MODELS))})")
 
 
 def load_checkpoint(

@@ -3,11 +3,14 @@ these modules and nothing else of its own.
 
 Per layer: h -> RMSNorm -> q/k/v projections (+ q/k/v bias in Qwen2; per-head q/k RMSNorm in Qwen3) ->
 [RoPE + attention: the caller's] -> o_proj (+h) -> RMSNorm -> SwiGLU MLP (+h).
-`attention_input` is everything before RoPE, `add_output` everything after attention. Parameter names match
+`attention_input` is everything before RoPE, `add_output` everything after attention; `forward` runs both around
+the caller's RoPE and attention. Parameter names match
 transformers' Llama/Qwen2/Qwen3 modules, so checkpoints move both ways unchanged.
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +18,9 @@ from torch import Tensor, nn
 
 from lighthouse.model.config import ModelConfig
 from lighthouse.ops.fused import rms_norm, silu_mul
+
+# (layer_idx, q (B, H, N, D), k, v (B, H_kv, N, D) before RoPE) -> (B, H, N, D): RoPE and attention, the caller's
+LayerAttentionFn = Callable[[int, Tensor, Tensor, Tensor], Tensor]
 
 
 class RMSNorm(nn.Module):
@@ -122,6 +128,12 @@ class LlamaDecoderLayer(nn.Module):
         self.mlp = LlamaMLP(c)
         self.input_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
+
+    def forward(self, h: Tensor, attend: LayerAttentionFn) -> Tensor:
+        """The whole layer over h (B, N, hidden). Called as a module (wrappers such as FSDP and activation
+        checkpointing hook its call); the engine's chunked forward calls the two halves below itself."""
+        q, k, v = self.attention_input(h)
+        return self.add_output(h, attend(self.self_attn.layer_idx, q, k, v))
 
     def attention_input(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """h (B, N, hidden) -> q, k, v before RoPE (see `LlamaAttention.project`)."""

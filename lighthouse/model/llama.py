@@ -182,11 +182,12 @@ class LlamaForCausalLM(nn.Module):
         h = self.model.embed_tokens(input_ids)  # (B, N, hidden)
         cos, sin = rope_cos_sin(self.inv_freq, positions, h.dtype)
         rotary = Rotary(cos, sin, positions, self.inv_freq, explicit)
+        attend = _layer_attention(rotary, attn_fn)
         for layer in self.model.layers:
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                h = checkpoint(_run_layer, layer, h, rotary, attn_fn, use_reentrant=False)
+                h = checkpoint(layer, h, attend, use_reentrant=False)
             else:
-                h = _run_layer(layer, h, rotary, attn_fn)
+                h = layer(h, attend)
         h = self.model.norm(h)
         loss = _chunked_loss(self.lm_head, h, labels) if labels is not None else None
         if labels is not None and logits_to_keep is None:
@@ -203,17 +204,19 @@ class LlamaForCausalLM(nn.Module):
         return F.cross_entropy(logits.transpose(1, 2), labels[:, 1:], ignore_index=IGNORE_INDEX, reduction="none")
 
 
-def _run_layer(layer: LlamaDecoderLayer, h: Tensor, rotary: Rotary, attn_fn: AttentionFn | UnrotatedAttention) -> Tensor:
-    """One decoder layer over h (B, N, hidden), its attention from `attn_fn`."""
-    q, k, v = layer.attention_input(h)
+def _layer_attention(rotary: Rotary, attn_fn: AttentionFn | UnrotatedAttention):
+    """The attention a decoder layer calls with its q/k/v before RoPE: RoPE as the pass's, then `attn_fn`
+    (an `UnrotatedAttention` rotates what it needs itself)."""
     if isinstance(attn_fn, UnrotatedAttention):
-        out = attn_fn(layer.self_attn.layer_idx, q, k, v, rotary)  # it rotates what it needs
-    else:
+        return lambda layer_idx, q, k, v: attn_fn(layer_idx, q, k, v, rotary)
+
+    def attend(layer_idx: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         # cos/sin are float32: under autocast the rotation would promote q/k, so cast back to v's dtype (as HF
         # does); one fused kernel on CUDA inference, layouts kept
         q, k = rotary.apply(q, k, v.dtype)
-        out = attn_fn(layer.self_attn.layer_idx, q, k, v)  # (B, H, N, D)
-    return layer.add_output(h, out)
+        return attn_fn(layer_idx, q, k, v)  # (B, H, N, D)
+
+    return attend
 
 
 def _chunked_loss(lm_head: nn.Linear, h: Tensor, labels: Tensor, chunk: int = 4096) -> Tensor:
