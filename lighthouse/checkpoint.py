@@ -193,7 +193,7 @@ def _hub_hint(path: Path) -> str:
     text = str(path)
     if text.count("/") != 1 or text.startswith((".", "/", "~")):
         return ""
-    from lighthouse.catalog import KNOWN_MODELS
+    from lighthouse.catalog.models import KNOWN_MODELS
 
     return (f". It looks like a model hub id: checkpoints are loaded from local folders only (nothing is downloaded "
             f"at run time). Download the model into a folder first (e.g. `huggingface-cli download {text} "
@@ -231,7 +231,7 @@ def load_checkpoint(
 
 def _fresh_inv_freq(config: ModelConfig, *, lighthouse: bool = False) -> torch.Tensor:
     """The model's RoPE buffers (not stored): inv_freq, or lighthouse_inv_freq with lighthouse=True."""
-    from lighthouse.model.rope import lighthouse_inv_freq, rope_inv_freq
+    from lighthouse.ops.rope import lighthouse_inv_freq, rope_inv_freq
 
     return lighthouse_inv_freq(config) if lighthouse else rope_inv_freq(config)
 

@@ -26,19 +26,7 @@ log = logging.getLogger(__name__)
 
 def engine_config(settings: Settings):
     """The EngineConfig the settings describe (cheap; raises ValueError on a value only the engine checks)."""
-    from lighthouse.engine.config import EngineConfig
-
-    return EngineConfig(prefill=settings.prefill, decode=settings.decode, dense_tail_tokens=settings.dense_tail_tokens,
-                        kv_mode=settings.kv_mode,
-                        max_model_len=settings.max_model_len, max_num_seqs=settings.max_num_seqs,
-                        kv_cache_bytes=int(settings.kv_cache_gb * 2**30) if settings.kv_cache_gb else None,
-                        enable_prefix_caching=settings.enable_prefix_caching, block_size=settings.block_size,
-                        enforce_eager=settings.enforce_eager,
-                        max_prefill_chunk_ms=settings.max_prefill_chunk_ms or None,
-                        kv_cache_dtype=settings.kv_cache_dtype,
-                        host_cache_bytes=int(settings.host_cache_gb * 2**30),
-                        prefill_chunk_tokens=settings.prefill_chunk_tokens,
-                        express_prefill_tokens=settings.express_prefill_tokens)
+    return settings.engine_config()
 
 
 def build_engine(settings: Settings):

@@ -18,7 +18,7 @@ from fastapi import Request
 from lighthouse.engine.errors import EngineError
 from lighthouse.engine.options import RequestOptions
 from lighthouse.engine.sampling import SamplingParams
-from lighthouse.engine.sequence import RequestOutput
+from lighthouse.engine.request import RequestOutput
 from lighthouse_server.errors import error_body, from_engine_error, from_failure
 from lighthouse_server.metrics import Metrics
 from lighthouse_server.openai_format import ChoiceState, Formatter, sse

@@ -6,7 +6,7 @@ import json
 import time
 from dataclasses import dataclass, field
 
-from lighthouse.engine.sequence import TokenLogprob
+from lighthouse.engine.request import TokenLogprob
 
 
 def sse(obj: dict | str) -> str:

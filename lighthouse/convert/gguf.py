@@ -141,7 +141,7 @@ def _f32(v) -> float:
 def _llama3_scaling(divisors: np.ndarray, head_dim: int, theta: float, original: int | None) -> dict[str, Any]:
     """rope_scaling {"rope_type": "llama3", ...} that reproduces llama.cpp's rope_freqs divisors (see the module
     docstring), checked with the model's own RoPE code; or ConversionError."""
-    from lighthouse.model.rope import rope_inv_freq
+    from lighthouse.ops.rope import rope_inv_freq
 
     inv = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)  # (head_dim // 2,)
     factor = float(divisors.max())

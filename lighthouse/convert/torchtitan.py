@@ -356,7 +356,7 @@ def convert_torchtitan(
     """
     from lighthouse.checkpoint import save_checkpoint, verify_checkpoint
     from lighthouse.model.llama import LlamaForCausalLM
-    from lighthouse.model.rope import lighthouse_inv_freq, rope_inv_freq
+    from lighthouse.ops.rope import lighthouse_inv_freq, rope_inv_freq
 
     dcp_path, out = Path(dcp_dir), Path(out_dir)
     args, given = resolve_model_args(flavor, config_json, model_args)

@@ -7,7 +7,7 @@ thread with per-request asyncio queues) for the server.
 from lighthouse.engine.config import EngineConfig
 from lighthouse.engine.errors import EngineError, EngineStopped, InvalidRequest, QueueFull, RequestFailed
 from lighthouse.engine.sampling import SamplingParams
-from lighthouse.engine.sequence import PrefillInfo, RequestOutput, TokenLogprob
+from lighthouse.engine.request import PrefillInfo, RequestOutput, TokenLogprob
 
 __all__ = [
     "EngineConfig", "EngineError", "EngineStopped", "InvalidRequest", "QueueFull", "RequestFailed",

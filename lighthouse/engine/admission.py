@@ -1,119 +1,73 @@
-"""Admission against the KV cache: what a request reserves, how many free blocks it takes now (less what a
-prefix-cache hit shares), and making room for it by evicting prefix-cache entries (prefix_cache.py says what is
-reused and why that is exact, and where compact entries are not)."""
+"""Admission's arithmetic, as pure functions: what a request's sequences hold in the KV cache (their spec), and how
+many free blocks it takes when its prefill starts, less what a prefix-cache hit shares. Nothing here allocates,
+evicts or changes a request: the scheduler (scheduler.py) asks these and acts. prefix_cache.py says what a hit
+reuses and why that is exact (and where compact entries are not)."""
 
 from __future__ import annotations
 
-from dataclasses import replace
+from typing import Any, Callable
 
-import torch
+from lighthouse.engine.cache.prefix_cache import CacheHit
+from lighthouse.engine.cache.spec import CacheShape, KVSpec, continued_spec, kv_spec
+from lighthouse.engine.request import Request
 
-from lighthouse.engine.kv_cache import KVCacheManager, Reservation, SequenceKV
-from lighthouse.engine.options import RequestOptions
-from lighthouse.engine.prefill import PrefillPlan
-from lighthouse.engine.prefix_cache import CacheHit, PrefixCache, cache_split
-from lighthouse.engine.sampling import SamplingParams
-from lighthouse.engine.sequence import Request
-from lighthouse.model.llama import LlamaForCausalLM
+
+def cache_split(plan: Any) -> int:
+    """How a prompt's K/V were made, as prefix-cache entries record it: its sparse head's length, or 0 (dense)."""
+    return plan.split if plan.sparse else 0
+
+
+def sized_spec(plan: Any, max_tokens: int, num_layers: int) -> KVSpec:
+    """What each sequence of a request planned as `plan` (engine/plan.py's PrefillPlan) holds for `max_tokens`."""
+    capacity = plan.prompt_len + max_tokens
+    ctx_entries = plan.selected + capacity - plan.split if plan.sparse_decode else 0
+    return kv_spec(num_layers, capacity, plan.lighthouse_layers if plan.sparse_decode else (), ctx_entries,
+                   compact=plan.compact, prompt_len=plan.prompt_len)
+
+
+def spec_with_hit(spec: KVSpec, hit: CacheHit | None) -> KVSpec:
+    """What each sequence holds: as sized, or, continuing a compact prefix-cache entry, its context grown from the
+    entry's (the entry's split and selection stand for the prompt's; no scratch)."""
+    e = hit.entry if hit is not None else None
+    if e is None or not e.compact:
+        return spec
+    return continued_spec(spec, e.selected, e.split)
+
+
+def blocks_needed(req: Request, hit: CacheHit | None, shape: CacheShape) -> int:
+    """Free blocks the request takes at its prefill: the first sequence's tables, less what a prefix-cache hit
+    shares, plus what each other choice does not share with the first (its filled prompt blocks)."""
+    spec = spec_with_hit(req.reservation, hit)
+    one = spec.held_blocks(shape)
+    ctx_filled = spec.ctx_entries - req.params.max_tokens if spec.ctx_entries else 0
+    shared_with_first = spec.filled_blocks(shape, req.plan.prompt_len, ctx_filled)
+    saved_by_hit = 0
+    if hit is not None:  # (a compact entry shares its context too: the head's selection and what followed it)
+        e = hit.entry
+        ctx_hit = e.selected + hit.tokens - e.split if e is not None and e.compact else 0
+        saved_by_hit = spec.filled_blocks(shape, hit.tokens, ctx_hit)
+    scratch = spec.blocks(shape) - one  # a compact prefill's, given back before the other choices fork
+    return one + scratch - saved_by_hit + (req.params.n - 1) * (one - shared_with_first)
+
+
+def largest_max_tokens(fits: Callable[[int], bool], most: int) -> int:
+    """The largest max_tokens in [1, most] for which `fits(max_tokens)` (monotone: fewer tokens never take more
+    blocks); 1 when none does (the caller then refuses the request with the blocks it needs)."""
+    lo, hi = 0, most
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+    return max(1, lo)
 
 
 class Admission:
-    def __init__(self, kv: KVCacheManager, prefix_cache: PrefixCache | None, model: LlamaForCausalLM):
-        self.kv, self.prefix_cache, self.model = kv, prefix_cache, model
+    """The arithmetic above for one engine's cache shape (what engine.py and the tests ask)."""
 
-    def sized_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams, opts: RequestOptions,
-                      plan: PrefillPlan, prompt: torch.Tensor) -> Request:
-        """The request with its capacity and KV cache reservation for `params.max_tokens`."""
-        n_prompt = plan.prompt_len
-        capacity = n_prompt + params.max_tokens
-        ctx_entries = plan.selected + capacity - plan.split if plan.sparse_decode else 0
-        res = self.kv.reservation(capacity, plan.lighthouse_layers if plan.sparse_decode else (), ctx_entries,
-                                  compact=plan.compact, prompt_len=n_prompt)
-        return Request(request_id, prompt_ids, params, opts, [], plan, capacity, ctx_entries, res, prompt_tensor=prompt)
+    def __init__(self, shape: CacheShape):
+        self.shape = shape
 
-    def largest_that_fits(self, req: Request) -> Request:
-        """The request resized to the most max_tokens (at least 1, at most its own) whose blocks the budget holds."""
-        params = req.params
-        lo, hi = 0, params.max_tokens
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            params.max_tokens = mid
-            probe = self.sized_request(req.request_id, [], params, req.options, req.plan, req.prompt_tensor)
-            lo, hi = (mid, hi) if self.kv.fits_ever(self.blocks_needed(probe, None)) else (lo, mid - 1)
-        params.max_tokens = max(1, lo)
-        return self.sized_request(req.request_id, req.prompt_ids, params, req.options, req.plan, req.prompt_tensor)
-
-    def allocate(self, req: Request, hit: CacheHit | None) -> SequenceKV:
-        """The first sequence's tables at the start of its prefill, sharing what the hit gives. Continuing a
-        compact entry, the request takes the entry's split and selection (`req.plan`) and its grown reservation."""
-        cached = hit.tokens if hit is not None else 0
-        e = hit.entry if hit is not None else None
-        if e is None or not e.compact:
-            return self.kv.allocate(req.reservation, e.blocks if e is not None else None, cached)
-        req.reservation = self.reservation(req, hit)
-        req.plan = replace(req.plan, split=e.split, selected=e.selected)
-        kv = self.kv.allocate(req.reservation, e.blocks, cached, ctx_prefix=e.ctx_blocks,
-                              ctx_prefix_len=e.selected + cached - e.split)
-        assert e.ctx_hole_start is not None
-        kv.ctx_hole_start, kv.ctx_hole_end = e.ctx_hole_start.clone(), e.selected
-        return kv
-
-    def reservation(self, req: Request, hit: CacheHit | None) -> Reservation:
-        """What each of the request's sequences holds: as planned, or, continuing a compact prefix-cache entry, its
-        context grown from the entry's (the entry's split and selection stand for the prompt's; no scratch)."""
-        e = hit.entry if hit is not None else None
-        if e is None or not e.compact:
-            return req.reservation
-        res = req.reservation
-        return Reservation(res.capacity, res.full_layers, res.ctx_layers, e.selected + res.capacity - e.split)
+    def sized_spec(self, plan: Any, max_tokens: int) -> KVSpec:
+        return sized_spec(plan, max_tokens, self.shape.num_layers)
 
     def blocks_needed(self, req: Request, hit: CacheHit | None) -> int:
-        """Free blocks the request takes at its prefill: the first sequence's tables, less what a prefix-cache hit
-        shares, plus what each other choice does not share with the first (its filled prompt blocks)."""
-        kv, n, bs = self.kv, req.params.n, self.kv.block_size
-        res = self.reservation(req, hit)
-        one = res.held_blocks(kv.shape)
-        shared_prompt = len(res.full_layers) * (req.plan.prompt_len // bs)
-        filled_ctx = (res.ctx_entries - req.params.max_tokens) * kv.shape.group // bs if res.ctx_entries else 0
-        shared_ctx = len(res.ctx_layers) * filled_ctx
-        saved_by_hit = len(res.full_layers) * (hit.tokens // bs) if hit is not None else 0
-        if hit is not None and hit.entry is not None and hit.entry.compact:
-            e = hit.entry
-            saved_by_hit += len(res.ctx_layers) * ((e.selected + hit.tokens - e.split) * kv.shape.group // bs)
-        scratch = res.blocks(kv.shape) - one  # a compact prefill's, given back before the other choices fork
-        return one + scratch - saved_by_hit + (n - 1) * (one - shared_prompt - shared_ctx)
-
-    def cache_hit(self, req: Request) -> CacheHit | None:
-        if self.prefix_cache is None or not req.cache_prompt:
-            return None
-        if req.plan.compact:  # a compact document's follow-up: against its kept context (prefix_cache.py)
-            lh = self.model.config.lighthouse  # (not where the context's K were rotated with other frequencies)
-            if lh.rope == "after_select" and lh.rope_freqs == "unscaled":
-                return None
-            return self.prefix_cache.match(req.prompt(), 0, compact=True)
-        if req.plan.sparse_decode:
-            return None  # sparse decode selects from the head's queries, which are not cached
-        return self.prefix_cache.match(req.prompt(), cache_split(req.plan))
-
-    def make_room(self, req: Request) -> bool:
-        """Whether the request's blocks fit now, evicting prefix-cache entries (the one it would reuse last)."""
-        req.hit = self.cache_hit(req)
-        if req.hit is not None and req.hit.host is not None:  # in the host tier: back to the device first
-            h = req.hit.host
-            # the entry's blocks, then the request's as with that entry on the device (less what it shares)
-            need = h.num_blocks + self.blocks_needed(req, req.hit.as_restored())
-            if self.kv.fits_now(need) or self.prefix_cache.make_room(need, keep_host=h):
-                req.hit = self.prefix_cache.restore(req.hit)
-                return True
-            req.hit = None
-            if self.kv.fits_ever(need):
-                return False  # wait for running requests to give blocks back
-            # never with the entry restored: prefill from scratch below
-        need = self.blocks_needed(req, req.hit)
-        if self.kv.fits_now(need) or self.prefix_cache is None:
-            return self.kv.fits_now(need)
-        if self.prefix_cache.make_room(need, keep=req.hit.entry if req.hit else None):
-            return True
-        req.hit = None  # the kept entry is in the way: evict it too and prefill from scratch
-        return self.prefix_cache.make_room(self.blocks_needed(req, None))
-
+        return blocks_needed(req, hit, self.shape)

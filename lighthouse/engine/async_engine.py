@@ -25,7 +25,7 @@ from lighthouse.engine.errors import (ENGINE_DEAD, INTERNAL_ERROR, SHUTTING_DOWN
                                      is_device_fatal)
 from lighthouse.engine.options import RequestOptions
 from lighthouse.engine.sampling import SamplingParams
-from lighthouse.engine.sequence import RequestOutput
+from lighthouse.engine.request import RequestOutput
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from lighthouse.engine.config import EngineConfig
 from lighthouse.engine.engine import LLMEngine
 from lighthouse.engine.options import PrefillMode, RequestOptions
 from lighthouse.engine.sampling import SamplingParams
-from lighthouse.engine.sequence import PrefillInfo, TokenLogprob
+from lighthouse.engine.request import PrefillInfo, TokenLogprob
 
 
 @dataclass

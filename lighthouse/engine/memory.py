@@ -2,9 +2,8 @@
 holds, the budget a length needs, and the engine's startup hint when the budget caps max_model_len.
 `python -m lighthouse.engine.memory` prints the table for the docs.
 
-It counts what the engine counts, block for block: the same `Reservation` and `CacheShape` (kv_cache.py), with
-the plan that `plan_prefill` makes and the capacity `Admission.sized_request` reserves (tests hold it to a real
-engine). Per layer and position, K and V take 2 x H_kv x D x dtype bytes; blocks hold `block_size` positions of
+It counts what the engine counts, block for block: the same `KVSpec` and `CacheShape` (cache/spec.py), sized by
+admission's `sized_spec` from the plan that `plan_prefill` makes (tests hold it to a real engine). Per layer and position, K and V take 2 x H_kv x D x dtype bytes; blocks hold `block_size` positions of
 one layer, and the budget's first block is the engine's scratch block.
 - full: every layer keeps every position. The engine's max_model_len is the usable blocks split evenly over
   the layers (whole blocks), capped by the checkpoint's positions; the longest prompt is one less (one token
@@ -22,11 +21,12 @@ import math
 import torch
 
 from lighthouse.engine.config import DEFAULT_DENSE_TAIL_TOKENS, EngineConfig
-from lighthouse.engine.kv_cache import CacheShape, KVCacheManager, Reservation
+from lighthouse.engine.admission import sized_spec
+from lighthouse.engine.cache.manager import KVCacheManager
+from lighthouse.engine.cache.spec import CacheShape, KVSpec
 from lighthouse.engine.options import KVMode
-from lighthouse.engine.sparse_context import selected_entries
+from lighthouse.engine.plan import lighthouse_layer_indices, min_sparse_len, plan_prefill
 from lighthouse.model.config import ModelConfig
-from lighthouse.ops import lighthouse_min_seq_len
 
 _DTYPES = {1: torch.float8_e4m3fn, 2: torch.bfloat16, 4: torch.float32}
 DEFAULT_BLOCK_SIZE = EngineConfig.block_size
@@ -42,25 +42,17 @@ def cache_shape(config: ModelConfig, dtype_bytes: int, block_size: int = DEFAULT
 def lighthouse_layers(config: ModelConfig) -> tuple[int, ...]:
     """Layers that run the op on long prompts, so that a compact session keeps only their context; () when the
     checkpoint has none (then it serves densely and has no compact layout)."""
-    lh = config.lighthouse
-    if not lh.enabled or lh.levels < 2:
-        return ()
-    return tuple(i for i in range(config.num_hidden_layers) if i not in lh.full_attn_layers)
+    return lighthouse_layer_indices(config)
 
 
 def reservation(config: ModelConfig, prompt_len: int, *, kv_mode: KVMode, max_tokens: int = 1,
-                dense_tail_tokens: int = DEFAULT_DENSE_TAIL_TOKENS) -> Reservation:
+                dense_tail_tokens: int = DEFAULT_DENSE_TAIL_TOKENS) -> KVSpec:
     """What admission reserves for one sequence of `prompt_len` prompt tokens and `max_tokens` (sparse prefill;
-    compact: sparse decode, as `plan_prefill` plans it). A prompt too short for the op is reserved in full."""
-    capacity = prompt_len + max_tokens
-    every = tuple(range(config.num_hidden_layers))
-    lh, layers = config.lighthouse, lighthouse_layers(config)
-    split = prompt_len - dense_tail_tokens
-    if kv_mode == "full" or not layers or split < max(lighthouse_min_seq_len(lh.levels, lh.pooling_factor, lh.topk),
-                                                      lh.min_seq_len):
-        return Reservation(capacity, every)
-    ctx_entries = selected_entries(split, lh.levels, lh.pooling_factor, lh.topk) + capacity - split
-    return Reservation(capacity, tuple(i for i in every if i not in layers), layers, ctx_entries, prompt_len)
+    compact: sparse decode): the spec admission sizes from `plan_prefill`'s plan. A prompt too short for the op is
+    reserved in full."""
+    plan = plan_prefill(config, prompt_len, prefill="sparse", decode="sparse" if kv_mode == "compact" else "dense",
+                        dense_tail_tokens=dense_tail_tokens, kv_mode=kv_mode)
+    return sized_spec(plan, max_tokens, config.num_hidden_layers)
 
 
 def kv_bytes_per_token(config: ModelConfig, *, kv_mode: KVMode, dtype_bytes: int, prompt_len: int | None = None,
@@ -116,8 +108,7 @@ def longest_prompt(config: ModelConfig, kv_budget_bytes: int, *, kv_mode: KVMode
     # reservations grow with the length within each regime (a prompt too short for the op is reserved in full,
     # which can take more than a slightly longer compact one): search the compact lengths first
     lh = config.lighthouse
-    shortest_compact = max(lighthouse_min_seq_len(lh.levels, lh.pooling_factor, lh.topk), lh.min_seq_len) \
-        + dense_tail_tokens
+    shortest_compact = min_sparse_len(lh) + dense_tail_tokens
     for lo, hi in ((shortest_compact, cap), (1, min(cap, shortest_compact - 1))):
         if lo <= hi and fits(lo):
             while lo < hi:

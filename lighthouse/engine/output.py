@@ -1,16 +1,24 @@
 """Output processing: logits -> sampled tokens (on the device, one host read per step) -> text, stop checks.
 
-The engine calls `sample` with the sequences that produced a row of logits, then `advance` per sequence; what to
-do with a finished sequence (free its blocks, keep its prompt in the prefix cache) is the engine's business.
+The engine calls `sample` with the sequences that produced a row of logits, then `advance` per sequence, and
+`finish` for a sequence that ends (a stop, its length, an abort or an error): it marks the sequence finished and
+reports it. What happens to a finished sequence's blocks is the scheduler's business (`Scheduler.update`).
 """
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import Tensor
 
+from lighthouse.engine.errors import INTERNAL_ERROR, OUT_OF_MEMORY
+from lighthouse.engine.request import RequestOutput, Sequence, Status, TokenLogprob
 from lighthouse.engine.sampling import SampleRow, sample
-from lighthouse.engine.sequence import Sequence, TokenLogprob
+
+log = logging.getLogger(__name__)
+
+Sampled = tuple[int, "list[TokenLogprob] | None"]  # one sequence's token and (if asked) its logprobs
 
 
 class OutputProcessor:
@@ -50,3 +58,60 @@ class OutputProcessor:
         if reason is not None:
             text += s.text.flush()
         return text, reason
+
+    def output(self, s: Sequence, token_ids: list[int], text: str, lp: list[TokenLogprob] | None, *,
+               error: str | None = None, error_code: str | None = None) -> RequestOutput:
+        """What this step reports for s (its prefill info on its first output)."""
+        req = s.request
+        info = None
+        if not s.prefill_reported and req.prefill_info is not None:
+            info, s.prefill_reported = req.prefill_info, True
+        return RequestOutput(req.request_id, s.index, token_ids, text, lp, s.status is Status.FINISHED,
+                             s.finish_reason, len(req.prompt_ids), len(s.output_ids), info, error,
+                             error_code=error_code)
+
+    def finish(self, s: Sequence, reason: str, *, text: str = "", token_ids: list[int] | None = None,
+               logprobs: list[TokenLogprob] | None = None, error: str | None = None,
+               error_code: str | None = None) -> RequestOutput:
+        """s ends with `reason` ("stop", "length", "abort", "error"): its last output."""
+        s.status, s.finish_reason = Status.FINISHED, reason
+        if error is not None and error_code is None:
+            error_code = INTERNAL_ERROR
+        return self.output(s, token_ids or [], text, logprobs, error=error, error_code=error_code)
+
+    def advance_all(self, seqs: list[Sequence], sampled: list[Sampled]) -> list[RequestOutput]:
+        """Each sequence's sampled token appended: its output, finished when it stopped. A sequence whose
+        detokenizing or stop check raises fails alone."""
+        outputs = []
+        for s, (tok, lp) in zip(seqs, sampled):
+            try:
+                text, reason = self.advance(s, tok)
+            except Exception as exc:
+                msg, code = failure(exc, "the output processing of this request")
+                log.error("request %s: %s", s.request.request_id, msg, exc_info=True)
+                outputs.append(self.finish(s, "error", error=msg, error_code=code))
+                continue
+            if reason is not None:
+                outputs.append(self.finish(s, reason, text=text, token_ids=[tok], logprobs=lp))
+            else:
+                outputs.append(self.output(s, [tok], text, lp))
+        return outputs
+
+
+def failure(exc: BaseException, where: str) -> tuple[str, str]:
+    """(message, code) for a request that failed in `where`: what a client may be told (no internals)."""
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return f"out of memory during {where}; retry later or with a shorter prompt", OUT_OF_MEMORY
+    return (f"internal error ({type(exc).__name__}) during {where}; other requests were not affected",
+            INTERNAL_ERROR)
+
+
+def eos_ids(config_eos: int | list[int] | None, tokenizer) -> set[int]:
+    """The token ids that end a sequence: the checkpoint config's and the tokenizer's."""
+    ids: set[int] = set()
+    for src in (config_eos, getattr(tokenizer, "eos_token_id", None)):
+        if isinstance(src, int):
+            ids.add(src)
+        elif isinstance(src, (list, tuple)):
+            ids.update(int(x) for x in src)
+    return ids

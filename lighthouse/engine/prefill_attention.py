@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from lighthouse.engine.kv_cache import KVPool, SequenceKV
 from lighthouse.engine.sparse_context import order_context, repeat_to_slots, to_slots
 from lighthouse.ops.paged_attention import paged_decode_attention
+
+if TYPE_CHECKING:
+    from lighthouse.engine.cache.pool import KVPool
+    from lighthouse.engine.cache.sequence_kv import SequenceKV
 
 
 def query_chunks(start: int, end: int, max_pairs: int, align: int = 128) -> list[tuple[int, int]]:
@@ -52,11 +56,11 @@ class CachedTail:
     ROWS = 64  # queries x group heads per kernel call
 
     @staticmethod
-    def make(pool: KVPool, start: int, n: int) -> "CachedTail":
+    def make(pool: "KVPool", start: int, n: int) -> "CachedTail":
         return CachedTail(pool.k.is_cuda and n - start <= CachedTail.MAX_QUERIES, start, n)
 
     @staticmethod
-    def table_of(pool: KVPool, blocks: list[int]) -> Tensor:
+    def table_of(pool: "KVPool", blocks: list[int]) -> Tensor:
         """One layer's table as the kernel takes it: (1, blocks) int32 on the pool's device."""
         return torch.tensor([blocks], dtype=torch.int32, device=pool.k.device)
 
@@ -87,7 +91,7 @@ class CachedTail:
         return torch.cat(outs, dim=1)[None]
 
 
-def keep_context(pool: KVPool, kv: SequenceKV, i: int, k_sel: Tensor, v_sel: Tensor, real: Tensor) -> None:
+def keep_context(pool: "KVPool", kv: "SequenceKV", i: int, k_sel: Tensor, v_sel: Tensor, real: Tensor) -> None:
     """Layer i's selected (1, H, S, D) K/V, real entries first per head, at its context entries [0, S)."""
     k_sel, v_sel, n_real = order_context(k_sel, v_sel, real)
     H_kv = pool.shape.num_kv_heads
@@ -98,7 +102,7 @@ def keep_context(pool: KVPool, kv: SequenceKV, i: int, k_sel: Tensor, v_sel: Ten
     kv.ctx_hole_end = S
 
 
-def append_tail_to_context(pool: KVPool, kv: SequenceKV, i: int, selected: int, split: int, n: int,
+def append_tail_to_context(pool: "KVPool", kv: "SequenceKV", i: int, selected: int, split: int, n: int,
                            keys: Tensor | None = None) -> None:
     """Layer i's positions [split, n) join its context at full resolution, as entries of every head of their group
     (read from the layer's full table: in a compact sequence, the scratch, before the next layer reuses it).
@@ -111,7 +115,7 @@ def append_tail_to_context(pool: KVPool, kv: SequenceKV, i: int, selected: int, 
     pool.write(dst, repeat_to_slots(k, r), repeat_to_slots(v, r))
 
 
-def context_attention(pool: KVPool, kv: SequenceKV, i: int, q: Tensor, first_entry: int) -> Tensor:
+def context_attention(pool: "KVPool", kv: "SequenceKV", i: int, q: Tensor, first_entry: int) -> Tensor:
     """q (1, H, m, D): queries whose K/V are context entries [first_entry, first_entry + m) of layer i (written),
     each attending to the context up to its own entry, as a sparse decode step would: (1, H, m, D). One row of
     the paged decode kernel per query, all reading the layer's context table."""

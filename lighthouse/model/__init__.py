@@ -1,4 +1,5 @@
-"""The Llama-3-style model: config, presets, RoPE, and per-layer Lighthouse/dense attention."""
+"""The causal LM (Llama, Qwen2, Qwen3): config, presets, the layer defined once, its chunked forward, and the per-layer
+Lighthouse/dense rule (layer_plan.py). RoPE lives in lighthouse.ops.rope."""
 
 from lighthouse.model.config import LighthouseConfig, ModelConfig
 from lighthouse.model.llama import AttentionFn, CausalLMOutput, LlamaForCausalLM, Rotary, UnrotatedAttention

@@ -1,8 +1,13 @@
-"""Model configuration: HF Llama fields plus the checkpoint's `lighthouse` block.
+"""Model configuration: HF Llama/Qwen2/Qwen3 fields plus the checkpoint's `lighthouse` block.
 
-`ModelConfig.to_hf_dict()` is what goes into config.json; `ModelConfig.from_hf_dict()` reads any HF Llama
-config.json (transformers 4.x `rope_theta`/`rope_scaling` or 5.x `rope_parameters`). A config without a
-`lighthouse` block (an ordinary HF Llama checkpoint) gets Lighthouse disabled: every layer runs dense.
+`ModelConfig.to_hf_dict()` is what goes into config.json; `ModelConfig.from_hf_dict()` reads any HF config.json
+of a supported family (transformers 4.x `rope_theta`/`rope_scaling` or 5.x `rope_parameters`). A config without a
+`lighthouse` block (an ordinary HF checkpoint) gets Lighthouse disabled: every layer runs dense.
+
+The families differ only in the attention's projections (`MODEL_FAMILIES`):
+  llama  q/k/v/o biases when attention_bias (SmolLM2, Llama 3: none); tied embeddings when tie_word_embeddings.
+  qwen2  q/k/v always have a bias, o_proj never (HF's Qwen2Attention).
+  qwen3  biases as llama (attention_bias), and an RMSNorm over each head's q and k (q_norm/k_norm) before RoPE.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from typing import Any
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 LIGHTHOUSE_ROPE = ("before_pool", "after_select")  # = lighthouse.ops.validation.ROPE_MODES
 LIGHTHOUSE_ROPE_FREQS = ("model", "unscaled")
+MODEL_FAMILIES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 
 
 @dataclass
@@ -90,8 +96,9 @@ class LighthouseConfig:
 
 @dataclass
 class ModelConfig:
-    """A Llama-3-style decoder (HF `LlamaConfig` field names and meanings)."""
+    """A Llama-3-style decoder (HF `LlamaConfig` field names and meanings); `model_type` picks the family."""
 
+    model_type: str = "llama"  # a key of MODEL_FAMILIES
     vocab_size: int = 320
     hidden_size: int = 256
     intermediate_size: int = 768
@@ -120,6 +127,8 @@ class ModelConfig:
         self.validate()
 
     def validate(self) -> None:
+        if self.model_type not in MODEL_FAMILIES:
+            raise ValueError(f"model_type {self.model_type!r} is not supported; supported: {sorted(MODEL_FAMILIES)}")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(
                 f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
@@ -136,6 +145,21 @@ class ModelConfig:
             raise ValueError(f"lighthouse.full_attn_layers {bad} are outside 0..{self.num_hidden_layers - 1}")
 
     @property
+    def qkv_bias(self) -> bool:
+        """Whether q_proj, k_proj and v_proj have a bias."""
+        return self.model_type == "qwen2" or self.attention_bias
+
+    @property
+    def o_bias(self) -> bool:
+        """Whether o_proj has a bias."""
+        return self.model_type != "qwen2" and self.attention_bias
+
+    @property
+    def qk_norm(self) -> bool:
+        """Whether each head's q and k pass an RMSNorm (q_norm/k_norm over head_dim) before RoPE."""
+        return self.model_type == "qwen3"
+
+    @property
     def rope_type(self) -> str:
         if not self.rope_scaling:
             return "default"
@@ -145,7 +169,9 @@ class ModelConfig:
     def num_parameters(self) -> int:
         h, i, d = self.hidden_size, self.intermediate_size, self.head_dim
         attn = h * d * (2 * self.num_attention_heads + 2 * self.num_key_value_heads)
-        per_layer = attn + 3 * h * i + 2 * h
+        per_layer = attn + 3 * h * i + 2 * h + (2 * d if self.qk_norm else 0)
+        per_layer += d * (self.num_attention_heads + 2 * self.num_key_value_heads) if self.qkv_bias else 0
+        per_layer += h if self.o_bias else 0
         emb = self.vocab_size * h * (1 if self.tie_word_embeddings else 2)
         return self.num_hidden_layers * per_layer + emb + h
 
@@ -155,8 +181,8 @@ class ModelConfig:
         if self.rope_scaling:
             rope_parameters.update({k: v for k, v in self.rope_scaling.items() if k not in ("type", "rope_type", "rope_theta")})
         return {
-            "architectures": ["LlamaForCausalLM"],
-            "model_type": "llama",
+            "architectures": [MODEL_FAMILIES[self.model_type]],
+            "model_type": self.model_type,
             "vocab_size": self.vocab_size,
             "hidden_size": self.hidden_size,
             "intermediate_size": self.intermediate_size,
@@ -187,8 +213,10 @@ class ModelConfig:
     @classmethod
     def from_hf_dict(cls, d: dict[str, Any]) -> "ModelConfig":
         model_type = d.get("model_type", "llama")
-        if model_type != "llama":
-            raise ValueError(f"config.json has model_type {model_type!r}; only 'llama' checkpoints are supported")
+        if model_type not in MODEL_FAMILIES:
+            raise ValueError(f"config.json has model_type {model_type!r}; supported: {sorted(MODEL_FAMILIES)}")
+        if d.get("use_sliding_window"):
+            raise ValueError("config.json has use_sliding_window true; sliding-window attention is not supported")
         act = d.get("hidden_act", "silu")
         if act != "silu":
             raise ValueError(f"config.json has hidden_act {act!r}; only 'silu' (SwiGLU) is supported")

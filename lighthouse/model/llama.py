@@ -1,9 +1,11 @@
-"""A Llama-3-style decoder whose attention layers run Lighthouse or dense attention, per its config.
+"""The causal LM (Llama, Qwen2, Qwen3: `ModelConfig.model_type`) whose layers run Lighthouse or dense attention.
 
-Parameter names match transformers' `LlamaForCausalLM` exactly, so checkpoints move both ways unchanged.
-Per layer: x -> RMSNorm -> q/k/v proj -> RoPE -> attention -> o_proj (+x) -> RMSNorm -> SwiGLU MLP (+x).
+Parameter names match transformers' `LlamaForCausalLM` / `Qwen2ForCausalLM` / `Qwen3ForCausalLM` exactly, so
+checkpoints move both ways unchanged. The layer is defined once (layers.py); this module runs it over a whole
+batch (`forward`: training, evaluation, the engine's decode step); chunked.py runs the same layers in token
+chunks, resumably (the engine's prefill).
 
-Which attention a layer runs (when no `attention` callback is passed):
+Which attention a layer runs (when no `attention` callback is passed) is `layer_plan.layer_attention`:
   Lighthouse  if not `dense`, Lighthouse is enabled in the config, the layer is not in `full_attn_layers`,
               and N >= max(min_seq_len, the op's own minimum);
   dense causal otherwise.
@@ -28,9 +30,11 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from lighthouse.model.config import ModelConfig
-from lighthouse.model.rope import lighthouse_inv_freq, rope_cos_sin, rope_inv_freq
-from lighthouse.ops import causal_attention, lighthouse_attention, lighthouse_min_seq_len
-from lighthouse.ops.fused import rms_norm, rope_qk, silu_mul
+from lighthouse.model.layer_plan import layer_attention
+from lighthouse.model.layers import LlamaDecoderLayer, RMSNorm
+from lighthouse.ops import causal_attention, lighthouse_attention
+from lighthouse.ops.fused import rope_qk
+from lighthouse.ops.rope import lighthouse_inv_freq, rope_cos_sin, rope_inv_freq
 
 AttentionFn = Callable[[int, Tensor, Tensor, Tensor], Tensor]
 IGNORE_INDEX = -100
@@ -82,112 +86,6 @@ class CausalLMOutput:
     hidden: Tensor | None = None  # (B, N, hidden) after the final norm (forward(hidden_only=True): the trainer's loss)
 
 
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.variance_epsilon = eps
-
-    def forward(self, x: Tensor) -> Tensor:
-        # normalise in fp32, scale in the input dtype (HF's order; one fused kernel on CUDA inference)
-        return rms_norm(x, self.weight, self.variance_epsilon)
-
-
-def _set_fused(module: nn.Module, *linears: nn.Linear) -> None:
-    """Keep a concatenated copy of the linears' weights (and biases) for inference: one GEMM instead of several.
-    A plain attribute, not a parameter or buffer: checkpoints and state dicts never see it."""
-    if _valid_fused(module) is not None:  # still valid: keep it (a captured CUDA graph may read it)
-        return
-    weight = torch.cat([m.weight.detach() for m in linears])
-    bias = torch.cat([m.bias.detach() for m in linears]) if linears[0].bias is not None else None
-    params = [p for m in linears for p in m.parameters()]
-    module.__dict__["_fused_weights"] = (weight, bias, params, [p._version for p in params])
-
-
-def _fused(module: nn.Module) -> tuple[Tensor, Tensor | None] | None:
-    """The fused copy when it exists, no gradient is wanted (training always uses the parameters) and no
-    parameter changed since it was made (an optimizer step or a load drops it)."""
-    return None if torch.is_grad_enabled() else _valid_fused(module)
-
-
-def _valid_fused(module: nn.Module) -> tuple[Tensor, Tensor | None] | None:
-    fused = module.__dict__.get("_fused_weights")
-    if fused is None:
-        return None
-    weight, bias, params, versions = fused
-    if any(p._version != v for p, v in zip(params, versions)):
-        del module.__dict__["_fused_weights"]
-        return None
-    return weight, bias
-
-
-class LlamaMLP(nn.Module):
-    def __init__(self, c: ModelConfig):
-        super().__init__()
-        self.gate_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=c.mlp_bias)
-        self.up_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=c.mlp_bias)
-        self.down_proj = nn.Linear(c.intermediate_size, c.hidden_size, bias=c.mlp_bias)
-
-    def forward(self, x: Tensor) -> Tensor:
-        fused = _fused(self)
-        if fused is not None:  # one GEMM for gate and up, one kernel for silu(gate) * up (inference)
-            return self.down_proj(silu_mul(F.linear(x, *fused)))
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
-
-    def fuse(self) -> None:
-        _set_fused(self, self.gate_proj, self.up_proj)
-
-
-class LlamaAttention(nn.Module):
-    def __init__(self, c: ModelConfig, layer_idx: int):
-        super().__init__()
-        self.layer_idx = layer_idx
-        self.n_heads, self.n_kv, self.head_dim = c.num_attention_heads, c.num_key_value_heads, c.head_dim
-        self.q_proj = nn.Linear(c.hidden_size, self.n_heads * self.head_dim, bias=c.attention_bias)
-        self.k_proj = nn.Linear(c.hidden_size, self.n_kv * self.head_dim, bias=c.attention_bias)
-        self.v_proj = nn.Linear(c.hidden_size, self.n_kv * self.head_dim, bias=c.attention_bias)
-        self.o_proj = nn.Linear(self.n_heads * self.head_dim, c.hidden_size, bias=c.attention_bias)
-
-    def fuse(self) -> None:
-        _set_fused(self, self.q_proj, self.k_proj, self.v_proj)
-
-    def _qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """q, k, v projections of x (B, N, hidden): one GEMM when fused, else three."""
-        fused = _fused(self)
-        if fused is None:
-            return self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        nq, nkv = self.n_heads * self.head_dim, self.n_kv * self.head_dim
-        return F.linear(x, *fused).split([nq, nkv, nkv], dim=-1)
-
-    def forward(self, x: Tensor, rotary: Rotary, attn_fn: AttentionFn | UnrotatedAttention) -> Tensor:
-        B, N, _ = x.shape
-        q, k, v = self._qkv(x)
-        q = q.view(B, N, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, N, D)
-        k = k.view(B, N, self.n_kv, self.head_dim).transpose(1, 2)  # (B, H_kv, N, D)
-        v = v.view(B, N, self.n_kv, self.head_dim).transpose(1, 2)  # (B, H_kv, N, D)
-        if isinstance(attn_fn, UnrotatedAttention):
-            out = attn_fn(self.layer_idx, q, k, v, rotary)  # it rotates what it needs
-        else:
-            # cos/sin are float32: under autocast the rotation would promote q/k, so cast back to v's dtype (as HF
-            # does); one fused kernel on CUDA inference, layouts kept
-            q, k = rotary.apply(q, k, v.dtype)
-            out = attn_fn(self.layer_idx, q, k, v)  # (B, H, N, D)
-        return self.o_proj(out.transpose(1, 2).reshape(B, N, self.n_heads * self.head_dim))
-
-
-class LlamaDecoderLayer(nn.Module):
-    def __init__(self, c: ModelConfig, layer_idx: int):
-        super().__init__()
-        self.self_attn = LlamaAttention(c, layer_idx)
-        self.mlp = LlamaMLP(c)
-        self.input_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
-        self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
-
-    def forward(self, x: Tensor, rotary: Rotary, attn_fn: AttentionFn | UnrotatedAttention) -> Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), rotary, attn_fn)
-        return x + self.mlp(self.post_attention_layernorm(x))
-
-
 class LlamaModel(nn.Module):
     def __init__(self, c: ModelConfig):
         super().__init__()
@@ -232,12 +130,9 @@ class LlamaForCausalLM(nn.Module):
             layer.mlp.fuse()
             layer.self_attn.fuse()
 
-    # ---- the per-layer attention rule ----
+    # ---- the per-layer attention rule (layer_plan.py's) ----
     def layer_uses_lighthouse(self, layer_idx: int, seq_len: int) -> bool:
-        lh = self.config.lighthouse
-        if not lh.enabled or layer_idx in lh.full_attn_layers:
-            return False
-        return seq_len >= max(lh.min_seq_len, lighthouse_min_seq_len(lh.levels, lh.pooling_factor, lh.topk))
+        return layer_attention(self.config, layer_idx, seq_len).lighthouse
 
     def default_attention(self, dense: bool = False) -> AttentionFn | UnrotatedAttention:
         """The per-layer rule above. With lighthouse.rope == "after_select" (and not dense) an
@@ -255,7 +150,7 @@ class LlamaForCausalLM(nn.Module):
             return attn
 
         def attn_after_select(layer_idx: int, q: Tensor, k: Tensor, v: Tensor, rotary: Rotary) -> Tensor:
-            if self.layer_uses_lighthouse(layer_idx, q.shape[2]):
+            if layer_attention(self.config, layer_idx, q.shape[2]).rotates_after_select:
                 return lighthouse_attention(q, k, v, **kw, rope="after_select", inv_freq=self.lighthouse_inv_freq,
                                             position_offset=rotary.offset)
             q, k = rotary.apply(q, k, v.dtype)
@@ -290,11 +185,12 @@ class LlamaForCausalLM(nn.Module):
         h = self.model.embed_tokens(input_ids)  # (B, N, hidden)
         cos, sin = rope_cos_sin(self.inv_freq, positions, h.dtype)
         rotary = Rotary(cos, sin, positions, self.inv_freq, explicit)
+        attend = _layer_attention(rotary, attn_fn)
         for layer in self.model.layers:
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                h = checkpoint(layer, h, rotary, attn_fn, use_reentrant=False)
+                h = checkpoint(layer, h, attend, use_reentrant=False)
             else:
-                h = layer(h, rotary, attn_fn)
+                h = layer(h, attend)
         h = self.model.norm(h)
         if hidden_only:
             return CausalLMOutput(logits=None, hidden=h)
@@ -311,6 +207,21 @@ class LlamaForCausalLM(nn.Module):
         out = self.forward(input_ids, dense=dense, logits_to_keep=input_ids.shape[1])
         logits = out.logits[:, :-1].float()
         return F.cross_entropy(logits.transpose(1, 2), labels[:, 1:], ignore_index=IGNORE_INDEX, reduction="none")
+
+
+def _layer_attention(rotary: Rotary, attn_fn: AttentionFn | UnrotatedAttention):
+    """The attention a decoder layer calls with its q/k/v before RoPE: RoPE as the pass's, then `attn_fn`
+    (an `UnrotatedAttention` rotates what it needs itself)."""
+    if isinstance(attn_fn, UnrotatedAttention):
+        return lambda layer_idx, q, k, v: attn_fn(layer_idx, q, k, v, rotary)
+
+    def attend(layer_idx: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        # cos/sin are float32: under autocast the rotation would promote q/k, so cast back to v's dtype (as HF
+        # does); one fused kernel on CUDA inference, layouts kept
+        q, k = rotary.apply(q, k, v.dtype)
+        return attn_fn(layer_idx, q, k, v)  # (B, H, N, D)
+
+    return attend
 
 
 def _chunked_loss(lm_head: nn.Linear, h: Tensor, labels: Tensor, chunk: int = 4096) -> Tensor:

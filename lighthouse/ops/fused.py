@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lighthouse.ops.rope import apply_rope
 from lighthouse.ops.triton_import import fallback_level, import_kernels
 
 log = logging.getLogger(__name__)
@@ -37,8 +38,6 @@ def rope_qk_ref(
     q: Tensor, k: Tensor, cos: Tensor, sin: Tensor, dtype: torch.dtype | None = None
 ) -> tuple[Tensor, Tensor]:
     """q (B, H, N, D), k (B, H_kv, N, D), cos/sin (B, 1, N, D) -> q, k rotated, in `dtype` (default q's)."""
-    from lighthouse.model.rope import apply_rope  # noqa: PLC0415 - lighthouse.model imports lighthouse.ops
-
     dtype = q.dtype if dtype is None else dtype
     return apply_rope(q, cos, sin).to(dtype), apply_rope(k, cos, sin).to(dtype)
 

@@ -21,26 +21,18 @@ import math
 import os
 import random
 import sysconfig
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from lighthouse.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from lighthouse.train.samples import IGNORE_INDEX, Sample, TokenEncoder
 from lighthouse.train.synthetic import FILLERS, MIN_CURRICULUM_DOC_CHARS, MIN_DOC_CHARS, TASKS, synthetic_doc
 from lighthouse.train.synthetic_chat import CHAT_RESERVE, SDK_SYSTEM, chat_ids
 
-IGNORE_INDEX = -100
 TEXT_SUFFIXES = {".txt", ".md", ".rst", ".py", ".tex", ".html", ".htm", ".csv", ".json", ".xml", ".c", ".h", ".toml", ".cfg", ".ini", ".yaml", ".yml"}
 _SPLIT_SALT = {"train": 0, "eval": 7_919_113}
 EVAL_EVERY_NTH_DOC = 50  # text documents held out for the eval split
-
-
-@dataclass
-class Sample:
-    input_ids: torch.Tensor  # (seq_len,) int64
-    labels: torch.Tensor  # (seq_len,) int64, IGNORE_INDEX on padding
-    answer_mask: torch.Tensor  # (seq_len,) bool: answer tokens of synthetic questions
 
 
 class TextCorpus:
@@ -103,44 +95,6 @@ def _read_jsonl(path: Path) -> list[str]:
                 raise ValueError(f"{path}:{lineno} has no string field (expected {{\"text\": ...}})")
             out.append(text)
     return out
-
-
-class TokenEncoder:
-    """Token ids from an HF tokenizer (a PreTrainedTokenizerFast), for checkpoints that are not byte-level."""
-
-    MAX_BYTES_PER_TOKEN = 16  # a text document is tokenized from a window of at most this many bytes per token wanted
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-        self.bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-        self.eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-        pad = tokenizer.pad_token_id
-        self.pad = pad if pad is not None else (self.eos[0] if self.eos else 0)  # label -100 there: any id will do
-
-    def encode(self, text: str, spans: list[tuple[int, int]] = ()) -> tuple[list[int], list[tuple[int, int]]]:
-        """(ids without specials added, the token span of each character span: the tokens overlapping it)."""
-        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=bool(spans))
-        ids, out = list(enc["input_ids"]), []
-        for a, b in spans:
-            hit = [i for i, (s, e) in enumerate(enc["offset_mapping"]) if s < b and e > a]
-            if hit:
-                out.append((hit[0], hit[-1] + 1))
-        return ids, out
-
-    def chat(self, doc, system: str | None) -> tuple[list[int], list[tuple[int, int]]]:
-        """The synthetic document asked as chat turns (as the SDK's documents.ask sends them) through the
-        tokenizer's chat template, with EOS after; the answer's token span."""
-        question, lead, answer = doc.chat_qa
-        messages = [{"role": "system", "content": system}] if system else []
-        messages += [{"role": "user", "content": f"{doc.text[: doc.body_end]}\n\nQuestion: {question}"},
-                     {"role": "assistant", "content": f"{lead}{answer}."}]
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False)
-        at = text.rfind(f"{lead}{answer}.")
-        spans = [(at + len(lead), at + len(lead) + len(answer))] if at >= 0 else []
-        ids, token_spans = self.encode(text, spans)
-        bos_text = self.tokenizer.bos_token
-        head = self.bos if self.bos and not (bos_text and text.startswith(bos_text)) else []
-        return head + ids + self.eos, [(a + len(head), b + len(head)) for a, b in token_spans]
 
 
 class SequenceStream:

@@ -180,7 +180,7 @@ def extend_rope(model, cfg: TrainConfig) -> str | None:
     """Apply --max-position-embeddings / --rope-theta to an adapted checkpoint's model (see the module docstring):
     its config and RoPE buffers change in place. -> one line saying what changed, or None when nothing did.
     ConfigError when the checkpoint's RoPE cannot be extended this way (the message says what to pass)."""
-    from lighthouse.model.rope import lighthouse_inv_freq, rope_inv_freq
+    from lighthouse.ops.rope import lighthouse_inv_freq, rope_inv_freq
 
     c = model.config
     old = c.max_position_embeddings

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lighthouse.train.data import Sample, TokenEncoder
+from lighthouse.train.samples import Sample, TokenEncoder
 from lighthouse.train.longdoc_tasks import LONGDOC_TASKS, Probe, make_probe
 from lighthouse.train.synthetic_chat import SDK_SYSTEM
 

@@ -68,8 +68,9 @@ def test_graph_replay_in_bf16_matches_eager_logits_closely():
 
 @pytest.mark.parametrize("H,H_kv", [(8, 8), (32, 8)])
 def test_cached_tail_through_the_paged_kernel_matches_dense_attention_in_bf16(H, H_kv):
-    from lighthouse.engine.kv_cache import CacheShape, KVCacheManager
-    from lighthouse.engine.prefill import CachedTail
+    from lighthouse.engine.cache.manager import KVCacheManager
+    from lighthouse.engine.cache.spec import CacheShape
+    from lighthouse.engine.prefill_attention import CachedTail
     from lighthouse.ops import attention_with_cache
 
     torch.manual_seed(H)

@@ -200,6 +200,7 @@ def test_a_compact_follow_up_reuses_the_documents_context_as_sparse_decode_reads
     feed = list(q2)
     for _ in range(len(q2) + 3):
         logits = ref.runner.decode([kv], [feed.pop(0)])[0]
+        kv.commit_token()  # the runner writes the position; committing it is the scheduler's (here: the test's)
         if not feed:
             lp = torch.log_softmax(logits, -1)
             want_toks.append(int(lp.argmax()))

@@ -11,7 +11,7 @@ from lighthouse.engine.config import EngineConfig
 from lighthouse.engine.errors import InvalidRequest
 from lighthouse.engine.llm import greedy_generate, load_engine
 from lighthouse.engine.options import RequestOptions
-from lighthouse.engine.prefill import plan_prefill
+from lighthouse.engine.plan import plan_prefill
 from lighthouse.engine.sampling import SamplingParams
 from lighthouse.engine.sparse_context import selected_entries
 from lighthouse.ops import attention_with_cache, causal_attention
@@ -119,7 +119,7 @@ def test_sparse_prefill_changes_the_logits_of_a_long_prompt(llm):
 
 
 def test_short_prompts_prefill_densely_even_when_sparse_is_asked(llm):
-    plan = plan_prefill(llm.engine.model, 100, prefill="sparse", decode="sparse", dense_tail_tokens=64)
+    plan = plan_prefill(llm.engine.model.config, 100, prefill="sparse", decode="sparse", dense_tail_tokens=64)
     assert plan.path == "dense" and not plan.sparse_decode and plan.split == 0
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lighthouse.engine import host_cache
+from lighthouse.engine.cache import host_tier as host_cache
 from lighthouse.engine.config import EngineConfig
 from lighthouse.engine.engine import LLMEngine
 from lighthouse.engine.options import RequestOptions

@@ -10,7 +10,8 @@ import torch
 
 from lighthouse.engine.config import EngineConfig
 from lighthouse.engine.engine import LLMEngine
-from lighthouse.engine.kv_cache import CacheShape, KVCacheManager
+from lighthouse.engine.cache.manager import KVCacheManager
+from lighthouse.engine.cache.spec import CacheShape
 from lighthouse.engine.options import RequestOptions
 from lighthouse.engine.sampling import SamplingParams
 from lighthouse.engine.sparse_context import order_context, to_slots
@@ -175,7 +176,7 @@ def test_usable_capacity_is_at_least_95_percent_of_the_budget():
 @pytest.mark.parametrize("H,H_kv,start,n", [(4, 2, 50, 61), (4, 4, 0, 9), (8, 2, 200, 333)])
 def test_a_cached_tail_attends_causally_through_the_paged_kernel_layout(H, H_kv, start, n):
     """The dense tail / a prefix-cache suffix on GPU: each query as one more head of its group, a hole after it."""
-    from lighthouse.engine.prefill import CachedTail
+    from lighthouse.engine.prefill_attention import CachedTail
     from lighthouse.ops import attention_with_cache
 
     torch.manual_seed(start + n)

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from lighthouse.engine.options import RequestOptions
-from lighthouse.engine.prefill import plan_prefill, run_prefill
+from lighthouse.engine.plan import plan_prefill
+from lighthouse.engine.prefill import run_prefill
 from lighthouse.engine.sampling import SamplingParams
 
 DOC, Q = 600, 40  # the document is >= the tiny preset's min_seq_len (512): sparse-eligible on its own
@@ -107,7 +108,7 @@ def test_sparse_head_kv_depend_on_tokens_after_them(llm):
     a, b = DOCUMENT + Q1, DOCUMENT + Q2  # heads of 640 - 16 differ only after position 600
     kvs = []
     for ids in (a, b):
-        plan = plan_prefill(eng.model, len(ids), prefill="sparse", decode="dense", dense_tail_tokens=16)
+        plan = plan_prefill(eng.model.config, len(ids), prefill="sparse", decode="dense", dense_tail_tokens=16)
         assert plan.sparse and plan.split > DOC and 0 in plan.lighthouse_layers
         kv = eng.kv.allocate(eng.kv.reservation(len(ids)))
         run_prefill(eng.model, eng.kv.pool, kv, ids, plan)

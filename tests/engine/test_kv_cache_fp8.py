@@ -10,7 +10,9 @@ import torch
 
 from lighthouse.engine.config import EngineConfig
 from lighthouse.engine.engine import LLMEngine
-from lighthouse.engine.kv_cache import FP8, CacheShape, KVCacheManager, quantize_fp8
+from lighthouse.engine.cache.manager import KVCacheManager
+from lighthouse.engine.cache.pool import FP8, quantize_fp8
+from lighthouse.engine.cache.spec import CacheShape
 from lighthouse.engine.options import RequestOptions
 from lighthouse.engine.sampling import SamplingParams
 from lighthouse.model import LlamaForCausalLM

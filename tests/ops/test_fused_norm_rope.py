@@ -16,7 +16,7 @@ import torch
 
 import lighthouse.ops.fused as fused
 from lighthouse.model import LlamaForCausalLM, model_preset
-from lighthouse.model.rope import apply_rope, rope_cos_sin
+from lighthouse.ops.rope import apply_rope, rope_cos_sin
 
 INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 HAS_TRITON = importlib.util.find_spec("triton") is not None

@@ -27,7 +27,7 @@ from lighthouse.model import LlamaForCausalLM
 from lighthouse.model.config import LighthouseConfig, ModelConfig
 from lighthouse.model.llama import UnrotatedAttention
 from lighthouse.model.presets import model_preset
-from lighthouse.model.rope import apply_rope, rope_cos_sin
+from lighthouse.ops.rope import apply_rope, rope_cos_sin
 from lighthouse.ops import dispatch
 from lighthouse.ops import lighthouse_ref as ref
 from lighthouse.ops.attention import causal_attention, repeat_kv

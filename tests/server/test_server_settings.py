@@ -7,6 +7,7 @@ import argparse
 
 import pytest
 
+from lighthouse.engine.config import EngineConfig, user_name
 from lighthouse_server.app import engine_config
 from lighthouse_server.cli import add_arguments, settings_from_args
 from lighthouse_server.settings import Settings
@@ -47,6 +48,9 @@ ENV_SAMPLES = {
     "kv_cache_dtype": ("fp8_e4m3", "fp8_e4m3"),
     "header_timeout_s": ("2.5", 2.5),
     "body_timeout_s": ("30", 30.0),
+    "kv_cache_fraction": ("0.5", 0.5),
+    "prefix_cache_min_tokens": ("64", 64),
+    "cuda_graph_max_batch": ("16", 16),
 }
 
 
@@ -128,3 +132,16 @@ def test_bad_modes_and_block_sizes_are_refused_before_the_engine_is_built(monkey
         Settings(block_size=8)
     with pytest.raises(ValueError, match="block_size"):
         engine_config(Settings(block_size=100))  # in range, but not a power of two: the engine's own check
+
+
+@pytest.mark.parametrize("field", sorted(EngineConfig.__pydantic_fields__))
+def test_each_engine_setting_reaches_the_engine_config_from_its_variable_and_its_flag(monkeypatch, field):
+    info = EngineConfig.__pydantic_fields__[field]
+    name = user_name(field, info)
+    env, value = ENV_SAMPLES[name]
+    expected = int(value * 2**30) if name != field else value  # a GiB setting reaches the engine in bytes
+    monkeypatch.setenv(f"LIGHTHOUSE_{name.upper()}", env)
+    assert getattr(engine_config(settings_from_args(serve_args())), field) == expected
+    monkeypatch.delenv(f"LIGHTHOUSE_{name.upper()}")
+    flag = "--" + name.replace("_", "-")
+    assert getattr(engine_config(settings_from_args(serve_args(flag, env))), field) == expected

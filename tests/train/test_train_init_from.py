@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import lighthouse.model.llama as llama_mod
 from lighthouse.checkpoint import load_checkpoint
 from lighthouse.cli import main as lighthouse_main
-from lighthouse.model.rope import rope_inv_freq
+from lighthouse.ops.rope import rope_inv_freq
 from lighthouse.tokenizer import CHAT_TEMPLATE, SPECIAL_TOKENS
 from lighthouse.train.cli import add_arguments, config_from_args
 from lighthouse.train.metrics import read_metrics
@@ -212,7 +212,7 @@ def test_max_position_embeddings_extends_a_checkpoints_context_by_llama3_scaling
     """--init-from with more positions than the checkpoint has: llama3 scaling by new/old positions (short
     wavelengths kept, long ones slowed by the factor), saved in config.json and used after loading; a llama3 source's
     factor is multiplied; --rope-theta changes the base instead; fewer positions are refused."""
-    from lighthouse.model.rope import unscaled_inv_freq
+    from lighthouse.ops.rope import unscaled_inv_freq
 
     ours = make_checkpoint(tmp_path / "ours")  # tiny preset: no rope_scaling
     old = json.loads((ours / "config.json").read_text())["max_position_embeddings"]

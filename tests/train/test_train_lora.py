@@ -15,7 +15,7 @@ from lighthouse.adapter import AdapterError, is_adapter_dir, merge_adapter, read
 from lighthouse.checkpoint import load_checkpoint
 from lighthouse.cli import main as lighthouse_main
 from lighthouse.model.config import ModelConfig
-from lighthouse.model.rope import lighthouse_inv_freq, rope_inv_freq
+from lighthouse.ops.rope import lighthouse_inv_freq, rope_inv_freq
 from lighthouse.model.lora import LoRALinear, add_lora, load_lora_state_dict, merge_lora
 from tests.train.test_train_init_from import TRAIN_ARGS, _make_hf_llama
 

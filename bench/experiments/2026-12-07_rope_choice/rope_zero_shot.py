@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from lighthouse.checkpoint import load_checkpoint
-from lighthouse.model.rope import lighthouse_inv_freq, rope_inv_freq
+from lighthouse.ops.rope import lighthouse_inv_freq, rope_inv_freq
 
 model_dir, text_path, out_path = sys.argv[1:4]
 model, tok = load_checkpoint(model_dir, device="cuda", dtype=torch.bfloat16)

@@ -53,7 +53,7 @@ class AsyncClient:
         self.completions = Completions(self)
         self.chat = Chat(self)
         self.models = Models(self)
-        self.documents = AsyncDocuments(self)
+        self.documents = AsyncDocuments(self.chat.completions)
 
     base_url = property(lambda self: self._config.base_url)
     api_key = property(lambda self: self._config.api_key)

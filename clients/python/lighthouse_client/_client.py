@@ -65,7 +65,7 @@ class Client:
         self.completions = Completions(self)
         self.chat = Chat(self)
         self.models = Models(self)
-        self.documents = Documents(self)
+        self.documents = Documents(self.chat.completions)
 
     base_url = property(lambda self: self._config.base_url)
     api_key = property(lambda self: self._config.api_key)

@@ -8,10 +8,11 @@ prefilled tail of the prompt.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ._base_client import NOT_GIVEN, NotGiven, TimeoutTypes
 from ._streaming import AsyncStream, Stream
+from .resources import ChatCompletions
 from .types import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -22,10 +23,6 @@ from .types import (
     DocumentProgress,  # fmt: skip
     DocumentText,
 )
-
-if TYPE_CHECKING:
-    from ._async_client import AsyncClient
-    from ._client import Client
 
 Timeout = TimeoutTypes | NotGiven
 DEFAULT_SYSTEM = "Answer the question using only the document. Be concise."
@@ -178,8 +175,10 @@ class AsyncDocumentStream:
 
 
 class Documents:
-    def __init__(self, client: Client) -> None:
-        self._client = client
+    """Questions about a document, through a client's `chat.completions` (the one it is built with)."""
+
+    def __init__(self, chat_completions: ChatCompletions) -> None:
+        self._completions = chat_completions
 
     def ask(
         self,
@@ -208,13 +207,13 @@ class Documents:
         kwargs = _request_kwargs(document, question, system, stream, progress, extra_body, model=model,
                                  max_tokens=max_tokens, temperature=temperature, prefill=prefill, decode=decode,
                                  dense_tail_tokens=dense_tail_tokens, kv_mode=kv_mode, timeout=timeout)  # fmt: skip
-        result = self._client.chat.completions.create(**kwargs)
+        result = self._completions.create(**kwargs)
         return DocumentStream(result) if stream else _answer(result)
 
 
 class AsyncDocuments:
-    def __init__(self, client: AsyncClient) -> None:
-        self._client = client
+    def __init__(self, chat_completions: ChatCompletions) -> None:
+        self._completions = chat_completions  # an AsyncClient's: create() returns an awaitable
 
     async def ask(
         self,
@@ -238,5 +237,5 @@ class AsyncDocuments:
         kwargs = _request_kwargs(document, question, system, stream, progress, extra_body, model=model,
                                  max_tokens=max_tokens, temperature=temperature, prefill=prefill, decode=decode,
                                  dense_tail_tokens=dense_tail_tokens, kv_mode=kv_mode, timeout=timeout)  # fmt: skip
-        result = await self._client.chat.completions.create(**kwargs)
+        result = await self._completions.create(**kwargs)
         return AsyncDocumentStream(result) if stream else _answer(result)

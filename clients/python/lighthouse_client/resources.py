@@ -7,24 +7,19 @@ it on `AsyncClient`. Streams are `Stream` / `AsyncStream` respectively.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import Any
 
 from ._base_client import NOT_GIVEN, NotGiven, TimeoutTypes
 from ._params import build_body, stream_options
+from ._requester import Requester
 from .types import ChatCompletion, ChatCompletionChunk, Completion, ModelList
-
-if TYPE_CHECKING:
-    from ._async_client import AsyncClient
-    from ._client import Client
-
-    AnyClient: TypeAlias = "Client | AsyncClient"
 
 Timeout = TimeoutTypes | NotGiven
 Stop = str | list[str] | None
 
 
 class _Resource:
-    def __init__(self, client: AnyClient) -> None:
+    def __init__(self, client: Requester) -> None:
         self._client = client
 
 
@@ -133,7 +128,7 @@ class ChatCompletions(_Resource):
 
 
 class Chat(_Resource):
-    def __init__(self, client: AnyClient) -> None:
+    def __init__(self, client: Requester) -> None:
         super().__init__(client)
         self.completions = ChatCompletions(client)
 

@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from lighthouse.ops.paged_attention import check_paged_inputs
+from lighthouse.ops.paged_contract import check_paged_inputs
 from lighthouse.ops.triton.geometry import INTERPRETING
 
 log = logging.getLogger(__name__)

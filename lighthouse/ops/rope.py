@@ -8,20 +8,29 @@ cos/sin are computed in fp32 and cast to the activation dtype, as transformers d
 from __future__ import annotations
 
 import math
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
-from lighthouse.model.config import ModelConfig
+
+class RopeConfig(Protocol):
+    """What the frequencies are made from: a model config's fields (lighthouse.model.ModelConfig has them all)."""
+
+    head_dim: int
+    rope_theta: float
+    rope_scaling: dict[str, Any] | None
+    rope_type: str
+    lighthouse: Any  # its rope_freqs ("model" | "unscaled") picks `lighthouse_inv_freq`
 
 
-def unscaled_inv_freq(config: ModelConfig) -> Tensor:
+def unscaled_inv_freq(config: RopeConfig) -> Tensor:
     """(head_dim // 2,) fp32 inverse frequencies 1 / rope_theta^(2i/head_dim), rope_scaling ignored."""
     dim = config.head_dim
     return 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
 
 
-def rope_inv_freq(config: ModelConfig) -> Tensor:
+def rope_inv_freq(config: RopeConfig) -> Tensor:
     """(head_dim // 2,) fp32 inverse frequencies, after any rope_scaling."""
     inv_freq = unscaled_inv_freq(config)
     rope_type = config.rope_type
@@ -35,7 +44,7 @@ def rope_inv_freq(config: ModelConfig) -> Tensor:
     raise ValueError(f"unsupported rope_scaling type {rope_type!r}")
 
 
-def lighthouse_inv_freq(config: ModelConfig) -> Tensor:
+def lighthouse_inv_freq(config: RopeConfig) -> Tensor:
     """(head_dim // 2,) fp32: the frequencies the Lighthouse layers rotate with under lighthouse.rope =
     "after_select" (the op's entries; sparse decode's query, keys and tail): the model's (rope_inv_freq) with
     lighthouse.rope_freqs = "model", rope_theta's alone (unscaled_inv_freq) with "unscaled"."""

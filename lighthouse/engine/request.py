@@ -1,4 +1,10 @@
-"""Request state: a request (one prompt, n choices) and its sequences, and what a step reports about them."""
+"""A request (one prompt, n choices) and its sequences, and what a step reports about them.
+
+This module imports nothing else of the engine at run time (the names below are annotations only): a request is
+data that the engine builds (engine.py), the scheduler moves through its lifecycle (scheduler.py) and the output
+processor appends tokens to (output.py). What the scheduler decides per step (a prefix-cache hit, the prefill in
+progress) lives in the scheduler, not here.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +12,16 @@ import enum
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from lighthouse.engine.detokenizer import IncrementalText
-from lighthouse.engine.kv_cache import Reservation, SequenceKV
-from lighthouse.engine.options import RequestOptions
-from lighthouse.engine.prefix_cache import CacheHit
-from lighthouse.engine.prefill import PrefillPlan, PrefillTask
-from lighthouse.engine.sampling import SamplingParams
+if TYPE_CHECKING:
+    from lighthouse.engine.cache.sequence_kv import SequenceKV
+    from lighthouse.engine.cache.spec import KVSpec
+    from lighthouse.engine.detokenizer import IncrementalText
+    from lighthouse.engine.options import RequestOptions
+    from lighthouse.engine.sampling import SamplingParams
 
 
 class Status(enum.Enum):
@@ -62,6 +69,8 @@ class RequestOutput:
 
 @dataclass
 class Sequence:
+    """One choice of a request: its tokens, its sampler state and (while it runs) its tables in the KV cache."""
+
     index: int
     params: SamplingParams
     text: IncrementalText
@@ -72,7 +81,7 @@ class Sequence:
     status: Status = Status.WAITING
     finish_reason: str | None = None
     prefill_reported: bool = False
-    request: "Request | None" = None
+    request: Request | None = None
 
 
 @dataclass
@@ -82,27 +91,27 @@ class Request:
     params: SamplingParams
     options: RequestOptions  # resolved: no None left
     seqs: list[Sequence]
-    plan: PrefillPlan
+    plan: Any  # the PrefillPlan it was sized for (engine/plan.py); a compact prefix-cache hit runs with the entry's
     capacity: int  # cache positions per sequence
     ctx_entries: int  # sparse-decode context entries per sequence (0: dense decode)
-    reservation: Reservation  # what each sequence holds in the KV cache (kv_cache.py)
+    reservation: KVSpec  # what each sequence holds in the KV cache, as sized (cache/spec.py)
     arrival: float = field(default_factory=time.monotonic)
     prompt_mask: torch.Tensor | None = None
     aborted: threading.Event = field(default_factory=threading.Event)
-    prefill_info: PrefillInfo | None = None
+    prefill_info: PrefillInfo | None = None  # set once its prefill ran and its first tokens were sampled
     dense_note: str | None = None  # why the sparse prefill asked for (or defaulted to) runs densely, if it does
     prompt_cached: bool = False  # this prompt's K/V went to the prefix cache already (once per request)
     prompt_tensor: torch.Tensor | None = None  # (N,) int64 on the CPU, for prefix-cache matching (made once)
-    hit: "CacheHit | None" = None  # the prefix-cache hit admission planned on (set by the engine)
-    prefill_task: "PrefillTask | None" = None  # the prefill in progress (run in pieces between decode steps)
-    prefill_cached: int = 0  # prompt positions the prefix cache gave this request
-    prefill_started: float = 0.0
 
     def prompt(self) -> torch.Tensor:
         """The prompt as an (N,) int64 CPU tensor (prefix-cache matching, the prefill), made once."""
         if self.prompt_tensor is None:
             self.prompt_tensor = torch.tensor(self.prompt_ids, dtype=torch.long)
         return self.prompt_tensor
+
+    @property
+    def spec(self) -> KVSpec:
+        return self.reservation
 
     @property
     def cache_prompt(self) -> bool:

@@ -3,6 +3,8 @@
 When the prefix cache evicts an entry to make room (prefix_cache.py), its blocks' K/V, every layer's table, are
 copied to host memory instead of being lost (a compact entry's context tables with them); a later prompt that starts
 with the same tokens restores them to freshly allocated device blocks (a PCIe copy) instead of prefilling them again.
+A restore comes in two halves: the scheduler plans it when it admits the request (`plan_restore`: which device
+blocks, as which tables) and the engine runs it before the request's prefill (`copy_in`).
 The entry is then an ordinary device entry, and what is reused and why it is exact is what prefix_cache.py says: the
 bytes are the same.
 
@@ -17,12 +19,14 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
-from lighthouse.engine.kv_cache import BlockAllocator, KVCacheManager, as_bytes
+from lighthouse.engine.cache.allocator import BlockAllocator
+from lighthouse.engine.cache.manager import KVCacheManager
+from lighthouse.engine.cache.pool import as_bytes
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +58,18 @@ class HostEntry:
     @property
     def num_blocks(self) -> int:
         return len(self.blocks)
+
+
+@dataclass
+class HostRestore:
+    """A host entry's copy back to the device: into `blocks` (as many as it holds), which form `tables` (per layer)
+    and, for a compact entry, `ctx_tables`; `tokens`: how many of its positions the request reuses."""
+
+    entry: HostEntry
+    blocks: list[int]
+    tokens: int
+    tables: list[list[int]] = field(default_factory=list)
+    ctx_tables: list[list[int]] | None = None
 
 
 def runs(ids: list[int], limit: int, segment: int) -> list[tuple[int, int, int]]:
@@ -138,27 +154,30 @@ class HostCache:
         self.bytes_to_host += entry.nbytes
         return entry
 
-    def restore(self, entry: HostEntry, blocks: list[int], tokens: int) -> tuple[list[list[int]], list[list[int]] | None]:
-        """Copy the entry's K/V into device `blocks` (as many as it holds, freshly allocated) and drop it from the
-        tier; `tokens`: how many of its positions the request reuses (counted in `hit_tokens`). The per-layer
-        tables, and a compact entry's context tables (else None)."""
-        pool = self.kv.pool
+    def plan_restore(self, entry: HostEntry, blocks: list[int], tokens: int) -> HostRestore:
+        """The copy of the entry's K/V into device `blocks` (as many as it holds, freshly allocated), with the
+        per-layer tables (and a compact entry's context tables) they form; nothing is copied yet."""
         assert len(blocks) == entry.num_blocks
-        idx = torch.tensor(blocks, dtype=torch.long, device=pool.k.device)
+        tables, at = [], 0
+        for n in entry.layout + (entry.ctx_layout or []):
+            tables.append(blocks[at : at + n])
+            at += n
+        full = len(entry.layout)
+        return HostRestore(entry, blocks, tokens, tables[:full], tables[full:] if entry.compact else None)
+
+    def copy_in(self, restore: HostRestore) -> None:
+        """Run a planned restore: the entry's K/V into its device blocks, then the entry leaves the tier
+        (`tokens` reused positions are counted in `hit_tokens`)."""
+        pool, entry = self.kv.pool, restore.entry
+        idx = torch.tensor(restore.blocks, dtype=torch.long, device=pool.k.device)
         for at, first, n in runs(entry.blocks, COPY_BLOCKS, self.segment):
             sel = idx[at : at + n]
             for src, dst in ((self.k_segments, pool.k), (self.v_segments, pool.v)):
                 piece = self._slice(src, first, n).to(dst.device, non_blocking=True)
                 as_bytes(dst).index_copy_(0, sel, piece)
         self.bytes_to_device += entry.nbytes
-        self.hit_tokens += tokens
+        self.hit_tokens += restore.tokens
         self._drop(entry)
-        tables, at = [], 0
-        for n in entry.layout + (entry.ctx_layout or []):
-            tables.append(blocks[at : at + n])
-            at += n
-        full = len(entry.layout)
-        return tables[:full], (tables[full:] if entry.compact else None)
 
     def _slice(self, segments: list[Tensor], first: int, n: int) -> Tensor:
         """Host blocks [first, first + n), within one segment."""

@@ -23,11 +23,12 @@ What is reused, and why it is exact (never an approximation; outputs do not depe
 "Exact" is the same arithmetic on the same inputs, except that the suffix attends to the cached K/V in a
 separate pass, so results match a cache-less prefill up to floating-point summation order.
 
-With a host tier (host_cache.py, `host_cache_bytes` > 0), an entry evicted to make room moves to host memory (a
+With a host tier (host_tier.py, `host_cache_bytes` > 0), an entry evicted to make room moves to host memory (a
 compact entry with its context), and a prompt whose longest reusable prefix is there gets it back over PCIe
-(`restore`) instead of prefilling it again.
+instead of prefilling it again: the scheduler `claim`s it (device blocks and a device entry, now) and the engine
+copies it in (`HostRestore`, when it runs the step).
 
-Memory: an entry holds references to the blocks of its prompt (KVCacheManager's pool), so a hit copies
+Memory: an entry holds references to the blocks of its prompt (manager.py counts them as the cache's), so a hit copies
 nothing but the partly filled last block it continues from, and entries of one document asked different
 questions share that document's blocks. Entries are evicted whole, least recently used first, whenever a
 request needs blocks; a block returns to the free list when no entry and no sequence holds it.
@@ -38,12 +39,11 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 
-import torch
 from torch import Tensor
 
-from lighthouse.engine.host_cache import HostCache, HostEntry
-from lighthouse.engine.kv_cache import KVCacheManager, SequenceKV
-from lighthouse.engine.prefill import PrefillPlan
+from lighthouse.engine.cache.host_tier import HostCache, HostEntry, HostRestore
+from lighthouse.engine.cache.manager import KVCacheManager
+from lighthouse.engine.cache.sequence_kv import SequenceKV
 
 
 @dataclass(eq=False)  # entries compare by identity
@@ -73,7 +73,7 @@ class CacheEntry:
 class CacheHit:
     entry: CacheEntry | None  # a device entry, or None while the hit is in the host tier
     tokens: int  # positions [0, tokens) come from the entry's blocks
-    host: HostEntry | None = None  # the hit is in host memory: `PrefixCache.restore` brings it back first
+    host: HostEntry | None = None  # the hit is in host memory: `PrefixCache.claim` brings it back first
 
     def as_restored(self) -> CacheHit:
         """A host hit as it will be once restored (its entry without blocks), for sizing the request against it."""
@@ -81,11 +81,6 @@ class CacheHit:
         h = self.host
         return CacheHit(CacheEntry(h.tokens, h.split, [], ctx_blocks=[] if h.compact else None, selected=h.selected),
                         self.tokens)
-
-
-def cache_split(plan: PrefillPlan) -> int:
-    """How a prompt's K/V were made, as entries record it: its sparse head's length, or 0 for a dense prefill."""
-    return plan.split if plan.sparse else 0
 
 
 def common_prefix(a: Tensor, b: Tensor) -> int:
@@ -102,9 +97,6 @@ class PrefixCache:
     host: HostCache | None = None  # the host-memory tier (None: evicted entries are dropped)
     entries: list[CacheEntry] = field(default_factory=list)
     _clock: itertools.count = field(default_factory=itertools.count)
-
-    def __post_init__(self) -> None:
-        self.kv.cache_only_blocks = self.cache_only_blocks
 
     # ---- lookup -----------------------------------------------------------------------------------------------
     def match(self, prompt: Tensor, split: int, compact: bool = False) -> CacheHit | None:
@@ -134,25 +126,21 @@ class PrefixCache:
             self.host.touch(best.host)
         return best
 
-    def restore(self, hit: CacheHit) -> CacheHit:
-        """A host hit back on the device: its entry in freshly allocated blocks (they must be free), then an
-        ordinary device hit of the same length."""
+    def claim(self, hit: CacheHit) -> tuple[CacheHit, HostRestore]:
+        """A host hit as an ordinary device hit of the same length: its entry in freshly allocated blocks (they must
+        be free), and the copy that fills them (`HostCache.copy_in`, before anything reads them)."""
         assert hit.host is not None and self.host is not None
         h = hit.host
-        tables, ctx_tables = self.host.restore(h, self.kv.allocator.allocate(h.num_blocks), hit.tokens)
-        entry = CacheEntry(h.tokens, h.split, tables, next(self._clock), ctx_tables, h.selected, h.ctx_hole_start)
+        restore = self.host.plan_restore(h, self.kv.allocate_for_cache(h.num_blocks), hit.tokens)
+        entry = CacheEntry(h.tokens, h.split, restore.tables, next(self._clock), restore.ctx_tables, h.selected,
+                           h.ctx_hole_start)
         self.entries.append(entry)
-        return CacheHit(entry, hit.tokens)
+        return CacheHit(entry, hit.tokens), restore
 
     # ---- memory -----------------------------------------------------------------------------------------------
     def cache_only_blocks(self) -> int:
         """Blocks that only entries hold (what evicting every entry would free)."""
-        held: dict[int, int] = {}
-        for e in self.entries:
-            for b in e.all_blocks():
-                held[b] = held.get(b, 0) + 1
-        refs = self.kv.allocator.refs
-        return sum(1 for b, n in held.items() if refs[b] == n)
+        return self.kv.cache_only_blocks()
 
     def make_room(self, blocks: int, keep: CacheEntry | None = None, keep_host: HostEntry | None = None) -> bool:
         """Evict least recently used entries (never `keep`) until `blocks` blocks are free; with a host tier they
@@ -169,13 +157,18 @@ class PrefixCache:
             self._drop(victim)
         return True
 
+    def discard(self, e: CacheEntry) -> None:
+        """Drop one entry (a restore that failed to copy in: its blocks hold nothing reusable)."""
+        if e in self.entries:
+            self._drop(e)
+
     def clear(self) -> None:
         for e in list(self.entries):
             self._drop(e)
 
     def _drop(self, e: CacheEntry) -> None:
         self.entries.remove(e)
-        self.kv.allocator.release(e.all_blocks())
+        self.kv.release_from_cache(e.all_blocks())
         e.blocks, e.ctx_blocks = [], [] if e.compact else None
 
     # ---- insertion ----------------------------------------------------------------------------------------------
@@ -195,15 +188,11 @@ class PrefixCache:
             if m == e.length:  # this prompt extends an entry: it replaces it
                 self._drop(e)
         nb = self.kv.shape.blocks_for(n)
-        blocks = [self.kv.allocator.share(t[:nb]) for t in kv.blocks]
+        blocks = [self.kv.share_for_cache(t[:nb]) for t in kv.blocks]
         entry = CacheEntry(prompt.clone(), split, blocks, next(self._clock))
         if compact:
             nc = self.kv.shape.ctx_blocks_for(selected + n - split)
-            entry.ctx_blocks = [self.kv.allocator.share(t[:nc]) for t in kv.ctx_blocks]
+            entry.ctx_blocks = [self.kv.share_for_cache(t[:nc]) for t in kv.ctx_blocks]
             entry.selected, entry.ctx_hole_start = selected, kv.ctx_hole_start
         self.entries.append(entry)
         return entry
-
-
-def prompt_tensor(ids: list[int]) -> Tensor:
-    return torch.tensor(ids, dtype=torch.long)

