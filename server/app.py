@@ -49,13 +49,16 @@ def build_engine(settings: Settings):
 
 
 def checkpoint_dir(settings: Settings) -> Path:
-    """The folder to serve: a known model's prepared folder (converted on first use), the checkpoint, or the
-    bundled default."""
-    from lighthouse.catalog import prepare_model
+    """The folder to serve: a known model's prepared folder (converted on first use), an adapter folder merged over
+    its prepared base (once), the checkpoint, or the bundled default."""
+    from lighthouse.adapter import is_adapter_dir
+    from lighthouse.catalog import prepare_adapter_folder, prepare_model
     from lighthouse.checkpoint import default_checkpoint_dir
 
     if settings.model:
         return prepare_model(settings.model, log=log.info)
+    if settings.checkpoint and is_adapter_dir(settings.checkpoint):  # a LoRA adapter naming its base
+        return prepare_adapter_folder(settings.checkpoint, log=log.info)
     return Path(settings.checkpoint) if settings.checkpoint else default_checkpoint_dir()
 
 

@@ -21,3 +21,19 @@ KNOWN_MODELS: dict[str, KnownModel] = {m.name: m for m in [
                "SmolLM2-135M-Instruct (HuggingFaceTB): Llama, 30 layers, 135M parameters, 8,192 positions, ChatML; "
                "Q4_1 GGUF dequantized to bfloat16"),
 ]}
+
+
+@dataclass(frozen=True)
+class AdaptedModel:
+    """A known model made of a known base and a LoRA adapter shipped in this package (lighthouse/assets/adapters/):
+    prepared by preparing the base, then merging the adapter over it (`lighthouse adapter merge`)."""
+
+    name: str
+    base: str  # a KNOWN_MODELS name
+    adapter: str  # folder name under lighthouse/assets/adapters/
+    license: str
+    summary: str
+
+
+# none yet: the SmolLM2 512K adapter (recipes/smollm2_512k.py) is added here when its RULER table is published
+ADAPTED_MODELS: dict[str, AdaptedModel] = {}

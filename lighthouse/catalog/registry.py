@@ -19,7 +19,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
-from lighthouse.catalog.models import KNOWN_MODELS, KnownModel
+from lighthouse.catalog.adapted import ADAPTERS_DIR, adapter_base_name, adapter_sha256, merged_folder
+from lighthouse.catalog.models import ADAPTED_MODELS, KNOWN_MODELS, KnownModel
 
 STAMP = "prepared.json"
 
@@ -57,6 +58,10 @@ def prepare_model(name: str, *, root: str | os.PathLike | None = None, wheel: st
                   force: bool = False, log: Callable[[str], None] = lambda _msg: None) -> Path:
     """The checkpoint folder of the known model `name`, converting it first if needed (returns at once when a
     matching folder exists). `wheel`: use this downloaded wheel of the package instead of looking for it."""
+    if name in ADAPTED_MODELS:
+        adapted = ADAPTED_MODELS[name]
+        base = prepare_model(adapted.base, root=root, wheel=wheel, force=force, log=log)
+        return merged_folder(base, ADAPTERS_DIR / adapted.adapter, base.parent / adapted.name, log)
     model = known_model(name)
     folder = Path(root).expanduser() if root is not None else models_dir()
     out = folder / model.name
@@ -75,6 +80,15 @@ def prepare_model(name: str, *, root: str | os.PathLike | None = None, wheel: st
             shutil.rmtree(out)
         staged.rename(out)
     return out
+
+
+def prepare_adapter_folder(adapter_dir: str | os.PathLike, *, root: str | os.PathLike | None = None,
+                           log: Callable[[str], None] = lambda _msg: None) -> Path:
+    """An adapter folder (`lighthouse train --lora-rank` output) whose base is a catalog model, as a checkpoint
+    folder: the base prepared, the adapter merged over it into <models dir>/adapted-<hash>, once."""
+    adapter = Path(adapter_dir)
+    base = prepare_model(adapter_base_name(adapter), root=root, log=log)
+    return merged_folder(base, adapter, base.parent / f"adapted-{adapter_sha256(adapter)[:12]}", log)
 
 
 def _find_gguf(model: KnownModel, tmp: Path, wheel: str | os.PathLike | None, log: Callable[[str], None]) -> Path:
