@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import struct
 from contextlib import contextmanager
 from pathlib import Path
@@ -141,7 +142,19 @@ def _reading(path: Path, what: str = ""):
         raise CheckpointError(f"{path} is corrupt or unreadable{what}: {detail}") from exc
 
 
+def _regular(path: Path) -> None:
+    """Refuse a FIFO, socket or device under a checkpoint file's name: reading one blocks or never ends."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return  # missing or a dangling link: whoever reads it says so
+    if not stat.S_ISREG(mode):
+        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+        raise CheckpointError(f"{path} is {kind}; a checkpoint's files must be regular files")
+
+
 def _read_json(path: Path) -> dict:
+    _regular(path)
     with _reading(path, " (expected a JSON object)"):
         data = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(data, dict):
@@ -155,7 +168,10 @@ def load_config(ckpt_dir: str | os.PathLike) -> ModelConfig:
         raise CheckpointError(f"{ckpt_dir} has no config.json; is it a checkpoint directory?")
     data = _read_json(path)
     with _reading(path, " (not a Llama config)"):
-        return ModelConfig.from_hf_dict(data)
+        try:
+            return ModelConfig.from_hf_dict(data)
+        except ValueError as exc:  # a field out of bounds: the message names it and what it may be
+            raise CheckpointError(f"{path} is not a usable model config: {exc}") from None
 
 
 def verify_checkpoint(ckpt_dir: str | os.PathLike, *, require_tokenizer: bool = False) -> None:
@@ -164,8 +180,11 @@ def verify_checkpoint(ckpt_dir: str | os.PathLike, *, require_tokenizer: bool = 
     generation_config.json. Raises CheckpointError naming the first bad or missing file."""
     ckpt = Path(ckpt_dir)
     _refuse_pickle(ckpt)
-    load_config(ckpt)
-    _weight_files(ckpt)
+    for entry in ckpt.iterdir():  # tokenizer loaders read files this module never names
+        if not entry.is_dir():
+            _regular(entry)
+    config = load_config(ckpt)
+    _check_shapes(ckpt, config)
     from lighthouse.tokenizer import TOKENIZER_FILES_TEXT, tokenizer_files
 
     tok = ckpt / "tokenizer.json"
@@ -270,8 +289,30 @@ def _weight_files(ckpt: Path) -> dict[str, Path]:
     return files
 
 
+def _check_shapes(ckpt: Path, config: ModelConfig) -> None:
+    """Every stored tensor has the shape config.json implies, read from the headers alone, so that a config whose
+    sizes are wrong is refused before the model is allocated from them (a model of the config's size would be)."""
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in LlamaForCausalLM(config).state_dict().items()}
+    for name, (path, shape) in _weight_shapes(ckpt).items():
+        want = expected.get(name)
+        if want is not None and shape != want:
+            raise CheckpointError(f"tensor '{name}' in {path.name} has shape {shape}; {ckpt / 'config.json'} implies "
+                                  f"{want}: the config does not describe these weights")
+
+
+def _weight_shapes(ckpt: Path) -> dict[str, tuple[Path, tuple[int, ...]]]:
+    files = _weight_files(ckpt)
+    shapes: dict[Path, dict[str, tuple[int, ...]]] = {}
+    for f in sorted(set(files.values())):
+        with _reading(f), safe_open(str(f), framework="pt") as sf:
+            shapes[f] = {name: tuple(sf.get_slice(name).get_shape()) for name in sf.keys()}
+    return {name: (f, shapes[f][name]) for name, f in files.items()}
+
+
 def _check_header(path: Path) -> list[str]:
     """Tensor names in a safetensors file, after checking every tensor's bytes lie inside the file."""
+    _regular(path)
     size = path.stat().st_size
     with open(path, "rb") as f:
         raw = f.read(8)

@@ -38,6 +38,21 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return Settings(**given(args, Settings))
 
 
+def check_before_loading(settings: Settings) -> None:
+    """Everything that can be refused before the weights load, cheapest first: the port, the checkpoint's files and
+    config.json (lighthouse.checkpoint.verify_checkpoint), then memory against the machine (startup_checks.py).
+    Raises StartupError or CheckpointError; logs the memory warnings."""
+    from lighthouse.checkpoint import load_config, verify_checkpoint
+    from lighthouse_server.app import checkpoint_dir
+    from lighthouse_server.startup_checks import check_memory, check_port
+
+    check_port(settings.host, settings.port)
+    checkpoint = checkpoint_dir(settings)
+    verify_checkpoint(checkpoint, require_tokenizer=True)
+    for warning in check_memory(settings, load_config(checkpoint)):
+        logging.getLogger("lighthouse_server.cli").warning(warning)
+
+
 def _exit_zero(_sig, _frame) -> None:
     raise SystemExit(0)
 
@@ -51,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     from lighthouse.checkpoint import CheckpointError
     from lighthouse_server.app import build_engine, create_app
     from lighthouse_server.shutdown import serve
+    from lighthouse_server.startup_checks import StartupError
 
     try:
         settings = settings_from_args(args)
@@ -60,11 +76,16 @@ def run(args: argparse.Namespace) -> int:
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:  # before uvicorn starts, so a bad checkpoint is one clear line, not a lifespan traceback
+        check_before_loading(settings)
         engine = build_engine(settings)
+    except StartupError as exc:
+        print(f"lighthouse serve: {exc}", file=sys.stderr)
+        return 1
     except CheckpointError as exc:
         print(f"lighthouse serve: cannot load the checkpoint: {exc}", file=sys.stderr)
         return 1
-    except (UnknownModel, FileNotFoundError, RuntimeError) as exc:  # --model: unknown, or its package unreachable
+    # --model unknown or its package unreachable; an allocation refused; what only the engine checks
+    except (UnknownModel, FileNotFoundError, RuntimeError, ValueError) as exc:
         print(f"lighthouse serve: cannot prepare the model: {exc}", file=sys.stderr)
         return 1
     # SIGTERM/SIGINT: /ready 503, the pre-stop delay, drain, exit 0; the engine thread dying: exit 1

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, Field, create_model, field_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 from pydantic.dataclasses import dataclass
 from pydantic.fields import FieldInfo
 
@@ -35,7 +35,7 @@ class InGiB:
     """Marks a byte count that users give in GiB: the field `NAME_bytes` is the setting `NAME_gb`."""
 
 
-@dataclass
+@dataclass(config=ConfigDict(allow_inf_nan=False))  # every float finite: int(inf GiB) raised OverflowError
 class EngineConfig:
     prefill: Annotated[PrefillMode, Field(description="default prefill path; a request may ask for the other")] = (
         "sparse")
@@ -113,6 +113,8 @@ def _user_field(name: str, info: FieldInfo) -> tuple[str, tuple[Any, FieldInfo]]
 
 
 class _EngineSettingsBase(BaseModel):
+    model_config = ConfigDict(allow_inf_nan=False)  # the server's Settings inherit it: every float finite
+
     def engine_config(self) -> EngineConfig:
         """The EngineConfig these settings describe (raises ValueError on what only the engine checks)."""
         values = {}

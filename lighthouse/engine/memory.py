@@ -18,6 +18,9 @@ one layer, and the budget's first block is the engine's scratch block.
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
+
 import torch
 
 from lighthouse.engine.config import DEFAULT_DENSE_TAIL_TOKENS, EngineConfig
@@ -134,6 +137,42 @@ def kv_budget_for(config: ModelConfig, prompt_len: int, *, kv_mode: KVMode = "fu
 def gpu_kv_budget(free_bytes: int, weight_bytes: int, fraction: float = EngineConfig.kv_cache_fraction) -> int:
     """The engine's default budget on a GPU: `fraction` of the memory still free once the weights are loaded."""
     return int((free_bytes - weight_bytes) * fraction)
+
+
+def min_kv_budget(config: ModelConfig, *, kv_mode: KVMode = "full", dtype_bytes: int,
+                  block_size: int = DEFAULT_BLOCK_SIZE) -> int:
+    """The smallest KV budget (bytes) that serves anything: a one-token prompt and one completion token."""
+    return kv_budget_for(config, 1, kv_mode=kv_mode, dtype_bytes=dtype_bytes, block_size=block_size)
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes this process could allocate on `device` now: a CUDA device's free memory, or the host's available
+    memory for the CPU (what the kernel could give without swapping, within the container's limit). None when it
+    cannot be known. The startup checks ask this; tests replace it to play a machine of any size."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return free
+    return host_memory_available()
+
+
+def host_memory_available() -> int | None:
+    """/proc/meminfo's MemAvailable, capped by a cgroup v2 limit (memory.max less memory.current); None off Linux."""
+    try:
+        with open("/proc/meminfo") as f:
+            avail = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        try:
+            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, AttributeError):
+            return None
+    cgroup = Path("/sys/fs/cgroup")
+    try:
+        limit = (cgroup / "memory.max").read_text().strip()
+        if limit != "max":
+            avail = min(avail, int(limit) - int((cgroup / "memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    return max(avail, 0)
 
 
 def budget_hint(config: ModelConfig, kv: KVCacheManager, *, kv_mode: KVMode, max_model_len_cap: int | None,

@@ -13,6 +13,7 @@ The families differ only in the attention's projections (`MODEL_FAMILIES`):
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,35 @@ SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 LIGHTHOUSE_ROPE = ("before_pool", "after_select")  # = lighthouse.ops.validation.ROPE_MODES
 LIGHTHOUSE_ROPE_FREQS = ("model", "unscaled")
 MODEL_FAMILIES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+
+# Sizes a config.json may give, (lowest, highest): several times the largest open models' (Llama 3.1 405B: 126
+# layers, hidden 16384, MLP 53248, 128 heads; vocabularies up to ~262K; Llama 4 Scout: 10M positions), so that
+# a typo or a hostile file is refused before anything is built from it (1e9 layers took minutes of growing memory)
+SIZE_BOUNDS = {
+    "vocab_size": (1, 1 << 22),
+    "hidden_size": (1, 1 << 16),
+    "intermediate_size": (1, 1 << 18),
+    "num_hidden_layers": (1, 1024),
+    "num_attention_heads": (1, 1024),
+    "num_key_value_heads": (1, 1024),
+    "head_dim": (2, 1024),
+    "max_position_embeddings": (2, 1 << 24),
+}
+MAX_LIGHTHOUSE_LEVELS = 8  # the pyramid's levels; the paper uses 3
+
+
+def _whole(name: str, value: Any, lo: int, hi: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise ValueError(f"{name} must be a whole number in {lo}..{hi:,}, got {value!r}")
+
+
+def _finite(name: str, value: Any, *, above: float, below: float = math.inf, hint: str = "",
+            or_equal: bool = False) -> None:
+    """A real number (not a bool, NaN or infinity) above `above` (or equal, with or_equal) and below `below`."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or not (above <= value if or_equal else above < value) or not value < below:
+        span = f"{'>=' if or_equal else '>'} {above:g}" + ("" if below == math.inf else f" and < {below:g}")
+        raise ValueError(f"{name} must be a finite number {span}, got {value!r}" + (f" ({hint})" if hint else ""))
 
 
 @dataclass
@@ -78,6 +108,17 @@ class LighthouseConfig:
                 f"{self.rope!r}): set rope_freqs to 'model', or rope to 'after_select'"
             )
 
+    def check_op(self) -> None:
+        """The op's own bounds (topk 0 served NUL characters, then a 500), named as config.json names them."""
+        from lighthouse.ops.validation import check_config
+
+        try:
+            check_config(self.levels, self.pooling_factor, self.topk, self.scorer)
+        except ValueError as exc:
+            raise ValueError(f"lighthouse.{exc}") from None
+        _whole("lighthouse.levels", self.levels, 1, MAX_LIGHTHOUSE_LEVELS)
+        _whole("lighthouse.min_seq_len", self.min_seq_len, 0, SIZE_BOUNDS["max_position_embeddings"][1])
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -120,15 +161,31 @@ class ModelConfig:
     lighthouse: LighthouseConfig = field(default_factory=LighthouseConfig)
 
     def __post_init__(self) -> None:
+        self._check_sizes()  # before head_dim is derived from them
         if self.head_dim is None:
             self.head_dim = self.hidden_size // self.num_attention_heads
         if isinstance(self.lighthouse, dict):
             self.lighthouse = LighthouseConfig.from_dict(self.lighthouse)
         self.validate()
 
+    def _check_sizes(self) -> None:
+        for name, (lo, hi) in SIZE_BOUNDS.items():
+            value = getattr(self, name)
+            if name == "head_dim" and value is None:
+                continue
+            if name == "num_key_value_heads" and isinstance(self.num_attention_heads, int):
+                hi = min(hi, max(self.num_attention_heads, 1))  # (at most the query heads)
+            _whole(name, value, lo, hi)
+
     def validate(self) -> None:
+        """Raises ValueError saying which field to change: sizes outside SIZE_BOUNDS, a non-finite or out-of-range
+        float, an unsupported family or RoPE, the Lighthouse block out of the op's bounds."""
         if self.model_type not in MODEL_FAMILIES:
             raise ValueError(f"model_type {self.model_type!r} is not supported; supported: {sorted(MODEL_FAMILIES)}")
+        self._check_sizes()
+        _finite("rope_theta", self.rope_theta, above=1, hint="the RoPE base: 10000 and 500000 are usual")
+        _finite("rms_norm_eps", self.rms_norm_eps, above=0, below=1, hint="1e-5 and 1e-6 are usual")
+        _finite("initializer_range", self.initializer_range, above=0, or_equal=True, hint="0.02 is usual")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(
                 f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
@@ -139,10 +196,26 @@ class ModelConfig:
         rope_type = self.rope_type
         if rope_type not in SUPPORTED_ROPE_TYPES:
             raise ValueError(f"rope_scaling type {rope_type!r} is not supported; supported: {SUPPORTED_ROPE_TYPES}")
+        self._check_rope_scaling(rope_type)
         self.lighthouse.__post_init__()  # lighthouse.rope/rope_freqs, also when assigned after construction
+        if self.lighthouse.enabled:
+            self.lighthouse.check_op()
         bad = [i for i in self.lighthouse.full_attn_layers if not 0 <= i < self.num_hidden_layers]
         if bad:
             raise ValueError(f"lighthouse.full_attn_layers {bad} are outside 0..{self.num_hidden_layers - 1}")
+
+    def _check_rope_scaling(self, rope_type: str) -> None:
+        if rope_type == "default":
+            return
+        s = self.rope_scaling
+        _finite("rope_scaling.factor", s.get("factor"), above=0, hint="how much longer than trained, e.g. 8")
+        if rope_type != "llama3":
+            return
+        _finite("rope_scaling.low_freq_factor", s.get("low_freq_factor"), above=0, hint="Llama 3.1: 1")
+        _finite("rope_scaling.high_freq_factor", s.get("high_freq_factor"), above=s["low_freq_factor"],
+                hint="above low_freq_factor; Llama 3.1: 4")
+        _finite("rope_scaling.original_max_position_embeddings", s.get("original_max_position_embeddings"), above=0,
+                hint="the positions the model was trained with before scaling")
 
     @property
     def qkv_bias(self) -> bool:
