@@ -43,6 +43,7 @@ class RequestOptions:
     decode: DecodeMode | None = None
     dense_tail_tokens: int | None = None
     cache_prompt: bool = True  # reuse the prefix cache and leave this prompt in it
+    pin_prompt: bool = False  # and pin its entry there (a document's upload: engine/documents.py)
     # "compact": the Lighthouse layers keep only the prompt's selected context (+ later positions), no full cache;
     # implies sparse decode. "full": every layer keeps every position.
     kv_mode: KVMode | None = None

@@ -5,11 +5,23 @@ A step either runs a piece of a prefill or decodes every running sequence togeth
 request at the head of the queue when its whole reservation fits now (after evicting prefix-cache entries, the one
 it would reuse last) and runs in pieces (the engine bounds a piece's time) until it is done; one long prefill is in
 progress at a time. After a prefill piece the next step decodes, so neither a long prompt nor a stream of arrivals
-stalls the requests already generating for more than one piece. The head of the queue is never skipped.
+stalls the requests already generating for more than one piece. The head of the queue is never skipped for room.
 
-Express prefills: while a long prefill is in progress, the head of the queue, when its prompt has at most
-`express_tokens` tokens and it fits, is prefilled whole between two pieces (a short question does not wait for a
-512K document's prefill). Only the head goes, and a long head waits for the prefill in progress.
+Two classes, so that a short prompt waits for what is ahead of it in its class, not for every long prefill:
+prompts of at most `express_tokens` tokens are short. While a prefill is in progress, the oldest short request (its
+class in arrival order: a later one never jumps it) is prefilled whole between two pieces (an express prefill),
+however many long prompts arrived before it. Express prefills come in rounds: back to back (a decode step of the
+whole batch between two short prefills would cost more than the prefill itself) while they take at most
+`express_tokens` prompt tokens in all (at least one runs); then a decode step, the next piece of the prefill in
+progress, a decode step, the next round. So long prompts still progress (a piece per round), and the running
+sequences wait at most one piece or one round (at most `express_tokens` prompt tokens) between two decode steps.
+Long prompts start one at a time, in arrival order, as the head of the queue once no prefill is in progress. With
+`express_tokens` 0 there is one class and one prefill at a time.
+
+In-flight sharing: a request whose prompt would reuse more of a prefill in progress than of any prefix-cache entry
+waits for that prefill (prefix_cache.py: `begin_prefill`, `in_flight_gain`) and is then admitted with its entry as a
+hit; the entry is inserted when the prefill ends, not when its request finishes. Requests behind a waiting one are
+not held up by it. If the prefill is aborted or fails, the waiting request prefills for itself.
 
 Admitting a request allocates its first sequence's tables now (sharing a prefix-cache hit's blocks); what must be
 copied before its prefill runs (a host-tier entry coming back, the partly filled last block of a hit) is part of
@@ -44,6 +56,8 @@ class PrefillWork:
     hit: CacheHit | None = None  # the prefix-cache hit it continues (on the device once restored)
     copies: list[BlockCopy] = field(default_factory=list)  # partial blocks to copy before the first piece
     whole: bool = False  # an express prefill: run it to the end in this step
+    pending: Any = None  # its announcement in the prefix cache while it runs (prefix_cache.begin_prefill)
+    entry: Any = None  # the prefix-cache entry its completed prefill inserted (None: not kept, or already held)
     task: Any = None  # the model runner's prefill in progress (the engine starts and runs it)
     started: float = field(default_factory=time.monotonic)
 
@@ -80,7 +94,8 @@ class Scheduler:
         self.running: list[Sequence] = []
         self.prefilling: PrefillWork | None = None  # the long prefill in progress
         self.admitted: dict[str, PrefillWork] = {}  # request id -> its prefill, until the request finishes
-        self._last_was_prefill = False
+        self._last = "decode"  # what the last step ran: "piece" (of the prefill in progress), "express", "decode"
+        self._express_spent = 0  # prompt tokens of express prefills since the last piece of the prefill in progress
 
     # ---- queue ------------------------------------------------------------------------------------------------
     def add(self, request: Request) -> None:
@@ -101,43 +116,65 @@ class Scheduler:
 
     # ---- schedule ---------------------------------------------------------------------------------------------
     def schedule(self) -> SchedulerOutput:
-        if self.prefilling is not None:  # a prefill in progress: its next piece, after a decode step if one waits
-            if self._last_was_prefill and self.has_decodable():
-                self._last_was_prefill = False
-                return SchedulerOutput(decode=self._batch())
-            self._last_was_prefill = True
-            express = self._next_express()
-            return SchedulerOutput(prefill=express or self.prefilling)
+        if self.prefilling is not None:
+            return self._beside_prefill()
         work = self._next_prefill()
         if work is not None:
-            self.prefilling = work
+            self.prefilling, self._last, self._express_spent = work, "piece", 0
             return SchedulerOutput(prefill=work)
+        self._last = "decode"
         return SchedulerOutput(decode=self._batch())
+
+    def _beside_prefill(self) -> SchedulerOutput:
+        """A prefill in progress: a round of express prefills (back to back, within the round's token budget), a
+        decode step, its next piece, a decode step, the next round. Decode steps only where sequences run."""
+        decodable = self.has_decodable()
+        if self._last == "piece" and decodable:
+            self._last = "decode"
+            return SchedulerOutput(decode=self._batch())
+        express = self._next_express()
+        if express is not None:
+            self._last = "express"
+            return SchedulerOutput(prefill=express)
+        if self._last == "express" and decodable:
+            self._last = "decode"
+            return SchedulerOutput(decode=self._batch())
+        self._last, self._express_spent = "piece", 0  # its turn: the next round's budget starts afresh
+        return SchedulerOutput(prefill=self.prefilling)
 
     def _batch(self) -> list[Sequence]:
         return [s for s in self.running if s.status is Status.RUNNING][: self.max_num_seqs]
 
     def _next_prefill(self) -> PrefillWork | None:
         """The head of the queue, admitted, if it can start now (and decode did not just get skipped), else None."""
-        if not self.waiting or (self._last_was_prefill and self.running):
-            self._last_was_prefill = False
+        if not self.waiting or (self._last != "decode" and self.running):
             return None
         req = self.waiting[0]
-        work = self._admit(req) if len(self.running) + len(req.seqs) <= self.max_num_seqs else None
-        self._last_was_prefill = work is not None
-        return work
+        fits = len(self.running) + len(req.seqs) <= self.max_num_seqs
+        return self._admit(req) if fits and not self._awaits_in_flight(req) else None
 
     def _next_express(self) -> PrefillWork | None:
-        """The head of the queue, if it is short enough to prefill whole beside the prefill in progress and fits."""
-        if not self.express_tokens or not self.waiting:
+        """The oldest short request (not waiting for a prefill in progress), if this round's express budget has room
+        for it and it fits: to prefill whole beside the prefill in progress."""
+        req = next((r for r in self.waiting if len(r.prompt_ids) <= self.express_tokens
+                    and not self._awaits_in_flight(r)), None)
+        if req is None or (self._express_spent and self._express_spent + len(req.prompt_ids) > self.express_tokens):
             return None
-        req = self.waiting[0]
-        if len(req.prompt_ids) > self.express_tokens or len(self.running) + len(req.seqs) > self.max_num_seqs:
+        if len(self.running) + len(req.seqs) > self.max_num_seqs:
             return None
         work = self._admit(req)
         if work is not None:
             work.whole = True
+            self._express_spent += len(req.prompt_ids) - work.cached
         return work
+
+    def _awaits_in_flight(self, req: Request) -> bool:
+        """Whether a prefill in progress will leave an entry that this request reuses more of than of any now."""
+        key = self._cache_key(req)
+        if key is None or not self.prefix_cache.in_flight:
+            return False
+        hit = self.prefix_cache.match(req.prompt(), *key)
+        return self.prefix_cache.in_flight_gain(req.prompt(), *key, hit.tokens if hit is not None else 0)
 
     # ---- admission --------------------------------------------------------------------------------------------
     def _admit(self, req: Request) -> PrefillWork | None:
@@ -146,7 +183,7 @@ class Scheduler:
         if room is None:
             return None
         hit, restore = room
-        self.waiting.popleft()
+        self.waiting.remove(req)
         work = PrefillWork(req, req.plan, hit.tokens if hit is not None else 0, restore, hit=hit)
         e = hit.entry if hit is not None else None
         first = req.seqs[0]
@@ -160,20 +197,25 @@ class Scheduler:
             assert e.ctx_hole_start is not None
             first.kv.ctx_hole_start, first.kv.ctx_hole_end = e.ctx_hole_start.clone(), e.selected
         self.admitted[req.request_id] = work
+        if self.prefix_cache is not None and req.cache_prompt:
+            work.pending = self.prefix_cache.begin_prefill(req.prompt(), cache_split(work.plan), work.plan.compact)
         return work
 
     def cache_hit(self, req: Request) -> CacheHit | None:
         """The prefix-cache entry (on the device or in the host tier) the request can reuse, if any."""
+        key = self._cache_key(req)
+        return self.prefix_cache.match(req.prompt(), *key) if key is not None else None
+
+    def _cache_key(self, req: Request) -> tuple[int, bool] | None:
+        """(split, compact) of the entries the request may reuse; None: it reuses none."""
         if self.prefix_cache is None or not req.cache_prompt:
             return None
         plan = req.plan
         if plan.compact:  # a compact document's follow-up: against its kept context (prefix_cache.py)
-            if not self.compact_reuse:
-                return None
-            return self.prefix_cache.match(req.prompt(), 0, compact=True)
+            return (0, True) if self.compact_reuse else None
         if plan.sparse_decode:
             return None  # sparse decode selects from the head's queries, which are not cached
-        return self.prefix_cache.match(req.prompt(), cache_split(plan))
+        return cache_split(plan), False
 
     def _make_room(self, req: Request) -> tuple[CacheHit | None, HostRestore | None] | None:
         """Whether the request's blocks fit now, evicting prefix-cache entries (the one it would reuse last): its hit
@@ -217,11 +259,28 @@ class Scheduler:
             self.prefilling = None
         first = req.seqs[0]
         self.kv.release_scratch(first.kv)
+        self._keep_prompt(work)
         for s in req.seqs[1:]:
             s.kv = self.kv.fork(first.kv)
         for s in req.seqs:
             s.status = Status.RUNNING
             self.running.append(s)
+
+    def _keep_prompt(self, work: PrefillWork) -> None:
+        """The prompt into the prefix cache the moment its prefill ends (usable by the next step's admissions)."""
+        if self.prefix_cache is None:
+            return
+        self.prefix_cache.end_prefill(work.pending)
+        work.pending = None
+        req = work.request
+        if not req.cache_prompt or req.prompt_cached:
+            return
+        held = list(self.prefix_cache.entries)
+        entry = self.prefix_cache.insert(req.prompt(), cache_split(work.plan), req.seqs[0].kv, work.plan.selected)
+        req.prompt_cached = entry is not None
+        work.entry = entry if entry is not None and all(entry is not e for e in held) else None
+        if entry is not None and req.options.pin_prompt:  # a document's upload (engine/documents.py)
+            entry.pins += 1
 
     def _retire(self, seq: Sequence) -> None:
         req = seq.request
@@ -230,10 +289,13 @@ class Scheduler:
         if self.prefilling is not None and self.prefilling.request is req:
             self.prefilling = None  # aborted or failed mid-prefill
         work = self.admitted.get(req.request_id)
-        if (self.prefix_cache is not None and work is not None and req.cache_prompt and not req.prompt_cached
-                and seq.finish_reason != "error" and seq.kv is not None and req.prefill_info is not None):
-            entry = self.prefix_cache.insert(req.prompt(), cache_split(work.plan), seq.kv, work.plan.selected)
-            req.prompt_cached = entry is not None
+        if work is not None and self.prefix_cache is not None:
+            self.prefix_cache.end_prefill(work.pending)  # mid-prefill: whoever waited for it prefills for itself
+            work.pending = None
+            e = work.entry
+            if seq.finish_reason == "error" and e is not None and not e.pins:  # a failed request's prompt: not kept
+                self.prefix_cache.discard(e)
+                work.entry = None
         self.kv.free(seq.kv)  # the prefix cache holds its own references to the prompt's blocks
         seq.kv = None
         if req.finished:

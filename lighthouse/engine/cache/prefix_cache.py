@@ -1,5 +1,10 @@
-"""Prefix caching: a finished request's prompt blocks, kept by reference so that a later prompt starting with the
-same tokens skips prefilling them (a long document asked many questions is prefilled once).
+"""Prefix caching: a prefilled prompt's blocks, kept by reference so that a later prompt starting with the same
+tokens skips prefilling them (a long document asked many questions is prefilled once).
+
+An entry is inserted as soon as its prefill ends (not when its request finishes), and a prefill in progress is
+announced (`begin_prefill`): a prompt that would reuse more of it than of any entry waits for it (the scheduler asks
+`in_flight_gain`), so two concurrent questions on a new document cost one prefill. An aborted or failed prefill
+leaves nothing; whoever waited for it then prefills for itself.
 
 What is reused, and why it is exact (never an approximation; outputs do not depend on what ran before):
 
@@ -56,6 +61,7 @@ class CacheEntry:
     ctx_blocks: list[list[int]] | None = None  # compact: per layer, the context's blocks (entries [0, S + N - split))
     selected: int = 0  # compact: S, the head's selected entries per layer
     ctx_hole_start: Tensor | None = None  # compact: (L, H) int32, as SequenceKV's
+    pins: int = 0  # documents holding it (engine/documents.py): a pinned entry is never evicted nor replaced
 
     @property
     def compact(self) -> bool:
@@ -96,6 +102,7 @@ class PrefixCache:
     min_tokens: int = 256  # shorter prompts get no entry, and shorter common prefixes are not reused
     host: HostCache | None = None  # the host-memory tier (None: evicted entries are dropped)
     entries: list[CacheEntry] = field(default_factory=list)
+    in_flight: list[CacheEntry] = field(default_factory=list)  # prompts being prefilled (no blocks: never a hit)
     _clock: itertools.count = field(default_factory=itertools.count)
 
     # ---- lookup -----------------------------------------------------------------------------------------------
@@ -107,24 +114,47 @@ class PrefixCache:
         shorter than `min_tokens` counts as a miss."""
         best: CacheHit | None = None
         for e in self.entries:
-            if e.compact != compact or (not compact and e.split != split):
-                continue
-            usable = min(common_prefix(prompt, e.tokens), prompt.shape[0] - 1)
-            if usable < max(e.split, self.min_tokens, 1):  # a sparse head is reusable only whole
-                continue
-            if best is None or usable > best.tokens or (usable == best.tokens and e.last_used > best.entry.last_used):
+            usable = self._usable(prompt, e.tokens, e.split, e.compact, split, compact)
+            if usable and (best is None or usable > best.tokens
+                           or (usable == best.tokens and e.last_used > best.entry.last_used)):
                 best = CacheHit(e, usable)
         for h in self.host.entries if self.host is not None else ():  # only longer than on device
-            if h.compact != compact or (not compact and h.split != split):
-                continue
-            usable = min(common_prefix(prompt, h.tokens), prompt.shape[0] - 1)
-            if usable >= max(h.split, self.min_tokens, 1) and (best is None or usable > best.tokens):
+            usable = self._usable(prompt, h.tokens, h.split, h.compact, split, compact)
+            if usable and (best is None or usable > best.tokens):
                 best = CacheHit(None, usable, h)
         if best is not None and best.entry is not None:
             best.entry.last_used = next(self._clock)
         elif best is not None:
             self.host.touch(best.host)
         return best
+
+    def _usable(self, prompt: Tensor, tokens: Tensor, e_split: int, e_compact: bool, split: int,
+                compact: bool) -> int:
+        """Positions of `prompt` an entry of `tokens` (made with `e_split`, `e_compact`) would give it; 0: none."""
+        if e_compact != compact or (not compact and e_split != split):
+            return 0
+        usable = min(common_prefix(prompt, tokens), prompt.shape[0] - 1)
+        return usable if usable >= max(e_split, self.min_tokens, 1) else 0  # a sparse head is reusable only whole
+
+    # ---- prefills in progress ----------------------------------------------------------------------------------
+    def begin_prefill(self, prompt: Tensor, split: int, compact: bool) -> CacheEntry | None:
+        """Announce a prefill in progress whose prompt becomes an entry when it ends (`end_prefill`, then `insert`):
+        a later prompt starting the same way waits for it (`in_flight_gain`) instead of prefilling those tokens
+        again. The announcement holds no blocks and is never a hit. None: the prompt is too short to be kept."""
+        if int(prompt.shape[0]) < self.min_tokens:
+            return None
+        pending = CacheEntry(prompt, split, [], ctx_blocks=[] if compact else None)
+        self.in_flight.append(pending)
+        return pending
+
+    def end_prefill(self, pending: CacheEntry | None) -> None:
+        """The announced prefill ended (completed: its entry is inserted next; aborted or failed: nothing comes)."""
+        if pending is not None and pending in self.in_flight:
+            self.in_flight.remove(pending)
+
+    def in_flight_gain(self, prompt: Tensor, split: int, compact: bool, than: int) -> bool:
+        """Whether a prefill in progress will leave an entry reusing more than `than` positions of this prompt."""
+        return any(self._usable(prompt, e.tokens, e.split, e.compact, split, compact) > than for e in self.in_flight)
 
     def claim(self, hit: CacheHit) -> tuple[CacheHit, HostRestore]:
         """A host hit as an ordinary device hit of the same length: its entry in freshly allocated blocks (they must
@@ -146,7 +176,7 @@ class PrefixCache:
         """Evict least recently used entries (never `keep`) until `blocks` blocks are free; with a host tier they
         move there (never pushing out `keep_host`). Whether the blocks are free."""
         while not self.kv.fits_now(blocks):
-            victims = [e for e in self.entries if e is not keep]
+            victims = [e for e in self.entries if e is not keep and not e.pins]
             if not victims:
                 return False
             victim = min(victims, key=lambda e: e.last_used)
@@ -185,7 +215,7 @@ class PrefixCache:
                 e.last_used = next(self._clock)
                 return e
         for m, e in same:
-            if m == e.length:  # this prompt extends an entry: it replaces it
+            if m == e.length and not e.pins:  # this prompt extends an entry: it replaces it (unless pinned)
                 self._drop(e)
         nb = self.kv.shape.blocks_for(n)
         blocks = [self.kv.share_for_cache(t[:nb]) for t in kv.blocks]
