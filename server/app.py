@@ -17,7 +17,7 @@ from lighthouse_server.errors import install_error_handlers
 from lighthouse_server.metrics import Metrics
 from lighthouse_server.middleware import BodyLimitMiddleware, CatchAll, ShutdownGate
 from lighthouse_server.openapi import install_openapi
-from lighthouse_server.routes import chat, completions, health, metrics, models, tokenize
+from lighthouse_server.routes import chat, completions, documents, health, metrics, models, tokenize
 from lighthouse_server.settings import Settings
 from lighthouse_server.shutdown import Lifecycle, watch_engine
 
@@ -46,6 +46,49 @@ def build_engine(settings: Settings):
     log.info("serving %s (max_model_len=%d), loaded in %.1fs", _model_name(settings), engine.max_model_len,
              time.monotonic() - t0)
     return engine
+
+
+def document_service(app: FastAPI, settings: Settings):
+    """The documents' registry over the real engine (None over a test's fake one), with its disk store if asked:
+    under the checkpoint's identity (disk_tier.checkpoint_identity hashes the weights: run off the event loop)."""
+    from lighthouse.engine.cache.disk_tier import DiskStore, cache_layout, checkpoint_identity
+    from lighthouse_server.deps import get_prompts
+    from lighthouse_server.documents import DocumentService
+
+    engine = app.state.engine
+    llm = getattr(engine, "engine", None)
+    if llm is None or not hasattr(llm, "kv"):
+        return None
+    store = None
+    if settings.document_store:
+        identity = checkpoint_identity(checkpoint_dir(settings), cache_layout(llm.kv.shape))
+        store = DiskStore(settings.document_store, identity)
+        log.info("document store: %s (%d documents)", store.root, len(store.index()))
+
+    def prompts():
+        return get_prompts(_StateRequest(app), engine)
+
+    budget = int(settings.documents_kv_share * llm.kv.budget_bytes)
+    return DocumentService(engine, prompts, budget_bytes=budget, store=store)
+
+
+class _StateRequest:
+    """What deps.get_prompts reads of a request: its app (the service calls it outside any request)."""
+
+    def __init__(self, app: FastAPI):
+        self.app = app
+
+
+async def sweep_documents(app: FastAPI, every_s: float = 1.0) -> None:
+    """Expired documents go (their memory with them) even when nobody asks for them."""
+    while True:
+        await asyncio.sleep(every_s)
+        service = app.state.documents
+        if service is not None:
+            try:
+                await service.sweep()
+            except Exception:  # keep sweeping; the next access retries
+                log.exception("document sweep failed")
 
 
 def checkpoint_dir(settings: Settings) -> Path:
@@ -80,11 +123,14 @@ def create_app(settings: Settings | None = None, *, engine=None) -> FastAPI:
     async def lifespan(app: FastAPI):
         if app.state.engine is None:
             app.state.engine = await asyncio.to_thread(build_engine, settings)
+        app.state.documents = await asyncio.to_thread(document_service, app, settings)
         watcher = asyncio.create_task(watch_engine(app))
+        sweeper = asyncio.create_task(sweep_documents(app))
         try:
             yield
         finally:
             watcher.cancel()
+            sweeper.cancel()
             app.state.lifecycle.phase = "stopped"
             await app.state.engine.shutdown(settings.drain_timeout_s)
 
@@ -96,7 +142,7 @@ def create_app(settings: Settings | None = None, *, engine=None) -> FastAPI:
     app.state.started = int(time.time())
     app.state.lifecycle = lifecycle = Lifecycle()
     install_error_handlers(app)
-    for module in (health, metrics, models, completions, chat, tokenize):
+    for module in (health, metrics, models, completions, chat, tokenize, documents):
         app.include_router(module.router)
     install_openapi(app)
     # the last added runs first: CORS outermost, so that 413, 500 and 503 carry its headers too

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
+from lighthouse_server.documents import owner_of
 from lighthouse_server.errors import APIError
 from lighthouse_server.metrics import Metrics
 from lighthouse_server.prompts import PromptEncoder
@@ -38,13 +39,18 @@ def get_prompts(request: Request, engine: Annotated[Any, Depends(get_engine)]) -
 
 
 def require_api_key(request: Request, settings: Annotated[Settings, Depends(get_settings)]) -> None:
-    """With an API key configured: 'Authorization: Bearer KEY' (or 'X-API-Key: KEY'), compared in constant time."""
-    if settings.api_key is None:
+    """With API keys configured (api_key, api_keys): 'Authorization: Bearer KEY' (or 'X-API-Key: KEY'), compared in
+    constant time. `request.state.owner` names the key (documents belong to it)."""
+    keys = ([settings.api_key.get_secret_value()] if settings.api_key is not None else []) + list(settings.api_keys)
+    request.state.owner = ""
+    if not keys:
         return
-    expected = settings.api_key.get_secret_value().encode()
     auth = request.headers.get("authorization", "")
     given = auth[7:].strip() if auth[:7].lower() == "bearer " else request.headers.get("x-api-key", "")
-    if not hmac.compare_digest(given.encode(), expected):
+    matched = [hmac.compare_digest(given.encode(), k.encode()) for k in keys]  # every key compared: no early exit
+    if any(matched):
+        request.state.owner = owner_of(given)
+    else:
         raise APIError(401, "invalid or missing API key: send 'Authorization: Bearer <key>'", code="invalid_api_key",
                        headers={"WWW-Authenticate": "Bearer"})
 

@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
           405: "invalid_request_error", 408: "invalid_request_error", 413: "invalid_request_error",
-          431: "invalid_request_error", 429: "rate_limit_error",
+          409: "invalid_request_error", 431: "invalid_request_error", 429: "rate_limit_error",
+          507: "insufficient_storage_error",
           503: "service_unavailable_error", 500: "internal_server_error"}
 
 
@@ -80,7 +81,7 @@ _EXPECTED = {"string_type": "a string", "int_type": "an integer", "int_from_floa
              "model_type": "an object", "model_attributes_type": "an object", "none_required": "null"}
 _TYPE_NAMES = {"str", "int", "float", "bool", "list", "dict", "none", "bytes"}
 _FIELD = re.compile(r"[a-z_][a-z0-9_]*")
-_CODES = {"unsupported": "unsupported_parameter"}
+_CODES = {"unsupported": "unsupported_parameter", "invalid_combination": "invalid_combination"}
 
 
 def _path(loc) -> list[str | int]:
@@ -167,8 +168,19 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_req: Request, exc: StarletteHTTPException):
         message = exc.detail if isinstance(exc.detail, str) else "error"
+        if exc.status_code == 405:  # Allow: every route's methods on this path (Starlette names the first's alone)
+            return error_response(405, message, headers={"Allow": _allowed(app, _req.url.path)})
         if exc.status_code == 404 and message == "Not Found":
             message = "no such endpoint"
         elif message == "There was an error parsing the body":  # FastAPI's words for a body that is not UTF-8
             message = "the request body is not valid JSON in UTF-8"
         return error_response(exc.status_code, message, headers=getattr(exc, "headers", None))
+
+
+def _allowed(app: FastAPI, path: str) -> str:
+    methods: set[str] = set()
+    for route in app.routes:
+        regex = getattr(route, "path_regex", None)
+        if regex is not None and regex.match(path):
+            methods |= set(getattr(route, "methods", None) or ())
+    return ", ".join(sorted(methods))

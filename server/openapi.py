@@ -19,12 +19,13 @@ from lighthouse_server.schemas import ErrorResponse
 _DESCRIPTIONS = {
     400: "Invalid request: a bad value or combination, a prompt that does not fit the context (`param` names the field)",
     401: "Missing or wrong API key",
-    404: "Unknown model (or route)",
+    404: "Unknown model, document (or route)",
     408: "The request body did not arrive in time",
     413: "Request body over the limit",
     429: "Queue full; retry after `Retry-After` seconds",
     500: "Internal error",
     503: "Shutting down, engine not running, or out of memory; retry after `Retry-After` seconds",
+    507: "Pinned documents would pass their KV budget; the message names documents to delete",
 }
 _PROTECTED_PREFIXES = ("/v1/", "/tokenize", "/detokenize")
 
@@ -63,7 +64,7 @@ def install_openapi(app: FastAPI) -> None:
 def _complete(schema: dict, app: FastAPI) -> None:
     settings, engine = app.state.settings, app.state.engine
     error_ref = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
-    if settings.api_key is not None:
+    if settings.api_key is not None or settings.api_keys:
         schema["components"].setdefault("securitySchemes", {})["bearerAuth"] = {"type": "http", "scheme": "bearer"}
     for path, item in schema["paths"].items():
         for method, op in item.items():
@@ -75,7 +76,7 @@ def _complete(schema: dict, app: FastAPI) -> None:
                 added["408"] = 408
             if path != "/metrics":
                 added["503"] = 503
-            if settings.api_key is not None and path.startswith(_PROTECTED_PREFIXES):
+            if (settings.api_key is not None or settings.api_keys) and path.startswith(_PROTECTED_PREFIXES):
                 added["401"] = 401
                 op["security"] = [{"bearerAuth": []}]
             for code, status in added.items():

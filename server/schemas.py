@@ -139,15 +139,18 @@ class _Common(BaseModel):
     dense_tail_tokens: Int(ge=0) | None = None  # as RequestOptions: no true, no 1.5
     return_progress: bool = False  # stream prefill progress chunks (llama.cpp's name)
     cache_prompt: bool = True  # reuse the prefix cache and leave this prompt in it (llama.cpp's name)
+    document_id: Text | None = Field(None, description="an uploaded document (POST /v1/documents), placed first in "
+                                                       "the first user message (completions: before the prompt)")
     # asked of this server but not done yet (structured output): a 400 rather than an answer that is not JSON
     response_format: Unsupported("structured output (a format other than {\"type\": \"text\"})", TextFormat) = None
 
     @field_validator("kv_mode")
     @classmethod
     def _compact_decodes_sparsely(cls, v: str | None, info: ValidationInfo) -> str | None:
-        if v == "compact" and info.data.get("decode") == "dense":
-            raise ValueError("kv_mode 'compact' keeps no full cache in the Lighthouse layers, so it decodes sparsely: "
-                             "leave decode out or set it to 'sparse' (or use kv_mode 'full')")
+        if v == "compact" and info.data.get("decode") == "dense":  # a relation between fields: invalid_combination
+            raise PydanticCustomError("invalid_combination", "kv_mode 'compact' keeps no full cache in the Lighthouse "
+                                      "layers, so it decodes sparsely: leave decode out or set it to 'sparse' (or "
+                                      "use kv_mode 'full')")
         return v
 
     def stops(self) -> list[str]:

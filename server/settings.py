@@ -59,7 +59,7 @@ class Settings(BaseSettings, LoadSettings, EngineSettings):
     served_model_name: str | None = Field(None, description="model id reported by /v1/models (default: the "
                                                             "checkpoint's folder name)")
     host: str = Field("127.0.0.1", description="bind address")
-    port: int = Field(8000, description="port")
+    port: int = Field(8000, ge=1, le=65535, description="port")
     api_key: SecretStr | None = Field(None, description="require 'Authorization: Bearer KEY' on /v1/* and /tokenize")
     max_waiting: int = Field(256, ge=0, description="requests that may queue beyond the running batch's free slots; "
                                                     "more get queue-full-status (0: no queue)")
@@ -81,6 +81,13 @@ class Settings(BaseSettings, LoadSettings, EngineSettings):
     drain_timeout_s: float = Field(30.0, ge=0, description="on SIGTERM, then, seconds in-flight requests may take to "
                                                            "finish")
     log_level: LogLevel = Field("info", description="log level")
+    # documents (POST /v1/documents; server/documents.py)
+    api_keys: CommaList = Field(default_factory=list, description="more accepted API keys, comma-separated; each key "
+                                                                  "sees only the documents it uploaded")
+    documents_kv_share: float = Field(0.5, gt=0, le=1, description="share of the KV cache that pinned documents may "
+                                      "hold together; an upload past it is refused (507)")
+    document_store: str | None = Field(None, description="directory where documents' K/V are also written, keyed by "
+                                       "the checkpoint's identity, and found again after a restart")
 
     @model_validator(mode="after")
     def _one_source(self) -> "Settings":

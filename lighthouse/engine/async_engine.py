@@ -18,7 +18,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable
 
 from lighthouse.engine.engine import LLMEngine
 from lighthouse.engine.errors import (ENGINE_DEAD, INTERNAL_ERROR, SHUTTING_DOWN, EngineStopped, QueueFull,
@@ -161,6 +161,32 @@ class AsyncEngine:
         self._inbox.put(enqueue)
         self._wake.set()
         return RequestStream(self, request_id, len(req.seqs), q)
+
+    async def call(self, fn: Callable[[], Any]) -> Any:
+        """Run `fn()` on the engine thread between two steps (what touches the cache, e.g. engine/documents.py) and
+        return its result (or raise its exception)."""
+        if not self.is_alive():
+            raise EngineStopped("the engine is not running")
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future = loop.create_future()
+
+        def settle(result: Any, exc: BaseException | None) -> None:
+            if not fut.done():
+                fut.set_exception(exc) if exc is not None else fut.set_result(result)
+
+        def run() -> None:
+            try:
+                result, exc = fn(), None
+            except Exception as e:  # the caller's to handle; the engine goes on
+                result, exc = None, e
+            try:
+                loop.call_soon_threadsafe(settle, result, exc)
+            except RuntimeError:  # the loop is closed
+                pass
+
+        self._inbox.put(run)
+        self._wake.set()
+        return await fut
 
     def abort(self, request_id: str, *, error: str | None = None, code: str | None = None) -> None:
         """Stop a request; with `error`, it ends with that error (and `code`) rather than as aborted."""

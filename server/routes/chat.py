@@ -12,6 +12,7 @@ from lighthouse_server.openai_format import Formatter
 from lighthouse_server.openapi import generation_responses
 from lighthouse_server.prompts import check_max_tokens, check_model, check_unsupported, new_id
 from lighthouse_server.routes.completions import SSE_HEADERS
+from lighthouse_server.routes.documents import get_documents, get_owner
 from lighthouse_server.schemas import ChatCompletion, ChatCompletionRequest
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
@@ -23,7 +24,15 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request, 
     check_model(body.model, request.app.state.model_name)
     check_unsupported(body)
     check_max_tokens(body, ("max_tokens", "max_completion_tokens"), engine.max_model_len)
-    prompt_ids = await prompts.chat(body.messages, body.add_generation_prompt)
+    options, doc = body.request_options(), None
+    if body.document_id is not None:
+        documents = get_documents(request)
+        doc = await documents.get(body.document_id, get_owner(request), param="document_id")
+        await documents.resident(doc)
+        prompt_ids = await documents.chat_prompt(doc, body.messages, body.add_generation_prompt)
+        options = documents.options(doc, options, len(prompt_ids))
+    else:
+        prompt_ids = await prompts.chat(body.messages, body.add_generation_prompt)
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     if max_tokens is None:  # as much as fits, capped so one request does not reserve the whole cache
         max_tokens = max(1, min(settings.default_max_tokens, engine.max_model_len - len(prompt_ids)))
@@ -33,7 +42,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request, 
                     request_id=new_id("chatcmpl"),
                     include_usage=bool(body.stream_options and body.stream_options.include_usage),
                     logprobs=body.logprobs)
-    gen = Generation(engine, settings, metrics, fmt, prompt_ids, params, body.request_options(),
+    gen = Generation(engine, settings, metrics, fmt, prompt_ids, params, options,
                      prompt_param="messages", return_progress=body.return_progress)
     gen.submit()
     if body.stream:

@@ -31,7 +31,7 @@ from ._exceptions import (
 )
 from ._streaming import AsyncStream, Stream
 from ._version import __version__
-from .documents import AsyncDocumentStream, DocumentStream, document_messages
+from .documents import AsyncDocumentHandle, AsyncDocumentStream, DocumentHandle, DocumentStream, document_messages
 
 __all__ = [
     "NOT_GIVEN",
@@ -41,12 +41,14 @@ __all__ = [
     "APIStatusError",
     "APITimeoutError",
     "AsyncClient",
+    "AsyncDocumentHandle",
     "AsyncDocumentStream",
     "AsyncStream",
     "AuthenticationError",
     "BadRequestError",
     "Client",
     "ConflictError",
+    "DocumentHandle",
     "DocumentStream",
     "InternalServerError",
     "LighthouseError",

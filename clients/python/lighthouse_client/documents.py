@@ -3,11 +3,16 @@
 The document goes first and the question last, so that (a) asking many questions of one document reuses the
 server's cached prefill of the document (prefix caching), and (b) the question falls in the densely
 prefilled tail of the prompt.
+
+`upload` sends the document once (POST /v1/documents: the server prefills it and keeps its K/V pinned) and returns
+a handle whose `ask(question)` sends only the question with the document's id; the server places the document
+where `ask` would (first in the user message, a blank line, then "Question: ...").
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 from ._base_client import NOT_GIVEN, NotGiven, TimeoutTypes
@@ -18,9 +23,12 @@ from .types import (
     ChatCompletionChunk,
     CompletionUsage,
     DocumentAnswer,
+    DocumentDeleted,
     DocumentDone,
     DocumentEvent,
     DocumentProgress,  # fmt: skip
+    DocumentInfo,
+    DocumentList,
     DocumentText,
 )
 
@@ -36,12 +44,33 @@ def document_messages(document: str, question: str, system: str | None = DEFAULT
 
 
 def _request_kwargs(document: str, question: str, system: str | None, stream: bool, progress: bool,
-                    extra_body: Mapping[str, Any] | None, **params: Any) -> dict[str, Any]:  # fmt: skip
+                    extra_body: Mapping[str, Any] | None, document_id: str | None = None,
+                    **params: Any) -> dict[str, Any]:  # fmt: skip
     extra = dict(extra_body or {})
     if progress:
         extra.setdefault("return_progress", True)  # llama.cpp's name for streamed prefill progress
-    return dict(messages=document_messages(document, question, system), stream=stream,
-                include_usage=True if stream else None, extra_body=extra or None, **params)  # fmt: skip
+    if document_id is not None:  # the server puts the document before "\n\nQuestion: ..."
+        extra["document_id"] = document_id
+        messages = [{"role": "system", "content": system}] if system else []
+        messages.append({"role": "user", "content": f"Question: {question}"})
+    else:
+        messages = document_messages(document, question, system)
+    return dict(messages=messages, stream=stream, include_usage=True if stream else None,
+                extra_body=extra or None, **params)  # fmt: skip
+
+
+def _upload_body(text: str | None, file: str | Path | None, name: str | None, ttl_s: float | None,
+                 kv_mode: str | None, system: str | None) -> dict[str, Any]:  # fmt: skip
+    if (text is None) == (file is None):
+        raise ValueError("give the document as text or as a file path, one of them")
+    if file is not None:
+        text = Path(file).read_text(encoding="utf-8")
+        name = name or Path(file).name
+    body: dict[str, Any] = {"text": text, "system": system}
+    for key, value in (("name", name), ("ttl_s", ttl_s), ("kv_mode", kv_mode)):
+        if value is not None:
+            body[key] = value
+    return body
 
 
 def _answer(completion: ChatCompletion) -> DocumentAnswer:
@@ -175,10 +204,32 @@ class AsyncDocumentStream:
 
 
 class Documents:
-    """Questions about a document, through a client's `chat.completions` (the one it is built with)."""
+    """Questions about a document, through a client's `chat.completions` (the one it is built with); documents
+    uploaded once and asked by id (`upload`)."""
 
     def __init__(self, chat_completions: ChatCompletions) -> None:
         self._completions = chat_completions
+        self._store = _Store(chat_completions)
+
+    def upload(self, text: str | None = None, *, file: str | Path | None = None, name: str | None = None,
+               ttl_s: float | None = None, kv_mode: str | None = None, system: str | None = DEFAULT_SYSTEM,
+               timeout: Timeout = NOT_GIVEN) -> DocumentHandle:  # fmt: skip
+        """Send a document once (text, or a UTF-8 file's path); the server prefills it and pins its K/V. `system`:
+        the system message its questions will carry (`ask`'s default). Returns a handle with `.ask(question)`."""
+        info = self._store._upload(_upload_body(text, file, name, ttl_s, kv_mode, system), timeout)
+        return DocumentHandle(self, info, system)
+
+    def list(self, *, timeout: Timeout = NOT_GIVEN) -> DocumentList:
+        result: DocumentList = self._store._list(timeout)
+        return result
+
+    def retrieve(self, document_id: str, *, timeout: Timeout = NOT_GIVEN) -> DocumentInfo:
+        result: DocumentInfo = self._store._retrieve(document_id, timeout)
+        return result
+
+    def delete(self, document_id: str, *, timeout: Timeout = NOT_GIVEN) -> DocumentDeleted:
+        result: DocumentDeleted = self._store._delete(document_id, timeout)
+        return result
 
     def ask(
         self,
@@ -195,6 +246,7 @@ class Documents:
         decode: str | None = None,
         dense_tail_tokens: int | None = None,
         kv_mode: str | None = None,
+        document_id: str | None = None,
         extra_body: Mapping[str, Any] | None = None,
         timeout: Timeout = NOT_GIVEN,
     ) -> DocumentAnswer | DocumentStream:
@@ -203,10 +255,12 @@ class Documents:
         Returns a `DocumentAnswer`; with `stream=True` a `DocumentStream` of DocumentText events (and
         DocumentProgress events while the prompt prefills, with `progress=True` on a server that reports
         progress), ending with DocumentDone. Prefill/decode options as in `chat.completions.create`.
+        With `document_id` (an uploaded document's), `document` is not sent: the server puts that document there.
         """
         kwargs = _request_kwargs(document, question, system, stream, progress, extra_body, model=model,
                                  max_tokens=max_tokens, temperature=temperature, prefill=prefill, decode=decode,
-                                 dense_tail_tokens=dense_tail_tokens, kv_mode=kv_mode, timeout=timeout)  # fmt: skip
+                                 dense_tail_tokens=dense_tail_tokens, kv_mode=kv_mode, timeout=timeout,
+                                 document_id=document_id)  # fmt: skip
         result = self._completions.create(**kwargs)
         return DocumentStream(result) if stream else _answer(result)
 
@@ -214,6 +268,26 @@ class Documents:
 class AsyncDocuments:
     def __init__(self, chat_completions: ChatCompletions) -> None:
         self._completions = chat_completions  # an AsyncClient's: create() returns an awaitable
+        self._store = _Store(chat_completions)
+
+    async def upload(self, text: str | None = None, *, file: str | Path | None = None, name: str | None = None,
+                     ttl_s: float | None = None, kv_mode: str | None = None, system: str | None = DEFAULT_SYSTEM,
+                     timeout: Timeout = NOT_GIVEN) -> AsyncDocumentHandle:  # fmt: skip
+        """As `Documents.upload`, awaitable."""
+        info = await self._store._upload(_upload_body(text, file, name, ttl_s, kv_mode, system), timeout)
+        return AsyncDocumentHandle(self, info, system)
+
+    async def list(self, *, timeout: Timeout = NOT_GIVEN) -> DocumentList:
+        result: DocumentList = await self._store._list(timeout)
+        return result
+
+    async def retrieve(self, document_id: str, *, timeout: Timeout = NOT_GIVEN) -> DocumentInfo:
+        result: DocumentInfo = await self._store._retrieve(document_id, timeout)
+        return result
+
+    async def delete(self, document_id: str, *, timeout: Timeout = NOT_GIVEN) -> DocumentDeleted:
+        result: DocumentDeleted = await self._store._delete(document_id, timeout)
+        return result
 
     async def ask(
         self,
@@ -230,12 +304,73 @@ class AsyncDocuments:
         decode: str | None = None,
         dense_tail_tokens: int | None = None,
         kv_mode: str | None = None,
+        document_id: str | None = None,
         extra_body: Mapping[str, Any] | None = None,
         timeout: Timeout = NOT_GIVEN,
     ) -> DocumentAnswer | AsyncDocumentStream:
         """As `Documents.ask`, awaitable; with `stream=True` an `AsyncDocumentStream`."""
         kwargs = _request_kwargs(document, question, system, stream, progress, extra_body, model=model,
                                  max_tokens=max_tokens, temperature=temperature, prefill=prefill, decode=decode,
-                                 dense_tail_tokens=dense_tail_tokens, kv_mode=kv_mode, timeout=timeout)  # fmt: skip
+                                 dense_tail_tokens=dense_tail_tokens, kv_mode=kv_mode, timeout=timeout,
+                                 document_id=document_id)  # fmt: skip
         result = await self._completions.create(**kwargs)
         return AsyncDocumentStream(result) if stream else _answer(result)
+
+
+class _Store:
+    """upload, list, retrieve and delete (POST/GET/DELETE /v1/documents); the request loop is the client's."""
+
+    def __init__(self, chat_completions: ChatCompletions) -> None:
+        self._client = chat_completions._client
+
+    def _upload(self, body: dict[str, Any], timeout: Timeout) -> Any:
+        return self._client._request("POST", "/v1/documents", body=body, cast=DocumentInfo, timeout=timeout)
+
+    def _list(self, timeout: Timeout) -> Any:
+        return self._client._request("GET", "/v1/documents", cast=DocumentList, timeout=timeout)
+
+    def _retrieve(self, document_id: str, timeout: Timeout) -> Any:
+        return self._client._request("GET", f"/v1/documents/{document_id}", cast=DocumentInfo, timeout=timeout)
+
+    def _delete(self, document_id: str, timeout: Timeout) -> Any:
+        return self._client._request("DELETE", f"/v1/documents/{document_id}", cast=DocumentDeleted,
+                                     timeout=timeout)  # fmt: skip
+
+
+class DocumentHandle:
+    """An uploaded document: `info` (id, tokens, seconds, ...), `ask(question)`, `delete()`."""
+
+    def __init__(self, documents: Documents, info: DocumentInfo, system: str | None) -> None:
+        self._documents, self.info, self.system = documents, info, system
+
+    @property
+    def id(self) -> str:
+        return self.info.id
+
+    def ask(self, question: str, **kwargs: Any) -> DocumentAnswer | DocumentStream:
+        """Ask `question` of this document (keyword arguments as `Documents.ask`)."""
+        kwargs.setdefault("system", self.system)
+        return self._documents.ask("", question, document_id=self.id, **kwargs)
+
+    def delete(self) -> DocumentDeleted:
+        result: DocumentDeleted = self._documents.delete(self.id)
+        return result
+
+
+class AsyncDocumentHandle:
+    """As `DocumentHandle`, with awaitable methods."""
+
+    def __init__(self, documents: AsyncDocuments, info: DocumentInfo, system: str | None) -> None:
+        self._documents, self.info, self.system = documents, info, system
+
+    @property
+    def id(self) -> str:
+        return self.info.id
+
+    async def ask(self, question: str, **kwargs: Any) -> DocumentAnswer | AsyncDocumentStream:
+        kwargs.setdefault("system", self.system)
+        return await self._documents.ask("", question, document_id=self.id, **kwargs)
+
+    async def delete(self) -> DocumentDeleted:
+        result: DocumentDeleted = await self._documents.delete(self.id)
+        return result

@@ -22,6 +22,9 @@ __all__ = [
     "CompletionUsage",
     "DetokenizeResult",
     "DocumentAnswer",
+    "DocumentDeleted",
+    "DocumentInfo",
+    "DocumentList",
     "DocumentDone",
     "DocumentEvent",
     "DocumentProgress",
@@ -213,3 +216,36 @@ class DocumentDone(BaseType):
 
 
 DocumentEvent = DocumentProgress | DocumentText | DocumentDone
+
+
+class DocumentInfo(BaseType):
+    """An uploaded document (POST /v1/documents): its id, token count and upload time, and what it pins."""
+
+    id: str
+    object: str = "document"
+    name: str | None = None
+    created_at: int = 0
+    expires_at: int | None = None
+    ttl_s: float | None = None
+    tokens: int = 0
+    seconds: float = 0.0
+    kv_mode: str | None = None
+    kv_bytes: int = 0
+    pinned: bool = False
+    stored: bool = False
+
+
+class DocumentList(BaseType):
+    object: str = "list"
+    data: list[DocumentInfo] = Field(default_factory=list)
+    budget_bytes: int = 0
+    used_bytes: int = 0
+
+    def __iter__(self) -> Iterator[DocumentInfo]:  # type: ignore[override]
+        return iter(self.data)
+
+
+class DocumentDeleted(BaseType):
+    id: str
+    object: str = "document.deleted"
+    deleted: bool = True

@@ -1,0 +1,71 @@
+"""Documents in the engine: pinned prefix-cache entries, found by the document's tokens.
+
+A document is uploaded as a request whose options pin its prompt (`RequestOptions.pin_prompt`): when it finishes,
+the scheduler leaves its prompt in the prefix cache as usual and counts a pin on the entry, which the cache then
+never evicts (nor replaces with a longer prompt) until `unpin`. Later prompts that start with the document's tokens
+reuse it as any prefix-cache hit (prefix_cache.py says what is reused and why it is exact). `export` and `restore`
+move a pinned entry's K/V to and from CPU tensors for the disk tier (cache/disk_tier.py).
+
+Every method but `estimate_bytes` touches the cache and must run on the engine thread (AsyncEngine.call).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lighthouse.engine.cache.disk_tier import EntryData, export_entry, restore_entry
+from lighthouse.engine.cache.prefix_cache import CacheEntry, common_prefix
+from lighthouse.engine.options import RequestOptions
+from lighthouse.engine.sampling import SamplingParams
+
+
+class DocumentPins:
+    def __init__(self, engine):
+        self.engine = engine  # an LLMEngine
+
+    @property
+    def bytes_per_block(self) -> int:
+        return self.engine.kv.shape.bytes_per_block
+
+    def estimate_bytes(self, prompt_ids: list[int], options: RequestOptions) -> int:
+        """What pinning this prompt would hold in the KV cache, in bytes (its reservation for one token more; raises
+        InvalidRequest when it cannot be served at all). Thread-safe."""
+        req = self.engine.make_request("document-size", prompt_ids, SamplingParams(max_tokens=1), options)
+        return req.reservation.held_blocks(self.engine.kv.shape) * self.bytes_per_block
+
+    def find(self, prompt_ids: list[int]) -> CacheEntry | None:
+        """The pinned entry that holds these tokens (as its prompt or the head of a longer one), if any."""
+        cache = self.engine.prefix_cache
+        if cache is None:
+            return None
+        t = torch.tensor(prompt_ids, dtype=torch.long)
+        for e in cache.entries:
+            if e.pins and e.length >= len(prompt_ids) and common_prefix(t, e.tokens) == len(prompt_ids):
+                return e
+        return None
+
+    def held_bytes(self, prompt_ids: list[int]) -> int:
+        """Bytes of the KV cache the pinned entry holds (0: not pinned on the device)."""
+        e = self.find(prompt_ids)
+        return len(e.all_blocks()) * self.bytes_per_block if e is not None else 0
+
+    def unpin(self, prompt_ids: list[int]) -> None:
+        """One pin less; the entry leaves the cache with its last pin (a deleted document frees its memory)."""
+        e = self.find(prompt_ids)
+        if e is None:
+            return
+        e.pins -= 1
+        if not e.pins:
+            self.engine.prefix_cache.discard(e)
+
+    def export(self, prompt_ids: list[int]) -> EntryData | None:
+        e = self.find(prompt_ids)
+        return export_entry(self.engine.prefix_cache, e) if e is not None else None
+
+    def restore(self, data: EntryData) -> int:
+        """A stored document back on the device, pinned; the bytes it holds (0: no room now, or no prefix cache)."""
+        cache = self.engine.prefix_cache
+        if cache is None:
+            return 0
+        e = restore_entry(cache, data)
+        return len(e.all_blocks()) * self.bytes_per_block if e is not None else 0

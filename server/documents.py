@@ -1,0 +1,246 @@
+"""Documents: uploaded once (tokenized and prefilled, their K/V pinned in the prefix cache), asked many times by id.
+
+Layout: a document sits where the SDK's `documents.ask` puts it, at the start of the first user message, followed
+by a blank line and that message's content ("Question: ..." from the SDK). Its *prefix*, the prompt's ids up to the
+document's end (the chat template's head: an optional system message and the user turn's opening, then the
+document), is what is prefilled at upload, with the document as the sparse head and no dense tail; a question then
+continues it, its own tokens forming the dense tail, so the prefix-cache entry is reused as is
+(lighthouse/engine/documents.py). A chat whose head differs (another system message) still gets the document in
+that place, prefilled afresh. A completion continues the prefix with a blank line and its prompt. A tokenizer
+without a chat template gets the document's own ids as the prefix.
+
+Memory: the pinned documents' KV bytes count against a budget (`documents_kv_share` of the KV cache); an upload that
+would pass it is a 507 naming the caller's documents, largest first. Owners: with API keys, a document belongs to
+the key that uploaded it (a hash of it) and every other key gets a 404 for it. TTL: a document with `ttl_s` is
+deleted that many seconds after its upload (checked on every access and once a second).
+
+With a document store (`document_store`), each document's K/V and metadata are also written to disk
+(lighthouse/engine/cache/disk_tier.py) and listed again after a restart; the first question brings them back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import time
+import uuid
+from dataclasses import asdict, dataclass, field, replace
+
+from lighthouse.engine.errors import EngineError
+from lighthouse.engine.options import RequestOptions
+from lighthouse.engine.sampling import SamplingParams
+from lighthouse_server.errors import APIError, from_engine_error
+
+_PLACEHOLDER = re.compile("\ue000(\\d+)\ue001")  # chat_template.py's placeholders
+SEPARATOR = "\n\n"  # between the document and the message's content (documents.ask's layout)
+
+
+def owner_of(key: str | None) -> str:
+    """Who a document belongs to: a short hash of the API key ("" without keys)."""
+    return hashlib.sha256(key.encode()).hexdigest()[:16] if key else ""
+
+
+@dataclass
+class Document:
+    id: str
+    owner: str
+    name: str | None
+    created_at: float
+    ttl_s: float | None
+    kv_mode: str | None
+    system: str | None
+    layout: str  # "chat" | "raw"
+    head: str | None  # the chat's text before the document (system message and markup), to match asks against
+    tokens: int = 0  # the prefix's token count
+    seconds: float = 0.0  # the upload's tokenize + prefill time
+    kv_bytes: int = 0  # KV cache bytes it pins (an estimate while it is being prefilled)
+    stored: bool = False
+    resident: bool = False  # pinned on the device now
+    ready: bool = False  # its upload finished (or it came from the store)
+    text: str | None = field(default=None, repr=False)
+    prefix_ids: list[int] | None = field(default=None, repr=False)
+
+    @property
+    def expires_at(self) -> float | None:
+        return None if self.ttl_s is None else self.created_at + self.ttl_s
+
+    def public(self) -> dict:
+        return {"id": self.id, "object": "document", "name": self.name, "created_at": int(self.created_at),
+                "expires_at": None if self.expires_at is None else int(self.expires_at), "ttl_s": self.ttl_s,
+                "tokens": self.tokens, "seconds": round(self.seconds, 4), "kv_mode": self.kv_mode,
+                "kv_bytes": self.kv_bytes, "pinned": self.resident, "stored": self.stored}
+
+    def meta(self) -> dict:
+        d = asdict(self)
+        for k in ("text", "prefix_ids", "resident", "stored", "ready"):
+            d.pop(k)
+        return d
+
+
+def chat_split(template, roles: list[str], contents: list[str], add_generation_prompt: bool = True):
+    """(rendered template, the placeholder match of the first user message, the head's text before it)."""
+    rendered = template.render(roles, add_generation_prompt)
+    if "user" not in roles:
+        raise APIError(400, "a chat with document_id needs a user message (the document goes first in it)",
+                       param="messages")
+    u = roles.index("user")
+    m = next(x for x in _PLACEHOLDER.finditer(rendered) if int(x[1]) == u)
+    head = _PLACEHOLDER.sub(lambda x: contents[int(x[1])], rendered[: m.start()])
+    return rendered, m, head
+
+
+class DocumentService:
+    def __init__(self, engine, prompts_of, *, budget_bytes: int, store=None, clock=time.time):
+        self.engine, self.prompts_of = engine, prompts_of  # AsyncEngine; () -> the app's PromptEncoder
+        from lighthouse.engine.documents import DocumentPins
+
+        self.pins = DocumentPins(engine.engine)
+        self.budget_bytes, self.store, self.clock = budget_bytes, store, clock
+        self.docs: dict[str, Document] = {}
+        if store is not None:
+            for doc_id, rec in store.index().items():
+                self.docs[doc_id] = Document(**rec["meta"], stored=True, ready=True)
+
+    # ---- registry ---------------------------------------------------------------------------------------------
+    def used_bytes(self) -> int:
+        return sum(d.kv_bytes for d in self.docs.values())
+
+    async def sweep(self) -> None:
+        now = self.clock()
+        for d in [d for d in self.docs.values() if d.expires_at is not None and d.expires_at <= now]:
+            await self._remove(d)
+
+    def visible(self, owner: str) -> list[Document]:
+        return sorted((d for d in self.docs.values() if d.owner == owner and d.ready), key=lambda d: d.created_at)
+
+    async def get(self, doc_id: str, owner: str, param: str | None = None) -> Document:
+        """The caller's document, or a 404 (also for another key's: its existence is not disclosed)."""
+        await self.sweep()
+        d = self.docs.get(doc_id)
+        if d is None or d.owner != owner or not d.ready:
+            raise APIError(404, f"No document with id {doc_id!r}", param=param, code="document_not_found")
+        return d
+
+    async def delete(self, doc_id: str, owner: str) -> None:
+        await self._remove(await self.get(doc_id, owner))
+
+    async def _remove(self, d: Document) -> None:
+        self.docs.pop(d.id, None)
+        if d.resident and d.prefix_ids is not None:
+            await self.engine.call(lambda: self.pins.unpin(d.prefix_ids))
+        if self.store is not None:
+            await asyncio.to_thread(self.store.delete, d.id)
+
+    # ---- upload -----------------------------------------------------------------------------------------------
+    async def upload(self, owner: str, text: str, *, name: str | None, ttl_s: float | None, kv_mode: str | None,
+                     system: str | None) -> Document:
+        await self.sweep()
+        t0 = time.monotonic()
+        prompts = self.prompts_of()
+        has_template = bool(getattr(prompts.tokenizer, "chat_template", None))
+        d = Document(f"doc-{uuid.uuid4().hex}", owner, name, self.clock(), ttl_s, kv_mode, system,
+                     "chat" if has_template else "raw", None, text=text)
+        if has_template:
+            roles, contents = (["system", "user"], [system, text]) if system else (["user"], [text])
+            prompts.refuse_if_too_long(contents, "text", prompts.max_model_len - 1)
+            rendered, m, d.head = chat_split(prompts.template, roles, contents)
+            d.prefix_ids = await prompts._run(prompts.template.encode, rendered[: m.end()], contents)
+        else:
+            if system:
+                raise APIError(400, "this model's tokenizer has no chat template, so a document takes no system "
+                               "message", param="system")
+            d.prefix_ids = await prompts.encode(text, param="text")
+        d.tokens = len(d.prefix_ids)
+        options = RequestOptions(kv_mode=kv_mode, dense_tail_tokens=0, pin_prompt=True)  # type: ignore[arg-type]
+        try:
+            estimate = self.pins.estimate_bytes(d.prefix_ids, options)
+        except EngineError as exc:
+            raise from_engine_error(exc, prompt_param="text") from None
+        self._check_budget(owner, estimate)
+        d.kv_bytes = estimate
+        self.docs[d.id] = d  # counts against the budget while it prefills (not listed until then)
+        try:
+            await self._prefill(d, options)
+        except BaseException:
+            self.docs.pop(d.id, None)
+            raise
+        d.kv_bytes = await self.engine.call(lambda: self.pins.held_bytes(d.prefix_ids))
+        d.resident = d.kv_bytes > 0
+        d.seconds, d.ready = time.monotonic() - t0, True
+        if self.store is not None and d.resident:
+            data = await self.engine.call(lambda: self.pins.export(d.prefix_ids))
+            if data is not None:
+                await asyncio.to_thread(self.store.save, d.id, data, d.meta(), text)
+                d.stored = True
+        return d
+
+    def _check_budget(self, owner: str, need: int) -> None:
+        used = self.used_bytes()
+        if used + need <= self.budget_bytes:
+            return
+        own = sorted(self.visible(owner), key=lambda d: -d.kv_bytes)
+        listed = ", ".join(f"{d.id} ({d.name or 'unnamed'}, {d.kv_bytes:,} bytes)" for d in own[:10]) or "none"
+        others = used - sum(d.kv_bytes for d in own)
+        raise APIError(507, f"This document needs {need:,} bytes of KV cache, but pinned documents hold {used:,} of "
+                       f"the {self.budget_bytes:,}-byte document budget; free {used + need - self.budget_bytes:,} "
+                       f"bytes by deleting documents. Yours, largest first: {listed}"
+                       + (f"; other keys' documents hold {others:,} bytes." if others else "."),
+                       param="text", code="document_budget_exceeded")
+
+    async def _prefill(self, d: Document, options: RequestOptions) -> None:
+        stream = self.engine.submit(f"{d.id}-prefill", d.prefix_ids, SamplingParams(max_tokens=1, temperature=0.0),
+                                    options)
+        try:
+            async for out in stream:
+                if out.finished and out.finish_reason == "error":
+                    raise APIError(500 if out.error_code == "internal_error" else 503,
+                                   f"the document's prefill failed: {out.error}", code=out.error_code)
+        finally:
+            stream.close()
+
+    # ---- asking -----------------------------------------------------------------------------------------------
+    async def resident(self, d: Document) -> None:
+        """Bring a stored document back after a restart (its ids, and its K/V pinned on the device when they fit)."""
+        if d.resident or not d.stored or self.store is None:
+            return
+        loaded = await asyncio.to_thread(self.store.load, d.id)
+        if loaded is None:  # gone or corrupt: forget it
+            self.docs.pop(d.id, None)
+            raise APIError(404, f"No document with id {d.id!r} (its stored copy is unreadable)",
+                           param="document_id", code="document_not_found")
+        data, text = loaded
+        d.prefix_ids, d.text = data.tokens[: d.tokens].tolist(), text
+        if not d.resident:  # (another question may have restored it meanwhile)
+            d.resident = await self.engine.call(lambda: self.pins.restore(data)) > 0
+
+    async def chat_prompt(self, d: Document, messages, add_generation_prompt: bool) -> list[int]:
+        """A chat's prompt ids with the document first in its first user message."""
+        prompts = self.prompts_of()
+        if d.layout != "chat":
+            raise APIError(400, "this document was uploaded for a model without a chat template; use "
+                           "/v1/completions", param="document_id")
+        roles, contents = [m.role for m in messages], [m.text() for m in messages]
+        prompts.refuse_if_too_long(contents, "messages", prompts.max_model_len - 1 - d.tokens)
+        rendered, m, head = chat_split(prompts.template, roles, contents, add_generation_prompt)
+        u = int(m[1])
+        rest_contents = list(contents)
+        rest_contents[u] = SEPARATOR + contents[u]
+        rest = await prompts._run(prompts.template.encode, rendered[m.start() :], rest_contents)
+        if head == d.head and d.prefix_ids is not None:
+            return d.prefix_ids + rest
+        with_doc = list(contents)
+        with_doc[u] = d.text or ""
+        return await prompts._run(prompts.template.encode, rendered[: m.end()], with_doc) + rest
+
+    async def completion_prompt(self, d: Document, prompt_ids: list[int] | None, prompt: str | None) -> list[int]:
+        prompts = self.prompts_of()
+        if prompt_ids is None:
+            prompt_ids = await prompts._run(prompts.template.encode_plain, SEPARATOR + (prompt or ""))
+        return list(d.prefix_ids or []) + list(prompt_ids)
+
+    @staticmethod
+    def options(d: Document, asked: RequestOptions, prompt_len: int) -> RequestOptions:
+        """The question's tokens are the dense tail, so the document's head and split are the upload's (reused)."""
+        tail = asked.dense_tail_tokens if asked.dense_tail_tokens is not None else prompt_len - d.tokens
+        return replace(asked, dense_tail_tokens=tail, kv_mode=asked.kv_mode or d.kv_mode)  # type: ignore[arg-type]

@@ -1,0 +1,140 @@
+"""/v1/documents: upload (JSON text or a multipart file), list, get and delete documents (server/documents.py)."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from lighthouse.engine.options import KVMode
+from lighthouse_server.deps import require_api_key
+from lighthouse_server.documents import DocumentService
+from lighthouse_server.errors import APIError
+from lighthouse_server.openapi import responses
+from lighthouse_server.schemas import NonEmptyText, Text
+
+router = APIRouter(dependencies=[Depends(require_api_key)])
+
+
+class DocumentCreate(BaseModel):
+    """POST /v1/documents as JSON (a multipart upload sends the same fields as form fields, `file` for `text`)."""
+
+    model_config = ConfigDict(extra="ignore")  # unknown fields are ignored, as in the other routes
+
+    text: NonEmptyText = Field(description="the document")
+    name: Annotated[Text, Field(max_length=256)] | None = None
+    ttl_s: float | None = Field(None, ge=60, description="delete it this many seconds after the upload (at least 60)")
+    kv_mode: KVMode | None = Field(None, description="full | compact (default: the server's)")
+    system: Text | None = Field(None, description="the system message its questions will have (documents.ask's); "
+                                                 "a question with another one prefills the document again")
+
+
+class DocumentObject(BaseModel):
+    """A document as the routes return it (documentation)."""
+
+    id: str
+    object: str = "document"
+    name: str | None = None
+    created_at: int
+    expires_at: int | None = None
+    ttl_s: float | None = None
+    tokens: int
+    seconds: float
+    kv_mode: str | None = None
+    kv_bytes: int
+    pinned: bool
+    stored: bool
+
+
+class DocumentListObject(BaseModel):
+    object: str = "list"
+    data: list[DocumentObject]
+    budget_bytes: int
+    used_bytes: int
+
+
+class DocumentDeletedObject(BaseModel):
+    id: str
+    object: str = "document.deleted"
+    deleted: bool = True
+
+
+_UPLOAD_BODY = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": DocumentCreate.model_json_schema()},
+    "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
+        "file": {"type": "string", "minLength": 1, "description": "the document: UTF-8 text"}, "name": {"type": "string"},
+        "ttl_s": {"type": "number", "minimum": 60}, "kv_mode": {"enum": ["full", "compact"]},
+        "system": {"type": "string"}}}}}}}
+
+
+def get_documents(request: Request) -> DocumentService:
+    service = getattr(request.app.state, "documents", None)
+    if service is None:
+        raise APIError(503, "documents are not available on this server (the engine is not loaded)",
+                       code="engine_unavailable", headers={"Retry-After": "1"})
+    return service
+
+
+def get_owner(request: Request) -> str:
+    return getattr(request.state, "owner", "")
+
+
+DocumentsDep = Annotated[DocumentService, Depends(get_documents)]
+OwnerDep = Annotated[str, Depends(get_owner)]
+
+
+async def _create_body(request: Request) -> DocumentCreate:
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    try:
+        if kind == "multipart/form-data":
+            form = await request.form()
+            fields = {k: v for k, v in form.items() if k != "file" and isinstance(v, str) and v != ""}
+            upload = form.get("file")
+            if upload is not None:
+                if "text" in fields:
+                    raise APIError(400, "send either a file or text, not both", param="file")
+                try:  # a file part, or the text as a plain form field of that name
+                    fields["text"] = upload if isinstance(upload, str) else (await upload.read()).decode("utf-8")
+                except UnicodeDecodeError:
+                    raise APIError(400, "the file is not UTF-8 text", param="file") from None
+            return DocumentCreate.model_validate(fields)
+        return DocumentCreate.model_validate(json.loads(await request.body() or b"null"))
+    except ValueError as exc:  # not JSON, or not UTF-8 (ValidationError is handled below, before this)
+        if isinstance(exc, ValidationError):
+            raise _invalid(exc) from None
+        raise APIError(400, "the body is not valid JSON in UTF-8") from None
+
+
+def _invalid(exc: ValidationError) -> APIError:
+    e = exc.errors()[0]
+    param = ".".join(str(p) for p in e["loc"]) or None
+    return APIError(400, f"{param or 'body'}: {e['msg']}", param=param)
+
+
+@router.post("/v1/documents", responses=responses(DocumentObject, 400, 507), openapi_extra=_UPLOAD_BODY)
+async def create_document(request: Request, documents: DocumentsDep, owner: OwnerDep):
+    """Tokenize and prefill a document once; its K/V stay pinned until it is deleted or expires."""
+    body = await _create_body(request)
+    d = await documents.upload(owner, body.text, name=body.name, ttl_s=body.ttl_s, kv_mode=body.kv_mode,
+                               system=body.system)
+    return d.public()
+
+
+@router.get("/v1/documents", responses=responses(DocumentListObject))
+async def list_documents(documents: DocumentsDep, owner: OwnerDep):
+    await documents.sweep()
+    return {"object": "list", "data": [d.public() for d in documents.visible(owner)],
+            "budget_bytes": documents.budget_bytes, "used_bytes": documents.used_bytes()}
+
+
+@router.get("/v1/documents/{document_id}", responses=responses(DocumentObject, 404))
+async def get_document(document_id: str, documents: DocumentsDep, owner: OwnerDep):
+    return (await documents.get(document_id, owner)).public()
+
+
+@router.delete("/v1/documents/{document_id}", responses=responses(DocumentDeletedObject, 404))
+async def delete_document(document_id: str, documents: DocumentsDep, owner: OwnerDep):
+    await documents.delete(document_id, owner)
+    return {"id": document_id, "object": "document.deleted", "deleted": True}

@@ -1,0 +1,208 @@
+"""/v1/documents through a real server: upload once, ask by id (openai package and the SDK), list, delete, TTL,
+tenant isolation, the pinned-memory budget, and the disk store across a restart."""
+
+from __future__ import annotations
+
+import shutil
+
+import httpx
+import openai
+import pytest
+
+DOC = "".join(chr(33 + (i * 7919) % 90) for i in range(900))  # 900 ASCII bytes: sparse-eligible, > 256 tokens
+KEY_A, KEY_B = "sk-a", "sk-b"
+
+
+@pytest.fixture(scope="module")
+def server(tiny_checkpoint, loopback_server, settings_for):
+    with loopback_server(settings_for(tiny_checkpoint, served_model_name="tiny", api_keys=[KEY_A, KEY_B])) as s:
+        yield s
+
+
+def http(server, key=KEY_A) -> httpx.Client:
+    return httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=120)
+
+
+def oa(server, key=KEY_A) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0, timeout=120)
+
+
+def upload(server, key=KEY_A, **body) -> dict:
+    body.setdefault("text", DOC)
+    r = http(server, key).post("/v1/documents", json=body)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def ask(client, doc_id, question="What is it?", **kw):
+    return client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": f"Question: {question}"}], max_tokens=8, temperature=0,
+        logprobs=True, extra_body={"document_id": doc_id, **kw.pop("extra", {})}, **kw)
+
+
+def test_upload_returns_id_tokens_and_seconds_and_pins_the_document(server):
+    d = upload(server, name="manual")
+    assert d["id"].startswith("doc-") and d["object"] == "document" and d["name"] == "manual"
+    assert d["tokens"] > len(DOC) and d["seconds"] > 0 and d["pinned"] and d["kv_bytes"] > 0
+    pins = [e for e in server.engine.engine.prefix_cache.entries if e.pins]
+    assert any(e.length == d["tokens"] for e in pins)
+
+
+def test_asking_by_id_reuses_the_document_and_matches_the_inline_layout(server):
+    d = upload(server)
+    client = oa(server)
+    first, again = ask(client, d["id"]), ask(client, d["id"])
+    assert first.choices[0].message.content == again.choices[0].message.content
+    assert first.usage.prompt_tokens_details.cached_tokens == d["tokens"]  # the document was not prefilled again
+    inline = client.chat.completions.create(  # documents.ask's layout, the document sent as text
+        model="tiny", messages=[{"role": "user", "content": f"{DOC}\n\nQuestion: What is it?"}], max_tokens=1)
+    assert first.usage.prompt_tokens == inline.usage.prompt_tokens
+    # the second reuses the first's longer entry: the same arithmetic up to summation order
+    tokens = [t.logprob for t in first.choices[0].logprobs.content]
+    assert tokens == pytest.approx([t.logprob for t in again.choices[0].logprobs.content], abs=1e-4)
+
+
+def test_completions_take_document_id_before_the_prompt(server):
+    d = upload(server)
+    r = oa(server).completions.create(model="tiny", prompt="Summary:", max_tokens=4, temperature=0,
+                                      extra_body={"document_id": d["id"]})
+    assert r.usage.prompt_tokens == d["tokens"] + len("\n\nSummary:")
+    assert r.usage.prompt_tokens_details.cached_tokens >= d["tokens"]  # (an earlier question may share "\n\n")
+
+
+def test_list_get_and_delete(server, assert_error):
+    d = upload(server, name="to-delete")
+    c = http(server)
+    assert d["id"] in [x["id"] for x in c.get("/v1/documents").json()["data"]]
+    assert c.get(f"/v1/documents/{d['id']}").json()["tokens"] == d["tokens"]
+    assert c.delete(f"/v1/documents/{d['id']}").json() == {"id": d["id"], "object": "document.deleted",
+                                                           "deleted": True}
+    assert_error(c.get(f"/v1/documents/{d['id']}"), 404, code="document_not_found")
+    assert_error(c.delete(f"/v1/documents/{d['id']}"), 404, code="document_not_found")
+    with pytest.raises(openai.NotFoundError):
+        ask(oa(server), d["id"])
+
+
+def test_multipart_file_upload(server):
+    r = http(server).post("/v1/documents", files={"file": ("doc.txt", DOC.encode(), "text/plain")},
+                          data={"name": "from-file", "ttl_s": "600"})
+    assert r.status_code == 200, r.text
+    assert r.json()["name"] == "from-file" and r.json()["ttl_s"] == 600 and r.json()["tokens"] > len(DOC)
+
+
+def test_bad_uploads_are_400s(server, assert_error):
+    c = http(server)
+    assert_error(c.post("/v1/documents", json={"text": ""}), 400, param="text")
+    assert_error(c.post("/v1/documents", json={"text": DOC, "ttl_s": -1}), 400, param="ttl_s")
+    assert_error(c.post("/v1/documents", json={"text": DOC, "kv_mode": "tiny"}), 400, param="kv_mode")
+    assert_error(c.post("/v1/documents", content=b"{", headers={"content-type": "application/json"}), 400)
+    assert_error(httpx.post(server.url + "/v1/documents", json={"text": DOC}), 401)
+
+
+def test_ttl_expiry(server, assert_error):
+    service = server.app.state.documents
+    d = upload(server, ttl_s=60)
+    c = http(server)
+    assert c.get(f"/v1/documents/{d['id']}").status_code == 200
+    real = service.clock
+    service.clock = lambda: real() + 61  # 61 s later, without waiting for them
+    try:
+        assert_error(c.get(f"/v1/documents/{d['id']}"), 404, code="document_not_found")
+        assert d["id"] not in [x["id"] for x in c.get("/v1/documents").json()["data"]]
+    finally:
+        service.clock = real
+
+
+def test_a_key_never_sees_another_keys_documents(server, assert_error):
+    d = upload(server, KEY_A)
+    b = http(server, KEY_B)
+    assert_error(b.get(f"/v1/documents/{d['id']}"), 404, code="document_not_found")
+    assert d["id"] not in [x["id"] for x in b.get("/v1/documents").json()["data"]]
+    with pytest.raises(openai.NotFoundError):
+        ask(oa(server, KEY_B), d["id"])
+    assert_error(b.delete(f"/v1/documents/{d['id']}"), 404, code="document_not_found")
+    assert http(server, KEY_A).get(f"/v1/documents/{d['id']}").status_code == 200  # still there for A
+
+
+def test_upload_past_the_budget_is_507_naming_what_to_free(server, assert_error):
+    service = server.app.state.documents
+    budget = service.budget_bytes
+    service.budget_bytes = service.used_bytes() + 1000  # less than one more document
+    try:
+        err = assert_error(http(server).post("/v1/documents", json={"text": DOC}), 507,
+                           code="document_budget_exceeded")
+        assert "doc-" in err["message"] and "free" in err["message"]
+    finally:
+        service.budget_bytes = budget
+
+
+def test_pinned_documents_survive_the_prefix_caches_eviction(server):
+    d = upload(server)
+    llm = server.engine.engine
+    llm.prefix_cache.make_room(llm.kv.allocator.usable)  # evict everything that may be evicted
+    assert any(e.pins and e.length == d["tokens"] for e in llm.prefix_cache.entries)
+
+
+def test_sdk_upload_returns_a_handle_that_asks(server):
+    from lighthouse_client import Client
+
+    with Client(base_url=server.url, api_key=KEY_A, max_retries=0) as client:
+        doc = client.documents.upload(DOC, name="sdk")
+        answer = doc.ask("Who?", max_tokens=6)
+        assert answer.usage.model_extra["prompt_tokens_details"]["cached_tokens"] == doc.info.tokens
+        assert doc.id in [x.id for x in client.documents.list()]
+        assert doc.delete().deleted
+
+
+def test_async_sdk_upload_and_ask(server):
+    import asyncio
+
+    from lighthouse_client import AsyncClient
+
+    async def main():
+        async with AsyncClient(base_url=server.url, api_key=KEY_A, max_retries=0) as client:
+            doc = await client.documents.upload(DOC, name="async")
+            answer = await doc.ask("Who?", max_tokens=6)
+            assert answer.text is not None
+            assert (await client.documents.retrieve(doc.id)).tokens == doc.info.tokens
+            await doc.delete()
+
+    asyncio.run(main())
+
+
+# ---- the disk store -------------------------------------------------------------------------------------------
+
+def _answer(url, doc_id):
+    client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
+    r = ask(client, doc_id)
+    return r.choices[0].message.content, [t.logprob for t in r.choices[0].logprobs.content], r.usage
+
+
+def test_restart_with_the_store_gives_the_same_answers_and_logprobs(tiny_checkpoint, loopback_server,
+                                                                     settings_for, tmp_path):
+    store = tmp_path / "store"
+    with loopback_server(settings_for(tiny_checkpoint, served_model_name="tiny", document_store=str(store))) as s:
+        d = upload(s)
+        assert d["stored"]
+        before = _answer(s.url, d["id"])
+    with loopback_server(settings_for(tiny_checkpoint, served_model_name="tiny", document_store=str(store))) as s:
+        listed = httpx.get(s.url + "/v1/documents").json()["data"]
+        assert [x["id"] for x in listed] == [d["id"]] and not listed[0]["pinned"]
+        after = _answer(s.url, d["id"])
+        assert after[2].prompt_tokens_details.cached_tokens == d["tokens"]  # restored, not prefilled
+        assert httpx.get(s.url + f"/v1/documents/{d['id']}").json()["pinned"]
+    assert before[:2] == after[:2]
+
+
+def test_a_changed_checkpoint_ignores_the_store(tiny_checkpoint, loopback_server, settings_for, tmp_path,
+                                               make_checkpoint, assert_error):
+    store = tmp_path / "store"
+    other = make_checkpoint(tmp_path / "other", seed=1)
+    with loopback_server(settings_for(tiny_checkpoint, served_model_name="tiny", document_store=str(store))) as s:
+        d = upload(s)
+    with loopback_server(settings_for(other, served_model_name="tiny", document_store=str(store))) as s:
+        assert httpx.get(s.url + "/v1/documents").json()["data"] == []
+        assert_error(httpx.get(s.url + f"/v1/documents/{d['id']}"), 404, code="document_not_found")
+    copy = shutil.copytree(tiny_checkpoint, tmp_path / "same")  # the same bytes elsewhere: the same identity
+    with loopback_server(settings_for(copy, served_model_name="tiny", document_store=str(store))) as s:
+        assert [x["id"] for x in httpx.get(s.url + "/v1/documents").json()["data"]] == [d["id"]]
