@@ -95,6 +95,16 @@ def read_adapter(adapter_dir: str | os.PathLike) -> tuple[dict, dict[str, torch.
     return cfg, load_file(str(p / ADAPTER_WEIGHTS))
 
 
+def load_saved_modules(model, cfg: dict, tensors: dict[str, torch.Tensor], where: str) -> None:
+    """Copy the adapter's fully trained tensors (`modules_to_save`: the norms) into `model`'s parameters."""
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name in cfg.get("modules_to_save", []):
+            if name not in params:
+                raise AdapterError(f"{where} carries {name!r}, which this model has no parameter for")
+            params[name].copy_(tensors[f"{PEFT_PREFIX}{name}"].to(params[name].dtype))
+
+
 def adapted_config(base_config: dict, adapter_cfg: dict) -> dict:
     """The adapted model's config.json (the adapter's, whole: its RoPE, positions and `lighthouse` layers);
     AdapterError when the adapter was made for a model of other sizes than `base_config`'s."""
@@ -129,12 +139,7 @@ def merge_adapter(base_dir: str | os.PathLike, adapter_dir: str | os.PathLike, o
         (tmp / "config.json").write_text(json.dumps(adapted_config(base_config, cfg), indent=2) + "\n")
         model, tok = load_checkpoint(tmp, device="cpu", dtype=torch.float32)
         apply_lora_delta(model, {k: v for k, v in tensors.items() if ".lora_" in k}, cfg["lora_alpha"], cfg["r"])
-        params = dict(model.named_parameters())
-        with torch.no_grad():
-            for name in cfg.get("modules_to_save", []):
-                if name not in params:
-                    raise AdapterError(f"the adapter carries {name!r}, which this base has no parameter for")
-                params[name].copy_(tensors[f"{PEFT_PREFIX}{name}"].to(params[name].dtype))
+        load_saved_modules(model, cfg, tensors, str(adapter_dir))
         gen = (base / "generation_config.json").read_text() if (base / "generation_config.json").exists() else None
         save_checkpoint(model, tok, tmp, dtype=dtype)
         if gen is not None:  # the base's stop ids and sampling defaults stay

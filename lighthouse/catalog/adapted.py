@@ -16,8 +16,8 @@ import os
 from pathlib import Path
 
 from lighthouse.adapter import ADAPTER_CONFIG, ADAPTER_WEIGHTS, AdapterError, merge_adapter
+from lighthouse.catalog.models import STAMP
 
-STAMP = "prepared.json"
 ADAPTERS_DIR = Path(__file__).resolve().parent.parent / "assets" / "adapters"
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+STAMP = "prepared.json"  # a prepared folder's record of its source (lighthouse.catalog.registry, .adapted)
+
 
 @dataclass(frozen=True)
 class KnownModel:

@@ -20,9 +20,8 @@ from pathlib import Path
 from typing import Callable
 
 from lighthouse.catalog.adapted import ADAPTERS_DIR, adapter_base_name, adapter_sha256, merged_folder
-from lighthouse.catalog.models import ADAPTED_MODELS, KNOWN_MODELS, KnownModel
+from lighthouse.catalog.models import ADAPTED_MODELS, KNOWN_MODELS, STAMP, KnownModel
 
-STAMP = "prepared.json"
 
 
 class UnknownModel(ValueError):

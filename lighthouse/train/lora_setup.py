@@ -7,11 +7,10 @@ between machines and to ship.
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
-from lighthouse.adapter import AdapterError, read_adapter
-from lighthouse.model.lora import PEFT_PREFIX, add_lora, has_lora, load_lora_state_dict
+from lighthouse.adapter import AdapterError, load_saved_modules, read_adapter
+from lighthouse.model.lora import add_lora, has_lora, load_lora_state_dict
 
 
 def norm_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -49,9 +48,4 @@ def load_adapter_weights(model: nn.Module, adapter_dir) -> None:
         load_lora_state_dict(model, tensors)
     except ValueError as exc:
         raise AdapterError(f"{adapter_dir}: {exc}") from None
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name in cfg.get("modules_to_save", []):
-            if name not in params:
-                raise AdapterError(f"{adapter_dir} carries {name!r}, which this model has no parameter for")
-            params[name].copy_(tensors[f"{PEFT_PREFIX}{name}"].to(params[name].dtype))
+    load_saved_modules(model, cfg, tensors, str(adapter_dir))
