@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
@@ -33,11 +32,11 @@ from lighthouse.model.config import ModelConfig
 from lighthouse.model.layer_plan import layer_attention
 from lighthouse.model.layers import LlamaDecoderLayer, RMSNorm
 from lighthouse.ops import causal_attention, lighthouse_attention
+from lighthouse.ops.cross_entropy import IGNORE_INDEX, token_cross_entropy
 from lighthouse.ops.fused import rope_qk
 from lighthouse.ops.rope import lighthouse_inv_freq, rope_cos_sin, rope_inv_freq
 
 AttentionFn = Callable[[int, Tensor, Tensor, Tensor], Tensor]
-IGNORE_INDEX = -100
 
 
 @dataclass
@@ -206,7 +205,7 @@ class LlamaForCausalLM(nn.Module):
         """(B, N-1) per-token losses (0 where ignored); for evaluation."""
         out = self.forward(input_ids, dense=dense, logits_to_keep=input_ids.shape[1])
         logits = out.logits[:, :-1].float()
-        return F.cross_entropy(logits.transpose(1, 2), labels[:, 1:], ignore_index=IGNORE_INDEX, reduction="none")
+        return token_cross_entropy(logits, labels[:, 1:])
 
 
 def _layer_attention(rotary: Rotary, attn_fn: AttentionFn | UnrotatedAttention):
@@ -231,7 +230,5 @@ def _chunked_loss(lm_head: nn.Linear, h: Tensor, labels: Tensor, chunk: int = 40
     count = (target != IGNORE_INDEX).sum()
     for s in range(0, h.shape[1], chunk):
         logits = lm_head(h[:, s : s + chunk]).float()
-        total = total + F.cross_entropy(
-            logits.transpose(1, 2), target[:, s : s + chunk], ignore_index=IGNORE_INDEX, reduction="sum"
-        )
+        total = total + token_cross_entropy(logits, target[:, s : s + chunk], reduction="sum")
     return total / count.clamp(min=1)

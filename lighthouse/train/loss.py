@@ -12,13 +12,13 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-IGNORE_INDEX = -100
+from lighthouse.ops.cross_entropy import token_cross_entropy
 LOSS_CHUNK = 8192  # positions per chunk: 8192 x 49,152 fp32 logits = 1.6 GB, transient
 
 
 def _chunk_ce(lm_head_weight: Tensor, h: Tensor, target: Tensor) -> Tensor:
     logits = F.linear(h, lm_head_weight).float()
-    return F.cross_entropy(logits.transpose(1, 2), target, ignore_index=IGNORE_INDEX, reduction="none")
+    return token_cross_entropy(logits, target)
 
 
 def token_losses(model, ids: Tensor, labels: Tensor, *, dense: bool, chunk: int = LOSS_CHUNK) -> Tensor:
@@ -45,7 +45,6 @@ def loss_and_predictions(model, ids: Tensor, labels: Tensor, *, dense: bool, chu
     total, preds = 0.0, []
     for s in range(0, h.shape[1], chunk):
         logits = F.linear(h[:, s : s + chunk], inner.lm_head.weight).float()
-        total += F.cross_entropy(logits.transpose(1, 2), target[:, s : s + chunk], ignore_index=IGNORE_INDEX,
-                                 reduction="sum").item()
+        total += token_cross_entropy(logits, target[:, s : s + chunk], reduction="sum").item()
         preds.append(logits.argmax(-1))
     return total, torch.cat(preds, dim=1)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-IGNORE_INDEX = -100
+from lighthouse.ops.cross_entropy import IGNORE_INDEX as IGNORE_INDEX  # re-exported for the streams
 
 
 @dataclass

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The redesign's GPU acceptance (#27): the same benchmark scripts (bench/perf is unchanged between the two) on the
+# commit before the redesign merge (312164b, carried as .ab_old/: `git archive 312164b lighthouse server bench/perf
+# bench/__init__.py clients/python/lighthouse_client | tar -C .ab_old -x`, without lighthouse/assets) and on this
+# tree, one after the other in separate processes on the same card:
+#   bash ab.sh prefill          # prefill_bench (HTTP TTFT 32K/128K/512K, all-sparse 512K, peak, ITL)
+#   bash ab.sh memory           # memory_bench's 1M compact prompt only
+#   bash ab.sh decode           # decode_bench without the eager comparison
+# Results in $OUT/<old|new>/<bench>.json and logs.
+set -uo pipefail
+PART="${1:?usage: ab.sh prefill|memory|decode}"
+cd "$(dirname "$0")/../../.."
+source bench/experiments/2026-12-07_ruler_base/device_env.sh >/dev/null
+OUT="${OUT:-/tmp/out}"
+ROOT=$PWD
+rm -f /tmp/site/lighthouse_server
+ln -sfn "$ROOT/lighthouse/assets" "$ROOT/.ab_old/lighthouse/assets"
+for which in old new; do
+    mkdir -p "/tmp/site_$which" "$OUT/$which"
+    src=$ROOT; [ $which = old ] && src=$ROOT/.ab_old
+    ln -sfn "$src/server" "/tmp/site_$which/lighthouse_server"
+done
+run() {  # which, bench, args...
+    local which=$1 bench=$2; shift 2
+    local src=$ROOT; [ $which = old ] && src=$ROOT/.ab_old
+    echo "== $which $bench $(date +%T)"
+    (cd "$src" && PYTHONPATH=/tmp/site_$which:/tmp/site:$src:$ROOT/clients/python \
+        timeout -k 5 280 python3 -m bench.perf.$bench --out "$OUT/$which" "$@" > "$OUT/$which/$bench.log" 2>&1)
+    echo "rc $? $(date +%T)"; grep -v "Warn\|warn" "$OUT/$which/$bench.log" | tail -14
+}
+case $PART in
+    prefill)
+        for which in old new; do run $which prefill_bench --repeats 2; done ;;
+    memory)
+        for which in old new; do run $which memory_bench --skip sessions,concurrent,host,equal; done ;;
+    decode)
+        for which in old new; do run $which decode_bench --no-eager-compare; done ;;
+esac
