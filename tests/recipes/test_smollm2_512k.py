@@ -51,3 +51,15 @@ def test_first_stage_runs_both_rope_variants_and_later_stages_need_one(tmp_path,
     with pytest.raises(SystemExit):
         smollm2_512k.main([str(tmp_path), "--dry-run", "--stages", "s2_64k"])
     assert "--variant" in capsys.readouterr().err
+
+
+def test_a_chosen_variant_continues_from_its_own_first_stage(tmp_path, capsys):
+    """The trial writes s1_32k-<variant> per variant; a later stage with --variant starts from that folder, and a
+    first stage run for one variant alone lands in the same folder (so the trial and the continuation agree)."""
+    assert smollm2_512k.main([str(tmp_path), "--dry-run", "--stages", "s1_32k", "--variant", "after_select"]) == 0
+    (first,) = [_parse(x) for x in capsys.readouterr().out.splitlines() if x.startswith("$ ")]
+    assert first.out_dir == str(tmp_path / "s1_32k-after_select")
+    assert smollm2_512k.main([str(tmp_path), "--dry-run", "--stages", "s2_64k", "--variant", "after_select"]) == 0
+    (second,) = [_parse(x) for x in capsys.readouterr().out.splitlines() if x.startswith("$ ")]
+    assert second.init_adapter == str(tmp_path / "s1_32k-after_select")
+    assert second.out_dir == str(tmp_path / "s2_64k")

@@ -6,9 +6,10 @@
 #   bash ab.sh prefill          # prefill_bench (HTTP TTFT 32K/128K/512K, all-sparse 512K, peak, ITL)
 #   bash ab.sh memory           # memory_bench's 1M compact prompt only
 #   bash ab.sh decode           # decode_bench without the eager comparison
+#   bash ab.sh cached           # the cached 128K question under the profiler, old and new
 # Results in $OUT/<old|new>/<bench>.json and logs.
 set -uo pipefail
-PART="${1:?usage: ab.sh prefill|memory|decode}"
+PART="${1:?usage: ab.sh prefill|memory|decode|cached}"
 cd "$(dirname "$0")/../../.."
 source bench/experiments/2026-12-07_ruler_base/device_env.sh >/dev/null
 OUT="${OUT:-/tmp/out}"
@@ -30,9 +31,16 @@ run() {  # which, bench, args...
 }
 case $PART in
     prefill)
-        for which in old new; do run $which prefill_bench --repeats 2; done ;;
+        for which in old new; do run $which prefill_bench --repeats 2 "${@:2}"; done ;;
     memory)
         for which in old new; do run $which memory_bench --skip sessions,concurrent,host,equal; done ;;
     decode)
-        for which in old new; do run $which decode_bench --no-eager-compare; done ;;
+        for which in old new; do run $which decode_bench --no-eager-compare "${@:2}"; done ;;
+    cached)  # the cached 128K question under the profiler (cached_question_profile.py)
+        for which in old new; do
+            src=$ROOT; [ $which = old ] && src=$ROOT/.ab_old
+            (cd "$src" && PYTHONPATH=/tmp/site_$which:/tmp/site:$src:$ROOT/clients/python timeout -k 5 200 \
+                python3 "$ROOT/bench/experiments/2026-12-07_redesign_ab/cached_question_profile.py" \
+                "$OUT/$which/cached_question_profile.txt" 2>&1 | grep -v "Warn\|warn")
+        done ;;
 esac
