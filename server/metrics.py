@@ -36,6 +36,10 @@ class Metrics:
                                              registry=r)
         self.host_cache_bytes = Counter("lighthouse_host_cache_bytes", "Bytes moved by the host-memory tier",
                                         ["direction"], registry=r)
+        self.spec_draft_tokens = Counter("lighthouse_spec_decode_num_draft_tokens",
+                                         "Draft tokens proposed by prompt lookup and verified", registry=r)
+        self.spec_accepted_tokens = Counter("lighthouse_spec_decode_num_accepted_tokens",
+                                            "Draft tokens accepted (each also a generated token)", registry=r)
         self._seen: dict[str, float] = {}  # the engine's running totals at the last render
         for path in ("sparse", "dense"):
             self.prefill_tokens.labels(path=path)
@@ -48,7 +52,9 @@ class Metrics:
         self.host_cache_usage.set(stats.get("host_cache_usage", 0.0))
         for key, counter in (("host_cache_hit_tokens", self.host_cache_hit_tokens),
                              ("host_cache_bytes_to_host", self.host_cache_bytes.labels(direction="to_host")),
-                             ("host_cache_bytes_to_device", self.host_cache_bytes.labels(direction="to_device"))):
+                             ("host_cache_bytes_to_device", self.host_cache_bytes.labels(direction="to_device")),
+                             ("spec_draft_tokens", self.spec_draft_tokens),
+                             ("spec_accepted_tokens", self.spec_accepted_tokens)):
             total = stats.get(key, 0)
             if total > self._seen.get(key, 0):
                 counter.inc(total - self._seen.get(key, 0))

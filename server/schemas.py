@@ -21,7 +21,8 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
                       WithJsonSchema, field_validator)
 from pydantic_core import PydanticCustomError
 
-from lighthouse.engine.options import DecodeMode, KVMode, PrefillMode, RequestOptions
+from lighthouse.engine.options import (MAX_SPECULATIVE_TOKENS, DecodeMode, KVMode, PrefillMode, RequestOptions,
+                                      Speculation, SpeculativeMethod)
 from lighthouse.engine.sampling import MAX_TOP_LOGPROBS, SamplingParams
 from lighthouse.tokenizer import CHAT_ROLES
 
@@ -111,6 +112,14 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class SpeculativeOptions(BaseModel):
+    model_config = STRICT
+
+    method: SpeculativeMethod = Field(description="prompt_lookup: drafts are the tokens that followed the latest "
+                                                  "earlier match of the text's last n-gram in the prompt or output")
+    num_tokens: Int(ge=0, le=MAX_SPECULATIVE_TOKENS) = Field(description="drafts verified per step (0: off)")
+
+
 class _Common(BaseModel):
     model_config = STRICT
 
@@ -137,6 +146,9 @@ class _Common(BaseModel):
     decode: DecodeMode | None = None
     kv_mode: KVMode | None = None  # "compact": no full cache in the Lighthouse layers (implies sparse decode)
     dense_tail_tokens: Int(ge=0) | None = None  # as RequestOptions: no true, no 1.5
+    speculative: SpeculativeOptions | None = Field(None, description=(
+        "speculative decoding of this request (null: the server's --speculative-num-tokens); greedy outputs are "
+        "unchanged, sampled ones keep their distribution"))
     return_progress: bool = False  # stream prefill progress chunks (llama.cpp's name)
     cache_prompt: bool = True  # reuse the prefix cache and leave this prompt in it (llama.cpp's name)
     document_id: Text | None = Field(None, description="an uploaded document (POST /v1/documents), placed first in "
@@ -172,8 +184,10 @@ class _Common(BaseModel):
     def request_options(self) -> RequestOptions:
         """How the engine serves this body (None fields: the server's defaults). The schema's types are
         RequestOptions' own, so a body that validated here always makes valid options."""
+        spec = self.speculative
         return RequestOptions(prefill=self.prefill, decode=self.decode, dense_tail_tokens=self.dense_tail_tokens,
-                              cache_prompt=self.cache_prompt, kv_mode=self.kv_mode)
+                              cache_prompt=self.cache_prompt, kv_mode=self.kv_mode,
+                              speculative=None if spec is None else Speculation(spec.method, spec.num_tokens))
 
 
 MaxTokens = Int(ge=1)

@@ -20,7 +20,10 @@ torch.profiler covers 8 more decode steps after the timed ones of the 512K dense
 (DIR/profile_decode.txt: top-20 kernels, kernels and launches per step). Every measure has its own try/except
 (failures go to "errors"); DIR/decode_bench.json is rewritten after each one.
 
-    python -m bench.perf.decode_bench --out DIR [--quick | --tiny] [--no-eager-compare]
+- spec_speedup_128k_b1 / _512k_b1 / _8k_b32, spec_acceptance_rate: prompt-lookup speculative decoding on an
+  extractive task with the bundled checkpoint (bench/perf/spec_decode_bench.py; --no-spec skips them).
+
+    python -m bench.perf.decode_bench --out DIR [--quick | --tiny] [--no-eager-compare] [--no-spec]
 
 --quick: 32K instead of 512K and smaller batches' prompts (GPU smoke test); --tiny: a tiny model on the CPU.
 """
@@ -314,6 +317,8 @@ def main() -> int:
     size.add_argument("--tiny", action="store_true", help="a tiny model and sizes, for a CPU dry run")
     ap.add_argument("--eager-compare", action=argparse.BooleanOptionalAction, default=None,
                     help="also measure with enforce_eager=True (default: on unless --quick)")
+    ap.add_argument("--spec", action=argparse.BooleanOptionalAction, default=True,
+                    help="also the speculative-decoding measures (bench/perf/spec_decode_bench.py)")
     ap.add_argument("--budget-s", type=float, default=450, help="skip measures that would start after this")
     ap.add_argument("--kv-cache-gb", type=float, default=None,
                     help="KV cache GiB (default: the engine's share of free memory; on an 80 GB card 62 holds 512K+128)")
@@ -329,6 +334,13 @@ def main() -> int:
         gc.collect()  # the first engine and its KV cache go before the second is built
         torch.cuda.empty_cache() if CUDA else None
         bench.run(model, eager=True)
+    if args.spec:
+        from bench.perf.spec_decode_bench import run_all  # noqa: PLC0415
+
+        model = None
+        gc.collect()
+        torch.cuda.empty_cache() if CUDA else None
+        run_all(bench, mode)
     bench.save()
     log(f"wrote {bench.json} and {bench.prof_path}")
     for k in bench.figures:

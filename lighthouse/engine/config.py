@@ -16,7 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 from pydantic.dataclasses import dataclass
 from pydantic.fields import FieldInfo
 
-from lighthouse.engine.options import DECODE_MODES, KV_MODES, PREFILL_MODES, DecodeMode, KVMode, PrefillMode
+from lighthouse.engine.options import (DECODE_MODES, KV_MODES, MAX_SPECULATIVE_TOKENS, PREFILL_MODES, DecodeMode, KVMode,
+                                      PrefillMode)
 
 __all__ = ["EngineConfig", "EngineSettings", "LoadSettings", "InGiB", "DEFAULT_DENSE_TAIL_TOKENS", "KVCacheDtype",
            "PREFILL_MODES", "DECODE_MODES", "KV_MODES", "user_name"]
@@ -77,6 +78,10 @@ class EngineConfig:
         "after it (0: strictly one prefill at a time)"))] = 4096
     prefill_chunk_tokens: Annotated[int, Field(ge=16, description=(
         "token chunk of a prefill's projections and MLP (bounds its activations)"))] = 32768
+    speculative_num_tokens: Annotated[int, Field(ge=0, le=MAX_SPECULATIVE_TOKENS, description=(
+        "default drafts per decode step by prompt lookup (n-grams of the prompt and the output so far), verified in "
+        "one forward; greedy outputs unchanged, sampled ones in distribution (0: off; a request's \"speculative\" "
+        "field overrides it)"))] = 0
 
     @field_validator("kv_cache_dtype", mode="before")
     @classmethod

@@ -1,7 +1,8 @@
 """The decode step's attention backend: the static per-step inputs (nano-vllm's context) and the attention the
 model's forward calls in every layer.
 
-One query per row (B running sequences): each layer writes the row's new K/V at its next entry and runs one
+One query per row (B running sequences; or Q per row, speculative decoding's verify step: `step_attention`): each
+layer writes the row's new K/V at its next entry and runs one
 `paged_decode_attention` over the whole batch (lengths differ; GQA; a sequence with sparse decode reads its
 Lighthouse context, per query head with a hole where the op padded, in the Lighthouse layers and the full cache
 elsewhere). Nothing loops over sequences on the device side.
@@ -58,7 +59,7 @@ class DecodeInputs:
         host[:, :B] = torch.tensor([last_tokens, [p[0] for p in positions], [p[1] for p in positions]])
         host[:, B:] = 0
         self.meta.copy_(host, non_blocking=True)  # host is pinned; it is rewritten only after the step's sync
-        self._fill_tables(kvs)
+        self.fill_tables(kvs)
 
     def clear(self, rows: int) -> None:
         """Rows [0, rows) as padding (before a capture)."""
@@ -67,7 +68,7 @@ class DecodeInputs:
         for t in (self.tables, self.per_head, self.hole_start, self.hole_end):
             t[:, :rows].zero_()
 
-    def _fill_tables(self, kvs: list["SequenceKV"]) -> None:
+    def fill_tables(self, kvs: list["SequenceKV"]) -> None:
         """Each row's per-layer tables and flags; a row that holds the same sequence as in the last step is kept
         (tables do not change while a sequence decodes: its capacity was reserved up front)."""
         key = tuple(kv.uid for kv in kvs)
@@ -111,25 +112,50 @@ def decode_attention(model: "LlamaForCausalLM", pool: "KVPool", inp: DecodeInput
                      rotate_context_rows: bool) -> AttentionFn | UnrotatedAttention:
     """The attention of the decode step over rows [0, B) of `inp` (eager, or being captured): writes each row's
     new K/V and attends over its table. rotate_context_rows: context rows use `lighthouse_inv_freq` (see above)."""
+    return step_attention(model, pool, inp, B, inp.pos[:B], inp.ctx_len[:B], None, 1,
+                          rotate_context_rows=rotate_context_rows)
+
+
+def verify_positions(n_new: Tensor, Q: int) -> Tensor:
+    """(B, Q) index of each query among its row's n_new (B,) new tokens, right-aligned: -1 marks a padding query (a
+    row with fewer than Q tokens puts them last)."""
+    u = torch.arange(Q, device=n_new.device) - (Q - n_new)[:, None]
+    return u.clamp(min=-1)
+
+
+def step_attention(model: "LlamaForCausalLM", pool: "KVPool", inp: DecodeInputs, B: int, pos: Tensor, ctx: Tensor,
+                   n_new: Tensor | None, Q: int, *, rotate_context_rows: bool) -> AttentionFn | UnrotatedAttention:
+    """The attention of a step that appends Q tokens per row (1: decode; k + 1: speculative decoding's verify,
+    causal among them) over rows [0, B) of `inp`'s tables. pos, ctx (B,): each row's first new entry in a full
+    and in a context table; n_new (B,) real tokens per row, right-aligned among the Q (None: all Q real). A
+    padding query writes its K/V to the scratch block and attends fewer entries; its output is discarded."""
     r, bs = pool.shape.group, pool.shape.block_size
     per_head = inp.per_head[:, :B].long()  # (L, B)
-    entry = torch.where(per_head.bool(), inp.ctx_len[None, :B], inp.pos[None, :B])  # (L, B): where the new K/V go
+    entry = torch.where(per_head.bool(), ctx[None, :], pos[None, :])  # (L, B): where the first new K/V go
+    n = torch.full_like(pos, Q) if n_new is None else n_new
+    u = verify_positions(n, Q) if Q > 1 else torch.zeros_like(pos)[:, None]  # (B, Q)
+    e_new = entry[..., None] + u.clamp(min=0)[None]  # (L, B, Q) entries of the new tokens
     j = torch.arange(r, device=inp.device)
-    e = entry[..., None] * (1 + per_head[..., None] * (r - 1)) + j * per_head[..., None]  # (L, B, r) slots
-    slots = inp.tables[:, :B].long().gather(2, e // bs) * bs + e % bs
-    lens = (entry + 1).to(torch.int32)
+    ph = per_head[..., None, None]
+    e = e_new[..., None] * (1 + ph * (r - 1)) + j * ph  # (L, B, Q, r) slots in the table
+    L_ = e.shape[0]
+    slots = inp.tables[:, :B].long().gather(2, (e // bs).reshape(L_, B, -1)).view_as(e) * bs + e % bs
+    if Q > 1:
+        slots = torch.where(u[None, :, :, None] >= 0, slots, 0)  # padding queries: the scratch block
+    lens = (entry + n[None, :]).to(torch.int32)  # (L, B) entries the row's last query attends
 
-    def attention(i: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:  # q (B, H, 1, D), k/v (B, H_kv, 1, D)
-        rows_k = k[:, :, 0, None].expand(-1, -1, r, -1).transpose(1, 2).flatten(0, 1)  # (B*r, H_kv, D)
-        rows_v = v[:, :, 0, None].expand(-1, -1, r, -1).transpose(1, 2).flatten(0, 1)
+    def attention(i: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:  # q (B, H, Q, D), k/v (B, H_kv, Q, D)
+        rows_k = k.transpose(1, 2)[:, :, None].expand(-1, -1, r, -1, -1).flatten(0, 2)  # (B*Q*r, H_kv, D)
+        rows_v = v.transpose(1, 2)[:, :, None].expand(-1, -1, r, -1, -1).flatten(0, 2)
         pool.write(slots[i].flatten(), rows_k, rows_v)
-        out = paged_decode_attention(q[:, :, 0], pool.k, pool.v, inp.tables[i, :B], lens[i],
+        out = paged_decode_attention(q[:, :, 0] if Q == 1 else q, pool.k, pool.v, inp.tables[i, :B], lens[i],
                                      inp.per_head[i, :B], inp.hole_start[i, :B], inp.hole_end[i, :B])
-        return out[:, :, None]
+        return out[:, :, None] if Q == 1 else out
 
     if not rotate_context_rows:
         return attention
-    lh_cos, lh_sin = rope_cos_sin(model.lighthouse_inv_freq, inp.pos[:B, None], model.model.embed_tokens.weight.dtype)
+    positions = pos[:, None] + u.clamp(min=0)  # (B, Q)
+    lh_cos, lh_sin = rope_cos_sin(model.lighthouse_inv_freq, positions, model.model.embed_tokens.weight.dtype)
 
     def rotated(i: int, q: Tensor, k: Tensor, v: Tensor, rotary: Rotary) -> Tensor:
         context = inp.per_head[i, :B].bool()[:, None, None, None]  # (B, 1, 1, 1): the row reads a context here

@@ -42,6 +42,7 @@ from lighthouse.engine.prefill import PrefillAborted
 from lighthouse.engine.request import PrefillInfo, Request, RequestOutput, Sequence, Status
 from lighthouse.engine.sampling import SamplingParams
 from lighthouse.engine.scheduler import PrefillWork, Scheduler, StepResult
+from lighthouse.engine.speculative.step import Speculator
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ class LLMEngine:
                                   enforce_eager=c.enforce_eager, graph_max_batch=c.cuda_graph_max_batch,
                                   prefill_chunk_tokens=c.prefill_chunk_tokens)
         self.outputs = OutputProcessor(self.vocab_size, self.eos_ids, self.device)
+        self.speculator = Speculator(c.speculative_num_tokens)
         self.progress_callback: ProgressFn | None = None
         self._requests: dict[str, Request] = {}
         self._lock = threading.Lock()
@@ -141,7 +143,8 @@ class LLMEngine:
                 "host_cache_usage": host.usage_ratio if host else 0.0,
                 "host_cache_hit_tokens": host.hit_tokens if host else 0,
                 "host_cache_bytes_to_host": host.bytes_to_host if host else 0,
-                "host_cache_bytes_to_device": host.bytes_to_device if host else 0}
+                "host_cache_bytes_to_device": host.bytes_to_device if host else 0,
+                "spec_draft_tokens": self.speculator.proposed, "spec_accepted_tokens": self.speculator.accepted}
 
     # ---- stepping ---------------------------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
@@ -264,9 +267,9 @@ class LLMEngine:
         return self._advanced(batch, sampled, decoded=True)
 
     def _decode_tokens(self, batch: list[Sequence]) -> list[Sampled]:
-        """One decode step and its sampling for `batch`; on an exception nothing was committed (retry-safe)."""
-        logits = self.runner.decode([s.kv for s in batch], [s.output_ids[-1] for s in batch])
-        return self.outputs.sample(batch, logits)
+        """One decode step and its sampling for `batch` (a verify step where sequences have drafts: several tokens
+        each); on an exception nothing was committed (retry-safe)."""
+        return self.speculator.step(self.runner, self.outputs, batch)
 
     def _decode_isolating(self, batch: list[Sequence], exc: Exception) -> list[RequestOutput]:
         """The decode step failed for `batch`: run its halves again; a single sequence that still fails is the
@@ -292,11 +295,12 @@ class LLMEngine:
 
     # ---- outcomes ---------------------------------------------------------------------------------------------
     def _advanced(self, seqs: list[Sequence], sampled: list[Sampled], *, decoded: bool) -> list[RequestOutput]:
-        """The sampled tokens appended and reported; the scheduler commits the step (`decoded`: one more position
-        each) and retires the sequences that finished."""
+        """The sampled tokens appended and reported; the scheduler commits the step (`decoded`: as many positions
+        each as tokens it got: its last token's and its accepted drafts') and retires the sequences that finished."""
         outputs = self.outputs.advance_all(seqs, sampled)
         finished = [s for s in seqs if s.status is Status.FINISHED]  # (they were running: finished just now)
-        return self._update(StepResult(decoded=list(seqs) if decoded else [], finished=finished), outputs)
+        committed = [len(toks) for toks, _ in sampled] if decoded else None
+        return self._update(StepResult(list(seqs) if decoded else [], committed, finished=finished), outputs)
 
     def _fail(self, seqs: list[Sequence], exc: Exception, where: str) -> list[RequestOutput]:
         """These sequences fail alone with a message a client may read (the others go on)."""

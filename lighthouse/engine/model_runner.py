@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Callable
 import torch
 from torch import Tensor
 
-from lighthouse.engine.decode_attention import DecodeInputs, decode_attention
+from lighthouse.engine.decode_attention import DecodeInputs, decode_attention, step_attention, verify_positions
 from lighthouse.engine.plan import PrefillPlan, context_rotated_apart
 from lighthouse.engine.prefill import DEFAULT_CHUNK_TOKENS, PrefillTask
 
@@ -82,6 +82,26 @@ class ModelRunner:
             g.graph.replay()
             logits = g.logits[:B]
         return logits
+
+    def verify(self, kvs: list["SequenceKV"], tokens: list[list[int]]) -> Tensor:
+        """Speculative decoding's verify step: each row's tokens (its last sampled token, then its drafts) written at
+        its next positions in one forward, causal among them; (B, Q, V) float32 logits with Q the longest row's
+        count, each row's right-aligned (row b's are [:, Q - len(tokens[b]):]). Lengths are not advanced here: the
+        scheduler commits the accepted ones (kv.commit_token(n)), so a rejected draft's K/V is overwritten later."""
+        B, Q = len(kvs), max(len(t) for t in tokens)
+        self.inputs.fill_tables(kvs)
+        host = torch.zeros(B, Q + 3, dtype=torch.long)  # ids (right-aligned), then full position, entry, count
+        for b, (kv, t) in enumerate(zip(kvs, tokens)):
+            host[b, Q - len(t) : Q] = torch.tensor(t)
+            host[b, Q:] = torch.tensor([*kv.decode_position(), len(t)])
+        meta = host.to(self.device, non_blocking=True)
+        ids, pos, ctx, n = meta[:, :Q], meta[:, Q], meta[:, Q + 1], meta[:, Q + 2]
+        attention = step_attention(self.model, self.pool, self.inputs, B, pos, ctx, n, Q,
+                                   rotate_context_rows=self.rotate_context_rows)
+        positions = pos[:, None] + verify_positions(n, Q).clamp(min=0)
+        with torch.no_grad():
+            out = self.model(ids, positions=positions, attention=attention, logits_to_keep=Q)
+        return out.logits.float()
 
     def _bucket(self, B: int) -> int | None:
         if not self.use_graphs or B > self.graph_max_batch:

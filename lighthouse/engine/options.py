@@ -9,6 +9,9 @@ from typing import Literal, get_args
 from lighthouse.engine.errors import InvalidRequest
 
 PrefillMode = Literal["sparse", "dense"]
+SpeculativeMethod = Literal["prompt_lookup"]
+SPECULATIVE_METHODS: tuple[str, ...] = get_args(SpeculativeMethod)
+MAX_SPECULATIVE_TOKENS = 16  # drafts verified per step at most
 DecodeMode = Literal["dense", "sparse"]
 KVMode = Literal["full", "compact"]
 PREFILL_MODES: tuple[str, ...] = get_args(PrefillMode)
@@ -36,6 +39,24 @@ def parse_kv_mode(value: str, *, param: str = "kv_mode") -> KVMode:
 
 
 @dataclass(frozen=True)
+class Speculation:
+    """Speculative decoding of one request: `num_tokens` drafts per step from `method` ("prompt_lookup": n-grams of
+    the prompt and the output so far), verified in one forward; 0 drafts: off."""
+
+    method: SpeculativeMethod = "prompt_lookup"
+    num_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in SPECULATIVE_METHODS:
+            raise InvalidRequest(f"speculative.method must be one of {list(SPECULATIVE_METHODS)}, got {self.method!r}",
+                                 param="speculative.method")
+        k = self.num_tokens
+        if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= MAX_SPECULATIVE_TOKENS:
+            raise InvalidRequest(f"speculative.num_tokens must be an integer in [0, {MAX_SPECULATIVE_TOKENS}] (0: off), "
+                                 f"got {k!r}", param="speculative.num_tokens")
+
+
+@dataclass(frozen=True)
 class RequestOptions:
     """How one request is served. None means: the engine's default (EngineConfig)."""
 
@@ -47,6 +68,7 @@ class RequestOptions:
     # "compact": the Lighthouse layers keep only the prompt's selected context (+ later positions), no full cache;
     # implies sparse decode. "full": every layer keeps every position.
     kv_mode: KVMode | None = None
+    speculative: Speculation | None = None  # None: the engine's default (EngineConfig.speculative_num_tokens)
 
     def __post_init__(self) -> None:
         if self.prefill is not None:

@@ -18,27 +18,31 @@ from lighthouse.engine.sampling import SampleRow, sample
 
 log = logging.getLogger(__name__)
 
-Sampled = tuple[int, "list[TokenLogprob] | None"]  # one sequence's token and (if asked) its logprobs
+# one sequence's tokens of a step (one; several from a speculative verify step) and (if asked) their logprobs
+Sampled = tuple[list[int], "list[TokenLogprob] | None"]
 
 
 class OutputProcessor:
     def __init__(self, vocab_size: int, eos_ids: set[int], device: torch.device):
         self.vocab_size, self.eos_ids, self.device = vocab_size, eos_ids, device
 
-    def sample(self, seqs: list[Sequence], logits: Tensor) -> list[tuple[int, list[TokenLogprob] | None]]:
-        """logits (B, V): one (token, logprobs or None) per sequence."""
+    def rows(self, seqs: list[Sequence]) -> list[SampleRow]:
+        """What the sampler needs of each sequence (its penalty counts made on first use)."""
         for s in seqs:
             p = s.params
             if s.output_counts is None and (p.presence_penalty or p.frequency_penalty or p.repetition_penalty != 1.0):
                 s.output_counts = torch.zeros(self.vocab_size, dtype=torch.float32, device=self.device)
-        rows = [SampleRow(s.params, s.generator, s.output_counts, s.request.prompt_mask) for s in seqs]
-        res = sample(logits, rows)
-        out = []
+        return [SampleRow(s.params, s.generator, s.output_counts, s.request.prompt_mask) for s in seqs]
+
+    def sample(self, seqs: list[Sequence], logits: Tensor) -> list[Sampled]:
+        """logits (B, V): one ([token], logprobs or None) per sequence."""
+        res = sample(logits, self.rows(seqs))
+        out: list[Sampled] = []
         for b, s in enumerate(seqs):
             lp = None
             if s.params.logprobs is not None:
                 lp = [TokenLogprob(res.token_ids[b], res.logprobs[b], res.top_logprobs[b])]
-            out.append((res.token_ids[b], lp))
+            out.append(([res.token_ids[b]], lp))
         return out
 
     def advance(self, s: Sequence, tok: int) -> tuple[str, str | None]:
@@ -80,21 +84,26 @@ class OutputProcessor:
         return self.output(s, token_ids or [], text, logprobs, error=error, error_code=error_code)
 
     def advance_all(self, seqs: list[Sequence], sampled: list[Sampled]) -> list[RequestOutput]:
-        """Each sequence's sampled token appended: its output, finished when it stopped. A sequence whose
-        detokenizing or stop check raises fails alone."""
+        """Each sequence's sampled tokens appended in order, up to the first that ends it (a stop, EOS, its length:
+        the rest are dropped): its output, finished when it stopped. A sequence whose detokenizing or stop check
+        raises fails alone."""
         outputs = []
-        for s, (tok, lp) in zip(seqs, sampled):
+        for s, (toks, lp) in zip(seqs, sampled):
+            text, reason, n = "", None, 0
             try:
-                text, reason = self.advance(s, tok)
+                while reason is None and n < len(toks):
+                    piece, reason = self.advance(s, toks[n])
+                    text, n = text + piece, n + 1
             except Exception as exc:
                 msg, code = failure(exc, "the output processing of this request")
                 log.error("request %s: %s", s.request.request_id, msg, exc_info=True)
                 outputs.append(self.finish(s, "error", error=msg, error_code=code))
                 continue
+            lp = lp[:n] if lp is not None else None
             if reason is not None:
-                outputs.append(self.finish(s, reason, text=text, token_ids=[tok], logprobs=lp))
+                outputs.append(self.finish(s, reason, text=text, token_ids=toks[:n], logprobs=lp))
             else:
-                outputs.append(self.output(s, [tok], text, lp))
+                outputs.append(self.output(s, toks[:n], text, lp))
         return outputs
 
 

@@ -82,6 +82,7 @@ class Sequence:
     finish_reason: str | None = None
     prefill_reported: bool = False
     request: Request | None = None
+    history: Any = None  # prompt + output tokens for prompt-lookup drafts (speculative/proposer.py), made on use
 
 
 @dataclass

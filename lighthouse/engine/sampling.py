@@ -118,20 +118,21 @@ def _penalize(logits: Tensor, row: SampleRow) -> Tensor:
 
 
 def _filter(logits: Tensor, p: SamplingParams) -> Tensor:
-    """Temperature-scaled logits with everything outside top-k / top-p / min-p set to -inf. logits: (V,)."""
+    """Temperature-scaled logits with everything outside top-k / top-p / min-p set to -inf. logits: (..., V), each
+    row filtered on its own (the verify step of speculative decoding filters every position of a row at once)."""
     logits = logits / p.temperature
     if p.top_k > 0 and p.top_k < logits.shape[-1]:
-        kth = torch.topk(logits, p.top_k).values[-1]
+        kth = torch.topk(logits, p.top_k).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if p.top_p < 1.0:
         sorted_logits, order = torch.sort(logits, descending=True)
         probs = sorted_logits.softmax(-1)
         cum = probs.cumsum(-1)
         drop = (cum - probs) > p.top_p  # keep the smallest prefix whose mass reaches top_p
-        logits = logits.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
+        logits = logits.masked_fill(torch.zeros_like(drop).scatter(-1, order, drop), float("-inf"))
     if p.min_p > 0.0:
         probs = logits.softmax(-1)
-        logits = logits.masked_fill(probs < p.min_p * probs.max(), float("-inf"))
+        logits = logits.masked_fill(probs < p.min_p * probs.amax(-1, keepdim=True), float("-inf"))
     return logits
 
 

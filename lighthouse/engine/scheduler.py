@@ -76,6 +76,7 @@ class StepResult:
     tokens sampled), and sequences that finished (their status and finish_reason set)."""
 
     decoded: list[Sequence] = field(default_factory=list)
+    committed: list[int] | None = None  # positions written per decoded sequence (None: one each)
     prefilled: PrefillWork | None = None
     finished: list[Sequence] = field(default_factory=list)
 
@@ -247,9 +248,9 @@ class Scheduler:
         finished ones leave (blocks freed, prompt into the prefix cache)."""
         if result.prefilled is not None:
             self._complete_prefill(result.prefilled)
-        for s in result.decoded:
+        for s, n in zip(result.decoded, result.committed or [1] * len(result.decoded)):
             if s.kv is not None:
-                s.kv.commit_token()
+                s.kv.commit_token(n)
         for s in result.finished:
             self._retire(s)
 

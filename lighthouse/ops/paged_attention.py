@@ -1,6 +1,7 @@
 """Batched decode attention over a paged KV cache: the torch reference and the one dispatch point.
 
-One query per row against that row's cached entries, rows of different lengths and of two kinds in one call:
+One query per row (or Q queries per row, the row's last Q entries, causal among them: the verify step of
+speculative decoding) against that row's cached entries, rows of different lengths and of two kinds in one call:
 "full cache" rows (every query head reads the same entries, GQA) and "per-query-head context" rows (every
 query head has its own entries, interleaved in the row's slots). `paged_decode_attention` documents the
 contract; `paged_decode_attention_ref` is its readable specification (and the CPU path), the Triton kernel in
@@ -36,7 +37,10 @@ def paged_decode_attention_ref(
     the host (one sync), so it is not CUDA-graph capturable; raises ValueError for a row longer than its table.
     """
     check_paged_inputs(q, k_cache, v_cache, block_tables, seq_lens, per_head, hole_start, hole_end)
-    B, H, D = q.shape
+    if q.dim() == 3:
+        return paged_decode_attention_ref(q[:, :, None], k_cache, v_cache, block_tables, seq_lens, per_head,
+                                          hole_start, hole_end, scale=scale)[:, :, 0]
+    B, H, Q, D = q.shape
     _, BS, H_kv, _ = k_cache.shape
     r = H // H_kv
     scale = D**-0.5 if scale is None else float(scale)
@@ -48,7 +52,7 @@ def paged_decode_attention_ref(
                          "(seq_lens[b], times H/H_kv on per_head rows): grow block_tables")
     L = int(lens.max()) if B else 0
     if L == 0:
-        return q.new_zeros(B, H, D)
+        return q.new_zeros(B, H, Q, D)
     dev = q.device
     t = torch.arange(L, device=dev)  # (L,) entry index
     h = torch.arange(H, device=dev)
@@ -61,15 +65,18 @@ def paged_decode_attention_ref(
     page = block_tables.long().gather(1, (slot // BS).reshape(B, H * L)).reshape(B, H, L)
     page = torch.where(keep, page, 0)  # a padding row's table may hold anything
     off, g = slot % BS, (h // r)[:, None]
+    # query i of a row attends its entries t <= seq_len - Q + i (causal among the row's last Q entries)
+    last = lens[:, None] - Q + torch.arange(Q, device=dev)  # (B, Q)
+    keep_q = keep[:, :, None, :] & (t <= last[:, None, :, None])  # (B, H, Q, L)
     k = k_cache[page, off, g]  # (B, H, L, D)
-    scores = torch.einsum("bhd,bhld->bhl", q.float(), k.float()) * scale
+    scores = torch.einsum("bhqd,bhld->bhql", q.float(), k.float()) * scale
     del k
-    scores = scores.masked_fill(~keep, float("-inf"))
+    scores = scores.masked_fill(~keep_q, float("-inf"))
     m = scores.amax(-1, keepdim=True)
-    p = torch.exp(scores - m.masked_fill(m == float("-inf"), 0.0))  # (B, H, L); 0 where masked
-    denom = p.sum(-1, keepdim=True)  # (B, H, 1); 0 for a head with nothing to attend
+    p = torch.exp(scores - m.masked_fill(m == float("-inf"), 0.0))  # (B, H, Q, L); 0 where masked
+    denom = p.sum(-1, keepdim=True)  # (B, H, Q, 1); 0 for a head with nothing to attend
     v = v_cache[page, off, g].float().masked_fill(~keep[..., None], 0.0)  # unattended slots may hold NaN
-    out = torch.einsum("bhl,bhld->bhd", p, v) / torch.where(denom > 0, denom, 1.0)
+    out = torch.einsum("bhql,bhld->bhqd", p, v) / torch.where(denom > 0, denom, 1.0)
     return out.to(q.dtype)
 
 
@@ -116,9 +123,12 @@ def paged_decode_attention(
     hole_start: Tensor | None = None, hole_end: Tensor | None = None, *, scale: float | None = None,
     num_splits: int | None = None, backend: str | None = None,
 ) -> Tensor:
-    """Decode attention of one query per row over a paged KV cache.
+    """Decode attention of one query per row (or Q per row) over a paged KV cache.
 
     q: (B, H, D), RoPE applied; H = H_kv * r (GQA, r >= 1). Query head h = g*r + j reads KV head g = h // r.
+        Or (B, H, Q, D): Q queries per row, the row's last Q entries (speculative decoding's verify step); query i
+        attends to entries 0 .. seq_lens[b] - Q + i (causal among them; a query whose bound is below 0 outputs
+        zeros: a row with fewer real tokens than Q puts them last and pads before them).
     k_cache, v_cache: (num_blocks, block_size, H_kv, D), q's dtype (float16, bfloat16 or float32), or both
         float8_e4m3fn (values as stored, scale 1; converted to q's dtype on load); block_size a power of two in
         [16, 1024]. May be strided views (e.g. `pool[i, 0]`): the last dim must be contiguous,
@@ -141,7 +151,7 @@ def paged_decode_attention(
     backend: None/"auto" (Triton on CUDA when triton imports and D is a power of two in [16, 256], else the
         reference), "triton" (on CPU tensors only under TRITON_INTERPRET=1), or "torch" (the reference).
 
-    Returns (B, H, D) in q's dtype: softmax(q.k * scale) v over each head's attended entries; zeros for a head
+    Returns (B, H, D) (or (B, H, Q, D)) in q's dtype: softmax(q.k * scale) v over each head's attended entries; zeros for a head
     with none. The Triton path does no host sync and allocates only from input shapes (CUDA-graph capturable;
     warm it up once before capture so that it compiles outside the graph); the reference syncs once.
     """

@@ -24,9 +24,10 @@ def _int32(name: str, t: Tensor, shape: tuple[int, ...], hint: str) -> None:
 
 def check_paged_inputs(q, k_cache, v_cache, block_tables, seq_lens, per_head, hole_start, hole_end) -> None:
     """Shapes, dtypes and devices of the contract (no data is read: safe inside CUDA-graph capture)."""
-    if q.dim() != 3:
-        raise ValueError(f"q must be (B, H, D), one query per row (got shape {tuple(q.shape)})")
-    B, H, D = q.shape
+    if q.dim() not in (3, 4):
+        raise ValueError(f"q must be (B, H, D), one query per row, or (B, H, Q, D), the last Q entries of each row "
+                         f"(got shape {tuple(q.shape)})")
+    B, H, D = q.shape[0], q.shape[1], q.shape[-1]
     if k_cache.dim() != 4:
         raise ValueError(f"k_cache must be (num_blocks, block_size, H_kv, D) (got shape {tuple(k_cache.shape)})")
     if v_cache.shape != k_cache.shape:

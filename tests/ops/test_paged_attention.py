@@ -274,7 +274,7 @@ def _bad(c, **change):
 ERRORS = [
     (lambda c: _bad(c, k_cache=c["k_cache"].half()), "share one dtype"),
     (lambda c: _bad(c, **{n: c[n].double() for n in ("q", "k_cache", "v_cache")}), "float16, bfloat16 or float32"),
-    (lambda c: _bad(c, q=c["q"][:, :, None]), r"\(B, H, D\)"),
+    (lambda c: _bad(c, q=c["q"][:, :, None, None]), r"\(B, H, D\)"),
     (lambda c: _bad(c, q=c["q"][:, :7]), "multiple"),
     (lambda c: _bad(c, v_cache=c["v_cache"][:, :8]), "v_cache must have k_cache's shape"),
     (lambda c: _bad(c, k_cache=c["k_cache"][:, :8], v_cache=c["v_cache"][:, :8]), "power of two"),

@@ -49,15 +49,17 @@ class Completions(_Resource):
         decode: str | None = None,
         dense_tail_tokens: int | None = None,
         kv_mode: str | None = None,
+        speculative: Mapping[str, Any] | None = None,
         extra_body: Mapping[str, Any] | None = None,
         extra_headers: Mapping[str, str] | None = None,
         timeout: Timeout = NOT_GIVEN,
     ) -> Any:
         """POST /v1/completions. Returns `Completion`, or with `stream=True` a stream of `Completion` chunks.
 
-        `prefill` ("sparse"|"dense"), `decode` ("dense"|"sparse"), `dense_tail_tokens` and `kv_mode`
-        ("full"|"compact": keep only the selected context in the Lighthouse layers) are this server's
-        per-request extensions; `include_usage=True` asks for a last streamed chunk carrying `usage`.
+        `prefill` ("sparse"|"dense"), `decode` ("dense"|"sparse"), `dense_tail_tokens`, `kv_mode`
+        ("full"|"compact": keep only the selected context in the Lighthouse layers) and `speculative`
+        (`{"method": "prompt_lookup", "num_tokens": k}`: k drafts per step from the prompt, same greedy output)
+        are this server's per-request extensions; `include_usage=True` asks for a last streamed chunk carrying `usage`.
         With no `model`, the client's `model`, else the server's first model, is used.
         """
         body = build_body(
@@ -68,6 +70,7 @@ class Completions(_Resource):
                 repetition_penalty=repetition_penalty, stream=True if stream else None,
                 stream_options=stream_options(stream, include_usage), user=user, prefill=prefill,
                 decode=decode, dense_tail_tokens=dense_tail_tokens, kv_mode=kv_mode,
+                speculative=dict(speculative) if speculative is not None else None,
             ),
             extra_body,
         )  # fmt: skip
@@ -103,6 +106,7 @@ class ChatCompletions(_Resource):
         decode: str | None = None,
         dense_tail_tokens: int | None = None,
         kv_mode: str | None = None,
+        speculative: Mapping[str, Any] | None = None,
         extra_body: Mapping[str, Any] | None = None,
         extra_headers: Mapping[str, str] | None = None,
         timeout: Timeout = NOT_GIVEN,
@@ -117,6 +121,7 @@ class ChatCompletions(_Resource):
                 frequency_penalty=frequency_penalty, repetition_penalty=repetition_penalty,
                 stream=True if stream else None, stream_options=stream_options(stream, include_usage),
                 user=user, prefill=prefill, decode=decode, dense_tail_tokens=dense_tail_tokens, kv_mode=kv_mode,
+                speculative=dict(speculative) if speculative is not None else None,
             ),
             extra_body,
         )  # fmt: skip

@@ -129,6 +129,20 @@ def test_completion_sends_only_given_params_plus_extensions_and_returns_typed_re
     assert out.text == "hello" and out.choices[0].finish_reason == "length" and out.usage.total_tokens == 4
 
 
+def test_speculative_is_sent_as_the_servers_extension_field_in_both_endpoints():
+    chat = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "tiny",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello"}, "finish_reason": "length",
+                         "logprobs": None}], "usage": COMPLETION["usage"]}
+    rec = Recorder(httpx.Response(200, json=COMPLETION), httpx.Response(200, json=chat))
+    spec = {"method": "prompt_lookup", "num_tokens": 4}
+    rec.client().completions.create(prompt="hi", speculative=spec)
+    rec.client().chat.completions.create(messages=[{"role": "user", "content": "hi"}], speculative=spec)
+    assert rec.body(0)["speculative"] == rec.body(1)["speculative"] == spec
+    rec = Recorder(httpx.Response(200, json=COMPLETION))
+    rec.client().completions.create(prompt="hi")
+    assert "speculative" not in rec.body(), "not given: the server's default"
+
+
 def test_missing_model_is_looked_up_once_from_the_server():
     rec = Recorder(httpx.Response(200, json=MODELS), httpx.Response(200, json=COMPLETION))
     client = rec.client(model=None)

@@ -2,7 +2,8 @@
 compact prefill's scratch, and how much of them is written.
 
 Lengths move in two places only: the prefill sets them when it has written the prompt, and the scheduler commits
-one more position per decode step once the step's token was sampled (`commit_token`): a decode step that fails
+one more position per decode step once the step's token was sampled (`commit_token`; a speculative verify step:
+the positions whose tokens were accepted): a decode step that fails
 before that is run again over the same slots.
 """
 
@@ -57,11 +58,12 @@ class SequenceKV:
         """Where the next token's K/V go: (position in a full table, entry in a context table)."""
         return self.length, self.ctx_len
 
-    def commit_token(self) -> None:
-        """One more position written (a decode step whose token was sampled)."""
-        self.length += 1
+    def commit_token(self, n: int = 1) -> None:
+        """n more positions written (a decode step whose token was sampled; a verify step: its last token and the
+        drafts accepted, so the K/V of rejected drafts past the length are overwritten by later steps)."""
+        self.length += n
         if self.sparse:
-            self.ctx_len += 1
+            self.ctx_len += n
 
     def all_blocks(self) -> list[int]:
         return [b for t in self.blocks for b in t] + [b for t in self.ctx_blocks for b in t] + self.scratch

@@ -1,11 +1,13 @@
 """Paged decode attention (flash-decoding): the Triton kernels behind `paged_attention.paged_decode_attention`.
 
-One program per (split, KV head g, row b). It loads the r query heads of group g as an (R_PAD, D) tile and walks
+One program per (split, KV head g, row b). It loads the r query heads of group g (times the row's Q queries, the
+verify step of speculative decoding: row m of the tile is query m // r of head g*r + m % r) as an (R_PAD, D) tile and walks
 its chunk of the row's slots in tiles of TILE slots: one block-table read per tile when block_size >= TILE (the
 tile is one page), a vector of TILE // block_size reads otherwise; then K and V tiles of (TILE, D), D contiguous
 (16-byte loads). Every K/V element of a full-cache row is read once per KV head; on a per-query-head row, slot s
 belongs to head j = s % r only, so the same contiguous tiles serve the group with a per-(head, slot) mask and
-each slot is again read once. Slots no head attends (past the length, in a hole) are never loaded. Scores
+each slot is again read once. Slots no head attends (past the length, in a hole) are never loaded. With Q queries per row each K/V tile is still
+read once for all of them; query i masks entries past seq_len - Q + i (causal among the row's last Q entries). Scores
 (R_PAD, TILE) and P.V are tl.dot's (tensor cores for 16-bit inputs, P rounded to the input dtype as in
 FlashAttention; exact fp32 for fp32), softmax online in base 2.
 
@@ -43,17 +45,19 @@ LOG2E = 1.4426950408889634
 def _paged_decode_kernel(
     q_ptr, k_ptr, v_ptr, bt_ptr, len_ptr, per_ptr, hs_ptr, he_ptr, o_ptr, m_ptr, l_ptr,
     qk_scale, H, MAX_SLOTS, SPLITS,
-    sq_b, sq_h, sk_blk, sk_slot, sk_h, sv_blk, sv_slot, sv_h, sbt_b,
-    D: tl.constexpr, R: tl.constexpr, R_PAD: tl.constexpr, BS: tl.constexpr, TILE: tl.constexpr,
+    sq_b, sq_h, sq_q, sk_blk, sk_slot, sk_h, sv_blk, sv_slot, sv_h, sbt_b,
+    D: tl.constexpr, R: tl.constexpr, QLEN: tl.constexpr, R_PAD: tl.constexpr, BS: tl.constexpr, TILE: tl.constexpr,
     SPLIT: tl.constexpr, HAS_HOLE: tl.constexpr, F32_DOT: tl.constexpr, FP8: tl.constexpr,
 ):
     split = tl.program_id(0)
     g = tl.program_id(1)
     b = tl.program_id(2)
-    j = tl.arange(0, R_PAD)  # query head within the group
+    m_row = tl.arange(0, R_PAD)  # tile row: query qi = m_row // R of head j = m_row % R within the group
+    j = m_row % R
+    qi = m_row // R
     d = tl.arange(0, D)
     head = g * R + j
-    live = j < R
+    live = m_row < R * QLEN
     seq_len = tl.load(len_ptr + b)
     kind = tl.load(per_ptr + b)
     per = kind != 0  # per-query-head row
@@ -63,7 +67,9 @@ def _paged_decode_kernel(
     start = split * chunk
     end = tl.minimum(start + chunk, n_slots)
 
-    q = tl.load(q_ptr + b.to(tl.int64) * sq_b + head[:, None] * sq_h + d[None, :], mask=live[:, None], other=0.0)
+    limit = seq_len - (QLEN - 1 - qi)  # (R_PAD,) entries each query attends: t < limit
+    q = tl.load(q_ptr + b.to(tl.int64) * sq_b + head[:, None] * sq_h + qi[:, None] * sq_q + d[None, :],
+                mask=live[:, None], other=0.0)
     if F32_DOT:  # exact fp32 products (fp32 inputs; and the interpreter, whose 16-bit dot is wrong)
         q = q.to(tl.float32)
     if HAS_HOLE:
@@ -80,7 +86,7 @@ def _paged_decode_kernel(
         s = s0 + tl.arange(0, TILE)  # (TILE,) slots
         t = tl.where(per, s // R, s)  # entry index of each slot
         mine = ((s % R)[None, :] == j[:, None]) | full  # per-query-head rows: slot s is head s % R's
-        ok = live[:, None] & (s < end)[None, :] & mine  # (R_PAD, TILE)
+        ok = live[:, None] & (s < end)[None, :] & mine & (t[None, :] < limit[:, None])  # (R_PAD, TILE)
         if HAS_HOLE:
             ok = ok & ((t[None, :] < hs[:, None]) | (t[None, :] >= he))
         used = tl.max(ok.to(tl.int32), axis=0) > 0  # slots some head attends: the only ones loaded
@@ -112,7 +118,7 @@ def _paged_decode_kernel(
             acc = acc * alpha[:, None] + tl.dot(pv, v)
         m_i = m_new
 
-    bh = b.to(tl.int64) * H + head  # (R_PAD,)
+    bh = (b.to(tl.int64) * H + head) * QLEN + qi  # (R_PAD,) output row (b, head, qi)
     if not SPLIT:  # the only program of its (row, group): write the output itself
         out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
         tl.store(o_ptr + bh[:, None] * D + d[None, :], out.to(o_ptr.dtype.element_ty), mask=live[:, None])
@@ -125,7 +131,7 @@ def _paged_decode_kernel(
 
 @triton.jit
 def _combine_kernel(acc_ptr, m_ptr, l_ptr, o_ptr, SPLITS, S_BLOCK: tl.constexpr, D: tl.constexpr):
-    """One program per (row, query head): out = sum_s w_s acc_s / sum_s w_s l_s, w_s = 2^(m_s - max m)."""
+    """One program per (row, query head, query): out = sum_s w_s acc_s / sum_s w_s l_s, w_s = 2^(m_s - max m)."""
     bh = tl.program_id(0).to(tl.int64)
     d = tl.arange(0, D)
     m_run = tl.full([], float("-inf"), tl.float32)
@@ -220,29 +226,31 @@ def paged_decode(
     hole_start: Tensor | None = None, hole_end: Tensor | None = None, *, scale: float | None = None,
     num_splits: int | None = None,
 ) -> Tensor:
-    """The Triton path of `paged_attention.paged_decode_attention` (read its docstring): (B, H, D) in q's dtype."""
+    """The Triton path of `paged_attention.paged_decode_attention` (read its docstring): (B, H, D) or (B, H, Q, D) in
+    q's dtype."""
     check_paged_inputs(q, k_cache, v_cache, block_tables, seq_lens, per_head, hole_start, hole_end)
     _check_layout(q, k_cache, v_cache, block_tables, seq_lens, per_head, hole_start, hole_end)
     if num_splits is not None and (not isinstance(num_splits, int) or isinstance(num_splits, bool)
                                    or not 1 <= num_splits <= MAX_SPLITS):
         raise ValueError(f"num_splits must be an int in [1, {MAX_SPLITS}] or None (got {num_splits!r})")
-    B, H, D = q.shape
+    B, H, D = q.shape[0], q.shape[1], q.shape[-1]
+    Q = q.shape[2] if q.dim() == 4 else 1
     _, BS, H_kv, _ = k_cache.shape
     r = H // H_kv
     max_slots = block_tables.shape[1] * BS
     scale = D**-0.5 if scale is None else float(scale)
-    out = torch.empty(B, H, D, device=q.device, dtype=q.dtype)
+    out = torch.empty(q.shape, device=q.device, dtype=q.dtype)
     if B == 0:
         return out
     has_hole = hole_start is not None
-    consts = dict(D=D, R=r, R_PAD=max(16, triton.next_power_of_2(r)), BS=BS, TILE=TILE, HAS_HOLE=has_hole,
+    consts = dict(D=D, R=r, QLEN=Q, R_PAD=max(16, triton.next_power_of_2(r * Q)), BS=BS, TILE=TILE, HAS_HOLE=has_hole,
                   F32_DOT=q.dtype == torch.float32 or INTERPRETING, FP8=k_cache.dtype == torch.float8_e4m3fn,
                   num_warps=NUM_WARPS, num_stages=NUM_STAGES)
 
     def args(part, m, lsum, splits):
         return (q, k_cache, v_cache, block_tables, seq_lens, per_head, hole_start if has_hole else seq_lens,
                 hole_end if has_hole else seq_lens, part, m, lsum, scale * LOG2E, H, max_slots, splits,
-                q.stride(0), q.stride(1), *k_cache.stride()[:3], *v_cache.stride()[:3], block_tables.stride(0))
+                q.stride(0), q.stride(1), q.stride(2) if Q > 1 else 0, *k_cache.stride()[:3], *v_cache.stride()[:3], block_tables.stride(0))
 
     if num_splits is None:
         resident = _resident_for(args(out, out, out, 2), consts, q.device)
@@ -250,10 +258,10 @@ def paged_decode(
     if num_splits == 1:  # the kernel writes the output itself
         _paged_decode_kernel[(1, H_kv, B)](*args(out, out, out, 1), SPLIT=False, **consts)
         return out
-    part = torch.empty(B, H, num_splits, D, device=q.device, dtype=torch.float32)
-    m = torch.empty(B, H, num_splits, device=q.device, dtype=torch.float32)
+    part = torch.empty(B, H, Q, num_splits, D, device=q.device, dtype=torch.float32)
+    m = torch.empty(B, H, Q, num_splits, device=q.device, dtype=torch.float32)
     lsum = torch.empty_like(m)
     _paged_decode_kernel[(num_splits, H_kv, B)](*args(part, m, lsum, num_splits), SPLIT=True, **consts)
-    _combine_kernel[(B * H,)](part, m, lsum, out, num_splits, S_BLOCK=min(32, triton.next_power_of_2(num_splits)),
+    _combine_kernel[(B * H * Q,)](part, m, lsum, out, num_splits, S_BLOCK=min(32, triton.next_power_of_2(num_splits)),
                               D=D, num_warps=4)
     return out

@@ -1,0 +1,66 @@
+"""The decode step with prompt-lookup speculation: propose each sequence's drafts, verify them all in the model
+runner's one forward, accept (acceptance.py), count.
+
+A sequence's drafts per step: its request's `speculative.num_tokens` (else the engine's default), at most what its
+max_tokens leaves after this step's guaranteed token, so the K/V written stays inside the positions reserved for it.
+When no sequence of the batch has a draft this step, the engine runs the ordinary decode step (its CUDA graphs).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from lighthouse.engine.request import Sequence, TokenLogprob
+from lighthouse.engine.speculative.acceptance import emitted_logprobs, verify
+from lighthouse.engine.speculative.proposer import TokenHistory, propose
+
+if TYPE_CHECKING:
+    from lighthouse.engine.model_runner import ModelRunner
+    from lighthouse.engine.output import OutputProcessor, Sampled
+
+
+class Speculator:
+    def __init__(self, default_num_tokens: int = 0):
+        self.default_num_tokens = default_num_tokens
+        self.proposed = 0  # draft tokens verified (running totals, for the metrics)
+        self.accepted = 0  # ... and accepted
+
+    def num_tokens(self, s: Sequence) -> int:
+        spec = s.request.options.speculative
+        k = spec.num_tokens if spec is not None else self.default_num_tokens
+        return max(0, min(k, s.params.max_tokens - len(s.output_ids) - 1))
+
+    def propose(self, batch: list[Sequence]) -> list[list[int]] | None:
+        """Each sequence's drafts, or None when none has any (decode one token each as usual)."""
+        drafts = []
+        for s in batch:
+            k = self.num_tokens(s)
+            if k and s.history is None:
+                prompt = s.request.prompt().numpy()
+                s.history = TokenHistory(prompt, len(prompt) + s.params.max_tokens)
+            drafts.append(propose(s.history.sync(s.output_ids), k) if k else [])
+        return drafts if any(drafts) else None
+
+    def step(self, runner: "ModelRunner", outputs: "OutputProcessor", batch: list[Sequence]) -> list["Sampled"]:
+        """The decode step of `batch`: a verify step when some sequence has drafts, else the ordinary one."""
+        drafts = self.propose(batch)
+        if drafts is not None:
+            return self.run(runner, outputs, batch, drafts)
+        logits = runner.decode([s.kv for s in batch], [s.output_ids[-1] for s in batch])
+        return outputs.sample(batch, logits)
+
+    def run(self, runner: "ModelRunner", outputs: "OutputProcessor", batch: list[Sequence],
+            drafts: list[list[int]]) -> list["Sampled"]:
+        """Verify `drafts` for `batch` in one forward: each sequence's tokens of this step (and logprobs)."""
+        logits = runner.verify([s.kv for s in batch], [[s.output_ids[-1], *d] for s, d in zip(batch, drafts)])
+        verified = verify(logits, outputs.rows(batch), drafts)
+        sampled: list[Sampled] = []
+        for b, (s, v) in enumerate(zip(batch, verified)):
+            lp = None
+            if s.params.logprobs is not None:
+                chosen, top = emitted_logprobs(logits[b], len(drafts[b]), v.tokens, s.params.logprobs)
+                lp = [TokenLogprob(t, c, tp) for t, c, tp in zip(v.tokens, chosen, top)]
+            sampled.append((v.tokens, lp))
+        self.proposed += sum(len(d) for d in drafts)
+        self.accepted += sum(v.accepted for v in verified)
+        return sampled
