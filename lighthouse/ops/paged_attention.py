@@ -17,12 +17,13 @@ import os
 import torch
 from torch import Tensor
 
+from lighthouse.ops.paged_attention_rows import paged_decode_attention_rows
 from lighthouse.ops.paged_contract import check_paged_inputs
 from lighthouse.ops.triton_import import fallback_level, import_kernels
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "triton", "torch")
+BACKENDS = ("auto", "triton", "torch", "rows")
 
 
 def paged_decode_attention_ref(
@@ -100,8 +101,8 @@ def choose_backend(q: Tensor, backend: str | None = None) -> tuple[str, str]:
     requested = "auto" if backend is None else backend
     if requested not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS} or None (got {requested!r})")
-    if requested == "torch":
-        return "torch", "requested"
+    if requested in ("torch", "rows"):
+        return requested, "requested"
     impl = _triton_impl()
     if requested == "triton":
         if isinstance(impl, str):
@@ -109,10 +110,10 @@ def choose_backend(q: Tensor, backend: str | None = None) -> tuple[str, str]:
         if not (q.is_cuda or _interpreting()):
             raise ValueError("backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tests)")
         return "triton", "requested"
+    if not q.is_cuda:
+        return "rows", f"tensors on {q.device.type}"
     if isinstance(impl, str):
         return "torch", impl
-    if not q.is_cuda:
-        return "torch", f"tensors on {q.device.type}"
     if not impl.supported(q.shape[-1]):
         return "torch", f"head dim {q.shape[-1]} not supported by the Triton kernel"
     return "triton", "CUDA"
@@ -148,8 +149,9 @@ def paged_decode_attention(
     scale: softmax scale, default D**-0.5. Scores and softmax in float32.
     num_splits: Triton only: thread blocks per (row, KV head) (split-K), default from static shapes and the
         device's SM count (`paged_decode.default_num_splits`); ignored by the reference.
-    backend: None/"auto" (Triton on CUDA when triton imports and D is a power of two in [16, 256], else the
-        reference), "triton" (on CPU tensors only under TRITON_INTERPRET=1), or "torch" (the reference).
+    backend: None/"auto" (on CUDA: Triton when triton imports and D is a power of two in [16, 256], else the
+        reference; elsewhere "rows"), "triton" (on CPU tensors only under TRITON_INTERPRET=1), "torch" (the
+        reference) or "rows" (paged_attention_rows.py: row by row, each row's own entries; the CPU path).
 
     Returns (B, H, D) (or (B, H, Q, D)) in q's dtype: softmax(q.k * scale) v over each head's attended entries; zeros for a head
     with none. The Triton path does no host sync and allocates only from input shapes (CUDA-graph capturable;
@@ -160,4 +162,6 @@ def paged_decode_attention(
     args = (q, k_cache, v_cache, block_tables, seq_lens, per_head, hole_start, hole_end)
     if name == "torch":
         return paged_decode_attention_ref(*args, scale=scale)
+    if name == "rows":
+        return paged_decode_attention_rows(*args, scale=scale)
     return _triton_impl().paged_decode(*args, scale=scale, num_splits=num_splits)

@@ -161,10 +161,11 @@ def test_reference_ignores_whatever_unattended_slots_hold():
     assert torch.equal(got, paged_decode_attention_ref(**c))
 
 
-def test_cpu_tensors_run_the_reference_by_default():
+def test_cpu_tensors_run_the_row_path_by_default():
     c = make_case([5, 9], [0, 1])
-    assert pa.choose_backend(c["q"])[0] == "torch"
-    assert torch.equal(paged_decode_attention(**c), paged_decode_attention_ref(**c))
+    assert pa.choose_backend(c["q"])[0] == "rows"
+    torch.testing.assert_close(paged_decode_attention(**c), paged_decode_attention_ref(**c), rtol=1e-5, atol=1e-6)
+    assert torch.equal(paged_decode_attention(**c, backend="torch"), paged_decode_attention_ref(**c))
 
 
 # ------------------------------------------------------------------------------------------- Triton

@@ -26,7 +26,7 @@ run() {  # which, bench, args...
     local src=$ROOT; [ $which = old ] && src=$ROOT/.ab_old
     echo "== $which $bench $(date +%T)"
     (cd "$src" && PYTHONPATH=/tmp/site_$which:/tmp/site:$src:$ROOT/clients/python \
-        timeout -k 5 280 python3 -m bench.perf.$bench --out "$OUT/$which" "$@" > "$OUT/$which/$bench.log" 2>&1)
+        timeout -k 5 280 python3 -m "bench.perf.$bench" --out "$OUT/$which" "$@" > "$OUT/$which/$bench.log" 2>&1)
     echo "rc $? $(date +%T)"; grep -v "Warn\|warn" "$OUT/$which/$bench.log" | tail -14
 }
 case $PART in
