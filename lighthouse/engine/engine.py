@@ -77,8 +77,8 @@ class LLMEngine:
         host = HostCache(self.kv, c.host_cache_bytes) if c.host_cache_bytes and c.enable_prefix_caching else None
         self.prefix_cache = PrefixCache(self.kv, c.prefix_cache_min_tokens, host) if c.enable_prefix_caching else None
         self.scheduler = Scheduler(self.kv, self.prefix_cache, max_num_seqs=c.max_num_seqs,
-                                   express_tokens=c.express_prefill_tokens,
-                                   compact_reuse=not context_rotated_apart(mc))
+                                   express_tokens=c.express_prefill_tokens, compact_reuse=not context_rotated_apart(mc),
+                                   decode_budget_s=c.decode_step_budget_ms / 1000 if c.decode_step_budget_ms else None)
         self.admission = self.scheduler.admission
         self.intake = Intake(model, tokenizer, shape, self.kv.allocator.usable, max_model_len=self.max_model_len,
                              max_num_seqs=c.max_num_seqs, defaults=self.defaults, dense_tail_tokens=c.dense_tail_tokens,

@@ -42,6 +42,7 @@ from lighthouse.engine.admission import Admission, cache_split, spec_with_hit
 from lighthouse.engine.cache.host_tier import HostRestore
 from lighthouse.engine.cache.manager import BlockCopy, KVCacheManager
 from lighthouse.engine.cache.prefix_cache import CacheHit, PrefixCache
+from lighthouse.engine.decode_slices import DecodeSlicer
 from lighthouse.engine.request import Request, Sequence, Status
 
 
@@ -83,7 +84,7 @@ class StepResult:
 
 class Scheduler:
     def __init__(self, kv: KVCacheManager, prefix_cache: PrefixCache | None, *, max_num_seqs: int,
-                 express_tokens: int = 0, compact_reuse: bool = True):
+                 express_tokens: int = 0, compact_reuse: bool = True, decode_budget_s: float | None = None):
         self.kv, self.prefix_cache = kv, prefix_cache
         # whether a compact entry's context can be continued (not where its K were rotated with the op's own
         # frequencies: lighthouse.rope "after_select" with rope_freqs "unscaled")
@@ -97,6 +98,7 @@ class Scheduler:
         self.admitted: dict[str, PrefillWork] = {}  # request id -> its prefill, until the request finishes
         self._last = "decode"  # what the last step ran: "piece" (of the prefill in progress), "express", "decode"
         self._express_spent = 0  # prompt tokens of express prefills since the last piece of the prefill in progress
+        self.slicer = DecodeSlicer(decode_budget_s)  # decode steps within a budget (decode_slices.py)
 
     # ---- queue ------------------------------------------------------------------------------------------------
     def add(self, request: Request) -> None:
@@ -144,7 +146,7 @@ class Scheduler:
         return SchedulerOutput(prefill=self.prefilling)
 
     def _batch(self) -> list[Sequence]:
-        return [s for s in self.running if s.status is Status.RUNNING][: self.max_num_seqs]
+        return self.slicer.pick([s for s in self.running if s.status is Status.RUNNING][: self.max_num_seqs])
 
     def _next_prefill(self) -> PrefillWork | None:
         """The head of the queue, admitted, if it can start now (and decode did not just get skipped), else None."""
@@ -248,6 +250,8 @@ class Scheduler:
         finished ones leave (blocks freed, prompt into the prefix cache)."""
         if result.prefilled is not None:
             self._complete_prefill(result.prefilled)
+        if result.decoded:
+            self.slicer.done(len(result.decoded))
         for s, n in zip(result.decoded, result.committed or [1] * len(result.decoded)):
             if s.kv is not None:
                 s.kv.commit_token(n)

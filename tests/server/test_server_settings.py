@@ -47,6 +47,7 @@ ENV_SAMPLES = {
     "max_prefill_chunk_ms": ("50", 50.0),
     "prefill_chunk_tokens": ("4096", 4096),
     "express_prefill_tokens": ("0", 0),
+    "decode_step_budget_ms": ("0", 0.0),
     "speculative_num_tokens": ("4", 4),
     "host_cache_gb": ("2.5", 2.5),
     "kv_cache_dtype": ("fp8_e4m3", "fp8_e4m3"),
