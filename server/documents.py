@@ -27,10 +27,10 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field, replace
 
-from lighthouse.engine.errors import EngineError
+from lighthouse.engine.errors import KV_CACHE_EXCEEDED, EngineError
 from lighthouse.engine.options import RequestOptions
 from lighthouse.engine.sampling import SamplingParams
-from lighthouse_server.errors import APIError, from_engine_error
+from lighthouse_server.errors import APIError, from_engine_error, from_failure
 
 _PLACEHOLDER = re.compile("\ue000(\\d+)\ue001")  # chat_template.py's placeholders
 SEPARATOR = "\n\n"  # between the document and the message's content (documents.ask's layout)
@@ -179,14 +179,18 @@ class DocumentService:
         used = self.used_bytes()
         if used + need <= self.budget_bytes:
             return
-        own = sorted(self.visible(owner), key=lambda d: -d.kv_bytes)
-        listed = ", ".join(f"{d.id} ({d.name or 'unnamed'}, {d.kv_bytes:,} bytes)" for d in own[:10]) or "none"
-        others = used - sum(d.kv_bytes for d in own)
         raise APIError(507, f"This document needs {need:,} bytes of KV cache, but pinned documents hold {used:,} of "
                        f"the {self.budget_bytes:,}-byte document budget; free {used + need - self.budget_bytes:,} "
-                       f"bytes by deleting documents. Yours, largest first: {listed}"
-                       + (f"; other keys' documents hold {others:,} bytes." if others else "."),
+                       f"bytes by deleting documents. {self.pinned_note(owner)}",
                        param="text", code="document_budget_exceeded")
+
+    def pinned_note(self, owner: str) -> str:
+        """The caller's documents, largest first, and what other keys' hold (what a refusal tells to free)."""
+        own = sorted(self.visible(owner), key=lambda d: -d.kv_bytes)
+        listed = ", ".join(f"{d.id} ({d.name or 'unnamed'}, {d.tokens:,} tokens, {d.kv_bytes:,} bytes)"
+                           for d in own[:10]) or "none"
+        others = self.used_bytes() - sum(d.kv_bytes for d in own)
+        return f"Yours, largest first: {listed}" + (f"; other keys' documents hold {others:,} bytes." if others else ".")
 
     async def _prefill(self, d: Document, options: RequestOptions) -> None:
         stream = self.engine.submit(f"{d.id}-prefill", d.prefix_ids, SamplingParams(max_tokens=1, temperature=0.0),
@@ -194,8 +198,10 @@ class DocumentService:
         try:
             async for out in stream:
                 if out.finished and out.finish_reason == "error":
-                    raise APIError(500 if out.error_code == "internal_error" else 503,
-                                   f"the document's prefill failed: {out.error}", code=out.error_code)
+                    err = from_failure(f"the document's prefill failed: {out.error}", out.error_code)
+                    if err.code == KV_CACHE_EXCEEDED:
+                        err.message += " " + self.pinned_note(d.owner)
+                    raise err
         finally:
             stream.close()
 

@@ -31,7 +31,7 @@ from lighthouse.engine.cache.pool import KV_CACHE_DTYPES
 from lighthouse.engine.cache.prefix_cache import PrefixCache
 from lighthouse.engine.cache.spec import CacheShape
 from lighthouse.engine.config import EngineConfig
-from lighthouse.engine.errors import INTERNAL_ERROR, InvalidRequest, is_device_fatal
+from lighthouse.engine.errors import INTERNAL_ERROR, KV_CACHE_EXCEEDED, InvalidRequest, is_device_fatal
 from lighthouse.engine.intake import Intake
 from lighthouse.engine.memory import budget_hint
 from lighthouse.engine.model_runner import ModelRunner
@@ -41,7 +41,8 @@ from lighthouse.engine.plan import context_rotated_apart, lighthouse_layer_indic
 from lighthouse.engine.prefill import PrefillAborted
 from lighthouse.engine.request import PrefillInfo, Request, RequestOutput, Sequence, Status
 from lighthouse.engine.sampling import SamplingParams
-from lighthouse.engine.scheduler import PrefillWork, Scheduler, StepResult
+from lighthouse.engine.scheduler import Scheduler
+from lighthouse.engine.step_work import PrefillWork, StepResult
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +146,8 @@ class LLMEngine:
 
     # ---- stepping ---------------------------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
+        for req, why in self.scheduler.take_refused():  # never to fit beside the pinned documents: fail them now
+            self.abort_request(req.request_id, error=why, code=KV_CACHE_EXCEEDED)
         outputs = self.apply_aborts()
         work = self.scheduler.schedule()
         if work.prefill is not None:

@@ -81,6 +81,14 @@ def get_owner(request: Request) -> str:
     return getattr(request.state, "owner", "")
 
 
+def pins_note(request: Request):
+    """() -> the caller's pinned documents in words (for a request refused for want of room beside them); None
+    without documents."""
+    service = getattr(request.app.state, "documents", None)
+    owner = get_owner(request)
+    return None if service is None else (lambda: service.pinned_note(owner))
+
+
 DocumentsDep = Annotated[DocumentService, Depends(get_documents)]
 OwnerDep = Annotated[str, Depends(get_owner)]
 

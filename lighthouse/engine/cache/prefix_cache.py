@@ -172,6 +172,11 @@ class PrefixCache:
         """Blocks that only entries hold (what evicting every entry would free)."""
         return self.kv.cache_only_blocks()
 
+    def pinned(self) -> tuple[list[int], int]:
+        """The pinned entries' lengths and the distinct blocks they hold (documents: never evicted)."""
+        pins = [e for e in self.entries if e.pins]
+        return [e.length for e in pins], len({b for e in pins for b in e.all_blocks()})
+
     def make_room(self, blocks: int, keep: CacheEntry | None = None, keep_host: HostEntry | None = None) -> bool:
         """Evict least recently used entries (never `keep`) until `blocks` blocks are free; with a host tier they
         move there (never pushing out `keep_host`). Whether the blocks are free."""
