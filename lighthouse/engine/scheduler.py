@@ -263,7 +263,8 @@ class Scheduler:
         if not req.cache_prompt or req.prompt_cached:
             return
         held = list(self.prefix_cache.entries)
-        entry = self.prefix_cache.insert(req.prompt(), cache_split(work.plan), req.seqs[0].kv, work.plan.selected)
+        entry = self.prefix_cache.insert(req.prompt(), cache_split(work.plan), req.seqs[0].kv, work.plan.selected,
+                                         any_length=req.options.pin_prompt)
         req.prompt_cached = entry is not None
         work.entry = entry if entry is not None and all(entry is not e for e in held) else None
         if entry is not None and req.options.pin_prompt:  # a document's upload (engine/documents.py)

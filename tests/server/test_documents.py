@@ -62,6 +62,24 @@ def test_asking_by_id_reuses_the_document_and_matches_the_inline_layout(server):
     assert tokens == pytest.approx([t.logprob for t in again.choices[0].logprobs.content], abs=1e-4)
 
 
+def test_a_document_shorter_than_the_prefix_caches_minimum_is_pinned_and_reused(server):
+    short = "The pass key is 4817. Remember it."  # ~60 tokens with the chat markup, under the 256-token minimum
+    d = upload(server, text=short, name="short")
+    assert d["tokens"] < server.engine.engine.config.prefix_cache_min_tokens
+    assert d["pinned"] and d["kv_bytes"] > 0
+    assert any(e.pins and e.length == d["tokens"] for e in server.engine.engine.prefix_cache.entries)
+    client = oa(server)
+    r = ask(client, d["id"])
+    assert r.usage.prompt_tokens_details.cached_tokens == d["tokens"]  # the document was not prefilled again
+    inline = client.chat.completions.create(  # the same prompt, the document sent as text, nothing reused
+        model="tiny", messages=[{"role": "user", "content": f"{short}\n\nQuestion: What is it?"}], max_tokens=8,
+        temperature=0, logprobs=True, extra_body={"cache_prompt": False})
+    assert inline.usage.prompt_tokens == r.usage.prompt_tokens and inline.usage.prompt_tokens_details is None
+    assert r.choices[0].message.content == inline.choices[0].message.content
+    assert [t.logprob for t in r.choices[0].logprobs.content] == pytest.approx(
+        [t.logprob for t in inline.choices[0].logprobs.content], abs=1e-4)
+
+
 def test_completions_take_document_id_before_the_prompt(server):
     d = upload(server)
     r = oa(server).completions.create(model="tiny", prompt="Summary:", max_tokens=4, temperature=0,
