@@ -99,7 +99,7 @@ class Generation:
                 self._observe(out)
                 if out.progress is not None:
                     if self.return_progress:
-                        yield sse(self.fmt.progress_chunk(*out.progress))
+                        yield sse(self.fmt.progress_chunk(out.progress))
                     continue
                 if out.error:
                     err = self._failure(out)

@@ -101,9 +101,12 @@ class Formatter:
             out["prefill"] = prefill_info(prefill)
         return out
 
-    def progress_chunk(self, processed: int, total: int) -> dict:
+    def progress_chunk(self, p) -> dict:
+        """A prefill progress chunk (no choices) in llama.cpp's `prompt_progress` shape (the engine's PromptProgress):
+        `total` prompt tokens, `cache` of them from the prefix cache, `processed` so far (cached included),
+        `time_ms` since the prefill began."""
         out = self._envelope(self.chunk_object, [])
-        out["prompt_progress"] = {"processed": processed, "total": total}
+        out["prompt_progress"] = {"total": p.total, "cache": p.cache, "processed": p.processed, "time_ms": p.time_ms}
         return out
 
     # ---- whole response ----

@@ -3,9 +3,7 @@
 `add_request` validates (intake.py) and queues; `step` reads as schedule -> run -> sample -> update: the scheduler
 says what to run (a prefill piece, with the host-tier restores and block copies it needs first, or the decode
 batch), the model runner runs it on the paged KV cache, the output processor samples and detokenizes, and the
-scheduler takes the outcome (lengths committed, prefills completed, finished sequences' blocks freed with their
-prompt left in the prefix cache). `abort_request` is safe to call from any thread (it also stops a prefill between
-layers).
+scheduler takes the outcome. `abort_request` is safe from any thread (it also stops a prefill between layers).
 
 Faults stay with the request that caused them. An exception (or device out-of-memory) in one request's prefill
 fails that request. The decode step runs every sequence in one batch, so when it raises, the batch is split in
@@ -39,14 +37,14 @@ from lighthouse.engine.options import RequestOptions
 from lighthouse.engine.output import OutputProcessor, Sampled, eos_ids, failure
 from lighthouse.engine.plan import context_rotated_apart, lighthouse_layer_indices, sparse_unavailable
 from lighthouse.engine.prefill import PrefillAborted
-from lighthouse.engine.request import PrefillInfo, Request, RequestOutput, Sequence, Status
+from lighthouse.engine.request import PrefillInfo, PromptProgress, Request, RequestOutput, Sequence, Status
 from lighthouse.engine.sampling import SamplingParams
 from lighthouse.engine.scheduler import Scheduler
 from lighthouse.engine.step_work import PrefillWork, StepResult
 
 log = logging.getLogger(__name__)
 
-ProgressFn = Callable[[str, int, int], None]  # (request_id, prompt tokens processed, prompt tokens)
+ProgressFn = Callable[[str, PromptProgress], None]  # (request_id, how far its prefill is)
 
 
 class LLMEngine:
@@ -204,11 +202,13 @@ class LLMEngine:
         self.kv.run_copies(work.copies)
         work.copies = []
 
-        def on_progress(fraction: float) -> None:
+        def on_progress(fraction: float) -> None:  # llama.cpp's prompt_progress: processed counts the cached too
             if self.progress_callback is not None:
-                done = cached + int((n_prompt - cached) * fraction)
-                self.progress_callback(req.request_id, min(n_prompt, done), n_prompt)
+                done = min(n_prompt, cached + int((n_prompt - cached) * fraction))
+                ms = int((time.monotonic() - work.started) * 1000)
+                self.progress_callback(req.request_id, PromptProgress(n_prompt, cached, done, ms))
 
+        on_progress(0.0)  # the first event: only what the prefix cache gave
         work.task = self.runner.start_prefill(req.seqs[0].kv, req.prompt(), work.plan, cached=cached,
                                               should_abort=req.aborted.is_set, on_progress=on_progress)
 
