@@ -26,9 +26,11 @@ import re
 import time
 import uuid
 from dataclasses import asdict, dataclass, field, replace
+from typing import AsyncIterator
 
 from lighthouse.engine.errors import KV_CACHE_EXCEEDED, EngineError
 from lighthouse.engine.options import RequestOptions
+from lighthouse.engine.request import PromptProgress
 from lighthouse.engine.sampling import SamplingParams
 from lighthouse_server.errors import APIError, from_engine_error, from_failure
 
@@ -76,6 +78,15 @@ class Document:
         for k in ("text", "prefix_ids", "resident", "stored", "ready"):
             d.pop(k)
         return d
+
+
+@dataclass
+class Upload:
+    """A document tokenized and sized (`DocumentService.prepare`), to be prefilled (`complete`)."""
+
+    doc: Document
+    options: RequestOptions
+    started: float  # time.monotonic() when the upload began
 
 
 def chat_split(template, roles: list[str], contents: list[str], add_generation_prompt: bool = True):
@@ -128,13 +139,21 @@ class DocumentService:
     async def _remove(self, d: Document) -> None:
         self.docs.pop(d.id, None)
         if d.resident and d.prefix_ids is not None:
-            await self.engine.call(lambda: self.pins.unpin(d.prefix_ids))
+            await self.engine.call(lambda: self.pins.unpin(d.prefix_ids, d.kv_mode))
         if self.store is not None:
             await asyncio.to_thread(self.store.delete, d.id)
 
     # ---- upload -----------------------------------------------------------------------------------------------
     async def upload(self, owner: str, text: str, *, name: str | None, ttl_s: float | None, kv_mode: str | None,
                      system: str | None) -> Document:
+        upload = await self.prepare(owner, text, name=name, ttl_s=ttl_s, kv_mode=kv_mode, system=system)
+        async for _ in self.complete(upload):
+            pass
+        return upload.doc
+
+    async def prepare(self, owner: str, text: str, *, name: str | None, ttl_s: float | None, kv_mode: str | None,
+                      system: str | None) -> Upload:
+        """Tokenize a document and size it against the budget (raises APIError: 400, 507); nothing is held yet."""
         await self.sweep()
         t0 = time.monotonic()
         prompts = self.prompts_of()
@@ -154,26 +173,32 @@ class DocumentService:
         d.tokens = len(d.prefix_ids)
         options = RequestOptions(kv_mode=kv_mode, dense_tail_tokens=0, pin_prompt=True)  # type: ignore[arg-type]
         try:
-            estimate = self.pins.estimate_bytes(d.prefix_ids, options)
+            d.kv_bytes = self.pins.estimate_bytes(d.prefix_ids, options)
         except EngineError as exc:
             raise from_engine_error(exc, prompt_param="text") from None
-        self._check_budget(owner, estimate)
-        d.kv_bytes = estimate
+        self._check_budget(owner, d.kv_bytes)
+        return Upload(d, options, t0)
+
+    async def complete(self, upload: Upload) -> AsyncIterator[PromptProgress]:
+        """Prefill a prepared document, yielding its progress, then pin (and store) it. The budget is checked again
+        and the document counted against it from the first step (closing the iterator early forgets it)."""
+        d = upload.doc
+        self._check_budget(d.owner, d.kv_bytes)
         self.docs[d.id] = d  # counts against the budget while it prefills (not listed until then)
         try:
-            await self._prefill(d, options)
+            async for progress in self._prefill(d, upload.options):
+                yield progress
         except BaseException:
             self.docs.pop(d.id, None)
             raise
-        d.kv_bytes = await self.engine.call(lambda: self.pins.held_bytes(d.prefix_ids))
+        d.kv_bytes = await self.engine.call(lambda: self.pins.held_bytes(d.prefix_ids, d.kv_mode))
         d.resident = d.kv_bytes > 0
-        d.seconds, d.ready = time.monotonic() - t0, True
+        d.seconds, d.ready = time.monotonic() - upload.started, True
         if self.store is not None and d.resident:
-            data = await self.engine.call(lambda: self.pins.export(d.prefix_ids))
+            data = await self.engine.call(lambda: self.pins.export(d.prefix_ids, d.kv_mode))
             if data is not None:
-                await asyncio.to_thread(self.store.save, d.id, data, d.meta(), text)
+                await asyncio.to_thread(self.store.save, d.id, data, d.meta(), d.text)
                 d.stored = True
-        return d
 
     def _check_budget(self, owner: str, need: int) -> None:
         used = self.used_bytes()
@@ -192,11 +217,13 @@ class DocumentService:
         others = self.used_bytes() - sum(d.kv_bytes for d in own)
         return f"Yours, largest first: {listed}" + (f"; other keys' documents hold {others:,} bytes." if others else ".")
 
-    async def _prefill(self, d: Document, options: RequestOptions) -> None:
+    async def _prefill(self, d: Document, options: RequestOptions) -> AsyncIterator[PromptProgress]:
         stream = self.engine.submit(f"{d.id}-prefill", d.prefix_ids, SamplingParams(max_tokens=1, temperature=0.0),
                                     options)
         try:
             async for out in stream:
+                if out.progress is not None:
+                    yield out.progress
                 if out.finished and out.finish_reason == "error":
                     err = from_failure(f"the document's prefill failed: {out.error}", out.error_code)
                     if err.code == KV_CACHE_EXCEEDED:

@@ -30,6 +30,11 @@ def prefill_info(info) -> dict:
     return out
 
 
+def prompt_progress(p) -> dict:
+    """The engine's PromptProgress as llama.cpp's `prompt_progress` object."""
+    return {"total": p.total, "cache": p.cache, "processed": p.processed, "time_ms": p.time_ms}
+
+
 @dataclass
 class ChoiceState:
     text: str = ""
@@ -106,7 +111,7 @@ class Formatter:
         `total` prompt tokens, `cache` of them from the prefix cache, `processed` so far (cached included),
         `time_ms` since the prefill began."""
         out = self._envelope(self.chunk_object, [])
-        out["prompt_progress"] = {"total": p.total, "cache": p.cache, "processed": p.processed, "time_ms": p.time_ms}
+        out["prompt_progress"] = prompt_progress(p)
         return out
 
     # ---- whole response ----

@@ -33,33 +33,39 @@ class DocumentPins:
         req = self.engine.make_request("document-size", prompt_ids, SamplingParams(max_tokens=1), options)
         return req.reservation.held_blocks(self.engine.kv.shape) * self.bytes_per_block
 
-    def find(self, prompt_ids: list[int]) -> CacheEntry | None:
-        """The pinned entry that holds these tokens (as its prompt or the head of a longer one), if any."""
+    def compact(self, kv_mode: str | None) -> bool:
+        """Whether a document uploaded with `kv_mode` (None: the engine's default) is kept as a compact entry."""
+        return (kv_mode or self.engine.defaults[2]) == "compact"
+
+    def find(self, prompt_ids: list[int], kv_mode: str | None = None) -> CacheEntry | None:
+        """The pinned entry of the document's kind (full or compact: the same tokens may be pinned as both) that
+        holds these tokens (as its prompt or the head of a longer one), if any."""
         cache = self.engine.prefix_cache
         if cache is None:
             return None
-        t = torch.tensor(prompt_ids, dtype=torch.long)
+        t, compact = torch.tensor(prompt_ids, dtype=torch.long), self.compact(kv_mode)
         for e in cache.entries:
-            if e.pins and e.length >= len(prompt_ids) and common_prefix(t, e.tokens) == len(prompt_ids):
+            if (e.pins and e.compact == compact and e.length >= len(prompt_ids)
+                    and common_prefix(t, e.tokens) == len(prompt_ids)):
                 return e
         return None
 
-    def held_bytes(self, prompt_ids: list[int]) -> int:
+    def held_bytes(self, prompt_ids: list[int], kv_mode: str | None = None) -> int:
         """Bytes of the KV cache the pinned entry holds (0: not pinned on the device)."""
-        e = self.find(prompt_ids)
+        e = self.find(prompt_ids, kv_mode)
         return len(e.all_blocks()) * self.bytes_per_block if e is not None else 0
 
-    def unpin(self, prompt_ids: list[int]) -> None:
+    def unpin(self, prompt_ids: list[int], kv_mode: str | None = None) -> None:
         """One pin less; the entry leaves the cache with its last pin (a deleted document frees its memory)."""
-        e = self.find(prompt_ids)
+        e = self.find(prompt_ids, kv_mode)
         if e is None:
             return
         e.pins -= 1
         if not e.pins:
             self.engine.prefix_cache.discard(e)
 
-    def export(self, prompt_ids: list[int]) -> EntryData | None:
-        e = self.find(prompt_ids)
+    def export(self, prompt_ids: list[int], kv_mode: str | None = None) -> EntryData | None:
+        e = self.find(prompt_ids, kv_mode)
         return export_entry(self.engine.prefix_cache, e) if e is not None else None
 
     def restore(self, data: EntryData) -> int:
