@@ -32,6 +32,7 @@ from lighthouse.engine.errors import KV_CACHE_EXCEEDED, EngineError
 from lighthouse.engine.options import RequestOptions
 from lighthouse.engine.request import PromptProgress
 from lighthouse.engine.sampling import SamplingParams
+from lighthouse_server.citations import top_spans
 from lighthouse_server.errors import APIError, from_engine_error, from_failure
 
 _PLACEHOLDER = re.compile("\ue000(\\d+)\ue001")  # chat_template.py's placeholders
@@ -271,6 +272,40 @@ class DocumentService:
         if prompt_ids is None:
             prompt_ids = await prompts._run(prompts.template.encode_plain, SEPARATOR + (prompt or ""))
         return list(d.prefix_ids or []) + list(prompt_ids)
+
+    # ---- citations ------------------------------------------------------------------------------------------
+    def containing(self, owner: str, prompt_ids: list[int]) -> Document | None:
+        """The caller's document (on the device) whose prefix the prompt starts with, the longest (a prefix hit)."""
+        found = [d for d in self.visible(owner) if d.prefix_ids and prompt_ids[: len(d.prefix_ids)] == d.prefix_ids]
+        return max(found, key=lambda d: d.tokens, default=None)
+
+    def citer(self, d: Document | None, prompt_ids: list[int], top_k: int):
+        """answer ids -> the document spans it drew on most (server/citations.py), checked now: a 400 when there is no
+        document, it is compact, or the prompt does not start with its uploaded prefix."""
+        if d is None:
+            raise APIError(400, "citations need a document: send document_id, or a prompt that starts with one of your "
+                           "uploaded documents (POST /v1/documents)", param="citations")
+        if self.pins.compact(d.kv_mode):
+            raise APIError(400, "citations need a document uploaded with kv_mode 'full' (a compact one keeps only the "
+                           "positions its Lighthouse layers selected)", param="citations")
+        if d.prefix_ids is None or prompt_ids[: d.tokens] != d.prefix_ids:
+            raise APIError(400, "citations need the document in its uploaded layout (a chat with the system message "
+                           "it was uploaded with)", param="citations")
+        tokenizer = self.prompts_of().tokenizer
+
+        async def cite(answer_ids: list[int]) -> list[dict]:
+            if not answer_ids:
+                return []
+            try:
+                scores = await self.engine.call(
+                    lambda: self.pins.answer_attention(d.prefix_ids, d.kv_mode, prompt_ids, answer_ids))
+            except EngineError as exc:
+                raise from_engine_error(exc) from None
+            if scores is None:  # deleted meanwhile
+                return []
+            return await asyncio.to_thread(top_spans, tokenizer, d.text or "", d.prefix_ids, scores, top_k)
+
+        return cite
 
     @staticmethod
     def options(d: Document, asked: RequestOptions, prompt_len: int) -> RequestOptions:

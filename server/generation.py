@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator, Awaitable, Callable
 
 from fastapi import Request
 
@@ -36,11 +36,13 @@ class ClientGone(Exception):
 class Generation:
     def __init__(self, engine, settings: Settings, metrics: Metrics, fmt: Formatter, prompt_ids: list[int],
                  params: SamplingParams, options: RequestOptions, *, prompt_param: str = "prompt",
-                 return_progress: bool = False, pins_note: Callable[[], str] | None = None):
+                 return_progress: bool = False, pins_note: Callable[[], str] | None = None,
+                 cite: Callable[[list[int]], Awaitable[list[dict]]] | None = None):
         self.engine, self.settings, self.metrics, self.fmt = engine, settings, metrics, fmt
         self.prompt_ids, self.params, self.options = prompt_ids, params, options
         self.prompt_param, self.return_progress = prompt_param, return_progress
         self.pins_note = pins_note  # () -> the caller's pinned documents, for a refusal that names what to free
+        self.cite = cite  # answer ids -> the document spans it drew on (citations: true)
         self.arrival = time.monotonic()
         self.first_token: float | None = None
         self.last_token: dict[int, float] = {}
@@ -95,8 +97,10 @@ class Generation:
             if self.fmt.chat:
                 for i in range(self.params.n):
                     yield sse(self.fmt.role_chunk(i))
+            answers: dict[int, list[int]] = {}
             async for out in self.stream:
                 self._observe(out)
+                answers.setdefault(out.index, []).extend(out.token_ids)
                 if out.progress is not None:
                     if self.return_progress:
                         yield sse(self.fmt.progress_chunk(out.progress))
@@ -110,6 +114,9 @@ class Generation:
                     yield sse(self.fmt.chunk(out.index, out.text, out.logprobs, out.finish_reason if out.finished else None))
             else:
                 outcome = "finished"
+                if self.cite is not None:
+                    yield sse(self.fmt.citations_chunk([await self.cite(answers.get(i, []))
+                                                        for i in range(self.params.n)]))
                 if self.fmt.include_usage:
                     yield sse(self.fmt.usage_chunk(len(self.prompt_ids), self.completion_tokens, self.cached_tokens,
                                                    self.prefill))
@@ -138,6 +145,9 @@ class Generation:
                 c.logprobs += out.logprobs or []
                 if out.finished:
                     c.finish_reason = out.finish_reason
+            if self.cite is not None:
+                for c in choices:
+                    c.citations = await self.cite(c.token_ids)
             outcome = "finished"
             return self.fmt.response(choices, len(self.prompt_ids), self.cached_tokens, self.prefill)
         finally:

@@ -41,6 +41,7 @@ class ChoiceState:
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[TokenLogprob] = field(default_factory=list)
     finish_reason: str | None = None
+    citations: list[dict] | None = None  # with citations: true, the document spans the answer drew on
 
 
 class Formatter:
@@ -114,6 +115,14 @@ class Formatter:
         out["prompt_progress"] = prompt_progress(p)
         return out
 
+    def citations_chunk(self, per_choice: list[list[dict]]) -> dict:
+        """With citations: true, after the last token: each choice's cited spans (no choices)."""
+        out = self._envelope(self.chunk_object, [])
+        out["citations"] = [{"index": i, "spans": spans} for i, spans in enumerate(per_choice)]
+        if self.include_usage:
+            out["usage"] = None
+        return out
+
     # ---- whole response ----
     def response(self, choices: list[ChoiceState], prompt_tokens: int, cached_tokens: int = 0, prefill=None) -> dict:
         out = []
@@ -124,6 +133,8 @@ class Formatter:
                             "finish_reason": c.finish_reason})
             else:
                 out.append({"index": i, "text": c.text, "logprobs": lp, "finish_reason": c.finish_reason})
+            if c.citations is not None:
+                out[-1]["citations"] = c.citations
         body = self._envelope(self.object, out)
         body["usage"] = usage(prompt_tokens, sum(len(c.token_ids) for c in choices), cached_tokens)
         if prefill is not None:  # an extension beside usage: how the prompt was prefilled (and decoded)

@@ -15,6 +15,8 @@ import torch
 
 from lighthouse.engine.cache.disk_tier import EntryData, export_entry, restore_entry
 from lighthouse.engine.cache.prefix_cache import CacheEntry, common_prefix
+from lighthouse.engine.citations import answer_attention
+from lighthouse.engine.errors import InvalidRequest
 from lighthouse.engine.options import RequestOptions
 from lighthouse.engine.sampling import SamplingParams
 
@@ -63,6 +65,25 @@ class DocumentPins:
         e.pins -= 1
         if not e.pins:
             self.engine.prefix_cache.discard(e)
+
+    def answer_attention(self, prefix_ids: list[int], kv_mode: str | None, prompt_ids: list[int],
+                         answer_ids: list[int]) -> list[float] | None:
+        """Per position of the document's prefix, the attention the answer paid to it (citations.py), from its pinned
+        entry; None when it is not pinned on the device. Raises InvalidRequest for a compact document (its
+        Lighthouse layers keep a selection, not every position) or a prompt that does not start with the prefix."""
+        e = self.find(prefix_ids, kv_mode)
+        if e is None:
+            return None
+        if e.compact:
+            raise InvalidRequest("citations need a document uploaded with kv_mode 'full' (a compact one keeps only "
+                                 "the positions its Lighthouse layers selected)", param="citations")
+        P = len(prefix_ids)
+        if prompt_ids[:P] != prefix_ids:
+            raise InvalidRequest("citations need the document in its uploaded layout (the same system message as its "
+                                 "upload)", param="citations")
+        eng = self.engine
+        return answer_attention(eng.model, eng.kv.pool, e.blocks, P, prompt_ids[P:] + answer_ids,
+                                len(answer_ids)).tolist()
 
     def export(self, prompt_ids: list[int], kv_mode: str | None = None) -> EntryData | None:
         e = self.find(prompt_ids, kv_mode)

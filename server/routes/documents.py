@@ -94,6 +94,18 @@ def pins_note(request: Request):
     return None if service is None else (lambda: service.pinned_note(owner))
 
 
+async def citer(request: Request, body, doc, prompt_ids: list[int]):
+    """With `citations`, answer ids -> the spans of the request's document the answer drew on (its document_id's,
+    else the caller's document the prompt starts with); a 400 now when there is none to cite. None without."""
+    if not body.citations:
+        return None
+    documents = get_documents(request)
+    if doc is None:
+        await documents.sweep()
+        doc = documents.containing(get_owner(request), prompt_ids)
+    return documents.citer(doc, prompt_ids, body.citations_top_k)
+
+
 DocumentsDep = Annotated[DocumentService, Depends(get_documents)]
 OwnerDep = Annotated[str, Depends(get_owner)]
 
