@@ -284,13 +284,13 @@ class DocumentService:
         document, it is compact, or the prompt does not start with its uploaded prefix."""
         if d is None:
             raise APIError(400, "citations need a document: send document_id, or a prompt that starts with one of your "
-                           "uploaded documents (POST /v1/documents)", param="citations")
+                           "uploaded documents (POST /v1/documents)", param="citations", code="citations_unavailable")
         if self.pins.compact(d.kv_mode):
             raise APIError(400, "citations need a document uploaded with kv_mode 'full' (a compact one keeps only the "
-                           "positions its Lighthouse layers selected)", param="citations")
+                           "positions its Lighthouse layers selected)", param="citations", code="citations_unavailable")
         if d.prefix_ids is None or prompt_ids[: d.tokens] != d.prefix_ids:
             raise APIError(400, "citations need the document in its uploaded layout (a chat with the system message "
-                           "it was uploaded with)", param="citations")
+                           "it was uploaded with)", param="citations", code="citations_unavailable")
         tokenizer = self.prompts_of().tokenizer
 
         async def cite(answer_ids: list[int]) -> list[dict]:

@@ -69,9 +69,9 @@ class Server:
         self.thread.join(30)
 
 
-def documents(context: int, trials: int, seed: int) -> list[dict]:
+def documents(context: int, trials: int, seed: int, filler: str = "repeat") -> list[dict]:
     out = []
-    for depth, ids, key in passkey_prompts(context, DEFAULT_DEPTHS, trials, seed=seed):
+    for depth, ids, key in passkey_prompts(context, DEFAULT_DEPTHS, trials, seed=seed, filler=filler):
         text = bytes(ids[1:].tolist()).decode("ascii").removesuffix(PASSKEY_QUESTION)
         needle = f"The pass key is {key}. Remember it. {key} is the pass key. "
         start = text.index(needle)
@@ -168,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trials", type=int, default=10, help="documents per depth (5 depths)")
     p.add_argument("--max-tokens", type=int, default=24, help="'The pass key is 12345.' is 22")
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--filler", default="repeat", help="the documents' filler: repeat (5 sentences over and over, "
+                                                      "what the checkpoint was trained on), sentences (random ones), alnum")
     p.add_argument("--layer-sets", default="", help="e.g. '0,1,2,5;1,2,5;5;0,1,2,3,4,5'")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
@@ -175,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     random.seed(args.seed)
     res = {"date": time.strftime("%Y-%m-%d"), "device": "cpu", "torch": torch.__version__,
            "machine": platform.machine(), "cpus": torch.get_num_threads(), "depths": list(DEFAULT_DEPTHS),
-           "trials": args.trials, "max_tokens": args.max_tokens, "seed": args.seed, "by_context": {}}
+           "trials": args.trials, "max_tokens": args.max_tokens, "seed": args.seed, "filler": args.filler,
+           "by_context": {}}
     settings = {"device": "cpu"} | ({"checkpoint": args.checkpoint} if args.checkpoint else {})
     with Server(**settings) as srv:
         from lighthouse.engine.citations import citation_layers
@@ -184,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         res["model"] = httpx.get(srv.url + "/v1/models").json()["data"][0]["id"]
         all_rows = []
         for n in args.contexts:
-            rows = run(srv, documents(n, args.trials, args.seed), args.max_tokens, layer_sets)
+            rows = run(srv, documents(n, args.trials, args.seed, args.filler), args.max_tokens, layer_sets)
             all_rows += rows
             res["by_context"][str(n)] = {**summary(rows), "samples": rows}
             print(n, json.dumps(summary(rows)), flush=True)

@@ -7,7 +7,7 @@ from typing import Annotated, AsyncIterator
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
 from lighthouse.engine.options import KVMode
 from lighthouse_server.deps import require_api_key
@@ -31,7 +31,7 @@ class DocumentCreate(BaseModel):
     kv_mode: KVMode | None = Field(None, description="full | compact (default: the server's)")
     system: Text | None = Field(None, description="the system message its questions will have (documents.ask's); "
                                                  "a question with another one prefills the document again")
-    stream: bool = Field(False, description="answer with server-sent events: prefill progress (`document.progress`, "
+    stream: StrictBool = Field(False, description="answer with server-sent events: prefill progress (`document.progress`, "
                                            "llama.cpp's prompt_progress), then the document, then [DONE] (as does "
                                            "`Accept: text/event-stream`)")
 
@@ -71,7 +71,7 @@ _UPLOAD_BODY = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
         "file": {"type": "string", "minLength": 1, "description": "the document: UTF-8 text"}, "name": {"type": "string"},
         "ttl_s": {"type": "number", "minimum": 60}, "kv_mode": {"enum": ["full", "compact"]},
-        "system": {"type": "string"}, "stream": {"type": "boolean"}}}}}}}
+        "system": {"type": "string"}, "stream": {"enum": ["true", "false"]}}}}}}}
 
 
 def get_documents(request: Request) -> DocumentService:
@@ -124,6 +124,10 @@ async def _create_body(request: Request) -> DocumentCreate:
                     fields["text"] = upload if isinstance(upload, str) else (await upload.read()).decode("utf-8")
                 except UnicodeDecodeError:
                     raise APIError(400, "the file is not UTF-8 text", param="file") from None
+            if "stream" in fields:  # a form field is text: "true" or "false"
+                if fields["stream"] not in ("true", "false"):
+                    raise APIError(400, "stream: must be \"true\" or \"false\"", param="stream")
+                fields["stream"] = fields["stream"] == "true"
             return DocumentCreate.model_validate(fields)
         return DocumentCreate.model_validate(json.loads(await request.body() or b"null"))
     except ValueError as exc:  # not JSON, or not UTF-8 (ValidationError is handled below, before this)

@@ -141,6 +141,10 @@ def test_accept_event_stream_streams_a_file_upload_and_refusals_stay_http_errors
     finally:
         service.budget_bytes = budget
     assert_error(c.post("/v1/documents", json={"text": "", "stream": True}), 400, param="text")
+    assert_error(c.post("/v1/documents", json={"text": DOC, "stream": "yes"}), 400, param="stream")
+    assert_error(c.post("/v1/documents", files={"file": ("d.txt", b"x")}, data={"stream": "1"}), 400, param="stream")
+    form = upload_events(c.post("/v1/documents", files={"file": ("d.txt", DOC.encode())}, data={"stream": "true"}))
+    assert form[-1]["object"] == "document"
 
 
 def test_bad_uploads_are_400s(server, assert_error):
