@@ -19,7 +19,9 @@ sparse head), questions are 64 more tokens prefilled densely after it.
   document + q1 + q2 (one prefill of the document: in-flight sharing) and 2 x (document + question).
 
 A 512K full document of this shape is ~64 GB of K/V (bf16): the store needs that much free disk (checked first: a
-part that cannot fit is recorded under "errors"), and saving or loading it holds a CPU copy (~64 GB of host memory).
+part that cannot fit is recorded under "errors"), and saving or loading it holds a CPU copy (~64 GB of host memory)
+and, while saving, a gathered copy of K or V on the device (~32 GB): the engines get a KV budget of 1.2x the session
+(an H200's memory; an 80 GB card cannot hold the full 512K session).
 `--store DIR` puts it on the disk to measure (default: a folder under --out, removed after).
 
     python -m bench.perf.documents_bench --out DIR [--quick | --tiny] [--drop-caches] [--store DIR]
@@ -73,6 +75,20 @@ def make_model(max_len: int, tiny: bool):
         return LlamaForCausalLM(cfg).eval()
     with torch.device("cuda"):
         return LlamaForCausalLM(paper_config(max_len)).to(torch.bfloat16).eval()
+
+
+def session_bytes(model, n: int, itemsize: int = 2) -> int:
+    """A full session's K/V: every layer, n positions (and two blocks to spare)."""
+    c = model.config
+    return c.num_hidden_layers * (n + 2 * 128) * 2 * c.num_key_value_heads * c.head_dim * itemsize
+
+
+def budget(model, n: int, kv_mode: str, tiny: bool) -> dict:
+    """A KV budget that holds the document with room to spare but leaves device memory free for the export's copy
+    (DiskStore.save gathers the blocks on the device first): 1.2x a full session, 0.5x for a compact one."""
+    if tiny:
+        return {}
+    return {"kv_cache_bytes": int(session_bytes(model, n) * (1.2 if kv_mode == "full" else 0.5))}
 
 
 def engine(model, tiny: bool, **config):
@@ -141,7 +157,7 @@ def store_and_restore(model, n: int, kv_mode: str, store_dir: Path, tiny: bool, 
     from lighthouse.engine.cache.disk_tier import DiskStore
     from lighthouse.engine.documents import DocumentPins
 
-    eng = engine(model, tiny, kv_mode=kv_mode)
+    eng = engine(model, tiny, kv_mode=kv_mode, **budget(model, n, kv_mode, tiny))
     pins = DocumentPins(eng)
     doc = tokens(n, 1)
     cold = upload(eng, doc, kv_mode)
@@ -181,7 +197,7 @@ def concurrent_questions(model, n: int, tiny: bool) -> dict:
     from lighthouse.engine.options import RequestOptions
     from lighthouse.engine.sampling import SamplingParams
 
-    eng = engine(model, tiny)
+    eng = engine(model, tiny, **budget(model, n, "full", tiny))
     doc = tokens(n, 3)
     q1, q2 = tokens(TAIL, 4), tokens(TAIL, 5)
     q2[0] = 32 + (q1[0] - 32 + 1) % 95  # the questions differ from their first token on
@@ -227,10 +243,10 @@ def main(argv: list[str] | None = None) -> int:
     model = make_model(n + 4096, args.tiny)
     if "cold" not in skip:
         def cold():
-            eng = engine(model, args.tiny)
+            eng = engine(model, args.tiny, **budget(model, n, "full", args.tiny))
             upload(eng, tokens(n, 9), "full")  # warm-up: kernels, plans
             del eng  # (its KV budget freed before the next engine takes its own)
-            eng = engine(model, args.tiny)
+            eng = engine(model, args.tiny, **budget(model, n, "full", args.tiny))
             return {"ttft_s": round(upload(eng, tokens(n, 1), "full"), 3)}
         r = results.measure("cold_512k", cold)
         if r:
