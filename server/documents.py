@@ -16,6 +16,11 @@ deleted that many seconds after its upload (checked on every access and once a s
 
 With a document store (`document_store`), each document's K/V and metadata are also written to disk
 (lighthouse/engine/cache/disk_tier.py) and listed again after a restart; the first question brings them back.
+
+An upload is two steps: `prepare` (tokenize, size, check the budget: its refusals are ordinary HTTP errors) and
+`complete` (prefill, yielding llama.cpp-shaped progress, then pin and store), so a streamed upload can send progress
+events in between. `citer` checks a request's citations before it runs and returns what computes them after
+(server/citations.py).
 """
 
 from __future__ import annotations
