@@ -16,6 +16,11 @@ deleted that many seconds after its upload (checked on every access and once a s
 
 With a document store (`document_store`), each document's K/V and metadata are also written to disk
 (lighthouse/engine/cache/disk_tier.py) and listed again after a restart; the first question brings them back.
+
+An upload is two steps: `prepare` (tokenize, size, check the budget: its refusals are ordinary HTTP errors) and
+`complete` (prefill, yielding llama.cpp-shaped progress, then pin and store), so a streamed upload can send progress
+events in between. `citer` checks a request's citations before it runs and returns what computes them after
+(server/citations.py).
 """
 
 from __future__ import annotations
@@ -26,11 +31,14 @@ import re
 import time
 import uuid
 from dataclasses import asdict, dataclass, field, replace
+from typing import AsyncIterator
 
-from lighthouse.engine.errors import EngineError
+from lighthouse.engine.errors import KV_CACHE_EXCEEDED, EngineError
 from lighthouse.engine.options import RequestOptions
+from lighthouse.engine.request import PromptProgress
 from lighthouse.engine.sampling import SamplingParams
-from lighthouse_server.errors import APIError, from_engine_error
+from lighthouse_server.citations import top_spans
+from lighthouse_server.errors import APIError, from_engine_error, from_failure
 
 _PLACEHOLDER = re.compile("\ue000(\\d+)\ue001")  # chat_template.py's placeholders
 SEPARATOR = "\n\n"  # between the document and the message's content (documents.ask's layout)
@@ -76,6 +84,15 @@ class Document:
         for k in ("text", "prefix_ids", "resident", "stored", "ready"):
             d.pop(k)
         return d
+
+
+@dataclass
+class Upload:
+    """A document tokenized and sized (`DocumentService.prepare`), to be prefilled (`complete`)."""
+
+    doc: Document
+    options: RequestOptions
+    started: float  # time.monotonic() when the upload began
 
 
 def chat_split(template, roles: list[str], contents: list[str], add_generation_prompt: bool = True):
@@ -128,13 +145,21 @@ class DocumentService:
     async def _remove(self, d: Document) -> None:
         self.docs.pop(d.id, None)
         if d.resident and d.prefix_ids is not None:
-            await self.engine.call(lambda: self.pins.unpin(d.prefix_ids))
+            await self.engine.call(lambda: self.pins.unpin(d.prefix_ids, d.kv_mode))
         if self.store is not None:
             await asyncio.to_thread(self.store.delete, d.id)
 
     # ---- upload -----------------------------------------------------------------------------------------------
     async def upload(self, owner: str, text: str, *, name: str | None, ttl_s: float | None, kv_mode: str | None,
                      system: str | None) -> Document:
+        upload = await self.prepare(owner, text, name=name, ttl_s=ttl_s, kv_mode=kv_mode, system=system)
+        async for _ in self.complete(upload):
+            pass
+        return upload.doc
+
+    async def prepare(self, owner: str, text: str, *, name: str | None, ttl_s: float | None, kv_mode: str | None,
+                      system: str | None) -> Upload:
+        """Tokenize a document and size it against the budget (raises APIError: 400, 507); nothing is held yet."""
         await self.sweep()
         t0 = time.monotonic()
         prompts = self.prompts_of()
@@ -154,48 +179,62 @@ class DocumentService:
         d.tokens = len(d.prefix_ids)
         options = RequestOptions(kv_mode=kv_mode, dense_tail_tokens=0, pin_prompt=True)  # type: ignore[arg-type]
         try:
-            estimate = self.pins.estimate_bytes(d.prefix_ids, options)
+            d.kv_bytes = self.pins.estimate_bytes(d.prefix_ids, options)
         except EngineError as exc:
             raise from_engine_error(exc, prompt_param="text") from None
-        self._check_budget(owner, estimate)
-        d.kv_bytes = estimate
+        self._check_budget(owner, d.kv_bytes)
+        return Upload(d, options, t0)
+
+    async def complete(self, upload: Upload) -> AsyncIterator[PromptProgress]:
+        """Prefill a prepared document, yielding its progress, then pin (and store) it. The budget is checked again
+        and the document counted against it from the first step (closing the iterator early forgets it)."""
+        d = upload.doc
+        self._check_budget(d.owner, d.kv_bytes)
         self.docs[d.id] = d  # counts against the budget while it prefills (not listed until then)
         try:
-            await self._prefill(d, options)
+            async for progress in self._prefill(d, upload.options):
+                yield progress
         except BaseException:
             self.docs.pop(d.id, None)
             raise
-        d.kv_bytes = await self.engine.call(lambda: self.pins.held_bytes(d.prefix_ids))
+        d.kv_bytes = await self.engine.call(lambda: self.pins.held_bytes(d.prefix_ids, d.kv_mode))
         d.resident = d.kv_bytes > 0
-        d.seconds, d.ready = time.monotonic() - t0, True
+        d.seconds, d.ready = time.monotonic() - upload.started, True
         if self.store is not None and d.resident:
-            data = await self.engine.call(lambda: self.pins.export(d.prefix_ids))
+            data = await self.engine.call(lambda: self.pins.export(d.prefix_ids, d.kv_mode))
             if data is not None:
-                await asyncio.to_thread(self.store.save, d.id, data, d.meta(), text)
+                await asyncio.to_thread(self.store.save, d.id, data, d.meta(), d.text)
                 d.stored = True
-        return d
 
     def _check_budget(self, owner: str, need: int) -> None:
         used = self.used_bytes()
         if used + need <= self.budget_bytes:
             return
-        own = sorted(self.visible(owner), key=lambda d: -d.kv_bytes)
-        listed = ", ".join(f"{d.id} ({d.name or 'unnamed'}, {d.kv_bytes:,} bytes)" for d in own[:10]) or "none"
-        others = used - sum(d.kv_bytes for d in own)
         raise APIError(507, f"This document needs {need:,} bytes of KV cache, but pinned documents hold {used:,} of "
                        f"the {self.budget_bytes:,}-byte document budget; free {used + need - self.budget_bytes:,} "
-                       f"bytes by deleting documents. Yours, largest first: {listed}"
-                       + (f"; other keys' documents hold {others:,} bytes." if others else "."),
+                       f"bytes by deleting documents. {self.pinned_note(owner)}",
                        param="text", code="document_budget_exceeded")
 
-    async def _prefill(self, d: Document, options: RequestOptions) -> None:
+    def pinned_note(self, owner: str) -> str:
+        """The caller's documents, largest first, and what other keys' hold (what a refusal tells to free)."""
+        own = sorted(self.visible(owner), key=lambda d: -d.kv_bytes)
+        listed = ", ".join(f"{d.id} ({d.name or 'unnamed'}, {d.tokens:,} tokens, {d.kv_bytes:,} bytes)"
+                           for d in own[:10]) or "none"
+        others = self.used_bytes() - sum(d.kv_bytes for d in own)
+        return f"Yours, largest first: {listed}" + (f"; other keys' documents hold {others:,} bytes." if others else ".")
+
+    async def _prefill(self, d: Document, options: RequestOptions) -> AsyncIterator[PromptProgress]:
         stream = self.engine.submit(f"{d.id}-prefill", d.prefix_ids, SamplingParams(max_tokens=1, temperature=0.0),
                                     options)
         try:
             async for out in stream:
+                if out.progress is not None:
+                    yield out.progress
                 if out.finished and out.finish_reason == "error":
-                    raise APIError(500 if out.error_code == "internal_error" else 503,
-                                   f"the document's prefill failed: {out.error}", code=out.error_code)
+                    err = from_failure(f"the document's prefill failed: {out.error}", out.error_code)
+                    if err.code == KV_CACHE_EXCEEDED:
+                        err.message += " " + self.pinned_note(d.owner)
+                    raise err
         finally:
             stream.close()
 
@@ -238,6 +277,40 @@ class DocumentService:
         if prompt_ids is None:
             prompt_ids = await prompts._run(prompts.template.encode_plain, SEPARATOR + (prompt or ""))
         return list(d.prefix_ids or []) + list(prompt_ids)
+
+    # ---- citations ------------------------------------------------------------------------------------------
+    def containing(self, owner: str, prompt_ids: list[int]) -> Document | None:
+        """The caller's document (on the device) whose prefix the prompt starts with, the longest (a prefix hit)."""
+        found = [d for d in self.visible(owner) if d.prefix_ids and prompt_ids[: len(d.prefix_ids)] == d.prefix_ids]
+        return max(found, key=lambda d: d.tokens, default=None)
+
+    def citer(self, d: Document | None, prompt_ids: list[int], top_k: int):
+        """answer ids -> the document spans it drew on most (server/citations.py), checked now: a 400 when there is no
+        document, it is compact, or the prompt does not start with its uploaded prefix."""
+        if d is None:
+            raise APIError(400, "citations need a document: send document_id, or a prompt that starts with one of your "
+                           "uploaded documents (POST /v1/documents)", param="citations", code="citations_unavailable")
+        if self.pins.compact(d.kv_mode):
+            raise APIError(400, "citations need a document uploaded with kv_mode 'full' (a compact one keeps only the "
+                           "positions its Lighthouse layers selected)", param="citations", code="citations_unavailable")
+        if d.prefix_ids is None or prompt_ids[: d.tokens] != d.prefix_ids:
+            raise APIError(400, "citations need the document in its uploaded layout (a chat with the system message "
+                           "it was uploaded with)", param="citations", code="citations_unavailable")
+        tokenizer = self.prompts_of().tokenizer
+
+        async def cite(answer_ids: list[int]) -> list[dict]:
+            if not answer_ids:
+                return []
+            try:
+                scores = await self.engine.call(
+                    lambda: self.pins.answer_attention(d.prefix_ids, d.kv_mode, prompt_ids, answer_ids))
+            except EngineError as exc:
+                raise from_engine_error(exc) from None
+            if scores is None:  # deleted meanwhile
+                return []
+            return await asyncio.to_thread(top_spans, tokenizer, d.text or "", d.prefix_ids, scores, top_k)
+
+        return cite
 
     @staticmethod
     def options(d: Document, asked: RequestOptions, prompt_len: int) -> RequestOptions:

@@ -16,8 +16,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from lighthouse.engine.errors import (ENGINE_DEAD, INTERNAL_ERROR, OUT_OF_MEMORY, SHUTTING_DOWN, EngineStopped,
-                                     InvalidRequest, QueueFull)
+from lighthouse.engine.errors import (ENGINE_DEAD, INTERNAL_ERROR, KV_CACHE_EXCEEDED, OUT_OF_MEMORY, SHUTTING_DOWN,
+                                     EngineStopped, InvalidRequest, QueueFull)
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +63,9 @@ def from_engine_error(exc: Exception, *, queue_full_status: int = 429, retry_aft
     raise exc
 
 
-# a request that failed while running (RequestOutput.error_code) -> HTTP status; 503s carry Retry-After
-_FAILURE_STATUS = {OUT_OF_MEMORY: 503, SHUTTING_DOWN: 503, ENGINE_DEAD: 503, INTERNAL_ERROR: 500}
+# a request that failed while running (RequestOutput.error_code) -> HTTP status; 503s carry Retry-After. A request
+# that can never fit beside the pinned documents is a 400, as one that can never fit the cache at all (intake)
+_FAILURE_STATUS = {OUT_OF_MEMORY: 503, SHUTTING_DOWN: 503, ENGINE_DEAD: 503, INTERNAL_ERROR: 500, KV_CACHE_EXCEEDED: 400}
 
 
 def from_failure(message: str, code: str | None, *, retry_after_s: int = 1) -> APIError:

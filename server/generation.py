@@ -11,15 +11,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import AsyncIterator
+from typing import AsyncIterator, Awaitable, Callable
 
 from fastapi import Request
 
-from lighthouse.engine.errors import EngineError
+from lighthouse.engine.errors import KV_CACHE_EXCEEDED, EngineError
 from lighthouse.engine.options import RequestOptions
 from lighthouse.engine.sampling import SamplingParams
 from lighthouse.engine.request import RequestOutput
-from lighthouse_server.errors import error_body, from_engine_error, from_failure
+from lighthouse_server.errors import APIError, error_body, from_engine_error, from_failure
 from lighthouse_server.metrics import Metrics
 from lighthouse_server.openai_format import ChoiceState, Formatter, sse
 from lighthouse_server.settings import Settings
@@ -36,10 +36,13 @@ class ClientGone(Exception):
 class Generation:
     def __init__(self, engine, settings: Settings, metrics: Metrics, fmt: Formatter, prompt_ids: list[int],
                  params: SamplingParams, options: RequestOptions, *, prompt_param: str = "prompt",
-                 return_progress: bool = False):
+                 return_progress: bool = False, pins_note: Callable[[], str] | None = None,
+                 cite: Callable[[list[int]], Awaitable[list[dict]]] | None = None):
         self.engine, self.settings, self.metrics, self.fmt = engine, settings, metrics, fmt
         self.prompt_ids, self.params, self.options = prompt_ids, params, options
         self.prompt_param, self.return_progress = prompt_param, return_progress
+        self.pins_note = pins_note  # () -> the caller's pinned documents, for a refusal that names what to free
+        self.cite = cite  # answer ids -> the document spans it drew on (citations: true)
         self.arrival = time.monotonic()
         self.first_token: float | None = None
         self.last_token: dict[int, float] = {}
@@ -82,20 +85,28 @@ class Generation:
         log.info("request %s %s: prompt_tokens=%d completion_tokens=%d ttft=%s e2e=%.3fs", self.fmt.id, outcome,
                  len(self.prompt_ids), self.completion_tokens, "-" if ttft is None else f"{ttft:.3f}s", e2e)
 
+    def _failure(self, out: RequestOutput) -> APIError:
+        err = from_failure(out.error or "", out.error_code, retry_after_s=self.settings.retry_after_s)
+        if err.code == KV_CACHE_EXCEEDED and self.pins_note is not None:
+            err.message += " " + self.pins_note()
+        return err
+
     async def sse(self) -> AsyncIterator[str]:
         outcome = "disconnected"
         try:
             if self.fmt.chat:
                 for i in range(self.params.n):
                     yield sse(self.fmt.role_chunk(i))
+            answers: dict[int, list[int]] = {}
             async for out in self.stream:
                 self._observe(out)
+                answers.setdefault(out.index, []).extend(out.token_ids)
                 if out.progress is not None:
                     if self.return_progress:
-                        yield sse(self.fmt.progress_chunk(*out.progress))
+                        yield sse(self.fmt.progress_chunk(out.progress))
                     continue
                 if out.error:
-                    err = from_failure(out.error, out.error_code, retry_after_s=self.settings.retry_after_s)
+                    err = self._failure(out)
                     yield sse(error_body(err.status, err.message, code=err.code))
                     outcome = "failed"
                     break
@@ -103,6 +114,9 @@ class Generation:
                     yield sse(self.fmt.chunk(out.index, out.text, out.logprobs, out.finish_reason if out.finished else None))
             else:
                 outcome = "finished"
+                if self.cite is not None:
+                    yield sse(self.fmt.citations_chunk([await self.cite(answers.get(i, []))
+                                                        for i in range(self.params.n)]))
                 if self.fmt.include_usage:
                     yield sse(self.fmt.usage_chunk(len(self.prompt_ids), self.completion_tokens, self.cached_tokens,
                                                    self.prefill))
@@ -124,13 +138,16 @@ class Generation:
                 self._observe(out)
                 if out.error:
                     outcome = "failed"
-                    raise from_failure(out.error, out.error_code, retry_after_s=self.settings.retry_after_s)
+                    raise self._failure(out)
                 c = choices[out.index]
                 c.text += out.text
                 c.token_ids += out.token_ids
                 c.logprobs += out.logprobs or []
                 if out.finished:
                     c.finish_reason = out.finish_reason
+            if self.cite is not None:
+                for c in choices:
+                    c.citations = await self.cite(c.token_ids)
             outcome = "finished"
             return self.fmt.response(choices, len(self.prompt_ids), self.cached_tokens, self.prefill)
         finally:

@@ -30,12 +30,18 @@ def prefill_info(info) -> dict:
     return out
 
 
+def prompt_progress(p) -> dict:
+    """The engine's PromptProgress as llama.cpp's `prompt_progress` object."""
+    return {"total": p.total, "cache": p.cache, "processed": p.processed, "time_ms": p.time_ms}
+
+
 @dataclass
 class ChoiceState:
     text: str = ""
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[TokenLogprob] = field(default_factory=list)
     finish_reason: str | None = None
+    citations: list[dict] | None = None  # with citations: true, the document spans the answer drew on
 
 
 class Formatter:
@@ -101,9 +107,20 @@ class Formatter:
             out["prefill"] = prefill_info(prefill)
         return out
 
-    def progress_chunk(self, processed: int, total: int) -> dict:
+    def progress_chunk(self, p) -> dict:
+        """A prefill progress chunk (no choices) in llama.cpp's `prompt_progress` shape (the engine's PromptProgress):
+        `total` prompt tokens, `cache` of them from the prefix cache, `processed` so far (cached included),
+        `time_ms` since the prefill began."""
         out = self._envelope(self.chunk_object, [])
-        out["prompt_progress"] = {"processed": processed, "total": total}
+        out["prompt_progress"] = prompt_progress(p)
+        return out
+
+    def citations_chunk(self, per_choice: list[list[dict]]) -> dict:
+        """With citations: true, after the last token: each choice's cited spans (no choices)."""
+        out = self._envelope(self.chunk_object, [])
+        out["citations"] = [{"index": i, "spans": spans} for i, spans in enumerate(per_choice)]
+        if self.include_usage:
+            out["usage"] = None
         return out
 
     # ---- whole response ----
@@ -116,6 +133,8 @@ class Formatter:
                             "finish_reason": c.finish_reason})
             else:
                 out.append({"index": i, "text": c.text, "logprobs": lp, "finish_reason": c.finish_reason})
+            if c.citations is not None:
+                out[-1]["citations"] = c.citations
         body = self._envelope(self.object, out)
         body["usage"] = usage(prompt_tokens, sum(len(c.token_ids) for c in choices), cached_tokens)
         if prefill is not None:  # an extension beside usage: how the prompt was prefilled (and decoded)

@@ -153,6 +153,9 @@ class _Common(BaseModel):
     cache_prompt: bool = True  # reuse the prefix cache and leave this prompt in it (llama.cpp's name)
     document_id: Text | None = Field(None, description="an uploaded document (POST /v1/documents), placed first in "
                                                        "the first user message (completions: before the prompt)")
+    citations: bool = Field(False, description="also return the document spans the answer drew on most (a request "
+                                               "with document_id, or a prompt starting with an uploaded document)")
+    citations_top_k: Int(ge=1, le=32) = Field(3, description="how many spans, with citations")
     # asked of this server but not done yet (structured output): a 400 rather than an answer that is not JSON
     response_format: Unsupported("structured output (a format other than {\"type\": \"text\"})", TextFormat) = None
 

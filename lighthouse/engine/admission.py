@@ -50,6 +50,29 @@ def blocks_needed(req: Request, hit: CacheHit | None, shape: CacheShape) -> int:
     return one + scratch - saved_by_hit + (req.params.n - 1) * (one - shared_with_first)
 
 
+def pinned_refusal(req: Request, pinned_hit: CacheHit | None, shape: CacheShape, usable: int,
+                   pinned_tokens: list[int], held: int) -> str | None:
+    """Why the request can never be admitted while the pinned prefix-cache entries (documents) stay, or None.
+
+    The pinned entries (`pinned_tokens`: each one's length) hold `held` distinct blocks for good, so at most
+    `usable - held` blocks are ever free for the request. It takes the fewest fresh blocks with no hit, or continuing
+    `pinned_hit` (a pinned entry whose blocks it shares); an unpinned hit's blocks are held by its entry while they
+    are shared, so it never needs fewer fresh blocks than `usable - held` allows without it."""
+    room = usable - held
+    need = blocks_needed(req, None, shape)
+    if pinned_hit is not None:
+        need = min(need, blocks_needed(req, pinned_hit, shape))
+    if not pinned_tokens or need <= room:
+        return None
+    full = max(1, len(req.reservation.full_layers))
+    sizes = ", ".join(f"{t:,}" for t in sorted(pinned_tokens, reverse=True)[:10])
+    return (f"This request can never fit in the KV cache while the pinned documents stay: it needs {need:,} blocks "
+            f"({len(req.prompt_ids):,} prompt tokens, {req.capacity:,} positions with max_tokens, n={req.params.n}), "
+            f"but {len(pinned_tokens)} pinned document(s) ({sizes} tokens) hold {held:,} of the server's {usable:,} "
+            f"blocks, leaving {max(room, 0):,} (about {max(room, 0) // full * shape.block_size:,} positions of one "
+            "sequence). Delete pinned documents (DELETE /v1/documents/{id}), or shorten the prompt or max_tokens.")
+
+
 def largest_max_tokens(fits: Callable[[int], bool], most: int) -> int:
     """The largest max_tokens in [1, most] for which `fits(max_tokens)` (monotone: fewer tokens never take more
     blocks); 1 when none does (the caller then refuses the request with the blocks it needs)."""

@@ -25,7 +25,7 @@ from lighthouse.engine.errors import (ENGINE_DEAD, INTERNAL_ERROR, SHUTTING_DOWN
                                      is_device_fatal)
 from lighthouse.engine.options import RequestOptions
 from lighthouse.engine.sampling import SamplingParams
-from lighthouse.engine.request import RequestOutput
+from lighthouse.engine.request import PromptProgress, RequestOutput
 
 log = logging.getLogger(__name__)
 
@@ -258,5 +258,5 @@ class AsyncEngine:
         except RuntimeError:  # the loop is closed (shutdown); nobody is listening
             pass
 
-    def _on_progress(self, request_id: str, processed: int, total: int) -> None:
-        self._post(RequestOutput(request_id, 0, [], "", None, False, None, total, 0, progress=(processed, total)))
+    def _on_progress(self, request_id: str, progress: PromptProgress) -> None:
+        self._post(RequestOutput(request_id, 0, [], "", None, False, None, progress.total, 0, progress=progress))

@@ -19,7 +19,7 @@ T = TypeVar("T")
 
 @dataclass
 class DecodeSlicer:
-    budget_s: float | None  # None: always the whole batch
+    budget_s: float | None  # None or 0: always the whole batch
     row_s: float = 0.0  # seconds per decoded sequence, a running mean of the last steps (0: not measured yet)
     _next: int = 0  # round-robin position of the next slice
     _picked_at: float | None = field(default=None, repr=False)

@@ -15,6 +15,8 @@ import torch
 
 from lighthouse.engine.cache.disk_tier import EntryData, export_entry, restore_entry
 from lighthouse.engine.cache.prefix_cache import CacheEntry, common_prefix
+from lighthouse.engine.citations import answer_attention
+from lighthouse.engine.errors import InvalidRequest
 from lighthouse.engine.options import RequestOptions
 from lighthouse.engine.sampling import SamplingParams
 
@@ -33,33 +35,58 @@ class DocumentPins:
         req = self.engine.make_request("document-size", prompt_ids, SamplingParams(max_tokens=1), options)
         return req.reservation.held_blocks(self.engine.kv.shape) * self.bytes_per_block
 
-    def find(self, prompt_ids: list[int]) -> CacheEntry | None:
-        """The pinned entry that holds these tokens (as its prompt or the head of a longer one), if any."""
+    def compact(self, kv_mode: str | None) -> bool:
+        """Whether a document uploaded with `kv_mode` (None: the engine's default) is kept as a compact entry."""
+        return (kv_mode or self.engine.defaults[2]) == "compact"
+
+    def find(self, prompt_ids: list[int], kv_mode: str | None = None) -> CacheEntry | None:
+        """The pinned entry of the document's kind (full or compact: the same tokens may be pinned as both) that
+        holds these tokens (as its prompt or the head of a longer one), if any."""
         cache = self.engine.prefix_cache
         if cache is None:
             return None
-        t = torch.tensor(prompt_ids, dtype=torch.long)
+        t, compact = torch.tensor(prompt_ids, dtype=torch.long), self.compact(kv_mode)
         for e in cache.entries:
-            if e.pins and e.length >= len(prompt_ids) and common_prefix(t, e.tokens) == len(prompt_ids):
+            if (e.pins and e.compact == compact and e.length >= len(prompt_ids)
+                    and common_prefix(t, e.tokens) == len(prompt_ids)):
                 return e
         return None
 
-    def held_bytes(self, prompt_ids: list[int]) -> int:
+    def held_bytes(self, prompt_ids: list[int], kv_mode: str | None = None) -> int:
         """Bytes of the KV cache the pinned entry holds (0: not pinned on the device)."""
-        e = self.find(prompt_ids)
+        e = self.find(prompt_ids, kv_mode)
         return len(e.all_blocks()) * self.bytes_per_block if e is not None else 0
 
-    def unpin(self, prompt_ids: list[int]) -> None:
+    def unpin(self, prompt_ids: list[int], kv_mode: str | None = None) -> None:
         """One pin less; the entry leaves the cache with its last pin (a deleted document frees its memory)."""
-        e = self.find(prompt_ids)
+        e = self.find(prompt_ids, kv_mode)
         if e is None:
             return
         e.pins -= 1
         if not e.pins:
             self.engine.prefix_cache.discard(e)
 
-    def export(self, prompt_ids: list[int]) -> EntryData | None:
-        e = self.find(prompt_ids)
+    def answer_attention(self, prefix_ids: list[int], kv_mode: str | None, prompt_ids: list[int],
+                         answer_ids: list[int]) -> list[float] | None:
+        """Per position of the document's prefix, the attention the answer paid to it (citations.py), from its pinned
+        entry; None when it is not pinned on the device. Raises InvalidRequest for a compact document (its
+        Lighthouse layers keep a selection, not every position) or a prompt that does not start with the prefix."""
+        e = self.find(prefix_ids, kv_mode)
+        if e is None:
+            return None
+        if e.compact:
+            raise InvalidRequest("citations need a document uploaded with kv_mode 'full' (a compact one keeps only "
+                                 "the positions its Lighthouse layers selected)", param="citations")
+        P = len(prefix_ids)
+        if prompt_ids[:P] != prefix_ids:
+            raise InvalidRequest("citations need the document in its uploaded layout (the same system message as its "
+                                 "upload)", param="citations")
+        eng = self.engine
+        return answer_attention(eng.model, eng.kv.pool, e.blocks, P, prompt_ids[P:] + answer_ids,
+                                len(answer_ids)).tolist()
+
+    def export(self, prompt_ids: list[int], kv_mode: str | None = None) -> EntryData | None:
+        e = self.find(prompt_ids, kv_mode)
         return export_entry(self.engine.prefix_cache, e) if e is not None else None
 
     def restore(self, data: EntryData) -> int:

@@ -3,9 +3,7 @@
 `add_request` validates (intake.py) and queues; `step` reads as schedule -> run -> sample -> update: the scheduler
 says what to run (a prefill piece, with the host-tier restores and block copies it needs first, or the decode
 batch), the model runner runs it on the paged KV cache, the output processor samples and detokenizes, and the
-scheduler takes the outcome (lengths committed, prefills completed, finished sequences' blocks freed with their
-prompt left in the prefix cache). `abort_request` is safe to call from any thread (it also stops a prefill between
-layers).
+scheduler takes the outcome. `abort_request` is safe from any thread (it also stops a prefill between layers).
 
 Faults stay with the request that caused them. An exception (or device out-of-memory) in one request's prefill
 fails that request. The decode step runs every sequence in one batch, so when it raises, the batch is split in
@@ -31,7 +29,7 @@ from lighthouse.engine.cache.pool import KV_CACHE_DTYPES
 from lighthouse.engine.cache.prefix_cache import PrefixCache
 from lighthouse.engine.cache.spec import CacheShape
 from lighthouse.engine.config import EngineConfig
-from lighthouse.engine.errors import INTERNAL_ERROR, InvalidRequest, is_device_fatal
+from lighthouse.engine.errors import INTERNAL_ERROR, KV_CACHE_EXCEEDED, InvalidRequest, is_device_fatal
 from lighthouse.engine.intake import Intake
 from lighthouse.engine.memory import budget_hint
 from lighthouse.engine.model_runner import ModelRunner
@@ -39,14 +37,15 @@ from lighthouse.engine.options import RequestOptions
 from lighthouse.engine.output import OutputProcessor, Sampled, eos_ids, failure
 from lighthouse.engine.plan import context_rotated_apart, lighthouse_layer_indices, sparse_unavailable
 from lighthouse.engine.prefill import PrefillAborted
-from lighthouse.engine.request import PrefillInfo, Request, RequestOutput, Sequence, Status
+from lighthouse.engine.request import PrefillInfo, PromptProgress, Request, RequestOutput, Sequence, Status
 from lighthouse.engine.sampling import SamplingParams
-from lighthouse.engine.scheduler import PrefillWork, Scheduler, StepResult
+from lighthouse.engine.scheduler import Scheduler
 from lighthouse.engine.speculative.step import Speculator
+from lighthouse.engine.step_work import PrefillWork, StepResult
 
 log = logging.getLogger(__name__)
 
-ProgressFn = Callable[[str, int, int], None]  # (request_id, prompt tokens processed, prompt tokens)
+ProgressFn = Callable[[str, PromptProgress], None]  # (request_id, how far its prefill is)
 
 
 class LLMEngine:
@@ -78,7 +77,7 @@ class LLMEngine:
         self.prefix_cache = PrefixCache(self.kv, c.prefix_cache_min_tokens, host) if c.enable_prefix_caching else None
         self.scheduler = Scheduler(self.kv, self.prefix_cache, max_num_seqs=c.max_num_seqs,
                                    express_tokens=c.express_prefill_tokens, compact_reuse=not context_rotated_apart(mc),
-                                   decode_budget_s=c.decode_step_budget_ms / 1000 if c.decode_step_budget_ms else None)
+                                   decode_budget_ms=c.decode_step_budget_ms)
         self.admission = self.scheduler.admission
         self.intake = Intake(model, tokenizer, shape, self.kv.allocator.usable, max_model_len=self.max_model_len,
                              max_num_seqs=c.max_num_seqs, defaults=self.defaults, dense_tail_tokens=c.dense_tail_tokens,
@@ -148,6 +147,8 @@ class LLMEngine:
 
     # ---- stepping ---------------------------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
+        for req, why in self.scheduler.take_refused():  # never to fit beside the pinned documents: fail them now
+            self.abort_request(req.request_id, error=why, code=KV_CACHE_EXCEEDED)
         outputs = self.apply_aborts()
         work = self.scheduler.schedule()
         if work.prefill is not None:
@@ -185,8 +186,7 @@ class LLMEngine:
 
     # ---- prefill ----------------------------------------------------------------------------------------------
     def _prefill_budget(self) -> float | None:
-        """Seconds a prefill piece may take: the configured budget while other sequences wait to decode or a short
-        prompt may arrive to be prefilled between pieces (express prefills on), else None (the prefill runs whole)."""
+        """Seconds a prefill piece may take while others decode or may arrive (express on); else None (whole)."""
         ms = self.config.max_prefill_chunk_ms
         busy = self.scheduler.has_decodable() or self.config.express_prefill_tokens > 0
         return ms / 1000 if ms is not None and busy else None
@@ -204,11 +204,13 @@ class LLMEngine:
         self.kv.run_copies(work.copies)
         work.copies = []
 
-        def on_progress(fraction: float) -> None:
+        def on_progress(fraction: float) -> None:  # llama.cpp's prompt_progress: processed counts the cached too
             if self.progress_callback is not None:
-                done = cached + int((n_prompt - cached) * fraction)
-                self.progress_callback(req.request_id, min(n_prompt, done), n_prompt)
+                done = min(n_prompt, cached + int((n_prompt - cached) * fraction))
+                ms = int((time.monotonic() - work.started) * 1000)
+                self.progress_callback(req.request_id, PromptProgress(n_prompt, cached, done, ms))
 
+        on_progress(0.0)  # the first event: only what the prefix cache gave
         work.task = self.runner.start_prefill(req.seqs[0].kv, req.prompt(), work.plan, cached=cached,
                                               should_abort=req.aborted.is_set, on_progress=on_progress)
 
@@ -257,19 +259,17 @@ class LLMEngine:
         return self._advanced(seqs, sampled, decoded=False)
 
     # ---- decode -----------------------------------------------------------------------------------------------
+    def _decode_step(self, batch: list[Sequence]) -> list[Sampled]:  # a verify step where drafts are; retry-safe
+        return self.speculator.step(self.runner, self.outputs, batch)
+
     def _decode(self, batch: list[Sequence]) -> list[RequestOutput]:
         try:
-            sampled = self._decode_tokens(batch)
+            sampled = self._decode_step(batch)
         except Exception as exc:
             if is_device_fatal(exc):
                 raise
             return self._decode_isolating(batch, exc)
         return self._advanced(batch, sampled, decoded=True)
-
-    def _decode_tokens(self, batch: list[Sequence]) -> list[Sampled]:
-        """One decode step and its sampling for `batch` (a verify step where sequences have drafts: several tokens
-        each); on an exception nothing was committed (retry-safe)."""
-        return self.speculator.step(self.runner, self.outputs, batch)
 
     def _decode_isolating(self, batch: list[Sequence], exc: Exception) -> list[RequestOutput]:
         """The decode step failed for `batch`: run its halves again; a single sequence that still fails is the
@@ -284,7 +284,7 @@ class LLMEngine:
         outputs = []
         for half in (batch[: len(batch) // 2], batch[len(batch) // 2 :]):
             try:
-                sampled = self._decode_tokens(half)
+                sampled = self._decode_step(half)
             except Exception as again:
                 if is_device_fatal(again):
                     raise

@@ -43,6 +43,7 @@ OUT_OF_MEMORY = "out_of_memory"  # device memory ran out in this request's step:
 INTERNAL_ERROR = "internal_error"  # an exception in this request's prefill or decode step: a bug (500)
 SHUTTING_DOWN = "shutting_down"  # the server stopped before the request finished (503)
 ENGINE_DEAD = "engine_dead"  # the engine thread died; the process is exiting (503)
+KV_CACHE_EXCEEDED = "kv_cache_exceeded"  # can never fit beside the pinned documents (400, as intake's refusal)
 
 
 def is_device_fatal(exc: BaseException) -> bool:

@@ -48,6 +48,18 @@ class PrefillInfo:
     note: str | None = None  # why a sparse prefill was asked for and a dense one ran (None otherwise)
 
 
+@dataclass(frozen=True)
+class PromptProgress:
+    """How far a prompt's prefill is, in llama.cpp's `prompt_progress` terms: `processed` of `total` prompt tokens
+    are in the cache, `cache` of them came from the prefix cache (processed starts there), `time_ms` since the
+    prefill began."""
+
+    total: int
+    cache: int
+    processed: int
+    time_ms: int
+
+
 @dataclass
 class RequestOutput:
     """What one step produced for one choice: new tokens and text since the last output."""
@@ -63,7 +75,7 @@ class RequestOutput:
     completion_tokens: int
     prefill: PrefillInfo | None = None  # on the first output of each choice
     error: str | None = None
-    progress: tuple[int, int] | None = None  # (prompt tokens processed, total) while prefilling; no tokens then
+    progress: PromptProgress | None = None  # while prefilling (no tokens then)
     error_code: str | None = None  # with error: errors.FAILURE_CODES says which (out_of_memory, internal_error, ...)
 
 

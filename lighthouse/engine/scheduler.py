@@ -33,58 +33,23 @@ cache by reference.
 
 from __future__ import annotations
 
-import time
 from collections import deque
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import replace
 
-from lighthouse.engine.admission import Admission, cache_split, spec_with_hit
+from lighthouse.engine.admission import Admission, cache_split, pinned_refusal, spec_with_hit
 from lighthouse.engine.cache.host_tier import HostRestore
-from lighthouse.engine.cache.manager import BlockCopy, KVCacheManager
+from lighthouse.engine.cache.manager import KVCacheManager
 from lighthouse.engine.cache.prefix_cache import CacheHit, PrefixCache
 from lighthouse.engine.decode_slices import DecodeSlicer
 from lighthouse.engine.request import Request, Sequence, Status
+from lighthouse.engine.step_work import PrefillWork, SchedulerOutput, StepResult
 
-
-@dataclass
-class PrefillWork:
-    """An admitted request's prefill, as the scheduler planned it (kept until the request finishes)."""
-
-    request: Request
-    plan: Any  # the plan it runs with: the request's, or a compact hit's split and selection
-    cached: int  # prompt positions [0, cached) come from the prefix cache
-    restore: HostRestore | None = None  # a host-tier entry to copy in before the first piece
-    hit: CacheHit | None = None  # the prefix-cache hit it continues (on the device once restored)
-    copies: list[BlockCopy] = field(default_factory=list)  # partial blocks to copy before the first piece
-    whole: bool = False  # an express prefill: run it to the end in this step
-    pending: Any = None  # its announcement in the prefix cache while it runs (prefix_cache.begin_prefill)
-    entry: Any = None  # the prefix-cache entry its completed prefill inserted (None: not kept, or already held)
-    task: Any = None  # the model runner's prefill in progress (the engine starts and runs it)
-    started: float = field(default_factory=time.monotonic)
-
-
-@dataclass
-class SchedulerOutput:
-    """One step's work: a prefill piece (its copies first), or the sequences to decode (never both)."""
-
-    prefill: PrefillWork | None = None
-    decode: list[Sequence] = field(default_factory=list)
-
-
-@dataclass
-class StepResult:
-    """What came of a step, for `update`: sequences whose token was sampled, a prefill that completed (its first
-    tokens sampled), and sequences that finished (their status and finish_reason set)."""
-
-    decoded: list[Sequence] = field(default_factory=list)
-    committed: list[int] | None = None  # positions written per decoded sequence (None: one each)
-    prefilled: PrefillWork | None = None
-    finished: list[Sequence] = field(default_factory=list)
+__all__ = ["PrefillWork", "Scheduler", "SchedulerOutput", "StepResult"]
 
 
 class Scheduler:
     def __init__(self, kv: KVCacheManager, prefix_cache: PrefixCache | None, *, max_num_seqs: int,
-                 express_tokens: int = 0, compact_reuse: bool = True, decode_budget_s: float | None = None):
+                 express_tokens: int = 0, compact_reuse: bool = True, decode_budget_ms: float = 0.0):
         self.kv, self.prefix_cache = kv, prefix_cache
         # whether a compact entry's context can be continued (not where its K were rotated with the op's own
         # frequencies: lighthouse.rope "after_select" with rope_freqs "unscaled")
@@ -93,16 +58,23 @@ class Scheduler:
         self.max_num_seqs = max_num_seqs
         self.express_tokens = express_tokens  # 0: no express prefills
         self.waiting: deque[Request] = deque()
+        self.refused: list[tuple[Request, str]] = []  # never to fit beside the pinned documents: (request, why)
         self.running: list[Sequence] = []
         self.prefilling: PrefillWork | None = None  # the long prefill in progress
         self.admitted: dict[str, PrefillWork] = {}  # request id -> its prefill, until the request finishes
         self._last = "decode"  # what the last step ran: "piece" (of the prefill in progress), "express", "decode"
         self._express_spent = 0  # prompt tokens of express prefills since the last piece of the prefill in progress
-        self.slicer = DecodeSlicer(decode_budget_s)  # decode steps within a budget (decode_slices.py)
+        self.slicer = DecodeSlicer(decode_budget_ms / 1000)  # decode steps within a budget (decode_slices.py)
 
     # ---- queue ------------------------------------------------------------------------------------------------
     def add(self, request: Request) -> None:
-        self.waiting.append(request)
+        if not self._refuse_if_never(request):
+            self.waiting.append(request)
+
+    def take_refused(self) -> list[tuple[Request, str]]:
+        """Requests that can never be admitted while the pinned documents stay, with why (the engine fails them)."""
+        out, self.refused = self.refused, []
+        return out
 
     def remove_waiting(self, request: Request) -> bool:
         try:
@@ -112,7 +84,7 @@ class Scheduler:
             return False
 
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running or self.prefilling)
+        return bool(self.waiting or self.running or self.prefilling or self.refused)
 
     def has_decodable(self) -> bool:
         return any(s.status is Status.RUNNING for s in self.running)
@@ -184,6 +156,8 @@ class Scheduler:
         """Make room for the request and allocate its first sequence's tables; None if it must wait."""
         room = self._make_room(req)
         if room is None:
+            if self._refuse_if_never(req):
+                self.waiting.remove(req)
             return None
         hit, restore = room
         self.waiting.remove(req)
@@ -203,6 +177,18 @@ class Scheduler:
         if self.prefix_cache is not None and req.cache_prompt:
             work.pending = self.prefix_cache.begin_prefill(req.prompt(), cache_split(work.plan), work.plan.compact)
         return work
+
+    def _refuse_if_never(self, req: Request) -> bool:
+        """Whether the request can never fit beside the pinned documents (then it is refused, not left waiting)."""
+        if self.prefix_cache is None:
+            return False
+        tokens, held = self.prefix_cache.pinned()
+        hit = self.cache_hit(req) if tokens else None
+        why = pinned_refusal(req, hit if hit is not None and hit.entry is not None and hit.entry.pins else None,
+                             self.kv.shape, self.kv.allocator.usable, tokens, held)
+        if why is not None:
+            self.refused.append((req, why))
+        return why is not None
 
     def cache_hit(self, req: Request) -> CacheHit | None:
         """The prefix-cache entry (on the device or in the host tier) the request can reuse, if any."""
@@ -281,7 +267,8 @@ class Scheduler:
         if not req.cache_prompt or req.prompt_cached:
             return
         held = list(self.prefix_cache.entries)
-        entry = self.prefix_cache.insert(req.prompt(), cache_split(work.plan), req.seqs[0].kv, work.plan.selected)
+        entry = self.prefix_cache.insert(req.prompt(), cache_split(work.plan), req.seqs[0].kv, work.plan.selected,
+                                         any_length=req.options.pin_prompt)
         req.prompt_cached = entry is not None
         work.entry = entry if entry is not None and all(entry is not e for e in held) else None
         if entry is not None and req.options.pin_prompt:  # a document's upload (engine/documents.py)

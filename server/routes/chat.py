@@ -12,7 +12,7 @@ from lighthouse_server.openai_format import Formatter
 from lighthouse_server.openapi import generation_responses
 from lighthouse_server.prompts import check_max_tokens, check_model, check_unsupported, new_id
 from lighthouse_server.routes.completions import SSE_HEADERS
-from lighthouse_server.routes.documents import get_documents, get_owner
+from lighthouse_server.routes.documents import citer, get_documents, get_owner, pins_note
 from lighthouse_server.schemas import ChatCompletion, ChatCompletionRequest
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
@@ -43,7 +43,8 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request, 
                     include_usage=bool(body.stream_options and body.stream_options.include_usage),
                     logprobs=body.logprobs)
     gen = Generation(engine, settings, metrics, fmt, prompt_ids, params, options,
-                     prompt_param="messages", return_progress=body.return_progress)
+                     prompt_param="messages", return_progress=body.return_progress, pins_note=pins_note(request),
+                     cite=await citer(request, body, doc, prompt_ids))
     gen.submit()
     if body.stream:
         return StreamingResponse(gen.sse(), media_type="text/event-stream", headers=SSE_HEADERS)

@@ -11,7 +11,7 @@ from lighthouse_server.generation import ClientGone, Generation
 from lighthouse_server.openai_format import Formatter
 from lighthouse_server.openapi import generation_responses
 from lighthouse_server.prompts import check_model, check_unsupported, new_id
-from lighthouse_server.routes.documents import get_documents, get_owner
+from lighthouse_server.routes.documents import citer, get_documents, get_owner, pins_note
 from lighthouse_server.schemas import Completion, CompletionRequest
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
@@ -26,7 +26,7 @@ async def create_completion(body: CompletionRequest, request: Request, engine: E
     check_unsupported(body)
     if body.best_of is not None and body.best_of != body.n:
         raise APIError(400, "best_of is not supported (it must equal n)", param="best_of", code="invalid_combination")
-    options = body.request_options()
+    options, doc = body.request_options(), None
     if body.document_id is not None:
         documents = get_documents(request)
         doc = await documents.get(body.document_id, get_owner(request), param="document_id")
@@ -43,7 +43,8 @@ async def create_completion(body: CompletionRequest, request: Request, engine: E
                     request_id=new_id("cmpl"), include_usage=bool(body.stream_options and body.stream_options.include_usage),
                     logprobs=body.logprobs is not None)
     gen = Generation(engine, settings, metrics, fmt, prompt_ids, params, options,
-                     return_progress=body.return_progress)
+                     return_progress=body.return_progress, pins_note=pins_note(request),
+                     cite=await citer(request, body, doc, prompt_ids))
     gen.submit()
     if body.stream:
         return StreamingResponse(gen.sse(), media_type="text/event-stream", headers=SSE_HEADERS)

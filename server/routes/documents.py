@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, AsyncIterator
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
 from lighthouse.engine.options import KVMode
 from lighthouse_server.deps import require_api_key
-from lighthouse_server.documents import DocumentService
-from lighthouse_server.errors import APIError
+from lighthouse_server.documents import DocumentService, Upload
+from lighthouse_server.errors import APIError, error_body
+from lighthouse_server.openai_format import prompt_progress, sse
 from lighthouse_server.openapi import responses
 from lighthouse_server.schemas import NonEmptyText, Text
 
@@ -29,6 +31,9 @@ class DocumentCreate(BaseModel):
     kv_mode: KVMode | None = Field(None, description="full | compact (default: the server's)")
     system: Text | None = Field(None, description="the system message its questions will have (documents.ask's); "
                                                  "a question with another one prefills the document again")
+    stream: StrictBool = Field(False, description="answer with server-sent events: prefill progress (`document.progress`, "
+                                           "llama.cpp's prompt_progress), then the document, then [DONE] (as does "
+                                           "`Accept: text/event-stream`)")
 
 
 class DocumentObject(BaseModel):
@@ -66,7 +71,7 @@ _UPLOAD_BODY = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
         "file": {"type": "string", "minLength": 1, "description": "the document: UTF-8 text"}, "name": {"type": "string"},
         "ttl_s": {"type": "number", "minimum": 60}, "kv_mode": {"enum": ["full", "compact"]},
-        "system": {"type": "string"}}}}}}}
+        "system": {"type": "string"}, "stream": {"enum": ["true", "false"]}}}}}}}
 
 
 def get_documents(request: Request) -> DocumentService:
@@ -79,6 +84,26 @@ def get_documents(request: Request) -> DocumentService:
 
 def get_owner(request: Request) -> str:
     return getattr(request.state, "owner", "")
+
+
+def pins_note(request: Request):
+    """() -> the caller's pinned documents in words (for a request refused for want of room beside them); None
+    without documents."""
+    service = getattr(request.app.state, "documents", None)
+    owner = get_owner(request)
+    return None if service is None else (lambda: service.pinned_note(owner))
+
+
+async def citer(request: Request, body, doc, prompt_ids: list[int]):
+    """With `citations`, answer ids -> the spans of the request's document the answer drew on (its document_id's,
+    else the caller's document the prompt starts with); a 400 now when there is none to cite. None without."""
+    if not body.citations:
+        return None
+    documents = get_documents(request)
+    if doc is None:
+        await documents.sweep()
+        doc = documents.containing(get_owner(request), prompt_ids)
+    return documents.citer(doc, prompt_ids, body.citations_top_k)
 
 
 DocumentsDep = Annotated[DocumentService, Depends(get_documents)]
@@ -99,6 +124,10 @@ async def _create_body(request: Request) -> DocumentCreate:
                     fields["text"] = upload if isinstance(upload, str) else (await upload.read()).decode("utf-8")
                 except UnicodeDecodeError:
                     raise APIError(400, "the file is not UTF-8 text", param="file") from None
+            if "stream" in fields:  # a form field is text: "true" or "false"
+                if fields["stream"] not in ("true", "false"):
+                    raise APIError(400, "stream: must be \"true\" or \"false\"", param="stream")
+                fields["stream"] = fields["stream"] == "true"
             return DocumentCreate.model_validate(fields)
         return DocumentCreate.model_validate(json.loads(await request.body() or b"null"))
     except ValueError as exc:  # not JSON, or not UTF-8 (ValidationError is handled below, before this)
@@ -113,13 +142,40 @@ def _invalid(exc: ValidationError) -> APIError:
     return APIError(400, f"{param or 'body'}: {e['msg']}", param=param)
 
 
-@router.post("/v1/documents", responses=responses(DocumentObject, 400, 507), openapi_extra=_UPLOAD_BODY)
+def _upload_responses() -> dict:
+    out = responses(DocumentObject, 400, 507)
+    event = {"type": "object", "required": ["data"], "properties": {"data": {"type": "string"}}}
+    out[200]["content"] = {"text/event-stream": {"schema": event, "description": (
+        "with stream=true or Accept: text/event-stream: `data: {\"object\": \"document.progress\", ...}` events, "
+        "then `data: {document}`, then `data: [DONE]`; a failure after the first event is a `data: {\"error\": ...}` "
+        "event")}}
+    return out
+
+
+@router.post("/v1/documents", responses=_upload_responses(), openapi_extra=_UPLOAD_BODY)
 async def create_document(request: Request, documents: DocumentsDep, owner: OwnerDep):
-    """Tokenize and prefill a document once; its K/V stay pinned until it is deleted or expires."""
+    """Tokenize and prefill a document once; its K/V stay pinned until it is deleted or expires. With `stream`
+    (or `Accept: text/event-stream`), the prefill's progress comes as server-sent events first."""
     body = await _create_body(request)
-    d = await documents.upload(owner, body.text, name=body.name, ttl_s=body.ttl_s, kv_mode=body.kv_mode,
-                               system=body.system)
-    return d.public()
+    upload = await documents.prepare(owner, body.text, name=body.name, ttl_s=body.ttl_s, kv_mode=body.kv_mode,
+                                     system=body.system)  # refusals (400, 507) before any event
+    if body.stream or "text/event-stream" in request.headers.get("accept", ""):
+        return StreamingResponse(_upload_events(documents, upload), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    async for _ in documents.complete(upload):
+        pass
+    return upload.doc.public()
+
+
+async def _upload_events(documents: DocumentService, upload: Upload) -> AsyncIterator[str]:
+    d = upload.doc
+    try:
+        async for p in documents.complete(upload):
+            yield sse({"id": d.id, "object": "document.progress", "prompt_progress": prompt_progress(p)})
+        yield sse(d.public())
+    except APIError as err:
+        yield sse(error_body(err.status, err.message, err.param, err.code))
+    yield "data: [DONE]\n\n"
 
 
 @router.get("/v1/documents", responses=responses(DocumentListObject))

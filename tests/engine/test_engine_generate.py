@@ -202,7 +202,7 @@ def test_abort_during_prefill_stops_between_layers_and_frees_the_cache(llm):
     eng = llm.engine
     started = threading.Event()
 
-    def on_progress(rid, done, total):
+    def on_progress(rid, progress):
         started.set()
         eng.abort_request(rid)  # as the async wrapper does from another thread
 

@@ -3,6 +3,7 @@ tenant isolation, the pinned-memory budget, and the disk store across a restart.
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import httpx
@@ -62,6 +63,24 @@ def test_asking_by_id_reuses_the_document_and_matches_the_inline_layout(server):
     assert tokens == pytest.approx([t.logprob for t in again.choices[0].logprobs.content], abs=1e-4)
 
 
+def test_a_document_shorter_than_the_prefix_caches_minimum_is_pinned_and_reused(server):
+    short = "The pass key is 4817. Remember it."  # ~60 tokens with the chat markup, under the 256-token minimum
+    d = upload(server, text=short, name="short")
+    assert d["tokens"] < server.engine.engine.config.prefix_cache_min_tokens
+    assert d["pinned"] and d["kv_bytes"] > 0
+    assert any(e.pins and e.length == d["tokens"] for e in server.engine.engine.prefix_cache.entries)
+    client = oa(server)
+    r = ask(client, d["id"])
+    assert r.usage.prompt_tokens_details.cached_tokens == d["tokens"]  # the document was not prefilled again
+    inline = client.chat.completions.create(  # the same prompt, the document sent as text, nothing reused
+        model="tiny", messages=[{"role": "user", "content": f"{short}\n\nQuestion: What is it?"}], max_tokens=8,
+        temperature=0, logprobs=True, extra_body={"cache_prompt": False})
+    assert inline.usage.prompt_tokens == r.usage.prompt_tokens and inline.usage.prompt_tokens_details is None
+    assert r.choices[0].message.content == inline.choices[0].message.content
+    assert [t.logprob for t in r.choices[0].logprobs.content] == pytest.approx(
+        [t.logprob for t in inline.choices[0].logprobs.content], abs=1e-4)
+
+
 def test_completions_take_document_id_before_the_prompt(server):
     d = upload(server)
     r = oa(server).completions.create(model="tiny", prompt="Summary:", max_tokens=4, temperature=0,
@@ -88,6 +107,44 @@ def test_multipart_file_upload(server):
                           data={"name": "from-file", "ttl_s": "600"})
     assert r.status_code == 200, r.text
     assert r.json()["name"] == "from-file" and r.json()["ttl_s"] == 600 and r.json()["tokens"] > len(DOC)
+
+
+def upload_events(r: httpx.Response) -> list:
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream"), r.text
+    data = [line[6:] for line in r.text.splitlines() if line.startswith("data: ")]
+    assert data[-1] == "[DONE]"
+    return [json.loads(x) for x in data[:-1]]
+
+
+def test_a_streamed_upload_sends_prefill_progress_then_the_document(server):
+    events = upload_events(http(server).post("/v1/documents", json={"text": DOC, "name": "streamed", "stream": True}))
+    *progress, d = events
+    assert d["object"] == "document" and d["name"] == "streamed" and d["pinned"] and d["tokens"] > len(DOC)
+    assert progress and all(p["object"] == "document.progress" and p["id"] == d["id"] for p in progress)
+    pp = [p["prompt_progress"] for p in progress]
+    assert all(set(p) == {"total", "cache", "processed", "time_ms"} and p["total"] == d["tokens"] for p in pp)
+    assert [p["processed"] for p in pp] == sorted(p["processed"] for p in pp) and pp[-1]["processed"] == d["tokens"]
+    assert http(server).get(f"/v1/documents/{d['id']}").json()["tokens"] == d["tokens"]  # usable as any upload
+
+
+def test_accept_event_stream_streams_a_file_upload_and_refusals_stay_http_errors(server, assert_error):
+    c = http(server)
+    events = upload_events(c.post("/v1/documents", files={"file": ("doc.txt", DOC.encode(), "text/plain")},
+                                  headers={"Accept": "text/event-stream"}))
+    assert events[-1]["object"] == "document" and events[-1]["pinned"]
+    assert events[0]["object"] == "document.progress"
+    service = server.app.state.documents
+    budget = service.budget_bytes
+    service.budget_bytes = service.used_bytes() + 1000
+    try:  # refused before the stream starts: a plain 507
+        assert_error(c.post("/v1/documents", json={"text": DOC, "stream": True}), 507, code="document_budget_exceeded")
+    finally:
+        service.budget_bytes = budget
+    assert_error(c.post("/v1/documents", json={"text": "", "stream": True}), 400, param="text")
+    assert_error(c.post("/v1/documents", json={"text": DOC, "stream": "yes"}), 400, param="stream")
+    assert_error(c.post("/v1/documents", files={"file": ("d.txt", b"x")}, data={"stream": "1"}), 400, param="stream")
+    form = upload_events(c.post("/v1/documents", files={"file": ("d.txt", DOC.encode())}, data={"stream": "true"}))
+    assert form[-1]["object"] == "document"
 
 
 def test_bad_uploads_are_400s(server, assert_error):
@@ -206,3 +263,39 @@ def test_a_changed_checkpoint_ignores_the_store(tiny_checkpoint, loopback_server
     copy = shutil.copytree(tiny_checkpoint, tmp_path / "same")  # the same bytes elsewhere: the same identity
     with loopback_server(settings_for(copy, served_model_name="tiny", document_store=str(store))) as s:
         assert [x["id"] for x in httpx.get(s.url + "/v1/documents").json()["data"]] == [d["id"]]
+
+
+# ---- compact documents ------------------------------------------------------------------------------------------
+
+def test_a_compact_document_pins_less_and_its_questions_reuse_it(server):
+    full, compact = upload(server, name="full"), upload(server, name="compact", kv_mode="compact")
+    assert compact["kv_mode"] == "compact" and compact["pinned"] and compact["tokens"] == full["tokens"]
+    llm = server.engine.engine
+    held = {e.compact: len(e.all_blocks()) * llm.kv.shape.bytes_per_block for e in llm.prefix_cache.entries
+            if e.pins and e.length == compact["tokens"]}
+    # each reports its own entry (the same tokens are pinned twice: full, and as the selected context)
+    assert (full["kv_bytes"], compact["kv_bytes"]) == (held[False], held[True]) and held[False] != held[True]
+    client = oa(server)
+    first, again = ask(client, compact["id"]), ask(client, compact["id"])
+    assert first.usage.prompt_tokens_details.cached_tokens == compact["tokens"]  # not prefilled again
+    assert first.choices[0].message.content == again.choices[0].message.content
+    assert [t.logprob for t in first.choices[0].logprobs.content] == pytest.approx(
+        [t.logprob for t in again.choices[0].logprobs.content], abs=1e-4)
+    assert http(server).delete(f"/v1/documents/{compact['id']}").status_code == 200  # unpins the compact entry only
+    kinds = {e.compact for e in llm.prefix_cache.entries if e.pins and e.length == compact["tokens"]}
+    assert False in kinds and True not in kinds
+    assert ask(client, full["id"]).usage.prompt_tokens_details.cached_tokens == full["tokens"]
+
+
+def test_restart_with_the_store_restores_a_compact_document_with_the_same_answers(tiny_checkpoint, loopback_server,
+                                                                                  settings_for, tmp_path):
+    store = tmp_path / "store"
+    with loopback_server(settings_for(tiny_checkpoint, served_model_name="tiny", document_store=str(store))) as s:
+        d = upload(s, kv_mode="compact")
+        assert d["stored"] and d["kv_mode"] == "compact"
+        before = _answer(s.url, d["id"])
+    with loopback_server(settings_for(tiny_checkpoint, served_model_name="tiny", document_store=str(store))) as s:
+        after = _answer(s.url, d["id"])
+        assert after[2].prompt_tokens_details.cached_tokens == d["tokens"]  # restored, not prefilled
+        assert any(e.pins and e.compact for e in s.engine.engine.prefix_cache.entries)
+    assert before[:2] == after[:2]

@@ -114,7 +114,7 @@ class PrefixCache:
         shorter than `min_tokens` counts as a miss."""
         best: CacheHit | None = None
         for e in self.entries:
-            usable = self._usable(prompt, e.tokens, e.split, e.compact, split, compact)
+            usable = self._usable(prompt, e.tokens, e.split, e.compact, split, compact, whole=bool(e.pins))
             if usable and (best is None or usable > best.tokens
                            or (usable == best.tokens and e.last_used > best.entry.last_used)):
                 best = CacheHit(e, usable)
@@ -129,11 +129,14 @@ class PrefixCache:
         return best
 
     def _usable(self, prompt: Tensor, tokens: Tensor, e_split: int, e_compact: bool, split: int,
-                compact: bool) -> int:
-        """Positions of `prompt` an entry of `tokens` (made with `e_split`, `e_compact`) would give it; 0: none."""
+                compact: bool, whole: bool = False) -> int:
+        """Positions of `prompt` an entry of `tokens` (made with `e_split`, `e_compact`) would give it; 0: none.
+        With `whole` (a pinned entry: a document), the entry reused whole counts however short it is."""
         if e_compact != compact or (not compact and e_split != split):
             return 0
         usable = min(common_prefix(prompt, tokens), prompt.shape[0] - 1)
+        if whole and usable == tokens.shape[0] and usable >= max(e_split, 1):
+            return usable
         return usable if usable >= max(e_split, self.min_tokens, 1) else 0  # a sparse head is reusable only whole
 
     # ---- prefills in progress ----------------------------------------------------------------------------------
@@ -172,6 +175,11 @@ class PrefixCache:
         """Blocks that only entries hold (what evicting every entry would free)."""
         return self.kv.cache_only_blocks()
 
+    def pinned(self) -> tuple[list[int], int]:
+        """The pinned entries' lengths and the distinct blocks they hold (documents: never evicted)."""
+        pins = [e for e in self.entries if e.pins]
+        return [e.length for e in pins], len({b for e in pins for b in e.all_blocks()})
+
     def make_room(self, blocks: int, keep: CacheEntry | None = None, keep_host: HostEntry | None = None) -> bool:
         """Evict least recently used entries (never `keep`) until `blocks` blocks are free; with a host tier they
         move there (never pushing out `keep_host`). Whether the blocks are free."""
@@ -202,11 +210,13 @@ class PrefixCache:
         e.blocks, e.ctx_blocks = [], [] if e.compact else None
 
     # ---- insertion ----------------------------------------------------------------------------------------------
-    def insert(self, prompt: Tensor, split: int, kv: SequenceKV, selected: int = 0) -> CacheEntry | None:
+    def insert(self, prompt: Tensor, split: int, kv: SequenceKV, selected: int = 0, *,
+               any_length: bool = False) -> CacheEntry | None:
         """Keep the blocks of positions [0, len(prompt)) of a finished sequence (by reference: no copy); of a compact
-        one, its full-attention layers' and its context's (`selected`: the head's S)."""
+        one, its full-attention layers' and its context's (`selected`: the head's S). `any_length`: also when
+        shorter than `min_tokens` (a document's upload, to be pinned: `match` reuses a pinned entry whole)."""
         n = int(prompt.shape[0])
-        if n < self.min_tokens or kv.length < n:
+        if (n < self.min_tokens and not any_length) or kv.length < n:
             return None
         compact = kv.compact
         same = [(common_prefix(prompt, e.tokens), e) for e in self.entries if e.split == split and e.compact == compact]

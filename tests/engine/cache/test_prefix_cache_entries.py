@@ -49,6 +49,20 @@ def test_matching_leaves_one_position_to_compute_and_keeps_dense_and_sparse_head
     assert cache.match(doc, 32) is None  # a sparse head never reuses a dense entry
 
 
+def test_a_pinned_entry_under_the_minimum_is_kept_and_reused_only_whole():
+    kv = KVCacheManager(SHAPE, 40 * SHAPE.bytes_per_block)
+    cache = PrefixCache(kv, min_tokens=32)
+    doc = torch.arange(20)  # under min_tokens
+    assert cache.insert(doc, 0, finished_sequence(kv, doc)) is None  # an ordinary prompt that short: no entry
+    entry = cache.insert(doc, 0, finished_sequence(kv, doc), any_length=True)  # a document's upload
+    assert entry is not None
+    question = torch.cat([doc, torch.tensor([7, 8])])
+    assert cache.match(question, 0) is None  # not pinned yet: the minimum holds
+    entry.pins = 1
+    assert cache.match(question, 0).tokens == 20  # pinned: reused whole
+    assert cache.match(torch.cat([doc[:15], doc[15:] + 1]), 0) is None  # part of it: under the minimum, a miss
+
+
 def test_eviction_takes_the_least_recently_used_entry_and_spares_the_one_kept():
     kv = KVCacheManager(SHAPE, 21 * SHAPE.bytes_per_block)  # 20 usable blocks
     cache = PrefixCache(kv, min_tokens=16)
