@@ -75,7 +75,7 @@ class EngineConfig:
         "them (0: a prefill runs whole, the others wait)"))] = 100.0
     express_prefill_tokens: Annotated[int, Field(ge=0, description=(
         "a prompt of at most this many tokens is prefilled whole between two pieces of a long prefill instead of "
-        "after it (0: strictly one prefill at a time)"))] = 4096
+        "after it (0: strictly one prefill at a time)"))] = 1024
     decode_step_budget_ms: Annotated[float, Field(ge=0, description=(
         "a decode step that would take longer decodes a round-robin slice of the running sequences in about this "
         "many ms, so that a new prompt waits at most about this long for the device (0: the whole batch always)"))] = 200.0
