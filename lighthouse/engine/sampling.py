@@ -111,7 +111,8 @@ def _penalize(logits: Tensor, row: SampleRow) -> Tensor:
         if row.prompt_mask is not None:
             seen = seen | row.prompt_mask
         penalized = torch.where(logits > 0, logits / p.repetition_penalty, logits * p.repetition_penalty)
-        logits = torch.where(seen, penalized, logits)
+        big = torch.finfo(logits.dtype).max  # a tiny penalty overflows: the largest finite values, never inf
+        logits = torch.where(seen, torch.nan_to_num(penalized, posinf=big, neginf=-big), logits)
     if row.output_counts is not None and (p.presence_penalty or p.frequency_penalty):
         logits = logits - p.frequency_penalty * row.output_counts - p.presence_penalty * (row.output_counts > 0).to(logits.dtype)
     return logits
@@ -120,7 +121,8 @@ def _penalize(logits: Tensor, row: SampleRow) -> Tensor:
 def _filter(logits: Tensor, p: SamplingParams) -> Tensor:
     """Temperature-scaled logits with everything outside top-k / top-p / min-p set to -inf. logits: (..., V), each
     row filtered on its own (the verify step of speculative decoding filters every position of a row at once)."""
-    logits = logits / p.temperature
+    logits = (logits - logits.amax(-1, keepdim=True)) / p.temperature  # the max at 0: a tiny temperature gives
+    # -inf to the others, never inf - inf (the same distribution: softmax ignores a shift)
     if p.top_k > 0 and p.top_k < logits.shape[-1]:
         kth = torch.topk(logits, p.top_k).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))

@@ -110,10 +110,10 @@ def choose_backend(q: Tensor, backend: str | None = None) -> tuple[str, str]:
         if not (q.is_cuda or _interpreting()):
             raise ValueError("backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tests)")
         return "triton", "requested"
+    if isinstance(impl, str):
+        return ("torch" if q.is_cuda else "rows"), impl
     if not q.is_cuda:
         return "rows", f"tensors on {q.device.type}"
-    if isinstance(impl, str):
-        return "torch", impl
     if not impl.supported(q.shape[-1]):
         return "torch", f"head dim {q.shape[-1]} not supported by the Triton kernel"
     return "triton", "CUDA"

@@ -117,3 +117,16 @@ def test_multibyte_characters_are_not_split():
 def test_earliest_of_several_stop_strings_wins():
     pieces, it = feed("one two three", ["three", "two"])
     assert "".join(pieces) == "one " and it.stopped_by == "two"
+
+
+@pytest.mark.parametrize("kw", [dict(repetition_penalty=2.6861283962920537e-235, temperature=1.0),
+                                dict(temperature=1e-300), dict(temperature=1e-40, repetition_penalty=1e-30)])
+def test_extreme_but_valid_values_sample_a_token_instead_of_failing(kw):
+    """Found by schemathesis: a repetition penalty of 2.7e-235 divided a positive logit into inf, and the softmax of
+    inf - inf was NaN (a 500). Tiny penalties and temperatures now pick among the largest logits."""
+    logits = torch.tensor([[3.0, 1.0, -2.0, 0.5]])
+    counts = torch.tensor([0.0, 1.0, 0.0, 0.0])
+    p = SamplingParams(max_tokens=1, seed=3, **kw).validate()
+    got = sample(logits, [SampleRow(p, make_generator(p.seed, "cpu"), counts, torch.zeros(4, dtype=torch.bool))])
+    want = 1 if kw.get("repetition_penalty", 1.0) < 1e-3 else 0  # the penalized seen token 1 becomes the largest
+    assert got.token_ids == [want]
