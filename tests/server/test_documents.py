@@ -10,6 +10,8 @@ import httpx
 import openai
 import pytest
 
+from lighthouse.engine.cache import disk_tier
+
 DOC = "".join(chr(33 + (i * 7919) % 90) for i in range(900))  # 900 ASCII bytes: sparse-eligible, > 256 tokens
 KEY_A, KEY_B = "sk-a", "sk-b"
 
@@ -235,8 +237,12 @@ def _answer(url, doc_id):
     return r.choices[0].message.content, [t.logprob for t in r.choices[0].logprobs.content], r.usage
 
 
+@pytest.mark.parametrize("copy_chunk_bytes", [None, 1])  # 1: the K/V copied a block at a time, both ways
 def test_restart_with_the_store_gives_the_same_answers_and_logprobs(tiny_checkpoint, loopback_server,
-                                                                     settings_for, tmp_path):
+                                                                     settings_for, tmp_path, monkeypatch,
+                                                                     copy_chunk_bytes):
+    if copy_chunk_bytes is not None:
+        monkeypatch.setattr(disk_tier, "COPY_CHUNK_BYTES", copy_chunk_bytes)
     store = tmp_path / "store"
     with loopback_server(settings_for(tiny_checkpoint, served_model_name="tiny", document_store=str(store))) as s:
         d = upload(s)

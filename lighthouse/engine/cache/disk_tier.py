@@ -66,11 +66,27 @@ class EntryData:
     ctx_hole_start: Tensor | None = None  # compact: (L, H) int32
 
 
+COPY_CHUNK_BYTES = 1 << 30  # device <-> host copies go in pieces of about this much (a 512K entry is ~32 GB of K)
+
+
+def _rows_per_chunk(t: Tensor) -> int:
+    return max(1, COPY_CHUNK_BYTES // max(1, t[0].numel() * t.element_size()))
+
+
+def _gather_to_host(src: Tensor, idx: Tensor) -> Tensor:
+    """src[idx] on the CPU, gathered on src's device a chunk of blocks at a time (never a full-size device copy)."""
+    out = torch.empty((idx.shape[0], *src.shape[1:]), dtype=src.dtype)
+    step = _rows_per_chunk(src)
+    for a in range(0, idx.shape[0], step):
+        out[a : a + step].copy_(src.index_select(0, idx[a : a + step]))
+    return out
+
+
 def export_entry(prefix_cache: PrefixCache, entry: CacheEntry) -> EntryData:
     """The entry's K/V copied to CPU tensors (on the engine thread: the blocks are read in place)."""
     pool = prefix_cache.kv.pool
     idx = torch.tensor(entry.all_blocks(), dtype=torch.long, device=pool.k.device)
-    k, v = (as_bytes(t).index_select(0, idx).cpu() for t in (pool.k, pool.v))
+    k, v = (_gather_to_host(as_bytes(t), idx) for t in (pool.k, pool.v))
     hole = entry.ctx_hole_start.cpu().clone() if entry.ctx_hole_start is not None else None
     return EntryData(entry.tokens.clone(), entry.split, [len(t) for t in entry.blocks], k, v,
                      None if entry.ctx_blocks is None else [len(t) for t in entry.ctx_blocks], entry.selected, hole)
@@ -88,7 +104,9 @@ def restore_entry(prefix_cache: PrefixCache, data: EntryData) -> CacheEntry | No
     blocks = kv.allocate_for_cache(n)
     idx = torch.tensor(blocks, dtype=torch.long, device=pool.k.device)
     for src, dst in ((data.k, pool.k), (data.v, pool.v)):
-        as_bytes(dst).index_copy_(0, idx, src.to(dst.device))
+        step = _rows_per_chunk(src)
+        for a in range(0, n, step):  # a chunk of blocks at a time: never a full-size copy on the device
+            as_bytes(dst).index_copy_(0, idx[a : a + step], src[a : a + step].to(dst.device))
     tables, at = [], 0
     for m in data.layout + (data.ctx_layout or []):
         tables.append(blocks[at : at + m])
