@@ -20,8 +20,8 @@ sparse head), questions are 64 more tokens prefilled densely after it.
 
 A 512K full document of this shape is ~64 GB of K/V (bf16): the store needs that much free disk (checked first: a
 part that cannot fit is recorded under "errors"), and saving or loading it holds a CPU copy (~64 GB of host memory)
-and, while saving, a gathered copy of K or V on the device (~32 GB): the engines get a KV budget of 1.2x the session
-(an H200's memory; an 80 GB card cannot hold the full 512K session).
+(the device side of a copy goes ~1 GiB of blocks at a time): the engines get a KV budget of 1.05x the session (66 GB:
+an 80 GB card holds it beside a 512K prefill's ~6 GB of activations).
 `--store DIR` puts it on the disk to measure (default: a folder under --out, removed after).
 
     python -m bench.perf.documents_bench --out DIR [--quick | --tiny] [--drop-caches] [--store DIR]
@@ -84,11 +84,11 @@ def session_bytes(model, n: int, itemsize: int = 2) -> int:
 
 
 def budget(model, n: int, kv_mode: str, tiny: bool) -> dict:
-    """A KV budget that holds the document with room to spare but leaves device memory free for the export's copy
-    (DiskStore.save gathers the blocks on the device first): 1.2x a full session, 0.5x for a compact one."""
+    """A KV budget that holds the document and its questions and leaves device memory for a 512K prefill's
+    activations: 1.05x a full session, 0.5x for a compact one."""
     if tiny:
         return {}
-    return {"kv_cache_bytes": int(session_bytes(model, n) * (1.2 if kv_mode == "full" else 0.5))}
+    return {"kv_cache_bytes": int(session_bytes(model, n) * (1.05 if kv_mode == "full" else 0.5))}
 
 
 def engine(model, tiny: bool, **config):
