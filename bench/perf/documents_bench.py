@@ -24,7 +24,7 @@ part that cannot fit is recorded under "errors"), and saving or loading it holds
 an 80 GB card holds it beside a 512K prefill's ~6 GB of activations).
 `--store DIR` puts it on the disk to measure (default: a folder under --out, removed after).
 
-    python -m bench.perf.documents_bench --out DIR [--quick | --tiny] [--drop-caches] [--store DIR]
+    python -m bench.perf.documents_bench --out DIR [--quick | --tiny | --tokens N] [--drop-caches] [--store DIR]
 """
 
 from __future__ import annotations
@@ -218,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--quick", action="store_true", help="32K stands in for 512K (a smoke test on the GPU)")
+    ap.add_argument("--tokens", type=int, default=None,
+                    help="document tokens instead of 524,288 (e.g. 262144 where the disk cannot hold a 64 GB file); "
+                         "the JSON's keys keep their 512k names, document_tokens says what ran")
     ap.add_argument("--tiny", action="store_true", help="a tiny model on the CPU, ~1.1K tokens: a dry run")
     ap.add_argument("--store", default=None, help="the disk store's folder (default: OUT/store, removed after)")
     ap.add_argument("--drop-caches", action="store_true", help="drop the page cache before each load (root)")
@@ -226,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     skip = set(filter(None, args.skip.split(",")))
-    n = 1036 if args.tiny else (32 if args.quick else 512) * K
+    n = 1036 if args.tiny else args.tokens or (32 if args.quick else 512) * K
     store_dir = Path(args.store) if args.store else out / "store"
     store_dir.mkdir(parents=True, exist_ok=True)
     res: dict = {"bench": "documents_bench", "date": time.strftime("%Y-%m-%d %H:%M:%S"),
