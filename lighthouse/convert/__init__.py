@@ -1,8 +1,8 @@
-"""Checkpoint converters: other trainers' checkpoints -> our HF Llama checkpoint directories.
+"""Checkpoint converters: other trainers' checkpoints -> our HF checkpoint directories.
 
 `convert_torchtitan` reads a torchtitan llama3 run (a torch.distributed.checkpoint folder, as the official
 Lighthouse code's torchtitan patch writes it); `lighthouse convert torchtitan DCP_DIR --out HF_DIR` runs it.
-`convert_gguf` reads a llama.cpp GGUF file of a dense Llama model (dequantized with the `gguf` package);
+`convert_gguf` reads a llama.cpp GGUF file of a dense Llama, Qwen2 or Qwen3 model (dequantized with the `gguf` package);
 `lighthouse convert gguf FILE --out HF_DIR` runs it.
 """
 

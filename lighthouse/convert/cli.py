@@ -1,5 +1,5 @@
 """`lighthouse convert torchtitan DCP_DIR --out HF_DIR`: a torchtitan llama3 run -> our HF checkpoint directory;
-`lighthouse convert gguf FILE --out HF_DIR`: a llama.cpp GGUF file of a Llama model -> the same.
+`lighthouse convert gguf FILE --out HF_DIR`: a llama.cpp GGUF file of a Llama, Qwen2 or Qwen3 model -> the same.
 
     lighthouse convert torchtitan outputs/checkpoint/step-10000 --out runs/lh270m \
         --flavor ablation_270m_lighthouse_topk1536_pool4_lvl3 --tokenizer path/to/hf_tokenizer
@@ -78,12 +78,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _add_gguf(sub) -> None:
+    from lighthouse.convert.gguf_config import ARCHITECTURES
     from lighthouse.convert.gguf_tokenizer import SUPPORTED_PRE
 
-    g = sub.add_parser("gguf", help="a llama.cpp GGUF file of a dense Llama model (F32/F16/BF16/Q8_0/Q4_0/Q4_1/"
-                       "Q4_K/Q5_K/Q6_K tensors)", description="A llama.cpp GGUF file (architecture 'llama') -> our HF "
-                       "checkpoint directory: weights dequantized, q/k rows put back in HF's order, the tokenizer "
-                       "and chat template rebuilt from the file's metadata.",
+    archs = ", ".join(f"'{a}'" for a in ARCHITECTURES)
+    g = sub.add_parser("gguf", help="a llama.cpp GGUF file of a dense Llama, Qwen2 or Qwen3 model (F32/F16/BF16/"
+                       "Q8_0/Q4_0/Q4_1/Q4_K/Q5_K/Q6_K tensors)", description=f"A llama.cpp GGUF file (architecture "
+                       f"{archs}) -> our HF checkpoint directory of that family: weights dequantized, Llama's q/k "
+                       "rows put back in HF's order, the tokenizer and chat template rebuilt from the file's "
+                       "metadata.",
                        epilog="Tokenizers: byte-level BPE ('gpt2') with pre-tokenizer " + ", ".join(SUPPORTED_PRE)
                        + ". The result is dense (no Lighthouse layers): `lighthouse train --init-from` adapts it.")
     g.add_argument("gguf_file", metavar="FILE", help="the .gguf file")
@@ -107,8 +110,8 @@ def run_gguf(args: argparse.Namespace) -> int:
         return 2
     c = result.config
     types = ", ".join(f"{n} {k}" for k, n in sorted(result.tensor_types.items()))
-    print(f"wrote {result.out_dir} in {time.perf_counter() - start:.1f} s: {c.num_hidden_layers} layers, hidden "
-          f"{c.hidden_size}, FFN {c.intermediate_size}, {c.num_attention_heads}/{c.num_key_value_heads} heads, vocab "
+    print(f"wrote {result.out_dir} in {time.perf_counter() - start:.1f} s: {c.model_type}, {c.num_hidden_layers} "
+          f"layers, hidden {c.hidden_size}, FFN {c.intermediate_size}, {c.num_attention_heads}/{c.num_key_value_heads} heads, vocab "
           f"{c.vocab_size}, {'tied' if c.tie_word_embeddings else 'untied'} embeddings, rope_theta {c.rope_theta:g}, "
           f"rope_scaling {c.rope_scaling['rope_type'] if c.rope_scaling else 'none'}; weights {result.dtype} from "
           f"{types}; tokenizer: {result.tokenizer}; dense (no Lighthouse layers)")

@@ -1,4 +1,4 @@
-"""llama.cpp GGUF file (architecture "llama") -> our HF Llama checkpoint directory.
+"""llama.cpp GGUF file (architecture "llama", "qwen2" or "qwen3") -> our HF checkpoint directory.
 
     from lighthouse.convert import convert_gguf
     convert_gguf("SmolLM2-135M-Instruct.Q4_1.gguf", "runs/smollm2")  # CLI: lighthouse convert gguf FILE --out DIR
@@ -10,28 +10,18 @@ What it does:
   (default bfloat16, half the size of float32: it rounds each dequantized weight to 8 significant bits, far below
   the quantization's own error; float32 keeps the dequantized values exactly). A tensor's GGUF shape is ggml's
   (columns first); numpy's is the reverse, HF's order.
+- config: `gguf_config.build_config` (the architecture's `<arch>.*` keys; model_type = the architecture).
 - names: token_embd -> model.embed_tokens, output_norm -> model.norm, output -> lm_head (absent: tied
   embeddings), blk.N.attn_norm / attn_q / attn_k / attn_v / attn_output / ffn_norm / ffn_gate / ffn_up /
   ffn_down -> model.layers.N.input_layernorm / self_attn.q_proj / k_proj / v_proj / o_proj /
-  post_attention_layernorm / mlp.gate_proj / up_proj / down_proj.
-- q/k rows: llama.cpp rotates adjacent pairs (dims 2i, 2i+1 of a head) where HF rotates halves (dims i and
-  i + D/2), so convert_hf_to_gguf.py reorders the rows of q_proj and k_proj within each head: `LlamaModel.permute`
-  views the rows as (n_head, 2, D/2) and swaps the last two axes, with n_head = head_count for q and head_count_kv
-  for k. `unpermute_rows` applies the inverse: rows viewed as (n_head, D/2, 2), last two axes swapped.
-- config (llama.* keys): embedding_length, block_count, feed_forward_length, attention.head_count(_kv),
-  attention.key_length (head_dim; default embedding_length / head_count), attention.layer_norm_rms_epsilon,
-  rope.freq_base (rope_theta), context_length (max_position_embeddings); vocab from token_embd; BOS/EOS/pad ids
-  from tokenizer.ggml.*. RoPE must rotate the whole head (rope.dimension_count = head_dim); mixture-of-experts
-  files (expert_count > 0, e.g. Mixtral) are refused. No `lighthouse` block: the model is dense.
-- RoPE scaling: rope.scaling.type "linear" (or the old rope.scale_linear) -> rope_scaling linear with its factor;
-  "none" or absent -> none; yarn and others are refused. Llama 3.1-style scaling has no metadata: llama.cpp stores
-  a `rope_freqs.weight` tensor instead, one divisor per frequency (frequency i turns at inv_freq_i / rope_freqs_i),
-  computed from (factor, low_freq_factor, high_freq_factor, original_max_position_embeddings). We recover those:
-  factor is the largest divisor; in the band between, 1/divisor is linear in 1/wavelength, and the line gives
-  low/high_freq_factor for an original length taken from rope.scaling.original_context_length, else 8192 (only
-  length / low and length / high set the frequencies, so any length that reproduces the divisors is exact). The
-  result is checked: the model's llama3 formula must reproduce every divisor to 1e-4, otherwise the conversion is
-  refused (config.json cannot express that tensor). All-one divisors are dropped.
+  post_attention_layernorm / mlp.gate_proj / up_proj / down_proj; Qwen2's blk.N.attn_q/k/v.bias ->
+  self_attn.q/k/v_proj.bias, Qwen3's blk.N.attn_q_norm / attn_k_norm -> self_attn.q_norm / k_norm
+  (`gguf_config.ARCHITECTURES`).
+- q/k rows, llama only: llama.cpp rotates adjacent pairs (dims 2i, 2i+1 of a head) where HF rotates halves (dims
+  i and i + D/2), so convert_hf_to_gguf.py reorders the rows of q_proj and k_proj within each head:
+  `LlamaModel.permute` views the rows as (n_head, 2, D/2) and swaps the last two axes, with n_head = head_count
+  for q and head_count_kv for k. `unpermute_rows` applies the inverse: rows viewed as (n_head, D/2, 2), last two
+  axes swapped. Qwen2 and Qwen3 use llama.cpp's NEOX RoPE (rotate-half, as HF): their rows are stored as HF has them.
 - tokenizer: `gguf_tokenizer.build_tokenizer` (byte-level BPE "gpt2" only), the chat template kept.
 - writes config.json, model.safetensors, tokenizer.json, tokenizer_config.json, special_tokens_map.json and
   generation_config.json into a temporary folder beside `out_dir`, checks it with `verify_checkpoint`, then
@@ -51,6 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lighthouse.convert.gguf_config import ARCHITECTURES, architecture, build_config
 from lighthouse.convert.gguf_tokenizer import build_tokenizer, write_tokenizer
 from lighthouse.convert.torchtitan_args import ConversionError
 from lighthouse.model.config import ModelConfig
@@ -62,7 +53,7 @@ _TOP = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": 
 _LAYER = {"attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
           "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj", "ffn_norm": "post_attention_layernorm",
           "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"}
-_BLOCK = re.compile(r"^blk\.(\d+)\.(\w+)\.weight$")
+_BLOCK = re.compile(r"^blk\.(\d+)\.(\w+\.(?:weight|bias))$")
 
 
 @dataclass
@@ -130,143 +121,35 @@ def unpermute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-# ------------------------------------------------------------------------------------------ metadata -> config
-
-
-def _f32(v) -> float:
-    """A float32 metadata value as the decimal it was written from (9.999999747e-06 -> 1e-05)."""
-    return float(str(np.float32(v)))
-
-
-def _llama3_scaling(divisors: np.ndarray, head_dim: int, theta: float, original: int | None) -> dict[str, Any]:
-    """rope_scaling {"rope_type": "llama3", ...} that reproduces llama.cpp's rope_freqs divisors (see the module
-    docstring), checked with the model's own RoPE code; or ConversionError."""
-    from lighthouse.ops.rope import rope_inv_freq
-
-    inv = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)  # (head_dim // 2,)
-    factor = float(divisors.max())
-    band = (divisors > 1 + 1e-6) & (divisors < factor * (1 - 1e-6))
-    old = float(original or 8192)
-    fits = [(1.0, 4.0)]  # Llama 3.1's low/high_freq_factor, for a band too narrow to fit a line
-    if band.sum() >= 2:  # smooth = (1/divisor - 1/factor) / (1 - 1/factor) = a / wavelength + b
-        smooth = (1 / divisors[band] - 1 / factor) / (1 - 1 / factor)
-        a, b = np.polyfit(inv[band] / (2 * np.pi), smooth, 1)  # a = old / (high - low), b = -low / (high - low)
-        low, high = float(-b * old / a), float(-b * old / a + old / a)
-        fits = [(round(low, 3), round(high, 3)), (low, high)]
-    for low, high in fits:
-        scaling = {"rope_type": "llama3", "factor": factor, "low_freq_factor": low, "high_freq_factor": high,
-                   "original_max_position_embeddings": int(old)}
-        if not 0 < low < high:
-            continue
-        probe = ModelConfig(hidden_size=head_dim, num_attention_heads=1, num_key_value_heads=1, rope_theta=theta,
-                            rope_scaling=scaling)
-        if np.max(np.abs(inv / divisors / rope_inv_freq(probe).double().numpy() - 1)) < 1e-4:
-            return scaling
-    raise ConversionError(f"the GGUF's rope_freqs.weight (per-frequency RoPE divisors {np.round(divisors, 4)}) does "
-                          "not follow Llama 3's rope scaling for any parameters: config.json cannot express it")
-
-
-def _rope_scaling(meta: dict[str, Any], rope_freqs: np.ndarray | None, head_dim: int, theta: float):
-    kind = str(meta.get("llama.rope.scaling.type", "none")).lower()
-    factor = meta.get("llama.rope.scaling.factor", meta.get("llama.rope.scale_linear"))
-    if kind == "none" and "llama.rope.scale_linear" in meta:
-        kind = "linear"
-    if rope_freqs is not None:
-        if kind not in ("none", "linear") or (kind == "linear" and factor not in (None, 1.0)):
-            raise ConversionError(f"the GGUF has both rope_freqs.weight and rope scaling {kind!r}: not supported")
-        if np.allclose(rope_freqs, 1.0):
-            return None
-        if rope_freqs.shape != (head_dim // 2,):
-            raise ConversionError(f"rope_freqs.weight has shape {rope_freqs.shape}; head_dim {head_dim} implies "
-                                  f"({head_dim // 2},)")
-        return _llama3_scaling(rope_freqs.astype(np.float64), head_dim, theta,
-                               meta.get("llama.rope.scaling.original_context_length"))
-    if kind == "none" or (kind == "linear" and factor in (None, 1.0)):
-        return None
-    if kind == "linear":
-        return {"rope_type": "linear", "factor": _f32(factor)}
-    raise ConversionError(f"the GGUF's rope scaling type {kind!r} is not supported (supported: none, linear, and "
-                          "llama3 as a rope_freqs.weight tensor)")
-
-
-def build_config(meta: dict[str, Any], shapes: dict[str, tuple[int, ...]], tok_ids: dict[str, int | None],
-                 rope_freqs: np.ndarray | None = None) -> ModelConfig:
-    """Our ModelConfig from a llama GGUF's metadata and tensor shapes (numpy order); checks every shape."""
-    def need(key: str) -> int:
-        if f"llama.{key}" not in meta:
-            raise ConversionError(f"the GGUF metadata has no llama.{key}")
-        return int(meta[f"llama.{key}"])
-
-    if int(meta.get("llama.expert_count", 0) or 0) > 0:
-        raise ConversionError(f"this is a mixture-of-experts llama (llama.expert_count="
-                              f"{meta['llama.expert_count']}): only dense Llama models are supported")
-    dim, n_layers, ffn = need("embedding_length"), need("block_count"), need("feed_forward_length")
-    n_heads = need("attention.head_count")
-    n_kv = int(meta.get("llama.attention.head_count_kv", n_heads))
-    head_dim = int(meta.get("llama.attention.key_length", dim // n_heads))
-    if int(meta.get("llama.attention.value_length", head_dim)) != head_dim:
-        raise ConversionError("attention.value_length differs from key_length: not a Llama attention")
-    if int(meta.get("llama.rope.dimension_count", head_dim)) != head_dim:
-        raise ConversionError(f"llama.rope.dimension_count is {meta['llama.rope.dimension_count']} but head_dim is "
-                              f"{head_dim}: partial rotary embeddings are not supported")
-    if "token_embd.weight" not in shapes:
-        raise ConversionError("the GGUF has no token_embd.weight")
-    vocab = shapes["token_embd.weight"][0]
-    want = {"token_embd.weight": (vocab, dim), "output_norm.weight": (dim,)}
-    if "output.weight" in shapes:
-        want["output.weight"] = (vocab, dim)
-    per_layer = {"attn_norm": (dim,), "attn_q": (n_heads * head_dim, dim), "attn_k": (n_kv * head_dim, dim),
-                 "attn_v": (n_kv * head_dim, dim), "attn_output": (dim, n_heads * head_dim), "ffn_norm": (dim,),
-                 "ffn_gate": (ffn, dim), "ffn_up": (ffn, dim), "ffn_down": (dim, ffn)}
-    want |= {f"blk.{i}.{k}.weight": s for i in range(n_layers) for k, s in per_layer.items()}
-    for name, shape in want.items():
-        if name not in shapes:
-            raise ConversionError(f"the GGUF is missing tensor {name!r}")
-        if tuple(shapes[name]) != shape:
-            raise ConversionError(f"tensor {name!r} has shape {tuple(shapes[name])}; the metadata implies {shape}")
-    extra = sorted(set(shapes) - set(want) - {"rope_freqs.weight"})
-    if extra:
-        raise ConversionError(f"unexpected tensor {extra[0]!r}" + (f" (and {len(extra) - 1} more)" if len(extra) > 1
-                              else "") + ": not a plain Llama weight")
-    theta = _f32(meta.get("llama.rope.freq_base", 10000.0))
-    try:
-        return ModelConfig(
-            vocab_size=vocab, hidden_size=dim, intermediate_size=ffn, num_hidden_layers=n_layers,
-            num_attention_heads=n_heads, num_key_value_heads=n_kv, head_dim=head_dim,
-            rms_norm_eps=_f32(meta.get("llama.attention.layer_norm_rms_epsilon", 1e-5)), rope_theta=theta,
-            rope_scaling=_rope_scaling(meta, rope_freqs, head_dim, theta),
-            max_position_embeddings=int(meta.get("llama.context_length", 4096)),
-            tie_word_embeddings="output.weight" not in shapes, **tok_ids,
-        )
-    except ValueError as exc:
-        raise ConversionError(f"the GGUF's hyperparameters are not a valid Llama config: {exc}") from None
-
-
 # ------------------------------------------------------------------------------------------ weights
 
 
-def hf_name(name: str) -> str:
-    """GGUF tensor name -> HF Llama parameter name (e.g. blk.3.attn_q.weight -> model.layers.3.self_attn.q_proj.weight)."""
+def hf_name(name: str, arch: str = "llama") -> str:
+    """GGUF tensor name -> HF parameter name (e.g. blk.3.attn_q.weight -> model.layers.3.self_attn.q_proj.weight)."""
     if name in _TOP:
         return _TOP[name]
     m = _BLOCK.match(name)
-    if not m or m.group(2) not in _LAYER:
-        raise ConversionError(f"unexpected tensor {name!r}: not a plain Llama weight")
-    return f"model.layers.{m.group(1)}.{_LAYER[m.group(2)]}.weight"
+    layer = {f"{k}.weight": f"{v}.weight" for k, v in _LAYER.items()} | ARCHITECTURES[arch].extra
+    if not m or m.group(2) not in layer:
+        raise ConversionError(f"unexpected tensor {name!r}: not a plain {arch} weight")
+    return f"model.layers.{m.group(1)}.{layer[m.group(2)]}"
 
 
 def hf_state_dict(reader, config: ModelConfig, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-    """Every weight of the GGUF, dequantized, with q/k rows un-permuted, under HF names, in `dtype`."""
+    """Every weight of the GGUF, dequantized, with q/k rows un-permuted (llama), under HF names, in `dtype`.
+    config.model_type names the GGUF architecture."""
+    arch = config.model_type
+    permuted = ARCHITECTURES[arch].permuted_qk
     state = {}
     for t in reader.tensors:
         if t.name == "rope_freqs.weight":
             continue
         w = dequantize(t)
-        if t.name.endswith(".attn_q.weight"):
+        if permuted and t.name.endswith(".attn_q.weight"):
             w = unpermute_rows(w, config.num_attention_heads)
-        elif t.name.endswith(".attn_k.weight"):
+        elif permuted and t.name.endswith(".attn_k.weight"):
             w = unpermute_rows(w, config.num_key_value_heads)
-        state[hf_name(t.name)] = torch.from_numpy(w).to(dtype).contiguous()
+        state[hf_name(t.name, arch)] = torch.from_numpy(w).to(dtype).contiguous()
     return state
 
 
@@ -310,10 +193,11 @@ def _write_checkpoint(out: Path, state: dict[str, torch.Tensor], tok, config: Mo
 
 def convert_gguf(path: str | os.PathLike, out_dir: str | os.PathLike, *,
                  dtype: str | torch.dtype = "bfloat16") -> GGUFConversion:
-    """Convert a llama.cpp GGUF file of a dense Llama model into our HF checkpoint directory `out_dir` (new or
-    empty). dtype: of the stored weights, "float32" | "bfloat16" | "float16" (or the torch dtype). Raises
-    ConversionError (a ValueError) on bad input (another architecture, an unsupported tensor type or tokenizer,
-    a malformed file) naming what is wrong; nothing is left under out_dir then."""
+    """Convert a llama.cpp GGUF file of a dense Llama, Qwen2 or Qwen3 model (general.architecture "llama", "qwen2",
+    "qwen3") into our HF checkpoint directory `out_dir` (new or empty) of that model_type. dtype: of the stored
+    weights, "float32" | "bfloat16" | "float16" (or the torch dtype). Raises ConversionError (a ValueError) on bad
+    input (another architecture, an unsupported tensor type or tokenizer, a malformed file) naming what is wrong;
+    nothing is left under out_dir then."""
     names = {v: k for k, v in _DTYPES.items()}
     want = _DTYPES.get(dtype) if isinstance(dtype, str) else dtype
     if want not in names:
@@ -322,9 +206,7 @@ def convert_gguf(path: str | os.PathLike, out_dir: str | os.PathLike, *,
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConversionError(f"{out} exists and is not an empty directory; pass a new or empty --out")
     reader, meta = open_gguf(src)
-    arch = meta.get("general.architecture")
-    if arch != "llama":
-        raise ConversionError(f"{src} is a {arch!r} model; only the 'llama' architecture converts")
+    architecture(meta, str(src))
     tok = build_tokenizer(meta, str(src))
     shapes = {t.name: tuple(int(d) for d in reversed(list(t.shape))) for t in reader.tensors}
     freqs = next((dequantize(t) for t in reader.tensors if t.name == "rope_freqs.weight"), None)

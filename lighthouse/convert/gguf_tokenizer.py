@@ -15,6 +15,9 @@ terms, the regex llama.cpp's llama-vocab.cpp uses for it:
 - LLAMA3_PRE ("llama-bpe", "llama3", "llama-v3"): Llama 3's regex (digits in groups of up to 3) as a Split,
   then ByteLevel(use_regex=False); the BPE ignores merges for whole-vocabulary words, and BOS is added unless the
   file says otherwise (llama.cpp's defaults for that type).
+- QWEN2_PRE ("qwen2": Qwen2, Qwen2.5 and Qwen3 files): Qwen2's regex (digits one by one) as a Split, then
+  ByteLevel(use_regex=False), after an NFC normalizer, as Qwen's own tokenizer.json does (llama.cpp skips the NFC
+  step: the two differ only on text that is not already NFC). BOS is not added unless the file says so.
 Control tokens (type 3) become special added tokens, user-defined ones (type 4) plain added tokens, so both are
 matched whole in text. Other tokenizer models (SentencePiece "llama", "bert", "t5", ...) and other `pre` names
 raise ConversionError listing what is supported.
@@ -33,10 +36,13 @@ from lighthouse.convert.torchtitan_args import ConversionError
 GPT2_PRE = ("gpt-2", "phi-2", "mpt", "olmo", "jais")
 DIGITS_PRE = ("smollm", "starcoder", "refact", "codeshell")
 LLAMA3_PRE = ("llama-bpe", "llama3", "llama-v3")
-SUPPORTED_PRE = GPT2_PRE + DIGITS_PRE + LLAMA3_PRE
+QWEN2_PRE = ("qwen2",)
+SUPPORTED_PRE = GPT2_PRE + DIGITS_PRE + LLAMA3_PRE + QWEN2_PRE
 CONTROL, USER_DEFINED = 3, 4  # llama.cpp's token types
 LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+               r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 
 
 @dataclass
@@ -58,7 +64,8 @@ def _pre_tokenizer(pre: str) -> dict[str, Any]:
         return byte_level
     if pre in DIGITS_PRE:
         return {"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True}, byte_level]}
-    split = {"type": "Split", "pattern": {"Regex": LLAMA3_REGEX}, "behavior": "Isolated", "invert": False}
+    regex = QWEN2_REGEX if pre in QWEN2_PRE else LLAMA3_REGEX
+    split = {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": False}
     return {"type": "Sequence", "pretokenizers": [split, dict(byte_level, use_regex=False)]}
 
 
@@ -114,7 +121,8 @@ def build_tokenizer(meta: dict[str, Any], source: str = "the GGUF file") -> GGUF
     added = [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False,
               "special": ty == CONTROL} for i, (t, ty) in enumerate(zip(tokens, types)) if ty in (CONTROL, USER_DEFINED)]
     tokenizer_json = {
-        "version": "1.0", "truncation": None, "padding": None, "added_tokens": added, "normalizer": None,
+        "version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
+        "normalizer": {"type": "NFC"} if pre in QWEN2_PRE else None,
         "pre_tokenizer": _pre_tokenizer(pre),
         "post_processor": _post_processor(tokens, bos, eos, add_bos, add_eos),
         "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},

@@ -1,4 +1,5 @@
-"""`lighthouse convert gguf`: a llama.cpp GGUF file of a Llama model -> our HF checkpoint directory.
+"""`lighthouse convert gguf`: a llama.cpp GGUF file of a Llama model -> our HF checkpoint directory (Qwen2 and
+Qwen3 files: test_convert_gguf_qwen.py).
 
 The tests write small GGUF files with `gguf.GGUFWriter` the way llama.cpp's convert_hf_to_gguf.py writes them:
 llama.* hyperparameters, tensors named blk.N.attn_q.weight, token_embd.weight, ..., the rows of attn_q / attn_k
@@ -464,9 +465,9 @@ def test_llama3_pre_tokenizer_groups_digits_by_three_and_adds_bos(tmp_path):
     assert gen["eos_token_id"] == [2, 0]  # EOS, then the end-of-turn id: both stop generation
 
 
-def test_a_non_llama_architecture_is_refused_naming_it(tmp_path):
-    write_gguf(tmp_path / "m.gguf", arch="qwen2")
-    with pytest.raises(ConversionError, match="'qwen2' model; only the 'llama' architecture"):
+def test_an_unsupported_architecture_is_refused_naming_the_supported_ones(tmp_path):
+    write_gguf(tmp_path / "m.gguf", arch="phi3")
+    with pytest.raises(ConversionError, match="'phi3' model; supported architectures: llama, qwen2, qwen3"):
         convert_gguf(tmp_path / "m.gguf", tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
 
@@ -495,6 +496,6 @@ def test_the_cli_converts_and_exits_2_with_the_message_on_error(tmp_path, capsys
     (tmp_path / "nonempty" / "x").write_text("")
     assert cli.main(["convert", "gguf", str(tmp_path / "m.gguf"), "--out", str(tmp_path / "nonempty")]) == 2
     assert "is not an empty directory" in capsys.readouterr().err
-    write_gguf(tmp_path / "q.gguf", arch="qwen2")
+    write_gguf(tmp_path / "q.gguf", arch="phi3")
     assert cli.main(["convert", "gguf", str(tmp_path / "q.gguf"), "--out", str(tmp_path / "q")]) == 2
-    assert "lighthouse convert gguf:" in (err := capsys.readouterr().err) and "'qwen2'" in err
+    assert "lighthouse convert gguf:" in (err := capsys.readouterr().err) and "'phi3'" in err
