@@ -76,25 +76,25 @@ class StructuredOutput:
     param: str = "response_format"  # the request field it came from, named in errors
 
     def __post_init__(self) -> None:
-        p = self.param
+        p, code = self.param, "invalid_grammar"
         if self.kind not in STRUCTURED_KINDS:
             raise InvalidRequest(f"structured output must be one of {list(STRUCTURED_KINDS)}, got {self.kind!r}",
-                                 param=p)
+                                 param=p, code=code)
         if self.kind == "json_schema":
             if not isinstance(self.schema, (dict, bool)):
                 raise InvalidRequest(f"{p} must be a JSON Schema (an object), got {type(self.schema).__name__}",
-                                     param=p)
+                                     param=p, code=code)
             if len(json.dumps(self.schema)) > MAX_GRAMMAR_CHARS:
-                raise InvalidRequest(f"{p} is longer than {MAX_GRAMMAR_CHARS} characters", param=p)
+                raise InvalidRequest(f"{p} is longer than {MAX_GRAMMAR_CHARS} characters", param=p, code=code)
         if self.kind == "regex" and (not isinstance(self.pattern, str) or not self.pattern
                                      or len(self.pattern) > MAX_GRAMMAR_CHARS):
             raise InvalidRequest(f"{p} must be a non-empty regular expression of at most {MAX_GRAMMAR_CHARS} "
-                                 "characters", param=p)
+                                 "characters", param=p, code=code)
         if self.kind == "choice":
             c = self.choices
             if (not isinstance(c, tuple) or not 1 <= len(c) <= MAX_CHOICES
                     or any(not isinstance(x, str) or not x for x in c)):
-                raise InvalidRequest(f"{p} must be a list of 1 to {MAX_CHOICES} non-empty strings", param=p)
+                raise InvalidRequest(f"{p} must be a list of 1 to {MAX_CHOICES} non-empty strings", param=p, code=code)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ RUNTIME_ONLY_REFUSALS = {
     "context_length_exceeded",  # prompt tokens + max_tokens > max_model_len: tokens, not JSON lengths
     "kv_cache_exceeded",  # n x (prompt + max_tokens) positions > the KV cache
     "invalid_combination",  # a relation between fields: best_of != n, stream_options without stream
+    "invalid_grammar",  # a response_format schema, guided_json or guided_regex the grammar library cannot follow
 }
 
 

@@ -20,6 +20,7 @@ from typing import Any
 from lighthouse.engine.errors import InvalidRequest
 from lighthouse.engine.options import StructuredOutput
 
+INVALID_GRAMMAR = "invalid_grammar"  # the error code of a schema, regex or choice list that cannot be followed
 JSON_DEFAULTS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 ANY_OBJECT = {"type": "object"}  # response_format json_object: any JSON object (as OpenAI and vLLM)
 
@@ -33,7 +34,8 @@ def grammar_text(spec: StructuredOutput) -> str:
         try:
             return LLMatcher.grammar_from_json_schema(schema, defaults=JSON_DEFAULTS)
         except ValueError as exc:
-            raise InvalidRequest(f"{spec.param} is not a valid JSON Schema: {exc}", param=spec.param) from None
+            raise InvalidRequest(f"{spec.param} is not a valid JSON Schema: {exc}", param=spec.param,
+                                 code=INVALID_GRAMMAR) from None
     if spec.kind == "regex":
         return LLMatcher.grammar_from_regex(spec.pattern)
     return LLMatcher.grammar_from_lark("start: " + " | ".join(json.dumps(c) for c in spec.choices))
@@ -74,5 +76,6 @@ class Grammars:
         lltok = self.lltokenizer(spec.param)
         matcher = LLMatcher(lltok, grammar_text(spec), log_level=0)
         if matcher.is_error():
-            raise InvalidRequest(f"{spec.param} cannot be followed: {matcher.get_error().strip()}", param=spec.param)
+            raise InvalidRequest(f"{spec.param} cannot be followed: {matcher.get_error().strip()}", param=spec.param,
+                                 code=INVALID_GRAMMAR)
         return [matcher] + [matcher.deep_copy() for _ in range(n - 1)]

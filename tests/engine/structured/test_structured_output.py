@@ -145,7 +145,7 @@ def test_sampled_structured_output_with_speculation_follows_the_schema(llm):
 def test_a_grammar_that_does_not_compile_is_an_invalid_request_naming_the_field(llm, spec, words):
     with pytest.raises(InvalidRequest) as e:
         llm.engine.make_request("bad", [1, 2, 3], SamplingParams(max_tokens=4), RequestOptions(structured=spec))
-    assert e.value.param == spec.param and words in e.value.message
+    assert e.value.param == spec.param and e.value.code == "invalid_grammar" and words in e.value.message
 
 
 @pytest.mark.parametrize("kwargs,param", [
