@@ -42,14 +42,32 @@ def words(vocab_size: int) -> int:
     return (vocab_size + 31) // 32
 
 
+def unpack(packed: np.ndarray, vocab_size: int, device: torch.device) -> Tensor:
+    """packed (G, W) int32 host masks -> (G, V) bool on `device`. On a GPU the packed words are copied (V/8 bytes a
+    row) and unpacked there; on the CPU numpy's unpackbits does it (bit t of a little-endian word is bit t % 8 of
+    its byte t // 8)."""
+    if device.type == "cpu":
+        bits = np.unpackbits(packed.view(np.uint8), axis=1, bitorder="little")[:, :vocab_size]
+        return torch.from_numpy(bits.view(np.bool_))
+    return unpack_on_device(packed, vocab_size, device)
+
+
+def unpack_on_device(packed: np.ndarray, vocab_size: int, device: torch.device) -> Tensor:
+    words_ = torch.from_numpy(packed).to(device, non_blocking=True)  # (G, W)
+    shifts = torch.arange(32, device=device, dtype=torch.int32)
+    return ((words_[:, :, None] >> shifts) & 1).view(len(packed), -1)[:, :vocab_size].bool()
+
+
 def apply_packed(logits: Tensor, rows: list[int], packed: np.ndarray) -> None:
-    """logits (R, V) float, in place: rows[i] keeps only the tokens whose bit is set in packed[i] (W,) int32."""
-    V = logits.shape[-1]
-    words_ = torch.from_numpy(packed).to(logits.device, non_blocking=True)  # (G, W)
-    shifts = torch.arange(32, device=logits.device, dtype=torch.int32)
-    allowed = ((words_[:, :, None] >> shifts) & 1).view(len(rows), -1)[:, :V].bool()  # (G, V)
-    idx = torch.tensor(rows, device=logits.device)
-    logits[idx] = logits[idx].masked_fill(~allowed, float("-inf"))
+    """logits (R, V) float, in place: rows[i] keeps only the tokens whose bit is set in packed[i] (W,) int32; the
+    other rows keep every value."""
+    R, V = logits.shape
+    allowed = unpack(packed, V, logits.device)  # (G, V)
+    if rows != list(range(R)):  # some rows have no grammar: they allow everything
+        full = torch.ones(R, V, dtype=torch.bool, device=logits.device)
+        full[torch.tensor(rows, device=logits.device)] = allowed
+        allowed = full
+    logits.masked_fill_(~allowed, float("-inf"))
 
 
 def mask_logits(logits: Tensor, seqs: list) -> Tensor:

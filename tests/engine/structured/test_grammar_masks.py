@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from lighthouse.engine.structured.grammar import Grammars
-from lighthouse.engine.structured.mask import apply_packed, checked_drafts, mask_logits, mask_verify_logits
+from lighthouse.engine.structured.mask import (apply_packed, checked_drafts, mask_logits, mask_verify_logits, unpack,
+                                               unpack_on_device)
 from lighthouse.engine.options import StructuredOutput
 
 V = 320
@@ -65,6 +66,14 @@ def test_apply_packed_reads_bit_t_of_word_t_over_32():
     apply_packed(logits, [1], packed)
     assert set(torch.nonzero(logits[1] == 0)[:, 0].tolist()) == {0, 31, 32, 257, 319}
     assert (logits[0] == 0).all() and (logits[2] == 0).all()
+
+
+def test_the_host_and_device_unpacking_agree_bit_for_bit():
+    rng = np.random.default_rng(0)
+    packed = rng.integers(-(2**31), 2**31, size=(5, (V + 31) // 32), dtype=np.int64).astype(np.int32)
+    host, dev = unpack(packed, V, torch.device("cpu")), unpack_on_device(packed, V, torch.device("cpu"))
+    assert host.shape == (5, V) and torch.equal(host, dev)
+    assert bool(host[0, 33]) == bool((int(packed[0, 1]) >> 1) & 1)
 
 
 def test_checked_drafts_stop_at_a_refused_token_and_leave_the_matcher_as_it_was(grammars):
