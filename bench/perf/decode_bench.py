@@ -356,7 +356,7 @@ def main() -> int:
     log(f"wrote {bench.json} and {bench.prof_path}")
     for k in bench.figures:
         v = bench.res[k]
-        print(f"  {k:<40} {v:>12.4g}" if isinstance(v, float) else f"  {k:<40} {v:>12}")
+        print(f"  {k:<40} {v:>12.4g}" if isinstance(v, float) else f"  {k:<40} {v!s:>12}")
     for k, e in bench.res["errors"].items():
         print(f"  error {k}: {e[:150]}")
     return 0

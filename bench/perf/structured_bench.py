@@ -11,10 +11,9 @@ more items than the measure decodes: no row completes its grammar before the mea
 
 Both batches decode greedily with ignore_eos from the same prompts (32 x 8K tokens; quick 32 x 2K; tiny 32 x 256),
 measured as decode_bench's batch measures are: tokens/s over the first n steps in which every request decoded.
-After one warm-up run of each, the unconstrained batch runs before and after the constrained one; the ratio is
-against their mean. Fields:
-json_schema_b32_tokens_per_s_ratio, json_schema_b32_tokens_per_s, unconstrained_b32_tokens_per_s (both runs),
-structured_vocab.
+After one warm-up run of each, three unconstrained and three json_schema runs alternate; the ratio is of their
+medians. Fields: json_schema_b32_tokens_per_s_ratio, json_schema_b32_tokens_per_s and
+unconstrained_b32_tokens_per_s (medians), *_runs (every run), structured_vocab.
 
     python -m bench.perf.structured_bench --out DIR [--quick | --tiny]   # alone: DIR/structured_bench.json
     python -m bench.perf.decode_bench --out DIR ...                      # with the other decode measures
@@ -24,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from dataclasses import replace
@@ -36,6 +36,7 @@ import torch
 from lighthouse.engine.options import RequestOptions, StructuredOutput
 
 VOCAB = 49152
+ROUNDS = 3  # unconstrained and json_schema runs, alternating; the medians are compared
 CASES = {"full": (32, 8192, 128), "quick": (32, 2048, 32), "tiny": (32, 256, 16)}  # batch, prompt, decode steps
 SCHEMA = {"type": "object", "additionalProperties": False, "required": ["id", "name", "tags"],
           "properties": {"id": {"type": "integer", "minimum": 0, "maximum": 999999},
@@ -94,9 +95,14 @@ def measure(engine, batch: int, prompt_tokens: int, steps: int) -> dict:
         return batch_rates(run, steps)[0]
 
     rate(schema), rate(free)  # warm up: the tokenizer's trie, every batch size's first steps, graphs
-    base1, constrained, base2 = rate(free), rate(schema), rate(free)
-    return {"json_schema_b32_tokens_per_s_ratio": constrained / ((base1 + base2) / 2),
-            "json_schema_b32_tokens_per_s": constrained, "unconstrained_b32_tokens_per_s": [base1, base2],
+    free_runs, schema_runs = [], []
+    for _ in range(ROUNDS):  # alternating, so that a change in the machine's load hits both alike
+        free_runs.append(rate(free))
+        schema_runs.append(rate(schema))
+    base, constrained = statistics.median(free_runs), statistics.median(schema_runs)
+    return {"json_schema_b32_tokens_per_s_ratio": constrained / base,
+            "json_schema_b32_tokens_per_s": constrained, "unconstrained_b32_tokens_per_s": base,
+            "json_schema_b32_tokens_per_s_runs": schema_runs, "unconstrained_b32_tokens_per_s_runs": free_runs,
             "structured_vocab": VOCAB, "structured_batch": batch, "structured_prompt_tokens": prompt_tokens}
 
 
