@@ -64,7 +64,7 @@ class Formatter:
         if self.chat:
             def item(tid: int, lp: float) -> dict:
                 s = self._token_str(tid)
-                return {"token": s, "logprob": lp, "bytes": list(s.encode("utf-8"))}
+                return {"token": s, "logprob": _finite(lp), "bytes": list(s.encode("utf-8"))}
 
             return {"content": [{**item(e.token_id, e.logprob), "top_logprobs": [item(t, lp) for t, lp in e.top]}
                                 for e in entries], "refusal": None}
@@ -73,8 +73,9 @@ class Formatter:
         for t in tokens:
             offsets.append(self._text_offset.get(index, 0))
             self._text_offset[index] = offsets[-1] + len(t)
-        return {"tokens": tokens, "token_logprobs": [e.logprob for e in entries],
-                "top_logprobs": [{self._token_str(t): lp for t, lp in e.top} for e in entries], "text_offset": offsets}
+        return {"tokens": tokens, "token_logprobs": [_finite(e.logprob) for e in entries],
+                "top_logprobs": [{self._token_str(t): _finite(lp) for t, lp in e.top} for e in entries],
+                "text_offset": offsets}
 
     def _envelope(self, obj: str, choices: list) -> dict:
         out = {"id": self.id, "object": obj, "created": self.created, "model": self.model, "choices": choices}
@@ -140,3 +141,8 @@ class Formatter:
         if prefill is not None:  # an extension beside usage: how the prompt was prefilled (and decoded)
             body["prefill"] = prefill_info(prefill)
         return body
+
+
+def _finite(logprob: float) -> float:
+    """A token a grammar forbids has logprob -inf, which JSON cannot carry: -9999.0 stands for it, as in vLLM."""
+    return max(logprob, -9999.0)

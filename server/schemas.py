@@ -7,7 +7,7 @@ surrogates. Limits that depend on the loaded model (max_model_len, vocabulary, m
 schema by `openapi.py`; what no schema can say (prompt + max_tokens within the context, best_of == n) is a 400
 with its own `code`. Responses are built as plain dicts in `openai_format.py`; the models at the end only
 document them. Unknown request fields are ignored, as vLLM does, except the OpenAI fields this server does not
-implement (tools, tool turns, response_format, echo, ...): those are declared `Unsupported`, so a value that asks
+implement (tools, tool turns, echo, ...): those are declared `Unsupported`, so a value that asks
 for them is a 400 (`unsupported_parameter`) rather than an answer that silently ignores it.
 
 Lists are bounded so that no request does work out of proportion to what can run (MAX_MESSAGES, ...).
@@ -25,6 +25,7 @@ from lighthouse.engine.options import (MAX_SPECULATIVE_TOKENS, DecodeMode, KVMod
                                       Speculation, SpeculativeMethod)
 from lighthouse.engine.sampling import MAX_TOP_LOGPROBS, SamplingParams
 from lighthouse.tokenizer import CHAT_ROLES
+from lighthouse_server.structured import GuidedFields, structured_output
 
 MAX_MESSAGES = 2048  # messages in one chat (OpenAI's own limit)
 MAX_CONTENT_PARTS = 256  # text parts in one message
@@ -96,7 +97,6 @@ NonEmptyText = Annotated[str, StringConstraints(min_length=1), AfterValidator(_n
 Role = Annotated[str, AfterValidator(_no_lone_surrogates), AfterValidator(_known_role),
                  WithJsonSchema({"type": "string", "enum": list(CHAT_ROLES)})]
 NoList = {"type": "array", "maxItems": 0}
-TextFormat = {"type": "object", "properties": {"type": {"const": "text"}}, "required": ["type"]}
 TokenId = Int(ge=0)
 Finite = dict(allow_inf_nan=False)
 
@@ -120,7 +120,7 @@ class SpeculativeOptions(BaseModel):
     num_tokens: Int(ge=0, le=MAX_SPECULATIVE_TOKENS) = Field(description="drafts verified per step (0: off)")
 
 
-class _Common(BaseModel):
+class _Common(GuidedFields):  # + response_format and guided_* (structured.py)
     model_config = STRICT
 
     model: Text | None = None
@@ -156,8 +156,6 @@ class _Common(BaseModel):
     citations: bool = Field(False, description="also return the document spans the answer drew on most (a request "
                                                "with document_id, or a prompt starting with an uploaded document)")
     citations_top_k: Int(ge=1, le=32) = Field(3, description="how many spans, with citations")
-    # asked of this server but not done yet (structured output): a 400 rather than an answer that is not JSON
-    response_format: Unsupported("structured output (a format other than {\"type\": \"text\"})", TextFormat) = None
 
     @field_validator("kv_mode")
     @classmethod
@@ -186,11 +184,13 @@ class _Common(BaseModel):
 
     def request_options(self) -> RequestOptions:
         """How the engine serves this body (None fields: the server's defaults). The schema's types are
-        RequestOptions' own, so a body that validated here always makes valid options."""
+        RequestOptions' own, so a body that validated here makes valid options (structured output: a 400 from
+        structured_output when it asks for two grammars)."""
         spec = self.speculative
         return RequestOptions(prefill=self.prefill, decode=self.decode, dense_tail_tokens=self.dense_tail_tokens,
                               cache_prompt=self.cache_prompt, kv_mode=self.kv_mode,
-                              speculative=None if spec is None else Speculation(spec.method, spec.num_tokens))
+                              speculative=None if spec is None else Speculation(spec.method, spec.num_tokens),
+                              structured=structured_output(self))
 
 
 MaxTokens = Int(ge=1)

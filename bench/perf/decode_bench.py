@@ -22,8 +22,10 @@ torch.profiler covers 8 more decode steps after the timed ones of the 512K dense
 
 - spec_speedup_128k_b1 / _512k_b1 / _8k_b32, spec_acceptance_rate: prompt-lookup speculative decoding on an
   extractive task with the bundled checkpoint (bench/perf/spec_decode_bench.py; --no-spec skips them).
+- json_schema_b32_tokens_per_s_ratio: decode tokens/s of 32 json_schema requests over 32 unconstrained ones on one
+  engine with a 49K vocabulary (bench/perf/structured_bench.py; --no-structured skips it).
 
-    python -m bench.perf.decode_bench --out DIR [--quick | --tiny] [--no-eager-compare] [--no-spec]
+    python -m bench.perf.decode_bench --out DIR [--quick | --tiny] [--no-eager-compare] [--no-spec] [--no-structured]
 
 --quick: 32K instead of 512K and smaller batches' prompts (GPU smoke test); --tiny: a tiny model on the CPU.
 """
@@ -319,6 +321,8 @@ def main() -> int:
                     help="also measure with enforce_eager=True (default: on unless --quick)")
     ap.add_argument("--spec", action=argparse.BooleanOptionalAction, default=True,
                     help="also the speculative-decoding measures (bench/perf/spec_decode_bench.py)")
+    ap.add_argument("--structured", action=argparse.BooleanOptionalAction, default=True,
+                    help="also json_schema_b32_tokens_per_s_ratio (bench/perf/structured_bench.py)")
     ap.add_argument("--budget-s", type=float, default=450, help="skip measures that would start after this")
     ap.add_argument("--kv-cache-gb", type=float, default=None,
                     help="KV cache GiB (default: the engine's share of free memory; on an 80 GB card 62 holds 512K+128)")
@@ -341,11 +345,18 @@ def main() -> int:
         gc.collect()
         torch.cuda.empty_cache() if CUDA else None
         run_all(bench, mode)
+    if args.structured:
+        from bench.perf.structured_bench import run_all as run_structured  # noqa: PLC0415
+
+        model = None
+        gc.collect()
+        torch.cuda.empty_cache() if CUDA else None
+        run_structured(bench, mode)
     bench.save()
     log(f"wrote {bench.json} and {bench.prof_path}")
     for k in bench.figures:
         v = bench.res[k]
-        print(f"  {k:<40} {v:>12.4g}" if isinstance(v, float) else f"  {k:<40} {v:>12}")
+        print(f"  {k:<40} {v:>12.4g}" if isinstance(v, float) else f"  {k:<40} {v!s:>12}")
     for k, e in bench.res["errors"].items():
         print(f"  error {k}: {e[:150]}")
     return 0

@@ -81,7 +81,7 @@ class LLMEngine:
         self.admission = self.scheduler.admission
         self.intake = Intake(model, tokenizer, shape, self.kv.allocator.usable, max_model_len=self.max_model_len,
                              max_num_seqs=c.max_num_seqs, defaults=self.defaults, dense_tail_tokens=c.dense_tail_tokens,
-                             prefill_default=c.prefill, sparse_unavailable=self.sparse_unavailable)
+                             prefill_default=c.prefill, sparse_unavailable=self.sparse_unavailable, eos_ids=self.eos_ids)
         self.runner = ModelRunner(model, self.kv, max_batch=c.max_num_seqs, max_model_len=self.max_model_len,
                                   enforce_eager=c.enforce_eager, graph_max_batch=c.cuda_graph_max_batch,
                                   prefill_chunk_tokens=c.prefill_chunk_tokens)

@@ -17,18 +17,20 @@ from lighthouse.engine.options import RequestOptions
 from lighthouse.engine.plan import min_sparse_len, plan_prefill
 from lighthouse.engine.request import Request, Sequence
 from lighthouse.engine.sampling import SamplingParams, make_generator
+from lighthouse.engine.structured.grammar import Grammars
 
 
 class Intake:
     def __init__(self, model, tokenizer, shape: CacheShape, usable_blocks: int, *, max_model_len: int,
                  max_num_seqs: int, defaults: tuple[str, str, str], dense_tail_tokens: int, prefill_default: str,
-                 sparse_unavailable: str | None):
+                 sparse_unavailable: str | None, eos_ids: set[int] = frozenset()):
         self.model, self.tokenizer, self.shape, self.usable = model, tokenizer, shape, usable_blocks
         self.admission = Admission(shape)
         self.vocab_size = model.config.vocab_size
         self.max_model_len, self.max_num_seqs = max_model_len, max_num_seqs
         self.defaults, self.dense_tail_tokens = defaults, dense_tail_tokens
         self.prefill_default, self.sparse_unavailable = prefill_default, sparse_unavailable
+        self.grammars = Grammars(tokenizer, self.vocab_size, set(eos_ids))
 
     def make_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams,
                      options: RequestOptions | None = None) -> Request:
@@ -68,10 +70,12 @@ class Intake:
                 f"{opts.kv_mode!r}), more than the server's {self.usable}. Reduce n or max_tokens"
                 + (", or ask with kv_mode 'compact'." if plan.sparse_decode and not plan.compact else "."),
                 param="n" if params.n > 1 else "max_tokens", code="kv_cache_exceeded")
+        grammars = [None] * params.n if opts.structured is None else self.grammars.matchers(opts.structured, params.n)
         for i in range(params.n):
             seed = None if params.seed is None else params.seed + i
             gen = None if params.greedy else make_generator(seed, self.shape.device)
-            req.seqs.append(Sequence(i, params, IncrementalText(self.tokenizer, params.stop), gen, request=req))
+            req.seqs.append(Sequence(i, params, IncrementalText(self.tokenizer, params.stop), gen, request=req,
+                                     grammar=grammars[i]))
         return req
 
     def _check_prompt(self, prompt_ids: list[int]) -> torch.Tensor:

@@ -1,10 +1,12 @@
 """Request options: the prefill and decode modes as types, parsed once at the edge (CLI, server schema, settings)
-and passed down as one dataclass. Nothing below the edge re-validates a mode string."""
+and passed down as one dataclass. Nothing below the edge re-validates a mode string. The speculation and the
+structured output a request asks for are values here too (the engine's speculative/ and structured/ use them)."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from lighthouse.engine.errors import InvalidRequest
 
@@ -56,6 +58,45 @@ class Speculation:
                                  f"got {k!r}", param="speculative.num_tokens")
 
 
+StructuredKind = Literal["json_object", "json_schema", "regex", "choice"]
+STRUCTURED_KINDS: tuple[str, ...] = get_args(StructuredKind)
+MAX_CHOICES = 1024
+MAX_GRAMMAR_CHARS = 1 << 20  # a schema's JSON text or a regex, at most (1 MiB)
+
+
+@dataclass(frozen=True)
+class StructuredOutput:
+    """json_object: any JSON object; json_schema: `schema` (a JSON Schema object); regex: the whole output matches
+    `pattern`; choice: the output is exactly one of `choices`."""
+
+    kind: StructuredKind
+    schema: Any = None
+    pattern: str | None = None
+    choices: tuple[str, ...] | None = None
+    param: str = "response_format"  # the request field it came from, named in errors
+
+    def __post_init__(self) -> None:
+        p, code = self.param, "invalid_grammar"
+        if self.kind not in STRUCTURED_KINDS:
+            raise InvalidRequest(f"structured output must be one of {list(STRUCTURED_KINDS)}, got {self.kind!r}",
+                                 param=p, code=code)
+        if self.kind == "json_schema":
+            if not isinstance(self.schema, (dict, bool)):
+                raise InvalidRequest(f"{p} must be a JSON Schema (an object), got {type(self.schema).__name__}",
+                                     param=p, code=code)
+            if len(json.dumps(self.schema)) > MAX_GRAMMAR_CHARS:
+                raise InvalidRequest(f"{p} is longer than {MAX_GRAMMAR_CHARS} characters", param=p, code=code)
+        if self.kind == "regex" and (not isinstance(self.pattern, str) or not self.pattern
+                                     or len(self.pattern) > MAX_GRAMMAR_CHARS):
+            raise InvalidRequest(f"{p} must be a non-empty regular expression of at most {MAX_GRAMMAR_CHARS} "
+                                 "characters", param=p, code=code)
+        if self.kind == "choice":
+            c = self.choices
+            if (not isinstance(c, tuple) or not 1 <= len(c) <= MAX_CHOICES
+                    or any(not isinstance(x, str) or not x for x in c)):
+                raise InvalidRequest(f"{p} must be a list of 1 to {MAX_CHOICES} non-empty strings", param=p, code=code)
+
+
 @dataclass(frozen=True)
 class RequestOptions:
     """How one request is served. None means: the engine's default (EngineConfig)."""
@@ -69,6 +110,7 @@ class RequestOptions:
     # implies sparse decode. "full": every layer keeps every position.
     kv_mode: KVMode | None = None
     speculative: Speculation | None = None  # None: the engine's default (EngineConfig.speculative_num_tokens)
+    structured: StructuredOutput | None = None  # the output follows this grammar (structured/); None: free text
 
     def __post_init__(self) -> None:
         if self.prefill is not None:

@@ -15,6 +15,7 @@ from torch import Tensor
 from lighthouse.engine.errors import INTERNAL_ERROR, OUT_OF_MEMORY
 from lighthouse.engine.request import RequestOutput, Sequence, Status, TokenLogprob
 from lighthouse.engine.sampling import SampleRow, sample
+from lighthouse.engine.structured.mask import GrammarError, mask_logits
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +36,9 @@ class OutputProcessor:
         return [SampleRow(s.params, s.generator, s.output_counts, s.request.prompt_mask) for s in seqs]
 
     def sample(self, seqs: list[Sequence], logits: Tensor) -> list[Sampled]:
-        """logits (B, V): one ([token], logprobs or None) per sequence."""
-        res = sample(logits, self.rows(seqs))
+        """logits (B, V): one ([token], logprobs or None) per sequence. Rows with a grammar are masked first (so their
+        logprobs are those of the allowed tokens, as vLLM reports them)."""
+        res = sample(mask_logits(logits, seqs), self.rows(seqs))
         out: list[Sampled] = []
         for b, s in enumerate(seqs):
             lp = None
@@ -46,7 +48,8 @@ class OutputProcessor:
         return out
 
     def advance(self, s: Sequence, tok: int) -> tuple[str, str | None]:
-        """Append tok to s: (text that can be shown now, finish reason or None)."""
+        """Append tok to s: (text that can be shown now, finish reason or None). A grammar that tok completes
+        finishes the sequence ("stop")."""
         s.output_ids.append(tok)
         if s.output_counts is not None:
             s.output_counts[tok] += 1
@@ -54,8 +57,10 @@ class OutputProcessor:
         if tok in p.stop_token_ids or (tok in self.eos_ids and not p.ignore_eos):
             reason = "stop"
         else:
+            if s.grammar is not None and not s.grammar.consume_token(tok):
+                raise GrammarError(f"the output grammar refused token {tok}: {s.grammar.get_error()}")
             text = s.text.add(tok)
-            if s.text.stopped_by is not None:
+            if s.text.stopped_by is not None or (s.grammar is not None and s.grammar.is_stopped()):
                 reason = "stop"
         if reason is None and len(s.output_ids) >= p.max_tokens:
             reason = "length"

@@ -95,6 +95,7 @@ class Sequence:
     prefill_reported: bool = False
     request: Request | None = None
     history: Any = None  # prompt + output tokens for prompt-lookup drafts (speculative/proposer.py), made on use
+    grammar: Any = None  # an llguidance matcher in step with output_ids (structured/), if the output has a grammar
 
 
 @dataclass

@@ -69,8 +69,9 @@ def _named_in_scripts() -> list[tuple[str, str]]:
     scripts = [p for tree in (*SCRIPT_TREES, "scripts") for p in (ROOT / tree).rglob("*") if p.suffix in (".sh", ".py")]
     for path in scripts:
         text = path.read_text()
-        named += [(str(path.relative_to(ROOT)), m) for m in re.findall(r"-m ((?:bench|recipes)(?:\.\w+)+)", text)
-                  if m.islower()]  # not a placeholder (bench.perf.NAME)
+        # not a placeholder (bench.perf.NAME) nor a package whose module a shell variable names (bench.perf.$bench)
+        named += [(str(path.relative_to(ROOT)), m) for m in re.findall(r"-m ((?:bench|recipes)(?:\.\w+)+)(?!\w|\.\$)", text)
+                  if m.islower()]
         if path.suffix == ".sh":
             named += [(str(path.relative_to(ROOT)), m)
                       for m in re.findall(r"(?<![\w/.-])((?:bench|recipes)/[\w./-]+\.(?:py|sh))\b", text)]

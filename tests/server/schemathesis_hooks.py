@@ -16,6 +16,7 @@ RUNTIME_ONLY_REFUSALS = {
     "kv_cache_exceeded",  # n x (prompt + max_tokens) positions > the KV cache
     "invalid_combination",  # a relation between fields: best_of != n, stream_options without stream
     "citations_unavailable",  # citations: true without an uploaded document to cite (server state, not JSON)
+    "invalid_grammar",  # a response_format schema, guided_json or guided_regex the grammar library cannot follow
 }
 
 

@@ -18,6 +18,16 @@ Timeout = TimeoutTypes | NotGiven
 Stop = str | list[str] | None
 
 
+def _structured(response_format: Mapping[str, Any] | None, guided_json: Mapping[str, Any] | str | None,
+                guided_regex: str | None, guided_choice: list[str] | None) -> dict[str, Any]:
+    """The structured-output fields as the body carries them (None: left out)."""
+    return dict(
+        response_format=dict(response_format) if response_format is not None else None,
+        guided_json=dict(guided_json) if isinstance(guided_json, Mapping) else guided_json,
+        guided_regex=guided_regex, guided_choice=list(guided_choice) if guided_choice is not None else None,
+    )  # fmt: skip
+
+
 class _Resource:
     def __init__(self, client: Requester) -> None:
         self._client = client
@@ -50,6 +60,10 @@ class Completions(_Resource):
         dense_tail_tokens: int | None = None,
         kv_mode: str | None = None,
         speculative: Mapping[str, Any] | None = None,
+        response_format: Mapping[str, Any] | None = None,
+        guided_json: Mapping[str, Any] | str | None = None,
+        guided_regex: str | None = None,
+        guided_choice: list[str] | None = None,
         extra_body: Mapping[str, Any] | None = None,
         extra_headers: Mapping[str, str] | None = None,
         timeout: Timeout = NOT_GIVEN,
@@ -59,7 +73,10 @@ class Completions(_Resource):
         `prefill` ("sparse"|"dense"), `decode` ("dense"|"sparse"), `dense_tail_tokens`, `kv_mode`
         ("full"|"compact": keep only the selected context in the Lighthouse layers) and `speculative`
         (`{"method": "prompt_lookup", "num_tokens": k}`: k drafts per step from the prompt, same greedy output)
-        are this server's per-request extensions; `include_usage=True` asks for a last streamed chunk carrying `usage`.
+        are this server's per-request extensions. `response_format` (OpenAI's: `{"type": "json_object"}` or
+        `{"type": "json_schema", "json_schema": {"name", "schema", "strict"}}`) and vLLM's `guided_json`,
+        `guided_regex`, `guided_choice` make the output follow a grammar (one of them per request).
+        `include_usage=True` asks for a last streamed chunk carrying `usage`.
         With no `model`, the client's `model`, else the server's first model, is used.
         """
         body = build_body(
@@ -71,6 +88,7 @@ class Completions(_Resource):
                 stream_options=stream_options(stream, include_usage), user=user, prefill=prefill,
                 decode=decode, dense_tail_tokens=dense_tail_tokens, kv_mode=kv_mode,
                 speculative=dict(speculative) if speculative is not None else None,
+                **_structured(response_format, guided_json, guided_regex, guided_choice),
             ),
             extra_body,
         )  # fmt: skip
@@ -107,6 +125,10 @@ class ChatCompletions(_Resource):
         dense_tail_tokens: int | None = None,
         kv_mode: str | None = None,
         speculative: Mapping[str, Any] | None = None,
+        response_format: Mapping[str, Any] | None = None,
+        guided_json: Mapping[str, Any] | str | None = None,
+        guided_regex: str | None = None,
+        guided_choice: list[str] | None = None,
         extra_body: Mapping[str, Any] | None = None,
         extra_headers: Mapping[str, str] | None = None,
         timeout: Timeout = NOT_GIVEN,
@@ -122,6 +144,7 @@ class ChatCompletions(_Resource):
                 stream=True if stream else None, stream_options=stream_options(stream, include_usage),
                 user=user, prefill=prefill, decode=decode, dense_tail_tokens=dense_tail_tokens, kv_mode=kv_mode,
                 speculative=dict(speculative) if speculative is not None else None,
+                **_structured(response_format, guided_json, guided_regex, guided_choice),
             ),
             extra_body,
         )  # fmt: skip

@@ -143,6 +143,21 @@ def test_speculative_is_sent_as_the_servers_extension_field_in_both_endpoints():
     assert "speculative" not in rec.body(), "not given: the server's default"
 
 
+def test_structured_output_fields_are_sent_as_given_in_both_endpoints():
+    chat = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "tiny",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "{}"}, "finish_reason": "stop",
+                         "logprobs": None}], "usage": COMPLETION["usage"]}
+    rec = Recorder(httpx.Response(200, json=chat), httpx.Response(200, json=COMPLETION),
+                   httpx.Response(200, json=COMPLETION))
+    rf = {"type": "json_schema", "json_schema": {"name": "p", "schema": {"type": "object"}, "strict": True}}
+    rec.client().chat.completions.create(messages=[{"role": "user", "content": "hi"}], response_format=rf)
+    rec.client().completions.create(prompt="hi", guided_choice=["yes", "no"], guided_regex="a+")
+    rec.client().completions.create(prompt="hi", guided_json='{"type": "object"}')
+    assert rec.body(0)["response_format"] == rf and "guided_json" not in rec.body(0)
+    assert (rec.body(1)["guided_choice"], rec.body(1)["guided_regex"]) == (["yes", "no"], "a+")
+    assert rec.body(2)["guided_json"] == '{"type": "object"}' and "response_format" not in rec.body(2)
+
+
 def test_missing_model_is_looked_up_once_from_the_server():
     rec = Recorder(httpx.Response(200, json=MODELS), httpx.Response(200, json=COMPLETION))
     client = rec.client(model=None)

@@ -4,6 +4,8 @@ runner's one forward, accept (acceptance.py), count.
 A sequence's drafts per step: its request's `speculative.num_tokens` (else the engine's default), at most what its
 max_tokens leaves after this step's guaranteed token, so the K/V written stays inside the positions reserved for it.
 When no sequence of the batch has a draft this step, the engine runs the ordinary decode step (its CUDA graphs).
+A sequence with a grammar keeps only the drafts its grammar accepts (structured/mask.py), and its logits at every
+verified position are masked as the grammar stands there, so acceptance never lets a token out of the grammar.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import TYPE_CHECKING
 from lighthouse.engine.request import Sequence, TokenLogprob
 from lighthouse.engine.speculative.acceptance import emitted_logprobs, verify
 from lighthouse.engine.speculative.proposer import TokenHistory, propose
+from lighthouse.engine.structured.mask import checked_drafts, mask_verify_logits
 
 if TYPE_CHECKING:
     from lighthouse.engine.model_runner import ModelRunner
@@ -38,7 +41,8 @@ class Speculator:
             if k and s.history is None:
                 prompt = s.request.prompt().numpy()
                 s.history = TokenHistory(prompt, len(prompt) + s.params.max_tokens)
-            drafts.append(propose(s.history.sync(s.output_ids), k) if k else [])
+            d = propose(s.history.sync(s.output_ids), k) if k else []
+            drafts.append(checked_drafts(s.grammar, d) if s.grammar is not None and d else d)
         return drafts if any(drafts) else None
 
     def step(self, runner: "ModelRunner", outputs: "OutputProcessor", batch: list[Sequence]) -> list["Sampled"]:
@@ -53,6 +57,7 @@ class Speculator:
             drafts: list[list[int]]) -> list["Sampled"]:
         """Verify `drafts` for `batch` in one forward: each sequence's tokens of this step (and logprobs)."""
         logits = runner.verify([s.kv for s in batch], [[s.output_ids[-1], *d] for s, d in zip(batch, drafts)])
+        logits = mask_verify_logits(logits, batch, drafts)  # grammar rows: each position as its drafts leave it
         verified = verify(logits, outputs.rows(batch), drafts)
         sampled: list[Sampled] = []
         for b, (s, v) in enumerate(zip(batch, verified)):
