@@ -81,10 +81,13 @@ def _matches(value: Any, allowed: dict) -> bool:
 def _known_role(value: str) -> str:
     if value in CHAT_ROLES:
         return value
+    if value == "developer":  # OpenAI's name for system instructions to newer models: the template's system turn
+        return "system"
     shown = repr(value) if len(value) <= 40 else repr(value[:40])[:-1] + "...'"
     if value in ("tool", "function"):
         raise PydanticCustomError(UNSUPPORTED, f"role {shown}: tool calling is not supported by this server")
-    raise PydanticCustomError("chat_role", f"{shown} is not a chat role: use 'system', 'user' or 'assistant'")
+    raise PydanticCustomError("chat_role", f"{shown} is not a chat role: use 'system' (or 'developer'), 'user' or "
+                                           "'assistant'")
 
 
 Text = Annotated[str, AfterValidator(_no_lone_surrogates)]
@@ -95,7 +98,7 @@ def Int(**constraints) -> Any:  # noqa: N802 (a type)
 OnlyFalse = Annotated[bool, AfterValidator(_not_supported_if_true), WithJsonSchema({"type": "boolean", "enum": [False]})]
 NonEmptyText = Annotated[str, StringConstraints(min_length=1), AfterValidator(_no_lone_surrogates)]
 Role = Annotated[str, AfterValidator(_no_lone_surrogates), AfterValidator(_known_role),
-                 WithJsonSchema({"type": "string", "enum": list(CHAT_ROLES)})]
+                 WithJsonSchema({"type": "string", "enum": [*CHAT_ROLES, "developer"]})]
 NoList = {"type": "array", "maxItems": 0}
 TokenId = Int(ge=0)
 Finite = dict(allow_inf_nan=False)

@@ -37,7 +37,19 @@ def client(server):
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/tokenize"])
 def test_a_role_the_template_does_not_know_is_a_400_naming_it(client, path, messages, param, assert_error):
     err = assert_error(client.post(path, json={"messages": messages}), 400, param=param)
-    assert "'system', 'user' or 'assistant'" in err["message"]
+    assert "'system' (or 'developer'), 'user' or 'assistant'" in err["message"]
+
+
+def test_a_developer_message_is_the_system_turn(client):
+    """OpenAI's `developer` role (system instructions for newer models) renders as the template's system turn."""
+    def ids(role):
+        r = client.post("/tokenize", json={"messages": [{"role": role, "content": "Be brief."}, *HI]})
+        assert r.status_code == 200, r.text
+        return r.json()["tokens"]
+    assert ids("developer") == ids("system") != ids("user")
+    r = client.post("/v1/chat/completions", json={"messages": [{"role": "developer", "content": "Be brief."}, *HI],
+                                                  "max_tokens": 2})
+    assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] == len(ids("system"))
 
 
 @pytest.mark.parametrize("body,param", [
