@@ -1,4 +1,5 @@
-"""Timing of GPU work with CUDA events: what attention_bench and triton_stages_bench report."""
+"""Timing of GPU work: CUDA-event timings (attention_bench, triton_stages_bench) and a host sync for wall-clock
+benchmarks that also run on the CPU (memory_bench, documents_bench)."""
 
 from __future__ import annotations
 
@@ -20,3 +21,9 @@ def time_ms(fn, reps: int = 10, warmup: int = 2) -> float:
         ts.append(s.elapsed_time(e))
     ts.sort()
     return ts[len(ts) // 2]
+
+
+def sync() -> None:
+    """Wait for the GPU's queued work (no-op without CUDA), so that a host clock read after it counts that work."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()

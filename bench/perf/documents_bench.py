@@ -39,7 +39,9 @@ from pathlib import Path
 
 import torch
 
+from bench.perf.cuda_timing import sync
 from bench.perf.paper_server import TAIL, paper_config
+from bench.perf.paper_server import random_prompt as tokens
 from bench.perf.results_file import ResultsFile
 
 K = 1024
@@ -49,15 +51,6 @@ T0 = time.monotonic()
 
 def log(msg: str) -> None:
     print(f"[{time.monotonic() - T0:7.1f}s] {msg}", flush=True)
-
-
-def sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def tokens(n: int, seed: int) -> list[int]:
-    return torch.randint(32, 127, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
 
 
 def make_model(max_len: int, tiny: bool):

@@ -29,7 +29,9 @@ from pathlib import Path
 
 import torch
 
+from bench.perf.cuda_timing import sync
 from bench.perf.paper_server import TAIL, paper_config
+from bench.perf.paper_server import random_prompt as prompt
 from bench.perf.results_file import ResultsFile
 
 K = 1024
@@ -39,15 +41,6 @@ T0 = time.monotonic()
 
 def log(msg: str) -> None:
     print(f"[{time.monotonic() - T0:7.1f}s] {msg}", flush=True)
-
-
-def sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def prompt(n: int, seed: int) -> list[int]:
-    return torch.randint(32, 127, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
 
 
 class Bench:

@@ -14,6 +14,12 @@ import torch
 TAIL = 64
 
 
+
+def random_prompt(n: int, seed: int) -> list[int]:
+    """n printable-byte token ids drawn from `seed` (a distinct document per seed)."""
+    return torch.randint(32, 127, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
 def paper_config(max_len: int, layers: int = 30, topk: int = 2048):
     from lighthouse.model.config import LighthouseConfig, ModelConfig
     from lighthouse.model.presets import BYTE_VOCAB_SIZE
