@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from lighthouse.ops.paged_attention_rows import paged_decode_attention_rows
-from lighthouse.ops.paged_contract import check_paged_inputs
+from lighthouse.ops.paged_contract import check_paged_inputs, check_row_capacity
 from lighthouse.ops.triton_import import fallback_level, import_kernels
 
 log = logging.getLogger(__name__)
@@ -45,12 +45,8 @@ def paged_decode_attention_ref(
     _, BS, H_kv, _ = k_cache.shape
     r = H // H_kv
     scale = D**-0.5 if scale is None else float(scale)
+    check_row_capacity(block_tables, seq_lens, per_head, r, BS)
     lens, per = seq_lens.long(), per_head.bool()
-    slots_used = torch.where(per, lens * r, lens)  # (B,)
-    capacity = block_tables.shape[1] * BS
-    if B and int(slots_used.max()) > capacity:
-        raise ValueError(f"a row needs more than its table's {capacity} slots "
-                         "(seq_lens[b], times H/H_kv on per_head rows): grow block_tables")
     L = int(lens.max()) if B else 0
     if L == 0:
         return q.new_zeros(B, H, Q, D)

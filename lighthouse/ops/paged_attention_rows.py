@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lighthouse.ops.paged_contract import check_paged_inputs
+from lighthouse.ops.paged_contract import check_paged_inputs, check_row_capacity
 
 
 def paged_decode_attention_rows(
@@ -30,15 +30,12 @@ def paged_decode_attention_rows(
     _, BS, H_kv, _ = k_cache.shape
     r = H // H_kv
     scale = D**-0.5 if scale is None else float(scale)
+    check_row_capacity(block_tables, seq_lens, per_head, r, BS)
     lens, per = seq_lens.tolist(), per_head.tolist()
-    capacity = block_tables.shape[1] * BS
     out = q.new_zeros(B, H, Q, D)
     for b in range(B):
         n = int(lens[b])
         slots = n * r if per[b] else n
-        if slots > capacity:
-            raise ValueError(f"a row needs more than its table's {capacity} slots "
-                             "(seq_lens[b], times H/H_kv on per_head rows): grow block_tables")
         if n == 0:
             continue
         pages = block_tables[b, : -(-slots // BS)].long()

@@ -58,3 +58,13 @@ def check_paged_inputs(q, k_cache, v_cache, block_tables, seq_lens, per_head, ho
     for t in (k_cache, v_cache, block_tables, seq_lens, per_head, hole_start, hole_end):
         if t is not None and t.device != q.device:
             raise ValueError(f"every tensor must be on q's device {q.device} (found one on {t.device})")
+
+
+def check_row_capacity(block_tables: Tensor, seq_lens: Tensor, per_head: Tensor, group: int, block_size: int) -> None:
+    """ValueError for a row whose slots (seq_lens, times `group` = H/H_kv on per-head rows) pass its table's
+    end. Reads seq_lens on the host: for the torch paths, not the capturable Triton one."""
+    lens = seq_lens.long()
+    capacity = block_tables.shape[1] * block_size
+    if lens.numel() and int(torch.where(per_head.bool(), lens * group, lens).max()) > capacity:
+        raise ValueError(f"a row needs more than its table's {capacity} slots "
+                         "(seq_lens[b], times H/H_kv on per_head rows): grow block_tables")
