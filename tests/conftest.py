@@ -21,6 +21,23 @@ import torch
 ASCII = 128
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _whole_decode_batches():
+    """Decode slices (lighthouse/engine/decode_slices.py) choose which rows share a step from measured step time,
+    so on a slow or busy CPU the batches would differ from run to run: in-process engines here decode every running
+    sequence each step (--decode-step-budget-ms 0). tests/engine/test_decode_slices.py sets its own slicers."""
+    from lighthouse.engine.scheduler import Scheduler
+
+    init = Scheduler.__init__
+
+    def whole(self, *args, **kw):
+        init(self, *args, **{**kw, "decode_budget_ms": 0.0})
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Scheduler, "__init__", whole)
+        yield
+
+
 def _make_checkpoint(out: Path, *, preset: str = "tiny", seed: int = 0, **overrides) -> Path:
     from lighthouse.checkpoint import save_checkpoint
     from lighthouse.model import LlamaForCausalLM, model_preset

@@ -1,8 +1,8 @@
 """Decode slices: a decode step that would take longer than a budget decodes a round-robin part of the batch.
 
-A decode step runs every running sequence together; on a slow device (a CPU: ~1.5 s for 64 sequences of 3-8K
-context on the bundled checkpoint) a short prompt that arrives during the step waits for all of it before its
-express prefill. With a budget the step takes the next round-robin slice of the running sequences, sized from the
+A decode step runs every running sequence together; on a slow device (a CPU: ~0.13 s a layer in attention alone
+for 64 sequences of 3-8K context on the bundled checkpoint) a short prompt that arrives during the step waits for
+all of it before its express prefill. With a budget the step takes the next round-robin slice of the running sequences, sized from the
 measured time per decoded sequence so that it ends within the budget; a prompt arriving meanwhile is prefilled
 after it. Every sequence still decodes in turn (the same work, in more steps: what is lost is a step's fixed
 cost per extra step). On a GPU a step rarely reaches the budget (tens of ms), so it rarely slices.

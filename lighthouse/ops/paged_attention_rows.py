@@ -6,7 +6,8 @@ step, and the decode step of a loaded CPU server took ~12 s (bench/results/2026-
 each row gathers its pages once per KV head ((H_kv, n, D), n its own length), the r query heads of a group (times Q
 queries) share them in one batched matmul, and per-query-head rows read their interleaved slots as (H, n, D). Same
 float32 softmax, same masks (causal among the last Q entries, holes, zeros for a head with nothing to attend):
-tests/ops/test_paged_attention_rows.py checks it against the reference.
+tests/ops/test_paged_attention_rows.py checks it against the reference. One layer of 64 rows of 3-8K entries: 1,137 ms
+(reference) vs 133 ms; 128 rows of 40-80 entries: 12.8 vs 14.1 ms (bench/results/2026-12-07_cpu_short_prompt_ttft_slices/).
 """
 
 from __future__ import annotations
