@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# One device hold's checks and measurements, phase by phase (each under its own time limit, output under
+# $OUT/<phase>/ as it goes, so a call cut short still returns what finished):
+#   bash hold.sh tests prefill_ab ttft decode_ab spec documents ...
+# tests:       the GPU tests of the kernels changed since the last hold (paged decode with Q queries per row,
+#              speculation, structured output) and of prefill/decode graphs
+# prefill_ab:  #27's prefill regression below HTTP: prefill_engine_ab.py in the old tree (.ab_old) and this one,
+#              alternating old/new twice, cProfile + torch.profiler in the first pair
+# prefill_http: ab.sh prefill (the HTTP benchmark of the acceptance) old then new, 3 repeats
+# ttft:        #29 item 6 on the GPU: short_prompt_ttft, the burst and shorts every 0.5 s, old tree and this one
+# decode_ab:   ab.sh decode (the decode kernel now takes Q queries per row: the plain decode floor old vs new)
+# spec:        decode_bench's speculative and structured measures (this tree)
+# documents:   documents_bench: 512K cold + compact store restore + concurrency; 256K full (the disk holds no 64 GB)
+set -uo pipefail
+cd "$(dirname "$0")/../../.."
+ROOT=$PWD
+source bench/experiments/2026-12-07_ruler_base/device_env.sh >/dev/null
+OUT="${OUT:-/tmp/out}"
+X=bench/experiments
+phase() {  # name, seconds, command...
+    local name=$1 secs=$2; shift 2
+    mkdir -p "$OUT/$name"
+    echo "== $name $(date +%T) (limit ${secs}s)"
+    timeout -k 5 "$secs" "$@" > "$OUT/$name/log.txt" 2>&1
+    echo "rc $? $(date +%T)"
+    grep -v "Warn\|warn\|USDT" "$OUT/$name/log.txt" | tail -25
+}
+tree_env() {  # old|new -> the PYTHONPATH that serves that tree
+    local src=$ROOT; [ "$1" = old ] && src=$ROOT/.ab_old
+    mkdir -p "/tmp/site_$1"; ln -sfn "$src/server" "/tmp/site_$1/lighthouse_server"
+    [ "$1" = old ] && ln -sfn "$ROOT/lighthouse/assets" "$ROOT/.ab_old/lighthouse/assets"
+    echo "/tmp/site_$1:/tmp/site:$src:$ROOT/clients/python"
+}
+prefill_ab() {
+    local i=0
+    for which in old new old new; do
+        i=$((i + 1))
+        local src=$ROOT; [ $which = old ] && src=$ROOT/.ab_old
+        local prof=""; [ $i -le 2 ] && prof=--profile
+        echo "-- $which run $i $(date +%T)"
+        (cd "$src" && PYTHONPATH=$(tree_env $which) timeout -k 5 150 python3 \
+            "$ROOT/$X/2026-12-07_redesign_ab/prefill_engine_ab.py" "$OUT/prefill_ab/${which}_$i" $prof 2>&1 \
+            | grep -v "Warn\|warn\|USDT")
+    done
+}
+ttft() {  # run from the tree served (its cwd and PYTHONPATH reach the server subprocess); the script is this tree's
+    for run in old:0 new:0 new:0.5; do
+        local which=${run%%:*} gap=${run#*:} src=$ROOT
+        [ $which = old ] && src=$ROOT/.ab_old
+        echo "-- $which gap $gap $(date +%T)"
+        (cd "$src" && PYTHONPATH=$(tree_env $which) timeout -k 5 130 python3 "$ROOT/bench/perf/short_prompt_ttft.py" \
+            --short-gap-s $gap --timeout-s 120 --json "$OUT/ttft/${which}_gap$gap.json" 2>&1 | grep -v "Warn\|warn" | tail -8)
+    done
+}
+for p in "$@"; do
+    case $p in
+        tests)
+            phase tests 240 env TRITON_INTERPRET=0 python3 -m pytest -q -p no:cacheprovider --timeout 150 -rs \
+                tests/ops/test_paged_attention.py tests/ops/test_paged_verify_attention.py \
+                tests/engine/test_decode_graphs_gpu.py tests/engine/speculative/test_speculative_gpu.py \
+                tests/engine/structured/test_structured_gpu.py tests/engine/test_prefill_gpu.py \
+                tests/engine/test_kv_cache_fp8.py tests/ops/test_triton_matches_reference_gpu.py ;;
+        prefill_ab) phase prefill_ab 400 prefill_ab ;;
+        prefill_http) OUT=$OUT/prefill_http phase prefill_http 300 bash $X/2026-12-07_redesign_ab/ab.sh prefill \
+            --kv-cache-gb 62 --repeats 3 ;;
+        ttft) phase ttft 420 ttft ;;
+        decode_ab) OUT=$OUT/decode_ab phase decode_ab 300 bash $X/2026-12-07_redesign_ab/ab.sh decode --kv-cache-gb 62 ;;
+        spec) phase spec 420 python3 -m bench.perf.decode_bench --out "$OUT/spec" --no-eager-compare --spec \
+            --structured --kv-cache-gb 62 --budget-s 380 ;;
+        documents)
+            phase documents 300 python3 -m bench.perf.documents_bench --out "$OUT/documents" --skip full
+            phase documents_256k_full 240 python3 -m bench.perf.documents_bench --out "$OUT/documents_256k_full" \
+                --tokens 262144 --skip cold,compact,concurrent ;;
+        *) echo "unknown phase $p" ;;
+    esac
+done
+df -h /tmp | tail -1
