@@ -10,6 +10,7 @@
 # ttft:        #29 item 6 on the GPU: short_prompt_ttft, the burst and shorts every 0.5 s, old tree and this one
 # decode_ab:   ab.sh decode (the decode kernel now takes Q queries per row: the plain decode floor old vs new)
 # spec:        decode_bench's speculative and structured measures (this tree)
+# fp8:         #31 item 3: the float8 paged decode under kernel variants (fp8_decode_variants.py)
 # documents:   documents_bench: 512K cold + compact store restore + concurrency; 256K full (the disk holds no 64 GB)
 set -uo pipefail
 cd "$(dirname "$0")/../../.."
@@ -71,6 +72,7 @@ for p in "$@"; do
             phase documents 300 python3 -m bench.perf.documents_bench --out "$OUT/documents" --skip full
             phase documents_256k_full 240 python3 -m bench.perf.documents_bench --out "$OUT/documents_256k_full" \
                 --tokens 262144 --skip cold,compact,concurrent ;;
+        fp8) phase fp8 200 python3 $X/2026-12-07_gpu_checks/fp8_decode_variants.py "$OUT/fp8/fp8_decode_variants.json" ;;
         *) echo "unknown phase $p" ;;
     esac
 done

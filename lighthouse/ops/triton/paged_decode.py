@@ -33,6 +33,10 @@ from lighthouse.ops.triton.geometry import INTERPRETING
 log = logging.getLogger(__name__)
 
 TILE = 128 if INTERPRETING else 64  # slots per loop step (TILE // block_size pages when block_size < TILE)
+# A float8 cache: slots per loop step (half the bytes of a 16-bit tile at the same TILE: fewer bytes in flight), and
+# whether its dots run in float16 (e4m3 -> f16 is one instruction per pair on sm_89+; to bf16 it goes through f32).
+FP8_TILE: int | None = None  # None: TILE
+FP8_F16_DOT = False
 WAVES = 1  # default split-K fills this many waves of programs (see default_num_splits)
 MIN_CHUNK = 512  # ... but no split gets fewer than this many of the table's slots
 MAX_SPLITS = 256
@@ -47,7 +51,7 @@ def _paged_decode_kernel(
     qk_scale, H, MAX_SLOTS, SPLITS,
     sq_b, sq_h, sq_q, sk_blk, sk_slot, sk_h, sv_blk, sv_slot, sv_h, sbt_b,
     D: tl.constexpr, R: tl.constexpr, QLEN: tl.constexpr, R_PAD: tl.constexpr, BS: tl.constexpr, TILE: tl.constexpr,
-    SPLIT: tl.constexpr, HAS_HOLE: tl.constexpr, F32_DOT: tl.constexpr, FP8: tl.constexpr,
+    SPLIT: tl.constexpr, HAS_HOLE: tl.constexpr, F32_DOT: tl.constexpr, FP8: tl.constexpr, F16_DOT: tl.constexpr,
 ):
     split = tl.program_id(0)
     g = tl.program_id(1)
@@ -72,6 +76,8 @@ def _paged_decode_kernel(
                 mask=live[:, None], other=0.0)
     if F32_DOT:  # exact fp32 products (fp32 inputs; and the interpreter, whose 16-bit dot is wrong)
         q = q.to(tl.float32)
+    elif F16_DOT:  # a float8 cache read as float16 (exact), q rounded to float16 once
+        q = q.to(tl.float16)
     if HAS_HOLE:
         hs = tl.load(hs_ptr + b * H + head, mask=live, other=0)
         he = tl.load(he_ptr + b)
@@ -96,7 +102,9 @@ def _paged_decode_kernel(
             page = tl.load(bt_row + s // BS, mask=s < end, other=0).to(tl.int64)[:, None]
         off = page * sk_blk + (s % BS)[:, None] * sk_slot + d[None, :]  # (TILE, D), D contiguous
         k = tl.load(k_row + off, mask=used[:, None], other=0.0)
-        if FP8:  # a float8 cache (scale 1): exact in q's dtype
+        if F16_DOT:
+            k = k.to(tl.float16)
+        elif FP8:  # a float8 cache (scale 1): exact in q's dtype
             k = k.to(q_ptr.dtype.element_ty)
         if F32_DOT:
             qk = tl.dot(q, tl.trans(k.to(tl.float32)), input_precision="ieee")
@@ -109,7 +117,9 @@ def _paged_decode_kernel(
         p = tl.exp2(qk - m_use[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
         v = tl.load(v_row + page * sv_blk + (s % BS)[:, None] * sv_slot + d[None, :], mask=used[:, None], other=0.0)
-        if FP8:
+        if F16_DOT:
+            v = v.to(tl.float16)
+        elif FP8:
             v = v.to(q_ptr.dtype.element_ty)
         pv = p.to(v.dtype)  # rounded like the GPU's 16-bit dot operand (a no-op for fp32)
         if F32_DOT:
@@ -243,8 +253,10 @@ def paged_decode(
     if B == 0:
         return out
     has_hole = hole_start is not None
-    consts = dict(D=D, R=r, QLEN=Q, R_PAD=max(16, triton.next_power_of_2(r * Q)), BS=BS, TILE=TILE, HAS_HOLE=has_hole,
-                  F32_DOT=q.dtype == torch.float32 or INTERPRETING, FP8=k_cache.dtype == torch.float8_e4m3fn,
+    fp8 = k_cache.dtype == torch.float8_e4m3fn
+    f32_dot = q.dtype == torch.float32 or INTERPRETING
+    consts = dict(D=D, R=r, QLEN=Q, R_PAD=max(16, triton.next_power_of_2(r * Q)), BS=BS,
+                  TILE=(FP8_TILE or TILE) if fp8 else TILE, HAS_HOLE=has_hole, F32_DOT=f32_dot, FP8=fp8, F16_DOT=fp8 and FP8_F16_DOT and not f32_dot,
                   num_warps=NUM_WARPS, num_stages=NUM_STAGES)
 
     def args(part, m, lsum, splits):

@@ -1,0 +1,76 @@
+"""#31 item 3: why the float8 paged decode is far from its floor. One layer of the 270M paper shape (8 KV heads of
+128, block 16), batch 1 x 512K and batch 32 x 16K slots, the Triton paged decode in bf16 and in float8 under kernel
+variants (slots per tile, float16 dots, pipeline stages, warps), timed with CUDA events; bytes read / time.
+
+    python fp8_decode_variants.py OUT_JSON"""
+
+import itertools
+import json
+import sys
+
+import torch
+
+import lighthouse.ops.triton.paged_decode as pd
+
+H = H_KV = 8
+D, BS = 128, 16
+
+
+def case(B: int, n: int, dtype):
+    blocks = B * n // BS
+    g = torch.Generator(device="cuda").manual_seed(0)
+    k = torch.randn(blocks, BS, H_KV, D, device="cuda", generator=g).to(torch.bfloat16)
+    v = torch.randn(blocks, BS, H_KV, D, device="cuda", generator=g).to(torch.bfloat16)
+    if dtype != torch.bfloat16:
+        k, v = k.to(dtype), v.to(dtype)
+    q = torch.randn(B, H, D, device="cuda", generator=g).to(torch.bfloat16)
+    table = torch.arange(blocks, device="cuda", dtype=torch.int32).view(B, n // BS)
+    lens = torch.full((B,), n, device="cuda", dtype=torch.int32)
+    per = torch.zeros(B, device="cuda", dtype=torch.int32)
+    return q, k, v, table, lens, per
+
+
+def timed(args, iters=20) -> tuple[float, torch.Tensor]:
+    out = pd.paged_decode(*args)
+    torch.cuda.synchronize()
+    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    a.record()
+    for _ in range(iters):
+        pd.paged_decode(*args)
+    b.record()
+    torch.cuda.synchronize()
+    return a.elapsed_time(b) / iters, out
+
+
+def main() -> None:
+    res = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "shape": f"H {H}, H_kv {H_KV}, D {D}, "
+           f"block {BS}, one layer", "cases": []}
+    for B, n in ((1, 512 * 1024), (32, 16 * 1024)):
+        base = case(B, n, torch.bfloat16)
+        ms, ref = timed(base)
+        nbytes = 2 * base[1].numel() * 2
+        res["cases"].append({"B": B, "n": n, "dtype": "bf16", "ms": ms, "GBps": nbytes / ms / 1e6, "variant": "default"})
+        print(res["cases"][-1], flush=True)
+        f8 = case(B, n, torch.float8_e4m3fn)
+        deq = (f8[0], f8[1].to(torch.bfloat16), f8[2].to(torch.bfloat16), *f8[3:])
+        _, ref8 = timed(deq, 1)
+        del deq
+        for tile, f16, (stages, warps) in itertools.product((64, 128, 256), (False, True), ((3, 4), (4, 4), (3, 8))):
+            pd.FP8_TILE, pd.FP8_F16_DOT, pd.NUM_STAGES, pd.NUM_WARPS = tile, f16, stages, warps
+            try:
+                ms, out = timed(f8)
+            except Exception as exc:  # noqa: BLE001 - e.g. out of shared memory
+                print(f"tile {tile} f16 {f16} stages {stages} warps {warps}: {type(exc).__name__}", flush=True)
+                continue
+            err = (out.float() - ref8.float()).abs().max().item()
+            res["cases"].append({"B": B, "n": n, "dtype": "fp8", "ms": ms, "GBps": nbytes / 2 / ms / 1e6, "tile": tile,
+                                 "f16_dot": f16, "stages": stages, "warps": warps, "max_abs_err_vs_bf16_of_fp8": err})
+            print(res["cases"][-1], flush=True)
+        pd.FP8_TILE, pd.FP8_F16_DOT, pd.NUM_STAGES, pd.NUM_WARPS = None, False, 3, 4
+        del f8, base
+        torch.cuda.empty_cache()
+        json.dump(res, open(sys.argv[1], "w"), indent=1)
+
+
+if __name__ == "__main__":
+    main()
