@@ -51,10 +51,10 @@ class Generation:
         self.prefill = None  # the engine's PrefillInfo, from the first output that carries it
         self.stream = None
 
-    def submit(self) -> None:
+    async def submit(self) -> None:
         """Queue in the engine; raises APIError (400/429/503) when the engine refuses."""
         try:
-            self.stream = self.engine.submit(self.fmt.id, self.prompt_ids, self.params, self.options)
+            self.stream = await self.engine.submit_async(self.fmt.id, self.prompt_ids, self.params, self.options)
         except EngineError as exc:
             raise from_engine_error(exc, queue_full_status=self.settings.queue_full_status,
                                     retry_after_s=self.settings.retry_after_s, prompt_param=self.prompt_param) from None

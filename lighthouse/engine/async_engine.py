@@ -25,7 +25,7 @@ from lighthouse.engine.errors import (ENGINE_DEAD, INTERNAL_ERROR, SHUTTING_DOWN
                                      is_device_fatal)
 from lighthouse.engine.options import RequestOptions
 from lighthouse.engine.sampling import SamplingParams
-from lighthouse.engine.request import PromptProgress, RequestOutput
+from lighthouse.engine.request import PromptProgress, Request, RequestOutput
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +134,22 @@ class AsyncEngine:
     def submit(self, request_id: str, prompt_ids: list[int], params: SamplingParams,
                options: RequestOptions | None = None) -> RequestStream:
         """Validate and queue (raises InvalidRequest, QueueFull, EngineStopped); iterate the returned stream."""
+        self._check_accepting()
+        return self._queue(self.engine.make_request(request_id, prompt_ids, params, options), len(prompt_ids))
+
+    async def submit_async(self, request_id: str, prompt_ids: list[int], params: SamplingParams,
+                           options: RequestOptions | None = None) -> RequestStream:
+        """As `submit`, for the event loop: a request with structured output compiles its grammar in a worker thread
+        (a large schema takes a while), so other requests are not held up meanwhile."""
+        self._check_accepting()
+        if options is not None and options.structured is not None:
+            req = await asyncio.to_thread(self.engine.make_request, request_id, prompt_ids, params, options)
+            self._check_accepting()  # again: the state may have changed while it compiled
+        else:
+            req = self.engine.make_request(request_id, prompt_ids, params, options)
+        return self._queue(req, len(prompt_ids))
+
+    def _check_accepting(self) -> None:
         if not self.accepting or not self.is_alive():
             raise EngineStopped("the server is shutting down or the engine is not running")
         stats = self.stats()
@@ -141,7 +157,10 @@ class AsyncEngine:
         if stats["waiting"] >= self.max_waiting + free_slots:  # max_waiting 0: no queue beyond the free slots
             raise QueueFull(f"too many requests waiting (the queue holds {self.max_waiting} beyond the running "
                             "batch); retry later")
-        req = self.engine.make_request(request_id, prompt_ids, params, options)
+
+    def _queue(self, req: Request, n_prompt: int) -> RequestStream:
+        """Route a validated request's outputs to a new stream and hand it to the engine thread."""
+        request_id = req.request_id
         loop = asyncio.get_running_loop()
         q: asyncio.Queue = asyncio.Queue()
         with self._routes_lock:
@@ -155,7 +174,7 @@ class AsyncEngine:
             try:
                 self.engine.enqueue(req)
             except Exception as exc:  # duplicate id: fail just this stream
-                self._post(RequestOutput(request_id, 0, [], "", None, True, "error", len(prompt_ids), 0, error=str(exc)),
+                self._post(RequestOutput(request_id, 0, [], "", None, True, "error", n_prompt, 0, error=str(exc)),
                            force_close=True)
 
         self._inbox.put(enqueue)

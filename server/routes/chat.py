@@ -45,7 +45,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request, 
     gen = Generation(engine, settings, metrics, fmt, prompt_ids, params, options,
                      prompt_param="messages", return_progress=body.return_progress, pins_note=pins_note(request),
                      cite=await citer(request, body, doc, prompt_ids))
-    gen.submit()
+    await gen.submit()
     if body.stream:
         return StreamingResponse(gen.sse(), media_type="text/event-stream", headers=SSE_HEADERS)
     try:

@@ -45,7 +45,7 @@ async def create_completion(body: CompletionRequest, request: Request, engine: E
     gen = Generation(engine, settings, metrics, fmt, prompt_ids, params, options,
                      return_progress=body.return_progress, pins_note=pins_note(request),
                      cite=await citer(request, body, doc, prompt_ids))
-    gen.submit()
+    await gen.submit()
     if body.stream:
         return StreamingResponse(gen.sse(), media_type="text/event-stream", headers=SSE_HEADERS)
     try:

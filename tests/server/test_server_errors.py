@@ -87,7 +87,7 @@ def test_the_body_reaches_the_engine_as_one_request_options(client):
     class Recorder:
         tokenizer, max_model_len = real.tokenizer, real.max_model_len
 
-        def submit(self, request_id, prompt_ids, params, options=None):
+        async def submit_async(self, request_id, prompt_ids, params, options=None):
             seen.append(options)
             raise QueueFull("recorded")
 
@@ -159,7 +159,7 @@ def test_queue_full_is_refused_with_retry_after(client, status, assert_error):
     class Full:
         tokenizer, max_model_len = real.tokenizer, real.max_model_len
 
-        def submit(self, *a, **kw):
+        async def submit_async(self, *a, **kw):
             raise QueueFull("too many requests waiting (0); retry later")
 
     client.app.dependency_overrides[get_engine] = lambda: Full()

@@ -122,3 +122,37 @@ def test_text_format_is_free_text(http):
     r = http.post("/v1/chat/completions", json={"messages": HI, "max_tokens": 4, "response_format": {"type": "text"},
                                                 "temperature": 0})
     assert r.status_code == 200, r.text
+
+
+def test_a_slow_grammar_compile_does_not_hold_up_other_requests(server, http, monkeypatch):
+    """The grammar compiles in a worker thread, not on the event loop: while one request's (made slow here) compiles,
+    /health and an unconstrained completion answer at once; the slow request then succeeds."""
+    import threading
+    import time
+
+    from lighthouse.engine.structured.grammar import Grammars
+
+    real, started = Grammars.matchers, threading.Event()
+
+    def slow(self, spec, n):
+        started.set()
+        time.sleep(1.5)
+        return real(self, spec, n)
+
+    monkeypatch.setattr(Grammars, "matchers", slow)
+    result = {}
+
+    def structured():
+        result["r"] = http.post("/v1/completions", json={"prompt": "x", "max_tokens": 8, "guided_choice": ["yes", "no"]})
+
+    t = threading.Thread(target=structured)
+    t.start()
+    assert started.wait(10)
+    t0 = time.monotonic()
+    assert http.get("/health").status_code == 200
+    r = http.post("/v1/completions", json={"prompt": "x", "max_tokens": 2})
+    waited = time.monotonic() - t0
+    t.join(30)
+    assert r.status_code == 200
+    assert waited < 1.0, f"other requests waited {waited:.2f} s for a grammar compile"
+    assert result["r"].status_code == 200 and result["r"].json()["choices"][0]["text"] in ("yes", "no")
