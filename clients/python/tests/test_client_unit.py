@@ -375,6 +375,18 @@ def test_an_error_event_inside_a_stream_raises_api_error_with_the_servers_messag
     assert info.value.type == "server_error"
 
 
+@pytest.mark.parametrize("type_, cls, status", [("invalid_request_error", lc.BadRequestError, 400),
+                                                 ("service_unavailable_error", lc.ServiceUnavailableError, 503),
+                                                 ("insufficient_storage_error", lc.InternalServerError, 507)])
+def test_an_error_event_raises_the_class_and_status_the_same_error_has_as_an_http_answer(type_, cls, status):
+    event = error_body("out of memory", type_, code="out_of_memory")
+    stream = Recorder(httpx.Response(200, content=sse(chat_chunk("a"), event))).client().completions.create(
+        prompt="x", stream=True)
+    with pytest.raises(cls, match="out of memory") as info:
+        list(stream)
+    assert type(info.value) is cls and info.value.status_code == status and info.value.code == "out_of_memory"
+
+
 def test_sse_decoder_handles_comments_multiline_data_and_a_missing_final_blank_line():
     lines = [": keep-alive", "event: progress", "data: {\"a\":", "data: 1}", "", "data:x"]
     events = list(iter_events(iter(lines)))
