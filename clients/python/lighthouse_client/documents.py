@@ -6,8 +6,8 @@ prefilled tail of the prompt.
 
 `upload` sends the document once (POST /v1/documents: the server prefills it and keeps its K/V pinned) and returns
 a handle whose `ask(question)` sends only the question with the document's id; the server places the document
-where `ask` would (first in the user message, a blank line, then "Question: ..."). The /v1/documents requests
-themselves are in _documents_store.py.
+where `ask` would (first in the user message, a blank line, then "Question: ..."); with `on_progress`, the upload
+streams the prefill's progress. The /v1/documents requests themselves are in _documents_store.py.
 """
 
 from __future__ import annotations
@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from ._base_client import NOT_GIVEN, NotGiven, TimeoutTypes
-from ._documents_store import DocumentStore, upload_body
+from ._documents_store import (
+    DocumentStore,
+    ProgressCallback,
+    afinish_upload,
+    finish_upload,
+    refuse_async_callback,
+    upload_body,
+)
 from ._streaming import AsyncStream, Stream
 from .resources import ChatCompletions
 from .types import (
@@ -201,10 +208,21 @@ class Documents:
 
     def upload(self, text: str | None = None, *, file: str | Path | None = None, name: str | None = None,
                ttl_s: float | None = None, kv_mode: str | None = None, system: str | None = DEFAULT_SYSTEM,
+               on_progress: ProgressCallback | None = None,
                timeout: Timeout = NOT_GIVEN) -> DocumentHandle:  # fmt: skip
         """Send a document once (text, or a UTF-8 file's path); the server prefills it and pins its K/V. `system`:
-        the system message its questions will carry (`ask`'s default). Returns a handle with `.ask(question)`."""
-        info = self._store.upload(upload_body(text, file, name, ttl_s, kv_mode, system), timeout)
+        the system message its questions will carry (`ask`'s default). Returns a handle with `.ask(question)`.
+
+        `on_progress`: called with a `DocumentProgress` (`processed` of `total` tokens) as the prefill starts and
+        after each layer; the upload is then streamed, and the timeout applies between these events rather than to
+        the whole prefill. An exception it raises closes the stream (the server cancels the upload) and propagates.
+        A failure midway raises the error the same failure raises without it (BadRequestError, ...)."""
+        body = upload_body(text, file, name, ttl_s, kv_mode, system)
+        if on_progress is None:
+            info: DocumentInfo = self._store.upload(body, timeout)
+        else:
+            refuse_async_callback(on_progress)
+            info = finish_upload(self._store.upload_stream(body, timeout), on_progress)
         return DocumentHandle(self, info, system)
 
     def list(self, *, timeout: Timeout = NOT_GIVEN) -> DocumentList:
@@ -260,9 +278,14 @@ class AsyncDocuments:
 
     async def upload(self, text: str | None = None, *, file: str | Path | None = None, name: str | None = None,
                      ttl_s: float | None = None, kv_mode: str | None = None, system: str | None = DEFAULT_SYSTEM,
+                     on_progress: ProgressCallback | None = None,
                      timeout: Timeout = NOT_GIVEN) -> AsyncDocumentHandle:  # fmt: skip
-        """As `Documents.upload`, awaitable."""
-        info = await self._store.upload(upload_body(text, file, name, ttl_s, kv_mode, system), timeout)
+        """As `Documents.upload`, awaitable; `on_progress` may also be an `async def` function (it is awaited)."""
+        body = upload_body(text, file, name, ttl_s, kv_mode, system)
+        if on_progress is None:
+            info: DocumentInfo = await self._store.upload(body, timeout)
+        else:
+            info = await afinish_upload(await self._store.upload_stream(body, timeout), on_progress)
         return AsyncDocumentHandle(self, info, system)
 
     async def list(self, *, timeout: Timeout = NOT_GIVEN) -> DocumentList:
