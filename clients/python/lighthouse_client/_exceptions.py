@@ -148,12 +148,42 @@ _BY_STATUS: dict[int, type[APIStatusError]] = {
 }
 
 
+# An error event inside a stream comes after a 200: the status it stands for is read from the error's `type`, which
+# the server derives from it (server/errors.py; "invalid_request_error" is its 400s').
+_STATUS_BY_TYPE: dict[str, int] = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "not_found_error": 404,
+    "rate_limit_error": 429,
+    "internal_server_error": 500,
+    "service_unavailable_error": 503,
+    "insufficient_storage_error": 507,
+}
+
+
+def _status_class(status: int) -> type[APIStatusError]:
+    cls = _BY_STATUS.get(status)
+    if cls is None:
+        cls = InternalServerError if status >= 500 else APIStatusError
+    return cls
+
+
 def make_status_error(response: httpx.Response, body: Any) -> APIStatusError:
     """The typed error for a >= 400 response whose body has already been read."""
-    cls = _BY_STATUS.get(response.status_code)
-    if cls is None:
-        cls = InternalServerError if response.status_code >= 500 else APIStatusError
-    return cls(error_message(response, body), response=response, body=body)
+    return _status_class(response.status_code)(error_message(response, body), response=response, body=body)
+
+
+def make_event_error(response: httpx.Response, body: Any) -> APIError:
+    """The error for an error event inside a stream: the class the same error has as an HTTP answer, its
+    `status_code` that answer's status (the stream's own response, in `response`, was a 200), by the error's `type`;
+    a plain APIError for a type this server does not send."""
+    err = body.get("error") if isinstance(body, dict) else None
+    status = _STATUS_BY_TYPE.get(str(err.get("type"))) if isinstance(err, dict) else None
+    if status is None:
+        return APIError(error_message(response, body), request=response.request, body=body)
+    error = _status_class(status)(error_message(response, body), response=response, body=body)
+    error.status_code = status
+    return error
 
 
 def error_message(response: httpx.Response, body: Any) -> str:

@@ -12,7 +12,7 @@ from typing import Any, Generic, TypeVar
 
 import httpx
 
-from ._exceptions import APIConnectionError, APIError, APITimeoutError, error_message
+from ._exceptions import APIConnectionError, APIError, APITimeoutError, make_event_error
 from ._sse import ServerSentEvent, aiter_events, iter_events
 
 T = TypeVar("T")
@@ -20,7 +20,8 @@ Parser = Callable[[Any], T]
 
 
 def _decode(sse: ServerSentEvent, parse: Parser[T], response: httpx.Response) -> T | None:
-    """One event -> one item; None for events to skip. Raises APIError for an error event."""
+    """One event -> one item; None for events to skip. Raises for an error event: the typed error (BadRequestError,
+    ServiceUnavailableError, ...) the same error has as an HTTP answer, else APIError."""
     if not sse.data.strip():
         return None
     try:
@@ -28,7 +29,7 @@ def _decode(sse: ServerSentEvent, parse: Parser[T], response: httpx.Response) ->
     except json.JSONDecodeError as exc:
         raise APIError(f"Malformed event in stream: {sse.data[:200]!r}", request=response.request) from exc
     if sse.event == "error" or (isinstance(payload, dict) and "error" in payload and "choices" not in payload):
-        raise APIError(error_message(response, payload), request=response.request, body=payload)
+        raise make_event_error(response, payload)
     return parse(payload)
 
 

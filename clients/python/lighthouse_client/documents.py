@@ -6,7 +6,8 @@ prefilled tail of the prompt.
 
 `upload` sends the document once (POST /v1/documents: the server prefills it and keeps its K/V pinned) and returns
 a handle whose `ask(question)` sends only the question with the document's id; the server places the document
-where `ask` would (first in the user message, a blank line, then "Question: ...").
+where `ask` would (first in the user message, a blank line, then "Question: ..."); with `on_progress`, the upload
+streams the prefill's progress. The /v1/documents requests themselves are in _documents_store.py.
 """
 
 from __future__ import annotations
@@ -16,6 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from ._base_client import NOT_GIVEN, NotGiven, TimeoutTypes
+from ._documents_store import (
+    DocumentStore,
+    ProgressCallback,
+    afinish_upload,
+    finish_upload,
+    refuse_async_callback,
+    upload_body,
+)
 from ._streaming import AsyncStream, Stream
 from .resources import ChatCompletions
 from .types import (
@@ -57,20 +66,6 @@ def _request_kwargs(document: str, question: str, system: str | None, stream: bo
         messages = document_messages(document, question, system)
     return dict(messages=messages, stream=stream, include_usage=True if stream else None,
                 extra_body=extra or None, **params)  # fmt: skip
-
-
-def _upload_body(text: str | None, file: str | Path | None, name: str | None, ttl_s: float | None,
-                 kv_mode: str | None, system: str | None) -> dict[str, Any]:  # fmt: skip
-    if (text is None) == (file is None):
-        raise ValueError("give the document as text or as a file path, one of them")
-    if file is not None:
-        text = Path(file).read_text(encoding="utf-8")
-        name = name or Path(file).name
-    body: dict[str, Any] = {"text": text, "system": system}
-    for key, value in (("name", name), ("ttl_s", ttl_s), ("kv_mode", kv_mode)):
-        if value is not None:
-            body[key] = value
-    return body
 
 
 def _answer(completion: ChatCompletion) -> DocumentAnswer:
@@ -209,26 +204,37 @@ class Documents:
 
     def __init__(self, chat_completions: ChatCompletions) -> None:
         self._completions = chat_completions
-        self._store = _Store(chat_completions)
+        self._store = DocumentStore(chat_completions._client)
 
     def upload(self, text: str | None = None, *, file: str | Path | None = None, name: str | None = None,
                ttl_s: float | None = None, kv_mode: str | None = None, system: str | None = DEFAULT_SYSTEM,
+               on_progress: ProgressCallback | None = None,
                timeout: Timeout = NOT_GIVEN) -> DocumentHandle:  # fmt: skip
         """Send a document once (text, or a UTF-8 file's path); the server prefills it and pins its K/V. `system`:
-        the system message its questions will carry (`ask`'s default). Returns a handle with `.ask(question)`."""
-        info = self._store._upload(_upload_body(text, file, name, ttl_s, kv_mode, system), timeout)
+        the system message its questions will carry (`ask`'s default). Returns a handle with `.ask(question)`.
+
+        `on_progress`: called with a `DocumentProgress` (`processed` of `total` tokens) as the prefill starts and
+        after each layer; the upload is then streamed, and the timeout applies between these events rather than to
+        the whole prefill. An exception it raises closes the stream (the server cancels the upload) and propagates.
+        A failure midway raises the error the same failure raises without it (BadRequestError, ...)."""
+        body = upload_body(text, file, name, ttl_s, kv_mode, system)
+        if on_progress is None:
+            info: DocumentInfo = self._store.upload(body, timeout)
+        else:
+            refuse_async_callback(on_progress)
+            info = finish_upload(self._store.upload_stream(body, timeout), on_progress)
         return DocumentHandle(self, info, system)
 
     def list(self, *, timeout: Timeout = NOT_GIVEN) -> DocumentList:
-        result: DocumentList = self._store._list(timeout)
+        result: DocumentList = self._store.list(timeout)
         return result
 
     def retrieve(self, document_id: str, *, timeout: Timeout = NOT_GIVEN) -> DocumentInfo:
-        result: DocumentInfo = self._store._retrieve(document_id, timeout)
+        result: DocumentInfo = self._store.retrieve(document_id, timeout)
         return result
 
     def delete(self, document_id: str, *, timeout: Timeout = NOT_GIVEN) -> DocumentDeleted:
-        result: DocumentDeleted = self._store._delete(document_id, timeout)
+        result: DocumentDeleted = self._store.delete(document_id, timeout)
         return result
 
     def ask(
@@ -268,25 +274,30 @@ class Documents:
 class AsyncDocuments:
     def __init__(self, chat_completions: ChatCompletions) -> None:
         self._completions = chat_completions  # an AsyncClient's: create() returns an awaitable
-        self._store = _Store(chat_completions)
+        self._store = DocumentStore(chat_completions._client)
 
     async def upload(self, text: str | None = None, *, file: str | Path | None = None, name: str | None = None,
                      ttl_s: float | None = None, kv_mode: str | None = None, system: str | None = DEFAULT_SYSTEM,
+                     on_progress: ProgressCallback | None = None,
                      timeout: Timeout = NOT_GIVEN) -> AsyncDocumentHandle:  # fmt: skip
-        """As `Documents.upload`, awaitable."""
-        info = await self._store._upload(_upload_body(text, file, name, ttl_s, kv_mode, system), timeout)
+        """As `Documents.upload`, awaitable; `on_progress` may also be an `async def` function (it is awaited)."""
+        body = upload_body(text, file, name, ttl_s, kv_mode, system)
+        if on_progress is None:
+            info: DocumentInfo = await self._store.upload(body, timeout)
+        else:
+            info = await afinish_upload(await self._store.upload_stream(body, timeout), on_progress)
         return AsyncDocumentHandle(self, info, system)
 
     async def list(self, *, timeout: Timeout = NOT_GIVEN) -> DocumentList:
-        result: DocumentList = await self._store._list(timeout)
+        result: DocumentList = await self._store.list(timeout)
         return result
 
     async def retrieve(self, document_id: str, *, timeout: Timeout = NOT_GIVEN) -> DocumentInfo:
-        result: DocumentInfo = await self._store._retrieve(document_id, timeout)
+        result: DocumentInfo = await self._store.retrieve(document_id, timeout)
         return result
 
     async def delete(self, document_id: str, *, timeout: Timeout = NOT_GIVEN) -> DocumentDeleted:
-        result: DocumentDeleted = await self._store._delete(document_id, timeout)
+        result: DocumentDeleted = await self._store.delete(document_id, timeout)
         return result
 
     async def ask(
@@ -315,26 +326,6 @@ class AsyncDocuments:
                                  document_id=document_id)  # fmt: skip
         result = await self._completions.create(**kwargs)
         return AsyncDocumentStream(result) if stream else _answer(result)
-
-
-class _Store:
-    """upload, list, retrieve and delete (POST/GET/DELETE /v1/documents); the request loop is the client's."""
-
-    def __init__(self, chat_completions: ChatCompletions) -> None:
-        self._client = chat_completions._client
-
-    def _upload(self, body: dict[str, Any], timeout: Timeout) -> Any:
-        return self._client._request("POST", "/v1/documents", body=body, cast=DocumentInfo, timeout=timeout)
-
-    def _list(self, timeout: Timeout) -> Any:
-        return self._client._request("GET", "/v1/documents", cast=DocumentList, timeout=timeout)
-
-    def _retrieve(self, document_id: str, timeout: Timeout) -> Any:
-        return self._client._request("GET", f"/v1/documents/{document_id}", cast=DocumentInfo, timeout=timeout)
-
-    def _delete(self, document_id: str, timeout: Timeout) -> Any:
-        return self._client._request("DELETE", f"/v1/documents/{document_id}", cast=DocumentDeleted,
-                                     timeout=timeout)  # fmt: skip
 
 
 class DocumentHandle:

@@ -375,6 +375,18 @@ def test_an_error_event_inside_a_stream_raises_api_error_with_the_servers_messag
     assert info.value.type == "server_error"
 
 
+@pytest.mark.parametrize("type_, cls, status", [("invalid_request_error", lc.BadRequestError, 400),
+                                                 ("service_unavailable_error", lc.ServiceUnavailableError, 503),
+                                                 ("insufficient_storage_error", lc.InternalServerError, 507)])
+def test_an_error_event_raises_the_class_and_status_the_same_error_has_as_an_http_answer(type_, cls, status):
+    event = error_body("out of memory", type_, code="out_of_memory")
+    stream = Recorder(httpx.Response(200, content=sse(chat_chunk("a"), event))).client().completions.create(
+        prompt="x", stream=True)
+    with pytest.raises(cls, match="out of memory") as info:
+        list(stream)
+    assert type(info.value) is cls and info.value.status_code == status and info.value.code == "out_of_memory"
+
+
 def test_sse_decoder_handles_comments_multiline_data_and_a_missing_final_blank_line():
     lines = [": keep-alive", "event: progress", "data: {\"a\":", "data: 1}", "", "data:x"]
     events = list(iter_events(iter(lines)))
@@ -409,6 +421,66 @@ def test_document_stream_reports_progress_then_text_then_done():
     assert events[-1].text == "Alice" and events[-1].usage.total_tokens == 102 and stream.text == "Alice"
 
 
+DOCUMENT = {"id": "doc-1", "object": "document", "tokens": 100, "pinned": True}
+
+
+def upload_progress(processed, total=100):
+    return {"id": "doc-1", "object": "document.progress",
+            "prompt_progress": {"total": total, "cache": 0, "processed": processed, "time_ms": 1.0}}  # fmt: skip
+
+
+def test_upload_streams_only_with_on_progress_and_returns_the_last_event_as_info():
+    rec = Recorder(httpx.Response(200, json=DOCUMENT),
+                   httpx.Response(200, content=sse(upload_progress(0), upload_progress(100), DOCUMENT)))  # fmt: skip
+    client = rec.client()
+    plain = client.documents.upload("text")
+    seen = []
+    streamed = client.documents.upload("text", on_progress=seen.append)
+    assert "stream" not in rec.body(0) and rec.body(1)["stream"] is True
+    assert [(p.processed, p.total) for p in seen] == [(0, 100), (100, 100)]
+    assert streamed.info == plain.info and streamed.id == "doc-1"
+
+
+class EventBody(httpx.SyncByteStream):
+    """A response body sent an event at a time that records whether the client closed it."""
+
+    def __init__(self, *payloads):
+        self.events, self.closed = [sse(p, done=False) for p in payloads] + [sse(done=True)], False
+
+    def __iter__(self):
+        yield from self.events
+
+    def close(self):
+        self.closed = True
+
+
+def test_an_upload_callback_that_raises_closes_the_stream_and_propagates():
+    stop = RuntimeError("enough")
+
+    def cancel(progress):
+        raise stop
+
+    body = EventBody(upload_progress(0), upload_progress(50), DOCUMENT)
+    rec = Recorder(httpx.Response(200, stream=body))
+    client = rec.client()
+    with pytest.raises(RuntimeError) as info:
+        client.documents.upload("text", on_progress=cancel)
+    assert info.value is stop and body.closed  # (closing a streamed upload early cancels it on the server)
+    with pytest.raises(TypeError, match="async"):  # Client cannot await it: refused before anything is sent
+        client.documents.upload("text", on_progress=_async_callback)
+    assert len(rec.requests) == 1
+
+
+async def _async_callback(progress):
+    pass
+
+
+def test_a_streamed_upload_that_ends_without_the_document_raises():
+    rec = Recorder(httpx.Response(200, content=sse(upload_progress(0))))
+    with pytest.raises(lc.APIError, match="without the document"):
+        rec.client().documents.upload("text", on_progress=lambda p: None)
+
+
 # -- async mirrors ---------------------------------------------------------------------------------------
 
 
@@ -435,6 +507,24 @@ def test_async_completion_stream_errors_and_retries(no_sleep):
 
     rec = asyncio.run(main())
     assert no_sleep == [0.25] and len(rec.requests) == 4
+
+
+def test_async_upload_awaits_an_async_callback_and_calls_a_plain_one():
+    async def main():
+        rec = Recorder(httpx.Response(200, content=sse(upload_progress(40), upload_progress(100), DOCUMENT)))
+        seen = []
+
+        async def record(progress):
+            seen.append(("async", progress.processed))
+
+        async with rec.async_client() as client:
+            first = await client.documents.upload("text", on_progress=record)
+            second = await client.documents.upload("text", on_progress=lambda p: seen.append(("sync", p.processed)))
+        return first, second, seen, rec
+
+    first, second, seen, rec = asyncio.run(main())
+    assert seen == [("async", 40), ("async", 100), ("sync", 40), ("sync", 100)]
+    assert first.info.id == second.info.id == "doc-1" and rec.body()["stream"] is True
 
 
 def test_async_document_stream_and_health(no_sleep):
