@@ -213,7 +213,8 @@ class DocumentService:
         raise APIError(507, f"This document needs {need:,} bytes of KV cache, but pinned documents hold {used:,} of "
                        f"the {self.budget_bytes:,}-byte document budget; free {used + need - self.budget_bytes:,} "
                        f"bytes by deleting documents. {self.pinned_note(owner)}",
-                       param="text", code="document_budget_exceeded")
+                       param="text", code="document_budget_exceeded",
+                       headers={"x-should-retry": "false"})  # clients (openai, ours) retry 5xx: this won't pass by itself
 
     def pinned_note(self, owner: str) -> str:
         """The caller's documents, largest first, and what other keys' hold (what a refusal tells to free)."""

@@ -7,6 +7,7 @@ import json
 import shutil
 
 import httpx
+import lighthouse_client as lc
 import openai
 import pytest
 
@@ -188,9 +189,14 @@ def test_upload_past_the_budget_is_507_naming_what_to_free(server, assert_error)
     budget = service.budget_bytes
     service.budget_bytes = service.used_bytes() + 1000  # less than one more document
     try:
-        err = assert_error(http(server).post("/v1/documents", json={"text": DOC}), 507,
-                           code="document_budget_exceeded")
+        r = http(server).post("/v1/documents", json={"text": DOC})
+        err = assert_error(r, 507, code="document_budget_exceeded")
         assert "doc-" in err["message"] and "free" in err["message"]
+        assert r.headers["x-should-retry"] == "false"  # clients retry 5xx; this one waits for a delete
+        sent: list = []  # the SDK sends it once, not 1 + max_retries times
+        with httpx.Client(event_hooks={"request": [sent.append]}) as h, pytest.raises(lc.InternalServerError):
+            lc.Client(base_url=server.url + "/v1", api_key=KEY_A, max_retries=2, http_client=h).documents.upload(DOC)
+        assert len(sent) == 1
     finally:
         service.budget_bytes = budget
 
