@@ -112,19 +112,21 @@ def mask_verify_logits(logits: Tensor, seqs: list, drafts: list[list[int]]) -> T
     if not todo:
         return logits
     logits = logits.contiguous()
-    from llguidance.numpy import fill_next_token_bitmask
+    from llguidance.numpy import fill_next_token_bitmask_par_with_draft_tokens
 
     packed = np.zeros((sum(len(drafts[b]) + 1 for b in todo), words(V)), dtype=np.int32)
     rows: list[int] = []
-    for b in todo:
+    work = []  # (matcher, its first mask's index, its drafts): the executor fills every row's masks in parallel,
+    for b in todo:  # advancing each matcher through its drafts and rolling it back
         m, d = seqs[b].grammar, drafts[b]
         _check(m)
-        for i in range(len(d) + 1):
-            fill_next_token_bitmask(m, packed, len(rows))
-            rows.append(b * Q + Q - 1 - len(d) + i)
-            if i < len(d) and not m.consume_token(d[i]):
-                raise GrammarError(f"the output grammar refused a checked draft token {d[i]}")
-        if d:
-            m.rollback(len(d))
+        work.append((m, len(rows), list(d)))
+        rows += [b * Q + Q - 1 - len(d) + i for i in range(len(d) + 1)]
+    fill_next_token_bitmask_par_with_draft_tokens(_par_executor(), work, packed)
+    for m, _, _ in work:
+        _check(m)
+    empty = np.flatnonzero(~packed.any(axis=1))
+    if empty.size:  # a checked draft the grammar refused after all: the positions after it got no mask
+        raise GrammarError(f"the output grammar refused a checked draft token (mask {int(empty[0])} empty)")
     apply_packed(logits.view(B * Q, V), rows, packed)
     return logits
