@@ -117,15 +117,21 @@ def append_tail_to_context(pool: "KVPool", kv: "SequenceKV", i: int, selected: i
 
 def context_attention(pool: "KVPool", kv: "SequenceKV", i: int, q: Tensor, first_entry: int) -> Tensor:
     """q (1, H, m, D): queries whose K/V are context entries [first_entry, first_entry + m) of layer i (written),
-    each attending to the context up to its own entry, as a sparse decode step would: (1, H, m, D). One row of
-    the paged decode kernel per query, all reading the layer's context table."""
+    each attending to the context up to its own entry, as a sparse decode step would: (1, H, m, D). On CUDA one row
+    of the paged decode kernel per query, all reading the layer's context table; elsewhere one row of m queries."""
     _, H, m, D = q.shape
     dev = q.device
     i32 = torch.int32
+    assert kv.ctx_hole_start is not None
+    if not q.is_cuda:  # off CUDA: one row of m queries, causal among them (its pages gathered once, not m times)
+        out = paged_decode_attention(q, pool.k, pool.v, torch.tensor([kv.ctx_blocks[i]], dtype=i32, device=dev),
+                                     torch.tensor([first_entry + m], dtype=i32, device=dev),
+                                     torch.ones(1, dtype=i32, device=dev), kv.ctx_hole_start[i].to(dev)[None],
+                                     torch.full((1,), kv.ctx_hole_end, dtype=i32, device=dev))
+        return out
     table = torch.tensor([kv.ctx_blocks[i]], dtype=i32, device=dev).expand(m, -1).contiguous()
     lens = torch.arange(first_entry + 1, first_entry + m + 1, dtype=i32, device=dev)
     per_head = torch.ones(m, dtype=i32, device=dev)
-    assert kv.ctx_hole_start is not None
     hole_start = kv.ctx_hole_start[i].to(dev)[None].expand(m, -1).contiguous()
     hole_end = torch.full((m,), kv.ctx_hole_end, dtype=i32, device=dev)
     out = paged_decode_attention(q[0].transpose(0, 1).contiguous(), pool.k, pool.v, table, lens, per_head, hole_start,
