@@ -16,8 +16,7 @@ set -uo pipefail
 cd "$(dirname "$0")/../../.."
 ROOT=$PWD
 source bench/experiments/2026-12-07_ruler_base/device_env.sh >/dev/null
-OUT="${OUT:-/tmp/out}"
-X=bench/experiments
+export OUT="${OUT:-/tmp/out}" ROOT X=bench/experiments
 phase() {  # name, seconds, command...
     local name=$1 secs=$2; shift 2
     mkdir -p "$OUT/$name"
@@ -61,10 +60,10 @@ for p in "$@"; do
                 tests/engine/test_decode_graphs_gpu.py tests/engine/speculative/test_speculative_gpu.py \
                 tests/engine/structured/test_structured_gpu.py tests/engine/test_prefill_gpu.py \
                 tests/engine/test_kv_cache_fp8.py tests/ops/test_triton_matches_reference_gpu.py ;;
-        prefill_ab) phase prefill_ab 400 prefill_ab ;;
+        prefill_ab) phase prefill_ab 400 bash -c "$(declare -f tree_env prefill_ab); prefill_ab" ;;
         prefill_http) OUT=$OUT/prefill_http phase prefill_http 300 bash $X/2026-12-07_redesign_ab/ab.sh prefill \
             --kv-cache-gb 62 --repeats 3 ;;
-        ttft) phase ttft 420 ttft ;;
+        ttft) phase ttft 420 bash -c "$(declare -f tree_env ttft); ttft" ;;
         decode_ab) OUT=$OUT/decode_ab phase decode_ab 300 bash $X/2026-12-07_redesign_ab/ab.sh decode --kv-cache-gb 62 ;;
         spec) phase spec 420 python3 -m bench.perf.decode_bench --out "$OUT/spec" --no-eager-compare --spec \
             --structured --kv-cache-gb 62 --budget-s 380 ;;
