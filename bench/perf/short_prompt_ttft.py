@@ -44,7 +44,8 @@ def free_port() -> int:
 
 
 def start_server(port: int, extra: list[str]) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "lighthouse.cli", "serve", "--host", "127.0.0.1", "--port", str(port), *extra]
+    # `python -m lighthouse_server.cli` is `lighthouse serve` without the entry point (a tree on PYTHONPATH only)
+    cmd = [sys.executable, "-m", "lighthouse_server.cli", "--host", "127.0.0.1", "--port", str(port), *extra]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
 
 

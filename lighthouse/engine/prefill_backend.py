@@ -66,6 +66,7 @@ class PrefillBackend:
         self._qkv: tuple[Tensor, Tensor, Tensor] | None = None  # this layer's (1, heads, n, D)
         self._chunks: list[tuple[int, int]] = []
         self._unrotated = False  # this layer's q/k await the op's rotation
+        self._slots: Tensor | None = None  # this layer's cache slots of positions [s0, N)
 
     # ---- the plan of a layer ---------------------------------------------------------------------------------
     def _pieces(self, layer: int, last: bool) -> list[_Piece]:
@@ -115,12 +116,17 @@ class PrefillBackend:
         else:
             q, k = rope_qk(q, k, cos, sin, v.dtype, out=(buf[0], buf[1]))
             k_cache, v = k, buf[2].copy_(v)
-        if not kv.full_table(layer):  # a compact follow-up's Lighthouse layer: its context takes the K/V
-            e0 = self.plan.selected + a - self.plan.split  # position t is context entry S + t - split
-            slots = pool.slots(kv.ctx_blocks[layer], e0 * r, (e0 + b - a) * r)
-            pool.write(slots, repeat_to_slots(k_cache[0].transpose(0, 1), r), repeat_to_slots(v[0].transpose(0, 1), r))
+        if a == s0:  # the layer's slots for [s0, N) at once: one table upload per layer, sliced per chunk
+            if not kv.full_table(layer):  # a compact follow-up's Lighthouse layer: its context takes the K/V
+                e0 = self.plan.selected + s0 - self.plan.split  # position t is context entry S + t - split
+                self._slots = pool.slots(kv.ctx_blocks[layer], e0 * r, (e0 + self.N - s0) * r)
+            else:
+                self._slots = pool.slots(kv.full_table(layer), s0, self.N)
+        if not kv.full_table(layer):
+            pool.write(self._slots[(a - s0) * r : (b - s0) * r], repeat_to_slots(k_cache[0].transpose(0, 1), r),
+                       repeat_to_slots(v[0].transpose(0, 1), r))
         else:
-            pool.write(pool.slots(kv.full_table(layer), a, b), k_cache[0].transpose(0, 1), v[0].transpose(0, 1))
+            pool.write(self._slots[a - s0 : b - s0], k_cache[0].transpose(0, 1), v[0].transpose(0, 1))
         if self._buffers is not None:
             self._qkv = tuple(x.transpose(1, 2) for x in self._buffers)  # (1, heads, n, D) views
         else:

@@ -33,7 +33,7 @@ tree_env() {  # old|new -> the PYTHONPATH that serves that tree
 }
 prefill_ab() {
     local i=0
-    for which in old new old new; do
+    for which in ${AB_RUNS:-old new old new}; do
         i=$((i + 1))
         local src=$ROOT; [ $which = old ] && src=$ROOT/.ab_old
         local prof=""; [ $i -le 2 ] && prof=--profile
@@ -68,7 +68,8 @@ for p in "$@"; do
         spec) phase spec 420 python3 -m bench.perf.decode_bench --out "$OUT/spec" --no-eager-compare --spec \
             --structured --kv-cache-gb 62 --budget-s 380 ;;
         documents)
-            phase documents 300 python3 -m bench.perf.documents_bench --out "$OUT/documents" --skip full
+            phase documents 300 python3 -m bench.perf.documents_bench --out "$OUT/documents" --skip full ;;
+        documents_full)
             phase documents_256k_full 240 python3 -m bench.perf.documents_bench --out "$OUT/documents_256k_full" \
                 --tokens 262144 --skip cold,compact,concurrent ;;
         fp8) phase fp8 200 python3 $X/2026-12-07_gpu_checks/fp8_decode_variants.py "$OUT/fp8/fp8_decode_variants.json" ;;
