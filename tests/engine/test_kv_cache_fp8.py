@@ -85,6 +85,20 @@ def test_the_triton_kernel_reads_a_float8_cache_like_the_reference(dtype, num_sp
     torch.testing.assert_close(got.float(), want.float(), rtol=tol, atol=tol)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or INTERPRETING, reason="the float16 dots run on a GPU only")
+@pytest.mark.parametrize("magnitude", [1.0, 3e4, 2e5])
+def test_the_kernels_float16_dots_keep_large_queries_finite_and_close(magnitude):
+    """On a GPU a float8 cache's dots run in float16 (q scaled by the softmax scale first): queries far past float16's
+    65,504 still give the reference's softmax, not inf/NaN."""
+    c = paged_case(torch.bfloat16, "cuda")
+    c["q"] = (c["q"].float() * magnitude / c["q"].float().abs().max()).to(torch.bfloat16)
+    got = paged_decode_attention(**c, backend="triton")
+    want = paged_decode_attention_ref(**c)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=2e-2)
+
+
 def test_a_float8_cache_is_refused_with_a_mismatched_value_cache():
     c = paged_case(torch.float32)
     with pytest.raises(ValueError, match="float8"):

@@ -45,6 +45,7 @@ def timed(args, iters=20) -> tuple[float, torch.Tensor]:
 def main() -> None:
     res = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "shape": f"H {H}, H_kv {H_KV}, D {D}, "
            f"block {BS}, one layer", "cases": []}
+    defaults = pd.FP8_TILE, pd.FP8_F16_DOT, pd.NUM_STAGES, pd.NUM_WARPS
     for B, n in ((1, 512 * 1024), (32, 16 * 1024)):
         base = case(B, n, torch.bfloat16)
         ms, ref = timed(base)
@@ -66,7 +67,7 @@ def main() -> None:
             res["cases"].append({"B": B, "n": n, "dtype": "fp8", "ms": ms, "GBps": nbytes / 2 / ms / 1e6, "tile": tile,
                                  "f16_dot": f16, "stages": stages, "warps": warps, "max_abs_err_vs_bf16_of_fp8": err})
             print(res["cases"][-1], flush=True)
-        pd.FP8_TILE, pd.FP8_F16_DOT, pd.NUM_STAGES, pd.NUM_WARPS = None, False, 3, 4
+        pd.FP8_TILE, pd.FP8_F16_DOT, pd.NUM_STAGES, pd.NUM_WARPS = defaults
         del f8, base
         torch.cuda.empty_cache()
         json.dump(res, open(sys.argv[1], "w"), indent=1)

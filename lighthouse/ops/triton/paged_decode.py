@@ -33,10 +33,12 @@ from lighthouse.ops.triton.geometry import INTERPRETING
 log = logging.getLogger(__name__)
 
 TILE = 128 if INTERPRETING else 64  # slots per loop step (TILE // block_size pages when block_size < TILE)
-# A float8 cache: slots per loop step (half the bytes of a 16-bit tile at the same TILE: fewer bytes in flight), and
-# whether its dots run in float16 (e4m3 -> f16 is one instruction per pair on sm_89+; to bf16 it goes through f32).
-FP8_TILE: int | None = None  # None: TILE
-FP8_F16_DOT = False
+# A float8 cache: slots per loop step (a 16-bit tile's bytes at twice the slots), and whether its dots run in float16
+# (e4m3 -> f16 is exact and cheap; to bf16 it goes through f32). One layer of 512K slots, 8 KV heads of 128, on an
+# H200 (bench/results/2026-12-07_h200_gpu_checks/fp8_decode_variants.json): bf16 0.505 ms; float8 at TILE 64 in bf16
+# 0.576 ms (slower than bf16), at 128 in bf16 0.487, at 128 in float16 0.425 (256: 0.441; 8 warps slower everywhere).
+FP8_TILE: int | None = 128  # None: TILE
+FP8_F16_DOT = True
 WAVES = 1  # default split-K fills this many waves of programs (see default_num_splits)
 MIN_CHUNK = 512  # ... but no split gets fewer than this many of the table's slots
 MAX_SPLITS = 256
@@ -48,7 +50,7 @@ LOG2E = 1.4426950408889634
 @triton.jit
 def _paged_decode_kernel(
     q_ptr, k_ptr, v_ptr, bt_ptr, len_ptr, per_ptr, hs_ptr, he_ptr, o_ptr, m_ptr, l_ptr,
-    qk_scale, H, MAX_SLOTS, SPLITS,
+    qk_scale, q_scale, H, MAX_SLOTS, SPLITS,
     sq_b, sq_h, sq_q, sk_blk, sk_slot, sk_h, sv_blk, sv_slot, sv_h, sbt_b,
     D: tl.constexpr, R: tl.constexpr, QLEN: tl.constexpr, R_PAD: tl.constexpr, BS: tl.constexpr, TILE: tl.constexpr,
     SPLIT: tl.constexpr, HAS_HOLE: tl.constexpr, F32_DOT: tl.constexpr, FP8: tl.constexpr, F16_DOT: tl.constexpr,
@@ -76,8 +78,8 @@ def _paged_decode_kernel(
                 mask=live[:, None], other=0.0)
     if F32_DOT:  # exact fp32 products (fp32 inputs; and the interpreter, whose 16-bit dot is wrong)
         q = q.to(tl.float32)
-    elif F16_DOT:  # a float8 cache read as float16 (exact), q rounded to float16 once
-        q = q.to(tl.float16)
+    elif F16_DOT:  # a float8 cache read as float16 (exact); q scaled first (float16 overflows past 65504)
+        q = (q.to(tl.float32) * q_scale).to(tl.float16)
     if HAS_HOLE:
         hs = tl.load(hs_ptr + b * H + head, mask=live, other=0)
         he = tl.load(he_ptr + b)
@@ -256,12 +258,14 @@ def paged_decode(
     fp8 = k_cache.dtype == torch.float8_e4m3fn
     f32_dot = q.dtype == torch.float32 or INTERPRETING
     consts = dict(D=D, R=r, QLEN=Q, R_PAD=max(16, triton.next_power_of_2(r * Q)), BS=BS,
-                  TILE=(FP8_TILE or TILE) if fp8 else TILE, HAS_HOLE=has_hole, F32_DOT=f32_dot, FP8=fp8, F16_DOT=fp8 and FP8_F16_DOT and not f32_dot,
+                  TILE=(FP8_TILE or TILE) if fp8 else TILE, HAS_HOLE=has_hole, F32_DOT=f32_dot, FP8=fp8,
+                  F16_DOT=fp8 and FP8_F16_DOT and not f32_dot,
                   num_warps=NUM_WARPS, num_stages=NUM_STAGES)
 
     def args(part, m, lsum, splits):
         return (q, k_cache, v_cache, block_tables, seq_lens, per_head, hole_start if has_hole else seq_lens,
-                hole_end if has_hole else seq_lens, part, m, lsum, scale * LOG2E, H, max_slots, splits,
+                hole_end if has_hole else seq_lens, part, m, lsum, LOG2E if consts["F16_DOT"] else scale * LOG2E,
+                scale, H, max_slots, splits,
                 q.stride(0), q.stride(1), q.stride(2) if Q > 1 else 0, *k_cache.stride()[:3], *v_cache.stride()[:3], block_tables.stride(0))
 
     if num_splits is None:
