@@ -72,6 +72,8 @@ for p in "$@"; do
         documents_full)
             phase documents_256k_full 240 python3 -m bench.perf.documents_bench --out "$OUT/documents_256k_full" \
                 --tokens 262144 --skip cold,compact,concurrent ;;
+        fp8check) phase fp8check 120 env TRITON_INTERPRET=0 python3 -m pytest -q -p no:cacheprovider --timeout 100 -rs \
+            tests/engine/test_kv_cache_fp8.py tests/ops/test_paged_attention.py ;;
         fp8) phase fp8 200 python3 $X/2026-12-07_gpu_checks/fp8_decode_variants.py "$OUT/fp8/fp8_decode_variants.json" ;;
         *) echo "unknown phase $p" ;;
     esac
