@@ -11,6 +11,8 @@ asked for: hits among correct answers.
 
 With --layer-sets, each correct answer is also scored with other sets of layers (the engine's answer_attention,
 called while the server is idle between requests): the measurement behind `citation_layers`.
+
+RULER's needle and QA tasks on a served model (documents split from RULER's prompts): citations_ruler.py.
 """
 
 from __future__ import annotations
