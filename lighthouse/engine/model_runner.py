@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+VERIFY_QUERIES = (2, 3, 5, 9)  # queries per row of a captured verify step (k + 1 for k drafts, rounded up)
+VERIFY_GRAPH_LOGITS_BYTES = 256 << 20  # no graph whose (bucket, queries, V) float32 logits would pass this
 
 
 def graph_buckets(max_batch: int) -> list[int]:
@@ -58,6 +60,8 @@ class ModelRunner:
         self.use_graphs = s.device.type == "cuda" and not enforce_eager
         self.graph_max_batch = min(graph_max_batch or max_batch, max_batch)
         self.graphs: dict[int, _Graph] = {}
+        self.verify_graphs: dict[tuple[int, int], _Graph] = {}  # (batch bucket, queries per row) -> captured verify
+        self._verify_meta: dict[int, Tensor] = {}  # queries per row -> static (max_batch, Q + 3) int64 inputs
         self._graph_pool = None
 
     # ---- prefill ----------------------------------------------------------------------------------------------
@@ -87,16 +91,44 @@ class ModelRunner:
         """Speculative decoding's verify step: each row's tokens (its last sampled token, then its drafts) written at
         its next positions in one forward, causal among them; (B, Q, V) float32 logits with Q the longest row's
         count, each row's right-aligned (row b's are [:, Q - len(tokens[b]):]). Lengths are not advanced here: the
-        scheduler commits the accepted ones (kv.commit_token(n)), so a rejected draft's K/V is overwritten later."""
+        scheduler commits the accepted ones (kv.commit_token(n)), so a rejected draft's K/V is overwritten later.
+        On CUDA it replays a graph captured for (batch bucket, queries bucket): rows padded to the bucket (no
+        tokens: they write to the scratch block and attend nothing) and each row's tokens right-aligned in more
+        queries (padding queries the same)."""
         B, Q = len(kvs), max(len(t) for t in tokens)
+        rows, Qs, graphed = self._verify_shape(B, Q)
         self.inputs.fill_tables(kvs)
-        host = torch.zeros(B, Q + 3, dtype=torch.long)  # ids (right-aligned), then full position, entry, count
+        host = torch.zeros(rows, Qs + 3, dtype=torch.long)  # ids (right-aligned), then full position, entry, count
         for b, (kv, t) in enumerate(zip(kvs, tokens)):
-            host[b, Q - len(t) : Q] = torch.tensor(t)
-            host[b, Q:] = torch.tensor([*kv.decode_position(), len(t)])
-        meta = host.to(self.device, non_blocking=True)
+            host[b, Qs - len(t) : Qs] = torch.tensor(t)
+            host[b, Qs:] = torch.tensor([*kv.decode_position(), len(t)])
+        if not graphed:
+            logits = self._verify_forward(host.to(self.device, non_blocking=True), rows, Qs)
+        else:
+            meta = self._verify_meta.get(Qs)
+            if meta is None:
+                meta = self._verify_meta[Qs] = torch.zeros(self.inputs.ids.shape[0], Qs + 3, dtype=torch.long,
+                                                           device=self.device)
+            meta[:rows].copy_(host)  # pageable: copied before the replay reads it
+            g = self.verify_graphs.get((rows, Qs)) or self._capture_verify(rows, Qs)
+            g.graph.replay()
+            logits = g.logits
+        return logits[:B, Qs - Q :]
+
+    def _verify_shape(self, B: int, Q: int) -> tuple[int, int, bool]:
+        """(rows, queries per row, graphed) of a verify step of B rows of at most Q tokens."""
+        bucket = self._bucket(B)
+        Qs = next((q for q in VERIFY_QUERIES if q >= Q), None)
+        vocab = self.model.config.vocab_size
+        if bucket is None or Qs is None or bucket * Qs * vocab * 4 > VERIFY_GRAPH_LOGITS_BYTES:
+            return B, Q, False
+        return bucket, Qs, True
+
+    def _verify_forward(self, meta: Tensor, rows: int, Q: int) -> Tensor:
+        """The verify step over `rows` rows of meta (rows, Q + 3) (eager, or being captured): (rows, Q, V)."""
+        meta = meta[:rows]
         ids, pos, ctx, n = meta[:, :Q], meta[:, Q], meta[:, Q + 1], meta[:, Q + 2]
-        attention = step_attention(self.model, self.pool, self.inputs, B, pos, ctx, n, Q,
+        attention = step_attention(self.model, self.pool, self.inputs, rows, pos, ctx, n, Q,
                                    rotate_context_rows=self.rotate_context_rows)
         positions = pos[:, None] + verify_positions(n, Q).clamp(min=0)
         with torch.no_grad():
@@ -140,3 +172,22 @@ class ModelRunner:
             logits = self._forward(bucket)
         self.graphs[bucket] = _Graph(graph, logits)
         return self.graphs[bucket]
+
+    def _capture_verify(self, rows: int, Q: int) -> _Graph:
+        """Capture the verify step of (rows, Q) at its first use, over the static inputs `verify` just filled (the
+        warm-up runs write only the rows' next positions, which the replay then writes again)."""
+        meta = self._verify_meta[Q]
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            for _ in range(2):  # compile kernels, pick cuBLAS plans
+                self._verify_forward(meta, rows, Q)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        if self._graph_pool is None:
+            self._graph_pool = torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._graph_pool):
+            logits = self._verify_forward(meta, rows, Q)
+        self.verify_graphs[rows, Q] = _Graph(graph, logits)
+        log.info("captured the verify step for batch %d x %d queries", rows, Q)
+        return self.verify_graphs[rows, Q]

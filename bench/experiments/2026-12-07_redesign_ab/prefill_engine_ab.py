@@ -54,6 +54,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--only", default="")
+    ap.add_argument("--chunk-tokens", type=int, default=32768, help="the engine's prefill_chunk_tokens")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -69,7 +70,7 @@ def main() -> None:
             continue
         ckpt = tmp / name
         checkpoint(ckpt, big + TAIL + 4096, name == "all_sparse", args.tiny)
-        cfg = EngineConfig(dense_tail_tokens=TAIL, max_num_seqs=16,
+        cfg = EngineConfig(dense_tail_tokens=TAIL, max_num_seqs=16, prefill_chunk_tokens=args.chunk_tokens,
                            kv_cache_bytes=int((62 if cuda else 1) * 2**30))
         eng = load_engine(str(ckpt), cfg, device="cuda" if cuda else "cpu", dtype="bfloat16")
         sp = SamplingParams(max_tokens=1, temperature=0, ignore_eos=True)

@@ -186,3 +186,24 @@ def test_bundled_checkpoint_greedy_is_identical_on_an_extractive_prompt():
     spec, (proposed, accepted) = run(llm, [text], params, SPEC)
     assert spec[0].choices[0].token_ids == base[0].choices[0].token_ids
     assert accepted > 0 and proposed > 0
+
+
+@pytest.mark.parametrize("decode", ["dense", "sparse"])
+def test_a_verify_step_padded_as_its_cuda_graph_pads_it_gives_the_same_outputs(llm, decode, monkeypatch):
+    """On CUDA the verify step replays a graph of a bucket's rows and queries: rows with no tokens and each row's tokens
+    right-aligned in more queries. Forced here in eager mode (3 extra rows, 4 extra queries): greedy tokens and their
+    logprobs equal the unpadded step's."""
+    from lighthouse.engine.model_runner import ModelRunner
+
+    ps = prompts(decode == "sparse")
+    params = SamplingParams(temperature=0.0, max_tokens=40, logprobs=1)
+    options = RequestOptions(decode=decode, speculative=SPEC.speculative)
+    plain, _ = run(llm, ps, params, options)
+    monkeypatch.setattr(ModelRunner, "_verify_shape", lambda self, B, Q: (B + 3, Q + 4, False))
+    padded, (proposed, _) = run(llm, ps, params, options)
+    assert proposed > 0
+    for a, b in zip(plain, padded):
+        assert b.choices[0].token_ids == a.choices[0].token_ids
+        la = [t.logprob for t in a.choices[0].logprobs]
+        lb = [t.logprob for t in b.choices[0].logprobs]
+        assert lb == pytest.approx(la, abs=1e-4)

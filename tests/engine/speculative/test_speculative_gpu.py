@@ -44,3 +44,4 @@ def test_bf16_greedy_outputs_are_identical_with_speculation(engine, decode, n):
     spec = generate(engine, prompts, RequestOptions(decode=decode, speculative=Speculation("prompt_lookup", 4)))
     assert spec == base
     assert engine.speculator.accepted > before
+    assert engine.runner.verify_graphs, "the verify step ran from its CUDA graphs too"
