@@ -16,7 +16,7 @@ from lighthouse.engine.errors import InvalidRequest
 from lighthouse.engine.options import RequestOptions
 from lighthouse.engine.plan import min_sparse_len, plan_prefill
 from lighthouse.engine.request import Request, Sequence
-from lighthouse.engine.sampling import SamplingParams, make_generator
+from lighthouse.engine.sampling import SamplingParams, choice_seed, make_generator
 from lighthouse.engine.structured.grammar import Grammars
 
 
@@ -72,7 +72,7 @@ class Intake:
                 param="n" if params.n > 1 else "max_tokens", code="kv_cache_exceeded")
         grammars = [None] * params.n if opts.structured is None else self.grammars.matchers(opts.structured, params.n)
         for i in range(params.n):
-            seed = None if params.seed is None else params.seed + i
+            seed = None if params.seed is None else choice_seed(params.seed, i)
             gen = None if params.greedy else make_generator(seed, self.shape.device)
             req.seqs.append(Sequence(i, params, IncrementalText(self.tokenizer, params.stop), gen, request=req,
                                      grammar=grammars[i]))

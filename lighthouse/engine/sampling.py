@@ -9,6 +9,7 @@ Logprobs are the model's own distribution (log-softmax of the raw logits), as vL
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field
 
@@ -76,6 +77,15 @@ class SamplingParams:
     def greedy(self) -> bool:
         # below 1e-5 (vLLM's threshold) logits / temperature overflows to inf and the softmax to NaN: argmax
         return self.temperature < GREEDY_BELOW
+
+
+def choice_seed(seed: int, i: int) -> int:
+    """The seed of choice i of a request seeded `seed`: the seed itself for the first, a 64-bit hash of (seed, i) for
+    the others, so that choice i of seed s is not choice 0 of seed s + i (seed + i would alias them)."""
+    if i == 0:
+        return seed
+    digest = hashlib.blake2b(f"{seed}:{i}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
 def make_generator(seed: int | None, device: torch.device) -> torch.Generator:

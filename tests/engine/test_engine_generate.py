@@ -160,6 +160,16 @@ def test_seeded_n2_is_reproducible_and_the_choices_differ(llm):
     assert a.choices[0].token_ids != a.choices[1].token_ids
 
 
+def test_choice_i_of_a_seed_is_not_choice_0_of_the_seed_plus_i(llm):
+    """Per-choice seeds are hashed from (seed, i): seed + i made choice 1 of seed 123 equal to choice 0 of seed 124."""
+    p = prompt(20)
+    two = llm.generate([p], SamplingParams(temperature=1.0, max_tokens=16, seed=123, n=2))[0]
+    nxt = llm.generate([p], SamplingParams(temperature=1.0, max_tokens=16, seed=124))[0]
+    one = llm.generate([p], SamplingParams(temperature=1.0, max_tokens=16, seed=123))[0]
+    assert two.choices[0].token_ids == one.choices[0].token_ids  # choice 0 keeps the request's seed
+    assert two.choices[1].token_ids != nxt.choices[0].token_ids
+
+
 def test_stop_token_ids_and_max_tokens_finish_reasons(llm):
     ids = prompt(20)
     free = llm.generate([ids], SamplingParams(**GREEDY))[0].choices[0]
