@@ -75,7 +75,7 @@ def _drive(engine, prompts: list[list[int]], max_tokens: int, k: int) -> tuple[l
 
 def measure(engine, tag: str, batch: int, n_tokens: int, new_tokens: int) -> dict:
     prompts = extractive_prompts(batch, n_tokens)
-    _drive(engine, [p[: min(len(p), 600)] for p in prompts], 4, NUM_TOKENS)  # warm both paths up
+    _drive(engine, [p[: min(len(p), 600)] for p in prompts], 16, NUM_TOKENS)  # warm both paths (verify graphs)
     base, t_base, n_base = _drive(engine, prompts, new_tokens, 0)
     sp = engine.speculator
     before = (sp.proposed, sp.accepted)
