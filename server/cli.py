@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import socket
 import sys
 
 from lighthouse.engine.config import EngineSettings, LoadSettings
@@ -38,19 +39,30 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return Settings(**given(args, Settings))
 
 
-def check_before_loading(settings: Settings) -> None:
+def check_before_loading(settings: Settings) -> socket.socket:
     """Everything that can be refused before the weights load, cheapest first: the port, the checkpoint's files and
     config.json (lighthouse.checkpoint.verify_checkpoint), then memory against the machine (startup_checks.py).
-    Raises StartupError or CheckpointError; logs the memory warnings."""
+    Raises StartupError or CheckpointError; logs the memory warnings. Returns the port's bound socket (the server's
+    to listen on; closed here if a later check fails)."""
     from lighthouse.checkpoint import load_config, verify_checkpoint
     from lighthouse_server.app import checkpoint_dir
-    from lighthouse_server.startup_checks import check_memory, check_port
+    from lighthouse_server.startup_checks import check_memory, reserve_port
 
-    check_port(settings.host, settings.port)
-    checkpoint = checkpoint_dir(settings)
-    verify_checkpoint(checkpoint, require_tokenizer=True)
-    for warning in check_memory(settings, load_config(checkpoint)):
-        logging.getLogger("lighthouse_server.cli").warning(warning)
+    sock = reserve_port(settings.host, settings.port)
+    try:
+        checkpoint = checkpoint_dir(settings)
+        verify_checkpoint(checkpoint, require_tokenizer=True)
+        for warning in check_memory(settings, load_config(checkpoint)):
+            logging.getLogger("lighthouse_server.cli").warning(warning)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _close(sock: socket.socket | None) -> None:
+    if sock is not None:
+        sock.close()
 
 
 def _exit_zero(_sig, _frame) -> None:
@@ -75,21 +87,25 @@ def run(args: argparse.Namespace) -> int:
         print(f"lighthouse serve: invalid settings:\n{exc}")
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sock = None
     try:  # before uvicorn starts, so a bad checkpoint is one clear line, not a lifespan traceback
-        check_before_loading(settings)
+        sock = check_before_loading(settings)
         engine = build_engine(settings)
     except StartupError as exc:
+        _close(sock)
         print(f"lighthouse serve: {exc}", file=sys.stderr)
         return 1
     except CheckpointError as exc:
+        _close(sock)
         print(f"lighthouse serve: cannot load the checkpoint: {exc}", file=sys.stderr)
         return 1
     # --model unknown or its package unreachable; an allocation refused; what only the engine checks
     except (UnknownModel, FileNotFoundError, RuntimeError, ValueError) as exc:
+        _close(sock)
         print(f"lighthouse serve: cannot prepare the model: {exc}", file=sys.stderr)
         return 1
     # SIGTERM/SIGINT: /ready 503, the pre-stop delay, drain, exit 0; the engine thread dying: exit 1
-    return serve(create_app(settings, engine=engine), settings)
+    return serve(create_app(settings, engine=engine), settings, sock=sock)
 
 
 if __name__ == "__main__":  # `python -m lighthouse_server.cli ...`: the same as `lighthouse serve ...`

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 
 import uvicorn
 
@@ -111,11 +112,12 @@ class GracefulServer(uvicorn.Server):
         return await super().on_tick(counter)
 
 
-def serve(app, settings) -> int:
-    """Run `app` under uvicorn until a signal (exit 0 after the drain) or the engine's death (exit 1)."""
+def serve(app, settings, sock: socket.socket | None = None) -> int:
+    """Run `app` under uvicorn until a signal (exit 0 after the drain) or the engine's death (exit 1). `sock`: the
+    port's socket, bound before the model loaded (startup_checks.reserve_port); else uvicorn binds host:port."""
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
                             timeout_graceful_shutdown=STRAGGLER_TIMEOUT_S, access_log=False,
                             **uvicorn_options(settings))  # header size and deadlines (connections.py)
     server = GracefulServer(config, app)
-    server.run()
+    server.run(sockets=[sock] if sock is not None else None)
     return server.exit_code

@@ -3,7 +3,8 @@ within seconds, not a traceback, a hang or an out-of-memory kill an hour later.
 
 In order (server/cli.py runs them; the checkpoint's own checks, config.json bounds included, sit between the port
 and the memory, in lighthouse/checkpoint.py's verify_checkpoint):
-1. The port: bound (and released) as uvicorn will bind it, so a port in use is found before the model loads.
+1. The port: bound as uvicorn would bind it and kept for the server, so a port in use is found before the model
+   loads and none can take it meanwhile.
 2. The device and dtype exist.
 3. Memory: what the settings will allocate, against what is available where it lives. On the CPU the weights, the
    KV cache (--kv-cache-gb, default 2 GiB) and the host cache (--host-cache-gb) all take host memory; on a GPU the
@@ -17,7 +18,9 @@ from __future__ import annotations
 
 import math
 import socket
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 
@@ -34,10 +37,13 @@ class StartupError(Exception):
     """A setting the machine cannot honour; the message is one line that says what to change."""
 
 
-def check_port(host: str, port: int) -> None:
-    """Bind host:port as uvicorn does (SO_REUSEADDR, IPv6 for a host with a colon) and release it at once."""
+def reserve_port(host: str, port: int) -> socket.socket:
+    """Bind host:port as uvicorn would (SO_REUSEADDR, IPv6 for a host with a colon) and keep the socket: the server
+    listens on this one (`shutdown.serve(..., sock=)`), so no other process can take the port while the model
+    loads."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    with _closed_on_error(sock):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
@@ -49,6 +55,16 @@ def check_port(host: str, port: int) -> None:
                 raise StartupError(f"port {port} on {host} is already in use (another server?): stop it or pass "
                                    "--port N") from None
             raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
+@contextmanager
+def _closed_on_error(sock: socket.socket) -> Iterator[None]:
+    try:
+        yield
+    except BaseException:
+        sock.close()
+        raise
 
 
 def resolve_device(settings: Settings) -> tuple[torch.device, torch.dtype]:

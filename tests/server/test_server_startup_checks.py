@@ -112,6 +112,43 @@ def test_a_port_in_use_is_found_before_the_checkpoint_is_even_read(bad_checkpoin
     assert_one_line(proc, f"port {port} on 127.0.0.1 is already in use (another server?): stop it or pass --port N")
 
 
+def test_the_port_stays_held_from_the_check_until_the_server_listens_on_it():
+    """The check keeps its socket for uvicorn (no bind-and-release window in which another process takes the port
+    while the model loads): a second bind fails meanwhile, and the server then answers on that very socket."""
+    import socket
+    import threading
+
+    import httpx
+
+    from lighthouse_server.startup_checks import reserve_port
+
+    sock = reserve_port("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    with socket.socket() as other:
+        with pytest.raises(OSError):
+            other.bind(("127.0.0.1", port))
+    import uvicorn
+    from fastapi import FastAPI
+
+    app = FastAPI()
+    app.get("/ping")(lambda: {"ok": True})
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))  # as shutdown.serve runs it: run(sockets=)
+    t = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    t.start()
+    try:
+        for _ in range(200):
+            try:
+                assert httpx.get(f"http://127.0.0.1:{port}/ping", timeout=1).json() == {"ok": True}
+                break
+            except httpx.TransportError:
+                threading.Event().wait(0.05)
+        else:
+            raise AssertionError("no answer on the reserved socket")
+    finally:
+        server.should_exit = True
+        t.join(10)
+
+
 # (flags, the line) on a machine with 24 GiB available, the bundled checkpoint's weights in fp32 (18.64 MiB)
 TOO_BIG = [
     (["--kv-cache-gb", "30"], "not enough memory: weights 18.64 MiB + KV cache 30.00 GiB (--kv-cache-gb) = 30.02 GiB, "
