@@ -140,8 +140,7 @@ class LLMEngine:
         return {"running": len(self.scheduler.running), "waiting": len(self.scheduler.waiting),
                 "kv_cache_usage": self.kv.usage_ratio, "prefix_cache_usage": self.kv.cached_ratio,
                 "host_cache_usage": host.usage_ratio if host else 0.0,
-                "host_cache_hit_tokens": host.hit_tokens if host else 0,
-                "host_cache_bytes_to_host": host.bytes_to_host if host else 0,
+                "host_cache_hit_tokens": host.hit_tokens if host else 0, "host_cache_bytes_to_host": host.bytes_to_host if host else 0,
                 "host_cache_bytes_to_device": host.bytes_to_device if host else 0,
                 "spec_draft_tokens": self.speculator.proposed, "spec_accepted_tokens": self.speculator.accepted}
 
@@ -185,10 +184,11 @@ class LLMEngine:
         return outputs
 
     # ---- prefill ----------------------------------------------------------------------------------------------
-    def _prefill_budget(self) -> float | None:
-        """Seconds a prefill piece may take while others decode or may arrive (express on); else None (whole)."""
-        ms = self.config.max_prefill_chunk_ms
-        busy = self.scheduler.has_decodable() or self.config.express_prefill_tokens > 0
+    def _prefill_budget(self, work: PrefillWork) -> float | None:
+        """Seconds a prefill piece may take while others decode or may arrive (express on); None (whole) otherwise and
+        for a short rest after a prefix hit (a question on a cached document): a budget syncs after every unit."""
+        ms, express, hit = self.config.max_prefill_chunk_ms, self.config.express_prefill_tokens, work.cached
+        busy = (self.scheduler.has_decodable() or express > 0) and not (hit and len(work.request.prompt_ids) - hit <= express)
         return ms / 1000 if ms is not None and busy else None
 
     def _start_prefill(self, work: PrefillWork) -> None:
@@ -222,7 +222,7 @@ class LLMEngine:
         try:
             if work.task is None:
                 self._start_prefill(work)
-            logits = work.task.run(None if whole else self._prefill_budget())
+            logits = work.task.run(None if whole else self._prefill_budget(work))
             if logits is None:
                 return []  # more pieces to come; the running sequences decode first
             work.task = None

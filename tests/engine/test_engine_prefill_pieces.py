@@ -210,3 +210,29 @@ def test_a_short_prompt_is_prefilled_between_the_pieces_of_a_long_one_and_answer
             for out in eng.step():
                 alone[name] += out.token_ids
     assert got["tokens"] == off["tokens"] == alone  # exact: interleaving changes no token
+
+
+def test_a_short_remainder_after_a_prefix_hit_runs_whole_without_a_budget(model, monkeypatch):
+    """A budget makes the prefill sync the device after every unit (to time it); after a prefix hit, a rest of at most
+    express_prefill_tokens (a question on a cached document) runs whole instead. A long uncached prompt still runs
+    under the budget."""
+    budgets = []
+    real = PrefillTask.run
+
+    def record(self, budget_s=None):
+        budgets.append(budget_s)
+        return real(self, budget_s)
+
+    monkeypatch.setattr(PrefillTask, "run", record)
+    eng = engine(model, max_prefill_chunk_ms=50.0, express_prefill_tokens=64)
+    doc = ids(N, 7)
+    sp = SamplingParams(max_tokens=1, temperature=0.0)
+    eng.add_request("doc", doc, sp, RequestOptions(prefill="dense"))
+    while eng.has_unfinished():
+        eng.step()
+    assert budgets and all(b == 0.05 for b in budgets)  # 1,100 uncached tokens: under the budget
+    budgets.clear()
+    eng.add_request("question", doc + ids(40, 8), sp, RequestOptions(prefill="dense"))
+    while eng.has_unfinished():
+        eng.step()
+    assert budgets == [None]  # 40 uncached tokens after the hit: whole, in one call
