@@ -61,6 +61,7 @@ class PrefillBackend:
         self.lh = usable_lighthouse(c)
         self._rope: dict[tuple[int, int], tuple[Tensor, Tensor]] = {}  # cos/sin per chunk, made once for all layers
         self._tails: dict[tuple[int, int], CachedTail] = {}  # paged tail attention per query range, all layers
+        self._tail_tables: dict[int, Tensor] | None = None  # layer -> its full table on the device, (1, W) int32
         self._multi_chunk = multi_chunk  # q/k/v of every position go to buffers, chunk by chunk (token-major)
         self._buffers: tuple[Tensor, Tensor, Tensor] | None = None
         self._qkv: tuple[Tensor, Tensor, Tensor] | None = None  # this layer's (1, heads, n, D)
@@ -153,6 +154,18 @@ class PrefillBackend:
             with torch.no_grad():
                 append_tail_to_context(self.pool, self.kv, layer, plan.selected, plan.split, self.N, tail_keys)
 
+    def _tail_table(self, i: int) -> Tensor:
+        """Layer i's full table as the paged kernel takes it; every layer's uploaded at the first call in one copy
+        (a cached question's tail runs in every layer: one host-to-device copy, not one per layer)."""
+        if self._tail_tables is None:
+            full = [j for j in range(len(self.kv.blocks)) if self.kv.full_table(j)]
+            host = torch.zeros(len(full), max(len(self.kv.full_table(j)) for j in full), dtype=torch.int32)
+            for r, j in enumerate(full):
+                host[r, : len(self.kv.full_table(j))] = torch.tensor(self.kv.full_table(j), dtype=torch.int32)
+            rows = host.to(self.pool.k.device)
+            self._tail_tables = {j: rows[r : r + 1] for r, j in enumerate(full)}
+        return self._tail_tables[i]
+
     def _tail_key(self, k: Tensor) -> Tensor:
         """k (1, H_kv, N, D) un-rotated (s0 == 0) -> (N - split, H_kv, D): the tail's K rotated at its positions with
         `lighthouse_inv_freq`, as the op rotates a token and sparse decode its keys."""
@@ -187,7 +200,7 @@ class PrefillBackend:
         if pool.k.is_cuda and p.end - p.start <= CachedTail.MAX_QUERIES and p.start > 0:
             key = (p.start, p.end)
             tail = self._tails.get(key) or self._tails.setdefault(key, CachedTail.make(pool, *key))
-            table = CachedTail.table_of(pool, kv.full_table(i))
+            table = self._tail_table(i)
             with torch.no_grad():  # never yield inside it: a suspended generator would leave grad mode off
                 out = tail.attention(q[:, :, p.start - s0 : p.end - s0], pool.k, pool.v, table)
             yield p.start, p.end, out

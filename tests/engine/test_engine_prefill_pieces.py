@@ -236,3 +236,25 @@ def test_a_short_remainder_after_a_prefix_hit_runs_whole_without_a_budget(model,
     while eng.has_unfinished():
         eng.step()
     assert budgets == [None]  # 40 uncached tokens after the hit: whole, in one call
+
+
+@pytest.mark.parametrize("decode", ["dense", "sparse"])
+def test_the_tail_tables_uploaded_at_once_are_each_layers_full_table(model, decode):
+    """The paged tail (CUDA) reads every layer's full table from one upload: row i is layer i's blocks (zeros past
+    them, never read: the kernel stops at the sequence's length); compact layers (no full table) have none."""
+    from lighthouse.engine.prefill_attention import CachedTail
+    from lighthouse.engine.prefill_backend import PrefillBackend
+
+    eng = engine(model)
+    req = eng.make_request("tables", ids(N, 3), SamplingParams(max_tokens=4),
+                           RequestOptions("sparse", decode, 0, cache_prompt=False))
+    kv = eng.kv.allocate(req.reservation)
+    backend = PrefillBackend(eng.model, eng.kv.pool, kv, req.plan, N, 0, 1 << 15, False)
+    for i in range(len(kv.blocks)):
+        if not kv.full_table(i):
+            continue
+        want = CachedTail.table_of(eng.kv.pool, kv.full_table(i))
+        got = backend._tail_table(i)
+        assert got.shape[0] == 1 and got.dtype == torch.int32 and got.is_contiguous()
+        assert torch.equal(got[:, : want.shape[1]], want) and not got[:, want.shape[1] :].any()
+    eng.kv.free(kv)
