@@ -1,6 +1,7 @@
 """Rank every span of each captured sample (capture.py's .npz) by candidate span scores and grade them as
 citations_ruler.py does: a needle among the top 3 (`any_top3`), every needle among the top max(3, needles)
-(`all_topk`), a needle first (`top1`), among correct answers whose needles were located.
+(`all_topk`), a needle first (`top1`), among correct answers whose needles were located; and how far the needle
+leads (its best span's score over the best and over the third-best other span's).
 
 The candidates, fixed before the dev split was captured (a = the answer's queries' weight per document token,
 averaged over layers, heads and those queries, the server's score; q, t, p = the same for the question's queries,
@@ -63,15 +64,20 @@ def span_scores(x, span_of: np.ndarray, S: int) -> np.ndarray:
 
 
 def grade_sample(path: Path, needles) -> dict:
+    """Per candidate: the needles' ranks and grades, and the margin: the best needle span's score over the best and
+    the third-best other span's."""
     z = np.load(path)
     spans, span_of = z["spans"], z["span_of"]
+    hit = np.array([any(a < y and x < b for regions in needles for x, y in regions) for a, b in spans])
     out = {}
     for name, x in token_scores(z).items():
         s = span_scores(x, span_of, len(spans))
         order = np.argsort(-s, kind="stable")
         ranked = [{"start": int(spans[i][0]), "end": int(spans[i][1])} for i in order]
         g = cr.grade(needles, ranked)  # ranks among all spans: the cited top-k are a prefix of this order
-        out[name] = {"ranks": g["ranks"], "any_top3": g["any_top3"], "all_topk": g["all_topk"], "top1": g["top1"]}
+        others = np.sort(s[~hit])[::-1]
+        out[name] = {"ranks": g["ranks"], "any_top3": g["any_top3"], "all_topk": g["all_topk"], "top1": g["top1"],
+                     "over_best": float(s[hit].max() / others[0]), "over_third": float(s[hit].max() / others[2])}
     return out
 
 
@@ -107,6 +113,10 @@ def main() -> None:
         cells = "".join(f"{table[name][t]['any_top3']:>5}/{table[name][t]['graded']:<3} (1st {table[name][t]['top1']:>2})"
                         for t in tasks)
         print(f"{name:14}{cells}  {table[name]['all']['any_top3']}/{table[name]['all']['graded']}")
+    print("the needle's best span over the best / the third-best other span (min, median):")
+    for name in names:
+        best, third = ([g[name][k] for g in graded] for k in ("over_best", "over_third"))
+        print(f"{name:14} {min(best):6.2f} {np.median(best):6.2f}   {min(third):6.2f} {np.median(third):6.2f}")
     Path(args.out).write_text(json.dumps({"table": table, "samples": graded}, indent=1) + "\n")
 
 
