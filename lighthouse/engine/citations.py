@@ -7,7 +7,7 @@ causal attention: what the dense tail and dense decode computed when the answer 
 In the chosen layers, every query of the tail is softmaxed over all the keys it attends to, and per head two means
 of the weights on the document's positions are taken: over the queries that produced the answer's tokens (the last
 prompt position's and every answer token's but the last), and over the prompt's queries before them (the question
-and the chat template's tokens: the baseline). A position's score is the answer's weight in excess of the
+and the chat template's tokens, at most the last 1,024: the baseline). A position's score is the answer's weight in excess of the
 baseline's, per head (max(0, answer - baseline)), averaged over heads and layers: a (P,) score per document
 position. Positions that every query attends (attention sinks, recent text, long stretches of filler) get as much
 from the prompt's queries as from the answer's and cancel; the positions the answer reads and its question did
@@ -58,12 +58,12 @@ def head_excess(answer: Tensor, baseline: Tensor) -> Tensor:
 class _CitationAttention:
     """The chunked forward's attention backend for positions [P, N) against the document's K/V of [0, P).
 
-    queries: (q0, q1), the answer's queries; the prompt's queries [P, q0) are the baseline (`excess`), or not read."""
+    queries: (q0, q1), the answer's queries; b0: the baseline's are the prompt's [b0, q0) (b0 = q0: none)."""
 
-    def __init__(self, model: "LlamaForCausalLM", doc_kv, P: int, N: int, queries: tuple[int, int],
-                 layers: list[int], key_chunk: int, excess: bool = True):
+    def __init__(self, model: "LlamaForCausalLM", doc_kv, P: int, N: int, queries: tuple[int, int], b0: int,
+                 layers: list[int], key_chunk: int):
         self.model, self.doc_kv, self.P, self.N = model, doc_kv, P, N
-        self.queries, self.layers, self.key_chunk, self.excess = queries, set(layers), key_chunk, excess
+        self.queries, self.b0, self.layers, self.key_chunk = queries, b0, set(layers), key_chunk
         self.scores = torch.zeros(P, dtype=torch.float32)
         self._q: list[Tensor] = []
         self._k: list[Tensor] = []
@@ -87,15 +87,14 @@ class _CitationAttention:
             out = attention_with_cache(q, k, v)
             if layer in self.layers:
                 answer, baseline = self._document_weights(q, k)
-                self.scores += head_excess(answer, baseline).cpu() if self.excess else answer.sum(dim=0).cpu()
+                self.scores += head_excess(answer, baseline).cpu()
         self._q = self._k = self._v = []
         yield self.P, self.N, out
 
     def _document_weights(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
         """(H, P) each: the mean softmax weight on the document's keys of the answer's queries [q0, q1), and of the
-        prompt's queries [P, q0) (zeros when there are none, or without `excess`)."""
-        q0, q1 = self.queries
-        b0 = self.P if self.excess else q0  # the first query read
+        baseline's [b0, q0) (zeros when there are none)."""
+        (q0, q1), b0 = self.queries, self.b0
         qs = q[0, :, b0 - self.P : q1 - self.P].float()  # (H, Q, D): positions [b0, q1)
         H, H_kv = qs.shape[0], k.shape[1]
         kk = k[0].float().repeat_interleave(H // H_kv, dim=0)  # (H, N, D)
@@ -126,15 +125,15 @@ class _CitationAttention:
 
 @torch.no_grad()
 def answer_attention(model: "LlamaForCausalLM", pool: "KVPool", tables: list[list[int]], P: int, tail_ids: list[int],
-                     answer_len: int, layers: list[int] | None = None, *, excess: bool = True, key_chunk: int = 16384,
-                     chunk_tokens: int = 4096) -> Tensor:
+                     answer_len: int, layers: list[int] | None = None, *, excess: bool = True,
+                     baseline_queries: int = 1024, key_chunk: int = 16384, chunk_tokens: int = 4096) -> Tensor:
     """(P,) float32 on the CPU: per document position, the answer's attention on it in excess of the prompt's.
 
     tables: per layer, the block table holding the document's K/V of positions [0, P) (a full prefix-cache entry's);
     tail_ids: the token ids after them, the prompt's rest and then the answer's `answer_len` tokens; layers: where
     to read the attention (default `citation_layers`). The answer's queries are positions [N_prompt - 1, N - 1),
-    those that produced the answer's tokens; the baseline's, the prompt's before them, [P, N_prompt - 1). Per layer
-    and head, max(0, answer's mean weight - baseline's mean weight), averaged over heads and layers (so the scores sum
+    those that produced the answer's tokens; the baseline's, the prompt's before them, [P, N_prompt - 1), at most the
+    last `baseline_queries` of them (a long prompt tail costs no more than that). Per layer and head, max(0, answer's mean weight - baseline's mean weight), averaged over heads and layers (so the scores sum
     to at most the share of the answer's attention on the document). excess=False: the answer's mean weight alone
     (the scores then sum to that share)."""
     if answer_len < 1 or answer_len > len(tail_ids):
@@ -144,9 +143,10 @@ def answer_attention(model: "LlamaForCausalLM", pool: "KVPool", tables: list[lis
         raise ValueError("citations need every layer's K/V of the document (a full entry, not a compact one)")
     N = P + len(tail_ids)
     queries = (max(P, N - answer_len - 1), N - 1)  # (the last prompt position is the document's own: not read)
-    H, Q = model.config.num_attention_heads, queries[1] - (P if excess else queries[0])
+    b0 = max(P, queries[0] - baseline_queries) if excess else queries[0]
+    H, Q = model.config.num_attention_heads, queries[1] - b0
     key_chunk = max(256, min(key_chunk, (1 << 26) // max(1, H * Q)))  # one chunk's logits: at most 64M floats
-    backend = _CitationAttention(model, lambda i: pool.read(tables[i], P), P, N, queries, layers, key_chunk, excess)
+    backend = _CitationAttention(model, lambda i: pool.read(tables[i], P), P, N, queries, b0, layers, key_chunk)
     device = pool.k.device
     forward = chunked_forward(model, torch.tensor(tail_ids, dtype=torch.long, device=device), P, backend,
                               chunk_tokens)

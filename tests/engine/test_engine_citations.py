@@ -37,7 +37,8 @@ def generate(eng, rid, prompt, opts, max_tokens=6) -> list[int]:
     return out
 
 
-def reference(ckpt, ids: list[int], P: int, answer_len: int, layers: list[int], excess: bool = True) -> torch.Tensor:
+def reference(ckpt, ids: list[int], P: int, answer_len: int, layers: list[int], excess: bool = True,
+              baseline_queries: int = 1024) -> torch.Tensor:
     from transformers import AutoModelForCausalLM
 
     hf = AutoModelForCausalLM.from_pretrained(str(ckpt), torch_dtype=torch.float32, attn_implementation="eager").eval()
@@ -45,10 +46,11 @@ def reference(ckpt, ids: list[int], P: int, answer_len: int, layers: list[int], 
         att = hf(torch.tensor([ids]), output_attentions=True).attentions  # per layer (1, H, N, N)
     N = len(ids)
     q0, q1 = N - answer_len - 1, N - 1  # the queries that produced the answer's tokens; [P, q0) the prompt's
+    b0 = max(P, q0 - baseline_queries)
     total = torch.zeros(P)
     for i in layers:
         answer = att[i][0, :, q0:q1, :P].mean(dim=1)  # (H, P)
-        baseline = att[i][0, :, P:q0, :P].mean(dim=1) if excess and q0 > P else torch.zeros_like(answer)
+        baseline = att[i][0, :, b0:q0, :P].mean(dim=1) if excess and q0 > b0 else torch.zeros_like(answer)
         total += (answer - baseline).clamp_min(0).sum(dim=0)
     return total / (att[0].shape[1] * len(layers))
 
@@ -75,6 +77,11 @@ def test_scores_equal_transformers_attention_weights_in_excess_of_the_prompts(ll
                              excess=False, key_chunk=256)
     ref_plain = reference(tiny_checkpoint, DOC + QUESTION + answer, len(DOC), len(answer), layers, excess=False)
     assert torch.allclose(plain, ref_plain, atol=1e-6, rtol=1e-4), (plain - ref_plain).abs().max()
+    last5 = answer_attention(eng.model, eng.kv.pool, entry.blocks, len(DOC), QUESTION + answer, len(answer),
+                             baseline_queries=5)  # the baseline: the prompt's last 5 queries before the answer's
+    ref_last5 = reference(tiny_checkpoint, DOC + QUESTION + answer, len(DOC), len(answer), layers, baseline_queries=5)
+    assert torch.allclose(last5, ref_last5, atol=1e-6, rtol=1e-4), (last5 - ref_last5).abs().max()
+    assert not torch.allclose(last5, got)
     assert 0 < float(got.sum()) < float(plain.sum()) <= 1  # the excess is part of the answer's share
 
 
