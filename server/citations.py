@@ -5,7 +5,8 @@ A document's text is cut into spans at sentence ends (`.`, `!`, `?` before white
 longer than `MAX_SPAN_CHARS` into windows of that many characters. Each document token's score goes to the span
 holding the token's first character (offsets from the tokenizer's offset mapping, when the document's tokens are the
 end of its uploaded prefix as they are with byte-level and most BPE tokenizers; else by proportion of the text). A
-span's score is the share of the answer's attention on its tokens; the top-k spans are returned, highest first.
+span's score is the sum of its tokens' scores (the answer's attention on them in excess of the prompt's, per head,
+averaged over heads and layers); the top-k spans are returned, highest first.
 """
 
 from __future__ import annotations

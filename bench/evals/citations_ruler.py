@@ -8,7 +8,8 @@ The pass-key version on the bundled checkpoint is citations_eval.py; this one re
 --samples-dir: `ruler_tasks.cached_generate` finds the file of --file-samples samples made with the served model's
 tokenizer, or makes it) and starts the server in this process (citations_eval.Server) on --model or --checkpoint.
 
-Per sample (the first --n of each task):
+Per sample (the first --n of each task, after the first --skip: samples 25-49 were the dev split on which the span
+score was chosen, bench/results/2026-12-07_cpu_citations_ruler_v2/):
 - Split: RULER's prompt is cut where its question starts (the last "\\nWhat " for niah, the last "\\n\\nAnswer the
   question" for qa). The text before it (RULER's instruction and the haystack, in RULER's order) is the document,
   uploaded with POST /v1/documents; the rest (the question and RULER's answer prefix) is the user message, asked by
@@ -193,7 +194,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tasks", default="niah_single_1,niah_single_2,niah_multikey_1,niah_multivalue,qa_1",
                    help="comma list of RULER's niah tasks and qa_1")
     p.add_argument("--length", type=int, default=4096, help="the samples' length in tokens")
-    p.add_argument("--n", type=int, default=10, help="samples per task (the file's first)")
+    p.add_argument("--n", type=int, default=10, help="samples per task (the file's first, after --skip)")
+    p.add_argument("--skip", type=int, default=0, help="leave out the file's first SKIP samples")
     p.add_argument("--file-samples", type=int, default=50, help="samples in the folder's file (its name's nN)")
     p.add_argument("--seed", type=int, default=42, help="RULER's seed of the samples")
     p.add_argument("--top-k", type=int, default=3, help="spans asked for (at least the needles')")
@@ -223,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     squad = load_squad() if any(tasks[n].kind == "qa" for n in names) else {}
     res = {"date": time.strftime("%Y-%m-%d"), "device": args.device, "torch": torch.__version__,
            "machine": platform.machine(), "cpus": torch.get_num_threads(), "length": args.length, "n": args.n,
-           "seed": args.seed, "top_k": args.top_k, "ruler_samples": args.ruler_samples,
+           "skip": args.skip, "seed": args.seed, "top_k": args.top_k, "ruler_samples": args.ruler_samples,
            "file_samples": args.file_samples, "tokenizer": folder, "by_task": {}}
     source = {"model": args.model} if args.model else {"checkpoint": args.checkpoint}
     with Server(device=args.device, **source) as srv, httpx.Client(base_url=srv.url, timeout=3600) as client:
@@ -231,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         all_rows = []
         for name in names:
             rows = ruler_tasks.cached_generate(tasks[name], args.length, args.file_samples, args.seed, folder,
-                                               args.ruler_samples)[: args.n]
+                                               args.ruler_samples)[args.skip : args.skip + args.n]
             got = run_task(client, tasks[name], rows, args.top_k, squad)
             all_rows += got
             res["by_task"][name] = {**summary(got), "max_tokens": tasks[name].max_tokens, "samples": got}

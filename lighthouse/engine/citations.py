@@ -1,14 +1,23 @@
-"""Citations: how much attention an answer paid to each position of a document it was asked about.
+"""Citations: how much attention an answer paid to each position of a document it was asked about, beyond what the
+prompt's own queries paid to it.
 
 After generation, the tokens after the document (the question, then the answer) are run through the model again
 against the document's cached K/V (a pinned prefix-cache entry: every layer's K/V of positions [0, P)), with dense
 causal attention: what the dense tail and dense decode computed when the answer was made (up to summation order).
-In the chosen layers, each query that produced an answer token (the last prompt position's and every answer
-token's but the last) is softmaxed over all the keys it attends to, and the weights on the document's positions
-are summed over heads, layers and those queries: a (P,) score per document position whose sum is the share of
-attention the answer put on the document. The server turns it into ranked text spans (server/citations.py).
+In the chosen layers, every query of the tail is softmaxed over all the keys it attends to, and per head two means
+of the weights on the document's positions are taken: over the queries that produced the answer's tokens (the last
+prompt position's and every answer token's but the last), and over the prompt's queries before them (the question
+and the chat template's tokens, at most the last 1,024: the baseline). A position's score is the answer's weight in excess of the
+baseline's, per head (max(0, answer - baseline)), averaged over heads and layers: a (P,) score per document
+position. Positions that every query attends (attention sinks, recent text, long stretches of filler) get as much
+from the prompt's queries as from the answer's and cancel; the positions the answer reads and its question did
+not (the needle, once the answer copies from it) keep their weight. Per head, not after averaging: a question that
+repeats the needle's key attends the needle too, in other heads than the ones that copy the value. With no prompt
+queries before the answer's (a one-token question) the baseline is zero and the score is the answer's weight.
+The server turns the scores into ranked text spans (server/citations.py); docs/documents.md has the measurements
+behind the method.
 
-Memory: the tail's q/k/v per layer, and the logits of one key chunk for the answer's queries at a time (two passes
+Memory: the tail's q/k/v per layer, and the logits of one key chunk for the tail's queries at a time (two passes
 over the keys: the log-sum-exp, then the weights), so a 512K document needs no (queries x P) matrix at once.
 Runs on the engine thread (it reads the KV pool), on CPU and GPU alike; no kernel of its own.
 """
@@ -38,13 +47,23 @@ def citation_layers(config) -> list[int]:
     return list(range(config.num_hidden_layers))
 
 
-class _CitationAttention:
-    """The chunked forward's attention backend for positions [P, N) against the document's K/V of [0, P)."""
+def head_excess(answer: Tensor, baseline: Tensor) -> Tensor:
+    """(P,) the answer's weight in excess of the baseline's, summed over heads: sum_h max(0, answer_h - baseline_h).
 
-    def __init__(self, model: "LlamaForCausalLM", doc_kv, P: int, N: int, queries: tuple[int, int],
+    answer, baseline: (H, P) float32, one layer's mean softmax weight per head on the document's positions, over the
+    answer's queries and over the prompt's queries before them (zeros when there are none)."""
+    return (answer - baseline).clamp_min(0).sum(dim=0)
+
+
+class _CitationAttention:
+    """The chunked forward's attention backend for positions [P, N) against the document's K/V of [0, P).
+
+    queries: (q0, q1), the answer's queries; b0: the baseline's are the prompt's [b0, q0) (b0 = q0: none)."""
+
+    def __init__(self, model: "LlamaForCausalLM", doc_kv, P: int, N: int, queries: tuple[int, int], b0: int,
                  layers: list[int], key_chunk: int):
         self.model, self.doc_kv, self.P, self.N = model, doc_kv, P, N
-        self.queries, self.layers, self.key_chunk = queries, set(layers), key_chunk
+        self.queries, self.b0, self.layers, self.key_chunk = queries, b0, set(layers), key_chunk
         self.scores = torch.zeros(P, dtype=torch.float32)
         self._q: list[Tensor] = []
         self._k: list[Tensor] = []
@@ -67,48 +86,56 @@ class _CitationAttention:
         with torch.no_grad():
             out = attention_with_cache(q, k, v)
             if layer in self.layers:
-                self.scores += self._document_weights(q, k)
+                answer, baseline = self._document_weights(q, k)
+                self.scores += head_excess(answer, baseline).cpu()
         self._q = self._k = self._v = []
         yield self.P, self.N, out
 
-    def _document_weights(self, q: Tensor, k: Tensor) -> Tensor:
-        """(P,) the answer queries' softmax weights on the document's keys, summed over heads and queries."""
-        q0, q1 = self.queries
-        qa = q[0, :, q0 - self.P : q1 - self.P].float()  # (H, A, D): positions [q0, q1)
-        H, H_kv = qa.shape[0], k.shape[1]
+    def _document_weights(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+        """(H, P) each: the mean softmax weight on the document's keys of the answer's queries [q0, q1), and of the
+        baseline's [b0, q0) (zeros when there are none)."""
+        (q0, q1), b0 = self.queries, self.b0
+        qs = q[0, :, b0 - self.P : q1 - self.P].float()  # (H, Q, D): positions [b0, q1)
+        H, H_kv = qs.shape[0], k.shape[1]
         kk = k[0].float().repeat_interleave(H // H_kv, dim=0)  # (H, N, D)
-        scale = 1.0 / math.sqrt(qa.shape[-1])
-        pos = torch.arange(q0, q1, device=qa.device)[None, :, None]  # query t attends to keys [0, t]
-        chunks = range(0, self.N, self.key_chunk)
-        lse = torch.full(qa.shape[:2], -math.inf, device=qa.device)
-        for c0 in chunks:
-            logits = self._logits(qa, kk, c0, pos, scale)
+        scale = 1.0 / math.sqrt(qs.shape[-1])
+        pos = torch.arange(b0, q1, device=qs.device)[None, :, None]  # query t attends to keys [0, t]
+        lse = torch.full(qs.shape[:2], -math.inf, device=qs.device)
+        for c0 in range(0, self.N, self.key_chunk):
+            logits = self._logits(qs, kk, c0, pos, scale)
             lse = torch.logaddexp(lse, torch.logsumexp(logits, dim=-1))
-        out = torch.zeros(self.P, dtype=torch.float32, device=qa.device)
+        split = q0 - b0  # queries [0, split) are the baseline's
+        answer = torch.zeros(H, self.P, dtype=torch.float32, device=qs.device)
+        baseline = torch.zeros_like(answer)
         for c0 in range(0, self.P, self.key_chunk):
             c1 = min(c0 + self.key_chunk, self.P)
-            w = torch.exp(self._logits(qa, kk, c0, pos, scale)[..., : c1 - c0] - lse[..., None])
-            out[c0:c1] = w.sum(dim=(0, 1))
-        return out.cpu()
+            w = torch.exp(self._logits(qs, kk, c0, pos, scale)[..., : c1 - c0] - lse[..., None])  # (H, Q, c)
+            if q1 > q0:
+                answer[:, c0:c1] = w[:, split:].mean(dim=1)
+            if split:
+                baseline[:, c0:c1] = w[:, :split].mean(dim=1)
+        return answer, baseline
 
     def _logits(self, qa: Tensor, kk: Tensor, c0: int, pos: Tensor, scale: float) -> Tensor:
         c1 = min(c0 + self.key_chunk, kk.shape[1])
-        logits = torch.einsum("had,hnd->han", qa, kk[:, c0:c1]) * scale  # (H, A, c)
+        logits = torch.einsum("had,hnd->han", qa, kk[:, c0:c1]) * scale  # (H, Q, c)
         keys = torch.arange(c0, c1, device=qa.device)[None, None, :]
         return logits.masked_fill(keys > pos, -math.inf)
 
 
 @torch.no_grad()
 def answer_attention(model: "LlamaForCausalLM", pool: "KVPool", tables: list[list[int]], P: int, tail_ids: list[int],
-                     answer_len: int, layers: list[int] | None = None, *, key_chunk: int = 16384,
-                     chunk_tokens: int = 4096) -> Tensor:
-    """(P,) float32 on the CPU: the mean attention weight an answer put on each of the document's P positions.
+                     answer_len: int, layers: list[int] | None = None, *, excess: bool = True,
+                     baseline_queries: int = 1024, key_chunk: int = 16384, chunk_tokens: int = 4096) -> Tensor:
+    """(P,) float32 on the CPU: per document position, the answer's attention on it in excess of the prompt's.
 
     tables: per layer, the block table holding the document's K/V of positions [0, P) (a full prefix-cache entry's);
     tail_ids: the token ids after them, the prompt's rest and then the answer's `answer_len` tokens; layers: where
-    to read the attention (default `citation_layers`). The queries read are positions [N_prompt - 1, N - 1), those
-    that produced the answer's tokens; the result is averaged over them, the heads and the layers (so it sums to
-    the share of their attention on the document)."""
+    to read the attention (default `citation_layers`). The answer's queries are positions [N_prompt - 1, N - 1),
+    those that produced the answer's tokens; the baseline's, the prompt's before them, [P, N_prompt - 1), at most the
+    last `baseline_queries` of them (a long prompt tail costs no more than that). Per layer and head, max(0, answer's mean weight - baseline's mean weight), averaged over heads and layers (so the scores sum
+    to at most the share of the answer's attention on the document). excess=False: the answer's mean weight alone
+    (the scores then sum to that share)."""
     if answer_len < 1 or answer_len > len(tail_ids):
         raise ValueError(f"answer_len must be in [1, {len(tail_ids)}], got {answer_len}")
     layers = citation_layers(model.config) if layers is None else layers
@@ -116,12 +143,13 @@ def answer_attention(model: "LlamaForCausalLM", pool: "KVPool", tables: list[lis
         raise ValueError("citations need every layer's K/V of the document (a full entry, not a compact one)")
     N = P + len(tail_ids)
     queries = (max(P, N - answer_len - 1), N - 1)  # (the last prompt position is the document's own: not read)
-    H, A = model.config.num_attention_heads, queries[1] - queries[0]
-    key_chunk = max(256, min(key_chunk, (1 << 26) // max(1, H * A)))  # one chunk's logits: at most 64M floats
-    backend = _CitationAttention(model, lambda i: pool.read(tables[i], P), P, N, queries, layers, key_chunk)
+    b0 = max(P, queries[0] - baseline_queries) if excess else queries[0]
+    H, Q = model.config.num_attention_heads, queries[1] - b0
+    key_chunk = max(256, min(key_chunk, (1 << 26) // max(1, H * Q)))  # one chunk's logits: at most 64M floats
+    backend = _CitationAttention(model, lambda i: pool.read(tables[i], P), P, N, queries, b0, layers, key_chunk)
     device = pool.k.device
     forward = chunked_forward(model, torch.tensor(tail_ids, dtype=torch.long, device=device), P, backend,
                               chunk_tokens)
     for _ in forward:
         pass
-    return backend.scores / (H * max(1, A) * max(1, len(layers)))
+    return backend.scores / (H * max(1, len(layers)))

@@ -68,8 +68,8 @@ class DocumentPins:
 
     def answer_attention(self, prefix_ids: list[int], kv_mode: str | None, prompt_ids: list[int],
                          answer_ids: list[int]) -> list[float] | None:
-        """Per position of the document's prefix, the attention the answer paid to it (citations.py), from its pinned
-        entry; None when it is not pinned on the device. Raises InvalidRequest for a compact document (its
+        """Per position of the document's prefix, the attention the answer paid to it beyond the prompt's (citations.py),
+        from its pinned entry; None when it is not pinned on the device. Raises InvalidRequest for a compact document (its
         Lighthouse layers keep a selection, not every position) or a prompt that does not start with the prefix."""
         e = self.find(prefix_ids, kv_mode)
         if e is None:
