@@ -194,7 +194,7 @@ def test_upload_past_the_budget_is_507_naming_what_to_free(server, assert_error)
         assert "doc-" in err["message"] and "free" in err["message"]
         assert r.headers["x-should-retry"] == "false"  # clients retry 5xx; this one waits for a delete
         sent: list = []  # the SDK sends it once, not 1 + max_retries times
-        with httpx.Client(event_hooks={"request": [sent.append]}) as h, pytest.raises(lc.InternalServerError):
+        with httpx.Client(event_hooks={"request": [sent.append]}) as h, pytest.raises(lc.InsufficientStorageError):
             lc.Client(base_url=server.url + "/v1", api_key=KEY_A, max_retries=2, http_client=h).documents.upload(DOC)
         assert len(sent) == 1
     finally:

@@ -135,6 +135,10 @@ class ServiceUnavailableError(InternalServerError):  # 503: queue full, not read
     pass
 
 
+class InsufficientStorageError(InternalServerError):  # 507: pinned documents would pass their budget (delete some)
+    pass
+
+
 _BY_STATUS: dict[int, type[APIStatusError]] = {
     400: BadRequestError,
     401: AuthenticationError,
@@ -145,6 +149,7 @@ _BY_STATUS: dict[int, type[APIStatusError]] = {
     422: UnprocessableEntityError,
     429: RateLimitError,
     503: ServiceUnavailableError,
+    507: InsufficientStorageError,
 }
 
 

@@ -377,7 +377,7 @@ def test_an_error_event_inside_a_stream_raises_api_error_with_the_servers_messag
 
 @pytest.mark.parametrize("type_, cls, status", [("invalid_request_error", lc.BadRequestError, 400),
                                                  ("service_unavailable_error", lc.ServiceUnavailableError, 503),
-                                                 ("insufficient_storage_error", lc.InternalServerError, 507)])
+                                                 ("insufficient_storage_error", lc.InsufficientStorageError, 507)])
 def test_an_error_event_raises_the_class_and_status_the_same_error_has_as_an_http_answer(type_, cls, status):
     event = error_body("out of memory", type_, code="out_of_memory")
     stream = Recorder(httpx.Response(200, content=sse(chat_chunk("a"), event))).client().completions.create(
