@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from lighthouse.engine.cache.pool import padded_tables
 from lighthouse.model.llama import AttentionFn, Rotary, UnrotatedAttention
 from lighthouse.ops.fused import rope_qk
 from lighthouse.ops.paged_attention import paged_decode_attention
@@ -95,9 +96,7 @@ class DecodeInputs:
         (L,) per_head, (L, H) hole_start, (L,) hole_end."""
         L, H = len(kv.blocks), self.hole_start.shape[2]
         rows = [kv.decode_table(i) for i in range(L)]
-        table = torch.zeros(L, max(len(t) for t, _ in rows), dtype=torch.int32)
-        for i, (row, _) in enumerate(rows):
-            table[i, : len(row)] = torch.tensor(row, dtype=torch.int32)
+        table = padded_tables([row for row, _ in rows])
         per_head = torch.tensor([ctx for _, ctx in rows], dtype=torch.int32)
         hole_start = torch.zeros(L, H, dtype=torch.int32)
         hole_end = torch.zeros(L, dtype=torch.int32)

@@ -140,8 +140,7 @@ class LLMEngine:
         return {"running": len(self.scheduler.running), "waiting": len(self.scheduler.waiting),
                 "kv_cache_usage": self.kv.usage_ratio, "prefix_cache_usage": self.kv.cached_ratio,
                 "host_cache_usage": host.usage_ratio if host else 0.0,
-                "host_cache_hit_tokens": host.hit_tokens if host else 0, "host_cache_bytes_to_host": host.bytes_to_host if host else 0,
-                "host_cache_bytes_to_device": host.bytes_to_device if host else 0,
+                **{f"host_cache_{k}": getattr(host, k) if host else 0 for k in ("hit_tokens", "bytes_to_host", "bytes_to_device")},
                 "spec_draft_tokens": self.speculator.proposed, "spec_accepted_tokens": self.speculator.accepted}
 
     # ---- stepping ---------------------------------------------------------------------------------------------
@@ -188,7 +187,8 @@ class LLMEngine:
         """Seconds a prefill piece may take while others decode or may arrive (express on); None (whole) otherwise and
         for a short rest after a prefix hit (a question on a cached document): a budget syncs after every unit."""
         ms, express, hit = self.config.max_prefill_chunk_ms, self.config.express_prefill_tokens, work.cached
-        busy = (self.scheduler.has_decodable() or express > 0) and not (hit and len(work.request.prompt_ids) - hit <= express)
+        short_rest = hit and len(work.request.prompt_ids) - hit <= express
+        busy = (self.scheduler.has_decodable() or express > 0) and not short_rest
         return ms / 1000 if ms is not None and busy else None
 
     def _start_prefill(self, work: PrefillWork) -> None:

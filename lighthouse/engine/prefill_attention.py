@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from lighthouse.engine.cache.pool import padded_tables
 from lighthouse.engine.sparse_context import order_context, repeat_to_slots, to_slots
 from lighthouse.ops.paged_attention import paged_decode_attention
 
@@ -62,7 +63,7 @@ class CachedTail:
     @staticmethod
     def table_of(pool: "KVPool", blocks: list[int]) -> Tensor:
         """One layer's table as the kernel takes it: (1, blocks) int32 on the pool's device."""
-        return torch.tensor([blocks], dtype=torch.int32, device=pool.k.device)
+        return padded_tables([blocks]).to(pool.k.device)
 
     def _rows(self, c0: int, n: int, H_kv: int, r: int, dev: torch.device) -> tuple[Tensor, Tensor, Tensor]:
         """(seq_lens = [N], per_head = [0], hole_start (1, H_kv*n*r)) for the queries [c0, c0 + n) of the tail."""

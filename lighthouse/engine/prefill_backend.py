@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Iterator
 import torch
 from torch import Tensor
 
+from lighthouse.engine.cache.pool import padded_tables
 from lighthouse.engine.plan import PrefillPlan, layer_attention, usable_lighthouse
 from lighthouse.engine.prefill_attention import (CachedTail, append_tail_to_context, context_attention, keep_context,
                                                  query_chunks)
@@ -117,13 +118,14 @@ class PrefillBackend:
         else:
             q, k = rope_qk(q, k, cos, sin, v.dtype, out=(buf[0], buf[1]))
             k_cache, v = k, buf[2].copy_(v)
+        in_context = not kv.full_table(layer)  # a compact follow-up's Lighthouse layer: its context takes the K/V
         if a == s0:  # the layer's slots for [s0, N) at once: one table upload per layer, sliced per chunk
-            if not kv.full_table(layer):  # a compact follow-up's Lighthouse layer: its context takes the K/V
+            if in_context:
                 e0 = self.plan.selected + s0 - self.plan.split  # position t is context entry S + t - split
                 self._slots = pool.slots(kv.ctx_blocks[layer], e0 * r, (e0 + self.N - s0) * r)
             else:
                 self._slots = pool.slots(kv.full_table(layer), s0, self.N)
-        if not kv.full_table(layer):
+        if in_context:
             pool.write(self._slots[(a - s0) * r : (b - s0) * r], repeat_to_slots(k_cache[0].transpose(0, 1), r),
                        repeat_to_slots(v[0].transpose(0, 1), r))
         else:
@@ -159,10 +161,7 @@ class PrefillBackend:
         (a cached question's tail runs in every layer: one host-to-device copy, not one per layer)."""
         if self._tail_tables is None:
             full = [j for j in range(len(self.kv.blocks)) if self.kv.full_table(j)]
-            host = torch.zeros(len(full), max(len(self.kv.full_table(j)) for j in full), dtype=torch.int32)
-            for r, j in enumerate(full):
-                host[r, : len(self.kv.full_table(j))] = torch.tensor(self.kv.full_table(j), dtype=torch.int32)
-            rows = host.to(self.pool.k.device)
+            rows = padded_tables([self.kv.full_table(j) for j in full]).to(self.pool.k.device)
             self._tail_tables = {j: rows[r : r + 1] for r, j in enumerate(full)}
         return self._tail_tables[i]
 

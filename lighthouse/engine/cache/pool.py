@@ -24,6 +24,15 @@ KV_CACHE_DTYPES = {"auto": None, "fp8_e4m3": FP8}  # the engine's `kv_cache_dtyp
 FP8_MAX = 448.0
 
 
+def padded_tables(rows: list[list[int]]) -> Tensor:
+    """Block tables as the paged kernels take them: (len(rows), longest) int32 on the host, zeros past a shorter row
+    (never read: a kernel stops at the row's length)."""
+    table = torch.zeros(len(rows), max((len(t) for t in rows), default=0), dtype=torch.int32)
+    for i, row in enumerate(rows):
+        table[i, : len(row)] = torch.tensor(row, dtype=torch.int32)
+    return table
+
+
 def as_bytes(x: Tensor) -> Tensor:
     """A float8 tensor as uint8 (index kernels have no float8 versions everywhere), others as they are."""
     return x.view(torch.uint8) if x.dtype == FP8 else x
