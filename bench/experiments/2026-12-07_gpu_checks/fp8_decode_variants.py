@@ -45,29 +45,44 @@ def timed(args, iters=20) -> tuple[float, torch.Tensor]:
 def main() -> None:
     res = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "shape": f"H {H}, H_kv {H_KV}, D {D}, "
            f"block {BS}, one layer", "cases": []}
-    defaults = pd.FP8_TILE, pd.FP8_F16_DOT, pd.NUM_STAGES, pd.NUM_WARPS
+    defaults = pd.FP8_TILE, pd.FP8_F16_DOT, pd.NUM_STAGES, pd.NUM_WARPS, pd.VEC_SINGLE_QUERY, pd.TILE
     for B, n in ((1, 512 * 1024), (32, 16 * 1024)):
         base = case(B, n, torch.bfloat16)
-        ms, ref = timed(base)
         nbytes = 2 * base[1].numel() * 2
-        res["cases"].append({"B": B, "n": n, "dtype": "bf16", "ms": ms, "GBps": nbytes / ms / 1e6, "variant": "default"})
-        print(res["cases"][-1], flush=True)
+        for vec, tile in ((False, pd.TILE), (True, 64), (True, 128)):
+            pd.VEC_SINGLE_QUERY, pd.TILE = vec, tile
+            try:
+                ms, out = timed(base)
+            except Exception as exc:  # noqa: BLE001
+                print(f"bf16 vec {vec} tile {tile}: {type(exc).__name__}: {exc}", flush=True)
+                continue
+            if not vec:
+                ref = out
+            err = (out.float() - ref.float()).abs().max().item()
+            res["cases"].append({"B": B, "n": n, "dtype": "bf16", "ms": ms, "GBps": nbytes / ms / 1e6, "vec": vec,
+                                 "tile": tile, "max_abs_err_vs_default": err})
+            print(res["cases"][-1], flush=True)
+        pd.VEC_SINGLE_QUERY, pd.TILE = defaults[4:]
         f8 = case(B, n, torch.float8_e4m3fn)
         deq = (f8[0], f8[1].to(torch.bfloat16), f8[2].to(torch.bfloat16), *f8[3:])
         _, ref8 = timed(deq, 1)
         del deq
-        for tile, f16, (stages, warps) in itertools.product((64, 128, 256), (False, True), ((3, 4), (4, 4), (3, 8))):
-            pd.FP8_TILE, pd.FP8_F16_DOT, pd.NUM_STAGES, pd.NUM_WARPS = tile, f16, stages, warps
+        variants = [(128, True, False, (3, 4))] + [(tile, False, True, sw) for tile, sw in itertools.product(
+            (64, 128, 256), ((3, 4), (4, 4), (3, 8)))]  # the default, then VEC_SINGLE_QUERY (the tensor-core
+        # variants' figures are in bench/results/2026-12-07_h200_gpu_checks/fp8_decode_variants.json)
+        for tile, f16, vec, (stages, warps) in variants:
+            pd.FP8_TILE, pd.FP8_F16_DOT, pd.NUM_STAGES, pd.NUM_WARPS, pd.VEC_SINGLE_QUERY = tile, f16, stages, warps, vec
             try:
                 ms, out = timed(f8)
             except Exception as exc:  # noqa: BLE001 - e.g. out of shared memory
-                print(f"tile {tile} f16 {f16} stages {stages} warps {warps}: {type(exc).__name__}", flush=True)
+                print(f"tile {tile} f16 {f16} vec {vec} stages {stages} warps {warps}: {type(exc).__name__}: "
+                      f"{str(exc)[:200]}", flush=True)
                 continue
             err = (out.float() - ref8.float()).abs().max().item()
             res["cases"].append({"B": B, "n": n, "dtype": "fp8", "ms": ms, "GBps": nbytes / 2 / ms / 1e6, "tile": tile,
-                                 "f16_dot": f16, "stages": stages, "warps": warps, "max_abs_err_vs_bf16_of_fp8": err})
+                                 "f16_dot": f16, "vec": vec, "stages": stages, "warps": warps, "max_abs_err_vs_bf16_of_fp8": err})
             print(res["cases"][-1], flush=True)
-        pd.FP8_TILE, pd.FP8_F16_DOT, pd.NUM_STAGES, pd.NUM_WARPS = defaults
+        pd.FP8_TILE, pd.FP8_F16_DOT, pd.NUM_STAGES, pd.NUM_WARPS, pd.VEC_SINGLE_QUERY, pd.TILE = defaults
         del f8, base
         torch.cuda.empty_cache()
         json.dump(res, open(sys.argv[1], "w"), indent=1)
