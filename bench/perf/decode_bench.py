@@ -14,6 +14,7 @@ a prefix-cache hit, batches of 32 and 128) and measures, timing on the host arou
   the end of those steps / that time;
 - cached_question_ttft_128k_s / _512k_s: document D + question Q1 (cache_prompt, max_tokens 1), then D + Q2:
   the second's add_request -> first token, and its prefill.cached_tokens (must be >= len(D));
+- fp8_dense_ms_per_token_512k (--no-fp8 skips it): the 512K dense decode again on an engine with a float8 KV cache;
 - with --eager-compare (default unless --quick): a second engine with enforce_eager=True, batch 32 and 512K dense
   decode (32 tokens) again.
 torch.profiler covers 8 more decode steps after the timed ones of the 512K dense request and the batch-32 run
@@ -235,37 +236,44 @@ class Bench:
             self.res["peak_memory_gb"][key] = round(torch.cuda.max_memory_allocated() / 1e9, 2)
         self.save()
 
-    def engine(self, model, eager: bool) -> dict:
+    def engine(self, model, variant: str) -> dict:
         cfg = EngineConfig(prefill="sparse", decode="dense", dense_tail_tokens=TAIL,
-                           max_num_seqs=self.S["max_num_seqs"], enforce_eager=eager,
+                           max_num_seqs=self.S["max_num_seqs"], enforce_eager=variant == "eager",
+                           kv_cache_dtype="fp8_e4m3" if variant == "fp8" else "auto",
                            kv_cache_bytes=int(self.args.kv_cache_gb * 2**30) if self.args.kv_cache_gb else None)
         self.eng = LLMEngine(model, None, cfg)
         budget = getattr(getattr(self.eng, "kv", None), "budget_bytes", 0)
-        self.res["engine"]["eager" if eager else "default"] = {
+        self.res["engine"][variant] = {
             "block_size": cfg.block_size, "enforce_eager": cfg.enforce_eager, "max_num_seqs": cfg.max_num_seqs,
             "cuda_graph_max_batch": cfg.cuda_graph_max_batch, "kv_cache_fraction": cfg.kv_cache_fraction,
+            "kv_cache_dtype": cfg.kv_cache_dtype,
             "max_model_len": self.eng.max_model_len, "kv_budget_gb": round(budget / 1e9, 2)}
         return {}
 
-    def run(self, model, eager: bool) -> None:
-        """Build an engine, warm it up, run the measures; the engine is dropped at the end."""
+    def run(self, model, variant: str = "default") -> None:
+        """Build an engine (variant: default, eager = enforce_eager, fp8 = a float8 KV cache), warm it up, run the
+        measures; the engine is dropped at the end. The fp8 engine measures only the 512K dense decode."""
         self.eng = None
-        self.measure("engine_eager" if eager else "engine", lambda: self.engine(model, eager))
+        x = "" if variant == "default" else "_" + variant
+        self.measure("engine" + x, lambda: self.engine(model, variant))
         if self.eng is None:
             return
-        self.measure("warmup_eager" if eager else "warmup", self.warmup)
-        S, x = self.S, "_eager" if eager else ""
-        b32 = ("batch32_8k", lambda: self.batch("b32", 1, "batch32_8k", None if eager else "batch32_8k"))
-        if eager:
+        self.measure("warmup" + x, self.warmup)
+        S = self.S
+        b32 = ("batch32_8k", lambda: self.batch("b32", 1, "batch32_8k", None if variant == "eager" else "batch32_8k"))
+        if variant == "eager":
             todo = [b32, ("dense_512k", lambda: self.long_decode("dense", S["eager_tokens"]))]
+        elif variant == "fp8":
+            todo = [("dense_512k", lambda: self.long_decode("dense", S["long_tokens"]))]
         else:
             todo = [("dense_512k", lambda: self.long_decode("dense", S["long_tokens"], "dense_512k")),
                     ("sparse_512k", lambda: self.long_decode("sparse", S["long_tokens"])), b32,
                     ("batch128_1k", lambda: self.batch("b128", 201, "batch128_1k"))]
             todo += [(f"cached_question_{t}", lambda n=n, t=t, s=s: self.cached_question(n, s, t))
                      for n, t, s in zip(S["cached"], ("128k", "512k"), (1000, 2000))]
+        name = (lambda k: "fp8_" + k) if variant == "fp8" else (lambda k: k + x)  # fp8_dense_ms_per_token_512k
         for key, fn in todo:
-            self.measure(key + x, lambda fn=fn: {k + x: v for k, v in fn().items()})
+            self.measure(key + x, lambda fn=fn: {name(k): v for k, v in fn().items()})
         self.eng = None
 
     # ---- the measures (each returns its JSON fields) ------------------------------------------------------------
@@ -319,6 +327,8 @@ def main() -> int:
     size.add_argument("--tiny", action="store_true", help="a tiny model and sizes, for a CPU dry run")
     ap.add_argument("--eager-compare", action=argparse.BooleanOptionalAction, default=None,
                     help="also measure with enforce_eager=True (default: on unless --quick)")
+    ap.add_argument("--fp8", action=argparse.BooleanOptionalAction, default=True,
+                    help="also fp8_dense_ms_per_token_512k: an engine with a float8 KV cache (kv_cache_dtype=fp8_e4m3)")
     ap.add_argument("--spec", action=argparse.BooleanOptionalAction, default=True,
                     help="also the speculative-decoding measures (bench/perf/spec_decode_bench.py)")
     ap.add_argument("--structured", action=argparse.BooleanOptionalAction, default=True,
@@ -333,11 +343,13 @@ def main() -> int:
     bench = Bench(args, mode, cfg)
     bench.res["model"]["parameters"] = sum(p.numel() for p in model.parameters())
     log(f"{mode}: model built ({bench.res['model']['parameters'] / 1e6:.0f}M parameters) on {bench.res['device']}")
-    bench.run(model, eager=False)
-    if args.eager_compare if args.eager_compare is not None else not args.quick:
-        gc.collect()  # the first engine and its KV cache go before the second is built
-        torch.cuda.empty_cache() if CUDA else None
-        bench.run(model, eager=True)
+    bench.run(model)
+    for variant, on in (("eager", args.eager_compare if args.eager_compare is not None else not args.quick),
+                        ("fp8", args.fp8)):
+        if on:
+            gc.collect()  # the engine before and its KV cache go before the next is built
+            torch.cuda.empty_cache() if CUDA else None
+            bench.run(model, variant)
     if args.spec:
         from bench.perf.spec_decode_bench import run_all  # noqa: PLC0415
 

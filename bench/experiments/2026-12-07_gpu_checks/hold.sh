@@ -44,7 +44,7 @@ prefill_ab() {
     done
 }
 ttft() {  # run from the tree served (its cwd and PYTHONPATH reach the server subprocess); the script is this tree's
-    for run in old:0 new:0 new:0.5; do
+    for run in ${TTFT_RUNS:-old:0 new:0 new:0.5}; do
         local which=${run%%:*} gap=${run#*:} src=$ROOT
         [ $which = old ] && src=$ROOT/.ab_old
         echo "-- $which gap $gap $(date +%T)"
