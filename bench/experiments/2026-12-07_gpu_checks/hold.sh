@@ -8,6 +8,7 @@
 #              alternating old/new twice, cProfile + torch.profiler in the first pair
 # prefill_http: ab.sh prefill (the HTTP benchmark of the acceptance) old then new, 3 repeats
 # ttft:        #29 item 6 on the GPU: short_prompt_ttft, the burst and shorts every 0.5 s, old tree and this one
+# memory_ab:   ab.sh memory (the 1M compact prompt, old then new)
 # decode_ab:   ab.sh decode (the decode kernel now takes Q queries per row: the plain decode floor old vs new)
 # spec:        decode_bench's speculative and structured measures (this tree)
 # fp8:         #31 item 3: the float8 paged decode under kernel variants (fp8_decode_variants.py)
@@ -64,6 +65,7 @@ for p in "$@"; do
         prefill_http) OUT=$OUT/prefill_http phase prefill_http 300 bash $X/2026-12-07_redesign_ab/ab.sh prefill \
             --kv-cache-gb 62 --repeats 3 ;;
         ttft) phase ttft 420 bash -c "$(declare -f tree_env ttft); ttft" ;;
+        memory_ab) OUT=$OUT/memory_ab phase memory_ab 200 bash $X/2026-12-07_redesign_ab/ab.sh memory ;;
         decode_ab) OUT=$OUT/decode_ab phase decode_ab 300 bash $X/2026-12-07_redesign_ab/ab.sh decode --kv-cache-gb 62 ;;
         spec) phase spec 420 python3 -m bench.perf.decode_bench --out "$OUT/spec" --no-eager-compare --spec \
             --structured --kv-cache-gb 62 --budget-s 380 ;;
