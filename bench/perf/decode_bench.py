@@ -185,7 +185,9 @@ def write_profile(path: Path, label: str, run: Run) -> dict:
                      for e in ev)
     counts = {"steps": run.prof_steps, "kernels_per_step": len(kernels) / steps,
               "gpu_events_per_step": len(gpu) / steps, "kernel_launch_calls_per_step": launch_api / steps,
-              "graph_launches_per_step": sum(e.name == "cudaGraphLaunch" for e in ev) / steps}
+              "graph_launches_per_step": sum(e.name == "cudaGraphLaunch" for e in ev) / steps,
+              # kernel time per step: beside ms/token, the share of a step the GPU computes (the rest: gaps, host)
+              "kernel_ms_per_step": sum(getattr(e, "device_time_total", 0) for e in kernels) / steps / 1e3}
     table = run.prof.key_averages().table(sort_by="cuda_time_total" if CUDA else "cpu_time_total", row_limit=20)
     with path.open("a") as f:
         f.write(f"=== {label}: {run.prof_steps} decode steps ===\n{json.dumps(counts)}\n{table}\n\n")
@@ -267,7 +269,7 @@ class Bench:
             todo = [("dense_512k", lambda: self.long_decode("dense", S["long_tokens"]))]
         else:
             todo = [("dense_512k", lambda: self.long_decode("dense", S["long_tokens"], "dense_512k")),
-                    ("sparse_512k", lambda: self.long_decode("sparse", S["long_tokens"])), b32,
+                    ("sparse_512k", lambda: self.long_decode("sparse", S["long_tokens"], "sparse_512k")), b32,
                     ("batch128_1k", lambda: self.batch("b128", 201, "batch128_1k"))]
             todo += [(f"cached_question_{t}", lambda n=n, t=t, s=s: self.cached_question(n, s, t))
                      for n, t, s in zip(S["cached"], ("128k", "512k"), (1000, 2000))]
