@@ -40,7 +40,8 @@ TILE = 128 if INTERPRETING else 64  # slots per loop step (TILE // block_size pa
 FP8_TILE: int | None = 128  # None: TILE
 FP8_F16_DOT = True
 # One query per KV head (R * Q == 1: multi-head attention's decode): dots as fp32 multiply-and-sum instead of a
-# tensor-core tile padded to 16 rows (15 of them masked), in any cache dtype. Off until measured on a GPU.
+# tensor-core tile padded to 16 rows (15 of them masked), in any cache dtype. Measured slower (H100, one 512K layer:
+# bf16 0.925 vs 0.705 ms, float8 0.667 vs 0.426; bench/results/2026-12-07_h100_session5_checks/): off.
 VEC_SINGLE_QUERY = False
 WAVES = 1  # default split-K fills this many waves of programs (see default_num_splits)
 MIN_CHUNK = 512  # ... but no split gets fewer than this many of the table's slots
