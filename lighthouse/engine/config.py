@@ -85,6 +85,9 @@ class EngineConfig:
         "default drafts per decode step by prompt lookup (n-grams of the prompt and the output so far), verified in "
         "one forward; greedy outputs unchanged, sampled ones in distribution (0: off; a request's \"speculative\" "
         "field overrides it)"))] = 0
+    warmup: Annotated[bool | None, Field(description=(
+        "at startup, one short request through every serving path, so that kernel compiles happen before the "
+        "first user's request (default: on with CUDA, off on the CPU, which compiles nothing)"))] = None
 
     @field_validator("kv_cache_dtype", mode="before")
     @classmethod

@@ -42,6 +42,7 @@ from lighthouse.engine.sampling import SamplingParams
 from lighthouse.engine.scheduler import Scheduler
 from lighthouse.engine.speculative.step import Speculator
 from lighthouse.engine.step_work import PrefillWork, StepResult
+from lighthouse.engine.warmup import maybe_warm_up
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,7 @@ class LLMEngine:
         self._to_abort: set[str] = set()
         self._abort_errors: dict[str, tuple[str, str]] = {}  # request id -> (message, code) it fails with
         self.runner.capture_all()
+        maybe_warm_up(self)
         log.info("engine ready: device=%s dtype=%s max_model_len=%d kv_cache=%.2f GiB (%d blocks of one layer x %d "
                  "positions, %s) kv_mode=%s prefill=%s decode=%s cuda_graphs=%s", self.device, self.dtype,
                  self.max_model_len, self.kv.budget_bytes / 2**30, self.kv.allocator.usable, c.block_size,
@@ -246,9 +248,6 @@ class LLMEngine:
         log.info("request %s: prefill %d tokens (%s: %d sparse + %d dense + %d from the prefix cache) in %.3fs",
                  req.request_id, n_prompt, plan.path, sparse_tokens, info.dense_tokens, cached, info.seconds)
         try:
-            if req.params.repetition_penalty != 1.0:
-                req.prompt_mask = torch.zeros(self.vocab_size, dtype=torch.bool, device=self.device)
-                req.prompt_mask[torch.tensor(req.prompt_ids, device=self.device)] = True
             sampled = self.outputs.sample(seqs, logits[None].expand(len(seqs), -1))
         except Exception as exc:  # sampling the first token: this request alone
             if is_device_fatal(exc):

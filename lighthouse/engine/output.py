@@ -28,11 +28,15 @@ class OutputProcessor:
         self.vocab_size, self.eos_ids, self.device = vocab_size, eos_ids, device
 
     def rows(self, seqs: list[Sequence]) -> list[SampleRow]:
-        """What the sampler needs of each sequence (its penalty counts made on first use)."""
+        """What the sampler needs of each sequence (its penalty counts and its prompt's token mask made on first
+        use)."""
         for s in seqs:
-            p = s.params
+            p, req = s.params, s.request
             if s.output_counts is None and (p.presence_penalty or p.frequency_penalty or p.repetition_penalty != 1.0):
                 s.output_counts = torch.zeros(self.vocab_size, dtype=torch.float32, device=self.device)
+            if req.prompt_mask is None and p.repetition_penalty != 1.0:
+                req.prompt_mask = torch.zeros(self.vocab_size, dtype=torch.bool, device=self.device)
+                req.prompt_mask[torch.tensor(req.prompt_ids, device=self.device)] = True
         return [SampleRow(s.params, s.generator, s.output_counts, s.request.prompt_mask) for s in seqs]
 
     def sample(self, seqs: list[Sequence], logits: Tensor) -> list[Sampled]:

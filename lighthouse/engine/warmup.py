@@ -1,0 +1,84 @@
+"""Startup warm-up: one short request through every serving path before the engine takes real ones.
+
+On CUDA the Triton kernels (the Lighthouse op's pooling, cascade, gather and scatter; the paged decode kernel as the
+cached tail and the sparse-decode context read it) compile at their first call, seconds each. Without a warm-up the
+first long prompt after startup pays all of them, and every request queued behind it waits (the engine runs one
+prefill at a time): 100 concurrent streams on the bundled checkpoint took 20 s on an H100, longer than on a 2-core CPU
+(bench/results/2026-12-07_h100_session5_checks/). The decode step's CUDA graphs are captured before this runs.
+
+Each path the engine serves gets one request of `min_sparse_len + dense_tail_tokens + 16` random tokens (the
+shortest prompt that takes the sparse path), two new tokens, no prefix-cache entry: sparse prefill with dense and
+with sparse decode, compact, and dense prefill; a model without Lighthouse layers, dense only. A path whose request
+the budget cannot hold is skipped with a log line. Nothing stays behind: the blocks are freed, no entry is cached
+and the counters the metrics read are restored.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import torch
+
+from lighthouse.engine.errors import InvalidRequest
+from lighthouse.engine.options import RequestOptions
+from lighthouse.engine.plan import min_sparse_len, usable_lighthouse
+from lighthouse.engine.sampling import SamplingParams
+
+log = logging.getLogger(__name__)
+# `engine` below is an LLMEngine (engine.py imports this module: no import back, not even for annotations)
+
+WARMUP_ID = "__warmup__"
+
+
+def warmup_paths(engine) -> list[RequestOptions]:
+    """The (prefill, decode, kv_mode) paths the engine can serve, as the warm-up asks for them."""
+    if engine.sparse_unavailable is not None:
+        return [RequestOptions("dense", "dense", cache_prompt=False, kv_mode="full")]
+    return [RequestOptions("sparse", "dense", cache_prompt=False, kv_mode="full"),
+            RequestOptions("sparse", "sparse", cache_prompt=False, kv_mode="full"),
+            RequestOptions("sparse", "sparse", cache_prompt=False, kv_mode="compact"),
+            RequestOptions("dense", "dense", cache_prompt=False, kv_mode="full")]
+
+
+def warmup_prompt_len(engine) -> int:
+    lh = usable_lighthouse(engine.model.config)
+    return (min_sparse_len(lh) if lh is not None else 0) + engine.config.dense_tail_tokens + 16
+
+
+def maybe_warm_up(engine) -> float | None:
+    """The warm-up if the engine's config asks for it (`warmup`; None: on CUDA only); its seconds, or None."""
+    on = engine.config.warmup
+    if on if on is not None else engine.device.type == "cuda":
+        return warm_up(engine)
+    return None
+
+
+def warm_up(engine) -> float:
+    """Run the warm-up requests (module docstring) to completion; seconds it took."""
+    t0 = time.monotonic()
+    n = warmup_prompt_len(engine)
+    ids = torch.randint(0, engine.vocab_size, (n,), generator=torch.Generator().manual_seed(0)).tolist()
+    params = SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True)
+    counters = engine.speculator.proposed, engine.speculator.accepted
+    ran = []
+    for i, opts in enumerate(warmup_paths(engine)):
+        rid = f"{WARMUP_ID}{i}"
+        try:
+            engine.add_request(rid, ids, params, opts)
+        except InvalidRequest as exc:
+            log.info("warm-up: skipped prefill=%s decode=%s kv_mode=%s (%s)", opts.prefill, opts.decode, opts.kv_mode,
+                     exc)
+            continue
+        while engine.has_unfinished():
+            for out in engine.step():
+                if out.finished and out.error:
+                    raise RuntimeError(f"the warm-up request ({opts.prefill} prefill, {opts.decode} decode, kv_mode "
+                                       f"{opts.kv_mode}) failed: {out.error}")
+        ran.append(f"{opts.prefill}/{opts.decode}/{opts.kv_mode}")
+    engine.speculator.proposed, engine.speculator.accepted = counters
+    if engine.device.type == "cuda":
+        torch.cuda.synchronize(engine.device)
+    seconds = time.monotonic() - t0
+    log.info("warm-up: %d-token requests through %s in %.1f s (kernels compiled before the first request)", n,
+             ", ".join(ran) or "no path", seconds)
+    return seconds

@@ -1,0 +1,71 @@
+"""The startup warm-up (engine/warmup.py): one short request through every serving path before the engine takes real
+ones, on CUDA by default, and nothing left behind."""
+
+from __future__ import annotations
+
+import torch
+
+from lighthouse.engine import EngineConfig, LLMEngine
+from lighthouse.engine.sampling import SamplingParams
+from lighthouse.engine.warmup import warmup_prompt_len
+from lighthouse.model.llama import LlamaForCausalLM
+from lighthouse.model.presets import model_preset
+
+
+def tiny(**overrides) -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    cfg = model_preset("tiny")
+    for k, v in overrides.items():
+        setattr(cfg, k, v)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def engine_recording_plans(model, **config) -> tuple[LLMEngine, list]:
+    """An engine built with `config`, whose prefills' plans are recorded from the start (the warm-up runs in init)."""
+    from lighthouse.engine import model_runner
+
+    plans = []
+    inner = model_runner.ModelRunner.start_prefill
+
+    def start_prefill(self, kv, prompt_ids, plan, **kw):
+        plans.append((len(prompt_ids), plan.sparse, plan.sparse_decode, plan.compact))
+        return inner(self, kv, prompt_ids, plan, **kw)
+
+    model_runner.ModelRunner.start_prefill = start_prefill
+    try:
+        eng = LLMEngine(model, None, EngineConfig(kv_cache_bytes=16 << 20, block_size=16, **config))
+    finally:
+        model_runner.ModelRunner.start_prefill = inner
+    return eng, plans
+
+
+def test_the_warm_up_runs_every_serving_path_once_and_leaves_nothing_behind():
+    eng, plans = engine_recording_plans(tiny(), warmup=True)
+    n = warmup_prompt_len(eng)
+    assert n == 512 + 64 + 16  # the tiny preset's min_seq_len, the default dense tail, a few more
+    # sparse prefill with dense decode, with sparse decode, compact; dense prefill
+    assert plans == [(n, True, False, False), (n, True, True, False), (n, True, True, True), (n, False, False, False)]
+    assert not eng.has_unfinished() and not eng._requests
+    assert eng.kv.allocator.num_free == eng.kv.allocator.usable  # every block back
+    assert eng.prefix_cache is not None and eng.kv.cached_ratio == 0.0  # no prefix-cache entry
+    stats = eng.stats()
+    assert stats["running"] == stats["waiting"] == 0 and stats["kv_cache_usage"] == 0.0
+    # and it serves as an engine without the warm-up does
+    cold, _ = engine_recording_plans(tiny(), warmup=False)
+    prompt = torch.randint(32, 127, (700,), generator=torch.Generator().manual_seed(3)).tolist()
+    outs = {"warm": [], "cold": []}
+    for name, e in (("warm", eng), ("cold", cold)):
+        e.add_request("q", prompt, SamplingParams(max_tokens=5, temperature=0.0, ignore_eos=True))
+        while e.has_unfinished():
+            for o in e.step():
+                outs[name] += o.token_ids
+    assert outs["warm"] == outs["cold"] and len(outs["warm"]) == 5
+
+
+def test_no_warm_up_on_the_cpu_by_default_and_dense_only_without_lighthouse_layers():
+    _, plans = engine_recording_plans(tiny())
+    assert plans == []  # the CPU compiles nothing: the default skips it
+    no_lh = model_preset("tiny")
+    no_lh.lighthouse.enabled = False
+    _, plans = engine_recording_plans(LlamaForCausalLM(no_lh).eval(), warmup=True)
+    assert plans == [(64 + 16, False, False, False)]
