@@ -6,9 +6,13 @@ first long prompt after startup pays all of them, and every request queued behin
 prefill at a time): 100 concurrent streams on the bundled checkpoint took 20 s on an H100, longer than on a 2-core CPU
 (bench/results/2026-12-07_h100_session5_checks/). The decode step's CUDA graphs are captured before this runs.
 
-Each path the engine serves gets one request of `min_sparse_len + dense_tail_tokens + 16` random tokens (the
-shortest prompt that takes the sparse path), two new tokens, no prefix-cache entry: sparse prefill with dense and
-with sparse decode, compact, and dense prefill; a model without Lighthouse layers, dense only. A path whose request
+Each path the engine serves gets two requests, of `min_sparse_len + dense_tail_tokens + 16` random tokens (about
+the shortest prompt that takes the sparse path) and one more, two new tokens each, no prefix-cache entry: sparse
+prefill with dense and with sparse decode, compact, and dense prefill; a model without Lighthouse layers, dense
+only. Two lengths because Triton compiles a kernel once per specialization of its integer arguments (divisible by
+16 or not): the op's pooling, gather and scatter kernels take the sparse length, and the first length's is a
+multiple of 16 (the tiny preset under the interpreter: one variant per kernel for 4K-8K prompts of other lengths,
+a second at 8,000). A path whose request
 the budget cannot hold is skipped with a log line. Nothing stays behind: the blocks are freed, no entry is cached
 and the counters the metrics read are restored.
 """
@@ -57,14 +61,14 @@ def warm_up(engine) -> float:
     """Run the warm-up requests (module docstring) to completion; seconds it took."""
     t0 = time.monotonic()
     n = warmup_prompt_len(engine)
-    ids = torch.randint(0, engine.vocab_size, (n,), generator=torch.Generator().manual_seed(0)).tolist()
+    ids = torch.randint(0, engine.vocab_size, (n + 1,), generator=torch.Generator().manual_seed(0)).tolist()
     params = SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True)
     counters = engine.speculator.proposed, engine.speculator.accepted
     ran = []
-    for i, opts in enumerate(warmup_paths(engine)):
+    for i, (opts, length) in enumerate((o, m) for o in warmup_paths(engine) for m in (n, n + 1)):
         rid = f"{WARMUP_ID}{i}"
         try:
-            engine.add_request(rid, ids, params, opts)
+            engine.add_request(rid, ids[:length], params, opts)
         except InvalidRequest as exc:
             log.info("warm-up: skipped prefill=%s decode=%s kv_mode=%s (%s)", opts.prefill, opts.decode, opts.kv_mode,
                      exc)
@@ -74,11 +78,11 @@ def warm_up(engine) -> float:
                 if out.finished and out.error:
                     raise RuntimeError(f"the warm-up request ({opts.prefill} prefill, {opts.decode} decode, kv_mode "
                                        f"{opts.kv_mode}) failed: {out.error}")
-        ran.append(f"{opts.prefill}/{opts.decode}/{opts.kv_mode}")
+        ran.append(f"{opts.prefill}/{opts.decode}/{opts.kv_mode}/{length}")
     engine.speculator.proposed, engine.speculator.accepted = counters
     if engine.device.type == "cuda":
         torch.cuda.synchronize(engine.device)
     seconds = time.monotonic() - t0
-    log.info("warm-up: %d-token requests through %s in %.1f s (kernels compiled before the first request)", n,
-             ", ".join(ran) or "no path", seconds)
+    log.info("warm-up: requests through %s (prefill/decode/kv_mode/tokens) in %.1f s (kernels compiled before the "
+             "first request)", ", ".join(ran) or "no path", seconds)
     return seconds

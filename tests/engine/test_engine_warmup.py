@@ -43,8 +43,10 @@ def test_the_warm_up_runs_every_serving_path_once_and_leaves_nothing_behind():
     eng, plans = engine_recording_plans(tiny(), warmup=True)
     n = warmup_prompt_len(eng)
     assert n == 512 + 64 + 16  # the tiny preset's min_seq_len, the default dense tail, a few more
-    # sparse prefill with dense decode, with sparse decode, compact; dense prefill
-    assert plans == [(n, True, False, False), (n, True, True, False), (n, True, True, True), (n, False, False, False)]
+    # sparse prefill with dense decode, with sparse decode, compact; dense prefill; each at n and n + 1 tokens
+    paths = [(True, False, False), (True, True, False), (True, True, True), (False, False, False)]
+    assert plans == [(m, *p) for p in paths for m in (n, n + 1)]
+    assert (n - 64) % 16 == 0  # the sparse length: one of Triton's integer specializations, then the other
     assert not eng.has_unfinished() and not eng._requests
     assert eng.kv.allocator.num_free == eng.kv.allocator.usable  # every block back
     assert eng.prefix_cache is not None and eng.kv.cached_ratio == 0.0  # no prefix-cache entry
@@ -68,4 +70,4 @@ def test_no_warm_up_on_the_cpu_by_default_and_dense_only_without_lighthouse_laye
     no_lh = model_preset("tiny")
     no_lh.lighthouse.enabled = False
     _, plans = engine_recording_plans(LlamaForCausalLM(no_lh).eval(), warmup=True)
-    assert plans == [(64 + 16, False, False, False)]
+    assert plans == [(64 + 16, False, False, False), (64 + 17, False, False, False)]
