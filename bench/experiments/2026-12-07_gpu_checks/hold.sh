@@ -25,6 +25,8 @@ phase() {  # name, seconds, command...
     timeout -k 5 "$secs" "$@" > "$OUT/$name/log.txt" 2>&1
     echo "rc $? $(date +%T)"
     grep -v "Warn\|warn\|USDT" "$OUT/$name/log.txt" | tail -25
+    # one file per phase: a call returns only so many files, and the machine is wiped after it
+    tar -C "$OUT" -czf "$OUT/$name.tgz" "$name" && rm -rf "${OUT:?}/$name"
 }
 tree_env() {  # old|new -> the PYTHONPATH that serves that tree
     local src=$ROOT; [ "$1" = old ] && src=$ROOT/.ab_old
@@ -62,11 +64,11 @@ for p in "$@"; do
                 tests/engine/structured/test_structured_gpu.py tests/engine/test_prefill_gpu.py \
                 tests/engine/test_kv_cache_fp8.py tests/ops/test_triton_matches_reference_gpu.py ;;
         prefill_ab) phase prefill_ab 400 bash -c "$(declare -f tree_env prefill_ab); prefill_ab" ;;
-        prefill_http) OUT=$OUT/prefill_http phase prefill_http 300 bash $X/2026-12-07_redesign_ab/ab.sh prefill \
+        prefill_http) phase prefill_http 300 env OUT=$OUT/prefill_http bash $X/2026-12-07_redesign_ab/ab.sh prefill \
             --kv-cache-gb 62 --repeats 3 ;;
         ttft) phase ttft 420 bash -c "$(declare -f tree_env ttft); ttft" ;;
-        memory_ab) OUT=$OUT/memory_ab phase memory_ab 200 bash $X/2026-12-07_redesign_ab/ab.sh memory ;;
-        decode_ab) OUT=$OUT/decode_ab phase decode_ab 300 bash $X/2026-12-07_redesign_ab/ab.sh decode --kv-cache-gb 62 ;;
+        memory_ab) phase memory_ab 200 env OUT=$OUT/memory_ab bash $X/2026-12-07_redesign_ab/ab.sh memory ;;
+        decode_ab) phase decode_ab 300 env OUT=$OUT/decode_ab bash $X/2026-12-07_redesign_ab/ab.sh decode --kv-cache-gb 62 ;;
         spec) phase spec 420 python3 -m bench.perf.decode_bench --out "$OUT/spec" --no-eager-compare --spec \
             --structured --kv-cache-gb 62 --budget-s 380 ;;
         documents)
