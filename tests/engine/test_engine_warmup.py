@@ -71,3 +71,23 @@ def test_no_warm_up_on_the_cpu_by_default_and_dense_only_without_lighthouse_laye
     no_lh.lighthouse.enabled = False
     _, plans = engine_recording_plans(LlamaForCausalLM(no_lh).eval(), warmup=True)
     assert plans == [(64 + 16, False, False, False), (64 + 17, False, False, False)]
+
+
+def test_a_path_that_fails_in_the_warm_up_is_logged_and_the_others_still_run(caplog, monkeypatch):
+    from lighthouse.engine import model_runner
+
+    inner = model_runner.ModelRunner.start_prefill
+
+    def start_prefill(self, kv, prompt_ids, plan, **kw):
+        if plan.compact:
+            raise RuntimeError("injected compact fault")
+        return inner(self, kv, prompt_ids, plan, **kw)
+
+    monkeypatch.setattr(model_runner.ModelRunner, "start_prefill", start_prefill)
+    with caplog.at_level("INFO", logger="lighthouse.engine.warmup"):
+        eng = LLMEngine(tiny(), None, EngineConfig(kv_cache_bytes=16 << 20, block_size=16, warmup=True))
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 2 and all("kv_mode=compact failed" in w and "RuntimeError" in w for w in warnings)
+    done = [r.getMessage() for r in caplog.records if "requests through" in r.getMessage()]
+    assert len(done) == 1 and "compact" not in done[0] and done[0].count("/") == 6 * 3  # six requests ran
+    assert not eng.has_unfinished() and eng.kv.allocator.num_free == eng.kv.allocator.usable
