@@ -3,6 +3,7 @@ ones, on CUDA by default, and nothing left behind."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from lighthouse.engine import EngineConfig, LLMEngine
@@ -91,4 +92,14 @@ def test_a_path_that_fails_in_the_warm_up_is_logged_and_the_others_still_run(cap
     done = [r.getMessage() for r in caplog.records if "requests through" in r.getMessage()]
     ran = done[0].split(" through ")[1].split(" (prefill")[0].split(", ")
     assert len(done) == 1 and len(ran) == 6 and not [r for r in ran if "compact" in r]  # the other six ran
+    assert not eng.has_unfinished() and eng.kv.allocator.num_free == eng.kv.allocator.usable
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the default warm-up runs on CUDA only")
+def test_on_cuda_the_engine_warms_up_by_default(caplog):
+    with caplog.at_level("INFO", logger="lighthouse.engine.warmup"):
+        eng = LLMEngine(tiny().to("cuda", torch.bfloat16), None, EngineConfig(kv_cache_bytes=64 << 20, block_size=16))
+    done = [r.getMessage() for r in caplog.records if "requests through" in r.getMessage()]
+    assert len(done) == 1 and len(done[0].split(" through ")[1].split(" (prefill")[0].split(", ")) == 8
     assert not eng.has_unfinished() and eng.kv.allocator.num_free == eng.kv.allocator.usable

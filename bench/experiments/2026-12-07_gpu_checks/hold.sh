@@ -62,7 +62,8 @@ for p in "$@"; do
                 tests/ops/test_paged_attention.py tests/ops/test_paged_verify_attention.py \
                 tests/engine/test_decode_graphs_gpu.py tests/engine/speculative/test_speculative_gpu.py \
                 tests/engine/structured/test_structured_gpu.py tests/engine/test_prefill_gpu.py \
-                tests/engine/test_kv_cache_fp8.py tests/ops/test_triton_matches_reference_gpu.py ;;
+                tests/engine/test_kv_cache_fp8.py tests/ops/test_triton_matches_reference_gpu.py \
+                tests/engine/test_engine_warmup.py ;;
         prefill_ab) phase prefill_ab 400 bash -c "$(declare -f tree_env prefill_ab); prefill_ab" ;;
         prefill_http) phase prefill_http 300 env OUT=$OUT/prefill_http bash $X/2026-12-07_redesign_ab/ab.sh prefill \
             --kv-cache-gb 62 --repeats 3 ;;
