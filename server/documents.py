@@ -33,7 +33,7 @@ import uuid
 from dataclasses import asdict, dataclass, field, replace
 from typing import AsyncIterator
 
-from lighthouse.engine.errors import KV_CACHE_EXCEEDED, EngineError
+from lighthouse.engine.errors import CITATIONS_NEED_SPANS, KV_CACHE_EXCEEDED, EngineError
 from lighthouse.engine.options import RequestOptions
 from lighthouse.engine.request import PromptProgress
 from lighthouse.engine.sampling import SamplingParams
@@ -66,6 +66,7 @@ class Document:
     stored: bool = False
     resident: bool = False  # pinned on the device now
     ready: bool = False  # its upload finished (or it came from the store)
+    citable: bool = True  # False: a compact document restored from a store written before ctx_spans were kept
     text: str | None = field(default=None, repr=False)
     prefix_ids: list[int] | None = field(default=None, repr=False)
 
@@ -81,7 +82,7 @@ class Document:
 
     def meta(self) -> dict:
         d = asdict(self)
-        for k in ("text", "prefix_ids", "resident", "stored", "ready"):
+        for k in ("text", "prefix_ids", "resident", "stored", "ready", "citable"):
             d.pop(k)
         return d
 
@@ -251,6 +252,7 @@ class DocumentService:
                            param="document_id", code="document_not_found")
         data, text = loaded
         d.prefix_ids, d.text = data.tokens[: d.tokens].tolist(), text
+        d.citable = data.ctx_layout is None or data.ctx_spans is not None
         if not d.resident:  # (another question may have restored it meanwhile)
             d.resident = await self.engine.call(lambda: self.pins.restore(data)) > 0
 
@@ -287,13 +289,13 @@ class DocumentService:
 
     def citer(self, d: Document | None, prompt_ids: list[int], top_k: int):
         """answer ids -> the document spans it drew on most (server/citations.py), checked now: a 400 when there is no
-        document, it is compact, or the prompt does not start with its uploaded prefix."""
+        document, it is a compact one stored without its context's windows, or the prompt does not start with its
+        uploaded prefix."""
         if d is None:
             raise APIError(400, "citations need a document: send document_id, or a prompt that starts with one of your "
                            "uploaded documents (POST /v1/documents)", param="citations", code="citations_unavailable")
-        if self.pins.compact(d.kv_mode):
-            raise APIError(400, "citations need a document uploaded with kv_mode 'full' (a compact one keeps only the "
-                           "positions its Lighthouse layers selected)", param="citations", code="citations_unavailable")
+        if not d.citable:
+            raise APIError(400, CITATIONS_NEED_SPANS, param="citations", code="citations_unavailable")
         if d.prefix_ids is None or prompt_ids[: d.tokens] != d.prefix_ids:
             raise APIError(400, "citations need the document in its uploaded layout (a chat with the system message "
                            "it was uploaded with)", param="citations", code="citations_unavailable")

@@ -104,12 +104,13 @@ def other_layers(srv: Server, doc_id: str, tail_ids: list[int], answer_ids: list
     return out
 
 
-def run(srv: Server, docs: list[dict], max_tokens: int, layer_sets: list[list[int]]) -> list[dict]:
+def run(srv: Server, docs: list[dict], max_tokens: int, layer_sets: list[list[int]], kv_mode: str | None = None
+        ) -> list[dict]:
     rows = []
     with httpx.Client(base_url=srv.url, timeout=3600) as c:
         for doc in docs:
             t0 = time.perf_counter()
-            d = c.post("/v1/documents", json={"text": doc["text"]}).json()
+            d = c.post("/v1/documents", json={"text": doc["text"]} | ({"kv_mode": kv_mode} if kv_mode else {})).json()
             r = c.post("/v1/chat/completions", json={
                 "messages": [{"role": "user", "content": QUESTION}], "document_id": d["id"], "max_tokens": max_tokens,
                 "temperature": 0, "citations": True, "citations_top_k": 3, "logprobs": True}).json()
@@ -173,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--filler", default="repeat", help="the documents' filler: repeat (5 sentences over and over, "
                                                       "what the checkpoint was trained on), sentences (random ones), alnum")
     p.add_argument("--layer-sets", default="", help="e.g. '0,1,2,5;1,2,5;5;0,1,2,3,4,5'")
+    p.add_argument("--kv-mode", default=None, choices=["full", "compact"], help="the uploads' kv_mode (default: the "
+                                                                                 "server's)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     layer_sets = [[int(x) for x in s.split(",")] for s in args.layer_sets.split(";") if s]
@@ -180,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     res = {"date": time.strftime("%Y-%m-%d"), "device": "cpu", "torch": torch.__version__,
            "machine": platform.machine(), "cpus": torch.get_num_threads(), "depths": list(DEFAULT_DEPTHS),
            "trials": args.trials, "max_tokens": args.max_tokens, "seed": args.seed, "filler": args.filler,
+           "kv_mode": args.kv_mode,
            "by_context": {}}
     settings = {"device": "cpu"} | ({"checkpoint": args.checkpoint} if args.checkpoint else {})
     with Server(**settings) as srv:
@@ -189,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         res["model"] = httpx.get(srv.url + "/v1/models").json()["data"][0]["id"]
         all_rows = []
         for n in args.contexts:
-            rows = run(srv, documents(n, args.trials, args.seed, args.filler), args.max_tokens, layer_sets)
+            rows = run(srv, documents(n, args.trials, args.seed, args.filler), args.max_tokens, layer_sets,
+                       args.kv_mode)
             all_rows += rows
             res["by_context"][str(n)] = {**summary(rows), "samples": rows}
             print(n, json.dumps(summary(rows)), flush=True)

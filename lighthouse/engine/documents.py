@@ -16,7 +16,8 @@ import torch
 from lighthouse.engine.cache.disk_tier import EntryData, export_entry, restore_entry
 from lighthouse.engine.cache.prefix_cache import CacheEntry, common_prefix
 from lighthouse.engine.citations import answer_attention
-from lighthouse.engine.errors import InvalidRequest
+from lighthouse.engine.citations_context import DocumentContext
+from lighthouse.engine.errors import CITATIONS_NEED_SPANS, InvalidRequest
 from lighthouse.engine.options import RequestOptions
 from lighthouse.engine.sampling import SamplingParams
 
@@ -39,13 +40,25 @@ class DocumentPins:
         """Whether a document uploaded with `kv_mode` (None: the engine's default) is kept as a compact entry."""
         return (kv_mode or self.engine.defaults[2]) == "compact"
 
+    def kept_compact(self, prompt_ids: list[int], kv_mode: str | None) -> bool:
+        """Whether the document's entry is a compact one: uploaded compact and long enough for a sparse prefill (a
+        shorter one is prefilled densely and kept in full, as its questions reuse it)."""
+        if not self.compact(kv_mode):
+            return False
+        options = RequestOptions(kv_mode="compact", dense_tail_tokens=0, pin_prompt=True)
+        try:
+            req = self.engine.make_request("document-kind", prompt_ids, SamplingParams(max_tokens=1), options)
+        except InvalidRequest:
+            return True
+        return req.plan.compact
+
     def find(self, prompt_ids: list[int], kv_mode: str | None = None) -> CacheEntry | None:
         """The pinned entry of the document's kind (full or compact: the same tokens may be pinned as both) that
         holds these tokens (as its prompt or the head of a longer one), if any."""
         cache = self.engine.prefix_cache
         if cache is None:
             return None
-        t, compact = torch.tensor(prompt_ids, dtype=torch.long), self.compact(kv_mode)
+        t, compact = torch.tensor(prompt_ids, dtype=torch.long), self.kept_compact(prompt_ids, kv_mode)
         for e in cache.entries:
             if (e.pins and e.compact == compact and e.length >= len(prompt_ids)
                     and common_prefix(t, e.tokens) == len(prompt_ids)):
@@ -69,21 +82,27 @@ class DocumentPins:
     def answer_attention(self, prefix_ids: list[int], kv_mode: str | None, prompt_ids: list[int],
                          answer_ids: list[int]) -> list[float] | None:
         """Per position of the document's prefix, the attention the answer paid to it beyond the prompt's (citations.py),
-        from its pinned entry; None when it is not pinned on the device. Raises InvalidRequest for a compact document (its
-        Lighthouse layers keep a selection, not every position) or a prompt that does not start with the prefix."""
+        from its pinned entry (full, or compact: its Lighthouse layers' context); None when it is not pinned on the
+        device. Raises InvalidRequest for a compact entry without its context's windows (restored from a store
+        written before they were kept) or a prompt that does not start with the prefix."""
         e = self.find(prefix_ids, kv_mode)
         if e is None:
             return None
-        if e.compact:
-            raise InvalidRequest("citations need a document uploaded with kv_mode 'full' (a compact one keeps only "
-                                 "the positions its Lighthouse layers selected)", param="citations")
         P = len(prefix_ids)
+        context = None
+        if e.compact:
+            if e.ctx_spans is None:
+                raise InvalidRequest(CITATIONS_NEED_SPANS, param="citations", code="citations_unavailable")
+            if e.split > P:  # another, longer document's entry: its selection covers more than this one
+                raise InvalidRequest("citations need the compact document's own entry", param="citations",
+                                     code="citations_unavailable")
+            context = DocumentContext.of(e)
         if prompt_ids[:P] != prefix_ids:
             raise InvalidRequest("citations need the document in its uploaded layout (the same system message as its "
                                  "upload)", param="citations")
         eng = self.engine
         return answer_attention(eng.model, eng.kv.pool, e.blocks, P, prompt_ids[P:] + answer_ids,
-                                len(answer_ids)).tolist()
+                                len(answer_ids), context=context).tolist()
 
     def export(self, prompt_ids: list[int], kv_mode: str | None = None) -> EntryData | None:
         e = self.find(prompt_ids, kv_mode)

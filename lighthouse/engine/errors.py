@@ -45,6 +45,10 @@ SHUTTING_DOWN = "shutting_down"  # the server stopped before the request finishe
 ENGINE_DEAD = "engine_dead"  # the engine thread died; the process is exiting (503)
 KV_CACHE_EXCEEDED = "kv_cache_exceeded"  # can never fit beside the pinned documents (400, as intake's refusal)
 
+# citations of a compact document restored from a store written before its context's windows were kept (400)
+CITATIONS_NEED_SPANS = ("citations need the windows of this compact document's selected entries, which its stored "
+                        "copy (written by an earlier version) lacks: upload the document again")
+
 
 def is_device_fatal(exc: BaseException) -> bool:
     """Whether an exception leaves the device unusable (a CUDA error other than out-of-memory poisons the

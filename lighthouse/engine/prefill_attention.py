@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from lighthouse.engine.cache.pool import padded_tables
-from lighthouse.engine.sparse_context import order_context, repeat_to_slots, to_slots
+from lighthouse.engine.sparse_context import context_order, repeat_to_slots, to_slots
 from lighthouse.ops.paged_attention import paged_decode_attention
 
 if TYPE_CHECKING:
@@ -92,15 +92,23 @@ class CachedTail:
         return torch.cat(outs, dim=1)[None]
 
 
-def keep_context(pool: "KVPool", kv: "SequenceKV", i: int, k_sel: Tensor, v_sel: Tensor, real: Tensor) -> None:
-    """Layer i's selected (1, H, S, D) K/V, real entries first per head, at its context entries [0, S)."""
-    k_sel, v_sel, n_real = order_context(k_sel, v_sel, real)
+def keep_context(pool: "KVPool", kv: "SequenceKV", i: int, k_sel: Tensor, v_sel: Tensor, spans: Tensor, n: int) -> None:
+    """Layer i's selected (1, H, S, D) K/V, real entries first per head, at its context entries [0, S); spans
+    (1, H, S, 2) int32: their windows (`entry_spans` of a prompt head of n positions), kept in the same order on the
+    CPU by a compact sequence (`SequenceKV.ctx_spans`, for citations)."""
+    real = spans[..., 0] < n  # (1, H, S): the window holds a real position
+    order = context_order(real)  # (H, S)
+    k_sel, v_sel = (x.gather(2, order[None, :, :, None].expand_as(x)) for x in (k_sel, v_sel))
     H_kv = pool.shape.num_kv_heads
     S = k_sel.shape[2]
     pool.write(pool.slots(kv.ctx_blocks[i], 0, S * pool.shape.group), to_slots(k_sel, H_kv), to_slots(v_sel, H_kv))
     assert kv.ctx_hole_start is not None
-    kv.ctx_hole_start[i] = n_real.to(kv.ctx_hole_start.device)
+    kv.ctx_hole_start[i] = real[0].sum(-1).to(device=kv.ctx_hole_start.device, dtype=torch.int32)
     kv.ctx_hole_end = S
+    if kv.compact:
+        if kv.ctx_spans is None or kv.ctx_spans.shape[2] != S:
+            kv.ctx_spans = torch.zeros(len(kv.blocks), *spans.shape[1:], dtype=torch.int32)
+        kv.ctx_spans[i] = spans[0].gather(1, order[..., None].expand(-1, -1, 2)).cpu()
 
 
 def append_tail_to_context(pool: "KVPool", kv: "SequenceKV", i: int, selected: int, split: int, n: int,

@@ -27,7 +27,7 @@ from lighthouse.engine.cache.pool import padded_tables
 from lighthouse.engine.plan import PrefillPlan, layer_attention, usable_lighthouse
 from lighthouse.engine.prefill_attention import (CachedTail, append_tail_to_context, context_attention, keep_context,
                                                  query_chunks)
-from lighthouse.engine.sparse_context import real_entries, repeat_to_slots
+from lighthouse.engine.sparse_context import entry_spans, repeat_to_slots
 from lighthouse.ops import lighthouse_attention, lighthouse_attention_with_context
 from lighthouse.ops.attention import attention_with_cache
 from lighthouse.ops.fused import rope_qk
@@ -185,7 +185,8 @@ class PrefillBackend:
             with torch.no_grad():
                 if plan.sparse_decode:
                     out, k_sel, v_sel, idx = lighthouse_attention_with_context(q[:, :, :e], k[:, :, :e], v[:, :, :e], **kw)
-                    keep_context(pool, kv, i, k_sel, v_sel, real_entries(idx, e, lh.levels, lh.pooling_factor, lh.topk))
+                    spans = entry_spans(idx, e, lh.levels, lh.pooling_factor, lh.topk)  # (1, H, S, 2)
+                    keep_context(pool, kv, i, k_sel, v_sel, spans, e)
                 else:
                     out = lighthouse_attention(q[:, :, :e], k[:, :, :e], v[:, :, :e], **kw)
             yield 0, e, out

@@ -173,6 +173,7 @@ class Scheduler:
                                         ctx_prefix_len=e.selected + work.cached - e.split, copies=work.copies)
             assert e.ctx_hole_start is not None
             first.kv.ctx_hole_start, first.kv.ctx_hole_end = e.ctx_hole_start.clone(), e.selected
+            first.kv.ctx_spans = e.ctx_spans  # read only: shared
         self.admitted[req.request_id] = work
         if self.prefix_cache is not None and req.cache_prompt:
             work.pending = self.prefix_cache.begin_prefill(req.prompt(), cache_split(work.plan), work.plan.compact)

@@ -12,6 +12,8 @@ entry) gets under that variant too, with the op's frequencies: standard RoPE, or
 Where the prompt length is not a multiple of the op's length unit, the op pads with zeros; entries that cover
 only padding are not attended at decode. Attention over a set is order-free, so each head's entries are
 reordered to put its real ones first; the rest form a per-head hole [n_real[h], S) the decode kernel skips.
+A compact sequence also keeps each entry's window (`entry_spans`, in the stored order): citations spread an
+entry's attention over the positions it pooled (citations_context.py).
 """
 
 from __future__ import annotations
@@ -27,23 +29,35 @@ def selected_entries(n: int, levels: int, pooling_factor: int, topk: int) -> int
     return selected_length(padded_len(n, levels, pooling_factor, topk), levels, pooling_factor, topk)
 
 
-def real_entries(indices: Tensor, n: int, levels: int, pooling_factor: int, topk: int) -> Tensor:
-    """indices (B, H, S) pyramid indices of a prompt of n positions -> (B, H, S) bool: the window holds a real
-    position (its start is below n)."""
+def entry_spans(indices: Tensor, n: int, levels: int, pooling_factor: int, topk: int) -> Tensor:
+    """indices (B, H, S) pyramid indices of a prompt of n positions -> (B, H, S, 2) int32: each entry's window as
+    (start, length): a level-l entry covers positions [start, start + pooling_factor**l) (those past n, if any, are
+    the op's zero padding)."""
     offsets = level_offsets(padded_len(n, levels, pooling_factor, topk), levels, pooling_factor)
-    start = torch.zeros_like(indices)
+    start, length = torch.zeros_like(indices), torch.ones_like(indices)
     for level in range(levels):  # later levels overwrite: offsets ascend
         inside = indices >= offsets[level]
         start = torch.where(inside, (indices - offsets[level]) * pooling_factor**level, start)
-    return start < n
+        length = torch.where(inside, torch.full_like(indices, pooling_factor**level), length)
+    return torch.stack([start, length], dim=-1).to(torch.int32)
+
+
+def real_entries(indices: Tensor, n: int, levels: int, pooling_factor: int, topk: int) -> Tensor:
+    """indices (B, H, S) pyramid indices of a prompt of n positions -> (B, H, S) bool: the window holds a real
+    position (its start is below n)."""
+    return entry_spans(indices, n, levels, pooling_factor, topk)[..., 0] < n
+
+
+def context_order(real: Tensor) -> Tensor:
+    """real (1, H, S) -> (H, S) int64: per head, the entries' order with the real ones first (in their order)."""
+    return torch.argsort((~real[0]).to(torch.int8), dim=-1, stable=True)
 
 
 @torch.no_grad()
 def order_context(k_sel: Tensor, v_sel: Tensor, real: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """k_sel, v_sel (1, H, S, D) and real (1, H, S) -> the same entries with each head's real ones first (in their
     order), and (H,) int32 counts of real entries (the hole starts)."""
-    order = torch.argsort((~real[0]).to(torch.int8), dim=-1, stable=True)  # (H, S)
-    idx = order[None, :, :, None].expand_as(k_sel)
+    idx = context_order(real)[None, :, :, None].expand_as(k_sel)
     return k_sel.gather(2, idx), v_sel.gather(2, idx), real[0].sum(-1).to(torch.int32)
 
 

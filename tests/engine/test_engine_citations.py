@@ -2,7 +2,8 @@
 weights of the whole sequence (document, question, answer) on the document's positions, per layer and head the mean
 over the queries that produced the answer's tokens less the mean over the prompt's queries before them (kept where
 positive), averaged over heads and the chosen layers; whatever the key chunk. And what the excess is for: positions
-every query attends cancel, a needle the question also attends in other heads does not."""
+every query attends cancel, a needle the question also attends in other heads does not. Compact documents:
+test_engine_citations_compact.py."""
 
 from __future__ import annotations
 
@@ -118,15 +119,16 @@ def test_a_needle_the_question_attends_in_other_heads_is_not_cancelled():
     assert float(head_excess(answer, baseline)[needle].sum()) == pytest.approx(0.3)
 
 
-def test_compact_documents_and_other_layouts_are_refused(llm):
+def test_other_layouts_are_refused_and_a_short_compact_document_is_cited_from_its_full_entry(llm):
     eng = llm.engine
     eng.prefix_cache.clear()
-    doc = tokens(600, 3)  # sparse-eligible, as a compact document is
-    generate(eng, "cdoc", doc, RequestOptions(kv_mode="compact", dense_tail_tokens=0, pin_prompt=True), 1)
     pins = DocumentPins(eng)
-    with pytest.raises(InvalidRequest, match="kv_mode 'full'"):
-        pins.answer_attention(doc, "compact", doc + QUESTION, [65, 66])
     generate(eng, "fdoc", DOC, RequestOptions(prefill="dense", pin_prompt=True), 1)
     with pytest.raises(InvalidRequest, match="layout"):
         pins.answer_attention(DOC, "full", [1] + DOC + QUESTION, [65, 66])
     assert pins.answer_attention(tokens(50, 9), "full", tokens(60, 9), [65]) is None  # not pinned
+    short = tokens(400, 4)  # below the op's 512-token minimum: prefilled densely, kept in full
+    generate(eng, "sdoc", short, RequestOptions(kv_mode="compact", dense_tail_tokens=0, pin_prompt=True), 1)
+    entry = pins.find(short, "compact")
+    assert entry is not None and not entry.compact and pins.held_bytes(short, "compact") > 0
+    assert len(pins.answer_attention(short, "compact", short + QUESTION, [65, 66])) == len(short)

@@ -113,10 +113,14 @@ def test_an_evicted_compact_document_returns_from_host_memory_with_its_context()
         ask(eng, B + Q1, COMPACT)  # in the tight engine A's compact entry goes to host memory
     host = tight.prefix_cache.host
     assert [e.compact for e in host.entries] == [True] and host.entries[0].tokens[:600].tolist() == A
+    spans = host.entries[0].ctx_spans  # each selected entry's window (citations) travels with it
+    assert spans is not None and spans.any()
     want, cached_roomy = ask(roomy, A + Q2, COMPACT)
     got, cached_tight = ask(tight, A + Q2, COMPACT)
     assert cached_roomy == cached_tight >= len(A)
     assert got == want
+    back = [e for e in tight.prefix_cache.entries if e.tokens[:600].tolist() == A]  # restored, and its follow-up's
+    assert back and all(e.ctx_spans is spans for e in back)
     assert tight.stats()["host_cache_bytes_to_device"] > 0 and tight.kv.usage_ratio == 0.0
     assert tight.prefix_cache.match(torch.tensor(B + Q2), 0) is None  # a dense request never takes a compact entry
 

@@ -67,6 +67,7 @@ class EntryData:
     ctx_layout: list[int] | None = None  # compact: blocks per context table
     selected: int = 0
     ctx_hole_start: Tensor | None = None  # compact: (L, H) int32
+    ctx_spans: Tensor | None = None  # compact: (L, H, S, 2) int32 (None: stored before spans were kept)
 
 
 COPY_CHUNK_BYTES = 1 << 30  # device <-> host copies go in pieces of about this much (a 512K entry is ~32 GB of K)
@@ -92,7 +93,8 @@ def export_entry(prefix_cache: PrefixCache, entry: CacheEntry) -> EntryData:
     k, v = (_gather_to_host(as_bytes(t), idx) for t in (pool.k, pool.v))
     hole = entry.ctx_hole_start.cpu().clone() if entry.ctx_hole_start is not None else None
     return EntryData(entry.tokens.clone(), entry.split, [len(t) for t in entry.blocks], k, v,
-                     None if entry.ctx_blocks is None else [len(t) for t in entry.ctx_blocks], entry.selected, hole)
+                     None if entry.ctx_blocks is None else [len(t) for t in entry.ctx_blocks], entry.selected, hole,
+                     entry.ctx_spans)
 
 
 def restore_entry(prefix_cache: PrefixCache, data: EntryData) -> CacheEntry | None:
@@ -117,7 +119,8 @@ def restore_entry(prefix_cache: PrefixCache, data: EntryData) -> CacheEntry | No
     full = len(data.layout)
     hole = data.ctx_hole_start.to(kv.shape.device) if data.ctx_hole_start is not None else None
     entry = CacheEntry(data.tokens.clone(), data.split, tables[:full], next(prefix_cache._clock),
-                       tables[full:] if data.ctx_layout is not None else None, data.selected, hole, pins=1)
+                       tables[full:] if data.ctx_layout is not None else None, data.selected, hole, pins=1,
+                       ctx_spans=data.ctx_spans)
     prefix_cache.entries.append(entry)
     return entry
 
@@ -176,6 +179,8 @@ class DiskStore:
                    "text": torch.frombuffer(bytearray(raw), dtype=torch.uint8) if raw else torch.zeros(0, dtype=torch.uint8)}
         if data.ctx_hole_start is not None:
             tensors["ctx_hole_start"] = data.ctx_hole_start.contiguous()
+        if data.ctx_spans is not None:
+            tensors["ctx_spans"] = data.ctx_spans.contiguous()
         layout = {"split": data.split, "layout": data.layout, "ctx_layout": data.ctx_layout, "selected": data.selected}
         path = self.root / f"{doc_id}.safetensors"
         tmp = path.with_suffix(".tmp")
@@ -201,7 +206,7 @@ class DiskStore:
             layout = json.loads(f.metadata()["layout"])
         t = load_file(str(path))
         data = EntryData(t["tokens"], layout["split"], layout["layout"], t["k"], t["v"], layout["ctx_layout"],
-                         layout["selected"], t.get("ctx_hole_start"))
+                         layout["selected"], t.get("ctx_hole_start"), t.get("ctx_spans"))
         return data, bytes(t["text"].numpy()).decode("utf-8")
 
     def delete(self, doc_id: str) -> None:

@@ -160,7 +160,8 @@ class KVCacheManager:
         blocks = [self._continue(t, src.length, len(t), None) if t else [] for t in src.blocks]
         ctx = [self._continue(t, src.ctx_len * r, len(t), None) if t else [] for t in src.ctx_blocks]
         return SequenceKV(blocks=blocks, length=src.length, ctx_blocks=ctx, ctx_len=src.ctx_len,
-                          ctx_hole_start=src.ctx_hole_start, ctx_hole_end=src.ctx_hole_end, spec=src.spec)
+                          ctx_hole_start=src.ctx_hole_start, ctx_hole_end=src.ctx_hole_end, ctx_spans=src.ctx_spans,
+                          spec=src.spec)
 
     def free(self, kv: SequenceKV | None) -> None:
         if kv is None:

@@ -62,6 +62,7 @@ class CacheEntry:
     selected: int = 0  # compact: S, the head's selected entries per layer
     ctx_hole_start: Tensor | None = None  # compact: (L, H) int32, as SequenceKV's
     pins: int = 0  # documents holding it (engine/documents.py): a pinned entry is never evicted nor replaced
+    ctx_spans: Tensor | None = None  # compact: (L, H, S, 2) int32 on the CPU, as SequenceKV's (None: not kept)
 
     @property
     def compact(self) -> bool:
@@ -166,7 +167,7 @@ class PrefixCache:
         h = hit.host
         restore = self.host.plan_restore(h, self.kv.allocate_for_cache(h.num_blocks), hit.tokens)
         entry = CacheEntry(h.tokens, h.split, restore.tables, next(self._clock), restore.ctx_tables, h.selected,
-                           h.ctx_hole_start)
+                           h.ctx_hole_start, ctx_spans=h.ctx_spans)
         self.entries.append(entry)
         return CacheHit(entry, hit.tokens), restore
 
@@ -191,7 +192,7 @@ class PrefixCache:
             if self.host is not None:
                 self.host.offload(victim.tokens, victim.split, victim.blocks, keep=keep_host,
                                   ctx_tables=victim.ctx_blocks, selected=victim.selected,
-                                  ctx_hole_start=victim.ctx_hole_start)
+                                  ctx_hole_start=victim.ctx_hole_start, ctx_spans=victim.ctx_spans)
             self._drop(victim)
         return True
 
@@ -233,6 +234,6 @@ class PrefixCache:
         if compact:
             nc = self.kv.shape.ctx_blocks_for(selected + n - split)
             entry.ctx_blocks = [self.kv.share_for_cache(t[:nc]) for t in kv.ctx_blocks]
-            entry.selected, entry.ctx_hole_start = selected, kv.ctx_hole_start
+            entry.selected, entry.ctx_hole_start, entry.ctx_spans = selected, kv.ctx_hole_start, kv.ctx_spans
         self.entries.append(entry)
         return entry

@@ -27,6 +27,9 @@ class SequenceKV:
     ctx_len: int = 0  # context entries written (per query head), the same in every context layer
     ctx_hole_start: Tensor | None = None  # (L, H) int32: layer i's entries [hole_start[i, h], ctx_hole_end) are padding
     ctx_hole_end: int = 0
+    # compact: (L, H, S, 2) int32 on the CPU: layer i's selected entry e of head h pools the positions
+    # [start, start + length) (ctx_spans[i, h, e]), in the stored order; zeros in layers without a context
+    ctx_spans: Tensor | None = None
     scratch: list[int] = field(default_factory=list)  # compact prefill: the Lighthouse layer being prefilled
     decode_meta: tuple[Tensor, ...] | None = None  # the decode step's per-layer table and flags (model_runner)
     spec: KVSpec | None = None  # what the tables were allocated for
