@@ -106,9 +106,10 @@ def keep_context(pool: "KVPool", kv: "SequenceKV", i: int, k_sel: Tensor, v_sel:
     kv.ctx_hole_start[i] = real[0].sum(-1).to(device=kv.ctx_hole_start.device, dtype=torch.int32)
     kv.ctx_hole_end = S
     if kv.compact:
-        if kv.ctx_spans is None or kv.ctx_spans.shape[2] != S:
-            kv.ctx_spans = torch.zeros(len(kv.blocks), *spans.shape[1:], dtype=torch.int32)
-        kv.ctx_spans[i] = spans[0].gather(1, order[..., None].expand(-1, -1, 2)).cpu()
+        if kv.ctx_spans is None or kv.ctx_spans.shape[2] != S:  # pinned: the copy below does not sync the device
+            kv.ctx_spans = torch.zeros(len(kv.blocks), *spans.shape[1:], dtype=torch.int32, pin_memory=spans.is_cuda)
+        # read only after the prefill's end (citations, the host and disk tiers), which syncs before its first token
+        kv.ctx_spans[i].copy_(spans[0].gather(1, order[..., None].expand(-1, -1, 2)), non_blocking=True)
 
 
 def append_tail_to_context(pool: "KVPool", kv: "SequenceKV", i: int, selected: int, split: int, n: int,
