@@ -31,7 +31,8 @@ def configs_from_args(args: argparse.Namespace):
 
     options = RequestOptions(prefill=args.prefill, decode=args.decode, dense_tail_tokens=args.dense_tail_tokens,
                              kv_mode=args.kv_mode)
-    config = EngineSettings(**given(args, EngineSettings)).engine_config()
+    # one prompt: no warm-up of the paths it does not take (its own compiles are paid either way), unless asked
+    config = EngineSettings(**{"warmup": False, **given(args, EngineSettings)}).engine_config()
     return config, options
 
 

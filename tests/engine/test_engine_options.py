@@ -48,6 +48,8 @@ def test_generate_flags_build_the_request_options_and_engine_config_once():
     assert (config.enforce_eager, config.block_size) == (True, 64)
     config, options = configs_from_args(generate_args())
     assert (config.enforce_eager, config.block_size, options.dense_tail_tokens) == (False, 128, None)
+    assert config.warmup is False  # one prompt: no warm-up of every path unless asked
+    assert configs_from_args(generate_args("--warmup"))[0].warmup is True
 
 
 def test_generate_refuses_unknown_modes_and_bad_values_before_loading_anything(capsys):
