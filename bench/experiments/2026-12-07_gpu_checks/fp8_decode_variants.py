@@ -4,7 +4,6 @@ variants (slots per tile, float16 dots, pipeline stages, warps), timed with CUDA
 
     python fp8_decode_variants.py OUT_JSON"""
 
-import itertools
 import json
 import sys
 
@@ -45,33 +44,36 @@ def timed(args, iters=20) -> tuple[float, torch.Tensor]:
 def main() -> None:
     res = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "shape": f"H {H}, H_kv {H_KV}, D {D}, "
            f"block {BS}, one layer", "cases": []}
-    defaults = pd.FP8_TILE, pd.FP8_F16_DOT, pd.NUM_STAGES, pd.NUM_WARPS, pd.VEC_SINGLE_QUERY, pd.TILE
+    defaults = pd.FP8_TILE, pd.FP8_F16_DOT, pd.NUM_STAGES, pd.NUM_WARPS, pd.VEC_SINGLE_QUERY, pd.TILE, pd.WAVES
     for B, n in ((1, 512 * 1024), (32, 16 * 1024)):
         base = case(B, n, torch.bfloat16)
         nbytes = 2 * base[1].numel() * 2
-        for vec, tile in ((False, pd.TILE), (True, 64), (True, 128)):
-            pd.VEC_SINGLE_QUERY, pd.TILE = vec, tile
+        for waves in (1, 2, 4):  # bf16 as it runs, at 1, 2 and 4 waves of split-K programs
+            pd.WAVES, vec, tile = waves, False, pd.TILE
             try:
                 ms, out = timed(base)
             except Exception as exc:  # noqa: BLE001
-                print(f"bf16 vec {vec} tile {tile}: {type(exc).__name__}: {exc}", flush=True)
+                print(f"bf16 waves {waves}: {type(exc).__name__}: {exc}", flush=True)
                 continue
-            if not vec:
+            if waves == 1:
                 ref = out
             err = (out.float() - ref.float()).abs().max().item()
             res["cases"].append({"B": B, "n": n, "dtype": "bf16", "ms": ms, "GBps": nbytes / ms / 1e6, "vec": vec,
-                                 "tile": tile, "max_abs_err_vs_default": err})
+                                 "tile": tile, "waves": waves, "max_abs_err_vs_default": err})
             print(res["cases"][-1], flush=True)
-        pd.VEC_SINGLE_QUERY, pd.TILE = defaults[4:]
+        pd.WAVES = defaults[6]
         f8 = case(B, n, torch.float8_e4m3fn)
         deq = (f8[0], f8[1].to(torch.bfloat16), f8[2].to(torch.bfloat16), *f8[3:])
         _, ref8 = timed(deq, 1)
         del deq
-        variants = [(128, True, False, (3, 4))] + [(tile, False, True, sw) for tile, sw in itertools.product(
-            (64, 128, 256), ((3, 4), (4, 4), (3, 8)))]  # the default, then VEC_SINGLE_QUERY (the tensor-core
-        # variants' figures are in bench/results/2026-12-07_h200_gpu_checks/fp8_decode_variants.json)
-        for tile, f16, vec, (stages, warps) in variants:
+        # the default at 1, 2 and 4 waves of split-K programs (more programs in flight per SM: memory parallelism),
+        # then the default's neighbours at 2 waves (VEC_SINGLE_QUERY and the other tensor-core variants were measured:
+        # bench/results/2026-12-07_h100_session5_checks/, 2026-12-07_h200_gpu_checks/)
+        variants = [(128, True, False, (3, 4), w) for w in (1, 2, 4)] + [
+            (tile, True, False, sw, 2) for tile, sw in ((128, (4, 4)), (256, (3, 4)), (64, (3, 4)))]
+        for tile, f16, vec, (stages, warps), waves in variants:
             pd.FP8_TILE, pd.FP8_F16_DOT, pd.NUM_STAGES, pd.NUM_WARPS, pd.VEC_SINGLE_QUERY = tile, f16, stages, warps, vec
+            pd.WAVES = waves
             try:
                 ms, out = timed(f8)
             except Exception as exc:  # noqa: BLE001 - e.g. out of shared memory
@@ -80,9 +82,9 @@ def main() -> None:
                 continue
             err = (out.float() - ref8.float()).abs().max().item()
             res["cases"].append({"B": B, "n": n, "dtype": "fp8", "ms": ms, "GBps": nbytes / 2 / ms / 1e6, "tile": tile,
-                                 "f16_dot": f16, "vec": vec, "stages": stages, "warps": warps, "max_abs_err_vs_bf16_of_fp8": err})
+                                 "f16_dot": f16, "vec": vec, "waves": waves, "stages": stages, "warps": warps, "max_abs_err_vs_bf16_of_fp8": err})
             print(res["cases"][-1], flush=True)
-        pd.FP8_TILE, pd.FP8_F16_DOT, pd.NUM_STAGES, pd.NUM_WARPS, pd.VEC_SINGLE_QUERY, pd.TILE = defaults
+        pd.FP8_TILE, pd.FP8_F16_DOT, pd.NUM_STAGES, pd.NUM_WARPS, pd.VEC_SINGLE_QUERY, pd.TILE, pd.WAVES = defaults
         del f8, base
         torch.cuda.empty_cache()
         json.dump(res, open(sys.argv[1], "w"), indent=1)
