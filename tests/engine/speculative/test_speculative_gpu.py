@@ -45,3 +45,31 @@ def test_bf16_greedy_outputs_are_identical_with_speculation(engine, decode, n):
     assert spec == base
     assert engine.speculator.accepted > before
     assert engine.runner.verify_graphs, "the verify step ran from its CUDA graphs too"
+
+
+def _prepared_real_model():
+    """The SmolLM2-135M-Instruct checkpoint folder if `lighthouse models prepare smollm2-135m-instruct` made it here."""
+    from lighthouse.catalog import known_model, models_dir
+    from lighthouse.catalog.registry import is_prepared
+
+    model = known_model("smollm2-135m-instruct")
+    folder = models_dir() / model.name
+    return folder if is_prepared(folder, model) else None
+
+
+@pytest.mark.skipif(_prepared_real_model() is None, reason="needs `lighthouse models prepare smollm2-135m-instruct`")
+def test_bf16_greedy_outputs_are_identical_with_speculation_on_the_real_model():
+    """SmolLM2-135M-Instruct (dense: no Lighthouse layers) in bf16 with CUDA graphs: a prompt that repeats a pattern,
+    so that prompt lookup's drafts are accepted, and two ordinary prompts in one batch."""
+    from lighthouse.engine.config import EngineConfig
+    from lighthouse.engine.llm import load_engine
+
+    eng = load_engine(str(_prepared_real_model()), EngineConfig(max_num_seqs=8, kv_cache_bytes=2 << 30),
+                      device="cuda", dtype="bfloat16")
+    tok = eng.tokenizer
+    texts = ["red, green, blue, yellow; " * 40, "The capital of France is", "def fibonacci(n):\n    "]
+    prompts = [tok.encode(t) for t in texts]
+    base = generate(eng, prompts, RequestOptions())
+    spec = generate(eng, prompts, RequestOptions(speculative=Speculation("prompt_lookup", 4)))
+    assert spec == base
+    assert eng.speculator.accepted > 0
