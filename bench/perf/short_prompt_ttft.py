@@ -32,6 +32,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import httpx
@@ -43,17 +44,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(port: int, extra: list[str]) -> subprocess.Popen:
-    # `python -m lighthouse_server.cli` is `lighthouse serve` without the entry point (a tree on PYTHONPATH only)
+def start_server(port: int, extra: list[str], log_file) -> subprocess.Popen:
+    # `python -m lighthouse_server.cli` is `lighthouse serve` without the entry point (a tree on PYTHONPATH only);
+    # its log goes to a file (a pipe nobody drains would stall the server once it filled)
     cmd = [sys.executable, "-m", "lighthouse_server.cli", "--host", "127.0.0.1", "--port", str(port), *extra]
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log_file, text=True, env=dict(os.environ))
+
+
+def server_log(log_file) -> str:
+    log_file.flush()
+    log_file.seek(0)
+    return log_file.read()
 
 
 def wait_ready(proc: subprocess.Popen, url: str, timeout_s: float = 300) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"the server exited ({proc.returncode}): {proc.stderr.read()[-2000:]}")
+            raise SystemExit(f"the server exited ({proc.returncode}): {server_log(proc.log_file)[-2000:]}")
         try:
             if httpx.get(url + "/ready", timeout=2).status_code == 200:
                 return
@@ -150,10 +158,12 @@ def main() -> int:
         ap.error("--long must be between 1 and --streams - 1")
     proc = None
     url = args.url
+    log_file = tempfile.TemporaryFile("w+")
     if url is None:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        proc = start_server(port, args.serve_args)
+        proc = start_server(port, args.serve_args, log_file)
+        proc.log_file = log_file
     try:
         wait_ready(proc, url) if proc is not None else None
         out = asyncio.run(run(url, args))
@@ -164,6 +174,8 @@ def main() -> int:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 proc.kill()
+    warm = [line.split("warm-up: ", 1)[1] for line in server_log(log_file).splitlines() if "warm-up: " in line]
+    out["server_warmup"] = warm[-1] if warm else None  # the startup warm-up's log line (None: it did not run)
     for k, v in out.items():
         print(f"{k:24s} {v:.3f}" if isinstance(v, float) else f"{k:24s} {v}")
     if args.json:
