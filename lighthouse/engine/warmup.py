@@ -3,25 +3,26 @@
 On CUDA the Triton kernels (the Lighthouse op's pooling, cascade, gather and scatter; the paged decode kernel as the
 cached tail and the sparse-decode context read it) compile at their first call, seconds each. Without a warm-up the
 first long prompt after startup pays all of them, and every request queued behind it waits (the engine runs one
-prefill at a time): 100 concurrent streams on the bundled checkpoint took 20 s on an H100, longer than on a 2-core CPU
-(bench/results/2026-12-07_h100_session5_checks/). The decode step's CUDA graphs are captured before this runs.
+prefill at a time). The likeliest cause, not yet confirmed, of what an H100 showed: 100 concurrent streams on the
+bundled checkpoint took 20 s there, longer than on a 2-core CPU (bench/results/2026-12-07_h100_session5_checks/).
+The decode step's CUDA graphs are captured before this runs.
 
 Each path the engine serves gets two requests, of `min_sparse_len + dense_tail_tokens + 16` random tokens (about
 the shortest prompt that takes the sparse path) and one more, two new tokens each, no prefix-cache entry: sparse
 prefill with dense and with sparse decode, compact, and dense prefill; a model without Lighthouse layers, dense
 only. Two lengths because Triton compiles a kernel once per specialization of its integer arguments (divisible by
 16 or not): the op's pooling, gather and scatter kernels take the sparse length, and the first length's is a
-multiple of 16 (the tiny preset under the interpreter: one variant per kernel for 4K-8K prompts of other lengths,
-a second at 8,000). A path whose request
-the budget cannot hold is skipped with a log line. Nothing stays behind: the blocks are freed, no entry is cached
-and the counters the metrics read are restored. A path whose request fails is logged as a warning (a fault stays
-with its request, as in serving), not fatal.
+multiple of 16 (the bundled checkpoint's op under the interpreter: one variant per kernel for 4K-8K prompts of
+other lengths, a second at 8,000). A path whose request the budget cannot hold is skipped with a log line; one
+whose request fails is logged as a warning (a fault stays with its request, as in serving), not fatal. Nothing
+stays behind: the blocks are freed, no entry is cached and the counters the metrics read are restored.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+
 import torch
 
 from lighthouse.engine.errors import InvalidRequest
