@@ -13,7 +13,9 @@ prefill with dense and with sparse decode, compact, and dense prefill; a model w
 only. Two lengths because Triton compiles a kernel once per specialization of its integer arguments (divisible by
 16 or not): the op's pooling, gather and scatter kernels take the sparse length, and the first length's is a
 multiple of 16 (the bundled checkpoint's op under the interpreter: one variant per kernel for 4K-8K prompts of
-other lengths, a second at 8,000). A path whose request the budget cannot hold is skipped with a log line; one
+other lengths, a second at 8,000). Then a prompt of the default path is left in the prefix cache and three
+questions reuse it but for their last 16, 32 and 64 query rows (a question after a document: the cached tail's
+kernel at each of its tile heights), and those entries are dropped. A path whose request the budget cannot hold is skipped with a log line; one
 whose request fails is logged as a warning (a fault stays with its request, as in serving), not fatal. Nothing
 stays behind: the blocks are freed, no entry is cached and the counters the metrics read are restored.
 """
@@ -59,6 +61,52 @@ def maybe_warm_up(engine) -> float | None:
     return None
 
 
+def _run_one(engine, rid: str, ids: list[int], params: SamplingParams, opts: RequestOptions) -> int | None:
+    """One warm-up request to its end: the prompt tokens it took from the prefix cache, or None when it was refused
+    or failed (logged)."""
+    what = f"prefill={opts.prefill} decode={opts.decode} kv_mode={opts.kv_mode}"
+    try:
+        engine.add_request(rid, ids, params, opts)
+    except InvalidRequest as exc:
+        log.info("warm-up: skipped %s (%s)", what, exc)
+        return None
+    failed, cached = None, 0
+    while engine.has_unfinished():
+        for out in engine.step():
+            failed = out.error if out.finished and out.error else failed
+            cached = out.prefill.cached_tokens if out.prefill is not None else cached
+    if failed is not None:  # a fault stays with its request, here as in serving: said, not fatal
+        log.warning("warm-up: %s failed: %s", what, failed)
+        return None
+    return cached
+
+
+def _prefix_hits(engine, ids: list[int], params: SamplingParams) -> list[str]:
+    """A prompt left in the prefix cache, then prompts that reuse all of it but their last k tokens: the cached tail's
+    kernel (prefill_attention.CachedTail) at 16, 32 and 64 rows (k x the query heads per KV head), the sizes a
+    question after a document takes; the entries made here are dropped afterwards."""
+    cache = engine.prefix_cache
+    if cache is None:
+        return []
+    r = engine.model.config.num_attention_heads // engine.model.config.num_key_value_heads
+    tail = engine.config.dense_tail_tokens
+    ks = [k for k in sorted({max(1, rows // r) for rows in (16, 32, 64)}) if k <= tail]
+    n = max(len(ids) - 1, cache.min_tokens + tail + 16)
+    doc = (ids * (n // len(ids) + 1))[:n]
+    before = list(cache.entries)
+    opts = RequestOptions(cache_prompt=True)
+    ran = []
+    if ks and _run_one(engine, f"{WARMUP_ID}doc", doc, params, opts) is not None:
+        for k in ks:
+            question = doc[: n - k] + [(t + 1) % engine.vocab_size for t in doc[n - k :]]
+            cached = _run_one(engine, f"{WARMUP_ID}hit{k}", question, params, opts)
+            if cached:
+                ran.append(f"hit/{n - cached}")
+    for e in [e for e in cache.entries if e not in before]:
+        cache.discard(e)
+    return ran
+
+
 def warm_up(engine) -> float:
     """Run the warm-up requests (module docstring) to completion; seconds it took."""
     t0 = time.monotonic()
@@ -68,26 +116,13 @@ def warm_up(engine) -> float:
     counters = engine.speculator.proposed, engine.speculator.accepted
     ran = []
     for i, (opts, length) in enumerate((o, m) for o in warmup_paths(engine) for m in (n, n + 1)):
-        rid = f"{WARMUP_ID}{i}"
-        try:
-            engine.add_request(rid, ids[:length], params, opts)
-        except InvalidRequest as exc:
-            log.info("warm-up: skipped prefill=%s decode=%s kv_mode=%s (%s)", opts.prefill, opts.decode, opts.kv_mode,
-                     exc)
-            continue
-        failed = None
-        while engine.has_unfinished():
-            for out in engine.step():
-                failed = out.error if out.finished and out.error else failed
-        if failed is not None:  # a fault stays with its request, here as in serving: said, not fatal
-            log.warning("warm-up: prefill=%s decode=%s kv_mode=%s failed: %s", opts.prefill, opts.decode,
-                        opts.kv_mode, failed)
-            continue
-        ran.append(f"{opts.prefill}/{opts.decode}/{opts.kv_mode}/{length}")
+        if _run_one(engine, f"{WARMUP_ID}{i}", ids[:length], params, opts) is not None:
+            ran.append(f"{opts.prefill}/{opts.decode}/{opts.kv_mode}/{length}")
+    ran += _prefix_hits(engine, ids, params)
     engine.speculator.proposed, engine.speculator.accepted = counters
     if engine.device.type == "cuda":
         torch.cuda.synchronize(engine.device)
     seconds = time.monotonic() - t0
-    log.info("warm-up: requests through %s (prefill/decode/kv_mode/tokens) in %.1f s (kernels compiled before the "
-             "first request)", ", ".join(ran) or "no path", seconds)
+    log.info("warm-up: requests through %s (prefill/decode/kv_mode/tokens; hit/tokens computed after a prefix hit) "
+             "in %.1f s (kernels compiled before the first request)", ", ".join(ran) or "no path", seconds)
     return seconds

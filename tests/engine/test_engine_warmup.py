@@ -29,7 +29,7 @@ def engine_recording_plans(model, **config) -> tuple[LLMEngine, list]:
     inner = model_runner.ModelRunner.start_prefill
 
     def start_prefill(self, kv, prompt_ids, plan, **kw):
-        plans.append((len(prompt_ids), plan.sparse, plan.sparse_decode, plan.compact))
+        plans.append((len(prompt_ids), plan.sparse, plan.sparse_decode, plan.compact, kw["cached"]))
         return inner(self, kv, prompt_ids, plan, **kw)
 
     model_runner.ModelRunner.start_prefill = start_prefill
@@ -44,9 +44,12 @@ def test_the_warm_up_runs_every_serving_path_once_and_leaves_nothing_behind():
     eng, plans = engine_recording_plans(tiny(), warmup=True)
     n = warmup_prompt_len(eng)
     assert n == 512 + 64 + 16  # the tiny preset's min_seq_len, the default dense tail, a few more
-    # sparse prefill with dense decode, with sparse decode, compact; dense prefill; each at n and n + 1 tokens
+    # sparse prefill with dense decode, with sparse decode, compact; dense prefill; each at n and n + 1 tokens; then a
+    # prompt left in the prefix cache and questions reusing all of it but their last 8, 16, 32 tokens (2 query heads
+    # per KV head: 16, 32, 64 rows of the cached tail's kernel)
     paths = [(True, False, False), (True, True, False), (True, True, True), (False, False, False)]
-    assert plans == [(m, *p) for p in paths for m in (n, n + 1)]
+    assert plans == [(m, *p, 0) for p in paths for m in (n, n + 1)] + [(n, True, False, False, 0)] + [
+        (n, True, False, False, n - k) for k in (8, 16, 32)]
     assert (n - 64) % 16 == 0  # the sparse length: one of Triton's integer specializations, then the other
     assert not eng.has_unfinished() and not eng._requests
     assert eng.kv.allocator.num_free == eng.kv.allocator.usable  # every block back
@@ -71,7 +74,9 @@ def test_no_warm_up_on_the_cpu_by_default_and_dense_only_without_lighthouse_laye
     no_lh = model_preset("tiny")
     no_lh.lighthouse.enabled = False
     _, plans = engine_recording_plans(LlamaForCausalLM(no_lh).eval(), warmup=True)
-    assert plans == [(64 + 16, False, False, False), (64 + 17, False, False, False)]
+    n = 256 + 64 + 16  # the hits' prompt: a dense entry is reused from prefix_cache_min_tokens on
+    assert plans == [(64 + 16, False, False, False, 0), (64 + 17, False, False, False, 0), (n, False, False, False, 0)] + [
+        (n, False, False, False, n - k) for k in (8, 16, 32)]
 
 
 def test_a_path_that_fails_in_the_warm_up_is_logged_and_the_others_still_run(caplog, monkeypatch):
@@ -91,7 +96,7 @@ def test_a_path_that_fails_in_the_warm_up_is_logged_and_the_others_still_run(cap
     assert len(warnings) == 2 and all("kv_mode=compact failed" in w and "RuntimeError" in w for w in warnings)
     done = [r.getMessage() for r in caplog.records if "requests through" in r.getMessage()]
     ran = done[0].split(" through ")[1].split(" (prefill")[0].split(", ")
-    assert len(done) == 1 and len(ran) == 6 and not [r for r in ran if "compact" in r]  # the other six ran
+    assert len(done) == 1 and len(ran) == 6 + 3 and not [r for r in ran if "compact" in r]  # the others ran
     assert not eng.has_unfinished() and eng.kv.allocator.num_free == eng.kv.allocator.usable
 
 
@@ -101,5 +106,5 @@ def test_on_cuda_the_engine_warms_up_by_default(caplog):
     with caplog.at_level("INFO", logger="lighthouse.engine.warmup"):
         eng = LLMEngine(tiny().to("cuda", torch.bfloat16), None, EngineConfig(kv_cache_bytes=64 << 20, block_size=16))
     done = [r.getMessage() for r in caplog.records if "requests through" in r.getMessage()]
-    assert len(done) == 1 and len(done[0].split(" through ")[1].split(" (prefill")[0].split(", ")) == 8
+    assert len(done) == 1 and len(done[0].split(" through ")[1].split(" (prefill")[0].split(", ")) == 8 + 3
     assert not eng.has_unfinished() and eng.kv.allocator.num_free == eng.kv.allocator.usable
