@@ -22,9 +22,8 @@ from lighthouse.engine.errors import InvalidRequest
 from lighthouse.engine.options import RequestOptions
 from lighthouse.engine.sampling import SamplingParams
 from lighthouse.model import LlamaForCausalLM
-from lighthouse.model.config import LighthouseConfig
-from lighthouse.model.presets import model_preset
 from lighthouse.ops import lighthouse_ref
+from tests.engine.test_engine_compact import compact_model
 
 N = 1100  # past the op's 512-token minimum, not a multiple of its length unit (the op pads: some entries are holes)
 COMPACT_DOC = RequestOptions(kv_mode="compact", dense_tail_tokens=0, pin_prompt=True)
@@ -32,12 +31,7 @@ COMPACT_DOC = RequestOptions(kv_mode="compact", dense_tail_tokens=0, pin_prompt=
 
 @pytest.fixture(scope="module")
 def model() -> LlamaForCausalLM:
-    """tiny (GQA 4/2), 4 layers: 0 and 3 dense, 1-2 Lighthouse (L2 p4 k128 from 512 tokens); fp32."""
-    cfg = model_preset("tiny")
-    cfg.num_hidden_layers = 4
-    cfg.lighthouse = LighthouseConfig(levels=2, pooling_factor=4, topk=128, full_attn_layers=[0, 3], min_seq_len=512)
-    torch.manual_seed(0)
-    return LlamaForCausalLM(cfg).eval()
+    return compact_model()  # test_engine_compact's: 4 layers, 0 and 3 dense, 1-2 Lighthouse, fp32
 
 
 def engine(model) -> LLMEngine:

@@ -20,14 +20,18 @@ N = 1100  # past the op's 512-token minimum and not a multiple of its length uni
 GREEDY = dict(temperature=0.0, ignore_eos=True, logprobs=0)
 
 
-@pytest.fixture(scope="module")
-def model() -> LlamaForCausalLM:
+def compact_model() -> LlamaForCausalLM:
     """tiny (GQA 4/2), 4 layers: 0 and 3 dense, 1-2 Lighthouse (L2 p4 k128 from 512 tokens); fp32."""
     cfg = model_preset("tiny")
     cfg.num_hidden_layers = 4
     cfg.lighthouse = LighthouseConfig(levels=2, pooling_factor=4, topk=128, full_attn_layers=[0, 3], min_seq_len=512)
     torch.manual_seed(0)
     return LlamaForCausalLM(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def model() -> LlamaForCausalLM:
+    return compact_model()
 
 
 def engine(model, **config) -> LLMEngine:
