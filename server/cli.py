@@ -46,23 +46,15 @@ def check_before_loading(settings: Settings) -> socket.socket:
     to listen on; closed here if a later check fails)."""
     from lighthouse.checkpoint import load_config, verify_checkpoint
     from lighthouse_server.app import checkpoint_dir
-    from lighthouse_server.startup_checks import check_memory, reserve_port
+    from lighthouse_server.startup_checks import check_memory, closed_on_error, reserve_port
 
     sock = reserve_port(settings.host, settings.port)
-    try:
+    with closed_on_error(sock):
         checkpoint = checkpoint_dir(settings)
         verify_checkpoint(checkpoint, require_tokenizer=True)
         for warning in check_memory(settings, load_config(checkpoint)):
             logging.getLogger("lighthouse_server.cli").warning(warning)
-    except BaseException:
-        sock.close()
-        raise
     return sock
-
-
-def _close(sock: socket.socket | None) -> None:
-    if sock is not None:
-        sock.close()
 
 
 def _exit_zero(_sig, _frame) -> None:
@@ -78,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     from lighthouse.checkpoint import CheckpointError
     from lighthouse_server.app import build_engine, create_app
     from lighthouse_server.shutdown import serve
-    from lighthouse_server.startup_checks import StartupError
+    from lighthouse_server.startup_checks import StartupError, closed_on_error
 
     try:
         settings = settings_from_args(args)
@@ -87,21 +79,18 @@ def run(args: argparse.Namespace) -> int:
         print(f"lighthouse serve: invalid settings:\n{exc}")
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    sock = None
     try:  # before uvicorn starts, so a bad checkpoint is one clear line, not a lifespan traceback
         sock = check_before_loading(settings)
-        engine = build_engine(settings)
+        with closed_on_error(sock):
+            engine = build_engine(settings)
     except StartupError as exc:
-        _close(sock)
         print(f"lighthouse serve: {exc}", file=sys.stderr)
         return 1
     except CheckpointError as exc:
-        _close(sock)
         print(f"lighthouse serve: cannot load the checkpoint: {exc}", file=sys.stderr)
         return 1
     # --model unknown or its package unreachable; an allocation refused; what only the engine checks
     except (UnknownModel, FileNotFoundError, RuntimeError, ValueError) as exc:
-        _close(sock)
         print(f"lighthouse serve: cannot prepare the model: {exc}", file=sys.stderr)
         return 1
     # SIGTERM/SIGINT: /ready 503, the pre-stop delay, drain, exit 0; the engine thread dying: exit 1

@@ -43,7 +43,7 @@ def reserve_port(host: str, port: int) -> socket.socket:
     loads."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
-    with _closed_on_error(sock):
+    with closed_on_error(sock):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
@@ -59,7 +59,8 @@ def reserve_port(host: str, port: int) -> socket.socket:
 
 
 @contextmanager
-def _closed_on_error(sock: socket.socket) -> Iterator[None]:
+def closed_on_error(sock: socket.socket) -> Iterator[None]:
+    """Close `sock` if the block raises (the reserved port goes back when startup fails)."""
     try:
         yield
     except BaseException:

@@ -19,6 +19,7 @@ from lighthouse.engine.citations import answer_attention
 from lighthouse.engine.citations_context import DocumentContext
 from lighthouse.engine.errors import CITATIONS_NEED_SPANS, InvalidRequest
 from lighthouse.engine.options import RequestOptions
+from lighthouse.engine.plan import plan_prefill
 from lighthouse.engine.sampling import SamplingParams
 
 
@@ -45,12 +46,10 @@ class DocumentPins:
         shorter one is prefilled densely and kept in full, as its questions reuse it)."""
         if not self.compact(kv_mode):
             return False
-        options = RequestOptions(kv_mode="compact", dense_tail_tokens=0, pin_prompt=True)
-        try:
-            req = self.engine.make_request("document-kind", prompt_ids, SamplingParams(max_tokens=1), options)
-        except InvalidRequest:
-            return True
-        return req.plan.compact
+        prefill, decode, _ = self.engine.defaults  # the upload's options (server/documents.py), as intake plans them
+        opts = RequestOptions(kv_mode="compact", dense_tail_tokens=0).resolved(prefill, decode, 0, "compact")
+        return plan_prefill(self.engine.model.config, len(prompt_ids), prefill=opts.prefill, decode=opts.decode,
+                            dense_tail_tokens=0, kv_mode="compact").compact
 
     def find(self, prompt_ids: list[int], kv_mode: str | None = None) -> CacheEntry | None:
         """The pinned entry of the document's kind (full or compact: the same tokens may be pinned as both) that
