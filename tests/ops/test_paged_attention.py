@@ -201,32 +201,6 @@ def test_triton_16_bit_passes_the_flash_attention_rule(dtype, num_splits):
 
 
 @needs_triton
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float8_e4m3fn])
-@pytest.mark.parametrize("num_splits", [1, 3])
-def test_triton_single_query_per_kv_head_path_matches_the_reference(dtype, num_splits, monkeypatch):
-    """VEC_SINGLE_QUERY: one query per KV head (H == H_kv) takes its dots on the CUDA cores in fp32; the same
-    attention as the reference, a float8 cache included, with holes and per-head rows."""
-    from lighthouse.ops.triton import paged_decode as pd
-
-    monkeypatch.setattr(pd, "VEC_SINGLE_QUERY", True)
-    c = make_case(LENS, PER, H=4, H_kv=4, holes=True, device=DEV, seed=9,
-                  dtype=torch.float32 if dtype == torch.float8_e4m3fn else dtype)
-    if dtype == torch.float8_e4m3fn:
-        c["k_cache"], c["v_cache"] = c["k_cache"].to(dtype), c["v_cache"].to(dtype)
-    launched = []
-    kernel = pd._paged_decode_kernel
-    monkeypatch.setattr(pd, "_paged_decode_kernel", type("K", (), {
-        "__getitem__": lambda self, grid: (lambda *a, **kw: launched.append(kw["VEC"]) or kernel[grid](*a, **kw)),
-        "warmup": lambda self, *a, **kw: kernel.warmup(*a, **kw)})())
-    got = paged_decode_attention(**c, num_splits=num_splits, backend="triton")
-    want = paged_decode_attention_ref(**c)
-    assert launched == [True]
-    tol = 2e-2 if dtype == torch.bfloat16 else 1e-5
-    assert got.dtype == c["q"].dtype and diff(got, want)[0] < tol
-    assert torch.equal(got[0], torch.zeros_like(got[0]))
-
-
-@needs_triton
 def test_triton_ignores_unattended_slots_and_empty_batches():
     c = make_case(LENS, PER, holes=True, device=DEV, spare_blocks=2)
     want = paged_decode_attention_ref(**c)

@@ -44,12 +44,12 @@ def timed(args, iters=20) -> tuple[float, torch.Tensor]:
 def main() -> None:
     res = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "shape": f"H {H}, H_kv {H_KV}, D {D}, "
            f"block {BS}, one layer", "cases": []}
-    defaults = pd.FP8_TILE, pd.FP8_F16_DOT, pd.NUM_STAGES, pd.NUM_WARPS, pd.VEC_SINGLE_QUERY, pd.TILE, pd.WAVES
+    defaults = pd.FP8_TILE, pd.FP8_F16_DOT, pd.NUM_STAGES, pd.NUM_WARPS, pd.TILE, pd.WAVES
     for B, n in ((1, 512 * 1024), (32, 16 * 1024)):
         base = case(B, n, torch.bfloat16)
         nbytes = 2 * base[1].numel() * 2
         for waves in (1, 2, 4):  # bf16 as it runs, at 1, 2 and 4 waves of split-K programs
-            pd.WAVES, vec, tile = waves, False, pd.TILE
+            pd.WAVES, tile = waves, pd.TILE
             try:
                 ms, out = timed(base)
             except Exception as exc:  # noqa: BLE001
@@ -58,33 +58,33 @@ def main() -> None:
             if waves == 1:
                 ref = out
             err = (out.float() - ref.float()).abs().max().item()
-            res["cases"].append({"B": B, "n": n, "dtype": "bf16", "ms": ms, "GBps": nbytes / ms / 1e6, "vec": vec,
+            res["cases"].append({"B": B, "n": n, "dtype": "bf16", "ms": ms, "GBps": nbytes / ms / 1e6,
                                  "tile": tile, "waves": waves, "max_abs_err_vs_default": err})
             print(res["cases"][-1], flush=True)
-        pd.WAVES = defaults[6]
+        pd.WAVES = defaults[5]
         f8 = case(B, n, torch.float8_e4m3fn)
         deq = (f8[0], f8[1].to(torch.bfloat16), f8[2].to(torch.bfloat16), *f8[3:])
         _, ref8 = timed(deq, 1)
         del deq
         # the default at 1, 2 and 4 waves of split-K programs (more programs in flight per SM: memory parallelism),
-        # then the default's neighbours at 2 waves (VEC_SINGLE_QUERY and the other tensor-core variants were measured:
+        # then the default's neighbours at 2 waves (the single-query path and the other variants were measured:
         # bench/results/2026-12-07_h100_session5_checks/, 2026-12-07_h200_gpu_checks/)
-        variants = [(128, True, False, (3, 4), w) for w in (1, 2, 4)] + [
-            (tile, True, False, sw, 2) for tile, sw in ((128, (4, 4)), (256, (3, 4)), (64, (3, 4)))]
-        for tile, f16, vec, (stages, warps), waves in variants:
-            pd.FP8_TILE, pd.FP8_F16_DOT, pd.NUM_STAGES, pd.NUM_WARPS, pd.VEC_SINGLE_QUERY = tile, f16, stages, warps, vec
+        variants = [(128, True, (3, 4), w) for w in (1, 2, 4)] + [
+            (tile, True, sw, 2) for tile, sw in ((128, (4, 4)), (256, (3, 4)), (64, (3, 4)))]
+        for tile, f16, (stages, warps), waves in variants:
+            pd.FP8_TILE, pd.FP8_F16_DOT, pd.NUM_STAGES, pd.NUM_WARPS = tile, f16, stages, warps
             pd.WAVES = waves
             try:
                 ms, out = timed(f8)
             except Exception as exc:  # noqa: BLE001 - e.g. out of shared memory
-                print(f"tile {tile} f16 {f16} vec {vec} stages {stages} warps {warps}: {type(exc).__name__}: "
+                print(f"tile {tile} f16 {f16} stages {stages} warps {warps}: {type(exc).__name__}: "
                       f"{str(exc)[:200]}", flush=True)
                 continue
             err = (out.float() - ref8.float()).abs().max().item()
             res["cases"].append({"B": B, "n": n, "dtype": "fp8", "ms": ms, "GBps": nbytes / 2 / ms / 1e6, "tile": tile,
-                                 "f16_dot": f16, "vec": vec, "waves": waves, "stages": stages, "warps": warps, "max_abs_err_vs_bf16_of_fp8": err})
+                                 "f16_dot": f16, "waves": waves, "stages": stages, "warps": warps, "max_abs_err_vs_bf16_of_fp8": err})
             print(res["cases"][-1], flush=True)
-        pd.FP8_TILE, pd.FP8_F16_DOT, pd.NUM_STAGES, pd.NUM_WARPS, pd.VEC_SINGLE_QUERY, pd.TILE, pd.WAVES = defaults
+        pd.FP8_TILE, pd.FP8_F16_DOT, pd.NUM_STAGES, pd.NUM_WARPS, pd.TILE, pd.WAVES = defaults
         del f8, base
         torch.cuda.empty_cache()
         json.dump(res, open(sys.argv[1], "w"), indent=1)

@@ -39,10 +39,9 @@ TILE = 128 if INTERPRETING else 64  # slots per loop step (TILE // block_size pa
 # 0.576 ms (slower than bf16), at 128 in bf16 0.487, at 128 in float16 0.425 (256: 0.441; 8 warps slower everywhere).
 FP8_TILE: int | None = 128  # None: TILE
 FP8_F16_DOT = True
-# One query per KV head (R * Q == 1: multi-head attention's decode): dots as fp32 multiply-and-sum instead of a
-# tensor-core tile padded to 16 rows (15 of them masked), in any cache dtype. Measured slower (H100, one 512K layer:
-# bf16 0.925 vs 0.705 ms, float8 0.667 vs 0.426; bench/results/2026-12-07_h100_session5_checks/): off.
-VEC_SINGLE_QUERY = False
+# (One query per KV head as fp32 multiply-and-sum on the CUDA cores instead of the 16-row tensor-core tile was
+# measured slower: H100, one 512K layer, bf16 0.925 vs 0.705 ms, float8 0.667 vs 0.426 ms;
+# bench/results/2026-12-07_h100_session5_checks/. Not kept.)
 WAVES = 1  # default split-K fills this many waves of programs (see default_num_splits)
 MIN_CHUNK = 512  # ... but no split gets fewer than this many of the table's slots
 MAX_SPLITS = 256
@@ -58,7 +57,6 @@ def _paged_decode_kernel(
     sq_b, sq_h, sq_q, sk_blk, sk_slot, sk_h, sv_blk, sv_slot, sv_h, sbt_b,
     D: tl.constexpr, R: tl.constexpr, QLEN: tl.constexpr, R_PAD: tl.constexpr, BS: tl.constexpr, TILE: tl.constexpr,
     SPLIT: tl.constexpr, HAS_HOLE: tl.constexpr, F32_DOT: tl.constexpr, FP8: tl.constexpr, F16_DOT: tl.constexpr,
-    VEC: tl.constexpr,
 ):
     split = tl.program_id(0)
     g = tl.program_id(1)
@@ -81,7 +79,7 @@ def _paged_decode_kernel(
     limit = seq_len - (QLEN - 1 - qi)  # (R_PAD,) entries each query attends: t < limit
     q = tl.load(q_ptr + b.to(tl.int64) * sq_b + head[:, None] * sq_h + qi[:, None] * sq_q + d[None, :],
                 mask=live[:, None], other=0.0)
-    if F32_DOT or VEC:  # exact fp32 products (fp32 inputs, the interpreter, whose 16-bit dot is wrong; VEC)
+    if F32_DOT:  # exact fp32 products (fp32 inputs; and the interpreter, whose 16-bit dot is wrong)
         q = q.to(tl.float32)
     elif F16_DOT:  # a float8 cache read as float16 (exact); q scaled first (float16 overflows past 65504)
         q = (q.to(tl.float32) * q_scale).to(tl.float16)
@@ -109,17 +107,14 @@ def _paged_decode_kernel(
             page = tl.load(bt_row + s // BS, mask=s < end, other=0).to(tl.int64)[:, None]
         off = page * sk_blk + (s % BS)[:, None] * sk_slot + d[None, :]  # (TILE, D), D contiguous
         k = tl.load(k_row + off, mask=used[:, None], other=0.0)
-        if VEC:  # R_PAD == 1: (1, D) x (TILE, D) -> (1, TILE) on the CUDA cores
-            qk = tl.sum(k.to(tl.float32) * q, axis=1)[None, :]
+        if F16_DOT:
+            k = k.to(tl.float16)
+        elif FP8:  # a float8 cache (scale 1): exact in q's dtype
+            k = k.to(q_ptr.dtype.element_ty)
+        if F32_DOT:
+            qk = tl.dot(q, tl.trans(k.to(tl.float32)), input_precision="ieee")
         else:
-            if F16_DOT:
-                k = k.to(tl.float16)
-            elif FP8:  # a float8 cache (scale 1): exact in q's dtype
-                k = k.to(q_ptr.dtype.element_ty)
-            if F32_DOT:
-                qk = tl.dot(q, tl.trans(k.to(tl.float32)), input_precision="ieee")
-            else:
-                qk = tl.dot(q, tl.trans(k))
+            qk = tl.dot(q, tl.trans(k))
         qk = tl.where(ok, qk * qk_scale, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, axis=1))
         m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # a head with nothing yet: keep zeros, no NaN
@@ -127,18 +122,15 @@ def _paged_decode_kernel(
         p = tl.exp2(qk - m_use[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
         v = tl.load(v_row + page * sv_blk + (s % BS)[:, None] * sv_slot + d[None, :], mask=used[:, None], other=0.0)
-        if VEC:  # (TILE, 1) x (TILE, D) summed over the tile: p stays fp32
-            acc = acc * alpha[:, None] + tl.sum(tl.trans(p) * v.to(tl.float32), axis=0)[None, :]
+        if F16_DOT:
+            v = v.to(tl.float16)
+        elif FP8:
+            v = v.to(q_ptr.dtype.element_ty)
+        pv = p.to(v.dtype)  # rounded like the GPU's 16-bit dot operand (a no-op for fp32)
+        if F32_DOT:
+            acc = acc * alpha[:, None] + tl.dot(pv.to(tl.float32), v.to(tl.float32), input_precision="ieee")
         else:
-            if F16_DOT:
-                v = v.to(tl.float16)
-            elif FP8:
-                v = v.to(q_ptr.dtype.element_ty)
-            pv = p.to(v.dtype)  # rounded like the GPU's 16-bit dot operand (a no-op for fp32)
-            if F32_DOT:
-                acc = acc * alpha[:, None] + tl.dot(pv.to(tl.float32), v.to(tl.float32), input_precision="ieee")
-            else:
-                acc = acc * alpha[:, None] + tl.dot(pv, v)
+            acc = acc * alpha[:, None] + tl.dot(pv, v)
         m_i = m_new
 
     bh = (b.to(tl.int64) * H + head) * QLEN + qi  # (R_PAD,) output row (b, head, qi)
@@ -268,10 +260,9 @@ def paged_decode(
     has_hole = hole_start is not None
     fp8 = k_cache.dtype == torch.float8_e4m3fn
     f32_dot = q.dtype == torch.float32 or INTERPRETING
-    vec = VEC_SINGLE_QUERY and r * Q == 1
-    consts = dict(D=D, R=r, QLEN=Q, R_PAD=1 if vec else max(16, triton.next_power_of_2(r * Q)), BS=BS,
-                  TILE=(FP8_TILE or TILE) if fp8 else TILE, HAS_HOLE=has_hole, F32_DOT=f32_dot and not vec, FP8=fp8,
-                  F16_DOT=fp8 and FP8_F16_DOT and not f32_dot and not vec, VEC=vec,
+    consts = dict(D=D, R=r, QLEN=Q, R_PAD=max(16, triton.next_power_of_2(r * Q)), BS=BS,
+                  TILE=(FP8_TILE or TILE) if fp8 else TILE, HAS_HOLE=has_hole, F32_DOT=f32_dot, FP8=fp8,
+                  F16_DOT=fp8 and FP8_F16_DOT and not f32_dot,
                   num_warps=NUM_WARPS, num_stages=NUM_STAGES)
 
     def args(part, m, lsum, splits):
