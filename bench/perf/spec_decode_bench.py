@@ -7,8 +7,11 @@ is the pass key? The pass key is"), so the answer copies the key from the docume
 load the bundled checkpoint (trained on such tasks, 524,288 positions) in its own engine.
 
 For each case the same engine runs the prompts greedily without speculation, then with `num_tokens` drafts per
-step; decode tokens/s is (tokens after the first) / (time from each request's first to its last token), for the
-batch: all requests' such tokens / the time from the first first token to the last token. Fields:
+step, each twice, the second timed (the first captures the verify step's CUDA graph of every (batch, queries)
+bucket the run reaches: rows finish at different steps under speculation, so the batch shrinks through buckets).
+Decode tokens/s counts only decoding: from the step at which every request of the batch has its first token (all
+prefills done) to the last token, the tokens produced in between over that time. A prompt is the case's length
+less its new tokens (a 512K case fills the model's 524,288 positions). Fields:
 spec_speedup_128k_b1, spec_speedup_512k_b1, spec_speedup_8k_b32 (ratio of tokens/s with / without),
 spec_ms_per_token_* and base_ms_per_token_*, spec_outputs_identical_* (greedy tokens equal), and
 spec_acceptance_rate (accepted / proposed drafts over all cases).
@@ -38,14 +41,14 @@ def extractive_prompts(batch: int, n_tokens: int) -> list[list[int]]:
     return [ids.tolist() for _, ids, _ in out]
 
 
-def bundled_engine(max_num_seqs: int):
+def bundled_engine(max_num_seqs: int, dtype: str | None = None):
     from lighthouse.engine.config import EngineConfig
     from lighthouse.engine.llm import load_engine
 
     cuda = torch.cuda.is_available()
     cfg = EngineConfig(max_num_seqs=max_num_seqs, max_prefill_chunk_ms=None, enable_prefix_caching=False,
                        kv_cache_bytes=None if cuda else 1 << 30)
-    return load_engine(None, cfg, device="cuda" if cuda else "cpu", dtype="bfloat16" if cuda else "float32")
+    return load_engine(None, cfg, device="cuda" if cuda else "cpu", dtype=dtype or ("bfloat16" if cuda else "float32"))
 
 
 def _drive(engine, prompts: list[list[int]], max_tokens: int, k: int) -> tuple[list[list[int]], float, int]:
@@ -54,37 +57,37 @@ def _drive(engine, prompts: list[list[int]], max_tokens: int, k: int) -> tuple[l
     opts = RequestOptions(speculative=Speculation("prompt_lookup", k))
     rids = [f"spec-{k}-{i}-{time.monotonic_ns()}" for i in range(len(prompts))]
     toks: dict[str, list[int]] = {r: [] for r in rids}
-    first: dict[str, float] = {}
-    last: dict[str, float] = {}
     for rid, ids in zip(rids, prompts):
         engine.add_request(rid, ids, params, opts)
+    start = None  # (time, tokens so far) once every request has its first token
     while engine.has_unfinished():
         outs = engine.step()
         now = time.perf_counter()
         for o in outs:
             if o.error:
                 raise RuntimeError(o.error)
-            if o.token_ids:
-                toks[o.request_id] += o.token_ids
-                first.setdefault(o.request_id, now)
-                last[o.request_id] = now
-    # every token after each request's first, over the time from the first first token to the last token
-    decoded = sum(len(t) for t in toks.values()) - len(rids)
-    return [toks[r] for r in rids], max(last.values()) - min(first.values()), decoded
+            toks[o.request_id] += o.token_ids
+        if start is None and all(toks.values()):
+            start = (now, sum(len(t) for t in toks.values()))
+    return [toks[r] for r in rids], now - start[0], sum(len(t) for t in toks.values()) - start[1]
 
 
 def measure(engine, tag: str, batch: int, n_tokens: int, new_tokens: int) -> dict:
-    prompts = extractive_prompts(batch, n_tokens)
-    _drive(engine, [p[: min(len(p), 600)] for p in prompts], 16, NUM_TOKENS)  # warm both paths (verify graphs)
+    prompts = extractive_prompts(batch, n_tokens - new_tokens)
+    _drive(engine, prompts, new_tokens, 0)  # untimed: every shape of the run compiled and captured
     base, t_base, n_base = _drive(engine, prompts, new_tokens, 0)
+    _drive(engine, prompts, new_tokens, NUM_TOKENS)
     sp = engine.speculator
     before = (sp.proposed, sp.accepted)
     spec, t_spec, n_spec = _drive(engine, prompts, new_tokens, NUM_TOKENS)
     proposed, accepted = sp.proposed - before[0], sp.accepted - before[1]
+    same = [a == b for a, b in zip(base, spec)]
+    agree = [next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), len(a)) for a, b in zip(base, spec)]
     base_tps, spec_tps = n_base / t_base, n_spec / t_spec
     return {f"spec_speedup_{tag}": spec_tps / base_tps, f"base_tokens_per_s_{tag}": base_tps,
             f"spec_tokens_per_s_{tag}": spec_tps, f"base_ms_per_token_{tag}": 1000 * batch / base_tps,
-            f"spec_ms_per_token_{tag}": 1000 * batch / spec_tps, f"spec_outputs_identical_{tag}": base == spec,
+            f"spec_ms_per_token_{tag}": 1000 * batch / spec_tps, f"spec_outputs_identical_{tag}": all(same),
+            f"spec_rows_identical_{tag}": sum(same), f"spec_tokens_before_first_difference_{tag}": agree,
             f"spec_drafts_{tag}": proposed, f"spec_accepted_{tag}": accepted,
             f"spec_acceptance_rate_{tag}": accepted / max(1, proposed), f"spec_prompt_tokens_{tag}": n_tokens,
             f"spec_batch_{tag}": batch}
@@ -106,6 +109,17 @@ def run_all(bench, mode: str) -> None:
         return
     for tag, (b, n, new) in cases.items():
         bench.measure(f"spec_{tag}", lambda tag=tag, b=b, n=n, new=new: measure(holder["engine"], tag, b, n, new))
+    differ = [t for t in cases if bench.res.get(f"spec_outputs_identical_{t}") is False]
+    if differ and torch.cuda.is_available():  # numerics or logic? the same comparison in float32
+        del holder["engine"]
+        torch.cuda.empty_cache()
+        bench.measure("spec_engine_fp32", lambda: holder.update(engine=bundled_engine(
+            max(b for b, _, _ in cases.values()), "float32")) or {})
+        for tag in differ:
+            b, n, new = cases[tag]
+            bench.measure(f"spec_{tag}_fp32", lambda tag=tag, b=b, n=n, new=new: {
+                f"spec_outputs_identical_{tag}_fp32": measure(holder["engine"], tag, b, n, new)[
+                    f"spec_outputs_identical_{tag}"]})
     drafts = sum(bench.res.get(f"spec_drafts_{t}", 0) for t in cases)
     accepted = sum(bench.res.get(f"spec_accepted_{t}", 0) for t in cases)
     bench.res["spec_acceptance_rate"] = accepted / drafts if drafts else None

@@ -98,10 +98,10 @@ class ModelRunner:
         B, Q = len(kvs), max(len(t) for t in tokens)
         rows, Qs, graphed = self._verify_shape(B, Q)
         self.inputs.fill_tables(kvs)
-        host = torch.zeros(rows, Qs + 3, dtype=torch.long)  # ids (right-aligned), then full position, entry, count
-        for b, (kv, t) in enumerate(zip(kvs, tokens)):
-            host[b, Qs - len(t) : Qs] = torch.tensor(t)
-            host[b, Qs:] = torch.tensor([*kv.decode_position(), len(t)])
+        rows_meta = [[0] * (Qs - len(t)) + t + [kv.length, kv.ctx_len, len(t)] for kv, t in zip(kvs, tokens)]
+        # ids (right-aligned), then the full position, the context entry (kv.decode_position()) and the count
+        host = torch.zeros(rows, Qs + 3, dtype=torch.long)
+        host[:B] = torch.tensor(rows_meta)
         if not graphed:
             logits = self._verify_forward(host.to(self.device, non_blocking=True), rows, Qs)
         else:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from lighthouse.engine.request import Sequence, TokenLogprob
 from lighthouse.engine.speculative.acceptance import emitted_logprobs, verify
-from lighthouse.engine.speculative.proposer import TokenHistory, propose
+from lighthouse.engine.speculative.proposer import TokenHistory
 from lighthouse.engine.structured.mask import checked_drafts, mask_verify_logits
 
 if TYPE_CHECKING:
@@ -41,7 +41,9 @@ class Speculator:
             if k and s.history is None:
                 prompt = s.request.prompt().numpy()
                 s.history = TokenHistory(prompt, len(prompt) + s.params.max_tokens)
-            d = propose(s.history.sync(s.output_ids), k) if k else []
+            if k:
+                s.history.sync(s.output_ids)
+            d = s.history.draft(k) if k else []
             drafts.append(checked_drafts(s.grammar, d) if s.grammar is not None and d else d)
         return drafts if any(drafts) else None
 

@@ -149,7 +149,7 @@ def test_sampled_tokens_keep_the_models_distribution_end_to_end(llm, monkeypatch
 
     first = dist([])
     drafts = {t0: max(dist([t0]), key=dist([t0]).get) for t0 in first}  # the likelier 2nd token as the draft
-    monkeypatch.setattr(step, "propose", lambda hist, k: [drafts[int(hist[len(ids)])]])
+    monkeypatch.setattr(step.TokenHistory, "draft", lambda hist, k: [drafts[int(hist.buf[len(ids)])]])
     N = 960
     sp = engine.speculator
     before = sp.proposed
