@@ -84,6 +84,23 @@ def test_a_document_shorter_than_the_prefix_caches_minimum_is_pinned_and_reused(
         [t.logprob for t in inline.choices[0].logprobs.content], abs=1e-4)
 
 
+def test_a_chat_with_another_system_message_than_the_uploads_prefills_the_document_afresh(server):
+    # the SDK's upload carries its default system message; a plain chat by id without one has a shorter head than
+    # the upload's, which once made the question's dense tail negative (a 500)
+    with lc.Client(base_url=server.url, api_key=KEY_A, max_retries=0) as sdk:
+        d = sdk.documents.upload(DOC, name="with-system")
+    client = oa(server)
+    r = ask(client, d.id)  # no system message: the document is encoded afresh after this chat's head
+    inline = client.chat.completions.create(  # the same prompt, the document sent as text, nothing reused
+        model="tiny", messages=[{"role": "user", "content": f"{DOC}\n\nQuestion: What is it?"}], max_tokens=8,
+        temperature=0, logprobs=True, extra_body={"cache_prompt": False})
+    assert r.usage.prompt_tokens == inline.usage.prompt_tokens
+    assert r.choices[0].message.content == inline.choices[0].message.content
+    with pytest.raises(openai.BadRequestError) as err:  # citations read the pinned layout only
+        ask(client, d.id, extra={"citations": True})
+    assert err.value.code == "citations_unavailable"
+
+
 def test_completions_take_document_id_before_the_prompt(server):
     d = upload(server)
     r = oa(server).completions.create(model="tiny", prompt="Summary:", max_tokens=4, temperature=0,
