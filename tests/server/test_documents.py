@@ -10,6 +10,7 @@ import httpx
 import lighthouse_client as lc
 import openai
 import pytest
+import safetensors.torch
 
 from lighthouse.engine.cache import disk_tier
 
@@ -186,8 +187,28 @@ def test_ttl_expiry(server, assert_error):
     try:
         assert_error(c.get(f"/v1/documents/{d['id']}"), 404, code="document_not_found")
         assert d["id"] not in [x["id"] for x in c.get("/v1/documents").json()["data"]]
+        with pytest.raises(openai.NotFoundError):
+            ask(oa(server), d["id"])
     finally:
         service.clock = real
+
+
+def test_ttl_expiry_through_the_sdk(server):
+    service = server.app.state.documents
+    with lc.Client(base_url=server.url, api_key=KEY_A, max_retries=0) as client:
+        doc = client.documents.upload(DOC, name="short-lived", ttl_s=60)
+        assert doc.info.ttl_s == 60 and doc.info.expires_at == doc.info.created_at + 60
+        assert doc.ask("Who?", max_tokens=2).text is not None
+        real = service.clock
+        service.clock = lambda: real() + 61  # 61 s later, without waiting for them
+        try:
+            with pytest.raises(lc.NotFoundError):
+                client.documents.retrieve(doc.id)
+            with pytest.raises(lc.NotFoundError):
+                doc.ask("Who?", max_tokens=2)
+            assert doc.id not in [x.id for x in client.documents.list()]
+        finally:
+            service.clock = real
 
 
 def test_a_key_never_sees_another_keys_documents(server, assert_error):
@@ -198,6 +219,14 @@ def test_a_key_never_sees_another_keys_documents(server, assert_error):
     with pytest.raises(openai.NotFoundError):
         ask(oa(server, KEY_B), d["id"])
     assert_error(b.delete(f"/v1/documents/{d['id']}"), 404, code="document_not_found")
+    with lc.Client(base_url=server.url, api_key=KEY_B, max_retries=0) as sdk_b:  # the same through the SDK
+        assert d["id"] not in [x.id for x in sdk_b.documents.list()]
+        for call in (lambda: sdk_b.documents.retrieve(d["id"]), lambda: sdk_b.documents.delete(d["id"]),
+                     lambda: sdk_b.chat.completions.create(messages=[{"role": "user", "content": "Question: ?"}],
+                                                           max_tokens=2, extra_body={"document_id": d["id"]})):
+            with pytest.raises(lc.NotFoundError) as err:
+                call()
+            assert err.value.status_code == 404 and err.value.code == "document_not_found"
     assert http(server, KEY_A).get(f"/v1/documents/{d['id']}").status_code == 200  # still there for A
 
 
@@ -289,6 +318,16 @@ def test_a_changed_checkpoint_ignores_the_store(tiny_checkpoint, loopback_server
     with loopback_server(settings_for(other, served_model_name="tiny", document_store=str(store))) as s:
         assert httpx.get(s.url + "/v1/documents").json()["data"] == []
         assert_error(httpx.get(s.url + f"/v1/documents/{d['id']}"), 404, code="document_not_found")
+    one_weight = shutil.copytree(tiny_checkpoint, tmp_path / "one-weight")  # the same model but one weight
+    weights = next(one_weight.glob("*.safetensors"))
+    tensors = safetensors.torch.load_file(weights)
+    name = sorted(tensors)[0]
+    tensors[name].view(-1)[0] += 1.0
+    safetensors.torch.save_file(tensors, weights, metadata={"format": "pt"})
+    with loopback_server(settings_for(one_weight, served_model_name="tiny", document_store=str(store))) as s:
+        assert httpx.get(s.url + "/v1/documents").json()["data"] == []
+        with pytest.raises(openai.NotFoundError):
+            ask(openai.OpenAI(base_url=s.url + "/v1", api_key="unused", max_retries=0, timeout=120), d["id"])
     copy = shutil.copytree(tiny_checkpoint, tmp_path / "same")  # the same bytes elsewhere: the same identity
     with loopback_server(settings_for(copy, served_model_name="tiny", document_store=str(store))) as s:
         assert [x["id"] for x in httpx.get(s.url + "/v1/documents").json()["data"]] == [d["id"]]
