@@ -256,8 +256,10 @@ class DocumentService:
         if not d.resident:  # (another question may have restored it meanwhile)
             d.resident = await self.engine.call(lambda: self.pins.restore(data)) > 0
 
-    async def chat_prompt(self, d: Document, messages, add_generation_prompt: bool) -> list[int]:
-        """A chat's prompt ids with the document first in its first user message."""
+    async def chat_prompt(self, d: Document, messages, add_generation_prompt: bool) -> tuple[list[int], int]:
+        """A chat's prompt ids with the document first in its first user message, and how many of them follow the
+        document (the question's: the dense tail). With the upload's head the ids start with the pinned prefix; with
+        another (a different system message) the document is encoded afresh after that head."""
         prompts = self.prompts_of()
         if d.layout != "chat":
             raise APIError(400, "this document was uploaded for a model without a chat template; use "
@@ -270,10 +272,10 @@ class DocumentService:
         rest_contents[u] = SEPARATOR + contents[u]
         rest = await prompts._run(prompts.template.encode, rendered[m.start() :], rest_contents)
         if head == d.head and d.prefix_ids is not None:
-            return d.prefix_ids + rest
+            return d.prefix_ids + rest, len(rest)
         with_doc = list(contents)
         with_doc[u] = d.text or ""
-        return await prompts._run(prompts.template.encode, rendered[: m.end()], with_doc) + rest
+        return await prompts._run(prompts.template.encode, rendered[: m.end()], with_doc) + rest, len(rest)
 
     async def completion_prompt(self, d: Document, prompt_ids: list[int] | None, prompt: str | None) -> list[int]:
         prompts = self.prompts_of()
@@ -316,7 +318,8 @@ class DocumentService:
         return cite
 
     @staticmethod
-    def options(d: Document, asked: RequestOptions, prompt_len: int) -> RequestOptions:
-        """The question's tokens are the dense tail, so the document's head and split are the upload's (reused)."""
-        tail = asked.dense_tail_tokens if asked.dense_tail_tokens is not None else prompt_len - d.tokens
+    def options(d: Document, asked: RequestOptions, question_tokens: int) -> RequestOptions:
+        """The question's tokens (those after the document) are the dense tail, so the document's head and split are
+        the upload's (reused)."""
+        tail = asked.dense_tail_tokens if asked.dense_tail_tokens is not None else question_tokens
         return replace(asked, dense_tail_tokens=tail, kv_mode=asked.kv_mode or d.kv_mode)  # type: ignore[arg-type]

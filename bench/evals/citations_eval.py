@@ -147,8 +147,8 @@ def _tail_ids(srv: Server, doc_id: str) -> list[int]:
     service = srv.app.state.documents
     d = service.docs[doc_id]
     msgs = [ChatMessage(role="user", content=QUESTION)]
-    ids = asyncio.run(service.chat_prompt(d, msgs, True))
-    return ids[len(d.prefix_ids):]
+    ids, question_tokens = asyncio.run(service.chat_prompt(d, msgs, True))
+    return ids[len(ids) - question_tokens:]
 
 
 def summary(rows: list[dict]) -> dict:

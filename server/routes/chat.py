@@ -29,8 +29,8 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request, 
         documents = get_documents(request)
         doc = await documents.get(body.document_id, get_owner(request), param="document_id")
         await documents.resident(doc)
-        prompt_ids = await documents.chat_prompt(doc, body.messages, body.add_generation_prompt)
-        options = documents.options(doc, options, len(prompt_ids))
+        prompt_ids, question_tokens = await documents.chat_prompt(doc, body.messages, body.add_generation_prompt)
+        options = documents.options(doc, options, question_tokens)
     else:
         prompt_ids = await prompts.chat(body.messages, body.add_generation_prompt)
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens

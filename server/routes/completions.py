@@ -34,7 +34,7 @@ async def create_completion(body: CompletionRequest, request: Request, engine: E
         text = _one_text(body.prompt)
         ids = None if text is not None else await prompts.completion(body.prompt)
         prompt_ids = await documents.completion_prompt(doc, ids, text)
-        options = documents.options(doc, options, len(prompt_ids))
+        options = documents.options(doc, options, len(prompt_ids) - doc.tokens)
     else:
         prompt_ids = await prompts.completion(body.prompt)
     max_tokens = 16 if body.max_tokens is None else body.max_tokens  # OpenAI's default, also for an explicit null

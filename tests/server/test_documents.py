@@ -10,6 +10,7 @@ import httpx
 import lighthouse_client as lc
 import openai
 import pytest
+import safetensors.torch
 
 from lighthouse.engine.cache import disk_tier
 
@@ -82,6 +83,23 @@ def test_a_document_shorter_than_the_prefix_caches_minimum_is_pinned_and_reused(
     assert r.choices[0].message.content == inline.choices[0].message.content
     assert [t.logprob for t in r.choices[0].logprobs.content] == pytest.approx(
         [t.logprob for t in inline.choices[0].logprobs.content], abs=1e-4)
+
+
+def test_a_chat_with_another_system_message_than_the_uploads_prefills_the_document_afresh(server):
+    # the SDK's upload carries its default system message; a plain chat by id without one has a shorter head than
+    # the upload's, which once made the question's dense tail negative (a 500)
+    with lc.Client(base_url=server.url, api_key=KEY_A, max_retries=0) as sdk:
+        d = sdk.documents.upload(DOC, name="with-system")
+    client = oa(server)
+    r = ask(client, d.id)  # no system message: the document is encoded afresh after this chat's head
+    inline = client.chat.completions.create(  # the same prompt, the document sent as text, nothing reused
+        model="tiny", messages=[{"role": "user", "content": f"{DOC}\n\nQuestion: What is it?"}], max_tokens=8,
+        temperature=0, logprobs=True, extra_body={"cache_prompt": False})
+    assert r.usage.prompt_tokens == inline.usage.prompt_tokens
+    assert r.choices[0].message.content == inline.choices[0].message.content
+    with pytest.raises(openai.BadRequestError) as err:  # citations read the pinned layout only
+        ask(client, d.id, extra={"citations": True})
+    assert err.value.code == "citations_unavailable"
 
 
 def test_completions_take_document_id_before_the_prompt(server):
@@ -169,8 +187,28 @@ def test_ttl_expiry(server, assert_error):
     try:
         assert_error(c.get(f"/v1/documents/{d['id']}"), 404, code="document_not_found")
         assert d["id"] not in [x["id"] for x in c.get("/v1/documents").json()["data"]]
+        with pytest.raises(openai.NotFoundError):
+            ask(oa(server), d["id"])
     finally:
         service.clock = real
+
+
+def test_ttl_expiry_through_the_sdk(server):
+    service = server.app.state.documents
+    with lc.Client(base_url=server.url, api_key=KEY_A, max_retries=0) as client:
+        doc = client.documents.upload(DOC, name="short-lived", ttl_s=60)
+        assert doc.info.ttl_s == 60 and doc.info.expires_at == doc.info.created_at + 60
+        assert doc.ask("Who?", max_tokens=2).text is not None
+        real = service.clock
+        service.clock = lambda: real() + 61  # 61 s later, without waiting for them
+        try:
+            with pytest.raises(lc.NotFoundError):
+                client.documents.retrieve(doc.id)
+            with pytest.raises(lc.NotFoundError):
+                doc.ask("Who?", max_tokens=2)
+            assert doc.id not in [x.id for x in client.documents.list()]
+        finally:
+            service.clock = real
 
 
 def test_a_key_never_sees_another_keys_documents(server, assert_error):
@@ -181,6 +219,14 @@ def test_a_key_never_sees_another_keys_documents(server, assert_error):
     with pytest.raises(openai.NotFoundError):
         ask(oa(server, KEY_B), d["id"])
     assert_error(b.delete(f"/v1/documents/{d['id']}"), 404, code="document_not_found")
+    with lc.Client(base_url=server.url, api_key=KEY_B, max_retries=0) as sdk_b:  # the same through the SDK
+        assert d["id"] not in [x.id for x in sdk_b.documents.list()]
+        for call in (lambda: sdk_b.documents.retrieve(d["id"]), lambda: sdk_b.documents.delete(d["id"]),
+                     lambda: sdk_b.chat.completions.create(messages=[{"role": "user", "content": "Question: ?"}],
+                                                           max_tokens=2, extra_body={"document_id": d["id"]})):
+            with pytest.raises(lc.NotFoundError) as err:
+                call()
+            assert err.value.status_code == 404 and err.value.code == "document_not_found"
     assert http(server, KEY_A).get(f"/v1/documents/{d['id']}").status_code == 200  # still there for A
 
 
@@ -272,6 +318,16 @@ def test_a_changed_checkpoint_ignores_the_store(tiny_checkpoint, loopback_server
     with loopback_server(settings_for(other, served_model_name="tiny", document_store=str(store))) as s:
         assert httpx.get(s.url + "/v1/documents").json()["data"] == []
         assert_error(httpx.get(s.url + f"/v1/documents/{d['id']}"), 404, code="document_not_found")
+    one_weight = shutil.copytree(tiny_checkpoint, tmp_path / "one-weight")  # the same model but one weight
+    weights = next(one_weight.glob("*.safetensors"))
+    tensors = safetensors.torch.load_file(weights)
+    name = sorted(tensors)[0]
+    tensors[name].view(-1)[0] += 1.0
+    safetensors.torch.save_file(tensors, weights, metadata={"format": "pt"})
+    with loopback_server(settings_for(one_weight, served_model_name="tiny", document_store=str(store))) as s:
+        assert httpx.get(s.url + "/v1/documents").json()["data"] == []
+        with pytest.raises(openai.NotFoundError):
+            ask(openai.OpenAI(base_url=s.url + "/v1", api_key="unused", max_retries=0, timeout=120), d["id"])
     copy = shutil.copytree(tiny_checkpoint, tmp_path / "same")  # the same bytes elsewhere: the same identity
     with loopback_server(settings_for(copy, served_model_name="tiny", document_store=str(store))) as s:
         assert [x["id"] for x in httpx.get(s.url + "/v1/documents").json()["data"]] == [d["id"]]
