@@ -57,6 +57,21 @@ def check_before_loading(settings: Settings) -> socket.socket:
     return sock
 
 
+def _settings_error(exc: Exception) -> str:
+    """One line naming every bad flag (and its variable) in words, not pydantic's report (its types, its URL)."""
+    from pydantic import ValidationError
+
+    from lighthouse_server.errors import error_words
+    if not isinstance(exc, ValidationError):
+        return str(exc)
+    out = []
+    for e in exc.errors():
+        name = str(e["loc"][0]) if e.get("loc") else ""
+        where = f"--{name.replace('_', '-')} ({ENV_PREFIX}{name.upper()})" if name in Settings.model_fields else name
+        out.append(f"{where or 'settings'}: {error_words(e)}")
+    return "; ".join(out)
+
+
 def _exit_zero(_sig, _frame) -> None:
     raise SystemExit(0)
 
@@ -76,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         settings = settings_from_args(args)
         settings.engine_config()  # what only the engine checks (a block size that is no power of two) fails here too
     except (ValidationError, ValueError) as exc:
-        print(f"lighthouse serve: invalid settings:\n{exc}")
+        print(f"lighthouse serve: invalid settings: {_settings_error(exc)}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:  # before uvicorn starts, so a bad checkpoint is one clear line, not a lifespan traceback

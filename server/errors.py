@@ -14,6 +14,7 @@ import re
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lighthouse.engine.errors import (ENGINE_DEAD, INTERNAL_ERROR, KV_CACHE_EXCEEDED, OUT_OF_MEMORY, SHUTTING_DOWN,
@@ -104,7 +105,7 @@ def _shown(value) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _words(e: dict) -> str:
+def error_words(e: dict) -> str:
     """What is wrong with the value, in words: our validators' own messages, pydantic's others reworded."""
     kind, msg = e.get("type", ""), e.get("msg", "invalid")
     if kind == "value_error":
@@ -126,9 +127,10 @@ def _words(e: dict) -> str:
     return msg[0].lower() + msg[1:] if msg else "invalid"
 
 
-def _validation_message(exc: RequestValidationError) -> tuple[str, str | None, str | None]:
-    """(message, param, code) for a body that failed validation: the most specific error, and where a union
-    refused a value of the wrong type in every member, the types it takes."""
+def validation_message(exc: RequestValidationError | ValidationError) -> tuple[str, str | None, str | None]:
+    """(message, param, code) for a body that failed validation (FastAPI's, or a route's own model_validate): the
+    most specific error, and where a union refused a value of the wrong type in every member, the types it
+    takes."""
     errors = [e for e in exc.errors() if isinstance(e, dict)]
     if not errors:
         return "invalid request", None, None
@@ -148,7 +150,7 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None, s
         expected = list(dict.fromkeys(_EXPECTED[x["type"]] for x in wrong_types))
         words = f"must be {', '.join(expected[:-1])} or {expected[-1]}, got {_shown(e.get('input'))}"
     else:
-        words = _words(e)
+        words = error_words(e)
     if words == "is required":
         message = f"'{where}' is required"
     else:
@@ -163,7 +165,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_req: Request, exc: RequestValidationError):
-        message, param, code = _validation_message(exc)
+        message, param, code = validation_message(exc)
         return error_response(400, message, param, code)
 
     @app.exception_handler(StarletteHTTPException)

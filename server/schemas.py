@@ -67,12 +67,16 @@ def Unsupported(what: str, allowed: dict | None = None) -> Any:  # noqa: N802 (a
 
 
 def _matches(value: Any, allowed: dict) -> bool:
-    """`value` fits `allowed`, one of the few shapes Unsupported uses: a const string, an empty array, an object
-    whose "type" is a const."""
+    """`value` fits `allowed`, one of the few shapes Unsupported uses: a const string, an empty array, string or
+    object, an object whose "type" is a const."""
     if "const" in allowed:
         return value == allowed["const"]
     if allowed.get("type") == "array":
         return isinstance(value, list) and not value
+    if allowed.get("type") == "string":
+        return value == ""
+    if allowed.get("type") == "object" and "properties" not in allowed:
+        return isinstance(value, dict) and not value
     if allowed.get("type") == "object":
         return isinstance(value, dict) and value.get("type") == allowed["properties"]["type"]["const"]
     return False
@@ -137,8 +141,7 @@ class _Common(GuidedFields):  # + response_format and guided_* (structured.py)
     frequency_penalty: float = Field(0.0, ge=-2, le=2, **Finite)
     seed: Int(**INT64) | None = Field(None, description="a 64-bit signed integer")
     user: Text | None = None
-    logit_bias: Annotated[dict[Text, float], Field(max_length=0)] | None = Field(
-        None, description="not supported: only an empty object or null")
+    logit_bias: Unsupported("logit_bias", {"type": "object", "maxProperties": 0}) = None
     # extensions (top level, as vLLM's; the openai client sends them with extra_body)
     top_k: Int(ge=-1) = -1
     min_p: float = Field(0.0, ge=0, le=1, **Finite)
@@ -211,7 +214,7 @@ class CompletionRequest(_Common):
     max_tokens: MaxTokens | None = Field(16, description="null means the default, 16 (as OpenAI)")
     logprobs: TopLogprobs | None = None
     echo: OnlyFalse = Field(False, description="not supported")
-    suffix: Annotated[str, StringConstraints(max_length=0)] | None = Field(None, description="not supported")
+    suffix: Unsupported("suffix (insertion)", {"type": "string", "maxLength": 0}) = None
     best_of: Int(ge=1, le=16) | None = Field(None, description="must equal n (no server-side best-of)")
 
 

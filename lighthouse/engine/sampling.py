@@ -89,12 +89,47 @@ def choice_seed(seed: int, i: int) -> int:
 
 
 def make_generator(seed: int | None, device: torch.device) -> torch.Generator:
+    """A generator of its own for one sequence: `seed` (an int64, or None for a random one) picks its stream.
+    Every int64 seed gets a stream of its own: CUDA's Philox takes all 64 bits, but the CPU's mt19937 keeps only
+    the low 32 of `manual_seed`'s (seed 5 + 2^32 drew as seed 5, -1 as 2^63 - 1), so there a seed outside
+    0..2^32 - 1 sets the whole state from both halves (`_mt19937_state`)."""
     g = torch.Generator(device=device)
     if seed is None:
         g.seed()
-    else:
-        g.manual_seed(int(seed) & 0xFFFF_FFFF_FFFF_FFFF)
+        return g
+    seed = int(seed) & 0xFFFF_FFFF_FFFF_FFFF  # an int64 as the uint64 of the same bits
+    g.manual_seed(seed)
+    if g.device.type == "cpu" and seed >= 1 << 32:
+        state = g.get_state()  # the legacy layout: u64 seed, i32 left, i32 seeded, u64 next, u64 state[624], ...
+        words = state[24:24 + 8 * _MT_N].view(torch.int64)  # (624,) one 32-bit word each
+        words.copy_(torch.tensor(_mt19937_state([seed & 0xFFFF_FFFF, seed >> 32]), dtype=torch.int64))
+        g.set_state(state)  # left 1 and next 0, as manual_seed leaves them: the first draw twists this state
     return g
+
+
+_MT_N = 624
+
+
+def _mt19937_state(key: list[int]) -> list[int]:
+    """mt19937's state seeded from a key of 32-bit words: `init_by_array` of the reference implementation (as
+    numpy's RandomState seeded with an array), whose every step is invertible, so distinct keys give distinct
+    states."""
+    mt = [19650218]
+    for i in range(1, _MT_N):
+        mt.append((1812433253 * (mt[-1] ^ (mt[-1] >> 30)) + i) & 0xFFFF_FFFF)
+    i, j = 1, 0
+    for _ in range(max(_MT_N, len(key))):
+        mt[i] = ((mt[i] ^ ((mt[i - 1] ^ (mt[i - 1] >> 30)) * 1664525)) + key[j] + j) & 0xFFFF_FFFF
+        i, j = i + 1, (j + 1) % len(key)
+        if i >= _MT_N:
+            mt[0], i = mt[_MT_N - 1], 1
+    for _ in range(_MT_N - 1):
+        mt[i] = ((mt[i] ^ ((mt[i - 1] ^ (mt[i - 1] >> 30)) * 1566083941)) - i) & 0xFFFF_FFFF
+        i += 1
+        if i >= _MT_N:
+            mt[0], i = mt[_MT_N - 1], 1
+    mt[0] = 0x8000_0000
+    return mt
 
 
 @dataclass

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 from lighthouse.engine.options import KVMode
 from lighthouse_server.deps import require_api_key
 from lighthouse_server.documents import DocumentService, Upload
-from lighthouse_server.errors import APIError, error_body
+from lighthouse_server.errors import APIError, error_body, validation_message
 from lighthouse_server.openai_format import prompt_progress, sse
 from lighthouse_server.openapi import responses
 from lighthouse_server.schemas import NonEmptyText, Text
@@ -137,9 +137,8 @@ async def _create_body(request: Request) -> DocumentCreate:
 
 
 def _invalid(exc: ValidationError) -> APIError:
-    e = exc.errors()[0]
-    param = ".".join(str(p) for p in e["loc"]) or None
-    return APIError(400, f"{param or 'body'}: {e['msg']}", param=param)
+    message, param, code = validation_message(exc)  # in words, as every other route's 400
+    return APIError(400, message, param=param, code=code)
 
 
 def _upload_responses() -> dict:

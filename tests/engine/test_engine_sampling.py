@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from lighthouse.engine.detokenizer import IncrementalText
 from lighthouse.engine.errors import InvalidRequest
-from lighthouse.engine.sampling import SampleRow, SamplingParams, make_generator, sample
+from lighthouse.engine.sampling import SampleRow, SamplingParams, _mt19937_state, make_generator, sample
 
 
 def row(**kw) -> SampleRow:
@@ -42,6 +43,30 @@ def test_seeded_sampling_is_reproducible_and_seed_dependent():
     r = row(temperature=1.0, seed=8)
     seq3 = [sample(logits, [r]).token_ids[0] for _ in range(10)]
     assert seq1 == seq2 and seq1 != seq3
+
+
+def _stream(seed: int) -> list[int]:
+    r = row(temperature=1.0, seed=seed)
+    return [sample(torch.zeros(1, 1000), [r]).token_ids[0] for _ in range(10)]
+
+
+@pytest.mark.parametrize("a,b", [(5, 5 + 2**32), (-1, 2**63 - 1), (0, -(2**63)), (2**32, 0), (-(2**31), 2**31)])
+def test_every_int64_seed_has_its_own_stream_on_the_cpu(a, b):
+    """The CPU's mt19937 keeps 32 bits of manual_seed's seed: these pairs drew the same tokens."""
+    assert _stream(a) != _stream(b)
+    assert _stream(b) == _stream(b)
+
+
+def test_a_32_bit_seed_keeps_torchs_own_stream():
+    ours = make_generator(12345, torch.device("cpu"))
+    assert torch.rand(8, generator=torch.Generator().manual_seed(12345)).tolist() == torch.rand(8, generator=ours).tolist()
+
+
+def test_a_wide_seed_seeds_mt19937_as_its_reference_init_by_array():
+    seed = 5 + 2**32 + 2**40
+    key = np.array([seed & 0xFFFF_FFFF, seed >> 32], dtype=np.uint32)
+    assert _mt19937_state([int(k) for k in key]) == [int(x) for x in np.random.RandomState(key).get_state()[1]]
+    assert make_generator(-1, torch.device("cpu")).initial_seed() == 2**64 - 1
 
 
 def test_penalties_push_away_from_generated_tokens():

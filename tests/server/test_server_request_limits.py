@@ -79,6 +79,16 @@ def test_values_that_ask_for_nothing_are_accepted(client, body):
     assert r.status_code == 200, r.text
 
 
+@pytest.mark.parametrize("body,param", [({"logit_bias": {"5": 1}}, "logit_bias"), ({"suffix": "y"}, "suffix"),
+                                        ({"echo": True}, "echo")])
+def test_unsupported_completion_fields_are_refused_as_such(client, body, param, assert_error):
+    """logit_bias and suffix were 400s saying 'must have at most 0 items/characters', with no code."""
+    assert_error(client.post("/v1/completions", json={"prompt": "x", **body}), 400, param=param,
+                 code="unsupported_parameter", contains="not supported")
+    empty = {"logit_bias": {}, "suffix": "", "echo": False}[param]
+    assert client.post("/v1/completions", json={"prompt": "x", "max_tokens": 2, param: empty}).status_code == 200
+
+
 @pytest.mark.parametrize("seed", [2**63, 2**64, 2**64 + 1, -(2**63) - 1, -(2**64)])
 def test_a_seed_outside_int64_is_a_400(client, seed, assert_error):
     """2^64 used to be seed 0 and -1 seed 2^64 - 1 (modulo 2^64); now only int64 seeds exist."""
@@ -86,10 +96,16 @@ def test_a_seed_outside_int64_is_a_400(client, seed, assert_error):
                  contains="9223372036854775807" if seed > 0 else "-9223372036854775808")
 
 
-def test_seeds_across_the_int64_range_sample(client):
-    for seed in (0, -1, 2**63 - 1, -(2**63)):
-        r = client.post("/v1/completions", json={"prompt": "x", "seed": seed, "max_tokens": 4, "temperature": 1})
+def test_seeds_across_the_int64_range_sample_streams_of_their_own(client):
+    """On the CPU seed -1 drew what 2^63 - 1 did, and 5 what 5 + 2^32 did (mt19937 kept 32 bits of the seed)."""
+    def text(seed):
+        r = client.post("/v1/completions", json={"prompt": "x", "seed": seed, "max_tokens": 12, "temperature": 1.5,
+                                                 "ignore_eos": True})
         assert r.status_code == 200, (seed, r.text)
+        return r.json()["choices"][0]["text"]
+    for a, b in [(-1, 2**63 - 1), (0, -(2**63)), (5, 5 + 2**32)]:
+        assert text(a) != text(b), (a, b)
+    assert text(-1) == text(-1)
 
 
 def test_too_many_messages_are_refused_before_templating(client, monkeypatch, assert_error):
@@ -145,7 +161,8 @@ INTERNALS = ("function-after", "constrained-str", "Value error", "Input should",
     ("/v1/completions", {"prompt": "x", "n": "2"}, "n", 'must be an integer, got "2"'),
     ("/v1/completions", {"prompt": "x", "top_p": 2}, "top_p", "less than or equal to 1, got 2"),
     ("/v1/completions", {"prompt": "x", "prefill": "fast"}, "prefill", "'sparse' or 'dense'"),
-    ("/v1/completions", {"prompt": "x", "logit_bias": {"5": 1}}, "logit_bias", "at most 0 items"),
+    ("/v1/completions", {"prompt": "x", "logit_bias": {"5": 1}}, "logit_bias", "not supported"),
+    ("/v1/completions", {"prompt": "x", "suffix": "y"}, "suffix", "not supported"),
     ("/v1/completions", {"prompt": "x", "echo": True}, "echo", "not supported"),
     ("/v1/completions", {}, "prompt", "'prompt' is required"),
     ("/v1/chat/completions", {"messages": [{"content": "x"}]}, "messages[0].role", "'messages[0].role' is required"),
@@ -154,6 +171,9 @@ INTERNALS = ("function-after", "constrained-str", "Value error", "Input should",
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
      "messages[0].content[0].type", "'text'"),
     ("/v1/chat/completions", {"messages": HI, "stream_options": 1}, "stream_options", "must be an object"),
+    ("/v1/documents", {"text": 5}, "text", "must be a string, got 5"),  # was 'text: Input should be a valid string'
+    ("/v1/documents", {}, "text", "'text' is required"),
+    ("/v1/documents", {"text": "x", "ttl_s": 1}, "ttl_s", "greater than or equal to 60, got 1"),
 ])
 def test_a_400_says_in_words_what_is_wrong_with_which_field(client, path, body, param, words, assert_error):
     err = assert_error(client.post(path, json=body), 400, param=param, contains=words)

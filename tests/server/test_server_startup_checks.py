@@ -178,6 +178,21 @@ def test_a_kv_budget_that_holds_no_sequence_is_refused_with_the_least_that_serve
                           "of 128 positions per layer and a scratch block): use --kv-cache-gb 0.000855 or more")
 
 
+def test_flags_out_of_bounds_are_one_line_in_words_naming_each(free_port):
+    """Exit 2 and every bad flag in one line on stderr; it was pydantic's report on stdout, five lines a field with
+    its error types and a URL."""
+    proc = serve("--port", "0", "--kv-cache-gb", "nan", "--max-waiting", "-3")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and not proc.stdout.strip(), out
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("lighthouse serve: invalid settings: "), out
+    for words in ("--port (LIGHTHOUSE_PORT): should be greater than or equal to 1, got 0",
+                  "--kv-cache-gb (LIGHTHOUSE_KV_CACHE_GB): should be a finite number",
+                  "--max-waiting (LIGHTHOUSE_MAX_WAITING): should be greater than or equal to 0, got -3"):
+        assert words in lines[0], out
+    assert not any(x in out for x in ("pydantic", "type=", "input_value", "Traceback")), out
+
+
 # ---- the memory arithmetic, in process (no server started) ------------------------------------------------------
 
 
