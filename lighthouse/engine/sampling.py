@@ -101,6 +101,9 @@ def make_generator(seed: int | None, device: torch.device) -> torch.Generator:
     g.manual_seed(seed)
     if g.device.type == "cpu" and seed >= 1 << 32:
         state = g.get_state()  # the legacy layout: u64 seed, i32 left, i32 seeded, u64 next, u64 state[624], ...
+        if state.numel() != _CPU_STATE_BYTES:  # another torch's layout: refuse rather than write the wrong bytes
+            raise RuntimeError(f"this torch's CPU generator state has {state.numel()} bytes, not the "
+                               f"{_CPU_STATE_BYTES} of the layout make_generator writes; seeds >= 2**32 need it")
         words = state[24:24 + 8 * _MT_N].view(torch.int64)  # (624,) one 32-bit word each
         words.copy_(torch.tensor(_mt19937_state([seed & 0xFFFF_FFFF, seed >> 32]), dtype=torch.int64))
         g.set_state(state)  # left 1 and next 0, as manual_seed leaves them: the first draw twists this state
@@ -108,6 +111,7 @@ def make_generator(seed: int | None, device: torch.device) -> torch.Generator:
 
 
 _MT_N = 624
+_CPU_STATE_BYTES = 5056  # torch's CPUGeneratorImplState (torch 2.x)
 
 
 def _mt19937_state(key: list[int]) -> list[int]:
