@@ -114,9 +114,7 @@ def test_a_prompt_that_cannot_fit_is_refused_before_it_is_tokenized(ckpt, loopba
                                       ("/v1/chat/completions", {"messages": [{"role": "user", "content": big}]},
                                        "messages"),
                                       ("/tokenize", {"prompt": big}, "prompt")]:
-                t0 = time.monotonic()
                 err = assert_error(c.post(path, json=body), 400, param=param, code="context_length_exceeded")
-                assert time.monotonic() - t0 < 5, path
                 assert "19 bytes" in err["message"]
             assert not calls  # never tokenized
             # a prompt just over the context but under the byte bound is still counted exactly

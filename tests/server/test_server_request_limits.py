@@ -5,7 +5,6 @@ messages that say in words what is wrong with which field."""
 from __future__ import annotations
 
 import json
-import time
 
 import httpx
 import pytest
@@ -116,10 +115,9 @@ def test_too_many_messages_are_refused_before_templating(client, monkeypatch, as
                        param="messages")
     assert f"at most {MAX_MESSAGES}" in err["message"]
     # the issue's probe: 10^6 one-character messages (32 MiB) took 24-27 s of templating before its 400
-    t0 = time.monotonic()
+    # (refused before any templating: `calls` stays empty; no wall-clock bound, which a loaded CI box could break)
     assert_error(client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "a"}] * 10**6}),
                  400, param="messages")
-    assert time.monotonic() - t0 < 8
     assert not calls
     assert client.post("/tokenize", json={"messages": HI * MAX_MESSAGES}).status_code == 200 and calls
 
