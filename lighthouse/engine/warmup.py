@@ -15,7 +15,8 @@ only. Two lengths because Triton compiles a kernel once per specialization of it
 multiple of 16 (the bundled checkpoint's op under the interpreter: one variant per kernel for 4K-8K prompts of
 other lengths, a second at 8,000). Then a prompt of the default path is left in the prefix cache and three
 questions reuse it but for their last 16, 32 and 64 query rows (a question after a document: the cached tail's
-kernel at each of its tile heights), and those entries are dropped. A path whose request the budget cannot hold is skipped with a log line; one
+kernel at each of its tile heights), and those entries are dropped. Last, speculative decoding's verify step at each
+of its query buckets (2, 3, 5, 9 queries a row: a kernel variant each), with dense and with sparse decode. A path whose request the budget cannot hold is skipped with a log line; one
 whose request fails is logged as a warning (a fault stays with its request, as in serving), not fatal. Nothing
 stays behind: the blocks are freed, no entry is cached and the counters the metrics read are restored.
 """
@@ -28,7 +29,8 @@ import time
 import torch
 
 from lighthouse.engine.errors import InvalidRequest
-from lighthouse.engine.options import RequestOptions
+from lighthouse.engine.model_runner import VERIFY_QUERIES
+from lighthouse.engine.options import RequestOptions, Speculation
 from lighthouse.engine.plan import min_sparse_len, usable_lighthouse
 from lighthouse.engine.sampling import SamplingParams
 
@@ -107,6 +109,23 @@ def _prefix_hits(engine, ids: list[int], params: SamplingParams) -> list[str]:
     return ran
 
 
+def _verify_steps(engine, ids: list[int], n: int) -> list[str]:
+    """Speculative decoding's verify step at each query bucket (VERIFY_QUERIES: k drafts + 1), dense decode after a
+    short prompt and, with Lighthouse layers, sparse decode after the sparse one: drafts are forced (the last token
+    k times, accepted or not), so each bucket runs whatever the model generates."""
+    paths = [("dense", 16)] + ([("sparse", n)] if engine.sparse_unavailable is None else [])
+    ran = []
+    with engine.speculator.drafting(lambda s, k: [s.output_ids[-1]] * k):
+        for q in VERIFY_QUERIES:
+            for decode, length in paths:
+                opts = RequestOptions(prefill="dense" if decode == "dense" else "sparse", decode=decode,
+                                      cache_prompt=False, speculative=Speculation("prompt_lookup", q - 1))
+                params = SamplingParams(max_tokens=q + 1, temperature=0.0, ignore_eos=True)
+                if _run_one(engine, f"{WARMUP_ID}verify{q}{decode}", ids[:length], params, opts) is not None:
+                    ran.append(f"verify/{decode}/{q}")
+    return ran
+
+
 def warm_up(engine) -> float:
     """Run the warm-up requests (module docstring) to completion; seconds it took."""
     t0 = time.monotonic()
@@ -119,6 +138,7 @@ def warm_up(engine) -> float:
         if _run_one(engine, f"{WARMUP_ID}{i}", ids[:length], params, opts) is not None:
             ran.append(f"{opts.prefill}/{opts.decode}/{opts.kv_mode}/{length}")
     ran += _prefix_hits(engine, ids, params)
+    ran += _verify_steps(engine, ids, n)
     engine.speculator.proposed, engine.speculator.accepted = counters
     if engine.device.type == "cuda":
         torch.cuda.synchronize(engine.device)

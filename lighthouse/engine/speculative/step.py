@@ -10,7 +10,8 @@ verified position are masked as the grammar stands there, so acceptance never le
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from lighthouse.engine.request import Sequence, TokenLogprob
 from lighthouse.engine.speculative.acceptance import emitted_logprobs, verify
@@ -27,6 +28,17 @@ class Speculator:
         self.default_num_tokens = default_num_tokens
         self.proposed = 0  # draft tokens verified (running totals, for the metrics)
         self.accepted = 0  # ... and accepted
+        self._forced: Callable[[Sequence, int], list[int]] | None = None  # see `drafting`
+
+    @contextmanager
+    def drafting(self, drafts: Callable[[Sequence, int], list[int]]) -> Iterator[None]:
+        """Inside: a sequence's k drafts are drafts(sequence, k), not prompt lookup's (the warm-up's verify steps
+        at every query bucket, whatever the model generates)."""
+        self._forced = drafts
+        try:
+            yield
+        finally:
+            self._forced = None
 
     def num_tokens(self, s: Sequence) -> int:
         spec = s.request.options.speculative
@@ -40,14 +52,18 @@ class Speculator:
         drafts = []
         for s in batch:
             k = self.num_tokens(s)
-            if k and s.history is None:
-                prompt = s.request.prompt().numpy()
-                s.history = TokenHistory(prompt, len(prompt) + s.params.max_tokens)
-            if k:
-                s.history.sync(s.output_ids)
-            d = s.history.draft(k) if k else []
+            d = self._draft(s, k) if k else []
             drafts.append(checked_drafts(s.grammar, d) if s.grammar is not None and d else d)
         return drafts if any(drafts) else None
+
+    def _draft(self, s: Sequence, k: int) -> list[int]:
+        if self._forced is not None:
+            return self._forced(s, k)[:k]
+        if s.history is None:
+            prompt = s.request.prompt().numpy()
+            s.history = TokenHistory(prompt, len(prompt) + s.params.max_tokens)
+        s.history.sync(s.output_ids)
+        return s.history.draft(k)
 
     def step(self, runner: "ModelRunner", outputs: "OutputProcessor", batch: list[Sequence]) -> list["Sampled"]:
         """The decode step of `batch`: a verify step when some sequence has drafts, else the ordinary one."""
