@@ -354,6 +354,9 @@ def main() -> int:
                     help="also the speculative-decoding measures (bench/perf/spec_decode_bench.py)")
     ap.add_argument("--structured", action=argparse.BooleanOptionalAction, default=True,
                     help="also json_schema_b32_tokens_per_s_ratio (bench/perf/structured_bench.py)")
+    ap.add_argument("--base", action=argparse.BooleanOptionalAction, default=True,
+                    help="the measures of the default engine (dense/sparse 512K, batches, cached questions); "
+                         "--no-base with --spec: only speculation's (and --structured's)")
     ap.add_argument("--budget-s", type=float, default=450, help="skip measures that would start after this")
     ap.add_argument("--kv-cache-gb", type=float, default=None,
                     help="KV cache GiB (default: the engine's share of free memory; on an 80 GB card 62 holds 512K+128)")
@@ -364,10 +367,11 @@ def main() -> int:
     bench = Bench(args, mode, cfg)
     bench.res["model"]["parameters"] = sum(p.numel() for p in model.parameters())
     log(f"{mode}: model built ({bench.res['model']['parameters'] / 1e6:.0f}M parameters) on {bench.res['device']}")
-    bench.run(model)
+    if args.base:
+        bench.run(model)
     for variant, on in (("eager", args.eager_compare if args.eager_compare is not None else not args.quick),
                         ("fp8", args.fp8)):
-        if on:
+        if on and args.base:
             gc.collect()  # the engine before and its KV cache go before the next is built
             torch.cuda.empty_cache() if CUDA else None
             bench.run(model, variant)

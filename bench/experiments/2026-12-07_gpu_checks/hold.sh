@@ -10,7 +10,7 @@
 # ttft:        #29 item 6 on the GPU: short_prompt_ttft, the burst and shorts every 0.5 s, old tree and this one
 # memory_ab:   ab.sh memory (the 1M compact prompt, old then new)
 # decode_ab:   ab.sh decode (the decode kernel now takes Q queries per row: the plain decode floor old vs new)
-# spec:        decode_bench's speculative and structured measures (this tree)
+# spec:        decode_bench's speculative and structured measures (this tree); speconly: speculation's alone
 # fp8:         #31 item 3: the float8 paged decode under kernel variants (fp8_decode_variants.py)
 # documents:   documents_bench: 512K cold + compact store restore + concurrency; 256K full (the disk holds no 64 GB)
 set -uo pipefail
@@ -72,6 +72,8 @@ for p in "$@"; do
         decode_ab) phase decode_ab 300 env OUT=$OUT/decode_ab bash $X/2026-12-07_redesign_ab/ab.sh decode --kv-cache-gb 62 ;;
         spec) phase spec 420 python3 -m bench.perf.decode_bench --out "$OUT/spec" --no-eager-compare --spec \
             --structured --kv-cache-gb 62 --budget-s 380 ;;
+        speconly) phase speconly 300 python3 -m bench.perf.decode_bench --out "$OUT/speconly" --no-base --spec \
+            --no-structured --kv-cache-gb 62 --budget-s 280 ;;
         documents)
             phase documents "${DOC_LIMIT:-300}" python3 -m bench.perf.documents_bench --out "$OUT/documents" --skip full ;;
         documents_full)
