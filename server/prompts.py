@@ -64,8 +64,8 @@ class PromptEncoder:
         if chars > cap or sum(len(t.encode("utf-8")) for t in texts) > cap:
             size = sum(len(t.encode("utf-8")) for t in texts)
             raise APIError(
-                400, f"This model's maximum context length is {self.max_model_len} tokens, but the {param} is "
-                f"{size:,} bytes: more than {max_tokens:,} tokens of this tokenizer (one token "
+                400, f"This model's maximum context length is {self.max_model_len} tokens, but the {param} "
+                f"{'are' if param == 'messages' else 'is'} {size:,} bytes: more than {max_tokens:,} tokens of this tokenizer (one token "
                 f"covers at most {self.bytes_per_token} bytes). Please shorten the {param}.",
                 param=param, code="context_length_exceeded")
 
