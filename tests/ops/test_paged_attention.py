@@ -222,6 +222,7 @@ def test_default_split_count_fills_one_wave_from_static_shapes_only(monkeypatch)
     assert pd.default_num_splits(128, 8, 1024, cpu, resident=4) == 1  # the batch fills the GPU by itself
     assert pd.default_num_splits(1, 8, 1000, cpu, resident=4) == 2  # no split under MIN_CHUNK slots
     assert pd.default_num_splits(1, 1, 1 << 22, cpu, resident=4) == pd.MAX_SPLITS
+    assert pd.default_num_splits(1, 8, 512 * 1024, cpu, resident=4, waves=2) == 132  # a float8 cache: two waves
 
 
 # ------------------------------------------------------------------------------------------- GPU only

@@ -43,6 +43,9 @@ FP8_F16_DOT = True
 # measured slower: H100, one 512K layer, bf16 0.925 vs 0.705 ms, float8 0.667 vs 0.426 ms;
 # bench/results/2026-12-07_h100_session5_checks/. Not kept.)
 WAVES = 1  # default split-K fills this many waves of programs (see default_num_splits)
+# ... for a float8 cache: two (H100, bench/results/2026-12-07_h100_session6_checks/fp8/: one 512K layer 0.421 vs
+# 0.427 ms at one wave, 0.430 at four; batch 32 x 16K 0.425 vs 0.436 ms); bf16 stays at one (0.718 vs 0.722 at two)
+FP8_WAVES = 2
 MIN_CHUNK = 512  # ... but no split gets fewer than this many of the table's slots
 MAX_SPLITS = 256
 NUM_WARPS, NUM_STAGES = 4, 3
@@ -194,14 +197,15 @@ def resident_programs(kernel, device: torch.device) -> int:
     return max(1, min(by_threads, by_regs, by_smem))
 
 
-def default_num_splits(B: int, H_kv: int, max_slots: int, device: torch.device, resident: int = 1) -> int:
+def default_num_splits(B: int, H_kv: int, max_slots: int, device: torch.device, resident: int = 1,
+                       waves: int | None = None) -> int:
     """Split-K factor from static shapes only.
 
     Fill one wave: as many programs as the SMs hold at once (SMs x `resident` programs each), never more, since a
     second, part-filled wave would make every row wait for it; no split shorter than MIN_CHUNK of the table's
     slots. A batch that fills the GPU by itself is not split."""
     rows = max(1, B * H_kv)
-    want = WAVES * _sm_count(device) * resident // rows
+    want = (WAVES if waves is None else waves) * _sm_count(device) * resident // rows
     return max(1, min(want, triton.cdiv(max(max_slots, 1), MIN_CHUNK), MAX_SPLITS))
 
 
@@ -273,7 +277,7 @@ def paged_decode(
 
     if num_splits is None:
         resident = _resident_for(args(out, out, out, 2), consts, q.device)
-        num_splits = default_num_splits(B, H_kv, max_slots, q.device, resident)
+        num_splits = default_num_splits(B, H_kv, max_slots, q.device, resident, FP8_WAVES if fp8 else WAVES)
     if num_splits == 1:  # the kernel writes the output itself
         _paged_decode_kernel[(1, H_kv, B)](*args(out, out, out, 1), SPLIT=False, **consts)
         return out
