@@ -193,8 +193,11 @@ class DocumentService:
         self._check_budget(d.owner, d.kv_bytes)
         self.docs[d.id] = d  # counts against the budget while it prefills (not listed until then)
         try:
-            async for progress in self._prefill(d, upload.options):
-                yield progress
+            if await self._pinned_already(d):  # the same key uploaded these tokens before: no second prefill
+                yield PromptProgress(d.tokens, d.tokens, d.tokens, round(1000 * (time.monotonic() - upload.started)))
+            else:
+                async for progress in self._prefill(d, upload.options):
+                    yield progress
         except BaseException:
             self.docs.pop(d.id, None)
             raise
@@ -206,6 +209,17 @@ class DocumentService:
             if data is not None:
                 await asyncio.to_thread(self.store.save, d.id, data, d.meta(), d.text)
                 d.stored = True
+
+    async def _pinned_already(self, d: Document) -> bool:
+        """Whether the owner holds a ready, resident document of the same tokens and kind, and its entry took one
+        more pin for `d` (each document still counts its bytes against the budget; another key's upload is never
+        reused here, so an upload's time tells nothing of other keys' documents)."""
+        same = next((o for o in list(self.docs.values()) if o is not d and o.owner == d.owner and o.ready
+                     and o.resident and o.kv_mode == d.kv_mode and o.prefix_ids == d.prefix_ids), None)
+        if same is None or not await self.engine.call(lambda: self.pins.pin_again(d.prefix_ids, d.kv_mode)):
+            return False
+        d.citable = same.citable  # the same entry (with or without its compact context's spans)
+        return True
 
     def _check_budget(self, owner: str, need: int) -> None:
         used = self.used_bytes()

@@ -3,7 +3,8 @@
 A document is uploaded as a request whose options pin its prompt (`RequestOptions.pin_prompt`): when it finishes,
 the scheduler leaves its prompt in the prefix cache as usual and counts a pin on the entry, which the cache then
 never evicts (nor replaces with a longer prompt) until `unpin`. Later prompts that start with the document's tokens
-reuse it as any prefix-cache hit (prefix_cache.py says what is reused and why it is exact). `export` and `restore`
+reuse it as any prefix-cache hit (prefix_cache.py says what is reused and why it is exact); the same tokens uploaded
+again add a pin to the same entry (`pin_again`), each delete takes one. `export` and `restore`
 move a pinned entry's K/V to and from CPU tensors for the disk tier (cache/disk_tier.py).
 
 Every method but `estimate_bytes` touches the cache and must run on the engine thread (AsyncEngine.call).
@@ -63,6 +64,16 @@ class DocumentPins:
                     and common_prefix(t, e.tokens) == len(prompt_ids)):
                 return e
         return None
+
+    def pin_again(self, prompt_ids: list[int], kv_mode: str | None = None) -> bool:
+        """One more pin on the pinned entry whose prompt is exactly these tokens (of the document's kind): the same
+        document uploaded again needs no prefill. False when there is none (a longer entry holding these tokens as
+        its head does not count: a sparse head is reusable only whole)."""
+        e = self.find(prompt_ids, kv_mode)
+        if e is None or e.length != len(prompt_ids):
+            return False
+        e.pins += 1
+        return True
 
     def held_bytes(self, prompt_ids: list[int], kv_mode: str | None = None) -> int:
         """Bytes of the KV cache the pinned entry holds (0: not pinned on the device)."""

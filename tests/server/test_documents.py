@@ -367,3 +367,34 @@ def test_restart_with_the_store_restores_a_compact_document_with_the_same_answer
         assert after[2].prompt_tokens_details.cached_tokens == d["tokens"]  # restored, not prefilled
         assert any(e.pins and e.compact for e in s.engine.engine.prefix_cache.entries)
     assert before[:2] == after[:2]
+
+
+def test_the_same_document_uploaded_again_by_its_key_is_pinned_again_not_prefilled(server, monkeypatch):
+    """A second upload of the same text by the same key (a retry, say) adds a pin to the first's entry: no prefill
+    (the engine starts none; its progress says all of it came from the cache). Each document answers, and deleting
+    one leaves the other's entry. Another key's identical upload is prefilled for itself."""
+    text = DOC[::-1]  # tokens no other test uploads
+    engine = server.engine.engine
+    prefills = []
+    inner = engine.runner.start_prefill
+    monkeypatch.setattr(engine.runner, "start_prefill",
+                        lambda kv, ids, plan, **kw: prefills.append(len(ids)) or inner(kv, ids, plan, **kw))
+    known = list(engine.prefix_cache.entries)
+    first = upload(server, text=text)
+    entry = next(e for e in engine.prefix_cache.entries if e.pins and all(e is not k for k in known))
+    assert prefills == [first["tokens"]]
+    pins = entry.pins
+    events = upload_events(http(server).post("/v1/documents", json={"text": text, "stream": True}))
+    *progress, again = events
+    assert prefills == [first["tokens"]], "not prefilled again"
+    assert [p["prompt_progress"]["cache"] for p in progress][-1] == again["tokens"] == first["tokens"]
+    assert entry.pins == pins + 1 and again["pinned"] and again["id"] != first["id"]
+    c = http(server)
+    assert c.delete(f"/v1/documents/{first['id']}").status_code == 200
+    assert entry in engine.prefix_cache.entries and entry.pins == pins
+    reply = ask(oa(server), again["id"])
+    assert reply.usage.prompt_tokens_details.cached_tokens == again["tokens"]
+    other = upload(server, KEY_B, text=text)
+    assert prefills[-1] == other["tokens"], "another key's upload prefills for itself"
+    for key, d in ((KEY_A, again), (KEY_B, other)):
+        assert http(server, key).delete(f"/v1/documents/{d['id']}").status_code == 200
