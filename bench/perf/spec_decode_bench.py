@@ -110,16 +110,22 @@ def run_all(bench, mode: str) -> None:
     for tag, (b, n, new) in cases.items():
         bench.measure(f"spec_{tag}", lambda tag=tag, b=b, n=n, new=new: measure(holder["engine"], tag, b, n, new))
     differ = [t for t in cases if bench.res.get(f"spec_outputs_identical_{t}") is False]
-    if differ and torch.cuda.is_available():  # numerics or logic? the same comparison in float32
-        del holder["engine"]
-        torch.cuda.empty_cache()
-        bench.measure("spec_engine_fp32", lambda: holder.update(engine=bundled_engine(
-            max(b for b, _, _ in cases.values()), "float32")) or {})
-        for tag in differ:
-            b, n, new = cases[tag]
-            bench.measure(f"spec_{tag}_fp32", lambda tag=tag, b=b, n=n, new=new: {
-                f"spec_outputs_identical_{tag}_fp32": measure(holder["engine"], tag, b, n, new)[
-                    f"spec_outputs_identical_{tag}"]})
+    if differ and torch.cuda.is_available():  # numerics or logic? the same comparison in float32, and in bf16 with
+        from lighthouse.ops.triton import paged_decode as pd  # noqa: PLC0415 - split-K chunks fixed (FIXED_CHUNK)
+
+        for label, dtype, chunk in (("fp32", "float32", None), ("fixed_chunk", None, 2048)):
+            holder.pop("engine", None)
+            torch.cuda.empty_cache()
+            pd.FIXED_CHUNK = chunk  # before the engine captures its graphs
+            bench.measure(f"spec_engine_{label}", lambda dtype=dtype: holder.update(engine=bundled_engine(
+                max(b for b, _, _ in cases.values()), dtype)) or {})
+            for tag in differ:
+                b, n, new = cases[tag]
+                bench.measure(f"spec_{tag}_{label}", lambda tag=tag, b=b, n=n, new=new, label=label: {
+                    f"{k}_{label}": v for k, v in measure(holder["engine"], tag, b, n, new).items()
+                    if k.startswith(("spec_outputs_identical", "spec_rows_identical", "spec_speedup",
+                                     "base_ms_per_token", "spec_ms_per_token"))})
+            pd.FIXED_CHUNK = None
     drafts = sum(bench.res.get(f"spec_drafts_{t}", 0) for t in cases)
     accepted = sum(bench.res.get(f"spec_accepted_{t}", 0) for t in cases)
     bench.res["spec_acceptance_rate"] = accepted / drafts if drafts else None
