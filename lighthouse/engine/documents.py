@@ -54,16 +54,14 @@ class DocumentPins:
 
     def find(self, prompt_ids: list[int], kv_mode: str | None = None) -> CacheEntry | None:
         """The pinned entry of the document's kind (full or compact: the same tokens may be pinned as both) that
-        holds these tokens (as its prompt or the head of a longer one), if any."""
+        holds these tokens: its own (exactly these tokens) where there is one, else the head of a longer one."""
         cache = self.engine.prefix_cache
         if cache is None:
             return None
         t, compact = torch.tensor(prompt_ids, dtype=torch.long), self.kept_compact(prompt_ids, kv_mode)
-        for e in cache.entries:
-            if (e.pins and e.compact == compact and e.length >= len(prompt_ids)
-                    and common_prefix(t, e.tokens) == len(prompt_ids)):
-                return e
-        return None
+        held = [e for e in cache.entries if e.pins and e.compact == compact and e.length >= len(prompt_ids)
+                and common_prefix(t, e.tokens) == len(prompt_ids)]
+        return min(held, key=lambda e: e.length, default=None)
 
     def pin_again(self, prompt_ids: list[int], kv_mode: str | None = None) -> bool:
         """One more pin on the pinned entry whose prompt is exactly these tokens (of the document's kind): the same

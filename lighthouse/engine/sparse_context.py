@@ -42,12 +42,6 @@ def entry_spans(indices: Tensor, n: int, levels: int, pooling_factor: int, topk:
     return torch.stack([start, length], dim=-1).to(torch.int32)
 
 
-def real_entries(indices: Tensor, n: int, levels: int, pooling_factor: int, topk: int) -> Tensor:
-    """indices (B, H, S) pyramid indices of a prompt of n positions -> (B, H, S) bool: the window holds a real
-    position (its start is below n)."""
-    return entry_spans(indices, n, levels, pooling_factor, topk)[..., 0] < n
-
-
 def context_order(real: Tensor) -> Tensor:
     """real (1, H, S) -> (H, S) int64: per head, the entries' order with the real ones first (in their order)."""
     return torch.argsort((~real[0]).to(torch.int8), dim=-1, stable=True)
