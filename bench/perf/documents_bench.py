@@ -53,7 +53,24 @@ def log(msg: str) -> None:
     print(f"[{time.monotonic() - T0:7.1f}s] {msg}", flush=True)
 
 
-def make_model(max_len: int, tiny: bool):
+def smollm2_config(max_len: int):
+    """SmolLM2-135M-Instruct's shape (the model the server serves: 30 layers, 3 K/V heads of 64) with the 512K
+    recipe's RoPE and Lighthouse layout (recipes/smollm2_512k.json): 23 KB of K/V per token, 12 GB at 512K, so a
+    full 512K document fits a 64 GiB disk, where the paper shape's 64 GB does not."""
+    from lighthouse.engine.memory import SMOLLM2
+    from lighthouse.model.config import LighthouseConfig, ModelConfig
+
+    return ModelConfig(**{**SMOLLM2, "max_position_embeddings": max_len, "rope_theta": 1e6},
+                       lighthouse=LighthouseConfig(levels=3, pooling_factor=4, topk=1024, scorer="norm",
+                                                   full_attn_layers=[0, 1, 28, 29], min_seq_len=0))
+
+
+SHAPES = {"paper": "paper 270M shape (paper_server.paper_config), random bf16 weights",
+          "smollm2": "SmolLM2-135M-Instruct's shape with the 512K recipe's RoPE and Lighthouse layout "
+                     "(documents_bench.smollm2_config), random bf16 weights"}
+
+
+def make_model(max_len: int, tiny: bool, shape: str = "paper"):
     from lighthouse.model import LlamaForCausalLM
 
     torch.manual_seed(0)
@@ -67,7 +84,8 @@ def make_model(max_len: int, tiny: bool):
                                           min_seq_len=512)
         return LlamaForCausalLM(cfg).eval()
     with torch.device("cuda"):
-        return LlamaForCausalLM(paper_config(max_len)).to(torch.bfloat16).eval()
+        cfg = smollm2_config(max_len) if shape == "smollm2" else paper_config(max_len)
+        return LlamaForCausalLM(cfg).to(torch.bfloat16).eval()
 
 
 def session_bytes(model, n: int, itemsize: int = 2) -> int:
@@ -207,6 +225,21 @@ def concurrent_questions(model, n: int, tiny: bool) -> dict:
             "ttft_s": {r: round(g["ttft_s"], 3) for r, g in got.items()}, "wall_s": round(time.perf_counter() - t0, 3)}
 
 
+def profiled(fn, path: Path):
+    """fn() under cProfile; its 25 costliest calls by cumulative time written to path."""
+    import cProfile
+    import io
+    import pstats
+
+    prof = cProfile.Profile()
+    try:
+        return prof.runcall(fn)
+    finally:
+        text = io.StringIO()
+        pstats.Stats(prof, stream=text).sort_stats("cumulative").print_stats(25)
+        path.write_text(text.getvalue())
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
@@ -215,8 +248,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="document tokens instead of 524,288 (e.g. 262144 where the disk cannot hold a 64 GB file); "
                          "the JSON's keys keep their 512k names, document_tokens says what ran")
     ap.add_argument("--tiny", action="store_true", help="a tiny model on the CPU, ~1.1K tokens: a dry run")
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="paper",
+                    help="the model's shape: the paper's 270M (64 GB of K/V for a full 512K document) or SmolLM2-135M's "
+                         "(12 GB: fits the lent machines' 64 GiB disk)")
     ap.add_argument("--store", default=None, help="the disk store's folder (default: OUT/store, removed after)")
     ap.add_argument("--drop-caches", action="store_true", help="drop the page cache before each load (root)")
+    ap.add_argument("--profile", action="store_true",
+                    help="cProfile each part: the 25 costliest calls by cumulative time in profile_<part>.txt")
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: cold,full,compact,concurrent")
     args = ap.parse_args(argv)
     out = Path(args.out)
@@ -228,15 +266,17 @@ def main(argv: list[str] | None = None) -> int:
     res: dict = {"bench": "documents_bench", "date": time.strftime("%Y-%m-%d %H:%M:%S"),
                  "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
                  "torch": torch.__version__, "quick": args.quick, "tiny": args.tiny, "document_tokens": n,
-                 "model": "paper 270M shape (paper_server.paper_config), random bf16 weights" if not args.tiny
-                 else "tiny (4 layers, fp32)", "store": str(store_dir), "errors": {}}
+                 "model": SHAPES[args.shape] if not args.tiny else "tiny (4 layers, fp32)", "store": str(store_dir), "errors": {}}
     try:
         res["store_device"] = subprocess.run(["df", "--output=source", str(store_dir)], capture_output=True,
                                              text=True).stdout.split()[-1]
     except (OSError, IndexError):
         pass
     results = ResultsFile(out / "documents_bench.json", res, log, T0)
-    model = make_model(n + 4096, args.tiny)
+    if args.profile:
+        measure = results.measure
+        results.measure = lambda key, fn: measure(key, lambda: profiled(fn, out / f"profile_{key}.txt"))
+    model = make_model(n + 4096, args.tiny, args.shape)
     if "cold" not in skip:
         def cold():
             eng = engine(model, args.tiny, **budget(model, n, "full", args.tiny))

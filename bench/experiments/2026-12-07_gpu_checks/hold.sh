@@ -12,6 +12,7 @@
 # decode_ab:   ab.sh decode (the decode kernel now takes Q queries per row: the plain decode floor old vs new)
 # spec:        decode_bench's speculative and structured measures (this tree); speconly: speculation's alone
 # fp8:         #31 item 3: the float8 paged decode under kernel variants (fp8_decode_variants.py)
+# documents_smollm2: documents_bench, every part at 512K in SmolLM2-135M's shape (its full document fits the disk)
 # documents:   documents_bench: 512K cold + compact store restore + concurrency; 256K full (the disk holds no 64 GB)
 set -uo pipefail
 cd "$(dirname "$0")/../../.."
@@ -76,6 +77,9 @@ for p in "$@"; do
             --no-structured --kv-cache-gb 62 --budget-s 280 ;;
         documents)
             phase documents "${DOC_LIMIT:-300}" python3 -m bench.perf.documents_bench --out "$OUT/documents" --skip full ;;
+        documents_smollm2)  # all four fields in one run: SmolLM2-135M's shape (a full 512K document is 12 GB)
+            phase documents_smollm2 "${DOC_LIMIT:-420}" python3 -m bench.perf.documents_bench \
+                --out "$OUT/documents_smollm2" --shape smollm2 --profile ;;
         documents_full)
             phase documents_256k_full 240 python3 -m bench.perf.documents_bench --out "$OUT/documents_256k_full" \
                 --tokens 262144 --skip cold,compact,concurrent ;;
