@@ -229,11 +229,21 @@ class ChatMessage(BaseModel):
     model_config = STRICT
 
     role: Role
-    content: Text | Annotated[list[TextPart], Field(max_length=MAX_CONTENT_PARTS)] | None = None
+    content: Text | Annotated[list[TextPart], Field(max_length=MAX_CONTENT_PARTS)] | None = Field(
+        None, validate_default=True)
     name: Text | None = None
     tool_calls: Unsupported("tool calling", NoList) = None
     tool_call_id: Unsupported("tool calling") = None
     function_call: Unsupported("function calling") = None
+
+    @field_validator("content")
+    @classmethod
+    def _content_unless_assistant(cls, v, info: ValidationInfo):
+        role = info.data.get("role")
+        if v is None and role is not None and role != "assistant":  # as OpenAI: null only for an assistant turn
+            raise ValueError(f"a {role} message needs content (a string or an array of text parts); only an "
+                             "assistant message may leave it null")
+        return v
 
     def text(self) -> str:
         if self.content is None or isinstance(self.content, str):

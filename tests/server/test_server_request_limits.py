@@ -71,6 +71,18 @@ def test_tool_calling_is_refused_not_ignored(client, body, param, stream, assert
     assert "calling" in err["message"]
 
 
+@pytest.mark.parametrize("message", [{"role": "user", "content": None}, {"role": "user"},
+                                     {"role": "system", "content": None}])
+def test_a_message_without_content_is_refused_unless_assistant(client, message, assert_error):
+    """As OpenAI: a user or system turn needs content (a null one was read as empty text); an assistant turn may
+    leave it null."""
+    r = client.post("/v1/chat/completions", json={"messages": [message, *HI], "max_tokens": 2})
+    assert_error(r, 400, param="messages[0].content", contains="needs content")
+    r = client.post("/v1/chat/completions", json={"messages": [*HI, {"role": "assistant", "content": None}, *HI],
+                                                  "max_tokens": 2})
+    assert r.status_code == 200, r.text
+
+
 @pytest.mark.parametrize("body", [{"tools": []}, {"tool_choice": "none"}, {"functions": []}, {"function_call": "none"},
                                   {"response_format": {"type": "text"}}, {"tools": None, "response_format": None}])
 def test_values_that_ask_for_nothing_are_accepted(client, body):
