@@ -49,6 +49,15 @@ def owner_of(key: str | None) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:16] if key else ""
 
 
+def salt_of(owner: str, asked: str | None = None) -> str | None:
+    """A request's prefix-cache salt (RequestOptions.cache_salt): its key's tenant and its own cache_salt, so that
+    one key's prompts never reuse (nor learn of, through cached_tokens or timings) another's; None without either
+    (one shared cache, as without keys)."""
+    if asked is not None:
+        return f"{owner}:{asked}"
+    return owner or None
+
+
 @dataclass
 class Document:
     id: str
@@ -146,7 +155,7 @@ class DocumentService:
     async def _remove(self, d: Document) -> None:
         self.docs.pop(d.id, None)
         if d.resident and d.prefix_ids is not None:
-            await self.engine.call(lambda: self.pins.unpin(d.prefix_ids, d.kv_mode))
+            await self.engine.call(lambda: self.pins.unpin(d.prefix_ids, d.kv_mode, salt_of(d.owner)))
         if self.store is not None:
             await asyncio.to_thread(self.store.delete, d.id)
 
@@ -178,7 +187,8 @@ class DocumentService:
                                "message", param="system")
             d.prefix_ids = await prompts.encode(text, param="text")
         d.tokens = len(d.prefix_ids)
-        options = RequestOptions(kv_mode=kv_mode, dense_tail_tokens=0, pin_prompt=True)  # type: ignore[arg-type]
+        options = RequestOptions(kv_mode=kv_mode, dense_tail_tokens=0, pin_prompt=True,  # type: ignore[arg-type]
+                                 cache_salt=salt_of(owner))
         try:
             d.kv_bytes = self.pins.estimate_bytes(d.prefix_ids, options)
         except EngineError as exc:
@@ -201,11 +211,11 @@ class DocumentService:
         except BaseException:
             self.docs.pop(d.id, None)
             raise
-        d.kv_bytes = await self.engine.call(lambda: self.pins.held_bytes(d.prefix_ids, d.kv_mode))
+        d.kv_bytes = await self.engine.call(lambda: self.pins.held_bytes(d.prefix_ids, d.kv_mode, salt_of(d.owner)))
         d.resident = d.kv_bytes > 0
         d.seconds, d.ready = time.monotonic() - upload.started, True
         if self.store is not None and d.resident:
-            data = await self.engine.call(lambda: self.pins.export(d.prefix_ids, d.kv_mode))
+            data = await self.engine.call(lambda: self.pins.export(d.prefix_ids, d.kv_mode, salt_of(d.owner)))
             if data is not None:
                 await asyncio.to_thread(self.store.save, d.id, data, d.meta(), d.text)
                 d.stored = True
@@ -216,7 +226,8 @@ class DocumentService:
         reused here, so an upload's time tells nothing of other keys' documents)."""
         same = next((o for o in list(self.docs.values()) if o is not d and o.owner == d.owner and o.ready
                      and o.resident and o.kv_mode == d.kv_mode and o.prefix_ids == d.prefix_ids), None)
-        if same is None or not await self.engine.call(lambda: self.pins.pin_again(d.prefix_ids, d.kv_mode)):
+        if same is None or not await self.engine.call(
+                lambda: self.pins.pin_again(d.prefix_ids, d.kv_mode, salt_of(d.owner))):
             return False
         d.citable = same.citable  # the same entry (with or without its compact context's spans)
         return True
@@ -267,6 +278,7 @@ class DocumentService:
         data, text = loaded
         d.prefix_ids, d.text = data.tokens[: d.tokens].tolist(), text
         d.citable = data.ctx_layout is None or data.ctx_spans is not None
+        data.salt = salt_of(d.owner)  # (a file written before salts were kept has none)
         if not d.resident:  # (another question may have restored it meanwhile)
             d.resident = await self.engine.call(lambda: self.pins.restore(data)) > 0
 
@@ -322,7 +334,8 @@ class DocumentService:
                 return []
             try:
                 scores = await self.engine.call(
-                    lambda: self.pins.answer_attention(d.prefix_ids, d.kv_mode, prompt_ids, answer_ids))
+                    lambda: self.pins.answer_attention(d.prefix_ids, d.kv_mode, prompt_ids, answer_ids,
+                                                       salt_of(d.owner)))
             except EngineError as exc:
                 raise from_engine_error(exc) from None
             if scores is None:  # deleted meanwhile
@@ -334,6 +347,10 @@ class DocumentService:
     @staticmethod
     def options(d: Document, asked: RequestOptions, question_tokens: int) -> RequestOptions:
         """The question's tokens (those after the document) are the dense tail, so the document's head and split are
-        the upload's (reused)."""
+        the upload's (reused), as is its cache salt (a request's own cache_salt would never find the document)."""
+        if asked.cache_salt != salt_of(d.owner):
+            raise APIError(400, "cache_salt cannot be combined with document_id: a document's cache belongs to the "
+                           "API key that uploaded it; leave cache_salt out", param="cache_salt",
+                           code="invalid_combination")
         tail = asked.dense_tail_tokens if asked.dense_tail_tokens is not None else question_tokens
         return replace(asked, dense_tail_tokens=tail, kv_mode=asked.kv_mode or d.kv_mode)  # type: ignore[arg-type]

@@ -21,7 +21,7 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
                       WithJsonSchema, field_validator)
 from pydantic_core import PydanticCustomError
 
-from lighthouse.engine.options import (MAX_SPECULATIVE_TOKENS, DecodeMode, KVMode, PrefillMode, RequestOptions,
+from lighthouse.engine.options import (MAX_CACHE_SALT_CHARS, MAX_SPECULATIVE_TOKENS, DecodeMode, KVMode, PrefillMode, RequestOptions,
                                       Speculation, SpeculativeMethod)
 from lighthouse.engine.sampling import MAX_TOP_LOGPROBS, SamplingParams
 from lighthouse.tokenizer import CHAT_ROLES
@@ -157,6 +157,10 @@ class _Common(GuidedFields):  # + response_format and guided_* (structured.py)
         "unchanged, sampled ones keep their distribution"))
     return_progress: bool = False  # stream prefill progress chunks (llama.cpp's name)
     cache_prompt: bool = True  # reuse the prefix cache and leave this prompt in it (llama.cpp's name)
+    cache_salt: Annotated[str, StringConstraints(min_length=1, max_length=MAX_CACHE_SALT_CHARS),
+                          AfterValidator(_no_lone_surrogates)] | None = Field(
+        None, description="reuse only prefix-cache entries of requests with the same salt (vLLM's cache_salt; with "
+                          "API keys, entries are also kept apart per key)")
     document_id: Text | None = Field(None, description="an uploaded document (POST /v1/documents), placed first in "
                                                        "the first user message (completions: before the prompt)")
     citations: bool = Field(False, description="also return the document spans the answer drew on most (a request "
@@ -188,15 +192,16 @@ class _Common(GuidedFields):  # + response_format and guided_* (structured.py)
             stop_token_ids=list(self.stop_token_ids or []), ignore_eos=self.ignore_eos, logprobs=logprobs, n=self.n,
         )
 
-    def request_options(self) -> RequestOptions:
+    def request_options(self, cache_salt: str | None = None) -> RequestOptions:
         """How the engine serves this body (None fields: the server's defaults). The schema's types are
         RequestOptions' own, so a body that validated here makes valid options (structured output: a 400 from
-        structured_output when it asks for two grammars)."""
+        structured_output when it asks for two grammars). `cache_salt`: the prefix cache's, as the route derives it
+        (documents.salt_of: the key's tenant and this body's cache_salt)."""
         spec = self.speculative
         return RequestOptions(prefill=self.prefill, decode=self.decode, dense_tail_tokens=self.dense_tail_tokens,
                               cache_prompt=self.cache_prompt, kv_mode=self.kv_mode,
                               speculative=None if spec is None else Speculation(spec.method, spec.num_tokens),
-                              structured=structured_output(self))
+                              structured=structured_output(self), cache_salt=cache_salt)
 
 
 MaxTokens = Int(ge=1)

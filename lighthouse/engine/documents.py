@@ -52,35 +52,37 @@ class DocumentPins:
         return plan_prefill(self.engine.model.config, len(prompt_ids), prefill=opts.prefill, decode=opts.decode,
                             dense_tail_tokens=0, kv_mode="compact").compact
 
-    def find(self, prompt_ids: list[int], kv_mode: str | None = None) -> CacheEntry | None:
-        """The pinned entry of the document's kind (full or compact: the same tokens may be pinned as both) that
-        holds these tokens: its own (exactly these tokens) where there is one, else the head of a longer one."""
+    def find(self, prompt_ids: list[int], kv_mode: str | None = None, salt: str | None = None) -> CacheEntry | None:
+        """The pinned entry of the document's kind (full or compact: the same tokens may be pinned as both) and of
+        its owner's cache salt that holds these tokens: its own (exactly these tokens) where there is one, else the
+        head of a longer one."""
         cache = self.engine.prefix_cache
         if cache is None:
             return None
         t, compact = torch.tensor(prompt_ids, dtype=torch.long), self.kept_compact(prompt_ids, kv_mode)
-        held = [e for e in cache.entries if e.pins and e.compact == compact and e.length >= len(prompt_ids)
+        held = [e for e in cache.entries if e.pins and e.compact == compact and e.salt == salt
+                and e.length >= len(prompt_ids)
                 and common_prefix(t, e.tokens) == len(prompt_ids)]
         return min(held, key=lambda e: e.length, default=None)
 
-    def pin_again(self, prompt_ids: list[int], kv_mode: str | None = None) -> bool:
+    def pin_again(self, prompt_ids: list[int], kv_mode: str | None = None, salt: str | None = None) -> bool:
         """One more pin on the pinned entry whose prompt is exactly these tokens (of the document's kind): the same
         document uploaded again needs no prefill. False when there is none (a longer entry holding these tokens as
         its head does not count: a sparse head is reusable only whole)."""
-        e = self.find(prompt_ids, kv_mode)
+        e = self.find(prompt_ids, kv_mode, salt)
         if e is None or e.length != len(prompt_ids):
             return False
         e.pins += 1
         return True
 
-    def held_bytes(self, prompt_ids: list[int], kv_mode: str | None = None) -> int:
+    def held_bytes(self, prompt_ids: list[int], kv_mode: str | None = None, salt: str | None = None) -> int:
         """Bytes of the KV cache the pinned entry holds (0: not pinned on the device)."""
-        e = self.find(prompt_ids, kv_mode)
+        e = self.find(prompt_ids, kv_mode, salt)
         return len(e.all_blocks()) * self.bytes_per_block if e is not None else 0
 
-    def unpin(self, prompt_ids: list[int], kv_mode: str | None = None) -> None:
+    def unpin(self, prompt_ids: list[int], kv_mode: str | None = None, salt: str | None = None) -> None:
         """One pin less; the entry leaves the cache with its last pin (a deleted document frees its memory)."""
-        e = self.find(prompt_ids, kv_mode)
+        e = self.find(prompt_ids, kv_mode, salt)
         if e is None:
             return
         e.pins -= 1
@@ -88,12 +90,12 @@ class DocumentPins:
             self.engine.prefix_cache.discard(e)
 
     def answer_attention(self, prefix_ids: list[int], kv_mode: str | None, prompt_ids: list[int],
-                         answer_ids: list[int]) -> list[float] | None:
+                         answer_ids: list[int], salt: str | None = None) -> list[float] | None:
         """Per position of the document's prefix, the attention the answer paid to it beyond the prompt's (citations.py),
         from its pinned entry (full, or compact: its Lighthouse layers' context); None when it is not pinned on the
         device. Raises InvalidRequest for a compact entry without its context's windows (restored from a store
         written before they were kept) or a prompt that does not start with the prefix."""
-        e = self.find(prefix_ids, kv_mode)
+        e = self.find(prefix_ids, kv_mode, salt)
         if e is None:
             return None
         P = len(prefix_ids)
@@ -112,12 +114,13 @@ class DocumentPins:
         return answer_attention(eng.model, eng.kv.pool, e.blocks, P, prompt_ids[P:] + answer_ids,
                                 len(answer_ids), context=context).tolist()
 
-    def export(self, prompt_ids: list[int], kv_mode: str | None = None) -> EntryData | None:
-        e = self.find(prompt_ids, kv_mode)
+    def export(self, prompt_ids: list[int], kv_mode: str | None = None, salt: str | None = None) -> EntryData | None:
+        e = self.find(prompt_ids, kv_mode, salt)
         return export_entry(self.engine.prefix_cache, e) if e is not None else None
 
     def restore(self, data: EntryData) -> int:
-        """A stored document back on the device, pinned; the bytes it holds (0: no room now, or no prefix cache)."""
+        """A stored document back on the device, pinned (under `data.salt`); the bytes it holds (0: no room now, or
+        no prefix cache)."""
         cache = self.engine.prefix_cache
         if cache is None:
             return 0

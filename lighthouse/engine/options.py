@@ -14,6 +14,7 @@ PrefillMode = Literal["sparse", "dense"]
 SpeculativeMethod = Literal["prompt_lookup"]
 SPECULATIVE_METHODS: tuple[str, ...] = get_args(SpeculativeMethod)
 MAX_SPECULATIVE_TOKENS = 16  # drafts verified per step at most
+MAX_CACHE_SALT_CHARS = 256
 DecodeMode = Literal["dense", "sparse"]
 KVMode = Literal["full", "compact"]
 PREFILL_MODES: tuple[str, ...] = get_args(PrefillMode)
@@ -111,6 +112,9 @@ class RequestOptions:
     kv_mode: KVMode | None = None
     speculative: Speculation | None = None  # None: the engine's default (EngineConfig.speculative_num_tokens)
     structured: StructuredOutput | None = None  # the output follows this grammar (structured/); None: free text
+    # prefix-cache entries are shared only among requests of the same salt (vLLM's cache_salt): the server salts
+    # with the API key's tenant, so one key's prompts never hit, wait for or replace another's
+    cache_salt: str | None = None
 
     def __post_init__(self) -> None:
         if self.prefill is not None:
@@ -123,6 +127,10 @@ class RequestOptions:
                 raise InvalidRequest("kv_mode 'compact' keeps no full cache in the Lighthouse layers, so it decodes "
                                      "sparsely: leave decode out or set it to 'sparse' (or use kv_mode 'full')",
                                      param="kv_mode")
+        if self.cache_salt is not None and (not isinstance(self.cache_salt, str)
+                                            or not 0 < len(self.cache_salt) <= MAX_CACHE_SALT_CHARS):
+            raise InvalidRequest(f"cache_salt must be a non-empty string of at most {MAX_CACHE_SALT_CHARS} "
+                                 "characters", param="cache_salt")
         tail = self.dense_tail_tokens
         if tail is not None and (not isinstance(tail, int) or isinstance(tail, bool) or tail < 0):
             raise InvalidRequest(f"dense_tail_tokens must be an integer >= 0, got {tail!r}", param="dense_tail_tokens")

@@ -176,7 +176,8 @@ class Scheduler:
             first.kv.ctx_spans = e.ctx_spans  # read only: shared
         self.admitted[req.request_id] = work
         if self.prefix_cache is not None and req.cache_prompt:
-            work.pending = self.prefix_cache.begin_prefill(req.prompt(), cache_split(work.plan), work.plan.compact)
+            work.pending = self.prefix_cache.begin_prefill(req.prompt(), cache_split(work.plan), work.plan.compact,
+                                                           req.options.cache_salt)
         return work
 
     def _refuse_if_never(self, req: Request) -> bool:
@@ -196,16 +197,16 @@ class Scheduler:
         key = self._cache_key(req)
         return self.prefix_cache.match(req.prompt(), *key) if key is not None else None
 
-    def _cache_key(self, req: Request) -> tuple[int, bool] | None:
-        """(split, compact) of the entries the request may reuse; None: it reuses none."""
+    def _cache_key(self, req: Request) -> tuple[int, bool, str | None] | None:
+        """(split, compact, salt) of the entries the request may reuse; None: it reuses none."""
         if self.prefix_cache is None or not req.cache_prompt:
             return None
-        plan = req.plan
+        plan, salt = req.plan, req.options.cache_salt
         if plan.compact:  # a compact document's follow-up: against its kept context (prefix_cache.py)
-            return (0, True) if self.compact_reuse else None
+            return (0, True, salt) if self.compact_reuse else None
         if plan.sparse_decode:
             return None  # sparse decode selects from the head's queries, which are not cached
-        return cache_split(plan), False
+        return cache_split(plan), False, salt
 
     def _make_room(self, req: Request) -> tuple[CacheHit | None, HostRestore | None] | None:
         """Whether the request's blocks fit now, evicting prefix-cache entries (the one it would reuse last): its hit
@@ -269,7 +270,7 @@ class Scheduler:
             return
         held = list(self.prefix_cache.entries)
         entry = self.prefix_cache.insert(req.prompt(), cache_split(work.plan), req.seqs[0].kv, work.plan.selected,
-                                         any_length=req.options.pin_prompt)
+                                         any_length=req.options.pin_prompt, salt=req.options.cache_salt)
         req.prompt_cached = entry is not None
         work.entry = entry if entry is not None and all(entry is not e for e in held) else None
         if entry is not None and req.options.pin_prompt:  # a document's upload (engine/documents.py)

@@ -68,6 +68,7 @@ class EntryData:
     selected: int = 0
     ctx_hole_start: Tensor | None = None  # compact: (L, H) int32
     ctx_spans: Tensor | None = None  # compact: (L, H, S, 2) int32 (None: stored before spans were kept)
+    salt: str | None = None  # the entry's cache_salt (prefix_cache.py)
 
 
 COPY_CHUNK_BYTES = 1 << 30  # device <-> host copies go in pieces of about this much (a 512K entry is ~32 GB of K)
@@ -94,7 +95,7 @@ def export_entry(prefix_cache: PrefixCache, entry: CacheEntry) -> EntryData:
     hole = entry.ctx_hole_start.cpu().clone() if entry.ctx_hole_start is not None else None
     return EntryData(entry.tokens.clone(), entry.split, [len(t) for t in entry.blocks], k, v,
                      None if entry.ctx_blocks is None else [len(t) for t in entry.ctx_blocks], entry.selected, hole,
-                     entry.ctx_spans)
+                     entry.ctx_spans, entry.salt)
 
 
 def restore_entry(prefix_cache: PrefixCache, data: EntryData) -> CacheEntry | None:
@@ -120,7 +121,7 @@ def restore_entry(prefix_cache: PrefixCache, data: EntryData) -> CacheEntry | No
     hole = data.ctx_hole_start.to(kv.shape.device) if data.ctx_hole_start is not None else None
     entry = CacheEntry(data.tokens.clone(), data.split, tables[:full], next(prefix_cache._clock),
                        tables[full:] if data.ctx_layout is not None else None, data.selected, hole, pins=1,
-                       ctx_spans=data.ctx_spans)
+                       ctx_spans=data.ctx_spans, salt=data.salt)
     prefix_cache.entries.append(entry)
     return entry
 
@@ -181,7 +182,8 @@ class DiskStore:
             tensors["ctx_hole_start"] = data.ctx_hole_start.contiguous()
         if data.ctx_spans is not None:
             tensors["ctx_spans"] = data.ctx_spans.contiguous()
-        layout = {"split": data.split, "layout": data.layout, "ctx_layout": data.ctx_layout, "selected": data.selected}
+        layout = {"split": data.split, "layout": data.layout, "ctx_layout": data.ctx_layout, "selected": data.selected,
+                  "salt": data.salt}
         path = self.root / f"{doc_id}.safetensors"
         tmp = path.with_suffix(".tmp")
         save_file(tensors, str(tmp), metadata={"layout": json.dumps(layout), "identity": self.identity})
@@ -206,7 +208,7 @@ class DiskStore:
             layout = json.loads(f.metadata()["layout"])
         t = load_file(str(path))
         data = EntryData(t["tokens"], layout["split"], layout["layout"], t["k"], t["v"], layout["ctx_layout"],
-                         layout["selected"], t.get("ctx_hole_start"), t.get("ctx_spans"))
+                         layout["selected"], t.get("ctx_hole_start"), t.get("ctx_spans"), layout.get("salt"))
         return data, bytes(t["text"].numpy()).decode("utf-8")
 
     def delete(self, doc_id: str) -> None:

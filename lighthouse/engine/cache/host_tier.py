@@ -47,6 +47,7 @@ class HostEntry:
     selected: int = 0
     ctx_hole_start: Tensor | None = None
     ctx_spans: Tensor | None = None  # (L, H, S, 2) int32 on the CPU: each selected entry's window (citations)
+    salt: str | None = None  # the device entry's cache_salt (prefix_cache.py)
 
     @property
     def compact(self) -> bool:
@@ -128,7 +129,8 @@ class HostCache:
 
     def offload(self, tokens: Tensor, split: int, tables: list[list[int]], keep: HostEntry | None = None, *,
                 ctx_tables: list[list[int]] | None = None, selected: int = 0,
-                ctx_hole_start: Tensor | None = None, ctx_spans: Tensor | None = None) -> HostEntry | None:
+                ctx_hole_start: Tensor | None = None, ctx_spans: Tensor | None = None,
+                salt: str | None = None) -> HostEntry | None:
         """Copy the K/V of the per-layer `tables` (positions [0, len(tokens))), and of a compact entry's context
         tables, to host blocks, evicting the tier's least recently used entries (never `keep`) for room; None if it
         does not fit."""
@@ -150,7 +152,7 @@ class HostCache:
             torch.cuda.current_stream(pool.k.device).synchronize()  # the device blocks are freed right after
         entry = HostEntry(tokens, split, host, [len(t) for t in tables], len(blocks) * self.kv.shape.bytes_per_block,
                           next(self._clock), None if ctx_tables is None else [len(t) for t in ctx_tables], selected,
-                          None if ctx_hole_start is None else ctx_hole_start.clone(), ctx_spans)
+                          None if ctx_hole_start is None else ctx_hole_start.clone(), ctx_spans, salt)
         self.entries.append(entry)
         self.bytes_to_host += entry.nbytes
         return entry

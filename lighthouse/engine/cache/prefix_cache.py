@@ -15,6 +15,9 @@ What is reused, and why it is exact (never an approximation; outputs do not depe
   on, K/V at position t < split depend on tokens after t. The head is therefore reusable only as a unit: by a
   request whose own plan has the same split and whose first `split` tokens are the same. Positions after the
   split (the dense tail, causal against that head) are reusable as far as the tokens match.
+- Only within one salt (`RequestOptions.cache_salt`, the server's per API key): an entry made under one salt is
+  never a hit for, awaited by, or replaced by a request of another (or of none), so what one tenant's prompts
+  hold cannot be probed by another's cached-token counts or timings (vLLM's cache_salt).
 - Nothing else: a dense request never reuses a sparse entry, nor a sparse one a dense entry or a head of
   another length. Requests with sparse decode in a full session do not reuse: their selected context comes from
   the head's queries, which are not cached.
@@ -63,6 +66,7 @@ class CacheEntry:
     ctx_hole_start: Tensor | None = None  # compact: (L, H) int32, as SequenceKV's
     pins: int = 0  # documents holding it (engine/documents.py): a pinned entry is never evicted nor replaced
     ctx_spans: Tensor | None = None  # compact: (L, H, S, 2) int32 on the CPU, as SequenceKV's (None: not kept)
+    salt: str | None = None  # reusable only by requests of this cache_salt
 
     @property
     def compact(self) -> bool:
@@ -107,19 +111,24 @@ class PrefixCache:
     _clock: itertools.count = field(default_factory=itertools.count)
 
     # ---- lookup -----------------------------------------------------------------------------------------------
-    def match(self, prompt: Tensor, split: int, compact: bool = False) -> CacheHit | None:
+    def match(self, prompt: Tensor, split: int, compact: bool = False, salt: str | None = None) -> CacheHit | None:
         """The longest reusable prefix for a prompt whose plan prefills [0, split) sparsely (split 0: densely); with
-        `compact`, of a compact entry whose whole head the prompt starts with (split is not used).
+        `compact`, of a compact entry whose whole head the prompt starts with (split is not used); among the
+        entries of `salt` only.
 
         At least one prompt position is left to compute (its logits start the generation); a reusable prefix
         shorter than `min_tokens` counts as a miss."""
         best: CacheHit | None = None
         for e in self.entries:
+            if e.salt != salt:
+                continue
             usable = self._usable(prompt, e.tokens, e.split, e.compact, split, compact, whole=bool(e.pins))
             if usable and (best is None or usable > best.tokens
                            or (usable == best.tokens and e.last_used > best.entry.last_used)):
                 best = CacheHit(e, usable)
         for h in self.host.entries if self.host is not None else ():  # only longer than on device
+            if h.salt != salt:
+                continue
             usable = self._usable(prompt, h.tokens, h.split, h.compact, split, compact)
             if usable and (best is None or usable > best.tokens):
                 best = CacheHit(None, usable, h)
@@ -141,13 +150,13 @@ class PrefixCache:
         return usable if usable >= max(e_split, self.min_tokens, 1) else 0  # a sparse head is reusable only whole
 
     # ---- prefills in progress ----------------------------------------------------------------------------------
-    def begin_prefill(self, prompt: Tensor, split: int, compact: bool) -> CacheEntry | None:
+    def begin_prefill(self, prompt: Tensor, split: int, compact: bool, salt: str | None = None) -> CacheEntry | None:
         """Announce a prefill in progress whose prompt becomes an entry when it ends (`end_prefill`, then `insert`):
         a later prompt starting the same way waits for it (`in_flight_gain`) instead of prefilling those tokens
         again. The announcement holds no blocks and is never a hit. None: the prompt is too short to be kept."""
         if int(prompt.shape[0]) < self.min_tokens:
             return None
-        pending = CacheEntry(prompt, split, [], ctx_blocks=[] if compact else None)
+        pending = CacheEntry(prompt, split, [], ctx_blocks=[] if compact else None, salt=salt)
         self.in_flight.append(pending)
         return pending
 
@@ -156,9 +165,11 @@ class PrefixCache:
         if pending is not None and pending in self.in_flight:
             self.in_flight.remove(pending)
 
-    def in_flight_gain(self, prompt: Tensor, split: int, compact: bool, than: int) -> bool:
-        """Whether a prefill in progress will leave an entry reusing more than `than` positions of this prompt."""
-        return any(self._usable(prompt, e.tokens, e.split, e.compact, split, compact) > than for e in self.in_flight)
+    def in_flight_gain(self, prompt: Tensor, split: int, compact: bool, salt: str | None, than: int) -> bool:
+        """Whether a prefill in progress (of `salt`) will leave an entry reusing more than `than` positions of this
+        prompt."""
+        return any(e.salt == salt and self._usable(prompt, e.tokens, e.split, e.compact, split, compact) > than
+                   for e in self.in_flight)
 
     def claim(self, hit: CacheHit) -> tuple[CacheHit, HostRestore]:
         """A host hit as an ordinary device hit of the same length: its entry in freshly allocated blocks (they must
@@ -167,7 +178,7 @@ class PrefixCache:
         h = hit.host
         restore = self.host.plan_restore(h, self.kv.allocate_for_cache(h.num_blocks), hit.tokens)
         entry = CacheEntry(h.tokens, h.split, restore.tables, next(self._clock), restore.ctx_tables, h.selected,
-                           h.ctx_hole_start, ctx_spans=h.ctx_spans)
+                           h.ctx_hole_start, ctx_spans=h.ctx_spans, salt=h.salt)
         self.entries.append(entry)
         return CacheHit(entry, hit.tokens), restore
 
@@ -192,7 +203,7 @@ class PrefixCache:
             if self.host is not None:
                 self.host.offload(victim.tokens, victim.split, victim.blocks, keep=keep_host,
                                   ctx_tables=victim.ctx_blocks, selected=victim.selected,
-                                  ctx_hole_start=victim.ctx_hole_start, ctx_spans=victim.ctx_spans)
+                                  ctx_hole_start=victim.ctx_hole_start, ctx_spans=victim.ctx_spans, salt=victim.salt)
             self._drop(victim)
         return True
 
@@ -212,15 +223,17 @@ class PrefixCache:
 
     # ---- insertion ----------------------------------------------------------------------------------------------
     def insert(self, prompt: Tensor, split: int, kv: SequenceKV, selected: int = 0, *,
-               any_length: bool = False) -> CacheEntry | None:
+               any_length: bool = False, salt: str | None = None) -> CacheEntry | None:
         """Keep the blocks of positions [0, len(prompt)) of a finished sequence (by reference: no copy); of a compact
         one, its full-attention layers' and its context's (`selected`: the head's S). `any_length`: also when
-        shorter than `min_tokens` (a document's upload, to be pinned: `match` reuses a pinned entry whole)."""
+        shorter than `min_tokens` (a document's upload, to be pinned: `match` reuses a pinned entry whole). Entries
+        of another salt are neither reused nor replaced."""
         n = int(prompt.shape[0])
         if (n < self.min_tokens and not any_length) or kv.length < n:
             return None
         compact = kv.compact
-        same = [(common_prefix(prompt, e.tokens), e) for e in self.entries if e.split == split and e.compact == compact]
+        same = [(common_prefix(prompt, e.tokens), e) for e in self.entries
+                if e.split == split and e.compact == compact and e.salt == salt]
         for m, e in same:
             if m == n:  # already held (as this prompt or a longer one)
                 e.last_used = next(self._clock)
@@ -230,7 +243,7 @@ class PrefixCache:
                 self._drop(e)
         nb = self.kv.shape.blocks_for(n)
         blocks = [self.kv.share_for_cache(t[:nb]) for t in kv.blocks]
-        entry = CacheEntry(prompt.clone(), split, blocks, next(self._clock))
+        entry = CacheEntry(prompt.clone(), split, blocks, next(self._clock), salt=salt)
         if compact:
             nc = self.kv.shape.ctx_blocks_for(selected + n - split)
             entry.ctx_blocks = [self.kv.share_for_cache(t[:nc]) for t in kv.ctx_blocks]
