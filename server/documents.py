@@ -15,10 +15,12 @@ the key that uploaded it (a hash of it) and every other key gets a 404 for it. T
 deleted that many seconds after its upload (checked on every access and once a second).
 
 With a document store (`document_store`), each document's K/V and metadata are also written to disk
-(lighthouse/engine/cache/disk_tier.py) and listed again after a restart; the first question brings them back.
+(lighthouse/engine/cache/disk_tier.py) and listed again after a restart; the first question brings them back. The
+copy is written in the background (the upload returns once the document is pinned, `stored` false until the copy
+is on disk); a graceful shutdown waits for copies still being written (`flush`).
 
 An upload is two steps: `prepare` (tokenize, size, check the budget: its refusals are ordinary HTTP errors) and
-`complete` (prefill, yielding llama.cpp-shaped progress, then pin and store), so a streamed upload can send progress
+`complete` (prefill, yielding llama.cpp-shaped progress, then pin, and start the store's copy), so a streamed upload can send progress
 events in between. `citer` checks a request's citations before it runs and returns what computes them after
 (server/citations.py).
 """
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import re
 import time
 import uuid
@@ -40,6 +43,7 @@ from lighthouse.engine.sampling import SamplingParams
 from lighthouse_server.citations import top_spans
 from lighthouse_server.errors import APIError, from_engine_error, from_failure
 
+log = logging.getLogger(__name__)
 _PLACEHOLDER = re.compile("\ue000(\\d+)\ue001")  # chat_template.py's placeholders
 SEPARATOR = "\n\n"  # between the document and the message's content (documents.ask's layout)
 
@@ -125,6 +129,7 @@ class DocumentService:
         self.pins = DocumentPins(engine.engine)
         self.budget_bytes, self.store, self.clock = budget_bytes, store, clock
         self.docs: dict[str, Document] = {}
+        self.saving: dict[str, asyncio.Task] = {}  # document id -> its copy being written to the store
         if store is not None:
             for doc_id, rec in store.index().items():
                 self.docs[doc_id] = Document(**rec["meta"], stored=True, ready=True)
@@ -157,7 +162,7 @@ class DocumentService:
         if d.resident and d.prefix_ids is not None:
             await self.engine.call(lambda: self.pins.unpin(d.prefix_ids, d.kv_mode, salt_of(d.owner)))
         if self.store is not None:
-            await asyncio.to_thread(self.store.delete, d.id)
+            await asyncio.to_thread(self.store.delete, d.id)  # (a copy still being written is deleted when it ends)
 
     # ---- upload -----------------------------------------------------------------------------------------------
     async def upload(self, owner: str, text: str, *, name: str | None, ttl_s: float | None, kv_mode: str | None,
@@ -216,9 +221,27 @@ class DocumentService:
         d.seconds, d.ready = time.monotonic() - upload.started, True
         if self.store is not None and d.resident:
             data = await self.engine.call(lambda: self.pins.export(d.prefix_ids, d.kv_mode, salt_of(d.owner)))
-            if data is not None:
-                await asyncio.to_thread(self.store.save, d.id, data, d.meta(), d.text)
+            if data is not None:  # written while the document already answers (`stored` true once it is)
+                self.saving[d.id] = asyncio.create_task(self._save(d, data))
+
+    async def _save(self, d: Document, data) -> None:
+        """Write the document's copy to the store (a thread: seconds to a minute for 512K); a document deleted or
+        expired meanwhile has its copy deleted as soon as it is written."""
+        try:
+            await asyncio.to_thread(self.store.save, d.id, data, d.meta(), d.text)
+            if self.docs.get(d.id) is d:
                 d.stored = True
+            else:
+                await asyncio.to_thread(self.store.delete, d.id)
+        except Exception:  # a full disk, say: the document still answers, it just does not outlive the process
+            log.exception("document %s: writing its copy to the store failed", d.id)
+        finally:
+            self.saving.pop(d.id, None)
+
+    async def flush(self) -> None:
+        """Wait for the copies still being written (a graceful shutdown: no document uploaded before it is lost)."""
+        while self.saving:
+            await asyncio.gather(*list(self.saving.values()), return_exceptions=True)
 
     async def _pinned_already(self, d: Document) -> bool:
         """Whether the owner holds a ready, resident document of the same tokens and kind, and its entry took one

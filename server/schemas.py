@@ -231,7 +231,10 @@ class TextPart(BaseModel):
 
 
 class ChatMessage(BaseModel):
-    model_config = STRICT
+    # the schema states what _content_unless_assistant checks: content is required, and not null, unless an assistant's
+    model_config = ConfigDict(**STRICT, json_schema_extra={
+        "if": {"properties": {"role": {"not": {"const": "assistant"}}}},
+        "then": {"required": ["content"], "properties": {"content": {"not": {"type": "null"}}}}})
 
     role: Role
     content: Text | Annotated[list[TextPart], Field(max_length=MAX_CONTENT_PARTS)] | None = Field(
@@ -246,8 +249,9 @@ class ChatMessage(BaseModel):
     def _content_unless_assistant(cls, v, info: ValidationInfo):
         role = info.data.get("role")
         if v is None and role is not None and role != "assistant":  # as OpenAI: null only for an assistant turn
-            raise ValueError(f"a {role} message needs content (a string or an array of text parts); only an "
-                             "assistant message may leave it null")
+            raise PydanticCustomError("invalid_combination",  # a relation between fields (role and content)
+                                      f"a {role} message needs content (a string or an array of text parts); only "
+                                      "an assistant message may leave it null")
         return v
 
     def text(self) -> str:

@@ -283,6 +283,11 @@ def test_async_sdk_upload_and_ask(server):
 
 # ---- the disk store -------------------------------------------------------------------------------------------
 
+def stored(server, doc_id, key=None) -> bool:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.get(server.url + f"/v1/documents/{doc_id}", headers=headers).json()["stored"]
+
+
 def _answer(url, doc_id):
     client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
     r = ask(client, doc_id)
@@ -292,13 +297,13 @@ def _answer(url, doc_id):
 @pytest.mark.parametrize("copy_chunk_bytes", [None, 1])  # 1: the K/V copied a block at a time, both ways
 def test_restart_with_the_store_gives_the_same_answers_and_logprobs(tiny_checkpoint, loopback_server,
                                                                      settings_for, tmp_path, monkeypatch,
-                                                                     copy_chunk_bytes):
+                                                                     copy_chunk_bytes, wait_until):
     if copy_chunk_bytes is not None:
         monkeypatch.setattr(disk_tier, "COPY_CHUNK_BYTES", copy_chunk_bytes)
     store = tmp_path / "store"
     with loopback_server(settings_for(tiny_checkpoint, served_model_name="tiny", document_store=str(store))) as s:
         d = upload(s)
-        assert d["stored"]
+        assert wait_until(lambda: stored(s, d["id"]), timeout=60)  # the copy is written in the background
         before = _answer(s.url, d["id"])
     with loopback_server(settings_for(tiny_checkpoint, served_model_name="tiny", document_store=str(store))) as s:
         listed = httpx.get(s.url + "/v1/documents").json()["data"]
@@ -356,11 +361,11 @@ def test_a_compact_document_pins_less_and_its_questions_reuse_it(server):
 
 
 def test_restart_with_the_store_restores_a_compact_document_with_the_same_answers(tiny_checkpoint, loopback_server,
-                                                                                  settings_for, tmp_path):
+                                                                                  settings_for, tmp_path, wait_until):
     store = tmp_path / "store"
     with loopback_server(settings_for(tiny_checkpoint, served_model_name="tiny", document_store=str(store))) as s:
         d = upload(s, kv_mode="compact")
-        assert d["stored"] and d["kv_mode"] == "compact"
+        assert d["kv_mode"] == "compact" and wait_until(lambda: stored(s, d["id"]), timeout=60)
         before = _answer(s.url, d["id"])
     with loopback_server(settings_for(tiny_checkpoint, served_model_name="tiny", document_store=str(store))) as s:
         after = _answer(s.url, d["id"])

@@ -11,6 +11,7 @@ from lighthouse.engine.errors import QueueFull
 from lighthouse.engine.options import DECODE_MODES, PREFILL_MODES, RequestOptions
 from lighthouse_server.app import create_app
 from lighthouse_server.deps import get_engine
+from lighthouse_server.documents import owner_of
 
 KEY = "sk-test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -98,7 +99,9 @@ def test_the_body_reaches_the_engine_as_one_request_options(client):
         post(client, "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]})
     finally:
         client.app.dependency_overrides.clear()
-    assert seen == [RequestOptions("dense", "sparse", 8, cache_prompt=False), RequestOptions()]
+    salt = owner_of(KEY)  # with an API key, its tenant salts the prefix cache (documents.salt_of)
+    assert seen == [RequestOptions("dense", "sparse", 8, cache_prompt=False, cache_salt=salt),
+                    RequestOptions(cache_salt=salt)]
 
 
 def test_chat_top_logprobs_out_of_range(client, assert_error):

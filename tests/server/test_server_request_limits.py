@@ -77,7 +77,7 @@ def test_a_message_without_content_is_refused_unless_assistant(client, message, 
     """As OpenAI: a user or system turn needs content (a null one was read as empty text); an assistant turn may
     leave it null."""
     r = client.post("/v1/chat/completions", json={"messages": [message, *HI], "max_tokens": 2})
-    assert_error(r, 400, param="messages[0].content", contains="needs content")
+    assert_error(r, 400, param="messages[0].content", code="invalid_combination", contains="needs content")
     r = client.post("/v1/chat/completions", json={"messages": [*HI, {"role": "assistant", "content": None}, *HI],
                                                   "max_tokens": 2})
     assert r.status_code == 200, r.text
