@@ -12,7 +12,9 @@ sparse head), questions are 64 more tokens prefilled densely after it.
   tensors read) and copied to the device (DocumentPins.restore), synchronized: the time a first question after a
   restart waits before its own tokens. Split into load_s (disk -> CPU, checksum included) and to_device_s. With
   --drop-caches (root) the OS page cache is dropped before each load, so the file comes from the disk and not from
-  memory; without it a file just written is likely read from memory (the JSON says which);
+  memory; without it a file just written is likely read from memory (the JSON says which). Either way the stored
+  files are evicted from the page cache first (posix_fadvise DONTNEED: no root needed; the JSON's
+  file_evicted_from_page_cache), so the load reads the disk;
 - first_question_after_restore_ttft_s: a question's TTFT right after the restore (its own 64 tokens prefilled);
 - concurrent_two_questions_prefilled_tokens: a new document + question 1 and the same document + question 2 added
   together: the prompt tokens the engine prefilled for both (PrefillInfo's sparse + dense), against
@@ -164,6 +166,22 @@ def drop_caches() -> bool:
         return False
 
 
+def evict_from_page_cache(path: Path) -> bool:
+    """The file's pages dropped from the OS page cache (flushed first), so the next read comes from the disk: no root
+    needed for a file this process may open (posix_fadvise DONTNEED); whether it was done."""
+    if not hasattr(os, "posix_fadvise"):
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
 def store_and_restore(model, n: int, kv_mode: str, store_dir: Path, tiny: bool, drop: bool) -> dict:
     from lighthouse.engine.cache.disk_tier import DiskStore
     from lighthouse.engine.documents import DocumentPins
@@ -184,6 +202,7 @@ def store_and_restore(model, n: int, kv_mode: str, store_dir: Path, tiny: bool, 
     pins.unpin(doc, kv_mode)  # the entry leaves the device, as after a restart
     eng.prefix_cache.clear()
     dropped = drop and drop_caches()
+    evicted = all([evict_from_page_cache(p) for p in store.root.iterdir() if p.is_file()])
     sync()
     t0 = time.perf_counter()
     loaded = store.load("doc")
@@ -200,7 +219,7 @@ def store_and_restore(model, n: int, kv_mode: str, store_dir: Path, tiny: bool, 
     store.delete("doc")
     return {"prompt_tokens": n, "kv_mode": kv_mode, "held_gb": round(held / GB, 3), "cold_prefill_s": round(cold, 3),
             "save_s": round(save_s, 3), "load_s": round(t1 - t0, 3), "to_device_s": round(t2 - t1, 3),
-            "restore_s": round(t2 - t0, 3), "page_cache_dropped": dropped,
+            "restore_s": round(t2 - t0, 3), "page_cache_dropped": dropped, "file_evicted_from_page_cache": evicted,
             "first_question_after_restore_ttft_s": round(first["ttft_s"], 3)}
 
 
