@@ -80,12 +80,15 @@ class Document:
     resident: bool = False  # pinned on the device now
     ready: bool = False  # its upload finished (or it came from the store)
     citable: bool = True  # False: a compact document restored from a store written before ctx_spans were kept
+    expires: float | None = None  # when a TTL update (`update_ttl`) set it: ttl_s seconds after that update
     text: str | None = field(default=None, repr=False)
     prefix_ids: list[int] | None = field(default=None, repr=False)
 
     @property
     def expires_at(self) -> float | None:
-        return None if self.ttl_s is None else self.created_at + self.ttl_s
+        if self.ttl_s is None:
+            return None
+        return self.expires if self.expires is not None else self.created_at + self.ttl_s
 
     def public(self) -> dict:
         return {"id": self.id, "object": "document", "name": self.name, "created_at": int(self.created_at),
@@ -152,6 +155,15 @@ class DocumentService:
         d = self.docs.get(doc_id)
         if d is None or d.owner != owner or not d.ready:
             raise APIError(404, f"No document with id {doc_id!r}", param=param, code="document_not_found")
+        return d
+
+    async def update_ttl(self, doc_id: str, owner: str, ttl_s: float | None) -> Document:
+        """The caller's document now expires ttl_s seconds from now (None: never), as Gemini's cachedContents
+        update; its stored copy's metadata too, so the new TTL holds after a restart."""
+        d = await self.get(doc_id, owner)
+        d.ttl_s, d.expires = ttl_s, None if ttl_s is None else self.clock() + ttl_s
+        if d.stored and self.store is not None:
+            await asyncio.to_thread(self.store.update_meta, d.id, d.meta())
         return d
 
     async def delete(self, doc_id: str, owner: str) -> None:
@@ -228,11 +240,14 @@ class DocumentService:
         """Write the document's copy to the store (a thread: seconds to a minute for 512K); a document deleted or
         expired meanwhile has its copy deleted as soon as it is written."""
         try:
-            await asyncio.to_thread(self.store.save, d.id, data, d.meta(), d.text)
-            if self.docs.get(d.id) is d:
-                d.stored = True
-            else:
+            meta = d.meta()
+            await asyncio.to_thread(self.store.save, d.id, data, meta, d.text)
+            if self.docs.get(d.id) is not d:
                 await asyncio.to_thread(self.store.delete, d.id)
+                return
+            d.stored = True
+            if d.meta() != meta:  # its TTL changed while the copy was written
+                await asyncio.to_thread(self.store.update_meta, d.id, d.meta())
         except Exception:  # a full disk, say: the document still answers, it just does not outlive the process
             log.exception("document %s: writing its copy to the store failed", d.id)
         finally:

@@ -27,13 +27,23 @@ class DocumentCreate(BaseModel):
 
     text: NonEmptyText = Field(description="the document")
     name: Annotated[Text, Field(max_length=256)] | None = None
-    ttl_s: float | None = Field(None, ge=60, description="delete it this many seconds after the upload (at least 60)")
+    ttl_s: float | None = Field(None, ge=60, allow_inf_nan=False,
+                                description="delete it this many seconds after the upload (at least 60)")
     kv_mode: KVMode | None = Field(None, description="full | compact (default: the server's)")
     system: Text | None = Field(None, description="the system message its questions will have (documents.ask's); "
                                                  "a question with another one prefills the document again")
     stream: StrictBool = Field(False, description="answer with server-sent events: prefill progress (`document.progress`, "
                                            "llama.cpp's prompt_progress), then the document, then [DONE] (as does "
                                            "`Accept: text/event-stream`)")
+
+
+class DocumentUpdate(BaseModel):
+    """PATCH /v1/documents/{id}: a new TTL, counted from now."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    ttl_s: float | None = Field(ge=60, allow_inf_nan=False, description="delete it this many seconds from now (at least 60); null: keep "
+                                                   "it until deleted")
 
 
 class DocumentObject(BaseModel):
@@ -187,6 +197,14 @@ async def list_documents(documents: DocumentsDep, owner: OwnerDep):
 @router.get("/v1/documents/{document_id}", responses=responses(DocumentObject, 404))
 async def get_document(document_id: str, documents: DocumentsDep, owner: OwnerDep):
     return (await documents.get(document_id, owner)).public()
+
+
+@router.patch("/v1/documents/{document_id}", responses=responses(DocumentObject, 400, 404))
+async def update_document(document_id: str, body: DocumentUpdate, documents: DocumentsDep, owner: OwnerDep):
+    """Set the document's TTL anew, counted from now (null: no expiry): keep a document asked about for longer
+    without uploading it again (Gemini's cachedContents.patch)."""
+    await documents.sweep()
+    return (await documents.update_ttl(document_id, owner, body.ttl_s)).public()
 
 
 @router.delete("/v1/documents/{document_id}", responses=responses(DocumentDeletedObject, 404))

@@ -77,3 +77,15 @@ def test_stopping_the_server_waits_for_copies_being_written(tiny_checkpoint, loo
     assert d["id"] in service.store.index()
     with loopback_server(settings) as s:  # and the next server lists it
         assert [x["id"] for x in httpx.get(s.url + "/v1/documents").json()["data"]] == [d["id"]]
+
+
+def test_a_ttl_changed_while_the_copy_is_written_reaches_the_store(server, wait_until):
+    service = server.app.state.documents
+    gate = Gate(service.store)
+    d = httpx.post(server.url + "/v1/documents", json={"text": DOC, "ttl_s": 60}, timeout=120).json()
+    assert gate.entered.wait(60)
+    got = httpx.patch(server.url + f"/v1/documents/{d['id']}", json={"ttl_s": 900}).json()
+    gate.opened.set()
+    assert wait_until(lambda: doc(server, d["id"])["stored"] and not service.saving, timeout=60)
+    meta = service.store.index()[d["id"]]["meta"]
+    assert meta["ttl_s"] == 900 and meta["expires"] == pytest.approx(got["expires_at"], abs=1)

@@ -1,4 +1,4 @@
-"""The /v1/documents calls under `documents.upload`, `list`, `retrieve` and `delete`, for both clients.
+"""The /v1/documents calls under `documents.upload`, `list`, `retrieve`, `update` and `delete`, for both clients.
 
 An upload is one POST; with a progress callback it is sent with `stream: true` and the answer is the server's
 server-sent events (`document.progress` events while the document prefills, then the document, then [DONE]), read
@@ -40,7 +40,7 @@ def upload_body(text: str | None, file: str | Path | None, name: str | None, ttl
 
 
 class DocumentStore:
-    """upload, list, retrieve and delete; each returns what the client's `_request` returns (the result on
+    """upload, list, retrieve, update and delete; each returns what the client's `_request` returns (the result on
     `Client`, an awaitable of it on `AsyncClient`)."""
 
     def __init__(self, client: Requester) -> None:
@@ -59,6 +59,10 @@ class DocumentStore:
 
     def retrieve(self, document_id: str, timeout: Timeout) -> Any:
         return self._client._request("GET", f"/v1/documents/{document_id}", cast=DocumentInfo, timeout=timeout)
+
+    def update(self, document_id: str, ttl_s: float | None, timeout: Timeout) -> Any:
+        return self._client._request("PATCH", f"/v1/documents/{document_id}", body={"ttl_s": ttl_s},
+                                     cast=DocumentInfo, timeout=timeout)  # fmt: skip
 
     def delete(self, document_id: str, timeout: Timeout) -> Any:
         return self._client._request("DELETE", f"/v1/documents/{document_id}", cast=DocumentDeleted,

@@ -233,6 +233,11 @@ class Documents:
         result: DocumentInfo = self._store.retrieve(document_id, timeout)
         return result
 
+    def update(self, document_id: str, *, ttl_s: float | None, timeout: Timeout = NOT_GIVEN) -> DocumentInfo:
+        """A new TTL for the document, counted from now (at least 60 s; None: no expiry)."""
+        result: DocumentInfo = self._store.update(document_id, ttl_s, timeout)
+        return result
+
     def delete(self, document_id: str, *, timeout: Timeout = NOT_GIVEN) -> DocumentDeleted:
         result: DocumentDeleted = self._store.delete(document_id, timeout)
         return result
@@ -296,6 +301,10 @@ class AsyncDocuments:
         result: DocumentInfo = await self._store.retrieve(document_id, timeout)
         return result
 
+    async def update(self, document_id: str, *, ttl_s: float | None, timeout: Timeout = NOT_GIVEN) -> DocumentInfo:
+        result: DocumentInfo = await self._store.update(document_id, ttl_s, timeout)
+        return result
+
     async def delete(self, document_id: str, *, timeout: Timeout = NOT_GIVEN) -> DocumentDeleted:
         result: DocumentDeleted = await self._store.delete(document_id, timeout)
         return result
@@ -329,7 +338,7 @@ class AsyncDocuments:
 
 
 class DocumentHandle:
-    """An uploaded document: `info` (id, tokens, seconds, ...), `ask(question)`, `delete()`."""
+    """An uploaded document: `info` (id, tokens, seconds, ...), `ask(question)`, `update(ttl_s=...)`, `delete()`."""
 
     def __init__(self, documents: Documents, info: DocumentInfo, system: str | None) -> None:
         self._documents, self.info, self.system = documents, info, system
@@ -342,6 +351,11 @@ class DocumentHandle:
         """Ask `question` of this document (keyword arguments as `Documents.ask`)."""
         kwargs.setdefault("system", self.system)
         return self._documents.ask("", question, document_id=self.id, **kwargs)
+
+    def update(self, *, ttl_s: float | None) -> DocumentInfo:
+        """A new TTL, counted from now (None: no expiry); `info` becomes the server's answer."""
+        self.info = self._documents.update(self.id, ttl_s=ttl_s)
+        return self.info
 
     def delete(self) -> DocumentDeleted:
         result: DocumentDeleted = self._documents.delete(self.id)
@@ -361,6 +375,10 @@ class AsyncDocumentHandle:
     async def ask(self, question: str, **kwargs: Any) -> DocumentAnswer | AsyncDocumentStream:
         kwargs.setdefault("system", self.system)
         return await self._documents.ask("", question, document_id=self.id, **kwargs)
+
+    async def update(self, *, ttl_s: float | None) -> DocumentInfo:
+        self.info = await self._documents.update(self.id, ttl_s=ttl_s)
+        return self.info
 
     async def delete(self) -> DocumentDeleted:
         result: DocumentDeleted = await self._documents.delete(self.id)

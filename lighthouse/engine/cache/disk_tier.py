@@ -194,6 +194,16 @@ class DiskStore:
             index[doc_id] = {"file": path.name, "sha256": digest, "meta": meta}
             self._write_index(index)
 
+    def update_meta(self, doc_id: str, meta: dict) -> bool:
+        """Replace a stored document's `meta` in the index (its file unchanged); False when it is not stored."""
+        with self._lock:
+            index = self.index()
+            if doc_id not in index:
+                return False
+            index[doc_id]["meta"] = meta
+            self._write_index(index)
+        return True
+
     def load(self, doc_id: str) -> tuple[EntryData, str] | None:
         """The document's entry data and text, or None when it is not here or its file fails the checksum."""
         rec = self.index().get(doc_id)
