@@ -132,9 +132,9 @@ def create_app(settings: Settings | None = None, *, engine=None) -> FastAPI:
             watcher.cancel()
             sweeper.cancel()
             app.state.lifecycle.phase = "stopped"
+            if app.state.documents is not None and app.state.lifecycle.fatal is None:
+                await app.state.documents.flush()  # copies still to write to the document store (the engine makes them)
             await app.state.engine.shutdown(settings.drain_timeout_s)
-            if app.state.documents is not None:
-                await app.state.documents.flush()  # copies still being written to the document store
 
     app = FastAPI(title="Lighthouse serve", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings

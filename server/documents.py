@@ -44,6 +44,7 @@ from lighthouse_server.citations import top_spans
 from lighthouse_server.errors import APIError, from_engine_error, from_failure
 
 log = logging.getLogger(__name__)
+FLUSH_TIMEOUT_S = 600.0  # a shutdown waits this long at most for copies still to write (a full 512K: about a minute)
 _PLACEHOLDER = re.compile("\ue000(\\d+)\ue001")  # chat_template.py's placeholders
 SEPARATOR = "\n\n"  # between the document and the message's content (documents.ask's layout)
 
@@ -133,6 +134,7 @@ class DocumentService:
         self.budget_bytes, self.store, self.clock = budget_bytes, store, clock
         self.docs: dict[str, Document] = {}
         self.saving: dict[str, asyncio.Task] = {}  # document id -> its copy being written to the store
+        self._save_turn = asyncio.Lock()  # copies are made and written one at a time (one host copy at once)
         if store is not None:
             for doc_id, rec in store.index().items():
                 self.docs[doc_id] = Document(**rec["meta"], stored=True, ready=True)
@@ -231,32 +233,43 @@ class DocumentService:
         d.kv_bytes = await self.engine.call(lambda: self.pins.held_bytes(d.prefix_ids, d.kv_mode, salt_of(d.owner)))
         d.resident = d.kv_bytes > 0
         d.seconds, d.ready = time.monotonic() - upload.started, True
-        if self.store is not None and d.resident:
-            data = await self.engine.call(lambda: self.pins.export(d.prefix_ids, d.kv_mode, salt_of(d.owner)))
-            if data is not None:  # written while the document already answers (`stored` true once it is)
-                self.saving[d.id] = asyncio.create_task(self._save(d, data))
+        if self.store is not None and d.resident:  # written while the document already answers (`stored` true once it is)
+            self.saving[d.id] = asyncio.create_task(self._save(d))
 
-    async def _save(self, d: Document, data) -> None:
-        """Write the document's copy to the store (a thread: seconds to a minute for 512K); a document deleted or
-        expired meanwhile has its copy deleted as soon as it is written."""
+    async def _save(self, d: Document) -> None:
+        """Copy the document's K/V off the device and write them to the store (a thread: seconds to a minute for
+        512K), one document at a time, so that uploads in a row hold one host copy, not one each; a document deleted
+        or expired before its turn is skipped, one deleted while written has its copy deleted as soon as it is."""
         try:
-            meta = d.meta()
-            await asyncio.to_thread(self.store.save, d.id, data, meta, d.text)
-            if self.docs.get(d.id) is not d:
-                await asyncio.to_thread(self.store.delete, d.id)
-                return
-            d.stored = True
-            if d.meta() != meta:  # its TTL changed while the copy was written
-                await asyncio.to_thread(self.store.update_meta, d.id, d.meta())
+            async with self._save_turn:
+                if self.docs.get(d.id) is not d:
+                    return
+                data = await self.engine.call(lambda: self.pins.export(d.prefix_ids, d.kv_mode, salt_of(d.owner)))
+                if data is not None:
+                    await self._write(d, data)
         except Exception:  # a full disk, say: the document still answers, it just does not outlive the process
             log.exception("document %s: writing its copy to the store failed", d.id)
         finally:
             self.saving.pop(d.id, None)
 
-    async def flush(self) -> None:
-        """Wait for the copies still being written (a graceful shutdown: no document uploaded before it is lost)."""
-        while self.saving:
-            await asyncio.gather(*list(self.saving.values()), return_exceptions=True)
+    async def _write(self, d: Document, data) -> None:
+        meta = d.meta()
+        await asyncio.to_thread(self.store.save, d.id, data, meta, d.text)
+        if self.docs.get(d.id) is not d:
+            await asyncio.to_thread(self.store.delete, d.id)
+            return
+        d.stored = True
+        if d.meta() != meta:  # its TTL changed while the copy was written
+            await asyncio.to_thread(self.store.update_meta, d.id, d.meta())
+
+    async def flush(self, timeout_s: float = FLUSH_TIMEOUT_S) -> None:
+        """Wait for the copies still to write (a graceful shutdown: no document uploaded before it is lost), at
+        most timeout_s (then the rest are given up, and logged)."""
+        deadline = time.monotonic() + timeout_s
+        while self.saving and (left := deadline - time.monotonic()) > 0:
+            await asyncio.wait(list(self.saving.values()), timeout=left)
+        if self.saving:
+            log.warning("documents not written to the store before shutdown: %s", ", ".join(self.saving))
 
     async def _pinned_already(self, d: Document) -> bool:
         """Whether the owner holds a ready, resident document of the same tokens and kind, and its entry took one

@@ -89,3 +89,20 @@ def test_a_ttl_changed_while_the_copy_is_written_reaches_the_store(server, wait_
     assert wait_until(lambda: doc(server, d["id"])["stored"] and not service.saving, timeout=60)
     meta = service.store.index()[d["id"]]["meta"]
     assert meta["ttl_s"] == 900 and meta["expires"] == pytest.approx(got["expires_at"], abs=1)
+
+
+def test_copies_are_made_one_at_a_time(server, wait_until, monkeypatch):
+    """Uploads in a row: the second document's K/V are copied off the device only once the first's copy is written
+    (one host copy at a time, however fast uploads come)."""
+    service = server.app.state.documents
+    gate = Gate(service.store)
+    exports = []
+    inner = service.pins.export
+    monkeypatch.setattr(service.pins, "export", lambda *a, **kw: exports.append(a[0][:4]) or inner(*a, **kw))
+    first = httpx.post(server.url + "/v1/documents", json={"text": DOC}, timeout=120).json()
+    assert gate.entered.wait(60)
+    second = httpx.post(server.url + "/v1/documents", json={"text": DOC[::-1]}, timeout=120).json()
+    assert len(exports) == 1 and set(service.saving) == {first["id"], second["id"]}
+    gate.opened.set()
+    assert wait_until(lambda: not service.saving, timeout=60)
+    assert len(exports) == 2 and all(doc(server, d["id"])["stored"] for d in (first, second))
