@@ -42,7 +42,8 @@ def params() -> SamplingParams:
     return SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True)
 
 
-def drive(eng, first: list[int], second: list[int], opts: RequestOptions, *, abort_first_after: int | None = None):
+def drive(eng, first: list[int], second: list[int], opts: RequestOptions, *, abort_first_after: int | None = None,
+          second_options: RequestOptions | None = None):
     """"first" is added, after its first prefill piece "second"; steps until both finish. Returns per request its
     tokens, finish reason and PrefillInfo, and whether "first" was still prefilling when "second" came."""
     got = {r: {"tokens": [], "reason": None, "prefill": None} for r in ("first", "second")}
@@ -57,7 +58,7 @@ def drive(eng, first: list[int], second: list[int], opts: RequestOptions, *, abo
     eng.add_request("first", first, params(), opts)
     take(eng.step())
     in_flight = eng.scheduler.prefilling is not None and eng.scheduler.prefilling.request.request_id == "first"
-    eng.add_request("second", second, params(), opts)
+    eng.add_request("second", second, params(), second_options or opts)
     steps = 0
     while eng.has_unfinished():
         take(eng.step())
@@ -114,3 +115,16 @@ def test_when_the_first_prefill_is_aborted_the_waiting_question_prefills_for_its
     second = got["second"]["prefill"]
     assert second.cached_tokens == 0 and second.dense_tokens == DOC + Q and got["second"]["reason"] == "length"
     assert got["second"]["tokens"] == alone(eng, DOCUMENT + Q2, opts)
+
+
+def test_a_question_of_another_cache_salt_does_not_wait_for_the_prefill_nor_reuse_it(llm):
+    """Salts (the server's per API key): the second question's prompt matches the first's prefill in progress, but
+    under another salt it neither waits for it nor reuses its entry: both prefill the document."""
+    eng = llm.engine
+    got, in_flight = drive(eng, DOCUMENT + Q1, DOCUMENT + Q2, RequestOptions(prefill="dense", cache_salt="a"),
+                           second_options=RequestOptions(prefill="dense", cache_salt="b"))
+    assert in_flight
+    first, second = got["first"]["prefill"], got["second"]["prefill"]
+    assert first.cached_tokens == second.cached_tokens == 0
+    assert [p.sparse_tokens + p.dense_tokens for p in (first, second)] == [DOC + Q, DOC + Q]
+    assert {e.salt for e in eng.prefix_cache.entries} == {"a", "b"}
