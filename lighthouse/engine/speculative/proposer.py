@@ -11,10 +11,14 @@ occurs) and a few passes over those candidates. `TokenHistory.draft` gives the s
 sequence's 2-grams (the prompt's sorted once, on first use; the output's added as it grows): only the occurrences
 of the last two tokens are candidates, since every match of n_min >= 2 tokens ends with them. On a 512K byte-level
 document, one core of the 2-core CI machine: the scan 0.54-4.9 ms a step, the index 0.13 ms
-(bench/results/2026-12-07_cpu_prompt_lookup_index/).
+(bench/results/2026-12-07_cpu_prompt_lookup_index/). Every row of a batch drafts each step, so the per-row cost is
+kept to a few numpy calls: at batch 32 on pass-key documents, 15 / 24 / 55 us per row and step at 8K / 128K / 512K
+(bench/results/2026-12-07_cpu_prompt_lookup_batch/; 71 / 88 / 176 before).
 """
 
 from __future__ import annotations
+
+import array
 
 import numpy as np
 
@@ -33,17 +37,45 @@ def propose(tokens: np.ndarray, k: int, n_min: int = N_MIN, n_max: int = N_MAX) 
     return _longest(tokens, ends, k, n_min, n_max)
 
 
-def _longest(tokens: np.ndarray, ends: np.ndarray, k: int, n_min: int, n_max: int) -> list[int]:
-    """Of candidate ends (ascending, each with t[e-1] == t[L-1], e < L), the most recent of the longest matches
-    (n_min..n_max tokens): the k tokens after it, or [] when none reaches n_min. The most recent RECENT candidates
-    are tried first: if one of them matches as long as any can, no older one can beat it."""
-    cap = min(n_max, len(tokens) - 1)  # the longest match `_lengths` can find
-    if len(ends) > RECENT:
-        recent = ends[-RECENT:]
-        length = _lengths(tokens, recent, n_max)
-        if length.max() == cap:
-            return _after(tokens, recent, length, k, n_min)
-    return _after(tokens, ends, _lengths(tokens, ends, n_max), k, n_min)
+def _longest(tokens: np.ndarray, ends: np.ndarray, k: int, n_min: int, n_max: int,
+             late: list[int] | None = None, items=None) -> list[int]:
+    """Of candidate ends (`ends` ascending, then `late` ascending and after them; each with t[e-1] == t[L-1],
+    e < L), the most recent of the longest matches (n_min..n_max tokens): the k tokens after it, or [] when none
+    reaches n_min. The most recent RECENT candidates are tried first, one by one from the most recent (plain
+    Python: a decode step drafts for every row of the batch, and numpy's per-call cost over a few candidates is
+    most of the work): the first that matches as long as any can wins, and no older one can beat it; only when none
+    of them does are all candidates measured. `items`: the same tokens as a sequence of Python ints, read one by one
+    there faster than numpy's scalars (TokenHistory keeps one)."""
+    L = len(tokens)
+    cap = min(n_max, L - 1)  # the longest match `_lengths` can find
+    late = late or []
+    total = len(ends) + len(late)
+    if not total:
+        return []
+    recent = late[-RECENT:] if len(late) >= RECENT else ends[max(0, len(ends) - RECENT + len(late)) :].tolist() + late
+    suffix = tokens[L - cap : L].tolist()[::-1]  # suffix[x] = t[L-1-x]
+    t = items if items is not None else tokens
+    best_n, best_e = 0, -1
+    for e in recent[::-1]:
+        n = 1
+        while n < cap and e - 1 - n >= 0 and t[e - 1 - n] == suffix[n]:
+            n += 1
+        if n > best_n:
+            best_n, best_e = n, e
+            if n == cap:
+                break
+    if best_n < cap and total > RECENT:
+        # an older candidate may match longer: only one whose (best_n + 1)-th token back agrees can
+        every = np.concatenate([ends, np.asarray(late, dtype=np.int64)]) if late else ends
+        pos = every - 1 - best_n
+        agree = pos >= 0
+        agree[agree] = tokens[pos[agree]] == tokens[L - 1 - best_n]
+        longer = every[agree]
+        if len(longer):
+            length = _lengths(tokens, longer, n_max)
+            if length.max() > best_n:
+                return _after(tokens, longer, length, k, n_min)
+    return tokens[best_e : best_e + k].tolist() if best_n >= n_min else []
 
 
 def _after(tokens: np.ndarray, ends: np.ndarray, length: np.ndarray, k: int, n_min: int) -> list[int]:
@@ -82,6 +114,7 @@ class TokenHistory:
     def __init__(self, prompt: np.ndarray, capacity: int):
         self.buf = np.empty(max(capacity, len(prompt)), dtype=np.int32)
         self.buf[: len(prompt)] = prompt
+        self.items = array.array("i", self.buf[: len(prompt)].tobytes())  # the same tokens, as Python ints on read
         self.n_prompt = self.len = len(prompt)
         self._sorted: np.ndarray | None = None  # the prompt's 2-grams ending at e = 2..n_prompt, sorted (stable)
         self._ends: np.ndarray | None = None  # ... and their ends e, ascending within each 2-gram
@@ -98,6 +131,7 @@ class TokenHistory:
                 grown[: self.len] = self.buf[: self.len]
                 self.buf = grown
             self.buf[self.len : end] = new
+            self.items.extend(new)
             self.len = end
         return self.buf[: self.len]
 
@@ -107,15 +141,12 @@ class TokenHistory:
         if k <= 0 or n_min < 2 or n_max < n_min or L <= n_min:
             return propose(t, k, n_min, n_max)
         self._index_through(L - 1)
-        key = int(_pair(t[L - 2], t[L - 1]))
-        lo, hi = np.searchsorted(self._sorted, key, "left"), np.searchsorted(self._sorted, key, "right")
+        key = (int(t[L - 2]) << 32) | int(t[L - 1])  # _pair's, on plain ints (this runs per row and step)
+        lo, hi = self._sorted.searchsorted(key, "left"), self._sorted.searchsorted(key, "right")
         ends = self._ends[lo:hi]
         if len(ends) and ends[-1] >= L:  # the prompt's last 2-gram is the suffix itself while nothing is generated
             ends = ends[ends < L]
-        late = self._late.get(key)
-        if late:
-            ends = np.concatenate([ends, np.asarray(late, dtype=ends.dtype)])
-        return _longest(t, ends, k, n_min, n_max)
+        return _longest(t, ends, k, n_min, n_max, self._late.get(key), self.items)
 
     def _index_through(self, last: int) -> None:
         """Index the 2-grams ending at every e <= last."""
