@@ -85,23 +85,27 @@ def make_model(max_len: int, tiny: bool, shape: str = "paper"):
         cfg.lighthouse = LighthouseConfig(levels=2, pooling_factor=4, topk=128, full_attn_layers=[0, 3],
                                           min_seq_len=512)
         return LlamaForCausalLM(cfg).eval()
+    cfg = smollm2_config(max_len) if shape == "smollm2" else paper_config(max_len)
+    if not torch.cuda.is_available():  # a CPU dry run of the shape (--tokens a few thousand): float32
+        return LlamaForCausalLM(cfg).eval()
     with torch.device("cuda"):
-        cfg = smollm2_config(max_len) if shape == "smollm2" else paper_config(max_len)
         return LlamaForCausalLM(cfg).to(torch.bfloat16).eval()
 
 
-def session_bytes(model, n: int, itemsize: int = 2) -> int:
-    """A full session's K/V: every layer, n positions (and two blocks to spare)."""
-    c = model.config
+def session_bytes(model, n: int) -> int:
+    """A full session's K/V: every layer, n positions (and two blocks to spare), in the model's dtype."""
+    c, itemsize = model.config, next(model.parameters()).element_size()
     return c.num_hidden_layers * (n + 2 * 128) * 2 * c.num_key_value_heads * c.head_dim * itemsize
 
 
 def budget(model, n: int, kv_mode: str, tiny: bool) -> dict:
     """A KV budget that holds the document and its questions and leaves device memory for a 512K prefill's
-    activations: 1.05x a full session, 0.5x for a compact one."""
+    activations: 1.05x a full session, 0.5x for a compact one of 64K tokens or more (a short compact session keeps
+    its whole selection: not smaller than a full one)."""
     if tiny:
         return {}
-    return {"kv_cache_bytes": int(session_bytes(model, n) * (1.05 if kv_mode == "full" else 0.5))}
+    share = 0.5 if kv_mode == "compact" and n >= 65536 else 1.05
+    return {"kv_cache_bytes": int(session_bytes(model, n) * share)}
 
 
 def engine(model, tiny: bool, **config):
