@@ -20,9 +20,9 @@ copy is written in the background (the upload returns once the document is pinne
 is on disk); a graceful shutdown waits for copies still being written (`flush`).
 
 An upload is two steps: `prepare` (tokenize, size, check the budget: its refusals are ordinary HTTP errors) and
-`complete` (prefill, yielding llama.cpp-shaped progress, then pin, and start the store's copy), so a streamed upload can send progress
-events in between. `citer` checks a request's citations before it runs and returns what computes them after
-(server/citations.py).
+`complete` (prefill, yielding llama.cpp-shaped progress, then pin, and start the store's copy), so a streamed upload
+can send progress events in between. `citer` checks a request's citations before it runs and returns what computes
+them after (server/citations.py).
 """
 
 from __future__ import annotations
@@ -233,7 +233,7 @@ class DocumentService:
         d.kv_bytes = await self.engine.call(lambda: self.pins.held_bytes(d.prefix_ids, d.kv_mode, salt_of(d.owner)))
         d.resident = d.kv_bytes > 0
         d.seconds, d.ready = time.monotonic() - upload.started, True
-        if self.store is not None and d.resident:  # written while the document already answers (`stored` true once it is)
+        if self.store is not None and d.resident:  # written while the document answers (`stored` true once it is)
             self.saving[d.id] = asyncio.create_task(self._save(d))
 
     async def _save(self, d: Document) -> None:
