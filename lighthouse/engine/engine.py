@@ -117,6 +117,7 @@ class LLMEngine:
             if request.request_id in self._requests:
                 raise InvalidRequest(f"duplicate request id {request.request_id!r}", param="request_id")
             self._requests[request.request_id] = request
+        self.speculator.admit(request)  # (a drafting request's prompt index, built while it waits and prefills)
         self.scheduler.add(request)
 
     def add_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams,

@@ -71,6 +71,9 @@ for p in "$@"; do
         ttft) phase ttft 420 bash -c "$(declare -f tree_env ttft); ttft" ;;
         memory_ab) phase memory_ab 200 env OUT=$OUT/memory_ab bash $X/2026-12-07_redesign_ab/ab.sh memory ;;
         decode_ab) phase decode_ab 300 env OUT=$OUT/decode_ab bash $X/2026-12-07_redesign_ab/ab.sh decode --kv-cache-gb 62 ;;
+        decode_ab4)  # old new old new, without the fp8 engine (~100 s a run)
+            phase decode_ab4 480 env OUT=$OUT/decode_ab4 DECODE_RUNS="old new old new" \
+                bash $X/2026-12-07_redesign_ab/ab.sh decode --kv-cache-gb 62 --no-fp8 ;;
         spec) phase spec 420 python3 -m bench.perf.decode_bench --out "$OUT/spec" --no-eager-compare --spec \
             --structured --kv-cache-gb 62 --budget-s 380 ;;
         speconly) phase speconly 300 python3 -m bench.perf.decode_bench --out "$OUT/speconly" --no-base --spec \

@@ -39,8 +39,16 @@ case $PART in
         for which in old new; do run $which memory_bench --skip sessions,concurrent,host,equal; done ;;
     decode)
         # this tree's decode_bench (three cached questions each) drives both engines; the measures the old engine
-        # lacks (speculation, structured output) are off; fp8 runs in both
-        for which in old new; do run $which decode_bench --no-eager-compare --no-spec --no-structured "${@:2}"; done ;;
+        # lacks (speculation, structured output) are off; fp8 runs in both. DECODE_RUNS="old new old new" alternates
+        # (each run's files then in $OUT/<which>_<i>; e.g. with --no-fp8 to fit a phase), as the host's share of a
+        # step moved between holds (2026-12-07 session 7: same kernel time per step, slower steps in one process)
+        i=0
+        for which in ${DECODE_RUNS:-old new}; do
+            i=$((i + 1))
+            mkdir -p "$OUT/$which"
+            run $which decode_bench --no-eager-compare --no-spec --no-structured "${@:2}"
+            [ -n "${DECODE_RUNS:-}" ] && mv "$OUT/$which" "$OUT/${which}_$i"
+        done ;;
     cached)  # the cached 128K question under the profiler (cached_question_profile.py)
         for which in old new; do
             src=$ROOT; [ $which = old ] && src=$ROOT/.ab_old

@@ -40,6 +40,18 @@ class Speculator:
         finally:
             self._forced = None
 
+    def admit(self, request) -> None:
+        """A request arrives: if it will draft, its sequences' prompt indexes start building in the background
+        (proposer.TokenHistory.build_in_background), overlapping its prefill instead of delaying its first step."""
+        spec = request.options.speculative
+        if not (spec.num_tokens if spec is not None else self.default_num_tokens):
+            return
+        prompt = request.prompt().numpy()
+        for s in request.seqs:
+            if s.history is None:
+                s.history = TokenHistory(prompt, len(prompt) + s.params.max_tokens)
+                s.history.build_in_background()
+
     def num_tokens(self, s: Sequence) -> int:
         spec = s.request.options.speculative
         k = spec.num_tokens if spec is not None else self.default_num_tokens

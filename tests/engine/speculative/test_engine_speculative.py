@@ -210,3 +210,26 @@ def test_a_verify_step_padded_as_its_cuda_graph_pads_it_gives_the_same_outputs(l
         la = [t.logprob for t in a.choices[0].logprobs]
         lb = [t.logprob for t in b.choices[0].logprobs]
         assert lb == pytest.approx(la, abs=1e-4)
+
+
+def test_a_drafting_requests_prompt_index_is_built_when_it_arrives_not_at_its_first_draft(llm, monkeypatch):
+    """Speculator.admit: the prompt's 2-gram index is submitted to a worker thread as the request is added (it then
+    overlaps the prefill); a request that does not draft gets none; the drafts are the rule's either way."""
+    from lighthouse.engine.speculative import proposer
+
+    built = []
+    real = proposer._prompt_index
+    monkeypatch.setattr(proposer, "_prompt_index", lambda p: built.append(len(p)) or real(p))
+    eng = llm.engine
+    ps = prompts()
+    eng.add_request("plain-0", ps[0], SamplingParams(max_tokens=4, temperature=0.0))
+    assert built == [] and eng.scheduler.waiting[-1].seqs[0].history is None
+    eng.add_request("spec-0", ps[0], SamplingParams(max_tokens=4, temperature=0.0), SPEC)
+    seq = eng.scheduler.waiting[-1].seqs[0]
+    assert seq.history is not None and seq.history._building is not None  # submitted before any step ran
+    seq.history._building.result()
+    assert built == [len(ps[0])]
+    while eng.has_unfinished():
+        eng.step()
+    assert built == [len(ps[0])]  # not built again at the first draft
+    assert seq.history._building is None and seq.history._sorted is not None
