@@ -86,6 +86,11 @@ class Document:
     prefix_ids: list[int] | None = field(default=None, repr=False)
 
     @property
+    def salt(self) -> str | None:
+        """The prefix-cache salt its entry is pinned under: its owner's (salt_of)."""
+        return salt_of(self.owner)
+
+    @property
     def expires_at(self) -> float | None:
         if self.ttl_s is None:
             return None
@@ -174,7 +179,7 @@ class DocumentService:
     async def _remove(self, d: Document) -> None:
         self.docs.pop(d.id, None)
         if d.resident and d.prefix_ids is not None:
-            await self.engine.call(lambda: self.pins.unpin(d.prefix_ids, d.kv_mode, salt_of(d.owner)))
+            await self.engine.call(lambda: self.pins.unpin(d.prefix_ids, d.kv_mode, d.salt))
         if self.store is not None:
             await asyncio.to_thread(self.store.delete, d.id)  # (a copy still being written is deleted when it ends)
 
@@ -230,7 +235,7 @@ class DocumentService:
         except BaseException:
             self.docs.pop(d.id, None)
             raise
-        d.kv_bytes = await self.engine.call(lambda: self.pins.held_bytes(d.prefix_ids, d.kv_mode, salt_of(d.owner)))
+        d.kv_bytes = await self.engine.call(lambda: self.pins.held_bytes(d.prefix_ids, d.kv_mode, d.salt))
         d.resident = d.kv_bytes > 0
         d.seconds, d.ready = time.monotonic() - upload.started, True
         if self.store is not None and d.resident:  # written while the document answers (`stored` true once it is)
@@ -244,7 +249,7 @@ class DocumentService:
             async with self._save_turn:
                 if self.docs.get(d.id) is not d:
                     return
-                data = await self.engine.call(lambda: self.pins.export(d.prefix_ids, d.kv_mode, salt_of(d.owner)))
+                data = await self.engine.call(lambda: self.pins.export(d.prefix_ids, d.kv_mode, d.salt))
                 if data is not None:
                     await self._write(d, data)
         except Exception:  # a full disk, say: the document still answers, it just does not outlive the process
@@ -278,7 +283,7 @@ class DocumentService:
         same = next((o for o in list(self.docs.values()) if o is not d and o.owner == d.owner and o.ready
                      and o.resident and o.kv_mode == d.kv_mode and o.prefix_ids == d.prefix_ids), None)
         if same is None or not await self.engine.call(
-                lambda: self.pins.pin_again(d.prefix_ids, d.kv_mode, salt_of(d.owner))):
+                lambda: self.pins.pin_again(d.prefix_ids, d.kv_mode, d.salt)):
             return False
         d.citable = same.citable  # the same entry (with or without its compact context's spans)
         return True
@@ -329,7 +334,7 @@ class DocumentService:
         data, text = loaded
         d.prefix_ids, d.text = data.tokens[: d.tokens].tolist(), text
         d.citable = data.ctx_layout is None or data.ctx_spans is not None
-        data.salt = salt_of(d.owner)  # (a file written before salts were kept has none)
+        data.salt = d.salt  # (a file written before salts were kept has none)
         if not d.resident:  # (another question may have restored it meanwhile)
             d.resident = await self.engine.call(lambda: self.pins.restore(data)) > 0
 
@@ -386,7 +391,7 @@ class DocumentService:
             try:
                 scores = await self.engine.call(
                     lambda: self.pins.answer_attention(d.prefix_ids, d.kv_mode, prompt_ids, answer_ids,
-                                                       salt_of(d.owner)))
+                                                       d.salt))
             except EngineError as exc:
                 raise from_engine_error(exc) from None
             if scores is None:  # deleted meanwhile
@@ -399,7 +404,7 @@ class DocumentService:
     def options(d: Document, asked: RequestOptions, question_tokens: int) -> RequestOptions:
         """The question's tokens (those after the document) are the dense tail, so the document's head and split are
         the upload's (reused), as is its cache salt (a request's own cache_salt would never find the document)."""
-        if asked.cache_salt != salt_of(d.owner):
+        if asked.cache_salt != d.salt:
             raise APIError(400, "cache_salt cannot be combined with document_id: a document's cache belongs to the "
                            "API key that uploaded it; leave cache_salt out", param="cache_salt",
                            code="invalid_combination")

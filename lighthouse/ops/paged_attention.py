@@ -118,7 +118,7 @@ def choose_backend(q: Tensor, backend: str | None = None) -> tuple[str, str]:
 PADDED_SMALL = 1 << 21  # elements of the reference's padded (B, H, Q, L_max, D) gathers under which the CPU uses it
 
 
-def _padded_is_small(q: Tensor, seq_lens: Tensor, per_head: Tensor) -> bool:
+def _padded_is_small(q: Tensor, seq_lens: Tensor) -> bool:
     """Whether the reference's padded gathers of K (per query head, to the longest row) stay small: there one batched
     pass beats the row loop (a tiny model at batch 32: ~1 ms a step; 128 rows of 40-80 entries: 12.8 vs 14.1 ms a
     layer, bench/results/2026-12-07_cpu_short_prompt_ttft_slices/); long rows keep the row loop (64 rows of 3-8K:
@@ -167,7 +167,7 @@ def paged_decode_attention(
     warm it up once before capture so that it compiles outside the graph); the reference syncs once.
     """
     name, reason = choose_backend(q, backend)
-    if name == "rows" and backend in (None, "auto") and _padded_is_small(q, seq_lens, per_head):
+    if name == "rows" and backend in (None, "auto") and _padded_is_small(q, seq_lens):
         name = "torch"  # small rows: the batched reference's padding costs less than a loop over the rows
     _log_choice(name, reason)
     args = (q, k_cache, v_cache, block_tables, seq_lens, per_head, hole_start, hole_end)

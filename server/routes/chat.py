@@ -12,8 +12,7 @@ from lighthouse_server.openai_format import Formatter
 from lighthouse_server.openapi import generation_responses
 from lighthouse_server.prompts import check_max_tokens, check_model, check_unsupported, new_id
 from lighthouse_server.routes.completions import SSE_HEADERS
-from lighthouse_server.documents import salt_of
-from lighthouse_server.routes.documents import citer, get_documents, get_owner, pins_note
+from lighthouse_server.routes.documents import cache_salt, citer, get_documents, get_owner, pins_note
 from lighthouse_server.schemas import ChatCompletion, ChatCompletionRequest
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
@@ -25,7 +24,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request, 
     check_model(body.model, request.app.state.model_name)
     check_unsupported(body)
     check_max_tokens(body, ("max_tokens", "max_completion_tokens"), engine.max_model_len)
-    options, doc = body.request_options(salt_of(get_owner(request), body.cache_salt)), None
+    options, doc = body.request_options(cache_salt(request, body)), None
     if body.document_id is not None:
         documents = get_documents(request)
         doc = await documents.get(body.document_id, get_owner(request), param="document_id")

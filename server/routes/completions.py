@@ -11,8 +11,7 @@ from lighthouse_server.generation import ClientGone, Generation
 from lighthouse_server.openai_format import Formatter
 from lighthouse_server.openapi import generation_responses
 from lighthouse_server.prompts import check_model, check_unsupported, new_id
-from lighthouse_server.documents import salt_of
-from lighthouse_server.routes.documents import citer, get_documents, get_owner, pins_note
+from lighthouse_server.routes.documents import cache_salt, citer, get_documents, get_owner, pins_note
 from lighthouse_server.schemas import Completion, CompletionRequest
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
@@ -27,7 +26,7 @@ async def create_completion(body: CompletionRequest, request: Request, engine: E
     check_unsupported(body)
     if body.best_of is not None and body.best_of != body.n:
         raise APIError(400, "best_of is not supported (it must equal n)", param="best_of", code="invalid_combination")
-    options, doc = body.request_options(salt_of(get_owner(request), body.cache_salt)), None
+    options, doc = body.request_options(cache_salt(request, body)), None
     if body.document_id is not None:
         documents = get_documents(request)
         doc = await documents.get(body.document_id, get_owner(request), param="document_id")

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
 from lighthouse.engine.options import KVMode
 from lighthouse_server.deps import require_api_key
-from lighthouse_server.documents import DocumentService, Upload
+from lighthouse_server.documents import DocumentService, Upload, salt_of
 from lighthouse_server.errors import APIError, error_body, validation_message
 from lighthouse_server.openai_format import prompt_progress, sse
 from lighthouse_server.openapi import responses
@@ -94,6 +94,11 @@ def get_documents(request: Request) -> DocumentService:
 
 def get_owner(request: Request) -> str:
     return getattr(request.state, "owner", "")
+
+
+def cache_salt(request: Request, body) -> str | None:
+    """A completion's prefix-cache salt: the caller's key and the body's own cache_salt (documents.salt_of)."""
+    return salt_of(get_owner(request), body.cache_salt)
 
 
 def pins_note(request: Request):

@@ -43,14 +43,11 @@ class Speculator:
     def admit(self, request) -> None:
         """A request arrives: if it will draft, its sequences' prompt indexes start building in the background
         (proposer.TokenHistory.build_in_background), overlapping its prefill instead of delaying its first step."""
-        spec = request.options.speculative
-        if not (spec.num_tokens if spec is not None else self.default_num_tokens):
-            return
-        prompt = request.prompt().numpy()
-        for s in request.seqs:
-            if s.history is None:
-                s.history = TokenHistory(prompt, len(prompt) + s.params.max_tokens)
-                s.history.build_in_background()
+        drafting = [s for s in request.seqs if self.num_tokens(s)]
+        if drafting:
+            prompt = request.prompt().numpy()
+            for s in drafting:
+                self._history(s, prompt).build_in_background()
 
     def num_tokens(self, s: Sequence) -> int:
         spec = s.request.options.speculative
@@ -71,11 +68,17 @@ class Speculator:
     def _draft(self, s: Sequence, k: int) -> list[int]:
         if self._forced is not None:
             return self._forced(s, k)[:k]
+        history = self._history(s)
+        history.sync(s.output_ids)
+        return history.draft(k)
+
+    @staticmethod
+    def _history(s: Sequence, prompt=None) -> TokenHistory:
+        """The sequence's token history, made on first use (from `prompt`, its request's prompt as an array)."""
         if s.history is None:
-            prompt = s.request.prompt().numpy()
+            prompt = s.request.prompt().numpy() if prompt is None else prompt
             s.history = TokenHistory(prompt, len(prompt) + s.params.max_tokens)
-        s.history.sync(s.output_ids)
-        return s.history.draft(k)
+        return s.history
 
     def step(self, runner: "ModelRunner", outputs: "OutputProcessor", batch: list[Sequence]) -> list["Sampled"]:
         """The decode step of `batch`: a verify step when some sequence has drafts, else the ordinary one."""

@@ -49,8 +49,9 @@ FP8_WAVES = 2
 # An experiment (None: off): split-K chunks of this many slots (a multiple of TILE, at least max_slots / MAX_SPLITS)
 # instead of n_slots / num_splits, and as many splits as the table's width needs. Every row's slots are then summed
 # in the same order whatever its length, the batch or the queries per row, so a verify step's query i adds up
-# exactly as the one-query step at that length would (speculation's greedy identity in bf16 at any batch); what it
-# costs the decode step on a GPU is not measured yet.
+# exactly as the one-query step at that length would (speculation's greedy identity in bf16 at any batch). Measured
+# (H100, FIXED_CHUNK 2048, bench/results/2026-12-07_h100_session7_checks/): identity held at batch 32 x 8K, but the
+# plain decode step took 3.16 ms/token against 1.61 ms without, so it stays off.
 FIXED_CHUNK: int | None = None
 MIN_CHUNK = 512  # ... but no split gets fewer than this many of the table's slots
 MAX_SPLITS = 256
@@ -62,9 +63,9 @@ LOG2E = 1.4426950408889634
 @triton.jit
 def _paged_decode_kernel(
     q_ptr, k_ptr, v_ptr, bt_ptr, len_ptr, per_ptr, hs_ptr, he_ptr, o_ptr, m_ptr, l_ptr,
-    qk_scale, q_scale, H, MAX_SLOTS, SPLITS, CHUNK,
+    qk_scale, q_scale, H, MAX_SLOTS, SPLITS,
     sq_b, sq_h, sq_q, sk_blk, sk_slot, sk_h, sv_blk, sv_slot, sv_h, sbt_b,
-    D: tl.constexpr, R: tl.constexpr, QLEN: tl.constexpr, R_PAD: tl.constexpr, BS: tl.constexpr, TILE: tl.constexpr,
+    CHUNK: tl.constexpr, D: tl.constexpr, R: tl.constexpr, QLEN: tl.constexpr, R_PAD: tl.constexpr, BS: tl.constexpr, TILE: tl.constexpr,
     SPLIT: tl.constexpr, HAS_HOLE: tl.constexpr, F32_DOT: tl.constexpr, FP8: tl.constexpr, F16_DOT: tl.constexpr,
 ):
     split = tl.program_id(0)
@@ -82,7 +83,7 @@ def _paged_decode_kernel(
     full = kind == 0  # full-cache row
     n_slots = tl.minimum(tl.where(per, seq_len * R, seq_len), MAX_SLOTS)
     chunk = tl.cdiv(tl.cdiv(n_slots, SPLITS), TILE) * TILE
-    if CHUNK > 0:  # FIXED_CHUNK: the same boundaries at every length and batch
+    if CHUNK > 0:  # FIXED_CHUNK: the same boundaries at every length and batch (a compile-time branch: 0 by default)
         chunk = CHUNK
     start = split * chunk
     end = tl.minimum(start + chunk, n_slots)
@@ -282,11 +283,12 @@ def paged_decode(
         tile = consts["TILE"]
         chunk = max(triton.cdiv(FIXED_CHUNK, tile), triton.cdiv(triton.cdiv(max_slots, MAX_SPLITS), tile)) * tile
         num_splits = max(1, triton.cdiv(max_slots, chunk))
+    consts["CHUNK"] = chunk
 
     def args(part, m, lsum, splits):
         return (q, k_cache, v_cache, block_tables, seq_lens, per_head, hole_start if has_hole else seq_lens,
                 hole_end if has_hole else seq_lens, part, m, lsum, LOG2E if consts["F16_DOT"] else scale * LOG2E,
-                scale, H, max_slots, splits, chunk,
+                scale, H, max_slots, splits,
                 q.stride(0), q.stride(1), q.stride(2) if Q > 1 else 0, *k_cache.stride()[:3], *v_cache.stride()[:3], block_tables.stride(0))
 
     if num_splits is None:
