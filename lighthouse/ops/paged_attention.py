@@ -115,19 +115,6 @@ def choose_backend(q: Tensor, backend: str | None = None) -> tuple[str, str]:
     return "triton", "CUDA"
 
 
-PADDED_SMALL = 1 << 21  # elements of the reference's padded (B, H, Q, L_max, D) gathers under which the CPU uses it
-
-
-def _padded_is_small(q: Tensor, seq_lens: Tensor) -> bool:
-    """Whether the reference's padded gathers of K (per query head, to the longest row) stay small: there one batched
-    pass beats the row loop (a tiny model at batch 32: ~1 ms a step; 128 rows of 40-80 entries: 12.8 vs 14.1 ms a
-    layer, bench/results/2026-12-07_cpu_short_prompt_ttft_slices/); long rows keep the row loop (64 rows of 3-8K:
-    133 vs 1,137 ms)."""
-    B, H, D = q.shape[0], q.shape[1], q.shape[-1]
-    L = int(seq_lens.max()) if B else 0
-    return B * H * L * D <= PADDED_SMALL
-
-
 def paged_decode_attention(
     q: Tensor, k_cache: Tensor, v_cache: Tensor, block_tables: Tensor, seq_lens: Tensor, per_head: Tensor,
     hole_start: Tensor | None = None, hole_end: Tensor | None = None, *, scale: float | None = None,
@@ -159,7 +146,7 @@ def paged_decode_attention(
     num_splits: Triton only: thread blocks per (row, KV head) (split-K), default from static shapes and the
         device's SM count (`paged_decode.default_num_splits`); ignored by the reference.
     backend: None/"auto" (on CUDA: Triton when triton imports and D is a power of two in [16, 256], else the
-        reference; elsewhere "rows", or the reference when its padded gathers are small: `_padded_is_small`), "triton" (on CPU tensors only under TRITON_INTERPRET=1), "torch" (the
+        reference; elsewhere "rows"), "triton" (on CPU tensors only under TRITON_INTERPRET=1), "torch" (the
         reference) or "rows" (paged_attention_rows.py: row by row, each row's own entries; the CPU path).
 
     Returns (B, H, D) (or (B, H, Q, D)) in q's dtype: softmax(q.k * scale) v over each head's attended entries; zeros for a head
@@ -167,8 +154,6 @@ def paged_decode_attention(
     warm it up once before capture so that it compiles outside the graph); the reference syncs once.
     """
     name, reason = choose_backend(q, backend)
-    if name == "rows" and backend in (None, "auto") and _padded_is_small(q, seq_lens):
-        name = "torch"  # small rows: the batched reference's padding costs less than a loop over the rows
     _log_choice(name, reason)
     args = (q, k_cache, v_cache, block_tables, seq_lens, per_head, hole_start, hole_end)
     if name == "torch":

@@ -59,20 +59,3 @@ def test_rows_refuse_a_row_longer_than_its_table():
     c["seq_lens"] = torch.tensor([5, 9 + 64], dtype=torch.int32)
     with pytest.raises(ValueError, match="grow block_tables"):
         paged_decode_attention_rows(**c)
-
-
-@pytest.mark.parametrize("lens,expect", [([5, 33, 17, 64], "reference"), ([6000, 9000], "rows")])
-def test_the_cpu_runs_short_rows_batched_and_long_rows_one_by_one(lens, expect, monkeypatch):
-    """The automatic CPU choice: when the reference's padded gathers are small (PADDED_SMALL) one batched pass, else
-    the row loop; the same result either way."""
-    from lighthouse.ops import paged_attention
-
-    used = []
-    for name in ("paged_decode_attention_ref", "paged_decode_attention_rows"):
-        real = getattr(paged_attention, name)
-        monkeypatch.setattr(paged_attention, name,
-                            lambda *a, _n=name, _r=real, **kw: used.append(_n) or _r(*a, **kw))
-    c = make_case(lens, [0] * len(lens), H=8, H_kv=2, holes=False, layout="pool", seed=3)
-    got = paged_attention.paged_decode_attention(**c)
-    assert set(used) == {"paged_decode_attention_" + ("ref" if expect == "reference" else "rows")}
-    close(got, paged_decode_attention_ref(**c))
