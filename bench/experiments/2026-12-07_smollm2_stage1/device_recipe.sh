@@ -2,9 +2,10 @@
 # The SmolLM2 512K recipe on the device machine, resumable across machines (each is wiped when given back).
 # A hold's calls: .stage1 + .whl, then .stage2, then this script with .stage3 (+ .whl_ruler to run RULER after):
 #   bash device_recipe.sh STAGES [VARIANT] [SECONDS]
-# .stage3 carries smol.part02, corpus.tar.xz (the prepared training text: `tar -C .corpus -cJf .stage3/corpus.tar.xz
-# --exclude=.tokens austen kjv wiki manifest.json`) and, from an earlier hold, recipe_state.tar.part* (what this
-# script returned then). It runs `python -m recipes.smollm2_512k` for STAGES (comma list) for at most SECONDS
+# .stage2 carries smol.part01, corpus.tar.xz (the prepared training text: `tar -C .corpus -cJf corpus.tar.xz
+# --exclude=.tokens austen kjv wiki manifest.json`) and recipe_state.tar.part01; .stage3 smol.part02 and
+# recipe_state.tar.part00 (the pieces this script returned in an earlier hold). It runs `python -m
+# recipes.smollm2_512k` for STAGES (comma list) for at most SECONDS
 # (default 420), then returns the run folder in $OUT as recipe_state.tar.part* (15 MB pieces: a finished stage keeps
 # its adapter and metrics, an unfinished one its last checkpoint, adapter + AdamW state, ~60 MB at rank 16):
 # copy them into .stage2/.stage3 for the next hold (device_env.sh gathers all three into /tmp/stage; each call's
