@@ -134,11 +134,14 @@ class TokenHistory:
         self._indexed = 0
         self._building: Future | None = None  # the prompt's index being built (build_in_background)
 
-    def build_in_background(self) -> None:
+    def build_in_background(self, shared: Future | None = None) -> Future | None:
         """Start sorting the prompt's 2-grams on a worker thread, so that the first draft (after the prefill, which
-        this overlaps) does not wait for it: tens of milliseconds at 512K, tens of decode steps of a small model."""
+        this overlaps) does not wait for it: tens of milliseconds at 512K, tens of decode steps of a small model.
+        `shared`: the index already being built for the same prompt (another sequence of the request: the index is
+        only read, so one sort serves all). Returns the index being built (None once it is built)."""
         if self._sorted is None and self._building is None:
-            self._building = _BUILDER.submit(_prompt_index, self.buf[: self.n_prompt])
+            self._building = shared or _BUILDER.submit(_prompt_index, self.buf[: self.n_prompt])
+        return self._building
 
     def sync(self, output_ids: list[int]) -> np.ndarray:
         """Append the outputs not seen yet; the whole history (a view)."""

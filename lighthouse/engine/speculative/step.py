@@ -45,9 +45,9 @@ class Speculator:
         (proposer.TokenHistory.build_in_background), overlapping its prefill instead of delaying its first step."""
         drafting = [s for s in request.seqs if self.num_tokens(s)]
         if drafting:
-            prompt = request.prompt().numpy()
-            for s in drafting:
-                self._history(s, prompt).build_in_background()
+            prompt, index = request.prompt().numpy(), None
+            for s in drafting:  # the request's sequences share one prompt, so one index (n > 1: built once)
+                index = self._history(s, prompt).build_in_background(index)
 
     def num_tokens(self, s: Sequence) -> int:
         spec = s.request.options.speculative

@@ -233,3 +233,23 @@ def test_a_drafting_requests_prompt_index_is_built_when_it_arrives_not_at_its_fi
         eng.step()
     assert built == [len(ps[0])]  # not built again at the first draft
     assert seq.history._building is None and seq.history._sorted is not None
+
+
+def test_the_sequences_of_one_request_share_one_prompt_index(llm, monkeypatch):
+    """n > 1: every sequence of a drafting request drafts from its own history, but the prompt's index is sorted once
+    (the sequences share the prompt and the index is only read); sampled outputs still come out."""
+    from lighthouse.engine.speculative import proposer
+
+    built = []
+    real = proposer._prompt_index
+    monkeypatch.setattr(proposer, "_prompt_index", lambda p: built.append(len(p)) or real(p))
+    eng = llm.engine
+    ps = prompts()
+    eng.add_request("spec-n3", ps[0], SamplingParams(max_tokens=6, temperature=1.0, n=3, seed=1), SPEC)
+    seqs = eng.scheduler.waiting[-1].seqs
+    assert len(seqs) == 3 and len({id(s.history) for s in seqs}) == 3
+    assert len({id(s.history._building) for s in seqs}) == 1 and seqs[0].history._building is not None
+    while eng.has_unfinished():
+        eng.step()
+    assert built == [len(ps[0])]
+    assert all(s.history._sorted is not None and len(s.output_ids) == 6 for s in seqs)
