@@ -14,11 +14,13 @@ prefills done) to the last token, the tokens produced in between over that time.
 less its new tokens (a 512K case fills the model's 524,288 positions). Fields:
 spec_speedup_128k_b1, spec_speedup_512k_b1, spec_speedup_8k_b32 (ratio of tokens/s with / without),
 spec_ms_per_token_* and base_ms_per_token_*, spec_outputs_identical_* (greedy tokens equal), and
-spec_acceptance_rate (accepted / proposed drafts over all cases).
+spec_acceptance_rate (accepted / proposed drafts over all cases). SPEC_EXTRA_K=8,16 (environment) also measures
+each case with that many drafts a step (fields suffixed _k8, _k16; the acceptance rate above stays k = 4's).
 """
 
 from __future__ import annotations
 
+import os
 import time
 
 import torch
@@ -72,14 +74,14 @@ def _drive(engine, prompts: list[list[int]], max_tokens: int, k: int) -> tuple[l
     return [toks[r] for r in rids], now - start[0], sum(len(t) for t in toks.values()) - start[1]
 
 
-def measure(engine, tag: str, batch: int, n_tokens: int, new_tokens: int) -> dict:
+def measure(engine, tag: str, batch: int, n_tokens: int, new_tokens: int, k: int = NUM_TOKENS) -> dict:
     prompts = extractive_prompts(batch, n_tokens - new_tokens)
     _drive(engine, prompts, new_tokens, 0)  # untimed: every shape of the run compiled and captured
     base, t_base, n_base = _drive(engine, prompts, new_tokens, 0)
-    _drive(engine, prompts, new_tokens, NUM_TOKENS)
+    _drive(engine, prompts, new_tokens, k)
     sp = engine.speculator
     before = (sp.proposed, sp.accepted)
-    spec, t_spec, n_spec = _drive(engine, prompts, new_tokens, NUM_TOKENS)
+    spec, t_spec, n_spec = _drive(engine, prompts, new_tokens, k)
     proposed, accepted = sp.proposed - before[0], sp.accepted - before[1]
     same = [a == b for a, b in zip(base, spec)]
     agree = [next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), len(a)) for a, b in zip(base, spec)]
@@ -109,6 +111,13 @@ def run_all(bench, mode: str) -> None:
         return
     for tag, (b, n, new) in cases.items():
         bench.measure(f"spec_{tag}", lambda tag=tag, b=b, n=n, new=new: measure(holder["engine"], tag, b, n, new))
+    for k in (int(x) for x in os.environ.get("SPEC_EXTRA_K", "").split(",") if x):  # more drafts a step: the
+        for tag in cases:  # verify step reads the cache once for every query, so its cost grows little with k
+            b, n, new = cases[tag]
+            bench.measure(f"spec_{tag}_k{k}", lambda tag=tag, b=b, n=n, new=new, k=k: {
+                f"{key}_k{k}": v for key, v in measure(holder["engine"], tag, b, n, new, k).items()
+                if key.startswith(("spec_outputs_identical", "spec_speedup", "spec_ms_per_token",
+                                   "spec_acceptance_rate"))})
     differ = [t for t in cases if bench.res.get(f"spec_outputs_identical_{t}") is False]
     if differ and torch.cuda.is_available():  # numerics or logic? the same comparison in float32, and in bf16 with
         from lighthouse.ops.triton import paged_decode as pd  # noqa: PLC0415 - split-K chunks fixed (FIXED_CHUNK)
