@@ -16,12 +16,16 @@ spec_speedup_128k_b1, spec_speedup_512k_b1, spec_speedup_8k_b32 (ratio of tokens
 spec_ms_per_token_* and base_ms_per_token_*, spec_outputs_identical_* (greedy tokens equal), and
 spec_acceptance_rate (accepted / proposed drafts over all cases). SPEC_EXTRA_K=8,16 (environment) also measures
 each case with that many drafts a step (fields suffixed _k8, _k16; the acceptance rate above stays k = 4's).
+Unless SPEC_PROFILE=0, each case's decode steps run once more without and with speculation under torch.profiler
+(profile_decode.txt; JSON `profile` spec_<case>_k0 / _k4 and spec_profile_{wall,kernel}_ms_per_step_*): how much
+of a verify step is the GPU's and how much the host's.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from types import SimpleNamespace
 
 import torch
 
@@ -74,6 +78,32 @@ def _drive(engine, prompts: list[list[int]], max_tokens: int, k: int) -> tuple[l
     return [toks[r] for r in rids], now - start[0], sum(len(t) for t in toks.values()) - start[1]
 
 
+def profile_steps(engine, prompts: list[list[int]], max_tokens: int, k: int) -> tuple[SimpleNamespace, float]:
+    """The decode steps of one run (after every prefill) under torch.profiler: (what decode_bench.write_profile
+    reads, wall ms per step). Kernel time per step against wall time per step splits a step into GPU and host."""
+    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+    opts = RequestOptions(speculative=Speculation("prompt_lookup", k))
+    rids = [f"prof-{k}-{i}-{time.monotonic_ns()}" for i in range(len(prompts))]
+    seen: set[str] = set()
+    for rid, ids in zip(rids, prompts):
+        engine.add_request(rid, ids, params, opts)
+    while len(seen) < len(rids) and engine.has_unfinished():
+        seen.update(o.request_id for o in engine.step() if o.token_ids)
+    acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA]
+                                                     if torch.cuda.is_available() else [])
+    prof, steps = torch.profiler.profile(activities=acts), 0
+    prof.start()
+    t = time.perf_counter()
+    while engine.has_unfinished():
+        engine.step()
+        steps += 1
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    wall = time.perf_counter() - t
+    prof.stop()
+    return SimpleNamespace(prof=prof, prof_steps=steps), 1e3 * wall / max(1, steps)
+
+
 def measure(engine, tag: str, batch: int, n_tokens: int, new_tokens: int, k: int = NUM_TOKENS) -> dict:
     prompts = extractive_prompts(batch, n_tokens - new_tokens)
     _drive(engine, prompts, new_tokens, 0)  # untimed: every shape of the run compiled and captured
@@ -111,6 +141,20 @@ def run_all(bench, mode: str) -> None:
         return
     for tag, (b, n, new) in cases.items():
         bench.measure(f"spec_{tag}", lambda tag=tag, b=b, n=n, new=new: measure(holder["engine"], tag, b, n, new))
+    if os.environ.get("SPEC_PROFILE", "1") != "0":  # where a verify step's time goes: kernels or host
+        from bench.perf.decode_bench import write_profile  # noqa: PLC0415
+
+        for tag, (b, n, new) in cases.items():
+            def prof(tag=tag, b=b, n=n, new=new) -> dict:
+                prompts, res = extractive_prompts(b, n - new), {}
+                for k in (0, NUM_TOKENS):
+                    run, wall_ms = profile_steps(holder["engine"], prompts, new, k)
+                    counts = write_profile(bench.prof_path, f"speculation {tag}, k = {k}", run)
+                    bench.res["profile"][f"spec_{tag}_k{k}"] = {**counts, "wall_ms_per_step": wall_ms}
+                    res[f"spec_profile_wall_ms_per_step_{tag}_k{k}"] = wall_ms
+                    res[f"spec_profile_kernel_ms_per_step_{tag}_k{k}"] = counts["kernel_ms_per_step"]
+                return res
+            bench.measure(f"spec_profile_{tag}", prof)
     for k in (int(x) for x in os.environ.get("SPEC_EXTRA_K", "").split(",") if x):  # more drafts a step: the
         for tag in cases:  # verify step reads the cache once for every query, so its cost grows little with k
             b, n, new = cases[tag]

@@ -76,8 +76,8 @@ for p in "$@"; do
                 bash $X/2026-12-07_redesign_ab/ab.sh decode --kv-cache-gb 62 --no-fp8 ;;
         spec) phase spec 420 python3 -m bench.perf.decode_bench --out "$OUT/spec" --no-eager-compare --spec \
             --structured --kv-cache-gb 62 --budget-s 380 ;;
-        speconly) phase speconly 300 env SPEC_EXTRA_K=${SPEC_EXTRA_K-8} python3 -m bench.perf.decode_bench --out "$OUT/speconly" --no-base --spec \
-            --no-structured --kv-cache-gb 62 --budget-s 280 ;;
+        speconly) phase speconly 360 env SPEC_EXTRA_K=${SPEC_EXTRA_K-8} python3 -m bench.perf.decode_bench --out "$OUT/speconly" --no-base --spec \
+            --no-structured --kv-cache-gb 62 --budget-s 330 ;;
         documents)
             phase documents "${DOC_LIMIT:-300}" python3 -m bench.perf.documents_bench --out "$OUT/documents" --skip full ;;
         documents_smollm2)  # all four fields in one run: SmolLM2-135M's shape (a full 512K document is 12 GB)
