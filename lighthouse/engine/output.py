@@ -29,15 +29,20 @@ class OutputProcessor:
 
     def rows(self, seqs: list[Sequence]) -> list[SampleRow]:
         """What the sampler needs of each sequence (its penalty counts and its prompt's token mask made on first
-        use)."""
+        use), made once per sequence: what it holds never changes (the counts are updated in place)."""
+        rows = []
         for s in seqs:
-            p, req = s.params, s.request
-            if s.output_counts is None and (p.presence_penalty or p.frequency_penalty or p.repetition_penalty != 1.0):
-                s.output_counts = torch.zeros(self.vocab_size, dtype=torch.float32, device=self.device)
-            if req.prompt_mask is None and p.repetition_penalty != 1.0:
-                req.prompt_mask = torch.zeros(self.vocab_size, dtype=torch.bool, device=self.device)
-                req.prompt_mask[torch.tensor(req.prompt_ids, device=self.device)] = True
-        return [SampleRow(s.params, s.generator, s.output_counts, s.request.prompt_mask) for s in seqs]
+            row = s.sample_row
+            if row is None:
+                p, req = s.params, s.request
+                if s.output_counts is None and (p.presence_penalty or p.frequency_penalty or p.repetition_penalty != 1.0):
+                    s.output_counts = torch.zeros(self.vocab_size, dtype=torch.float32, device=self.device)
+                if req.prompt_mask is None and p.repetition_penalty != 1.0:
+                    req.prompt_mask = torch.zeros(self.vocab_size, dtype=torch.bool, device=self.device)
+                    req.prompt_mask[torch.tensor(req.prompt_ids, device=self.device)] = True
+                row = s.sample_row = SampleRow(p, s.generator, s.output_counts, req.prompt_mask)
+            rows.append(row)
+        return rows
 
     def sample(self, seqs: list[Sequence], logits: Tensor) -> list[Sampled]:
         """logits (B, V): one ([token], logprobs or None) per sequence. Rows with a grammar are masked first (so their
@@ -98,8 +103,9 @@ class OutputProcessor:
         raises fails alone."""
         outputs = []
         for s, (toks, lp) in zip(seqs, sampled):
-            text, reason, n = "", None, 0
             try:
+                text, reason = self.advance(s, toks[0])  # every step gives a sequence at least one token
+                n = 1
                 while reason is None and n < len(toks):
                     piece, reason = self.advance(s, toks[n])
                     text, n = text + piece, n + 1
@@ -108,11 +114,12 @@ class OutputProcessor:
                 log.error("request %s: %s", s.request.request_id, msg, exc_info=True)
                 outputs.append(self.finish(s, "error", error=msg, error_code=code))
                 continue
-            lp = lp[:n] if lp is not None else None
+            if n < len(toks):
+                toks, lp = toks[:n], lp[:n] if lp is not None else None
             if reason is not None:
-                outputs.append(self.finish(s, reason, text=text, token_ids=toks[:n], logprobs=lp))
+                outputs.append(self.finish(s, reason, text=text, token_ids=toks, logprobs=lp))
             else:
-                outputs.append(self.output(s, toks[:n], text, lp))
+                outputs.append(self.output(s, toks, text, lp))
         return outputs
 
 

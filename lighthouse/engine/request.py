@@ -96,6 +96,7 @@ class Sequence:
     request: Request | None = None
     history: Any = None  # prompt + output tokens for prompt-lookup drafts (speculative/proposer.py), made on use
     grammar: Any = None  # an llguidance matcher in step with output_ids (structured/), if the output has a grammar
+    sample_row: Any = None  # what the sampler reads of it (sampling.SampleRow), made once (output.py)
 
 
 @dataclass
