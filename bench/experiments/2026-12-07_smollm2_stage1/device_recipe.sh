@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The SmolLM2 512K recipe on the device machine, resumable across machines (each is wiped when given back).
 # A hold's calls: .stage1 + .whl, then .stage2, then this script with .stage3 (+ .whl_ruler to run RULER after):
-#   bash device_recipe.sh STAGES [VARIANT] [SECONDS]
+#   bash device_recipe.sh STAGES [VARIANT] [SECONDS]      (REAL_MODEL_TESTS=90: then the real model's GPU tests)
 # .stage2 carries smol.part01, corpus.tar.xz (the prepared training text: `tar -C .corpus -cJf corpus.tar.xz
 # --exclude=.tokens austen kjv wiki manifest.json`) and recipe_state.tar.part01; .stage3 smol.part02 and
 # recipe_state.tar.part00 (the pieces this script returned in an earlier hold). It runs `python -m
@@ -29,6 +29,12 @@ start=$(date +%s)
 timeout -k 10 "$SECONDS_LEFT" python3 -m recipes.smollm2_512k "$RUN" --stages "$STAGES" ${VARIANT:+--variant "$VARIANT"} \
     2>&1 | grep -v "Warn\|warn(" | tail -30
 echo "recipe ran $(( $(date +%s) - start )) s"
+if [ -n "${REAL_MODEL_TESTS:-}" ]; then  # seconds: the GPU tests that use the prepared SmolLM2 (speculation, grammar)
+    timeout -k 5 "$REAL_MODEL_TESTS" env TRITON_INTERPRET=0 python3 -m pytest -q -p no:cacheprovider -rs \
+        tests/engine/speculative/test_speculative_gpu.py tests/engine/structured/test_structured_gpu.py \
+        > "$OUT/real_model_tests.txt" 2>&1
+    tail -4 "$OUT/real_model_tests.txt"
+fi
 # what comes back: per stage folder, the final adapter (finished) or the newest checkpoint (to resume)
 cd "$RUN"
 keep=()
