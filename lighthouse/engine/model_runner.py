@@ -62,6 +62,7 @@ class ModelRunner:
         self.graphs: dict[int, _Graph] = {}
         self.verify_graphs: dict[tuple[int, int], _Graph] = {}  # (batch bucket, queries per row) -> captured verify
         self._verify_meta: dict[int, Tensor] = {}  # queries per row -> static (max_batch, Q + 3) int64 inputs
+        self._verify_host: dict[int, Tensor] = {}  # ... and their host side
         self._graph_pool = None
 
     # ---- prefill ----------------------------------------------------------------------------------------------
@@ -100,8 +101,13 @@ class ModelRunner:
         self.inputs.fill_tables(kvs)
         rows_meta = [[0] * (Qs - len(t)) + t + [kv.length, kv.ctx_len, len(t)] for kv, t in zip(kvs, tokens)]
         # ids (right-aligned), then the full position, the context entry (kv.decode_position()) and the count
-        host = torch.zeros(rows, Qs + 3, dtype=torch.long)
+        host = self._verify_host.get(Qs)
+        if host is None or host.shape[0] < rows:  # pinned, reused: rewritten only after the last step's host read
+            host = self._verify_host[Qs] = torch.zeros(max(rows, self.inputs.ids.shape[0]), Qs + 3, dtype=torch.long,
+                                                       pin_memory=self.device.type == "cuda")
         host[:B] = torch.tensor(rows_meta)
+        host[B:rows] = 0
+        host = host[:rows]
         if not graphed:
             logits = self._verify_forward(host.to(self.device, non_blocking=True), rows, Qs)
         else:
@@ -109,7 +115,7 @@ class ModelRunner:
             if meta is None:
                 meta = self._verify_meta[Qs] = torch.zeros(self.inputs.ids.shape[0], Qs + 3, dtype=torch.long,
                                                            device=self.device)
-            meta[:rows].copy_(host)  # pageable: copied before the replay reads it
+            meta[:rows].copy_(host, non_blocking=True)
             g = self.verify_graphs.get((rows, Qs)) or self._capture_verify(rows, Qs)
             g.graph.replay()
             logits = g.logits
