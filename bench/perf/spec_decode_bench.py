@@ -9,8 +9,11 @@ load the bundled checkpoint (trained on such tasks, 524,288 positions) in its ow
 For each case the same engine runs the prompts greedily without speculation, then with `num_tokens` drafts per
 step, each twice, the second timed (the first captures the verify step's CUDA graph of every (batch, queries)
 bucket the run reaches: rows finish at different steps under speculation, so the batch shrinks through buckets).
-Decode tokens/s counts only decoding: from the step at which every request of the batch has its first token (all
-prefills done) to the last token, the tokens produced in between over that time. A prompt is the case's length
+Decode tokens/s counts only decoding, from the step at which every request of the batch has its first token (all
+prefills done): over the steps in which every request still decodes (the batch's steady state, as decode_bench
+counts batch rates; a server refills a finished row, and under speculation rows finish at different steps, so
+that the last steps run ever fewer rows at nearly the same cost a step) for spec_speedup_*, and to the last token
+for spec_speedup_to_last_token_* (the two are the same window at batch 1). A prompt is the case's length
 less its new tokens (a 512K case fills the model's 524,288 positions). Fields:
 spec_speedup_128k_b1, spec_speedup_512k_b1, spec_speedup_8k_b32 (ratio of tokens/s with / without),
 spec_ms_per_token_* and base_ms_per_token_*, spec_outputs_identical_* (greedy tokens equal), and
@@ -57,15 +60,19 @@ def bundled_engine(max_num_seqs: int, dtype: str | None = None):
     return load_engine(None, cfg, device="cuda" if cuda else "cpu", dtype=dtype or ("bfloat16" if cuda else "float32"))
 
 
-def _drive(engine, prompts: list[list[int]], max_tokens: int, k: int) -> tuple[list[list[int]], float, int]:
-    """Greedy generation of every prompt together: (tokens per request, decode seconds, decode tokens)."""
+def _drive(engine, prompts: list[list[int]], max_tokens: int, k: int) -> tuple[list[list[int]], dict]:
+    """Greedy generation of every prompt together: (tokens per request, {"to_last": (seconds, tokens), "full":
+    (seconds, tokens)}), both from the step at which every request has its first token: to the last token, and over
+    the steps in which every request of the batch still decoded (the batch's steady state, as decode_bench's batch
+    rates count it; the same window at batch 1)."""
     params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
     opts = RequestOptions(speculative=Speculation("prompt_lookup", k))
     rids = [f"spec-{k}-{i}-{time.monotonic_ns()}" for i in range(len(prompts))]
     toks: dict[str, list[int]] = {r: [] for r in rids}
     for rid, ids in zip(rids, prompts):
         engine.add_request(rid, ids, params, opts)
-    start = None  # (time, tokens so far) once every request has its first token
+    start = prev = None  # (time, tokens so far) once every request has its first token; the last step's end
+    full_s, full_n, full_on = 0.0, 0, True
     while engine.has_unfinished():
         outs = engine.step()
         now = time.perf_counter()
@@ -73,9 +80,16 @@ def _drive(engine, prompts: list[list[int]], max_tokens: int, k: int) -> tuple[l
             if o.error:
                 raise RuntimeError(o.error)
             toks[o.request_id] += o.token_ids
+        if start is not None and full_on:
+            decoded = {o.request_id for o in outs if o.token_ids}
+            full_on = len(decoded) == len(rids)
+            if full_on:
+                full_s, full_n = full_s + now - prev, full_n + sum(len(o.token_ids) for o in outs)
+        prev = now
         if start is None and all(toks.values()):
             start = (now, sum(len(t) for t in toks.values()))
-    return [toks[r] for r in rids], now - start[0], sum(len(t) for t in toks.values()) - start[1]
+    total = sum(len(t) for t in toks.values())
+    return [toks[r] for r in rids], {"to_last": (now - start[0], total - start[1]), "full": (full_s, full_n)}
 
 
 def profile_steps(engine, prompts: list[list[int]], max_tokens: int, k: int) -> tuple[SimpleNamespace, float]:
@@ -107,18 +121,22 @@ def profile_steps(engine, prompts: list[list[int]], max_tokens: int, k: int) -> 
 def measure(engine, tag: str, batch: int, n_tokens: int, new_tokens: int, k: int = NUM_TOKENS) -> dict:
     prompts = extractive_prompts(batch, n_tokens - new_tokens)
     _drive(engine, prompts, new_tokens, 0)  # untimed: every shape of the run compiled and captured
-    base, t_base, n_base = _drive(engine, prompts, new_tokens, 0)
+    base, t_base = _drive(engine, prompts, new_tokens, 0)
     _drive(engine, prompts, new_tokens, k)
     sp = engine.speculator
     before = (sp.proposed, sp.accepted)
-    spec, t_spec, n_spec = _drive(engine, prompts, new_tokens, k)
+    spec, t_spec = _drive(engine, prompts, new_tokens, k)
     proposed, accepted = sp.proposed - before[0], sp.accepted - before[1]
     same = [a == b for a, b in zip(base, spec)]
     agree = [next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), len(a)) for a, b in zip(base, spec)]
-    base_tps, spec_tps = n_base / t_base, n_spec / t_spec
+    rate = {w: (t_base[w][1] / t_base[w][0], t_spec[w][1] / t_spec[w][0]) for w in ("full", "to_last")}
+    base_tps, spec_tps = rate["full"]
     return {f"spec_speedup_{tag}": spec_tps / base_tps, f"base_tokens_per_s_{tag}": base_tps,
             f"spec_tokens_per_s_{tag}": spec_tps, f"base_ms_per_token_{tag}": 1000 * batch / base_tps,
-            f"spec_ms_per_token_{tag}": 1000 * batch / spec_tps, f"spec_outputs_identical_{tag}": all(same),
+            f"spec_ms_per_token_{tag}": 1000 * batch / spec_tps,
+            f"spec_speedup_to_last_token_{tag}": rate["to_last"][1] / rate["to_last"][0],
+            f"spec_full_batch_steps_tokens_{tag}": t_spec["full"][1],
+            f"spec_outputs_identical_{tag}": all(same),
             f"spec_rows_identical_{tag}": sum(same), f"spec_tokens_before_first_difference_{tag}": agree,
             f"spec_drafts_{tag}": proposed, f"spec_accepted_{tag}": accepted,
             f"spec_acceptance_rate_{tag}": accepted / max(1, proposed), f"spec_prompt_tokens_{tag}": n_tokens,
