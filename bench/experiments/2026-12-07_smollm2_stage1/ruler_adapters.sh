@@ -9,7 +9,7 @@ LENGTH="$1" SAMPLES="$2" PREFILLS="$3"; shift 3
 cd "$(dirname "$0")/../../.."
 source bench/experiments/2026-12-07_ruler_base/device_env.sh >/dev/null
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
-for f in .stage4/*.tar.xz .stage5/*.tar.xz; do  # each staged archive once per machine
+for f in .stage4/*.tar.xz .stage5/*.tar.xz .stage6/*.tar.xz; do  # each staged archive once per machine
     [ -f "$f" ] && [ ! -f "/tmp/.unpacked_$(basename "$f")" ] && tar -C /tmp -xJf "$f" && touch "/tmp/.unpacked_$(basename "$f")"
 done
 export LIGHTHOUSE_MODELS_DIR=/tmp/models

@@ -4,15 +4,17 @@
 # GROUP: dense (dense prefill) | sparse (sparse prefill, dense tail 0, 64 and 1024) | compact (sparse prefill, tail
 # 64, sparse decode from a compact session) | base (the base model itself: no adapter, ADAPTER_DIR ignored).
 # Needs the base prepared in /tmp/models by an earlier call of the hold (device_recipe.sh does it) and RULER's wheels
-# (.whl_ruler). Samples: every staged .stage4/*.tar.xz and .stage5/*.tar.xz (made here with `ruler.py --generate-only
-# --samples-dir .samples`), else generated on the machine's CPUs. The table so far comes in as .stage5/ruler_<GROUP>.json
+# (.whl_ruler, carried by an earlier call of the hold). Samples: every staged .stage4-6/*.tar.xz, each unpacked once
+# (made here with `ruler.py --generate-only --samples-dir .samples`: .stage4 16K-64K, 16.7 MB; .stage5 256K and 512K,
+# 34.5 MB; .stage6 128K, 15.9 MB; each call's carry with the ~20 MB tree under 64 MiB), else generated on the
+# machine's CPUs (minutes a set at 512K). The table so far comes in as .stage5/ruler_<GROUP>.json
 # (what an earlier call returned) and goes back as $OUT/ruler_<GROUP>.json: ruler.py --resume skips the cells done.
 set -uo pipefail
 ADAPTER="$1" GROUP="$2" LENGTHS="$3" SAMPLES="$4" SECONDS_LEFT="${5:-480}"
 cd "$(dirname "$0")/../../.."
 source bench/experiments/2026-12-07_ruler_base/device_env.sh >/dev/null
 OUT="${OUT:-/tmp/out}"; mkdir -p "$OUT"
-for f in .stage4/*.tar.xz .stage5/*.tar.xz; do
+for f in .stage4/*.tar.xz .stage5/*.tar.xz .stage6/*.tar.xz; do
     [ -f "$f" ] && [ ! -f "/tmp/.unpacked_$(basename "$f")" ] && tar -C /tmp -xJf "$f" && touch "/tmp/.unpacked_$(basename "$f")"
 done
 export LIGHTHOUSE_MODELS_DIR=/tmp/models
