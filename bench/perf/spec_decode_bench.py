@@ -60,17 +60,23 @@ def bundled_engine(max_num_seqs: int, dtype: str | None = None):
     return load_engine(None, cfg, device="cuda" if cuda else "cpu", dtype=dtype or ("bfloat16" if cuda else "float32"))
 
 
+def _add(engine, prompts: list[list[int]], max_tokens: int, k: int) -> list[str]:
+    """The prompts as greedy requests with k drafts a step (0: none): their ids."""
+    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+    opts = RequestOptions(speculative=Speculation("prompt_lookup", k))
+    rids = [f"spec-{k}-{i}-{time.monotonic_ns()}" for i in range(len(prompts))]
+    for rid, ids in zip(rids, prompts):
+        engine.add_request(rid, ids, params, opts)
+    return rids
+
+
 def _drive(engine, prompts: list[list[int]], max_tokens: int, k: int) -> tuple[list[list[int]], dict]:
     """Greedy generation of every prompt together: (tokens per request, {"to_last": (seconds, tokens), "full":
     (seconds, tokens)}), both from the step at which every request has its first token: to the last token, and over
     the steps in which every request of the batch still decoded (the batch's steady state, as decode_bench's batch
     rates count it; the same window at batch 1)."""
-    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
-    opts = RequestOptions(speculative=Speculation("prompt_lookup", k))
-    rids = [f"spec-{k}-{i}-{time.monotonic_ns()}" for i in range(len(prompts))]
+    rids = _add(engine, prompts, max_tokens, k)
     toks: dict[str, list[int]] = {r: [] for r in rids}
-    for rid, ids in zip(rids, prompts):
-        engine.add_request(rid, ids, params, opts)
     start = prev = None  # (time, tokens so far) once every request has its first token; the last step's end
     full_s, full_n, full_on = 0.0, 0, True
     while engine.has_unfinished():
@@ -95,12 +101,7 @@ def _drive(engine, prompts: list[list[int]], max_tokens: int, k: int) -> tuple[l
 def profile_steps(engine, prompts: list[list[int]], max_tokens: int, k: int) -> tuple[SimpleNamespace, float]:
     """The decode steps of one run (after every prefill) under torch.profiler: (what decode_bench.write_profile
     reads, wall ms per step). Kernel time per step against wall time per step splits a step into GPU and host."""
-    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
-    opts = RequestOptions(speculative=Speculation("prompt_lookup", k))
-    rids = [f"prof-{k}-{i}-{time.monotonic_ns()}" for i in range(len(prompts))]
-    seen: set[str] = set()
-    for rid, ids in zip(rids, prompts):
-        engine.add_request(rid, ids, params, opts)
+    rids, seen = _add(engine, prompts, max_tokens, k), set()
     while len(seen) < len(rids) and engine.has_unfinished():
         seen.update(o.request_id for o in engine.step() if o.token_ids)
     acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA]
