@@ -16,7 +16,10 @@ a prefix-cache hit, batches of 32 and 128) and measures, timing on the host arou
   Q4: the median of their add_request -> first token (each in _runs), and prefill.cached_tokens (must be >= len(D));
 - fp8_dense_ms_per_token_512k (--no-fp8 skips it): the 512K dense decode again on an engine with a float8 KV cache;
 - with --eager-compare (default unless --quick): a second engine with enforce_eager=True, batch 32 and 512K dense
-  decode (32 tokens) again.
+  decode (32 tokens) again;
+- with --overlap-compare (default on where the engine has overlap_decode): a second engine with overlap_decode=False
+  (each step's tokens read before the next is launched, as before engine/overlap.py), dense and sparse 512K and
+  batch 32 again (fields suffixed _no_overlap; the default engine overlaps on CUDA).
 torch.profiler covers 8 more decode steps after the timed ones of the 512K dense request and the batch-32 run
 (DIR/profile_decode.txt: top-20 kernels, kernels and launches per step). Every measure has its own try/except
 (failures go to "errors"); DIR/decode_bench.json is rewritten after each one.
@@ -244,13 +247,15 @@ class Bench:
         cfg = EngineConfig(prefill="sparse", decode="dense", dense_tail_tokens=TAIL,
                            max_num_seqs=self.S["max_num_seqs"], enforce_eager=variant == "eager",
                            kv_cache_dtype="fp8_e4m3" if variant == "fp8" else "auto",
-                           kv_cache_bytes=int(self.args.kv_cache_gb * 2**30) if self.args.kv_cache_gb else None)
+                           kv_cache_bytes=int(self.args.kv_cache_gb * 2**30) if self.args.kv_cache_gb else None,
+                           **({"overlap_decode": False} if variant == "no_overlap" else {}))
         self.eng = LLMEngine(model, None, cfg)
         budget = getattr(getattr(self.eng, "kv", None), "budget_bytes", 0)
         self.res["engine"][variant] = {
             "block_size": cfg.block_size, "enforce_eager": cfg.enforce_eager, "max_num_seqs": cfg.max_num_seqs,
             "cuda_graph_max_batch": cfg.cuda_graph_max_batch, "kv_cache_fraction": cfg.kv_cache_fraction,
-            "kv_cache_dtype": cfg.kv_cache_dtype,
+            "kv_cache_dtype": cfg.kv_cache_dtype, "overlap_decode": getattr(self.eng, "overlap", None) is not None
+            and self.eng.overlap.enabled,
             "max_model_len": self.eng.max_model_len, "kv_budget_gb": round(budget / 1e9, 2)}
         return {}
 
@@ -267,6 +272,10 @@ class Bench:
         b32 = ("batch32_8k", lambda: self.batch("b32", 1, "batch32_8k", None if variant == "eager" else "batch32_8k"))
         if variant == "eager":
             todo = [b32, ("dense_512k", lambda: self.long_decode("dense", S["eager_tokens"]))]
+        elif variant == "no_overlap":
+            todo = [("dense_512k", lambda: self.long_decode("dense", S["long_tokens"])),
+                    ("sparse_512k", lambda: self.long_decode("sparse", S["long_tokens"])),
+                    ("batch32_8k", lambda: self.batch("b32", 1, "batch32_8k"))]
         elif variant == "fp8":
             todo = [("dense_512k", lambda: self.long_decode("dense", S["long_tokens"]))]
         else:
@@ -348,6 +357,8 @@ def main() -> int:
     size.add_argument("--tiny", action="store_true", help="a tiny model and sizes, for a CPU dry run")
     ap.add_argument("--eager-compare", action=argparse.BooleanOptionalAction, default=None,
                     help="also measure with enforce_eager=True (default: on unless --quick)")
+    ap.add_argument("--overlap-compare", action=argparse.BooleanOptionalAction, default=True,
+                    help="also measure with overlap_decode=False (only where the engine has the setting)")
     ap.add_argument("--fp8", action=argparse.BooleanOptionalAction, default=True,
                     help="also fp8_dense_ms_per_token_512k: an engine with a float8 KV cache (kv_cache_dtype=fp8_e4m3)")
     ap.add_argument("--spec", action=argparse.BooleanOptionalAction, default=True,
@@ -369,8 +380,9 @@ def main() -> int:
     log(f"{mode}: model built ({bench.res['model']['parameters'] / 1e6:.0f}M parameters) on {bench.res['device']}")
     if args.base:
         bench.run(model)
+    overlap = args.overlap_compare and "overlap_decode" in EngineConfig.__pydantic_fields__  # (an older engine: no)
     for variant, on in (("eager", args.eager_compare if args.eager_compare is not None else not args.quick),
-                        ("fp8", args.fp8)):
+                        ("no_overlap", overlap), ("fp8", args.fp8)):
         if on and args.base:
             gc.collect()  # the engine before and its KV cache go before the next is built
             torch.cuda.empty_cache() if CUDA else None

@@ -85,6 +85,10 @@ class EngineConfig:
         "default drafts per decode step by prompt lookup (n-grams of the prompt and the output so far), verified in "
         "one forward; greedy outputs unchanged, sampled ones in distribution (0: off; a request's \"speculative\" "
         "field overrides it)"))] = 0
+    overlap_decode: Annotated[bool | None, Field(description=(
+        "launch the next decode step before reading this one's tokens, so that detokenizing, stop checks and "
+        "scheduling run while the GPU computes (rows with a grammar, penalties or drafts never overlap; default: on "
+        "with CUDA, off on the CPU, where nothing runs asynchronously)"))] = None
     warmup: Annotated[bool | None, Field(description=(
         "at startup, one short request through every serving path, so that kernel compiles happen before the "
         "first user's request (default: on with CUDA, off on the CPU, which compiles nothing)"))] = None

@@ -62,6 +62,13 @@ class DecodeInputs:
         self.meta.copy_(host, non_blocking=True)  # host is pinned; it is rewritten only after the step's sync
         self.fill_tables(kvs)
 
+    def advance(self, B: int, tokens: Tensor) -> None:
+        """Rows [0, B) one position on, their ids `tokens` (B,) on the device: the inputs of the step after the last
+        one for the same sequences, written by the device alone (engine/overlap.py). Both entries move: a row's
+        context entry is read only in the layers where it has a context (`step_attention`), so a dense row's may."""
+        self.ids[:B].copy_(tokens)
+        self.meta[1:, :B] += 1
+
     def clear(self, rows: int) -> None:
         """Rows [0, rows) as padding (before a capture)."""
         self.batch_key = None

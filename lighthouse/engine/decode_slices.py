@@ -28,12 +28,16 @@ class DecodeSlicer:
         """The rows this decode step runs: all of them, or (when the step would take longer than the budget) the
         next round-robin slice."""
         self._picked_at = time.perf_counter()
-        if not self.budget_s or not rows or self.row_s * len(rows) <= self.budget_s:
+        if not rows or self.whole(len(rows)):
             return rows
         k = max(1, int(self.budget_s / self.row_s + 1e-9))  # (0.3 / 0.1 is 2.999...)
         start = self._next % len(rows)
         self._next = start + k
         return (rows + rows)[start : start + k]
+
+    def whole(self, rows: int) -> bool:
+        """Whether `pick` would take all of `rows` rows."""
+        return not self.budget_s or self.row_s * rows <= self.budget_s
 
     def done(self, rows: int) -> None:
         """The step `pick` planned ended having decoded `rows` sequences: its time per sequence updates the mean."""

@@ -31,18 +31,18 @@ from lighthouse.engine.cache.spec import CacheShape
 from lighthouse.engine.config import EngineConfig
 from lighthouse.engine.errors import INTERNAL_ERROR, KV_CACHE_EXCEEDED, InvalidRequest, is_device_fatal
 from lighthouse.engine.intake import Intake
-from lighthouse.engine.memory import budget_hint
 from lighthouse.engine.model_runner import ModelRunner
 from lighthouse.engine.options import RequestOptions
 from lighthouse.engine.output import OutputProcessor, Sampled, eos_ids, failure
+from lighthouse.engine.overlap import DecodeOverlap
 from lighthouse.engine.plan import context_rotated_apart, lighthouse_layer_indices, sparse_unavailable
 from lighthouse.engine.prefill import PrefillAborted
 from lighthouse.engine.request import PrefillInfo, PromptProgress, Request, RequestOutput, Sequence, Status
 from lighthouse.engine.sampling import SamplingParams
 from lighthouse.engine.scheduler import Scheduler
 from lighthouse.engine.speculative.step import Speculator
-from lighthouse.engine.step_work import PrefillWork, StepResult
-from lighthouse.engine.warmup import maybe_warm_up
+from lighthouse.engine.step_work import PrefillWork, StepResult, piece_budget
+from lighthouse.engine.warmup import log_ready, maybe_warm_up
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,8 @@ class LLMEngine:
                                   prefill_chunk_tokens=c.prefill_chunk_tokens)
         self.outputs = OutputProcessor(self.vocab_size, self.eos_ids, self.device)
         self.speculator = Speculator(c.speculative_num_tokens)
+        overlap = c.overlap_decode if c.overlap_decode is not None else self.device.type == "cuda"
+        self.overlap = DecodeOverlap(self.runner, self.outputs, self.speculator, overlap)
         self.progress_callback: ProgressFn | None = None
         self._requests: dict[str, Request] = {}
         self._lock = threading.Lock()
@@ -95,16 +97,7 @@ class LLMEngine:
         self._abort_errors: dict[str, tuple[str, str]] = {}  # request id -> (message, code) it fails with
         self.runner.capture_all()
         maybe_warm_up(self)
-        log.info("engine ready: device=%s dtype=%s max_model_len=%d kv_cache=%.2f GiB (%d blocks of one layer x %d "
-                 "positions, %s) kv_mode=%s prefill=%s decode=%s cuda_graphs=%s", self.device, self.dtype,
-                 self.max_model_len, self.kv.budget_bytes / 2**30, self.kv.allocator.usable, c.block_size,
-                 shape.storage_dtype, self.defaults[2], self.defaults[0],
-                 "sparse" if self.defaults[2] == "compact" else self.defaults[1],  # compact sessions decode sparsely
-                 sorted(self.runner.graphs) or "off")
-        hint = budget_hint(mc, self.kv, kv_mode=c.kv_mode, max_model_len_cap=c.max_model_len,
-                           dense_tail_tokens=c.dense_tail_tokens)
-        if hint is not None:  # the KV budget, not the checkpoint, sets max_model_len: say what would lift it
-            log.warning(hint)
+        log_ready(self)
 
     # ---- requests ---------------------------------------------------------------------------------------------
     def make_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams,
@@ -136,7 +129,7 @@ class LLMEngine:
                     self._abort_errors[request_id] = (error, code or INTERNAL_ERROR)
 
     def has_unfinished(self) -> bool:
-        return self.scheduler.has_work() or bool(self._to_abort)
+        return self.scheduler.has_work() or bool(self._to_abort) or self.overlap.inflight is not None
 
     def stats(self) -> dict:
         host = self.prefix_cache.host if self.prefix_cache is not None else None
@@ -148,6 +141,8 @@ class LLMEngine:
 
     # ---- stepping ---------------------------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
+        if self.overlap.inflight is not None:  # a decode step in flight (overlap.py)
+            return self._read_inflight()
         for req, why in self.scheduler.take_refused():  # never to fit beside the pinned documents: fail them now
             self.abort_request(req.request_id, error=why, code=KV_CACHE_EXCEEDED)
         outputs = self.apply_aborts()
@@ -186,14 +181,6 @@ class LLMEngine:
         return outputs
 
     # ---- prefill ----------------------------------------------------------------------------------------------
-    def _prefill_budget(self, work: PrefillWork) -> float | None:
-        """Seconds a prefill piece may take while others decode or may arrive (express on); None (whole) otherwise and
-        for a short rest after a prefix hit (a question on a cached document): a budget syncs after every unit."""
-        ms, express, hit = self.config.max_prefill_chunk_ms, self.config.express_prefill_tokens, work.cached
-        short_rest = hit and len(work.request.prompt_ids) - hit <= express
-        busy = (self.scheduler.has_decodable() or express > 0) and not short_rest
-        return ms / 1000 if ms is not None and busy else None
-
     def _start_prefill(self, work: PrefillWork) -> None:
         """The first piece: what the schedule copies first (a host-tier entry, partial blocks), then the task."""
         req, n_prompt, cached = work.request, len(work.request.prompt_ids), work.cached
@@ -225,7 +212,9 @@ class LLMEngine:
         try:
             if work.task is None:
                 self._start_prefill(work)
-            logits = work.task.run(None if whole else self._prefill_budget(work))
+            c = self.config
+            budget = piece_budget(work, c.max_prefill_chunk_ms, c.express_prefill_tokens, self.scheduler.has_decodable())
+            logits = work.task.run(None if whole else budget)
             if logits is None:
                 return []  # more pieces to come; the running sequences decode first
             work.task = None
@@ -259,16 +248,27 @@ class LLMEngine:
         return self._advanced(seqs, sampled, decoded=False)
 
     # ---- decode -----------------------------------------------------------------------------------------------
-    def _decode_step(self, batch: list[Sequence]) -> list[Sampled]:  # a verify step where drafts are; retry-safe
-        return self.speculator.step(self.runner, self.outputs, batch)
-
     def _decode(self, batch: list[Sequence]) -> list[RequestOutput]:
         try:
-            sampled = self._decode_step(batch)
+            if self.overlap.takes(batch):
+                self.overlap.launch(batch)  # its tokens are read at the next step, after the step after it launched
+                return []
+            sampled = self.speculator.step(self.runner, self.outputs, batch)  # a verify step where drafts are
         except Exception as exc:
             if is_device_fatal(exc):
                 raise
             return self._decode_isolating(batch, exc)
+        return self._advanced(batch, sampled, decoded=True)
+
+    def _read_inflight(self) -> list[RequestOutput]:
+        """Read the decode step in flight, launching the next one first if the same batch would run again."""
+        batch = self.overlap.inflight.batch
+        try:
+            batch, sampled = self.overlap.resolve(self.scheduler, quiet=not self._to_abort)
+        except Exception as exc:
+            if is_device_fatal(exc):
+                raise
+            return self._decode_isolating([s for s in batch if s.status is Status.RUNNING], exc)
         return self._advanced(batch, sampled, decoded=True)
 
     def _decode_isolating(self, batch: list[Sequence], exc: Exception) -> list[RequestOutput]:
@@ -284,7 +284,7 @@ class LLMEngine:
         outputs = []
         for half in (batch[: len(batch) // 2], batch[len(batch) // 2 :]):
             try:
-                sampled = self._decode_step(half)
+                sampled = self.speculator.step(self.runner, self.outputs, half)
             except Exception as again:
                 if is_device_fatal(again):
                     raise

@@ -77,16 +77,22 @@ class ModelRunner:
     def decode(self, kvs: list["SequenceKV"], last_tokens: list[int]) -> Tensor:
         """Write one token per sequence at its next position; next-token logits (B, V) float32. The lengths
         are not advanced here: the scheduler commits them once the step's tokens are sampled (kv.commit_token())."""
-        B = len(kvs)
         self.inputs.fill(kvs, last_tokens)
+        return self._decode_rows(len(kvs))
+
+    def decode_next(self, B: int, tokens: Tensor) -> Tensor:
+        """The decode step after the last one, for the same B sequences: `tokens` (B,), the last step's sampled ids
+        still on the device, at the positions after it; nothing read from or waited for on the host."""
+        self.inputs.advance(B, tokens)
+        return self._decode_rows(B)
+
+    def _decode_rows(self, B: int) -> Tensor:
         bucket = self._bucket(B)
         if bucket is None:
-            logits = self._forward(B)
-        else:
-            g = self.graphs.get(bucket) or self._capture(bucket)
-            g.graph.replay()
-            logits = g.logits[:B]
-        return logits
+            return self._forward(B)
+        g = self.graphs.get(bucket) or self._capture(bucket)
+        g.graph.replay()
+        return g.logits[:B]
 
     def verify(self, kvs: list["SequenceKV"], tokens: list[list[int]]) -> Tensor:
         """Speculative decoding's verify step: each row's tokens (its last sampled token, then its drafts) written at

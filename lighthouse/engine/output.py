@@ -14,7 +14,7 @@ from torch import Tensor
 
 from lighthouse.engine.errors import INTERNAL_ERROR, OUT_OF_MEMORY
 from lighthouse.engine.request import RequestOutput, Sequence, Status, TokenLogprob
-from lighthouse.engine.sampling import SampleRow, sample
+from lighthouse.engine.sampling import PendingSample, SampleResult, SampleRow, sample, sample_async
 from lighthouse.engine.structured.mask import GrammarError, mask_logits
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,14 @@ class OutputProcessor:
     def sample(self, seqs: list[Sequence], logits: Tensor) -> list[Sampled]:
         """logits (B, V): one ([token], logprobs or None) per sequence. Rows with a grammar are masked first (so their
         logprobs are those of the allowed tokens, as vLLM reports them)."""
-        res = sample(mask_logits(logits, seqs), self.rows(seqs))
+        return self.sampled(seqs, sample(mask_logits(logits, seqs), self.rows(seqs)))
+
+    def sample_async(self, seqs: list[Sequence], logits: Tensor) -> PendingSample:
+        """The sampling of rows without a grammar, left on the device (`sampled(seqs, pending.read())` reads it)."""
+        return sample_async(logits, self.rows(seqs))
+
+    @staticmethod
+    def sampled(seqs: list[Sequence], res: SampleResult) -> list[Sampled]:
         out: list[Sampled] = []
         for b, s in enumerate(seqs):
             lp = None

@@ -194,11 +194,35 @@ def _plain(row: SampleRow) -> bool:
 
 
 def sample(logits: Tensor, rows: list[SampleRow]) -> SampleResult:
-    """logits: (B, V) for the B rows' next positions. Returns one token id per row.
+    """logits: (B, V) for the B rows' next positions. Returns one token id per row (`sample_async`, then read)."""
+    return sample_async(logits, rows).read()
 
-    Everything stays on the logits' device until one host read of the chosen ids (and one more of the logprobs
-    when a row asked for them): plain greedy rows take one batched argmax; the others are sampled row by row
-    (each with its own generator, so a seeded row does not depend on its batch)."""
+
+@dataclass
+class PendingSample:
+    """A step's sampled tokens (and logprobs) on the device, their copy to the host started: `read()` waits for
+    that copy alone, so the device may already run the next step (engine/overlap.py)."""
+
+    tokens: Tensor  # (B,) int64 on the logits' device: the next step's input ids
+    _host: list[Tensor]  # tokens, then (if a row asked) chosen logprobs, top values, top ids: host copies
+    _topk: list[int] | None  # per row: how many top logprobs (None: no row asked for logprobs)
+    _ready: "torch.cuda.Event | None"
+
+    def read(self) -> SampleResult:
+        if self._ready is not None:
+            self._ready.synchronize()
+        token_list = self._host[0].tolist()
+        if self._topk is None:
+            return SampleResult(token_list, None, None)
+        chosen, top_v, top_i = (t.tolist() for t in self._host[1:])
+        return SampleResult(token_list, chosen, [list(zip(top_i[b][:k], top_v[b][:k])) for b, k in enumerate(self._topk)])
+
+
+def sample_async(logits: Tensor, rows: list[SampleRow]) -> PendingSample:
+    """The sampler's device work for logits (B, V), without waiting for it: plain greedy rows take one batched
+    argmax; the others are sampled row by row (each with its own generator, so a seeded row does not depend on
+    its batch). Nothing here reads the device (CUDA: the results are copied to pinned host memory behind the
+    sampling, and an event marks when they are there)."""
     logits = logits.float()
     tokens = torch.argmax(logits, dim=-1)  # (B,): right for every plain greedy row
     for b, row in enumerate(rows):
@@ -210,13 +234,16 @@ def sample(logits: Tensor, rows: list[SampleRow]) -> SampleResult:
         else:
             probs = _filter(x, row.params).softmax(-1)
             tokens[b] = torch.multinomial(probs, 1, generator=row.generator)[0]
-    if not any(r.params.logprobs is not None for r in rows):
-        return SampleResult(tokens.tolist(), None, None)
-    logp = torch.log_softmax(logits, dim=-1)
-    k = max(r.params.logprobs or 0 for r in rows)
-    chosen = logp.gather(1, tokens[:, None])[:, 0]
-    top_v, top_i = torch.topk(logp, k, dim=-1) if k > 0 else (logp[:, :0], tokens[:, None][:, :0])
-    token_list, chosen_lp, top_v, top_i = tokens.tolist(), chosen.tolist(), top_v.tolist(), top_i.tolist()
-    top_lp = [list(zip(top_i[b][: r.params.logprobs or 0], top_v[b][: r.params.logprobs or 0]))
-              for b, r in enumerate(rows)]
-    return SampleResult(token_list, chosen_lp, top_lp)
+    out, topk = [tokens], None
+    if any(r.params.logprobs is not None for r in rows):
+        logp = torch.log_softmax(logits, dim=-1)
+        topk = [r.params.logprobs or 0 for r in rows]
+        chosen = logp.gather(1, tokens[:, None])[:, 0]
+        top_v, top_i = torch.topk(logp, max(topk), dim=-1) if max(topk) > 0 else (logp[:, :0], tokens[:, None][:, :0])
+        out += [chosen, top_v, top_i]
+    if tokens.device.type != "cuda":
+        return PendingSample(tokens, out, topk, None)
+    host = [t.to("cpu", non_blocking=True) for t in out]  # into pinned memory (the caching host allocator)
+    ready = torch.cuda.Event()
+    ready.record()
+    return PendingSample(tokens, host, topk, ready)

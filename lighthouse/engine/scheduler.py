@@ -117,6 +117,16 @@ class Scheduler:
         self._last, self._express_spent = "piece", 0  # its turn: the next round's budget starts afresh
         return SchedulerOutput(prefill=self.prefilling)
 
+    def steady(self, batch: list[Sequence]) -> bool:
+        """Whether the next step would decode `batch` again, as it is: nothing waits, prefills or was refused, and the
+        running sequences are the batch, whole (engine/overlap.py launches that step before this one's tokens are
+        read)."""
+        if self.waiting or self.prefilling is not None or self.refused:
+            return False
+        running = [s for s in self.running if s.status is Status.RUNNING][: self.max_num_seqs]
+        same = len(running) == len(batch) and all(a is b for a, b in zip(running, batch))
+        return same and self.slicer.whole(len(batch))
+
     def _batch(self) -> list[Sequence]:
         return self.slicer.pick([s for s in self.running if s.status is Status.RUNNING][: self.max_num_seqs])
 

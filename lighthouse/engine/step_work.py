@@ -1,5 +1,6 @@
-"""What one engine step runs and what came of it: the scheduler's plan for a prefill (`PrefillWork`), a step's
-work (`SchedulerOutput`: a prefill piece or a decode batch) and its outcome (`StepResult`, for `Scheduler.update`)."""
+"""What one engine step runs and what came of it: the scheduler's plan for a prefill (`PrefillWork`) and how long
+a piece of it may take (`piece_budget`), a step's work (`SchedulerOutput`: a prefill piece or a decode batch) and
+its outcome (`StepResult`, for `Scheduler.update`)."""
 
 from __future__ import annotations
 
@@ -47,3 +48,12 @@ class StepResult:
     committed: list[int] | None = None  # positions written per decoded sequence (None: one each)
     prefilled: PrefillWork | None = None
     finished: list[Sequence] = field(default_factory=list)
+
+
+def piece_budget(work: PrefillWork, max_ms: float | None, express_tokens: int, others_decode: bool) -> float | None:
+    """Seconds a prefill piece may take while others decode or may arrive (express on); None (whole) otherwise and
+    for a short rest after a prefix hit (a question on a cached document): a budget syncs after every unit."""
+    hit = work.cached
+    short_rest = hit and len(work.request.prompt_ids) - hit <= express_tokens
+    busy = (others_decode or express_tokens > 0) and not short_rest
+    return max_ms / 1000 if max_ms is not None and busy else None

@@ -1,4 +1,5 @@
-"""Startup warm-up: one short request through every serving path before the engine takes real ones.
+"""Startup warm-up: one short request through every serving path before the engine takes real ones; then the
+engine's ready line (`log_ready`).
 
 On CUDA the Triton kernels (the Lighthouse op's pooling, cascade, gather and scatter; the paged decode kernel as the
 cached tail and the sparse-decode context read it) compile at their first call, seconds each. Without a warm-up the
@@ -29,6 +30,7 @@ import time
 import torch
 
 from lighthouse.engine.errors import InvalidRequest
+from lighthouse.engine.memory import budget_hint
 from lighthouse.engine.model_runner import VERIFY_QUERIES
 from lighthouse.engine.options import RequestOptions, Speculation
 from lighthouse.engine.plan import min_sparse_len, usable_lighthouse
@@ -146,3 +148,20 @@ def warm_up(engine) -> float:
     log.info("warm-up: requests through %s (prefill/decode/kv_mode/tokens; hit/tokens computed after a prefix hit) "
              "in %.1f s (kernels compiled before the first request)", ", ".join(ran) or "no path", seconds)
     return seconds
+
+
+def log_ready(engine) -> None:
+    """The engine's ready line (what it serves, with which budget), and what would lift max_model_len when the KV
+    budget, not the checkpoint, sets it."""
+    c, kv = engine.config, engine.kv
+    prefill, decode, kv_mode = engine.defaults
+    log.info("engine ready: device=%s dtype=%s max_model_len=%d kv_cache=%.2f GiB (%d blocks of one layer x %d "
+             "positions, %s) kv_mode=%s prefill=%s decode=%s cuda_graphs=%s overlap_decode=%s", engine.device,
+             engine.dtype, engine.max_model_len, kv.budget_bytes / 2**30, kv.allocator.usable, c.block_size,
+             kv.shape.storage_dtype, kv_mode, prefill,
+             "sparse" if kv_mode == "compact" else decode,  # compact sessions decode sparsely
+             sorted(engine.runner.graphs) or "off", "on" if engine.overlap.enabled else "off")
+    hint = budget_hint(engine.model.config, kv, kv_mode=c.kv_mode, max_model_len_cap=c.max_model_len,
+                       dense_tail_tokens=c.dense_tail_tokens)
+    if hint is not None:
+        log.warning(hint)

@@ -44,6 +44,7 @@ ENV_SAMPLES = {
     "enable_prefix_caching": ("false", False),
     "block_size": ("64", 64),
     "enforce_eager": ("1", True),
+    "overlap_decode": ("false", False),
     "warmup": ("false", False),
     "max_prefill_chunk_ms": ("50", 50.0),
     "prefill_chunk_tokens": ("4096", 4096),
