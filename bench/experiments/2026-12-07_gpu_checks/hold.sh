@@ -71,8 +71,9 @@ for p in "$@"; do
         ttft) phase ttft 420 bash -c "$(declare -f tree_env ttft); ttft" ;;
         memory_ab) phase memory_ab 200 env OUT=$OUT/memory_ab bash $X/2026-12-07_redesign_ab/ab.sh memory ;;
         decode_ab) phase decode_ab 300 env OUT=$OUT/decode_ab bash $X/2026-12-07_redesign_ab/ab.sh decode --kv-cache-gb 62 ;;
-        decode_ab4)  # old new old new, without the fp8 engine (~100 s a run)
-            phase decode_ab4 480 env OUT=$OUT/decode_ab4 DECODE_RUNS="old new old new" \
+        decode_ab4)  # old new old new, without the fp8 engine (~100 s a run; a new run also measures its engine
+            # with overlap_decode off: dense/sparse 512K and batch 32, the _no_overlap fields)
+            phase decode_ab4 570 env OUT=$OUT/decode_ab4 DECODE_RUNS="old new old new" \
                 bash $X/2026-12-07_redesign_ab/ab.sh decode --kv-cache-gb 62 --no-fp8 ;;
         spec) phase spec 420 python3 -m bench.perf.decode_bench --out "$OUT/spec" --no-eager-compare --spec \
             --structured --kv-cache-gb 62 --budget-s 380 ;;
