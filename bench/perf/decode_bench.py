@@ -17,9 +17,9 @@ a prefix-cache hit, batches of 32 and 128) and measures, timing on the host arou
 - fp8_dense_ms_per_token_512k (--no-fp8 skips it): the 512K dense decode again on an engine with a float8 KV cache;
 - with --eager-compare (default unless --quick): a second engine with enforce_eager=True, batch 32 and 512K dense
   decode (32 tokens) again;
-- with --overlap-compare (default on where the engine has overlap_decode): a second engine with overlap_decode=False
+- with --overlap-compare (default on where the engine overlaps, i.e. on CUDA): the same engine with its overlap off
   (each step's tokens read before the next is launched, as before engine/overlap.py), dense and sparse 512K and
-  batch 32 again (fields suffixed _no_overlap; the default engine overlaps on CUDA).
+  batch 32 again (fields suffixed _no_overlap).
 torch.profiler covers 8 more decode steps after the timed ones of the 512K dense request and the batch-32 run
 (DIR/profile_decode.txt: top-20 kernels, kernels and launches per step). Every measure has its own try/except
 (failures go to "errors"); DIR/decode_bench.json is rewritten after each one.
@@ -130,7 +130,7 @@ def drive(engine, prompts: list[list[int]], max_tokens: int, opts: RequestOption
     the requests are aborted (the run ends) once stop_at(run) holds."""
     sp = SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True)
     rids = [f"r{next(_next_id)}" for _ in prompts]
-    run, stopped = Run(time.perf_counter(), rids, {r: [] for r in rids}), False
+    run, stopped, carry = Run(time.perf_counter(), rids, {r: [] for r in rids}), False, 0.0
     try:
         for rid, ids in zip(rids, prompts):
             engine.add_request(rid, ids, sp, opts)
@@ -147,7 +147,13 @@ def drive(engine, prompts: list[list[int]], max_tokens: int, opts: RequestOption
             b = time.perf_counter()
             run.prof_steps += run.prof_on
             n_dec = sum(1 for o in outs if o.token_ids and o.prefill is None)
-            run.steps.append((b, b - a, n_dec, sum(len(o.token_ids) for o in outs)))
+            # with overlap (engine/overlap.py) a call may only launch a decode step, whose tokens the next call
+            # returns: the launch's time counts toward that call's step
+            launched = not outs and getattr(getattr(engine, "overlap", None), "inflight", None) is not None
+            dt, carry = b - a + carry, 0.0
+            if launched:
+                dt, carry = 0.0, dt
+            run.steps.append((b, dt, n_dec, sum(len(o.token_ids) for o in outs)))
             for o in outs:
                 if o.error:
                     raise RuntimeError(f"request {o.request_id}: {o.error}")
@@ -247,8 +253,7 @@ class Bench:
         cfg = EngineConfig(prefill="sparse", decode="dense", dense_tail_tokens=TAIL,
                            max_num_seqs=self.S["max_num_seqs"], enforce_eager=variant == "eager",
                            kv_cache_dtype="fp8_e4m3" if variant == "fp8" else "auto",
-                           kv_cache_bytes=int(self.args.kv_cache_gb * 2**30) if self.args.kv_cache_gb else None,
-                           **({"overlap_decode": False} if variant == "no_overlap" else {}))
+                           kv_cache_bytes=int(self.args.kv_cache_gb * 2**30) if self.args.kv_cache_gb else None)
         self.eng = LLMEngine(model, None, cfg)
         budget = getattr(getattr(self.eng, "kv", None), "budget_bytes", 0)
         self.res["engine"][variant] = {
@@ -272,10 +277,6 @@ class Bench:
         b32 = ("batch32_8k", lambda: self.batch("b32", 1, "batch32_8k", None if variant == "eager" else "batch32_8k"))
         if variant == "eager":
             todo = [b32, ("dense_512k", lambda: self.long_decode("dense", S["eager_tokens"]))]
-        elif variant == "no_overlap":
-            todo = [("dense_512k", lambda: self.long_decode("dense", S["long_tokens"])),
-                    ("sparse_512k", lambda: self.long_decode("sparse", S["long_tokens"])),
-                    ("batch32_8k", lambda: self.batch("b32", 1, "batch32_8k"))]
         elif variant == "fp8":
             todo = [("dense_512k", lambda: self.long_decode("dense", S["long_tokens"]))]
         else:
@@ -287,6 +288,14 @@ class Bench:
         name = (lambda k: "fp8_" + k) if variant == "fp8" else (lambda k: k + x)  # fp8_dense_ms_per_token_512k
         for key, fn in todo:
             self.measure(key + x, lambda fn=fn: {name(k): v for k, v in fn().items()})
+        overlap = getattr(self.eng, "overlap", None)  # (an engine before engine/overlap.py has none)
+        if variant == "default" and self.args.overlap_compare and overlap is not None and overlap.enabled:
+            overlap.enabled = False  # the same engine reading each step before launching the next
+            for key, fn in (("dense_512k", lambda: self.long_decode("dense", S["long_tokens"])),
+                            ("sparse_512k", lambda: self.long_decode("sparse", S["long_tokens"])),
+                            ("batch32_8k", lambda: self.batch("b32", 1, "batch32_8k"))):
+                self.measure(key + "_no_overlap", lambda fn=fn: {k + "_no_overlap": v for k, v in fn().items()})
+            overlap.enabled = True
         self.eng = None
 
     # ---- the measures (each returns its JSON fields) ------------------------------------------------------------
@@ -358,7 +367,7 @@ def main() -> int:
     ap.add_argument("--eager-compare", action=argparse.BooleanOptionalAction, default=None,
                     help="also measure with enforce_eager=True (default: on unless --quick)")
     ap.add_argument("--overlap-compare", action=argparse.BooleanOptionalAction, default=True,
-                    help="also measure with overlap_decode=False (only where the engine has the setting)")
+                    help="also measure dense/sparse 512K and batch 32 with the engine's overlap off (where it is on)")
     ap.add_argument("--fp8", action=argparse.BooleanOptionalAction, default=True,
                     help="also fp8_dense_ms_per_token_512k: an engine with a float8 KV cache (kv_cache_dtype=fp8_e4m3)")
     ap.add_argument("--spec", action=argparse.BooleanOptionalAction, default=True,
@@ -380,9 +389,8 @@ def main() -> int:
     log(f"{mode}: model built ({bench.res['model']['parameters'] / 1e6:.0f}M parameters) on {bench.res['device']}")
     if args.base:
         bench.run(model)
-    overlap = args.overlap_compare and "overlap_decode" in EngineConfig.__pydantic_fields__  # (an older engine: no)
     for variant, on in (("eager", args.eager_compare if args.eager_compare is not None else not args.quick),
-                        ("no_overlap", overlap), ("fp8", args.fp8)):
+                        ("fp8", args.fp8)):
         if on and args.base:
             gc.collect()  # the engine before and its KV cache go before the next is built
             torch.cuda.empty_cache() if CUDA else None

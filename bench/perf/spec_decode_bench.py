@@ -17,7 +17,9 @@ for spec_speedup_to_last_token_* (the two are the same window at batch 1). A pro
 less its new tokens (a 512K case fills the model's 524,288 positions). Fields:
 spec_speedup_128k_b1, spec_speedup_512k_b1, spec_speedup_8k_b32 (ratio of tokens/s with / without),
 spec_ms_per_token_* and base_ms_per_token_*, spec_outputs_identical_* (greedy tokens equal), and
-spec_acceptance_rate (accepted / proposed drafts over all cases). SPEC_EXTRA_K=8,16 (environment) also measures
+spec_acceptance_rate (accepted / proposed drafts over all cases); where the engine overlaps its plain decode steps
+(engine/overlap.py: the base above), base_no_overlap_ms_per_token_* and spec_speedup_vs_no_overlap_* give the
+plain steps without it, on the same engine (overlap.enabled off for that run). SPEC_EXTRA_K=8,16 (environment) also measures
 each case with that many drafts a step (fields suffixed _k8, _k16; the acceptance rate above stays k = 4's).
 Unless SPEC_PROFILE=0, each case's decode steps run once more without and with speculation under torch.profiler
 (profile_decode.txt; JSON `profile` spec_<case>_k0 / _k4 and spec_profile_{wall,kernel}_ms_per_step_*): how much
@@ -88,7 +90,7 @@ def _drive(engine, prompts: list[list[int]], max_tokens: int, k: int) -> tuple[l
             toks[o.request_id] += o.token_ids
         if start is not None and full_on:
             decoded = {o.request_id for o in outs if o.token_ids}
-            full_on = len(decoded) == len(rids)
+            full_on = len(decoded) == len(rids) or not outs  # (no outputs: a step launched, read at the next call)
             if full_on:
                 full_s, full_n = full_s + now - prev, full_n + sum(len(o.token_ids) for o in outs)
         prev = now
@@ -123,6 +125,14 @@ def measure(engine, tag: str, batch: int, n_tokens: int, new_tokens: int, k: int
     prompts = extractive_prompts(batch, n_tokens - new_tokens)
     _drive(engine, prompts, new_tokens, 0)  # untimed: every shape of the run compiled and captured
     base, t_base = _drive(engine, prompts, new_tokens, 0)
+    no_overlap = None
+    if getattr(engine, "overlap", None) is not None and engine.overlap.enabled:  # the plain steps as before it too
+        engine.overlap.enabled = False
+        try:
+            _, t_plain = _drive(engine, prompts, new_tokens, 0)
+        finally:
+            engine.overlap.enabled = True
+        no_overlap = t_plain["full"][1] / t_plain["full"][0]
     _drive(engine, prompts, new_tokens, k)
     sp = engine.speculator
     before = (sp.proposed, sp.accepted)
@@ -141,7 +151,9 @@ def measure(engine, tag: str, batch: int, n_tokens: int, new_tokens: int, k: int
             f"spec_rows_identical_{tag}": sum(same), f"spec_tokens_before_first_difference_{tag}": agree,
             f"spec_drafts_{tag}": proposed, f"spec_accepted_{tag}": accepted,
             f"spec_acceptance_rate_{tag}": accepted / max(1, proposed), f"spec_prompt_tokens_{tag}": n_tokens,
-            f"spec_batch_{tag}": batch}
+            f"spec_batch_{tag}": batch,
+            **({f"base_no_overlap_ms_per_token_{tag}": 1000 * batch / no_overlap,
+                f"spec_speedup_vs_no_overlap_{tag}": spec_tps / no_overlap} if no_overlap else {})}
 
 
 def run_all(bench, mode: str) -> None:
