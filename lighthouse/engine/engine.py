@@ -213,8 +213,8 @@ class LLMEngine:
             if work.task is None:
                 self._start_prefill(work)
             c = self.config
-            budget = piece_budget(work, c.max_prefill_chunk_ms, c.express_prefill_tokens, self.scheduler.has_decodable())
-            logits = work.task.run(None if whole else budget)
+            logits = work.task.run(None if whole else piece_budget(work, c.max_prefill_chunk_ms, c.express_prefill_tokens,
+                                                                   self.scheduler.has_decodable()))
             if logits is None:
                 return []  # more pieces to come; the running sequences decode first
             work.task = None

@@ -75,8 +75,9 @@ class DecodeOverlap:
         tokens."""
         step, self.inflight = self.inflight, None
         assert step is not None
+        # (every row samples on the device alone still: it did at launch, and a row's drafts only shrink as it grows)
         chain = quiet and scheduler.steady(step.batch)
-        if chain and all(len(s.output_ids) + 2 <= s.params.max_tokens and self._device_only(s) for s in step.batch):
+        if chain and all(len(s.output_ids) + 2 <= s.params.max_tokens for s in step.batch):
             try:
                 logits = self.runner.decode_next(len(step.batch), step.sample.tokens)
                 self.inflight = InFlight(step.batch, self.outputs.sample_async(step.batch, logits))
